@@ -1,0 +1,230 @@
+package config
+
+import (
+	"log/slog"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole of airlock's configuration. The zero value is not
+// usable; obtain one from [Load], [Parse] or [Default], which fill every
+// default listed below and validate the result.
+//
+// A field documented as "0 or absent means X" cannot be set to zero: zero is
+// how the decoder reports a missing key.
+type Config struct {
+	// Listen is the host:port of the registry API (the /v2/ endpoints).
+	// Default ":5000".
+	Listen string `yaml:"listen"`
+
+	// TLS enables HTTPS on the registry listener. Default: plain HTTP,
+	// which suits a loopback or in-cluster gateway behind a TLS-terminating
+	// ingress.
+	TLS TLS `yaml:"tls"`
+
+	// Storage says where verified content and its metadata live.
+	Storage Storage `yaml:"storage"`
+
+	// Cache bounds how long and how much airlock trusts cached state.
+	Cache Cache `yaml:"cache"`
+
+	// Admin configures the admin API, served on its own listener so it can
+	// be kept off the network that pulls images.
+	Admin Admin `yaml:"admin"`
+
+	// Log configures the process logger.
+	Log Log `yaml:"log"`
+
+	// Shutdown configures graceful termination.
+	Shutdown Shutdown `yaml:"shutdown"`
+
+	// Upstreams are the only registries airlock ever contacts. At least one
+	// is required.
+	Upstreams []Upstream `yaml:"upstreams"`
+
+	// Policies is reserved for admission gates. Entries are kept as YAML
+	// nodes, positions included, so the code that gives them meaning can
+	// decode them strictly and report errors by line. Default: none.
+	Policies []yaml.Node `yaml:"policies"`
+}
+
+// TLS is a certificate and key for a listener. Both files are PEM and both
+// are required when either is set.
+type TLS struct {
+	// CertFile is the PEM certificate chain. Default "" (no TLS).
+	CertFile string `yaml:"certFile"`
+	// KeyFile is the PEM private key for CertFile. Default "".
+	KeyFile string `yaml:"keyFile"`
+}
+
+// Enabled reports whether TLS is configured.
+func (t TLS) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" }
+
+// Storage drivers airlock can build. The names are those of the
+// distribution/v3 storage drivers they select.
+const (
+	DriverFilesystem = "filesystem"
+	DriverS3         = "s3"
+	DriverGCS        = "gcs"
+	DriverAzure      = "azure"
+)
+
+// Storage is where content and metadata are kept.
+type Storage struct {
+	// Path is a local directory that always holds the bbolt metadata
+	// database and, with the filesystem driver, the blobs (under
+	// <path>/blobs). Default "./airlock-data".
+	Path string `yaml:"path"`
+
+	// Driver selects the blob storage driver: filesystem, s3, gcs or azure.
+	// Default "filesystem".
+	Driver string `yaml:"driver"`
+
+	// Parameters are passed unchanged to the driver's factory (bucket,
+	// region, accountname, ...). For the filesystem driver "rootdirectory"
+	// defaults to <path>/blobs. Default: empty.
+	Parameters map[string]any `yaml:"parameters"`
+}
+
+// MaxManifestBytes is the largest manifest airlock accepts, the same bound
+// the OCI distribution spec asks registries to support. Larger documents are
+// refused rather than buffered, so a hostile upstream cannot exhaust memory.
+const MaxManifestBytes = 4 << 20
+
+// Cache bounds how long and how much cached state is trusted.
+type Cache struct {
+	// TagTTL is how long a tag→digest mapping is served without asking the
+	// upstream again. Digest references never expire: their content cannot
+	// change. 0 or absent means 5m.
+	TagTTL Duration `yaml:"tagTTL"`
+
+	// MaxManifestBytes is the largest manifest, in bytes, fetched from an
+	// upstream; at most MaxManifestBytes (4 MiB). 0 or absent means 4194304.
+	MaxManifestBytes int64 `yaml:"maxManifestBytes"`
+}
+
+// Admin configures the admin API.
+type Admin struct {
+	// Listen is the host:port of the admin API. Default "127.0.0.1:5001":
+	// loopback only, so exposing it is a deliberate act.
+	Listen string `yaml:"listen"`
+
+	// TokenFile holds the bearer token that authorizes changing requests.
+	// It is read when needed, so a rotated Secret takes effect without a
+	// restart. Default "": only read-only endpoints (health, metrics) are
+	// served.
+	TokenFile string `yaml:"tokenFile"`
+}
+
+// Log levels and formats accepted in [Log].
+const (
+	LevelDebug = "debug"
+	LevelInfo  = "info"
+	LevelWarn  = "warn"
+	LevelError = "error"
+
+	FormatJSON = "json"
+	FormatText = "text"
+)
+
+// Log configures the logger.
+type Log struct {
+	// Level is the least severe level written: debug, info, warn or error.
+	// Default "info".
+	Level string `yaml:"level"`
+	// Format is json (one object per line) or text (logfmt-like).
+	// Default "json".
+	Format string `yaml:"format"`
+}
+
+// SlogLevel returns Level as a slog.Level. Call it on a validated Config;
+// an unknown level reads as info.
+func (l Log) SlogLevel() slog.Level {
+	switch l.Level {
+	case LevelDebug:
+		return slog.LevelDebug
+	case LevelWarn:
+		return slog.LevelWarn
+	case LevelError:
+		return slog.LevelError
+	default:
+		return slog.LevelInfo
+	}
+}
+
+// Shutdown configures graceful termination.
+type Shutdown struct {
+	// DrainTimeout is how long in-flight pulls may run after SIGTERM before
+	// their connections are closed. 0 or absent means 30s.
+	DrainTimeout Duration `yaml:"drainTimeout"`
+}
+
+// Upstream is one remote registry airlock pulls from.
+type Upstream struct {
+	// Name is the path prefix that selects this upstream:
+	// /v2/<name>/<repository>/... It is a single lowercase path segment of
+	// [a-z0-9._-], starting and ending with a letter or digit, and not "v2".
+	// Required.
+	Name string `yaml:"name"`
+
+	// URL is the registry's base URL, scheme and host (and port), without
+	// /v2. http:// is allowed for private mirrors and tests. Required.
+	URL string `yaml:"url"`
+
+	// Aliases are registry hosts (host or host:port) whose pulls are routed
+	// here when a client names them, as containerd does with ?ns=docker.io.
+	// The upstream's own URL host is always matched too. Default: none.
+	Aliases []string `yaml:"aliases"`
+
+	// Default makes this upstream serve un-prefixed paths /v2/<repository>/...
+	// At most one upstream may be the default. Default false.
+	Default bool `yaml:"default"`
+
+	// Repositories is an allow-list of repository globs; see
+	// [Upstream.Allowed]. Absent means every repository is allowed.
+	Repositories []string `yaml:"repositories"`
+
+	// Auth holds the credentials for this upstream. Default: anonymous.
+	Auth Auth `yaml:"auth"`
+
+	// CAFile is a PEM bundle of extra certificate authorities trusted for
+	// this upstream, in addition to the system roots. Default "".
+	CAFile string `yaml:"caFile"`
+
+	// InsecureSkipVerify disables TLS certificate verification for this
+	// upstream. Digests are still verified, so content stays intact, but
+	// the upstream's identity is not. Default false.
+	InsecureSkipVerify bool `yaml:"insecureSkipVerify"`
+
+	// TagTTL overrides cache.tagTTL for this upstream. 0 or absent means
+	// cache.tagTTL; after loading it always holds the effective value.
+	TagTTL Duration `yaml:"tagTTL"`
+
+	// Timeouts bound how long the upstream may keep airlock waiting.
+	Timeouts Timeouts `yaml:"timeouts"`
+
+	// Retry configures retries of failed upstream requests.
+	Retry Retry `yaml:"retry"`
+}
+
+// Timeouts bound waits on an upstream.
+type Timeouts struct {
+	// Header is the longest wait for response headers. 0 or absent means 30s.
+	Header Duration `yaml:"header"`
+	// Idle is the longest a response body may make no progress; a slow but
+	// moving transfer of a large layer is never cut off. 0 or absent means
+	// 60s.
+	Idle Duration `yaml:"idle"`
+}
+
+// Retry configures retries with capped exponential backoff.
+type Retry struct {
+	// MaxAttempts counts the first try; 1 disables retries. 0 or absent
+	// means 4.
+	MaxAttempts int `yaml:"maxAttempts"`
+	// BaseDelay is the wait before the first retry, doubled for each further
+	// one. 0 or absent means 200ms.
+	BaseDelay Duration `yaml:"baseDelay"`
+	// MaxDelay caps the wait between attempts. 0 or absent means 10s.
+	MaxDelay Duration `yaml:"maxDelay"`
+}

@@ -1,0 +1,230 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// fieldError is one problem with one key of the configuration. key is the
+// key path ("upstreams[1].url"); line is set when the problem was found in
+// the YAML itself rather than in the decoded values.
+type fieldError struct {
+	key  string
+	line int
+	msg  string
+}
+
+func (e *fieldError) Error() string {
+	if e.key == "" {
+		return e.msg
+	}
+	return e.key + ": " + e.msg
+}
+
+func (e *fieldError) Unwrap() error { return ErrInvalid }
+
+// problems collects every validation failure, so a user fixes them in one
+// pass instead of one restart per mistake.
+type problems []error
+
+func (p *problems) add(key, format string, args ...any) {
+	*p = append(*p, &fieldError{key: key, msg: fmt.Sprintf(format, args...)})
+}
+
+// Validate reports every problem in c, joined with errors.Join; each names
+// the key path it concerns and wraps ErrInvalid. Load and Parse call it
+// after filling defaults; call it again after changing a Config in code.
+func (c *Config) Validate() error { return errors.Join(c.problems()...) }
+
+func (c *Config) problems() []error {
+	var p problems
+	p.addr("listen", c.Listen)
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		p.add("tls", "certFile and keyFile must be set together; set both to serve HTTPS, or neither for plain HTTP")
+	}
+	c.Storage.check(&p)
+	p.duration("cache.tagTTL", c.Cache.TagTTL)
+	if c.Cache.MaxManifestBytes <= 0 || c.Cache.MaxManifestBytes > MaxManifestBytes {
+		p.add("cache.maxManifestBytes", "%d is out of range; set a byte count from 1 to %d (4 MiB)", c.Cache.MaxManifestBytes, MaxManifestBytes)
+	}
+	p.addr("admin.listen", c.Admin.Listen)
+	if c.Admin.Listen != "" && c.Admin.Listen == c.Listen && !strings.HasSuffix(c.Listen, ":0") {
+		p.add("admin.listen", "%q is also the registry listen address; give the admin API its own port", c.Admin.Listen)
+	}
+	switch c.Log.Level {
+	case LevelDebug, LevelInfo, LevelWarn, LevelError:
+	default:
+		p.add("log.level", "unknown level %q; use debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case FormatJSON, FormatText:
+	default:
+		p.add("log.format", "unknown format %q; use json or text", c.Log.Format)
+	}
+	p.duration("shutdown.drainTimeout", c.Shutdown.DrainTimeout)
+	c.checkUpstreams(&p)
+	return p
+}
+
+func (s *Storage) check(p *problems) {
+	if s.Path == "" {
+		p.add("storage.path", "required; set a local directory for the metadata database (and the blobs, with the filesystem driver)")
+	}
+	switch s.Driver {
+	case DriverFilesystem, DriverS3, DriverGCS, DriverAzure:
+	default:
+		p.add("storage.driver", "unknown driver %q; use filesystem, s3, gcs or azure", s.Driver)
+	}
+}
+
+func (c *Config) checkUpstreams(p *problems) {
+	if len(c.Upstreams) == 0 {
+		p.add("upstreams", "at least one upstream is required; add an entry with a name and a url")
+		return
+	}
+	names := map[string]int{}   // upstream name -> index
+	aliases := map[string]int{} // alias or URL host -> index
+	defaults := 0
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		key := fmt.Sprintf("upstreams[%d]", i)
+		u.check(p, key)
+		if j, dup := names[u.Name]; dup && u.Name != "" {
+			p.add(key+".name", "%q is already the name of upstreams[%d]; names must be unique", u.Name, j)
+		} else {
+			names[u.Name] = i
+		}
+		if u.Default {
+			defaults++
+			if defaults > 1 {
+				p.add(key+".default", "only one upstream may be the default; remove default: true from all but one")
+			}
+		}
+	}
+	// Hosts a client may name with ?ns= must lead to exactly one upstream,
+	// or airlock would have to guess which registry a pull means.
+	for i := range c.Upstreams {
+		for a, alias := range c.Upstreams[i].Aliases {
+			key := fmt.Sprintf("upstreams[%d].aliases[%d]", i, a)
+			alias = strings.ToLower(alias)
+			if j, ok := names[alias]; ok && j != i {
+				p.add(key, "%q is the name of upstreams[%d]; an alias must not equal another upstream's name", alias, j)
+			}
+			if j, ok := aliases[alias]; ok && j != i {
+				p.add(key, "%q is already an alias of upstreams[%d]; each alias routes to one upstream", alias, j)
+				continue
+			}
+			aliases[alias] = i
+		}
+	}
+	for i := range c.Upstreams {
+		host := c.Upstreams[i].Host()
+		if j, ok := aliases[host]; ok && j != i && host != "" {
+			p.add(fmt.Sprintf("upstreams[%d].url", i), "host %q is an alias of upstreams[%d]; remove that alias so the host routes to one upstream", host, j)
+		}
+	}
+}
+
+// nameRE is one path segment of a repository name, as the distribution
+// spec's path components are, so /v2/<name>/... parses unambiguously.
+var nameRE = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?$`)
+
+func (u *Upstream) check(p *problems, key string) {
+	switch {
+	case u.Name == "":
+		p.add(key+".name", "required; it becomes the path prefix /v2/<name>/...")
+	case u.Name == "v2":
+		p.add(key+".name", `"v2" is reserved by the registry API; choose another name`)
+	case !nameRE.MatchString(u.Name):
+		p.add(key+".name", "%q is not a single path segment; use lowercase letters, digits, '.', '_' and '-', starting and ending with a letter or digit", u.Name)
+	}
+	u.checkURL(p, key+".url")
+	for a, alias := range u.Aliases {
+		if alias == "" || strings.ContainsAny(alias, "/ ") || strings.Contains(alias, "://") {
+			p.add(fmt.Sprintf("%s.aliases[%d]", key, a), "%q is not a registry host; write a host or host:port such as docker.io", alias)
+		}
+	}
+	if u.Repositories != nil && len(u.Repositories) == 0 {
+		p.add(key+".repositories", "an empty list allows nothing; remove the key to allow every repository")
+	}
+	for r, pattern := range u.Repositories {
+		if err := checkGlob(pattern); err != nil {
+			p.add(fmt.Sprintf("%s.repositories[%d]", key, r), "%v", err)
+		}
+	}
+	u.Auth.check(p, key+".auth")
+	p.duration(key+".tagTTL", u.TagTTL)
+	p.duration(key+".timeouts.header", u.Timeouts.Header)
+	p.duration(key+".timeouts.idle", u.Timeouts.Idle)
+	if u.Retry.MaxAttempts < 1 {
+		p.add(key+".retry.maxAttempts", "%d is too small; set 1 to disable retries, or more", u.Retry.MaxAttempts)
+	}
+	p.duration(key+".retry.baseDelay", u.Retry.BaseDelay)
+	p.duration(key+".retry.maxDelay", u.Retry.MaxDelay)
+	if u.Retry.BaseDelay > u.Retry.MaxDelay {
+		p.add(key+".retry", "baseDelay %s exceeds maxDelay %s; raise maxDelay or lower baseDelay", u.Retry.BaseDelay, u.Retry.MaxDelay)
+	}
+}
+
+func (u *Upstream) checkURL(p *problems, key string) {
+	if u.URL == "" {
+		p.add(key, "required; set the registry's base URL, such as https://registry-1.docker.io")
+		return
+	}
+	parsed, err := url.Parse(u.URL)
+	if err != nil {
+		p.add(key, "%q does not parse (%v); write it as https://host[:port]", u.URL, errors.Unwrap(err))
+		return
+	}
+	switch {
+	case parsed.Scheme != "http" && parsed.Scheme != "https":
+		p.add(key, "scheme must be http or https, as in https://%s", strings.TrimPrefix(u.URL, parsed.Scheme+"://"))
+	case parsed.Host == "":
+		p.add(key, "%q has no host; write it as https://host[:port]", u.URL)
+	case parsed.User != nil:
+		p.add(key, "credentials in the URL are not allowed; move them to auth.usernameFile and auth.passwordFile")
+	case parsed.RawQuery != "" || parsed.Fragment != "":
+		p.add(key, "%q has a query or fragment; give only the scheme, host and port", u.URL)
+	case strings.HasSuffix(strings.TrimSuffix(parsed.Path, "/"), "/v2"):
+		p.add(key, "%q ends in /v2; give the base URL without it", u.URL)
+	}
+}
+
+func (a Auth) check(p *problems, key string) {
+	if (a.UsernameFile == "") != (a.PasswordFile == "") {
+		p.add(key, "usernameFile and passwordFile must be set together")
+	}
+	if (a.UsernameEnv == "") != (a.PasswordEnv == "") {
+		p.add(key, "usernameEnv and passwordEnv must be set together")
+	}
+}
+
+func (p *problems) addr(key, addr string) {
+	if addr == "" {
+		p.add(key, "required; set host:port, such as 127.0.0.1:5000 or :5000 for all interfaces")
+		return
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		reason := err.Error()
+		if ae, ok := errors.AsType[*net.AddrError](err); ok {
+			reason = ae.Err
+		}
+		p.add(key, "%q is not host:port (%s); write it as 127.0.0.1:5000, [::1]:5000 or :5000", addr, reason)
+		return
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		p.add(key, "port %q is not a number from 0 to 65535", port)
+	}
+}
+
+func (p *problems) duration(key string, d Duration) {
+	if d < 0 {
+		p.add(key, "%s is negative; durations must be zero or more", d)
+	}
+}

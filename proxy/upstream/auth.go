@@ -1,0 +1,248 @@
+package upstream
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+)
+
+// authenticator holds what one upstream has taught us about authentication:
+// the scheme it wants (learned from its first 401, then used pre-emptively)
+// and the Bearer tokens it issued, keyed by realm, service and scope.
+type authenticator struct {
+	r *Registry
+
+	mu      sync.Mutex
+	scheme  string // "", "basic" or "bearer"
+	realm   string
+	service string
+	tokens  map[string]cachedToken
+
+	// flights makes concurrent requests that need the same token share one
+	// token request: a burst of pulls of one image costs one round trip to
+	// the realm, not one per layer.
+	flights singleflight.Group
+	now     func() time.Time
+}
+
+type cachedToken struct {
+	value   string
+	refresh time.Time // when to stop using it (its expiry minus a margin)
+}
+
+func newAuthenticator(r *Registry) *authenticator {
+	return &authenticator{r: r, tokens: map[string]cachedToken{}, now: time.Now}
+}
+
+// header returns the Authorization value for a request of c, or "" while the
+// upstream has not asked for authentication. extra holds scopes a challenge
+// demanded beyond pull access to c.repo.
+func (a *authenticator) header(ctx context.Context, c *call, extra []string) (string, error) {
+	a.mu.Lock()
+	scheme, realm, service := a.scheme, a.realm, a.service
+	a.mu.Unlock()
+	switch scheme {
+	case "basic":
+		user, pass, err := a.credentials(ctx, c)
+		if err != nil {
+			return "", err
+		}
+		if user == "" && pass == "" {
+			return "", c.errorf(ErrDenied, nil, "upstream requires Basic authentication but no credentials are configured")
+		}
+		return basicAuth(user, pass), nil
+	case "bearer":
+		tok, err := a.bearer(ctx, c, realm, service, tokenScopes(c.repo, extra))
+		if err != nil {
+			return "", err
+		}
+		return "Bearer " + tok, nil
+	}
+	return "", nil
+}
+
+// learn records what a 401 asked for. sent is the Authorization value the
+// rejected request carried; a token that was refused is dropped from the
+// cache so the retry fetches a fresh one. It returns the extra scopes the
+// challenge named.
+func (a *authenticator) learn(c *call, challenges []Challenge, sent string) ([]string, error) {
+	var chosen *Challenge
+	for i := range challenges {
+		ch := &challenges[i]
+		if ch.Scheme == "bearer" && ch.Params["realm"] != "" {
+			chosen = ch
+			break
+		}
+		if ch.Scheme == "basic" && chosen == nil {
+			chosen = ch
+		}
+	}
+	if chosen == nil {
+		return nil, c.errorf(ErrDenied, nil, "upstream answered 401 without a usable Bearer or Basic challenge")
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.scheme = chosen.Scheme
+	a.realm, a.service = chosen.Params["realm"], chosen.Params["service"]
+	if tok, ok := strings.CutPrefix(sent, "Bearer "); ok {
+		for k, t := range a.tokens {
+			if t.value == tok {
+				delete(a.tokens, k)
+			}
+		}
+	}
+	return strings.Fields(chosen.Params["scope"]), nil
+}
+
+// tokenScopes is pull access to repo plus any further scopes a challenge
+// named, deduplicated and in a stable order so that equal needs share one
+// cache entry.
+func tokenScopes(repo string, extra []string) []string {
+	scopes := []string{"repository:" + repo + ":pull"}
+	for _, s := range extra {
+		if !slices.Contains(scopes, s) {
+			scopes = append(scopes, s)
+		}
+	}
+	slices.Sort(scopes[1:])
+	return scopes
+}
+
+// bearer returns a token for scopes, from the cache or from the realm.
+func (a *authenticator) bearer(ctx context.Context, c *call, realm, service string, scopes []string) (string, error) {
+	key := realm + "\x00" + service + "\x00" + strings.Join(scopes, " ")
+	a.mu.Lock()
+	t, ok := a.tokens[key]
+	a.mu.Unlock()
+	if ok && a.now().Before(t.refresh) {
+		return t.value, nil
+	}
+	// The fetch runs detached from this caller's context: other requests may
+	// be waiting on the same flight, and one client hanging up must not fail
+	// them. It is still bounded in time.
+	ch := a.flights.DoChan(key, func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.tokenTimeout())
+		defer cancel()
+		tok, err := a.fetchToken(fctx, c, realm, service, scopes)
+		if err != nil {
+			return nil, err
+		}
+		a.mu.Lock()
+		a.tokens[key] = tok
+		a.mu.Unlock()
+		return tok.value, nil
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return "", res.Err
+		}
+		return res.Val.(string), nil
+	case <-ctx.Done():
+		return "", c.errorf(ErrUnavailable, context.Cause(ctx), "abandoned while waiting for a token")
+	}
+}
+
+// tokenTimeout bounds one token fetch including its retries.
+func (a *authenticator) tokenTimeout() time.Duration {
+	o := a.r.o
+	return time.Duration(o.MaxAttempts)*o.HeaderTimeout + time.Duration(o.MaxAttempts-1)*o.MaxDelay
+}
+
+// maxTokenBody bounds a token response; real ones are a few KiB.
+const maxTokenBody = 1 << 20
+
+type tokenResponse struct {
+	Token       string `json:"token"`
+	AccessToken string `json:"access_token"`
+	ExpiresIn   int64  `json:"expires_in"`
+}
+
+// fetchToken asks the realm for a token, with Basic credentials when they are
+// configured and anonymously otherwise (Docker Hub issues anonymous tokens
+// for public repositories).
+func (a *authenticator) fetchToken(ctx context.Context, c *call, realm, service string, scopes []string) (cachedToken, error) {
+	tc := &call{upstream: c.upstream, op: "token", method: http.MethodGet, repo: c.repo}
+	u, err := url.Parse(realm)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return cachedToken{}, tc.errorf(ErrInvalid, nil, "challenge names an unusable token realm %q", realm)
+	}
+	q := u.Query()
+	if service != "" {
+		q.Set("service", service)
+	}
+	for _, s := range scopes {
+		q.Add("scope", s)
+	}
+	u.RawQuery = q.Encode()
+	tc.url = u.String()
+
+	user, pass, err := a.credentials(ctx, tc)
+	if err != nil {
+		return cachedToken{}, err
+	}
+	if user != "" || pass != "" {
+		if u.Scheme != "https" && a.r.base.Scheme == "https" {
+			return cachedToken{}, tc.errorf(ErrDenied, nil, "refusing to send credentials to plain-HTTP token realm %s", u.Host)
+		}
+		tc.authz = basicAuth(user, pass)
+	}
+	issued := a.now()
+	resp, err := a.r.do(ctx, tc)
+	if err != nil {
+		return cachedToken{}, err
+	}
+	defer resp.Body.Close()
+	var tr tokenResponse
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenBody+1))
+	if err != nil {
+		return cachedToken{}, err
+	}
+	if len(body) > maxTokenBody {
+		return cachedToken{}, tc.errorf(ErrInvalid, nil, "token response larger than %d bytes", maxTokenBody)
+	}
+	if err := json.Unmarshal(body, &tr); err != nil {
+		return cachedToken{}, tc.errorf(ErrInvalid, err, "token response is not JSON")
+	}
+	value := tr.Token
+	if value == "" {
+		value = tr.AccessToken
+	}
+	if value == "" {
+		return cachedToken{}, tc.errorf(ErrInvalid, nil, "token response has neither token nor access_token")
+	}
+	life := time.Duration(tr.ExpiresIn) * time.Second
+	if tr.ExpiresIn <= 0 {
+		life = 60 * time.Second // the distribution token spec's default
+	}
+	// Stop using a token a little before it expires, so a request does not
+	// set out with a token that dies in flight.
+	margin := min(life/5, 30*time.Second)
+	return cachedToken{value: value, refresh: issued.Add(life - margin)}, nil
+}
+
+// credentials asks the configured callback; nil means anonymous.
+func (a *authenticator) credentials(ctx context.Context, c *call) (string, string, error) {
+	if a.r.o.Credentials == nil {
+		return "", "", nil
+	}
+	user, pass, err := a.r.o.Credentials(ctx)
+	if err != nil {
+		return "", "", c.errorf(ErrDenied, err, "reading credentials")
+	}
+	return user, pass, nil
+}
+
+func basicAuth(user, pass string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+}
+

@@ -1,0 +1,174 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// GetBlob streams blob d of repo from offset 0. size is the Content-Length,
+// or -1 if the upstream did not send one. The caller verifies the digest and
+// must close body.
+//
+// The body survives a dropped connection: when a read fails mid-body (reset,
+// unexpected EOF, or no progress for IdleTimeout) it asks again with
+// "Range: bytes=N-" and carries on, invisibly to the reader, provided the
+// upstream answers 206 with a Content-Range starting at N. At most
+// MaxAttempts-1 resumes are made per body. Slow progress never fails.
+func (r *Registry) GetBlob(ctx context.Context, repo string, d digest.Digest) (io.ReadCloser, int64, error) {
+	c := &call{upstream: r.o.Name, op: "blob", method: http.MethodGet, repo: repo, ref: d.String(), auth: true}
+	if !validRepo(repo) || d.Validate() != nil {
+		return nil, 0, c.errorf(ErrInvalid, nil, "malformed repository or digest")
+	}
+	c.url = r.endpoint(repo, "blobs", d.String())
+	resp, err := r.do(ctx, c)
+	if err != nil {
+		return nil, 0, err
+	}
+	b := &blobReader{r: r, ctx: ctx, c: c, body: resp.Body, size: resp.ContentLength}
+	return b, b.size, nil
+}
+
+// blobReader is a blob body that resumes after a broken connection.
+type blobReader struct {
+	r    *Registry
+	ctx  context.Context
+	c    *call
+	size int64 // -1 until known
+
+	mu      sync.Mutex // guards body and closed against a concurrent Close
+	body    io.ReadCloser
+	closed  bool
+	off     int64
+	resumes int
+	pending error // failure seen together with data, reported on the next Read
+}
+
+func (b *blobReader) Read(p []byte) (int, error) {
+	for {
+		err := b.pending
+		b.pending = nil
+		n := 0
+		if err == nil {
+			n, err = b.body.Read(p)
+			b.off += int64(n)
+		}
+		switch {
+		case err == nil:
+			return n, nil
+		case err == io.EOF:
+			if b.size >= 0 && b.off < b.size {
+				err = b.c.errorf(ErrUnavailable, io.ErrUnexpectedEOF, "body ended at byte %d of %d", b.off, b.size)
+				break
+			}
+			return n, io.EOF
+		case n > 0:
+			// Hand out the bytes we have; deal with the failure next time.
+			b.pending = err
+			return n, nil
+		}
+		if !b.resumable(err) {
+			return 0, err
+		}
+		if rerr := b.resume(); rerr != nil {
+			return 0, rerr
+		}
+	}
+}
+
+// resumable reports whether a failed read is worth a Range request: the
+// connection broke, the caller still wants the bytes, and the budget allows.
+func (b *blobReader) resumable(err error) bool {
+	return errors.Is(err, ErrUnavailable) && b.ctx.Err() == nil &&
+		b.resumes < b.r.o.MaxAttempts-1 && (b.size < 0 || b.off < b.size)
+}
+
+// resume replaces the broken body with one that starts at b.off.
+func (b *blobReader) resume() error {
+	b.resumes++
+	b.r.o.Logger.DebugContext(b.ctx, "resuming blob download",
+		"upstream", b.c.upstream, "repo", b.c.repo, "digest", b.c.ref, "offset", b.off, "resume", b.resumes)
+	_ = b.body.Close()
+	c := *b.c
+	c.header = http.Header{"Range": {fmt.Sprintf("bytes=%d-", b.off)}}
+	resp, err := b.r.do(b.ctx, &c)
+	if err != nil {
+		return err
+	}
+	if err := b.checkRange(resp); err != nil {
+		discard(resp)
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		_ = resp.Body.Close()
+		return b.c.errorf(ErrUnavailable, nil, "body closed")
+	}
+	b.body = resp.Body
+	return nil
+}
+
+// checkRange accepts only a 206 whose Content-Range continues exactly where
+// the broken body stopped, for the same total size. Anything else would
+// splice foreign bytes into the blob.
+func (b *blobReader) checkRange(resp *http.Response) error {
+	if resp.StatusCode != http.StatusPartialContent {
+		return b.c.errorf(ErrUnavailable, nil, "connection dropped at byte %d and the upstream answered the Range request with HTTP %d, so it cannot be resumed", b.off, resp.StatusCode)
+	}
+	start, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+	if !ok || start != b.off || (b.size >= 0 && total >= 0 && total != b.size) {
+		return b.c.errorf(ErrInvalid, nil, "resume at byte %d got Content-Range %q", b.off, resp.Header.Get("Content-Range"))
+	}
+	if b.size < 0 && total >= 0 {
+		b.size = total
+	}
+	return nil
+}
+
+// parseContentRange reads "bytes first-last/total" (total may be "*", -1).
+func parseContentRange(v string) (start, total int64, ok bool) {
+	rest, found := strings.CutPrefix(v, "bytes ")
+	if !found {
+		return 0, 0, false
+	}
+	span, size, found := strings.Cut(rest, "/")
+	if !found {
+		return 0, 0, false
+	}
+	first, last, found := strings.Cut(span, "-")
+	if !found {
+		return 0, 0, false
+	}
+	start, err1 := strconv.ParseInt(first, 10, 64)
+	end, err2 := strconv.ParseInt(last, 10, 64)
+	if err1 != nil || err2 != nil || start < 0 || end < start {
+		return 0, 0, false
+	}
+	total = -1
+	if size != "*" {
+		t, err := strconv.ParseInt(size, 10, 64)
+		if err != nil || t <= end {
+			return 0, 0, false
+		}
+		total = t
+	}
+	return start, total, true
+}
+
+func (b *blobReader) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	return b.body.Close()
+}

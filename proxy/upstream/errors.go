@@ -1,0 +1,166 @@
+package upstream
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// The classes of failure. Every error returned by this package wraps exactly
+// one of them; test with errors.Is.
+var (
+	// ErrNotFound: the upstream does not have the repository, manifest or blob.
+	ErrNotFound = errors.New("not found upstream")
+	// ErrDenied: the upstream refused access even after authentication was
+	// attempted, or credentials could not be obtained.
+	ErrDenied = errors.New("denied by upstream")
+	// ErrRateLimited: the upstream kept answering 429; see RetryAfter.
+	ErrRateLimited = errors.New("rate limited by upstream")
+	// ErrUnavailable: the upstream could not be reached, timed out, kept
+	// failing with 5xx, or dropped a body that could not be resumed.
+	ErrUnavailable = errors.New("upstream unavailable")
+	// ErrReferrersUnsupported: the upstream does not implement the referrers
+	// API; use the referrers tag schema instead.
+	ErrReferrersUnsupported = errors.New("upstream does not support the referrers API")
+	// ErrInvalid: the upstream's response was malformed or unexpected.
+	ErrInvalid = errors.New("invalid response from upstream")
+)
+
+// Error is the error type returned by Registry methods. It unwraps to its
+// Kind (one of the sentinels) and to the underlying cause, if any.
+type Error struct {
+	Kind     error  // one of the Err* sentinels
+	Upstream string // configured upstream name
+	Op       string // "manifest", "blob", "tags", "referrers", "token"
+	Repo     string
+	Ref      string // tag or digest, if the operation has one
+	Status   int    // HTTP status, 0 if no response
+	Code     string // OCI error code from the body ("MANIFEST_UNKNOWN"), if any
+	Message  string // OCI error message from the body, or a description
+	// RetryAfter is what the upstream asked for with Retry-After (0 if none).
+	RetryAfter time.Duration
+	Err        error // underlying cause (network error, parse error), if any
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "upstream %s: %s", e.Upstream, e.Op)
+	if e.Repo != "" {
+		b.WriteString(" " + e.Repo)
+		if e.Ref != "" {
+			if strings.Contains(e.Ref, ":") {
+				b.WriteString("@" + e.Ref)
+			} else {
+				b.WriteString(":" + e.Ref)
+			}
+		}
+	}
+	if e.Status != 0 {
+		fmt.Fprintf(&b, ": HTTP %d", e.Status)
+	}
+	if e.Code != "" {
+		b.WriteString(" " + e.Code)
+	}
+	if e.Message != "" {
+		fmt.Fprintf(&b, " %q", e.Message)
+	}
+	if e.Err != nil {
+		b.WriteString(": " + e.Err.Error())
+	}
+	b.WriteString(": " + e.Kind.Error())
+	if h := e.hint(); h != "" {
+		b.WriteString(" (" + h + ")")
+	}
+	return b.String()
+}
+
+// hint says what an operator can do about the failure.
+func (e *Error) hint() string {
+	switch e.Kind {
+	case ErrDenied:
+		return "check the credentials configured for upstream " + e.Upstream + " and that they may pull this repository"
+	case ErrRateLimited:
+		if e.RetryAfter > 0 {
+			return "retry after " + e.RetryAfter.String() + ", or configure credentials with a higher pull limit"
+		}
+		return "retry later, or configure credentials with a higher pull limit"
+	case ErrUnavailable:
+		return "retry later; cached content is still served"
+	}
+	return ""
+}
+
+// Unwrap lets errors.Is match both the class and the cause.
+func (e *Error) Unwrap() []error {
+	if e.Err == nil {
+		return []error{e.Kind}
+	}
+	return []error{e.Kind, e.Err}
+}
+
+// RetryAfter reports how long the upstream asked callers to wait, when err
+// (or an error it wraps) carries a Retry-After from the upstream.
+func RetryAfter(err error) (time.Duration, bool) {
+	var e *Error
+	if errors.As(err, &e) && e.RetryAfter > 0 {
+		return e.RetryAfter, true
+	}
+	return 0, false
+}
+
+// maxErrorBody bounds how much of an error response is read.
+const maxErrorBody = 64 << 10
+
+// ociErrors is the distribution-spec error body.
+type ociErrors struct {
+	Errors []struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"errors"`
+}
+
+// statusError classifies a non-success response, reading (a bounded part of)
+// its body for the OCI error code. It does not close the body.
+func statusError(resp *http.Response, c *call) *Error {
+	e := c.errorf(classify(resp.StatusCode, ""), nil, "")
+	e.Status = resp.StatusCode
+	var body ociErrors
+	if b, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody)); err == nil && json.Unmarshal(b, &body) == nil && len(body.Errors) > 0 {
+		e.Code = body.Errors[0].Code
+		e.Message = body.Errors[0].Message
+		e.Kind = classify(resp.StatusCode, e.Code)
+	}
+	if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+		e.RetryAfter = d
+	}
+	return e
+}
+
+// classify maps an HTTP status and OCI error code to a sentinel. The code
+// wins where it is more specific than the status (some registries answer
+// MANIFEST_UNKNOWN with 400, or DENIED with 404).
+func classify(status int, code string) error {
+	switch code {
+	case "MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN":
+		return ErrNotFound
+	case "DENIED", "UNAUTHORIZED":
+		return ErrDenied
+	case "TOOMANYREQUESTS":
+		return ErrRateLimited
+	}
+	switch {
+	case status == http.StatusNotFound:
+		return ErrNotFound
+	case status == http.StatusUnauthorized || status == http.StatusForbidden:
+		return ErrDenied
+	case status == http.StatusTooManyRequests:
+		return ErrRateLimited
+	case status >= 500 || status == http.StatusRequestTimeout:
+		return ErrUnavailable
+	}
+	return ErrInvalid
+}

@@ -245,4 +245,3 @@ func (a *authenticator) credentials(ctx context.Context, c *call) (string, strin
 func basicAuth(user, pass string) string {
 	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
 }
-

@@ -71,4 +71,3 @@ func validRepo(repo string) bool {
 func validRef(ref string) bool {
 	return ref != "" && !strings.ContainsAny(ref, "/?#% \t\r\n")
 }
-

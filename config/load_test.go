@@ -1,0 +1,127 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestDecodeErrors(t *testing.T) {
+	t.Parallel()
+	const ok = "upstreams:\n  - name: hub\n    url: https://hub.example\n"
+	for _, tc := range []struct {
+		name string
+		yaml string
+		want []string // each must appear in the error, whole
+	}{
+		{"top-level typo", "listen: :5000\nupstream: []\n" + ok,
+			[]string{`airlock.yaml:2: unknown key "upstream" (did you mean "upstreams"?)`}},
+		{"case typo", "cache:\n  tagTtl: 1m\n" + ok,
+			[]string{`airlock.yaml:2: unknown key "tagTtl" in cache (did you mean "tagTTL"?)`}},
+		{"unrelated key lists known keys", "colour: blue\n" + ok,
+			[]string{`airlock.yaml:1: unknown key "colour"; known keys are admin, cache, listen, log, policies, shutdown, storage, tls, upstreams`}},
+		{"key in upstream item", ok + "    mirror: true\n",
+			[]string{`airlock.yaml:4: unknown key "mirror" in upstreams[0]; known keys are`}},
+		{"key in nested struct", ok + "    auth:\n      usernamefile: /u\n      token: x\n",
+			[]string{
+				`airlock.yaml:5: unknown key "usernamefile" in upstreams[0].auth (did you mean "usernameFile"?)`,
+				`airlock.yaml:6: unknown key "token" in upstreams[0].auth; known keys are passwordEnv, passwordFile, usernameEnv, usernameFile`,
+			}},
+		{"key in flow mapping", ok + "    timeouts: {header: 1s, idel: 2s}\n",
+			[]string{`airlock.yaml:4: unknown key "idel" in upstreams[0].timeouts (did you mean "idle"?)`}},
+		{"key via merge", "base: &b {url: https://x.example, bogus: 1}\n",
+			[]string{`airlock.yaml:1: unknown key "base"`}},
+		{"merged mapping checked", "upstreams:\n  - &hub {name: hub, url: https://hub.example}\n  - <<: *hub\n    name: other\n    extra: 1\n",
+			[]string{`airlock.yaml:5: unknown key "extra" in upstreams[1]`}},
+		{"duration without unit", "shutdown:\n  drainTimeout: 30\n" + ok,
+			[]string{`airlock.yaml:2: shutdown.drainTimeout: "30" is not a duration; write a number with a unit`}},
+		{"wrong type", "cache:\n  maxManifestBytes: lots\n" + ok,
+			[]string{"airlock.yaml:2: cache.maxManifestBytes: cannot unmarshal !!str `lots` into int64"}},
+		{"several type errors", ok + "    default: maybe\n    retry: {maxAttempts: x}\n",
+			[]string{
+				"airlock.yaml:4: upstreams[0].default: cannot unmarshal !!str `maybe` into bool",
+				"airlock.yaml:5: upstreams[0].retry.maxAttempts: cannot unmarshal !!str `x` into int",
+			}},
+		{"mapping where list expected", "upstreams: {name: hub}\n",
+			[]string{"airlock.yaml:1: upstreams: cannot unmarshal !!map into []config.Upstream"}},
+		{"duplicate key", "listen: :5000\nlisten: :5001\n" + ok,
+			[]string{`airlock.yaml:2: listen: mapping key "listen" already defined at line 1`}},
+		{"syntax", "listen: :5000\n  oops: : x\n",
+			[]string{"airlock.yaml:2: mapping values are not allowed in this context; fix the YAML syntax"}},
+		{"tab indentation", "upstreams:\n\t- name: hub\n",
+			[]string{"airlock.yaml:2: found character that cannot start any token; fix the YAML syntax"}},
+		{"second document", ok + "---\nlisten: :5000\n",
+			[]string{"airlock.yaml:4: a second YAML document (after ---) is not allowed"}},
+		{"not a mapping", "- a\n- b\n",
+			[]string{"airlock.yaml:1: cannot unmarshal !!seq into config.Config"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := Parse("airlock.yaml", []byte(tc.yaml))
+			if err == nil {
+				t.Fatalf("Parse accepted:\n%s", tc.yaml)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error does not wrap ErrInvalid: %v", err)
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error:\n%v\nwant it to contain:\n%s", err, want)
+				}
+			}
+		})
+	}
+}
+
+func TestPoliciesKeptAsNodes(t *testing.T) {
+	t.Parallel()
+	c, err := Parse("p.yaml", []byte(`
+upstreams: [{name: hub, url: "https://hub.example"}]
+policies:
+  - name: signed
+    require: [cosign]
+  - plain string
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Policies) != 2 {
+		t.Fatalf("got %d policies, want 2", len(c.Policies))
+	}
+	var first struct {
+		Name    string   `yaml:"name"`
+		Require []string `yaml:"require"`
+	}
+	if err := c.Policies[0].Decode(&first); err != nil || first.Name != "signed" || len(first.Require) != 1 {
+		t.Errorf("policies[0] decoded to %+v, %v", first, err)
+	}
+	if c.Policies[0].Line != 4 {
+		t.Errorf("policies[0] line = %d, want 4 (positions kept for later errors)", c.Policies[0].Line)
+	}
+	if c.Policies[1].Value != "plain string" {
+		t.Errorf("policies[1] = %q", c.Policies[1].Value)
+	}
+}
+
+func TestParseEmptyNamesFallback(t *testing.T) {
+	t.Parallel()
+	_, err := Parse("", []byte("bogus: 1\n"))
+	if err == nil || !strings.HasPrefix(err.Error(), "config:1: ") {
+		t.Errorf("error = %v, want it to start with config:1:", err)
+	}
+}
+
+func TestEditDistance(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		a, b string
+		want int
+	}{
+		{"", "", 0}, {"abc", "", 3}, {"", "ab", 2}, {"upstream", "upstreams", 1},
+		{"idel", "idle", 2}, {"kitten", "sitting", 3}, {"same", "same", 0},
+	} {
+		if got := editDistance(tc.a, tc.b); got != tc.want {
+			t.Errorf("editDistance(%q, %q) = %d, want %d", tc.a, tc.b, got, tc.want)
+		}
+	}
+}

@@ -6,10 +6,10 @@
 // A *Config returned by [Load], [Parse] or [Default] is complete and valid:
 // every field with a documented default holds a value, every listen address
 // parses, every upstream has a unique name that is a single path segment
-// and an http or https URL, at most one upstream is the default, and every
-// registry host a client can name (an alias or an upstream's own URL host)
-// routes to exactly one upstream. Code that receives such a Config need not
-// check these again.
+// and an http or https URL, at most one upstream is the default, and each
+// alias belongs to one upstream and is neither another upstream's name nor
+// its URL host, so [Config.UpstreamForHost] is unambiguous. Code that
+// receives such a Config need not check these again.
 //
 // Decoding is strict. A key that airlock does not know is an error naming
 // the file, line and key, with the nearest known spelling:

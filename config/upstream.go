@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/url"
 	"path"
+	"slices"
 	"strings"
 )
 
@@ -98,6 +99,28 @@ func (u *Upstream) ServesHost(host string) bool {
 		}
 	}
 	return false
+}
+
+// UpstreamForHost returns the upstream a pull naming registry host is
+// routed to (as with ?ns=quay.io), or nil. An alias decides first; then an
+// upstream's own URL host, the first in file order when several upstreams
+// share a host (the same registry with different credentials, say).
+// Validation guarantees an alias never names another upstream's host.
+func (c *Config) UpstreamForHost(host string) *Upstream {
+	if host == "" {
+		return nil
+	}
+	for i := range c.Upstreams {
+		if slices.ContainsFunc(c.Upstreams[i].Aliases, func(a string) bool { return strings.EqualFold(a, host) }) {
+			return &c.Upstreams[i]
+		}
+	}
+	for i := range c.Upstreams {
+		if strings.EqualFold(c.Upstreams[i].Host(), host) {
+			return &c.Upstreams[i]
+		}
+	}
+	return nil
 }
 
 // DefaultUpstream returns the upstream marked default, or nil when

@@ -95,3 +95,34 @@ func TestUpstreamLookup(t *testing.T) {
 		t.Error("Upstream returned a copy")
 	}
 }
+
+func TestUpstreamForHost(t *testing.T) {
+	t.Parallel()
+	c, err := Parse("hosts.yaml", []byte(`
+upstreams:
+  - {name: hub, url: "https://registry-1.docker.io", aliases: [docker.io]}
+  - {name: quay, url: "https://quay.io"}
+  - {name: quay-private, url: "https://quay.io"}
+  - {name: mirror, url: "http://127.0.0.1:5999", aliases: [ghcr.io]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for host, want := range map[string]string{
+		"docker.io":            "hub",
+		"registry-1.docker.io": "hub",
+		"quay.io":              "quay", // first of two sharing the host
+		"GHCR.io":              "mirror",
+		"127.0.0.1:5999":       "mirror",
+		"gcr.io":               "",
+		"":                     "",
+	} {
+		got := ""
+		if u := c.UpstreamForHost(host); u != nil {
+			got = u.Name
+		}
+		if got != want {
+			t.Errorf("UpstreamForHost(%q) = %q, want %q", host, got, want)
+		}
+	}
+}

@@ -71,12 +71,12 @@ func TestDockerdPullsDirect(t *testing.T) {
 		{"through registry-mirror", "library/app:v1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := up.ManifestGETs("v1")
+			before := up.Count(upstreamtest.RegistryListener, "HEAD", "/manifests/v1")
 			if _, err := dkd.Pull(t.Context(), tc.ref); err != nil {
 				t.Fatalf("pull: %v", err)
 			}
-			if up.ManifestGETs("v1") <= before {
-				t.Fatal("the pull did not reach the upstream")
+			if up.Count(upstreamtest.RegistryListener, "HEAD", "/manifests/v1") <= before {
+				t.Fatalf("the pull did not reach the upstream: %+v", up.Requests())
 			}
 			digests, err := dkd.RepoDigests(t.Context(), tc.ref)
 			if err != nil || len(digests) == 0 || !strings.HasSuffix(digests[0], "@"+img.Digest.String()) {

@@ -118,6 +118,12 @@ func (u *Upstream) BytesServed() int64 {
 	return n
 }
 
+// Count counts requests on listener l with method whose path ends in
+// suffix, leaving out those answered 401 like BlobGETs.
+func (u *Upstream) Count(l Listener, method, suffix string) int {
+	return u.count(l, method, suffix)
+}
+
 func (u *Upstream) count(l Listener, method, suffix string) int {
 	u.mu.Lock()
 	defer u.mu.Unlock()

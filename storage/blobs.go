@@ -1,0 +1,199 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"sync"
+	"time"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/verify"
+)
+
+// uploadsDir is the driver directory for remote commits in progress. It sits
+// outside /blobs so that nothing under /blobs is ever partial.
+const uploadsDir = "/_uploads"
+
+// defaultUploadGrace is how old a temporary upload must be before Recover
+// treats it as abandoned. Several airlock instances may share one remote
+// bucket, so a young upload may belong to a live peer.
+const defaultUploadGrace = time.Hour
+
+// Blobs is a content-addressed blob store over a storage driver. It is safe
+// for concurrent use.
+type Blobs struct {
+	driver    storagedriver.StorageDriver
+	localRoot string // driver root on local disk, or "" for remote drivers
+	spoolDir  string
+
+	uploadGrace time.Duration
+
+	mu     sync.Mutex
+	spools map[string]struct{} // paths of live spools, which Recover must keep
+}
+
+// NewBlobs returns a store over driver.
+//
+// localRoot, when non-empty, must be the root directory of a filesystem
+// driver; the store then serves *os.File handles and commits by rename.
+// spoolDir holds downloads in progress and must be on the same filesystem as
+// localRoot when that is set. Both directories are created if missing, and
+// NewBlobs checks by a probe rename that they share a filesystem and that
+// localRoot is indeed what the driver sees.
+func NewBlobs(driver storagedriver.StorageDriver, localRoot, spoolDir string) (*Blobs, error) {
+	if driver == nil {
+		return nil, errors.New("storage: a storage driver is required")
+	}
+	if spoolDir == "" {
+		return nil, errors.New("storage: a spool directory is required for downloads in progress")
+	}
+	if err := os.MkdirAll(spoolDir, 0o750); err != nil {
+		return nil, fmt.Errorf("storage: creating spool directory: %w", err)
+	}
+	b := &Blobs{
+		driver:      driver,
+		localRoot:   localRoot,
+		spoolDir:    spoolDir,
+		uploadGrace: defaultUploadGrace,
+		spools:      make(map[string]struct{}),
+	}
+	if localRoot != "" {
+		if err := os.MkdirAll(localRoot, 0o750); err != nil {
+			return nil, fmt.Errorf("storage: creating blob root: %w", err)
+		}
+		if err := b.probeLocal(); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// NewFilesystem returns the embedded default store: a filesystem driver
+// rooted at dir/blobs with downloads spooled in dir/spool.
+func NewFilesystem(dir string) (*Blobs, error) {
+	root := filepath.Join(dir, "blobs")
+	drv := filesystem.New(filesystem.DriverParameters{RootDirectory: root, MaxThreads: 100})
+	return NewBlobs(drv, root, filepath.Join(dir, "spool"))
+}
+
+// probeLocal renames a file from the spool directory into localRoot and looks
+// for it through the driver. A spool on another filesystem would make every
+// commit fail with EXDEV, and a localRoot that is not the driver's root would
+// publish blobs the driver never sees; both are configuration mistakes best
+// reported at start-up.
+func (b *Blobs) probeLocal() error {
+	f, err := os.CreateTemp(b.spoolDir, "probe-*"+spoolSuffix)
+	if err != nil {
+		return fmt.Errorf("storage: spool directory %s is not writable: %w", b.spoolDir, err)
+	}
+	src := f.Name()
+	f.Close()
+	name := "_probe-" + filepath.Base(src)
+	dst := filepath.Join(b.localRoot, name)
+	if err := os.Rename(src, dst); err != nil {
+		os.Remove(src)
+		return fmt.Errorf("storage: spool directory %s must be on the same filesystem as blob root %s: %w",
+			b.spoolDir, b.localRoot, err)
+	}
+	defer os.Remove(dst)
+	if _, err := b.driver.Stat(context.Background(), "/"+name); err != nil {
+		return fmt.Errorf("storage: blob root %s is not the root directory of the %s driver: %w",
+			b.localRoot, b.driver.Name(), err)
+	}
+	return nil
+}
+
+// blobPath is the driver path of d. d must have passed verify.Check.
+func blobPath(d digest.Digest) string {
+	hex := d.Encoded()
+	return path.Join("/blobs", string(d.Algorithm()), hex[:2], hex, "data")
+}
+
+// localPath is the file of d on the local fast path.
+func (b *Blobs) localPath(d digest.Digest) string {
+	return filepath.Join(b.localRoot, filepath.FromSlash(blobPath(d)))
+}
+
+// Stat returns the size of blob d, or an error wrapping ErrNotFound.
+func (b *Blobs) Stat(ctx context.Context, d digest.Digest) (int64, error) {
+	if err := verify.Check(d); err != nil {
+		return 0, err
+	}
+	if b.localRoot != "" {
+		fi, err := os.Stat(b.localPath(d))
+		if err != nil {
+			return 0, notFound(d, err)
+		}
+		return fi.Size(), nil
+	}
+	fi, err := b.driver.Stat(ctx, blobPath(d))
+	if err != nil {
+		return 0, notFound(d, err)
+	}
+	if fi.IsDir() {
+		return 0, fmt.Errorf("blob %s: %s is a directory in the %s driver", d, blobPath(d), b.driver.Name())
+	}
+	return fi.Size(), nil
+}
+
+// Open returns blob d for reading and seeking, with its size. On the local
+// fast path the reader is an *os.File. For remote drivers it reopens the
+// driver's reader at the new offset after a Seek; it uses ctx for those
+// reads, so it must not outlive ctx.
+func (b *Blobs) Open(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, int64, error) {
+	if err := verify.Check(d); err != nil {
+		return nil, 0, err
+	}
+	if b.localRoot != "" {
+		f, err := os.Open(b.localPath(d))
+		if err != nil {
+			return nil, 0, notFound(d, err)
+		}
+		fi, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return nil, 0, fmt.Errorf("blob %s: %w", d, err)
+		}
+		return f, fi.Size(), nil
+	}
+	size, err := b.Stat(ctx, d)
+	if err != nil {
+		return nil, 0, err
+	}
+	return &driverReader{ctx: ctx, driver: b.driver, path: blobPath(d), size: size}, size, nil
+}
+
+// RedirectURL returns a URL the client of r may fetch blob d from directly
+// (a presigned S3, GCS or Azure URL), or "" when the driver offers none.
+func (b *Blobs) RedirectURL(r *http.Request, d digest.Digest) (string, error) {
+	if err := verify.Check(d); err != nil {
+		return "", err
+	}
+	if b.localRoot != "" {
+		return "", nil
+	}
+	u, err := b.driver.RedirectURL(r, blobPath(d))
+	if err != nil {
+		return "", fmt.Errorf("blob %s: redirect URL from the %s driver: %w", d, b.driver.Name(), err)
+	}
+	return u, nil
+}
+
+// notFound maps "does not exist" from either the OS or a driver to
+// ErrNotFound and wraps anything else with the digest.
+func notFound(d digest.Digest, err error) error {
+	var pnf storagedriver.PathNotFoundError
+	if errors.Is(err, os.ErrNotExist) || errors.As(err, &pnf) {
+		return fmt.Errorf("blob %s: %w", d, ErrNotFound)
+	}
+	return fmt.Errorf("blob %s: %w", d, err)
+}

@@ -1,0 +1,30 @@
+// Package storage keeps airlock's content-addressed blobs.
+//
+// Blobs live in a distribution storage driver (filesystem, S3, GCS, Azure,
+// in-memory) at /blobs/<algorithm>/<first two hex>/<hex>/data. A download is
+// written to a [Spool], a local temporary file that concurrent clients can
+// read while it grows, and becomes a blob only through [Blobs.Commit].
+//
+// Guarantees:
+//   - Anything at a final blob path is whole and verified. Commit is the only
+//     writer of final paths, it refuses a spool whose bytes do not hash to
+//     the digest (independently of any verification the caller did), and it
+//     publishes with an atomic rename (local) or a driver move of a fully
+//     committed temporary object (remote).
+//   - A crash at any point leaves nothing half-written at a final path. What
+//     it may leave is spool files and temporary uploads; [Blobs.Recover]
+//     removes them at start-up.
+//   - On the local fast path (a filesystem driver whose root directory is
+//     known), [Blobs.Open] returns an *os.File so net/http can use sendfile,
+//     and a committed spool stays readable through handles already open on
+//     it, because a rename does not disturb open files.
+//   - Committing the same digest twice, concurrently or not, is safe: the
+//     content is identical by construction, so whichever lands first wins and
+//     the other spool is dropped.
+//
+// Digests are validated with verify.Check before they become paths, so a
+// hostile digest cannot name a file outside the store.
+//
+// The package knows nothing of HTTP beyond passing a request through to a
+// driver's RedirectURL, and nothing of upstreams.
+package storage

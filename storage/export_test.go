@@ -1,0 +1,5 @@
+package storage
+
+import "time"
+
+var zeroTime time.Time

@@ -1,0 +1,152 @@
+package storage
+
+import (
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/verify"
+)
+
+// spoolSuffix marks files Recover may remove from the spool directory.
+const spoolSuffix = ".spool"
+
+// Spool is a download in progress: a local file that one writer appends to
+// while any number of readers read what has been written so far.
+//
+// A spool ends with Commit (it becomes the blob) or Discard (it is thrown
+// away). Either way its open file handle lives on until Close or Discard, so
+// readers that are still streaming it to clients are not cut off by the
+// commit.
+type Spool struct {
+	f      *os.File
+	path   string
+	digest digest.Digest
+	blobs  *Blobs
+
+	// h and written belong to the single writer; size is read by everyone.
+	h    hash.Hash
+	size atomic.Int64
+
+	mu        sync.Mutex
+	committed bool // the file is now the blob (local) or copied to it (remote)
+	removed   bool // the spool path no longer exists
+	closed    bool
+}
+
+// NewSpool creates a uniquely named spool file for a download of d.
+func (b *Blobs) NewSpool(d digest.Digest) (*Spool, error) {
+	if err := verify.Check(d); err != nil {
+		return nil, err
+	}
+	var h hash.Hash = sha256.New()
+	if d.Algorithm() == digest.SHA512 {
+		h = sha512.New()
+	}
+	f, err := os.CreateTemp(b.spoolDir, string(d.Algorithm())+"-"+d.Encoded()[:16]+"-*"+spoolSuffix)
+	if err != nil {
+		return nil, fmt.Errorf("creating spool for %s in %s: %w", d, b.spoolDir, err)
+	}
+	s := &Spool{f: f, path: f.Name(), digest: d, blobs: b, h: h}
+	b.mu.Lock()
+	b.spools[s.path] = struct{}{}
+	b.mu.Unlock()
+	return s, nil
+}
+
+// Write appends p to the spool. Only one goroutine may write, and it must be
+// the one that later calls Commit.
+func (s *Spool) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	done := s.committed || s.closed
+	s.mu.Unlock()
+	if done {
+		return 0, fmt.Errorf("spool %s for %s: write after commit, discard or close", s.path, s.digest)
+	}
+	n, err := s.f.Write(p)
+	s.h.Write(p[:n])
+	// Publish the size only after the bytes are in the file, so a reader
+	// that sees the new size finds them with ReadAt.
+	s.size.Add(int64(n))
+	if err != nil {
+		return n, fmt.Errorf("spool %s for %s: %w", s.path, s.digest, err)
+	}
+	return n, nil
+}
+
+// ReadAt reads written bytes at off. It uses pread and is safe concurrently
+// with Write and with other readers. Reading past Size returns io.EOF.
+func (s *Spool) ReadAt(p []byte, off int64) (int, error) {
+	return s.f.ReadAt(p, off)
+}
+
+// Sync flushes written bytes to stable storage.
+func (s *Spool) Sync() error { return s.f.Sync() }
+
+// Size returns the number of bytes written so far.
+func (s *Spool) Size() int64 { return s.size.Load() }
+
+// Path returns the spool file's path. After a local Commit the file lives on
+// at the blob path instead; handles opened on Path before then stay valid.
+func (s *Spool) Path() string { return s.path }
+
+// Digest returns the digest the spool was created for.
+func (s *Spool) Digest() digest.Digest { return s.digest }
+
+// sum is the digest of everything written.
+func (s *Spool) sum() digest.Digest {
+	return digest.NewDigestFromEncoded(s.digest.Algorithm(), hex.EncodeToString(s.h.Sum(nil)))
+}
+
+// Close releases the spool's file handle. Call it once no reader needs the
+// spool any more, after Commit or Discard; it does not remove anything and
+// may be called more than once.
+func (s *Spool) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closeLocked()
+}
+
+func (s *Spool) closeLocked() error {
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if err := s.f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("closing spool %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// forget removes the spool from the live set Recover respects.
+func (s *Spool) forget() {
+	s.blobs.mu.Lock()
+	delete(s.blobs.spools, s.path)
+	s.blobs.mu.Unlock()
+}
+
+// Discard removes an unfinished or failed spool and closes its handle.
+// Readers still streaming it get errors. Discarding a committed spool only
+// closes the handle: the blob stays. Discard may be called more than once.
+func (b *Blobs) Discard(s *Spool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	if !s.committed && !s.removed {
+		if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("removing spool %s: %w", s.path, err))
+		}
+		s.removed = true
+	}
+	s.forget()
+	errs = append(errs, s.closeLocked())
+	return errors.Join(errs...)
+}

@@ -1,0 +1,57 @@
+package airlocktest
+
+// Config is what a test chooses about an airlock; the listen addresses, the
+// storage path and the log settings are filled in by Start.
+type Config struct {
+	Upstreams []Upstream
+	// TagTTL is cache.tagTTL; "5m" when empty.
+	TagTTL string
+}
+
+// Upstream is one entry of the upstreams list, in airlock's YAML terms.
+type Upstream struct {
+	Name         string   `yaml:"name"`
+	URL          string   `yaml:"url"`
+	Aliases      []string `yaml:"aliases,omitempty"`
+	Default      bool     `yaml:"default,omitempty"`
+	Repositories []string `yaml:"repositories,omitempty"`
+	Auth         *Auth    `yaml:"auth,omitempty"`
+	Retry        *Retry   `yaml:"retry,omitempty"`
+}
+
+// Auth names the files airlock reads upstream credentials from.
+type Auth struct {
+	UsernameFile string `yaml:"usernameFile"`
+	PasswordFile string `yaml:"passwordFile"`
+}
+
+// Retry is an upstream's retry policy; durations in Go syntax ("50ms").
+type Retry struct {
+	MaxAttempts int    `yaml:"maxAttempts"`
+	BaseDelay   string `yaml:"baseDelay"`
+	MaxDelay    string `yaml:"maxDelay"`
+}
+
+// FastRetry gives up quickly, for tests that make upstreams fail.
+func FastRetry() *Retry {
+	return &Retry{MaxAttempts: 2, BaseDelay: "50ms", MaxDelay: "1s"}
+}
+
+// file is the YAML document airlock reads.
+type file struct {
+	Listen  string `yaml:"listen"`
+	Storage struct {
+		Path string `yaml:"path"`
+	} `yaml:"storage"`
+	Admin struct {
+		Listen string `yaml:"listen"`
+	} `yaml:"admin"`
+	Cache struct {
+		TagTTL string `yaml:"tagTTL"`
+	} `yaml:"cache"`
+	Log struct {
+		Level  string `yaml:"level"`
+		Format string `yaml:"format"`
+	} `yaml:"log"`
+	Upstreams []Upstream `yaml:"upstreams"`
+}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package airlocktest
+
+const raceEnabled = false

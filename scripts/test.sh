@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs every check a change must pass: formatting, vet, the race-enabled
+# test suite (including end-to-end tests with containerd, dockerd and
+# skopeo) and a short run of every fuzz target. Installs the client
+# programs the end-to-end tests drive when they are missing. Exits non-zero
+# on the first failure. Meant to run as root on Debian 12 with Go.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Packages whose programs the integration tests run, as "program:package".
+needs=(containerd:containerd ctr:containerd dockerd:docker.io docker:docker.io skopeo:skopeo runc:runc)
+missing=()
+for pair in "${needs[@]}"; do
+	command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
+done
+if ((${#missing[@]})); then
+	if [[ $(id -u) -ne 0 ]]; then
+		echo "test.sh: missing ${missing[*]} and not root to install them" >&2
+		exit 1
+	fi
+	echo "test.sh: installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	# Install the whole set: a partial install can leave versions mismatched.
+	apt-get install -y -qq --no-install-recommends containerd docker.io skopeo runc >/dev/null
+fi
+
+echo "== gofmt"
+unformatted=$(gofmt -l .)
+if [[ -n $unformatted ]]; then
+	echo "gofmt would change:" >&2
+	echo "$unformatted" >&2
+	exit 1
+fi
+
+echo "== go vet"
+go vet ./...
+
+echo "== go test -race"
+# CI is passed through: with CI=true a missing client program fails instead
+# of skipping.
+CI="${CI:-}" go test -race -count=1 -timeout 30m ./...
+
+echo "== fuzz"
+# Every Fuzz function, found where it is declared, runs briefly on its own.
+while IFS=: read -r file _ decl; do
+	name=$(sed -E 's/^func (Fuzz[A-Za-z0-9_]*).*/\1/' <<<"$decl")
+	pkg="./$(dirname "$file")"
+	echo "-- $name in $pkg"
+	go test -run='^$' -fuzz="^${name}\$" -fuzztime=10s "$pkg"
+done < <(grep -rn --include='*_test.go' '^func Fuzz' . | grep -v '^./.git/' | sort)
+
+echo "== all checks passed"

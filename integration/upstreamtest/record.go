@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -11,7 +12,8 @@ import (
 // recordingWriter remembers the status and body size of one response.
 type recordingWriter struct {
 	http.ResponseWriter
-	req Request
+	req  Request
+	live *atomic.Int64
 }
 
 func (w *recordingWriter) WriteHeader(code int) {
@@ -27,6 +29,7 @@ func (w *recordingWriter) Write(p []byte) (int, error) {
 	}
 	n, err := w.ResponseWriter.Write(p)
 	w.req.Bytes += int64(n)
+	w.live.Add(int64(n))
 	return n, err
 }
 
@@ -38,7 +41,7 @@ func (w *recordingWriter) Flush() {
 }
 
 func (u *Upstream) begin(w http.ResponseWriter, r *http.Request, l Listener) *recordingWriter {
-	return &recordingWriter{ResponseWriter: w, req: Request{
+	return &recordingWriter{ResponseWriter: w, live: &u.written, req: Request{
 		Listener:      l,
 		Method:        r.Method,
 		Path:          r.URL.Path,
@@ -75,11 +78,12 @@ func (u *Upstream) Total() int {
 	return len(u.requests)
 }
 
-// Reset forgets the recorded requests and violations.
+// Reset forgets the recorded requests, violations and bytes served.
 func (u *Upstream) Reset() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.requests, u.violations = nil, nil
+	u.written.Store(0)
 }
 
 // Violations lists the protocol violations seen, such as credentials sent
@@ -107,15 +111,11 @@ func (u *Upstream) CDNGETs(d v1.Hash) int {
 	return u.count(CDNListener, http.MethodGet, "/blobs/"+d.String())
 }
 
-// BytesServed is the number of body bytes written on all listeners.
+// BytesServed is the number of body bytes written on all listeners,
+// including those of responses still being written, so a test can wait
+// for a transfer to be under way.
 func (u *Upstream) BytesServed() int64 {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	var n int64
-	for _, r := range u.requests {
-		n += r.Bytes
-	}
-	return n
+	return u.written.Load()
 }
 
 // Count counts requests on listener l with method whose path ends in

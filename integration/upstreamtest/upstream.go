@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,6 +103,7 @@ type Upstream struct {
 	delay      time.Duration
 	rate       int64
 	tokens     map[string]string // token -> repository it grants pull on
+	written    atomic.Int64
 }
 
 // New starts an Upstream on 127.0.0.1 and closes it when tb's test ends.

@@ -129,9 +129,9 @@ func newClient(t *testing.T, url string, edit ...func(*Options)) *Registry {
 type tokenServer struct {
 	*httptest.Server
 	user, pass string // required Basic credentials, if set
-	expiresIn int
-	delay     time.Duration
-	useAccess bool // answer with access_token instead of token
+	expiresIn  int
+	delay      time.Duration
+	useAccess  bool // answer with access_token instead of token
 
 	requests atomic.Int64
 	mu       sync.Mutex

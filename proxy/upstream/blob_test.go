@@ -1,0 +1,221 @@
+package upstream
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// blobFault describes how a blob endpoint misbehaves in front of the real
+// registry.
+type blobFault struct {
+	drops   int64 // how many responses are cut off halfway (-1: every one)
+	chunked bool  // omit Content-Length on the first response
+	ranged  string
+	// ranged: how Range requests are answered:
+	// "206" correctly, "ignore" with a full 200, "shifted" with a 206 that
+	// starts at the wrong offset.
+}
+
+// faultyBlobs serves blob GETs of blob itself, applying f, and passes other
+// requests to next.
+func faultyBlobs(next http.Handler, blob []byte, f blobFault) (http.Handler, *atomic.Int64) {
+	var count atomic.Int64
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") {
+			next.ServeHTTP(w, r)
+			return
+		}
+		n := count.Add(1)
+		start := int64(0)
+		if rg := r.Header.Get("Range"); rg != "" {
+			var err error
+			start, err = strconv.ParseInt(strings.TrimSuffix(strings.TrimPrefix(rg, "bytes="), "-"), 10, 64)
+			if err != nil {
+				http.Error(w, "bad range", http.StatusRequestedRangeNotSatisfiable)
+				return
+			}
+			switch f.ranged {
+			case "206":
+				r = r.Clone(r.Context())
+				// The real registry wants both ends of the range.
+				r.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", start, len(blob)-1))
+			case "ignore":
+				r = r.Clone(r.Context())
+				r.Header.Del("Range")
+				start = 0
+			case "shifted":
+				w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start-1, len(blob)-1, len(blob)))
+				w.WriteHeader(http.StatusPartialContent)
+				_, _ = w.Write(blob[start-1:])
+				return
+			}
+		}
+		if f.drops >= 0 && n > f.drops {
+			next.ServeHTTP(w, r)
+			return
+		}
+		rest := blob[start:]
+		if f.chunked && n == 1 {
+			w.Header().Set("Transfer-Encoding", "chunked")
+		} else {
+			w.Header().Set("Content-Length", strconv.Itoa(len(rest)))
+		}
+		if start > 0 {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, len(blob)-1, len(blob)))
+			w.WriteHeader(http.StatusPartialContent)
+		}
+		_, _ = w.Write(rest[:len(rest)/2])
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler) // the connection drops mid-body
+	}), &count
+}
+
+func TestBlobResume(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		fault    blobFault
+		want     error
+		size     int64 // -2: the blob's size
+		requests int64
+	}{
+		{name: "dropped once, resumed with 206", fault: blobFault{drops: 1, ranged: "206"}, size: -2, requests: 2},
+		{name: "dropped three times, resumed each time", fault: blobFault{drops: 3, ranged: "206"}, size: -2, requests: 4},
+		{name: "chunked body dropped, resumed", fault: blobFault{drops: 1, chunked: true, ranged: "206"}, size: -1, requests: 2},
+		{name: "dropped every time", fault: blobFault{drops: -1, ranged: "206"}, want: ErrUnavailable, requests: 4},
+		{name: "upstream ignores Range", fault: blobFault{drops: 1, ranged: "ignore"}, want: ErrUnavailable, requests: 2},
+		{name: "upstream resumes at wrong offset", fault: blobFault{drops: 1, ranged: "shifted"}, want: ErrInvalid, requests: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			inner := realRegistry(false)
+			s := seed(t, inner, "app", "v1")
+			blob, d := layerBytes(t, s.layers[1])
+			h, count := faultyBlobs(inner, blob, tt.fault)
+			r := newClient(t, serve(t, h).URL)
+			body, size, err := r.GetBlob(t.Context(), "app", digestOf(t, d))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(body)
+			body.Close()
+			if !errors.Is(err, tt.want) || (tt.want == nil) != (err == nil) {
+				t.Fatalf("reading blob: %v, want %v", err, tt.want)
+			}
+			if err == nil && !bytes.Equal(got, blob) {
+				t.Fatalf("resumed blob differs: %d bytes, want %d", len(got), len(blob))
+			}
+			if want := tt.size; want == -2 && size != int64(len(blob)) || want == -1 && size != -1 {
+				t.Errorf("size %d, want %d (blob %d)", size, want, len(blob))
+			}
+			if n := count.Load(); n != tt.requests {
+				t.Errorf("upstream saw %d blob requests, want %d", n, tt.requests)
+			}
+		})
+	}
+}
+
+// trickle serves blob in small pieces with a pause before each; stallAt >= 0
+// makes it stop sending after that many bytes until the client gives up.
+// It counts the requests it serves in n.
+func trickle(n *atomic.Int64, blob []byte, pieces int, pause time.Duration, stallAt int) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n.Add(1)
+		start := 0
+		if rg := r.Header.Get("Range"); rg != "" {
+			start, _ = strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(rg, "bytes="), "-"))
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, len(blob)-1, len(blob)))
+			w.Header().Set("Content-Length", strconv.Itoa(len(blob)-start))
+			w.WriteHeader(http.StatusPartialContent)
+		} else {
+			w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+		}
+		w.(http.Flusher).Flush() // headers go out before any stall
+		step := max(len(blob)/pieces, 1)
+		for off := start; off < len(blob); off += step {
+			if stallAt >= 0 && off >= stallAt {
+				<-r.Context().Done()
+				return
+			}
+			select {
+			case <-time.After(pause):
+			case <-r.Context().Done():
+				return
+			}
+			_, _ = w.Write(blob[off:min(off+step, len(blob))])
+			w.(http.Flusher).Flush()
+		}
+	})
+}
+
+func TestIdleTimeout(t *testing.T) {
+	t.Parallel()
+	blob := bytes.Repeat([]byte("airlock "), 4096)
+	const idle = 150 * time.Millisecond
+	tests := []struct {
+		name     string
+		pieces   int
+		every    time.Duration // server's pause before each piece
+		stallAt  int           // server stops sending here (-1: never)
+		pause    time.Duration // caller's own pause after its first read
+		want     error
+		requests int64 // 1 unless the body had to be resumed
+	}{
+		{name: "slow but progressing body is never cut", pieces: 10, every: idle / 3, stallAt: -1, requests: 1},
+		{name: "caller pausing between reads is not a stall", pieces: 2, stallAt: -1, pause: 2 * idle, requests: 1},
+		{name: "stalled body fails after resume attempts", pieces: 10, stallAt: len(blob) / 2, want: errStalled, requests: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var requests atomic.Int64
+			h := trickle(&requests, blob, tt.pieces, tt.every, tt.stallAt)
+			r := newClient(t, serve(t, h).URL, func(o *Options) {
+				o.IdleTimeout = idle
+				o.MaxAttempts = 2
+			})
+			body, _, err := r.GetBlob(t.Context(), "app", digestOf(t, "sha256:"+sixtyFourA))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer body.Close()
+			var got bytes.Buffer
+			buf := make([]byte, 1024)
+			start := time.Now()
+			for {
+				n, rerr := body.Read(buf)
+				got.Write(buf[:n])
+				if rerr == io.EOF {
+					break
+				}
+				if rerr != nil {
+					err = rerr
+					break
+				}
+				time.Sleep(tt.pause)
+				tt.pause = 0
+			}
+			if !errors.Is(err, tt.want) || (tt.want == nil) != (err == nil) {
+				t.Fatalf("read: %v after %s, want %v", err, time.Since(start), tt.want)
+			}
+			if err == nil && !bytes.Equal(got.Bytes(), blob) {
+				t.Fatalf("got %d bytes, want %d", got.Len(), len(blob))
+			}
+			if err != nil && !errors.Is(err, ErrUnavailable) {
+				t.Errorf("stall is not ErrUnavailable: %v", err)
+			}
+			if n := requests.Load(); n != tt.requests {
+				t.Errorf("upstream saw %d requests, want %d", n, tt.requests)
+			}
+		})
+	}
+}

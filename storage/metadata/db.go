@@ -1,0 +1,146 @@
+package metadata
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+// schemaVersion is the layout this code reads and writes. Bump it, and add
+// a migration, whenever a bucket or an encoding changes incompatibly.
+const schemaVersion = 1
+
+var (
+	bucketMeta      = []byte("meta")
+	bucketTags      = []byte("tags")      // repo \x00 tag     -> tag record (JSON)
+	bucketManifests = []byte("manifests") // digest            -> manifest record (binary)
+	bucketLinks     = []byte("links")     // repo \x00 digest  -> size (uvarint)
+	bucketAccess    = []byte("access")    // repo \x00 digest  -> unix nanoseconds (8 bytes)
+	bucketStates    = []byte("states")    // repo \x00 digest  -> state record (JSON)
+
+	keySchema = []byte("schema")
+
+	dataBuckets = [][]byte{bucketTags, bucketManifests, bucketLinks, bucketAccess, bucketStates}
+)
+
+const (
+	lockTimeout       = 5 * time.Second
+	defaultFlushEvery = 5 * time.Second
+)
+
+// DB is the bbolt metadata index. It is safe for concurrent use.
+type DB struct {
+	bolt *bolt.DB
+
+	mu      sync.Mutex
+	pending map[string]int64 // access key -> unix nanoseconds, not yet written
+	closed  bool
+
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open opens or creates the index at path, creating its directory if
+// needed, and starts the background loop that writes access times.
+func Open(path string) (*DB, error) {
+	return open(path, defaultFlushEvery)
+}
+
+func open(path string, flushEvery time.Duration) (*DB, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("metadata: creating directory for %s: %w", path, err)
+	}
+	bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("metadata: %s is locked by another process (is another airlock running on this data directory?): %w", path, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("metadata: opening %s: %w", path, err)
+	}
+	if err := bdb.Update(initSchema); err != nil {
+		bdb.Close()
+		return nil, fmt.Errorf("metadata: %s: %w", path, err)
+	}
+	db := &DB{
+		bolt:    bdb,
+		pending: make(map[string]int64),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	go db.flushLoop(flushEvery)
+	return db, nil
+}
+
+// initSchema creates the buckets of a new file, or checks the version of an
+// existing one.
+func initSchema(tx *bolt.Tx) error {
+	meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+	if err != nil {
+		return err
+	}
+	if v := meta.Get(keySchema); v != nil {
+		got, err := strconv.Atoi(string(v))
+		if err != nil || got != schemaVersion {
+			return fmt.Errorf("schema version %q, but this airlock reads version %d; use the matching airlock release or migrate the file", v, schemaVersion)
+		}
+	} else if err := meta.Put(keySchema, []byte(strconv.Itoa(schemaVersion))); err != nil {
+		return err
+	}
+	for _, name := range dataBuckets {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close writes pending access times, stops the background loop and closes
+// the file. Later calls return the first call's result.
+func (db *DB) Close() error {
+	db.closeOnce.Do(func() {
+		close(db.stop)
+		<-db.done
+		db.mu.Lock()
+		db.closed = true
+		db.mu.Unlock()
+		flushErr := db.flush()
+		db.closeErr = errors.Join(flushErr, db.bolt.Close())
+	})
+	return db.closeErr
+}
+
+// view runs a read transaction unless ctx is already done. bbolt cannot
+// interrupt a transaction, so the context is honoured at the boundary.
+func (db *DB) view(ctx context.Context, fn func(*bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return db.bolt.View(fn)
+}
+
+func (db *DB) update(ctx context.Context, fn func(*bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return db.bolt.Update(fn)
+}
+
+// batch is for writes that many goroutines issue at once (a pull links
+// every layer): bbolt coalesces them into one commit and one fsync. fn may
+// run more than once, so it must be idempotent.
+func (db *DB) batch(ctx context.Context, fn func(*bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return db.bolt.Batch(fn)
+}

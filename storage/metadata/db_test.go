@@ -1,0 +1,215 @@
+package metadata
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func openTemp(t testing.TB) *DB {
+	t.Helper()
+	db, err := Open(filepath.Join(t.TempDir(), "meta", "airlock.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+func TestBolt(t *testing.T) {
+	t.Parallel()
+	testStore(t, func(t *testing.T) store { return openTemp(t) })
+}
+
+func TestReopenPersists(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "airlock.db")
+	ctx := t.Context()
+	db, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := manifest(`{"persist":true}`)
+	d := digest.FromString("layer")
+	steps := []error{
+		db.PutTag(ctx, "dockerhub/library/redis", "7", TagRecord{Digest: m.Digest, Size: 17}),
+		db.PutManifest(ctx, "dockerhub/library/redis", m),
+		db.LinkBlob(ctx, "dockerhub/library/redis", d, 99),
+		db.SetState(ctx, "dockerhub/library/redis", m.Digest, StateRecord{State: StateApproved, By: "policy"}),
+		db.Close(),
+	}
+	for i, err := range steps {
+		if err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+	}
+
+	db, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if rec, err := db.Tag(ctx, "dockerhub/library/redis", "7"); err != nil || rec.Digest != m.Digest || rec.Size != 17 {
+		t.Errorf("tag after reopen = %+v, %v", rec, err)
+	}
+	if rec, err := db.Manifest(ctx, m.Digest); err != nil || string(rec.Body) != string(m.Body) {
+		t.Errorf("manifest after reopen = %+v, %v", rec, err)
+	}
+	if ok, err := db.Linked(ctx, "dockerhub/library/redis", d); !ok || err != nil {
+		t.Errorf("link after reopen = %v, %v", ok, err)
+	}
+	if rec, err := db.State(ctx, "dockerhub/library/redis", m.Digest); err != nil || rec.State != StateApproved {
+		t.Errorf("state after reopen = %+v, %v", rec, err)
+	}
+}
+
+// TestTouchFlushedOnClose proves Touch reaches the file by Close even when
+// the background loop never ran.
+func TestTouchFlushedOnClose(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "airlock.db")
+	db, err := open(path, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := digest.FromString("layer")
+	before := time.Now()
+	db.Touch("quay/coreos/etcd", d)
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db.Touch("quay/coreos/etcd", digest.FromString("after close")) // ignored, no panic
+
+	db, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	at, err := db.Accessed(t.Context(), "quay/coreos/etcd", d)
+	if err != nil || at.Before(before.Truncate(time.Second)) {
+		t.Fatalf("Accessed after reopen = %v, %v; want the touch time", at, err)
+	}
+	if _, err := db.Accessed(t.Context(), "quay/coreos/etcd", digest.FromString("after close")); err == nil {
+		t.Fatal("touch after Close was stored")
+	}
+}
+
+// TestTouchFlushedInBackground proves the loop writes without Close.
+func TestTouchFlushedInBackground(t *testing.T) {
+	t.Parallel()
+	db, err := open(filepath.Join(t.TempDir(), "airlock.db"), 10*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	d := digest.FromString("layer")
+	db.Touch("a/b", d)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var stored bool
+		db.bolt.View(func(tx *bolt.Tx) error {
+			stored = tx.Bucket(bucketAccess).Get([]byte("a/b\x00"+string(d))) != nil
+			return nil
+		})
+		if stored {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("access time not written by the background loop within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestOpenLockedByAnotherProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the 5s lock timeout")
+	}
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "airlock.db")
+	// bbolt's lock is an flock on the file; a second handle in this process
+	// contends for it exactly like a second process would.
+	holder, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	start := time.Now()
+	_, err = Open(path)
+	if err == nil || !strings.Contains(err.Error(), "locked by another process") {
+		t.Fatalf("Open of a locked file = %v, want a lock error", err)
+	}
+	if waited := time.Since(start); waited < 4*time.Second || waited > 15*time.Second {
+		t.Errorf("gave up after %v, want about 5s", waited)
+	}
+}
+
+func TestSchemaVersionMismatch(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "airlock.db")
+	raw, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Update(func(tx *bolt.Tx) error {
+		b, _ := tx.CreateBucketIfNotExists(bucketMeta)
+		return b.Put(keySchema, []byte(fmt.Sprint(schemaVersion+1)))
+	})
+	raw.Close()
+	if _, err := Open(path); err == nil || !strings.Contains(err.Error(), "schema version") {
+		t.Fatalf("Open of a newer schema = %v, want a schema version error", err)
+	}
+}
+
+func TestOpenUnwritable(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, nil, 0o600)
+	if _, err := Open(filepath.Join(file, "airlock.db")); err == nil {
+		t.Fatal("Open below a regular file succeeded")
+	}
+}
+
+func BenchmarkTag(b *testing.B) {
+	db := openTemp(b)
+	defer db.Close()
+	ctx := b.Context()
+	for i := range 1000 {
+		db.PutTag(ctx, "dockerhub/library/nginx", fmt.Sprint("t", i), TagRecord{Digest: digest.FromString(fmt.Sprint(i)), Size: 1000, Resolved: time.Now()})
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := db.Tag(ctx, "dockerhub/library/nginx", "t500"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkManifest(b *testing.B) {
+	db := openTemp(b)
+	defer db.Close()
+	ctx := b.Context()
+	body := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[` +
+		strings.Repeat(`{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","size":123456,"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000"},`, 20) + `{}]}`
+	m := manifest(body)
+	if err := db.PutManifest(ctx, "dockerhub/library/nginx", m); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := db.Manifest(ctx, m.Digest); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

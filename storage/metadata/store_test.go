@@ -1,0 +1,299 @@
+package metadata
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/storage"
+	"github.com/airlock-registry/airlock/verify"
+)
+
+// store is the contract every metadata index implements. testStore runs
+// against any of them, so a PostgreSQL index can reuse it.
+type store interface {
+	Tag(ctx context.Context, repo, tag string) (TagRecord, error)
+	PutTag(ctx context.Context, repo, tag string, rec TagRecord) error
+	Tags(ctx context.Context, repo string) ([]string, error)
+	Manifest(ctx context.Context, d digest.Digest) (ManifestRecord, error)
+	PutManifest(ctx context.Context, repo string, rec ManifestRecord) error
+	LinkBlob(ctx context.Context, repo string, d digest.Digest, size int64) error
+	Linked(ctx context.Context, repo string, d digest.Digest) (bool, error)
+	Touch(repo string, d digest.Digest)
+	Accessed(ctx context.Context, repo string, d digest.Digest) (time.Time, error)
+	State(ctx context.Context, repo string, d digest.Digest) (StateRecord, error)
+	SetState(ctx context.Context, repo string, d digest.Digest, rec StateRecord) error
+	Close() error
+}
+
+func manifest(body string) ManifestRecord {
+	return ManifestRecord{
+		Digest:    digest.FromString(body),
+		MediaType: "application/vnd.oci.image.manifest.v1+json",
+		Body:      []byte(body),
+	}
+}
+
+// testStore is the conformance suite. open returns a fresh, empty store that
+// the suite closes itself.
+func testStore(t *testing.T, open func(t *testing.T) store) {
+	t.Run("tags round trip", func(t *testing.T) {
+		t.Parallel()
+		s := open(t)
+		defer s.Close()
+		ctx := t.Context()
+		const repo = "dockerhub/library/nginx"
+		if _, err := s.Tag(ctx, repo, "latest"); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("Tag of unknown tag = %v, want ErrNotFound", err)
+		}
+		want := TagRecord{Digest: digest.FromString("m1"), MediaType: "application/vnd.oci.image.index.v1+json",
+			Size: 1234, Resolved: time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)}
+		for _, tag := range []string{"latest", "1.27", "1.27-alpine", "1.25"} {
+			if err := s.PutTag(ctx, repo, tag, want); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Another repository whose name is a prefix must not leak in.
+		if err := s.PutTag(ctx, repo+"-extra", "zzz", want); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.PutTag(ctx, "quay/library/nginx", "other", want); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Tag(ctx, repo, "latest")
+		if err != nil || got.Digest != want.Digest || got.MediaType != want.MediaType ||
+			got.Size != want.Size || !got.Resolved.Equal(want.Resolved) {
+			t.Fatalf("Tag = %+v, %v; want %+v", got, err, want)
+		}
+		moved := want
+		moved.Digest = digest.FromString("m2")
+		if err := s.PutTag(ctx, repo, "latest", moved); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.Tag(ctx, repo, "latest"); got.Digest != moved.Digest {
+			t.Fatalf("tag not moved: %s", got.Digest)
+		}
+		tags, err := s.Tags(ctx, repo)
+		if wantTags := []string{"1.25", "1.27", "1.27-alpine", "latest"}; err != nil || !slices.Equal(tags, wantTags) {
+			t.Fatalf("Tags = %v, %v; want %v", tags, err, wantTags)
+		}
+		if tags, err := s.Tags(ctx, "dockerhub/unknown"); err != nil || len(tags) != 0 {
+			t.Fatalf("Tags of unknown repo = %v, %v; want none", tags, err)
+		}
+	})
+
+	t.Run("manifests round trip", func(t *testing.T) {
+		t.Parallel()
+		s := open(t)
+		defer s.Close()
+		ctx := t.Context()
+		m := manifest(`{"schemaVersion":2,"layers":[]}`)
+		if _, err := s.Manifest(ctx, m.Digest); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("Manifest before put = %v, want ErrNotFound", err)
+		}
+		if ok, err := s.Linked(ctx, "gcr/distroless/static", m.Digest); ok || err != nil {
+			t.Fatalf("Linked before put = %v, %v", ok, err)
+		}
+		if err := s.PutManifest(ctx, "gcr/distroless/static", m); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Manifest(ctx, m.Digest)
+		if err != nil || got.Digest != m.Digest || got.MediaType != m.MediaType || string(got.Body) != string(m.Body) {
+			t.Fatalf("Manifest = %+v, %v", got, err)
+		}
+		got.Body[0] = 'X' // callers own what they get
+		if again, _ := s.Manifest(ctx, m.Digest); string(again.Body) != string(m.Body) {
+			t.Fatal("modifying a returned body changed the stored manifest")
+		}
+		if ok, err := s.Linked(ctx, "gcr/distroless/static", m.Digest); !ok || err != nil {
+			t.Fatalf("Linked after PutManifest = %v, %v; want true", ok, err)
+		}
+		if ok, _ := s.Linked(ctx, "gcr/distroless/base", m.Digest); ok {
+			t.Fatal("manifest linked into a repository that never referenced it")
+		}
+		empty := ManifestRecord{Digest: digest.FromString(""), Body: nil}
+		if err := s.PutManifest(ctx, "gcr/x", empty); err != nil {
+			t.Fatalf("PutManifest of empty body: %v", err)
+		}
+		if got, err := s.Manifest(ctx, empty.Digest); err != nil || len(got.Body) != 0 || got.MediaType != "" {
+			t.Fatalf("empty manifest = %+v, %v", got, err)
+		}
+	})
+
+	t.Run("manifest checks", func(t *testing.T) {
+		t.Parallel()
+		s := open(t)
+		defer s.Close()
+		ctx := t.Context()
+		bad := manifest(`{"a":1}`)
+		bad.Body = []byte(`{"a":2}`)
+		if err := s.PutManifest(ctx, "dockerhub/x", bad); !errors.Is(err, verify.ErrDigestMismatch) {
+			t.Fatalf("PutManifest with wrong digest = %v, want ErrDigestMismatch", err)
+		}
+		if _, err := s.Manifest(ctx, bad.Digest); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("refused manifest stored anyway: %v", err)
+		}
+		big := make([]byte, MaxManifestSize+1)
+		huge := ManifestRecord{Digest: digest.FromBytes(big), Body: big}
+		if err := s.PutManifest(ctx, "dockerhub/x", huge); !errors.Is(err, verify.ErrTooLarge) {
+			t.Fatalf("PutManifest over the limit = %v, want ErrTooLarge", err)
+		}
+		limit := make([]byte, MaxManifestSize)
+		if err := s.PutManifest(ctx, "dockerhub/x", ManifestRecord{Digest: digest.FromBytes(limit), Body: limit}); err != nil {
+			t.Fatalf("PutManifest at the limit: %v", err)
+		}
+	})
+
+	t.Run("invalid names", func(t *testing.T) {
+		t.Parallel()
+		s := open(t)
+		defer s.Close()
+		ctx := t.Context()
+		d := digest.FromString("x")
+		checks := []struct {
+			name string
+			err  error
+		}{
+			{"empty repo", s.PutTag(ctx, "", "latest", TagRecord{Digest: d})},
+			{"empty tag", s.PutTag(ctx, "a/b", "", TagRecord{Digest: d})},
+			{"NUL in repo", s.LinkBlob(ctx, "a\x00b", d, 1)},
+			{"bad digest in tag", s.PutTag(ctx, "a/b", "t", TagRecord{Digest: "sha256:nope"})},
+			{"bad digest link", s.LinkBlob(ctx, "a/b", "sha256:../../x", 1)},
+			{"negative size", s.LinkBlob(ctx, "a/b", d, -1)},
+			{"unknown state", s.SetState(ctx, "a/b", d, StateRecord{State: "maybe"})},
+		}
+		for _, c := range checks {
+			if c.err == nil {
+				t.Errorf("%s: accepted", c.name)
+			}
+		}
+	})
+
+	t.Run("blob links", func(t *testing.T) {
+		t.Parallel()
+		s := open(t)
+		defer s.Close()
+		ctx := t.Context()
+		d := digest.FromString("layer")
+		if err := s.LinkBlob(ctx, "dockerhub/library/alpine", d, 3_000_000); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := s.Linked(ctx, "dockerhub/library/alpine", d); !ok || err != nil {
+			t.Fatalf("Linked = %v, %v; want true", ok, err)
+		}
+		if ok, _ := s.Linked(ctx, "dockerhub/library/busybox", d); ok {
+			t.Fatal("blob linked into another repository")
+		}
+	})
+
+	t.Run("states", func(t *testing.T) {
+		t.Parallel()
+		s := open(t)
+		defer s.Close()
+		ctx := t.Context()
+		const repo = "vendor/app"
+		d := digest.FromString("image")
+		if rec, err := s.State(ctx, repo, d); err != nil || rec.State != StateNone {
+			t.Fatalf("State of undecided image = %+v, %v; want StateNone", rec, err)
+		}
+		want := StateRecord{State: StateQuarantined, Reasons: []string{"CVE-2024-0001 critical", "unsigned"},
+			Updated: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC), By: "policy"}
+		if err := s.SetState(ctx, repo, d, want); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.State(ctx, repo, d)
+		if err != nil || got.State != want.State || !slices.Equal(got.Reasons, want.Reasons) ||
+			!got.Updated.Equal(want.Updated) || got.By != want.By {
+			t.Fatalf("State = %+v, %v; want %+v", got, err, want)
+		}
+		if err := s.SetState(ctx, repo, d, StateRecord{State: StateReleased, By: "alice"}); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.State(ctx, repo, d); got.State != StateReleased || got.By != "alice" || len(got.Reasons) != 0 {
+			t.Fatalf("State after release = %+v", got)
+		}
+		if got, _ := s.State(ctx, "vendor/other", d); got.State != StateNone {
+			t.Fatalf("state leaked to another repository: %+v", got)
+		}
+	})
+
+	t.Run("touch", func(t *testing.T) {
+		t.Parallel()
+		s := open(t)
+		defer s.Close()
+		ctx := t.Context()
+		d := digest.FromString("hot layer")
+		if _, err := s.Accessed(ctx, "a/b", d); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("Accessed before Touch = %v, want ErrNotFound", err)
+		}
+		before := time.Now()
+		s.Touch("a/b", d)
+		s.Touch("", d)            // ignored, not a panic
+		s.Touch("a/b", "garbage") // ignored
+		at, err := s.Accessed(ctx, "a/b", d)
+		if err != nil || at.Before(before.Add(-time.Second)) {
+			t.Fatalf("Accessed = %v, %v; want about now", at, err)
+		}
+	})
+
+	t.Run("concurrent writers", func(t *testing.T) {
+		t.Parallel()
+		s := open(t)
+		defer s.Close()
+		ctx := t.Context()
+		var wg sync.WaitGroup
+		errs := make(chan error, 64)
+		for w := range 16 {
+			wg.Go(func() {
+				repo := fmt.Sprintf("dockerhub/team%d/app", w%4)
+				for i := range 20 {
+					d := digest.FromString(fmt.Sprintf("%d/%d", w, i))
+					m := manifest(fmt.Sprintf(`{"w":%d,"i":%d}`, w, i))
+					for _, err := range []error{
+						s.LinkBlob(ctx, repo, d, int64(i)),
+						s.PutTag(ctx, repo, fmt.Sprintf("w%d-%d", w, i), TagRecord{Digest: d, Size: int64(i)}),
+						s.PutManifest(ctx, repo, m),
+						s.SetState(ctx, repo, d, StateRecord{State: StatePending}),
+					} {
+						if err != nil {
+							errs <- err
+						}
+					}
+					s.Touch(repo, d)
+					if ok, err := s.Linked(ctx, repo, d); !ok || err != nil {
+						errs <- fmt.Errorf("link %s in %s not visible after LinkBlob: %v", d, repo, err)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		tags, err := s.Tags(ctx, "dockerhub/team0/app")
+		if err != nil || len(tags) != 4*20 {
+			t.Fatalf("team0 has %d tags (%v), want 80", len(tags), err)
+		}
+	})
+
+	t.Run("cancelled context", func(t *testing.T) {
+		t.Parallel()
+		s := open(t)
+		defer s.Close()
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		if _, err := s.Tag(ctx, "a/b", "t"); !errors.Is(err, context.Canceled) {
+			t.Errorf("Tag with cancelled context = %v", err)
+		}
+		if err := s.LinkBlob(ctx, "a/b", digest.FromString("x"), 1); !errors.Is(err, context.Canceled) {
+			t.Errorf("LinkBlob with cancelled context = %v", err)
+		}
+	})
+}

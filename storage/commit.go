@@ -10,7 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"strings"
+	"syscall"
 
 	"github.com/opencontainers/go-digest"
 
@@ -191,7 +191,9 @@ func syncDir(dir string) error {
 		return fmt.Errorf("syncing directory: %w", err)
 	}
 	defer f.Close()
-	if err := f.Sync(); err != nil && !strings.Contains(err.Error(), "invalid argument") {
+	// Some filesystems cannot sync a directory and say so with EINVAL;
+	// there is nothing more to do on those.
+	if err := f.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
 		return fmt.Errorf("syncing directory %s: %w", dir, err)
 	}
 	return nil

@@ -51,14 +51,16 @@ func (b *Blobs) NewSpool(d digest.Digest) (*Spool, error) {
 	if d.Algorithm() == digest.SHA512 {
 		h = sha512.New()
 	}
+	// Create and register under one lock, so a concurrent Recover never sees
+	// the new file before it is known to be live.
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	f, err := os.CreateTemp(b.spoolDir, string(d.Algorithm())+"-"+d.Encoded()[:16]+"-*"+spoolSuffix)
 	if err != nil {
 		return nil, fmt.Errorf("creating spool for %s in %s: %w", d, b.spoolDir, err)
 	}
 	s := &Spool{f: f, path: f.Name(), digest: d, blobs: b, h: h}
-	b.mu.Lock()
 	b.spools[s.path] = struct{}{}
-	b.mu.Unlock()
 	return s, nil
 }
 

@@ -81,13 +81,14 @@ func (o Options) withDefaults() (Options, *url.URL, error) {
 	}
 	base, err := url.Parse(strings.TrimSuffix(o.URL, "/"))
 	if err != nil {
-		return o, nil, fmt.Errorf("upstream %s: URL %q: %w", o.Name, o.URL, err)
+		// The parse error quotes the URL, which may hold a password.
+		return o, nil, fmt.Errorf("upstream %s: URL is not a valid URL", o.Name)
 	}
 	if (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
-		return o, nil, fmt.Errorf("upstream %s: URL %q must be http:// or https:// followed by a host", o.Name, o.URL)
+		return o, nil, fmt.Errorf("upstream %s: URL %q must be http:// or https:// followed by a host", o.Name, base.Redacted())
 	}
 	if base.Path != "" || base.RawQuery != "" || base.User != nil {
-		return o, nil, fmt.Errorf("upstream %s: URL %q must not contain a path, query or user info; put credentials in the credentials file", o.Name, o.URL)
+		return o, nil, fmt.Errorf("upstream %s: URL %q must not contain a path, query or user info; configure credentials separately", o.Name, base.Redacted())
 	}
 	if o.MaxAttempts < 0 || o.BaseDelay < 0 || o.MaxDelay < 0 || o.IdleTimeout < 0 || o.HeaderTimeout < 0 {
 		return o, nil, fmt.Errorf("upstream %s: attempts, delays and timeouts must not be negative", o.Name)

@@ -1,6 +1,8 @@
 package upstream
 
 import (
+	"encoding/json"
+	"strconv"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -13,4 +15,11 @@ func digestOf(t *testing.T, s string) digest.Digest {
 		t.Fatal(err)
 	}
 	return d
+}
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+func atoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
 }

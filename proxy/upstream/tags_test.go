@@ -1,0 +1,115 @@
+package upstream
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"sync/atomic"
+	"testing"
+)
+
+// paginate makes the real registry's tag list answer in pages of size n with
+// a Link to the next page, as Docker Hub and distribution do. linkTo, if
+// set, overrides the Link target (to test hostile links).
+func paginate(next http.Handler, n string, linkTo func(last string) string) (http.Handler, *atomic.Int64) {
+	var pages atomic.Int64
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v2/team/app/tags/list" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		pages.Add(1)
+		r = r.Clone(r.Context())
+		q := r.URL.Query()
+		q.Set("n", n)
+		r.URL.RawQuery = q.Encode()
+		rec := httptest.NewRecorder()
+		next.ServeHTTP(rec, r)
+		body := rec.Body.Bytes()
+		var page struct {
+			Name string   `json:"name"`
+			Tags []string `json:"tags"`
+		}
+		_ = jsonUnmarshal(body, &page)
+		// The in-process registry restarts from the top when nothing
+		// follows "last"; a real one returns an empty page.
+		if last := q.Get("last"); last != "" {
+			page.Tags = slices.DeleteFunc(page.Tags, func(tag string) bool { return tag <= last })
+			body, _ = json.Marshal(page)
+		}
+		if len(page.Tags) > 0 && len(page.Tags) == atoi(n) {
+			last := page.Tags[len(page.Tags)-1]
+			target := "/v2/team/app/tags/list?n=" + n + "&last=" + url.QueryEscape(last)
+			if linkTo != nil {
+				target = linkTo(last)
+			}
+			w.Header().Set("Link", "<"+target+`>; rel="next"`)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(body)
+	}), &pages
+}
+
+func TestTags(t *testing.T) {
+	t.Parallel()
+	inner := realRegistry(false)
+	seed(t, inner, "team/app", "a", "b", "c", "d", "e")
+	want := []string{"a", "b", "c", "d", "e"}
+	tests := []struct {
+		name   string
+		n      string
+		linkTo func(last string) string
+		pages  int64
+		want   error
+	}{
+		{name: "pages of two", n: "2", pages: 3},
+		{name: "pages of one", n: "1", pages: 6},
+		{name: "one page", n: "10", pages: 1},
+		{name: "link to another host", n: "2", linkTo: func(string) string { return "http://192.0.2.1/v2/team/app/tags/list" }, pages: 1, want: ErrInvalid},
+		{name: "link that loops", n: "2", linkTo: func(string) string { return "/v2/team/app/tags/list?n=2" }, pages: 2, want: ErrInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h, pages := paginate(inner, tt.n, tt.linkTo)
+			r := newClient(t, serve(t, h).URL)
+			got, err := r.Tags(t.Context(), "team/app")
+			if !errors.Is(err, tt.want) || (tt.want == nil) != (err == nil) {
+				t.Fatalf("Tags: %v, want %v", err, tt.want)
+			}
+			if err == nil && !slices.Equal(got, want) {
+				t.Errorf("tags %q, want %q", got, want)
+			}
+			if pages.Load() != tt.pages {
+				t.Errorf("fetched %d pages, want %d", pages.Load(), tt.pages)
+			}
+		})
+	}
+}
+
+func TestNextLink(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in   []string
+		want string
+		ok   bool
+	}{
+		{[]string{`</v2/a/tags/list?n=2&last=b>; rel="next"`}, "/v2/a/tags/list?n=2&last=b", true},
+		{[]string{`<https://r.example/v2/a/tags/list?last=b>;rel=next`}, "https://r.example/v2/a/tags/list?last=b", true},
+		{[]string{`</prev>; rel="prev", </next>; rel="next"`}, "/next", true},
+		{[]string{`</prev>; rel="prev"`, `</next>; rel="next"`}, "/next", true},
+		{[]string{`</x>; rel="prev next"`}, "/x", true},
+		{[]string{`</x>; title="a, b"; rel="prev"`}, "", false},
+		{[]string{`garbage`}, "", false},
+		{nil, "", false},
+	}
+	for _, tt := range tests {
+		got, ok := nextLink(tt.in)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("nextLink(%q) = %q %v, want %q %v", tt.in, got, ok, tt.want, tt.ok)
+		}
+	}
+}

@@ -1,0 +1,343 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/airlock-registry/airlock/config"
+	"github.com/airlock-registry/airlock/proxy"
+	"github.com/airlock-registry/airlock/proxy/upstream"
+	"github.com/airlock-registry/airlock/storage"
+	"github.com/airlock-registry/airlock/storage/metadata"
+)
+
+func newServeCommand() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the registry gateway",
+		Long: "Run the registry gateway. Without --config it runs the embedded default: the registry API on :5000,\n" +
+			"the admin API on 127.0.0.1:5001, Docker Hub (default), gcr.io and quay.io upstreams, data in ./airlock-data.\n" +
+			"SIGHUP reloads upstreams, credentials and allow-lists from --config; SIGTERM drains in-flight pulls and exits.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(path)
+			if err != nil {
+				return err
+			}
+			log := newLogger(cfg.Log, os.Stderr)
+			g, err := newGateway(cmd.Context(), cfg, log)
+			if err != nil {
+				return err
+			}
+			return g.run(cmd.Context(), path)
+		},
+	}
+	cmd.Flags().StringVar(&path, "config", "", "configuration file (default: the embedded default)")
+	return cmd
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.SlogLevel()}
+	if c.Format == config.FormatText {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// gateway is one running airlock: its stores, its proxy and its listeners.
+type gateway struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	meta    *metadata.DB
+	blobs   *storage.Blobs
+	proxy   *proxy.Proxy
+	metrics *proxy.Metrics
+	promReg *prometheus.Registry
+	ready   atomic.Bool
+}
+
+func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gateway, error) {
+	g := &gateway{cfg: cfg, log: log, promReg: prometheus.NewRegistry()}
+	g.promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	g.metrics = proxy.NewMetrics(g.promReg)
+
+	if err := os.MkdirAll(cfg.Storage.Path, 0o750); err != nil {
+		return nil, fmt.Errorf("storage.path %s: %w", cfg.Storage.Path, err)
+	}
+	blobs, err := openBlobs(ctx, cfg.Storage)
+	if err != nil {
+		return nil, err
+	}
+	if n, err := blobs.Recover(ctx); err != nil {
+		return nil, fmt.Errorf("recovering the blob store: %w", err)
+	} else if n > 0 {
+		log.Info("removed unfinished downloads left by an earlier run", slog.Int("count", n))
+	}
+	g.blobs = blobs
+	g.meta, err = metadata.Open(filepath.Join(cfg.Storage.Path, "metadata.db"))
+	if err != nil {
+		return nil, err
+	}
+	rt, regs, ttls, err := buildUpstreams(cfg, g.metrics, log)
+	if err != nil {
+		g.meta.Close()
+		return nil, err
+	}
+	g.proxy, err = proxy.New(proxy.Options{
+		Router: rt, Registries: regs, TagTTL: ttls, DefaultTagTTL: cfg.Cache.TagTTL.Std(),
+		Blobs: blobs, Meta: g.meta, Logger: log, Metrics: g.metrics,
+		MaxManifestBytes: cfg.Cache.MaxManifestBytes,
+	})
+	if err != nil {
+		g.meta.Close()
+		return nil, err
+	}
+	return g, nil
+}
+
+// openBlobs builds the configured storage driver. The filesystem driver gets
+// the local fast path: *os.File hits (sendfile) and commit by rename.
+func openBlobs(ctx context.Context, s config.Storage) (*storage.Blobs, error) {
+	spool := filepath.Join(s.Path, "spool")
+	params := map[string]any{}
+	for k, v := range s.Parameters {
+		params[k] = v
+	}
+	if s.Driver == "" || s.Driver == config.DriverFilesystem {
+		root, _ := params["rootdirectory"].(string)
+		if root == "" {
+			root = filepath.Join(s.Path, "blobs")
+			params["rootdirectory"] = root
+		}
+		d, err := filesystem.FromParameters(params)
+		if err != nil {
+			return nil, fmt.Errorf("storage.parameters: %w", err)
+		}
+		return storage.NewBlobs(d, root, spool)
+	}
+	var d storagedriver.StorageDriver
+	d, err := factory.Create(ctx, s.Driver, params)
+	if err != nil {
+		return nil, fmt.Errorf("storage.driver %s: %w (check storage.parameters)", s.Driver, err)
+	}
+	return storage.NewBlobs(d, "", spool)
+}
+
+// buildUpstreams turns the configured upstreams into the proxy's routing
+// table and clients.
+func buildUpstreams(cfg *config.Config, m *proxy.Metrics, log *slog.Logger) (*proxy.Router, map[string]proxy.Registry, map[string]time.Duration, error) {
+	ups := make([]proxy.Upstream, 0, len(cfg.Upstreams))
+	regs := map[string]proxy.Registry{}
+	ttls := map[string]time.Duration{}
+	for i := range cfg.Upstreams {
+		u := &cfg.Upstreams[i]
+		hosts := append([]string{u.Host()}, u.Aliases...)
+		library := false
+		for _, h := range hosts {
+			if h == "docker.io" || h == "registry-1.docker.io" || h == "index.docker.io" {
+				library = true
+			}
+		}
+		pu := proxy.Upstream{Name: u.Name, Hosts: hosts, Default: u.Default, Library: library}
+		if len(u.Repositories) > 0 {
+			pu.Allowed = u.Allowed
+		}
+		ups = append(ups, pu)
+		transport, err := upstreamTransport(u)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		auth := u.Auth
+		reg, err := upstream.New(upstream.Options{
+			Name: u.Name, URL: u.URL, Credentials: auth.Credentials, Transport: transport,
+			Logger: log.With(slog.String("upstream", u.Name)), MaxAttempts: u.Retry.MaxAttempts,
+			BaseDelay: u.Retry.BaseDelay.Std(), MaxDelay: u.Retry.MaxDelay.Std(),
+			IdleTimeout: u.Timeouts.Idle.Std(), HeaderTimeout: u.Timeouts.Header.Std(),
+			Observe: m.ObserveUpstream,
+		})
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("upstreams[%d] (%s): %w", i, u.Name, err)
+		}
+		regs[u.Name] = reg
+		ttls[u.Name] = u.TagTTL.Std()
+	}
+	rt, err := proxy.NewRouter(ups)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return rt, regs, ttls, nil
+}
+
+// upstreamTransport returns nil (the upstream client's tuned default) unless
+// the upstream needs its own TLS settings.
+func upstreamTransport(u *config.Upstream) (http.RoundTripper, error) {
+	if u.CAFile == "" && !u.InsecureSkipVerify {
+		return nil, nil
+	}
+	tc := &tls.Config{InsecureSkipVerify: u.InsecureSkipVerify} //nolint:gosec // opted into by config, digests still verified
+	if u.CAFile != "" {
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		pem, err := os.ReadFile(u.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s caFile: %w", u.Name, err)
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("upstream %s caFile %s holds no PEM certificate", u.Name, u.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = tc
+	t.DisableCompression = true
+	t.MaxIdleConnsPerHost = 32
+	t.ResponseHeaderTimeout = u.Timeouts.Header.Std()
+	return t, nil
+}
+
+// run serves until ctx ends, then drains: readiness turns false, in-flight
+// requests and fills finish within shutdown.drainTimeout, stores close.
+func (g *gateway) run(ctx context.Context, configPath string) error {
+	regLn, err := net.Listen("tcp", g.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", g.cfg.Listen, err)
+	}
+	adminLn, err := net.Listen("tcp", g.cfg.Admin.Listen)
+	if err != nil {
+		regLn.Close()
+		return fmt.Errorf("admin.listen %s: %w", g.cfg.Admin.Listen, err)
+	}
+	regSrv := &http.Server{Handler: g.registryHandler(), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)}
+	adminSrv := &http.Server{Handler: g.adminHandler(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)}
+
+	errc := make(chan error, 2)
+	go func() {
+		if g.cfg.TLS.Enabled() {
+			errc <- regSrv.ServeTLS(regLn, g.cfg.TLS.CertFile, g.cfg.TLS.KeyFile)
+		} else {
+			errc <- regSrv.Serve(regLn)
+		}
+	}()
+	go func() { errc <- adminSrv.Serve(adminLn) }()
+	g.ready.Store(true)
+	g.log.Info("airlock serving", slog.String("registry", regLn.Addr().String()),
+		slog.String("admin", adminLn.Addr().String()), slog.Int("upstreams", len(g.cfg.Upstreams)),
+		slog.String("storage", g.cfg.Storage.Path))
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	var serveErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-hup:
+			g.reload(configPath)
+		case serveErr = <-errc:
+			break loop
+		}
+	}
+
+	g.ready.Store(false)
+	g.log.Info("shutting down: draining in-flight pulls", slog.Duration("drainTimeout", g.cfg.Shutdown.DrainTimeout.Std()))
+	drain, cancel := context.WithTimeout(context.Background(), g.cfg.Shutdown.DrainTimeout.Std())
+	defer cancel()
+	if err := regSrv.Shutdown(drain); err != nil {
+		g.log.Warn("in-flight pulls did not finish in time; closing them", slog.String("error", err.Error()))
+		regSrv.Close()
+	}
+	if err := g.proxy.Close(drain); err != nil {
+		g.log.Warn("background downloads cancelled at shutdown; they will restart on the next pull", slog.String("error", err.Error()))
+	}
+	adminSrv.Close()
+	if err := g.meta.Close(); err != nil {
+		return fmt.Errorf("closing metadata: %w", err)
+	}
+	g.log.Info("airlock stopped")
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return serveErr
+	}
+	return nil
+}
+
+// reload applies a changed configuration's upstreams, credentials and
+// allow-lists. A configuration that does not load is refused and the
+// running one stays.
+func (g *gateway) reload(path string) {
+	if path == "" {
+		g.log.Warn("SIGHUP ignored: running the embedded default, there is no file to reload")
+		return
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
+		return
+	}
+	rt, regs, ttls, err := buildUpstreams(cfg, g.metrics, g.log)
+	if err != nil {
+		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
+		return
+	}
+	g.proxy.Reload(rt, regs, ttls, cfg.Cache.TagTTL.Std())
+	g.log.Info("configuration reloaded", slog.String("config", path), slog.Int("upstreams", len(cfg.Upstreams)))
+}
+
+func (g *gateway) health(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain")
+	_, _ = io.WriteString(w, "ok\n")
+}
+
+func (g *gateway) readiness(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain")
+	if !g.ready.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, "shutting down\n")
+		return
+	}
+	_, _ = io.WriteString(w, "ready\n")
+}
+
+func (g *gateway) registryHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", g.health)
+	mux.HandleFunc("GET /readyz", g.readiness)
+	mux.Handle("/v2/", g.proxy)
+	mux.Handle("/v2", g.proxy)
+	return mux
+}
+
+func (g *gateway) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", g.health)
+	mux.HandleFunc("GET /readyz", g.readiness)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g.promReg, promhttp.HandlerOpts{}))
+	return mux
+}

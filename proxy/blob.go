@@ -1,0 +1,147 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/storage"
+)
+
+func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) error {
+	d, _ := parseDigest(rq.route.Reference) // validated by ParseEndpoint
+	for {
+		served, err := p.serveCachedBlob(w, r, rq, d)
+		if served || err != nil {
+			return err
+		}
+		f, _, err := p.joinFill(r.Context(), rq, d)
+		if err != nil {
+			return err
+		}
+		if f == nil {
+			continue // committed meanwhile: serve it from the store
+		}
+		err = p.serveFill(w, r, rq, f)
+		f.release()
+		return err
+	}
+}
+
+// serveCachedBlob serves a committed blob. It reports false when the blob
+// is not in the store. A hit does no synchronous metadata write.
+func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, rq *request, d digest.Digest) (bool, error) {
+	up := rq.route.Upstream.Name
+	if u, err := p.blobs.RedirectURL(r, d); err == nil && u != "" {
+		rq.cache = "hit"
+		p.metrics.cacheResult(up, "blob", "hit")
+		http.Redirect(w, r, u, http.StatusTemporaryRedirect)
+		return true, nil
+	}
+	content, _, err := p.blobs.Open(r.Context(), d)
+	if errors.Is(err, storage.ErrNotFound) {
+		rq.cache = "miss"
+		p.metrics.cacheResult(up, "blob", "miss")
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("opening cached blob %s: %w", d, err)
+	}
+	defer content.Close()
+	rq.cache = "hit"
+	p.metrics.cacheResult(up, "blob", "hit")
+	p.meta.Touch(rq.route.Key(), d)
+	h := w.Header()
+	h.Set("Content-Type", mediaOctetStream)
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("ETag", `"`+d.String()+`"`)
+	h.Set("Cache-Control", "max-age=31536000, immutable")
+	// ServeContent answers Range (206/416), conditional requests and HEAD,
+	// and hands an *os.File to sendfile.
+	cw := &countingWriter{ResponseWriter: w}
+	http.ServeContent(cw, r, "", time.Time{}, content)
+	p.metrics.bytesFrom(up, "cache", int(cw.n))
+	return true, nil
+}
+
+// serveFill answers from a running fill: headers as soon as the upstream's
+// length is known, then bytes as they arrive.
+func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, rq *request, f *fill) error {
+	ctx := r.Context()
+	s, err := f.waitStarted(ctx)
+	if err != nil {
+		return err
+	}
+	if s.err != nil {
+		// Failed before this client saw a byte: a proper OCI error.
+		return withNotFound(s.err, CodeBlobUnknown)
+	}
+	size := s.size
+	off, end, status := int64(0), size, http.StatusOK
+	h := w.Header()
+	if rng := r.Header.Get("Range"); rng != "" && size >= 0 {
+		start, last, err := parseRange(rng, size)
+		switch {
+		case errors.Is(err, errRangeIgnored):
+		case err != nil:
+			h.Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
+			return err
+		default:
+			off, end, status = start, last+1, http.StatusPartialContent
+			h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, last, size))
+		}
+	}
+	h.Set("Content-Type", mediaOctetStream)
+	h.Set("Docker-Content-Digest", f.digest.String())
+	h.Set("Accept-Ranges", "bytes")
+	if end >= 0 {
+		h.Set("Content-Length", strconv.FormatInt(end-off, 10))
+	}
+	w.WriteHeader(status)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	cw := &countingWriter{ResponseWriter: w}
+	if err := f.copyRange(ctx, cw, off, end); err != nil {
+		// Headers and some bytes are out: the only honest signal left is a
+		// broken transfer, so the client never mistakes it for the blob.
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}
+
+// countingWriter counts body bytes and keeps io.ReaderFrom for sendfile.
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	var n int64
+	var err error
+	if rf, ok := c.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(r)
+	} else {
+		n, err = io.Copy(c.ResponseWriter, r)
+	}
+	c.n += n
+	return n, err
+}
+
+// Flush passes through so fill followers push bytes as they arrive.
+func (c *countingWriter) Flush() {
+	if f, ok := c.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}

@@ -1,0 +1,250 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/storage"
+	"github.com/airlock-registry/airlock/verify"
+)
+
+// fill is one upstream transfer of a blob into a spool file. Every client
+// asking for the blob while the fill runs — the one that started it
+// included — reads the spool as it grows, so there is exactly one upstream
+// transfer per digest at a time.
+//
+// The last byte is held back from readers until the digest is verified:
+// a client can receive a truncated transfer, never a complete wrong blob.
+type fill struct {
+	digest   digest.Digest
+	upstream string
+
+	mu sync.Mutex
+	// wake is closed and replaced whenever the state below changes.
+	wake    chan struct{}
+	started bool  // size is known and spool exists (or the fill failed)
+	size    int64 // from the upstream's Content-Length; -1 if unknown
+	spool   *storage.Spool
+	written int64
+	done    bool
+	err     error
+	refs    int // readers plus the fill itself; the spool closes at zero
+}
+
+// fillSet holds the running fills by digest.
+type fillSet struct {
+	mu sync.Mutex
+	m  map[digest.Digest]*fill
+}
+
+// state is a consistent snapshot of a fill for a reader.
+type fillState struct {
+	started bool
+	size    int64
+	// avail is how many bytes readers may send now.
+	avail int64
+	done  bool
+	err   error
+	wake  <-chan struct{}
+}
+
+func (f *fill) snapshot() fillState {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := fillState{started: f.started, size: f.size, avail: f.written, done: f.done, err: f.err, wake: f.wake}
+	if !f.done && s.avail > 0 {
+		s.avail-- // hold back the last byte until verified
+	}
+	return s
+}
+
+func (f *fill) update(change func()) {
+	f.mu.Lock()
+	change()
+	close(f.wake)
+	f.wake = make(chan struct{})
+	f.mu.Unlock()
+}
+
+// release drops one reference; the last one closes the spool file. The
+// spool's bytes stay readable after Commit until then.
+func (f *fill) release() {
+	f.mu.Lock()
+	f.refs--
+	last := f.refs == 0
+	s := f.spool
+	f.mu.Unlock()
+	if last && s != nil {
+		_ = s.Close()
+	}
+}
+
+// joinFill returns the running fill for d, starting one if there is none.
+// ok is false when the blob was committed meanwhile and should be served
+// from the store. The caller must release the fill.
+func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest) (f *fill, started bool, err error) {
+	p.fills.mu.Lock()
+	defer p.fills.mu.Unlock()
+	if f := p.fills.m[d]; f != nil {
+		f.mu.Lock()
+		f.refs++
+		f.mu.Unlock()
+		p.metrics.coalesced(f.upstream)
+		return f, false, nil
+	}
+	// A fill that finished between the caller's cache miss and now has
+	// already committed; starting another would fetch the blob twice.
+	if _, err := p.blobs.Stat(ctx, d); err == nil {
+		return nil, false, nil
+	} else if !errors.Is(err, storage.ErrNotFound) {
+		return nil, false, fmt.Errorf("checking blob %s in the store: %w", d, err)
+	}
+	f = &fill{digest: d, upstream: rq.route.Upstream.Name, wake: make(chan struct{}), size: -1, refs: 2}
+	p.fills.m[d] = f
+	p.wg.Add(1)
+	go p.runFill(f, rq)
+	return f, true, nil
+}
+
+// runFill downloads the blob on a context detached from every client,
+// verifies it while it streams and commits it atomically.
+func (p *Proxy) runFill(f *fill, rq *request) {
+	defer p.wg.Done()
+	defer f.release()
+	ctx, cancel := p.detached(p.fillTTL)
+	defer cancel()
+	up := rq.route.Upstream.Name
+	p.metrics.fillStarted(up)
+	defer p.metrics.fillEnded(up)
+
+	err := p.transfer(ctx, f, rq)
+	// Leave the set before announcing the end, and only after Commit, so a
+	// new request either joins this fill or finds the committed blob.
+	p.fills.mu.Lock()
+	delete(p.fills.m, f.digest)
+	p.fills.mu.Unlock()
+	f.update(func() { f.done, f.err = true, err })
+	if err != nil {
+		lvl := slog.LevelWarn
+		if errors.Is(err, verify.ErrDigestMismatch) || errors.Is(err, verify.ErrTooLarge) {
+			lvl = slog.LevelError
+			p.metrics.digestMismatch(up, "blob")
+		}
+		p.log.LogAttrs(ctx, lvl, "blob fill failed: nothing cached", slog.String("upstream", up),
+			slog.String("repository", rq.route.Repo), slog.String("digest", f.digest.String()),
+			slog.String("error", err.Error()))
+	}
+}
+
+const fillChunk = 256 << 10
+
+func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) {
+	up := rq.route.Upstream.Name
+	body, size, err := rq.registry.GetBlob(ctx, rq.route.Repo, f.digest)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	spool, err := p.blobs.NewSpool(f.digest)
+	if err != nil {
+		return fmt.Errorf("creating spool for %s: %w", f.digest, err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			_ = p.blobs.Discard(spool)
+		}
+	}()
+	f.update(func() { f.started, f.size, f.spool = true, size, spool })
+
+	vr := verify.NewReader(body, f.digest, size, 0)
+	buf := make([]byte, fillChunk)
+	for {
+		n, rerr := vr.Read(buf)
+		if n > 0 {
+			if _, werr := spool.Write(buf[:n]); werr != nil {
+				return fmt.Errorf("writing spool for %s: %w", f.digest, werr)
+			}
+			p.metrics.bytesFrom(up, "upstream", n)
+			f.update(func() { f.written += int64(n) })
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return fmt.Errorf("blob %s from upstream %s: %w", f.digest, up, rerr)
+		}
+	}
+	if err := p.blobs.Commit(ctx, f.digest, spool); err != nil {
+		return fmt.Errorf("committing blob %s: %w", f.digest, err)
+	}
+	committed = true
+	if f.size < 0 {
+		f.update(func() { f.size = f.written })
+	}
+	if err := p.meta.LinkBlob(ctx, rq.route.Key(), f.digest, f.written); err != nil {
+		p.log.LogAttrs(ctx, slog.LevelError, "linking blob failed", slog.String("digest", f.digest.String()),
+			slog.String("error", err.Error()))
+	}
+	return nil
+}
+
+// waitStarted blocks until the fill knows its size or has failed.
+func (f *fill) waitStarted(ctx context.Context) (fillState, error) {
+	for {
+		s := f.snapshot()
+		if s.started || s.done {
+			return s, nil
+		}
+		select {
+		case <-s.wake:
+		case <-ctx.Done():
+			return s, ctx.Err()
+		}
+	}
+}
+
+// copyRange writes bytes [off, end) of the fill to w as they arrive. An
+// error after the first byte means the response must be aborted.
+func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error {
+	flusher, _ := w.(interface{ Flush() })
+	for end < 0 || off < end {
+		s := f.snapshot()
+		if s.err != nil {
+			return s.err
+		}
+		limit := s.avail
+		if end >= 0 && limit > end {
+			limit = end
+		}
+		if limit > off {
+			n, err := io.Copy(w, io.NewSectionReader(f.spool, off, limit-off))
+			off += n
+			if err != nil {
+				return err
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+			continue
+		}
+		if s.done {
+			if end < 0 {
+				return nil // unknown length: everything is out
+			}
+			return fmt.Errorf("blob %s ended at %d bytes, expected %d", f.digest, s.avail, end)
+		}
+		select {
+		case <-s.wake:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}

@@ -1,0 +1,316 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/airlock-registry/airlock/proxy/upstream"
+	"github.com/airlock-registry/airlock/storage"
+	"github.com/airlock-registry/airlock/storage/metadata"
+)
+
+// Registry is what the proxy needs of an upstream registry client
+// (*upstream.Registry implements it).
+type Registry interface {
+	HeadManifest(ctx context.Context, repo, ref string, accept []string) (upstream.Descriptor, error)
+	GetManifest(ctx context.Context, repo, ref string, accept []string) (upstream.Descriptor, io.ReadCloser, error)
+	GetBlob(ctx context.Context, repo string, d digest.Digest) (io.ReadCloser, int64, error)
+	Tags(ctx context.Context, repo string) ([]string, error)
+	Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string) ([]byte, string, bool, error)
+}
+
+// BlobStore is the content-addressed blob cache (*storage.Blobs implements it).
+type BlobStore interface {
+	Open(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, int64, error)
+	Stat(ctx context.Context, d digest.Digest) (int64, error)
+	RedirectURL(r *http.Request, d digest.Digest) (string, error)
+	NewSpool(d digest.Digest) (*storage.Spool, error)
+	Commit(ctx context.Context, d digest.Digest, s *storage.Spool) error
+	Discard(s *storage.Spool) error
+}
+
+// Metadata is the index of tags, manifests and blob references
+// (*metadata.DB implements it).
+type Metadata interface {
+	Tag(ctx context.Context, repo, tag string) (metadata.TagRecord, error)
+	PutTag(ctx context.Context, repo, tag string, rec metadata.TagRecord) error
+	Tags(ctx context.Context, repo string) ([]string, error)
+	Manifest(ctx context.Context, d digest.Digest) (metadata.ManifestRecord, error)
+	PutManifest(ctx context.Context, repo string, rec metadata.ManifestRecord) error
+	LinkBlob(ctx context.Context, repo string, d digest.Digest, size int64) error
+	Linked(ctx context.Context, repo string, d digest.Digest) (bool, error)
+	Touch(repo string, d digest.Digest)
+}
+
+// Subject is a manifest about to be served, as a Gate sees it.
+type Subject struct {
+	Upstream   string
+	Repository string
+	// Tag is set when the client asked by tag.
+	Tag       string
+	Digest    digest.Digest
+	MediaType string
+	Body      []byte
+}
+
+// Decision is a Gate's verdict on a Subject.
+type Decision struct {
+	Allow bool
+	// Reasons explain a refusal to the client and in the log.
+	Reasons []string
+	// RetryAfter asks the client to come back later (a pending scan).
+	RetryAfter time.Duration
+}
+
+// Gate decides whether a resolved manifest may be served. It is the point
+// where signature and vulnerability policy plug in; a nil Gate allows all.
+type Gate interface {
+	Admit(ctx context.Context, s Subject) (Decision, error)
+}
+
+// Options configure a Proxy.
+type Options struct {
+	Router *Router
+	// Registries maps each upstream's name to its client.
+	Registries map[string]Registry
+	// TagTTL is how long a tag mapping is trusted without asking upstream,
+	// per upstream name; missing names use DefaultTagTTL.
+	TagTTL        map[string]time.Duration
+	DefaultTagTTL time.Duration
+	Blobs         BlobStore
+	Meta          Metadata
+	Gate          Gate
+	Logger        *slog.Logger
+	Metrics       *Metrics
+	// MaxManifestBytes bounds manifests read from upstreams; 0 means 4 MiB.
+	MaxManifestBytes int64
+	// FillTimeout bounds a whole upstream blob transfer as a last resort;
+	// 0 means 6h. The upstream client's idle timeout catches stalls far sooner.
+	FillTimeout time.Duration
+	Now         func() time.Time
+}
+
+// Proxy is the registry API handler.
+type Proxy struct {
+	table   atomic.Pointer[table]
+	blobs   BlobStore
+	meta    Metadata
+	gate    Gate
+	log     *slog.Logger
+	metrics *Metrics
+	maxMan  int64
+	fillTTL time.Duration
+	now     func() time.Time
+
+	fills   fillSet
+	flights singleflight.Group
+
+	// ctx is the parent of work detached from clients (fills, shared
+	// lookups); cancel ends it at Close.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// table is everything a configuration reload replaces at once.
+type table struct {
+	router        *Router
+	registries    map[string]Registry
+	tagTTL        map[string]time.Duration
+	defaultTagTTL time.Duration
+}
+
+const defaultMaxManifest = 4 << 20
+
+// New returns a Proxy. Close it to stop background fills.
+func New(o Options) (*Proxy, error) {
+	if o.Router == nil || o.Blobs == nil || o.Meta == nil {
+		return nil, errors.New("proxy: Router, Blobs and Meta are required")
+	}
+	p := &Proxy{
+		blobs:   o.Blobs,
+		meta:    o.Meta,
+		gate:    o.Gate,
+		log:     o.Logger,
+		metrics: o.Metrics,
+		maxMan:  o.MaxManifestBytes,
+		fillTTL: o.FillTimeout,
+		now:     o.Now,
+	}
+	if p.log == nil {
+		p.log = slog.New(slog.DiscardHandler)
+	}
+	if p.metrics == nil {
+		p.metrics = NewMetrics(nil)
+	}
+	if p.maxMan <= 0 || p.maxMan > defaultMaxManifest {
+		p.maxMan = defaultMaxManifest
+	}
+	if p.fillTTL <= 0 {
+		p.fillTTL = 6 * time.Hour
+	}
+	if p.now == nil {
+		p.now = time.Now
+	}
+	p.fills.m = map[digest.Digest]*fill{}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.Reload(o.Router, o.Registries, o.TagTTL, o.DefaultTagTTL)
+	return p, nil
+}
+
+// Reload swaps the routing table and upstream clients. Requests in flight
+// finish with the table they started with.
+func (p *Proxy) Reload(rt *Router, regs map[string]Registry, ttl map[string]time.Duration, def time.Duration) {
+	p.table.Store(&table{router: rt, registries: regs, tagTTL: ttl, defaultTagTTL: def})
+}
+
+// Close waits for running fills until ctx ends, then cancels the rest.
+func (p *Proxy) Close(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { p.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		p.cancel()
+		return nil
+	case <-ctx.Done():
+		p.cancel()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// request carries what one request resolved, for handlers and the log line.
+type request struct {
+	route    Route
+	registry Registry
+	tagTTL   time.Duration
+	// cache is "hit", "miss", "stale" or "" for the log and metrics.
+	cache string
+}
+
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rw := newResponseWriter(w)
+	rq := &request{}
+	err := p.serve(rw, r, rq)
+	if err != nil {
+		e := toError(err, CodeNotFound)
+		if e.Status >= 500 {
+			p.log.LogAttrs(r.Context(), slog.LevelError, "request failed", slog.String("error", err.Error()))
+		}
+		if !rw.wroteHeader {
+			writeError(rw, r, e)
+		}
+	}
+	p.logRequest(r, rw, rq, time.Since(start), err)
+}
+
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, rq *request) error {
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	ep, err := ParseEndpoint(r.URL.EscapedPath())
+	if err != nil {
+		return err
+	}
+	rq.route.Endpoint = ep
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return &Error{Status: http.StatusMethodNotAllowed, Code: CodeUnsupported,
+			Message: "airlock is a read-only pull-through gateway: push and delete go to the upstream registry itself"}
+	}
+	switch ep.Kind {
+	case KindBase:
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", "2")
+		w.WriteHeader(http.StatusOK)
+		if r.Method == http.MethodGet {
+			_, _ = io.WriteString(w, "{}")
+		}
+		return nil
+	case KindCatalog:
+		return &Error{Status: http.StatusNotFound, Code: CodeUnsupported,
+			Message: "the catalog is not served: airlock exposes only the repositories an admin allows"}
+	case KindUpload:
+		return &Error{Status: http.StatusMethodNotAllowed, Code: CodeUnsupported,
+			Message: "airlock is a read-only pull-through gateway: push to the upstream registry itself"}
+	}
+	t := p.table.Load()
+	route, err := t.router.Route(ep, r.URL.Query())
+	rq.route = route
+	if err != nil {
+		return err
+	}
+	rq.registry = t.registries[route.Upstream.Name]
+	if rq.registry == nil {
+		return &Error{Status: http.StatusNotFound, Code: CodeNameUnknown, Message: "upstream " + route.Upstream.Name + " has no client"}
+	}
+	rq.tagTTL = t.defaultTagTTL
+	if ttl, ok := t.tagTTL[route.Upstream.Name]; ok && ttl > 0 {
+		rq.tagTTL = ttl
+	}
+	if route.Namespace != "" {
+		// The distribution spec's proxying section: say which namespace
+		// the request was answered for.
+		w.Header().Set("OCI-Namespace", route.Namespace)
+	}
+	switch ep.Kind {
+	case KindManifest:
+		return p.serveManifest(w, r, rq)
+	case KindBlob:
+		return p.serveBlob(w, r, rq)
+	case KindTags:
+		return p.serveTags(w, r, rq)
+	case KindReferrers:
+		return p.serveReferrers(w, r, rq)
+	}
+	return errNotFoundPath(r.URL.Path)
+}
+
+// detached returns a context for work shared by several clients: it keeps
+// the request's values but not its cancellation, and ends at Close.
+func (p *Proxy) detached(timeout time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(p.ctx, timeout)
+}
+
+func (p *Proxy) logRequest(r *http.Request, rw *responseWriter, rq *request, d time.Duration, err error) {
+	up, kind := "", rq.route.Kind.String()
+	if rq.route.Upstream != nil {
+		up = rq.route.Upstream.Name
+	}
+	p.metrics.observeRequest(up, kind, r.Method, rw.status, d)
+	attrs := []slog.Attr{
+		slog.String("method", r.Method),
+		slog.String("path", r.URL.Path),
+		slog.Int("status", rw.status),
+		slog.Int64("bytes", rw.written),
+		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
+		slog.String("kind", kind),
+		slog.String("remote", r.RemoteAddr),
+	}
+	if up != "" {
+		attrs = append(attrs, slog.String("upstream", up), slog.String("repository", rq.route.Repo))
+	}
+	if rq.route.Reference != "" {
+		attrs = append(attrs, slog.String("reference", rq.route.Reference))
+	}
+	if rq.route.Namespace != "" {
+		attrs = append(attrs, slog.String("ns", rq.route.Namespace))
+	}
+	if rq.cache != "" {
+		attrs = append(attrs, slog.String("cache", rq.cache))
+	}
+	if ua := r.UserAgent(); ua != "" {
+		attrs = append(attrs, slog.String("user_agent", ua))
+	}
+	if err != nil {
+		attrs = append(attrs, slog.String("error", err.Error()))
+	}
+	p.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+}

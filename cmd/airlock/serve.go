@@ -267,7 +267,7 @@ loop:
 	}
 
 	g.ready.Store(false)
-	g.log.Info("shutting down: draining in-flight pulls", slog.Duration("drainTimeout", g.cfg.Shutdown.DrainTimeout.Std()))
+	g.log.Info("shutting down: draining in-flight pulls", slog.String("drainTimeout", g.cfg.Shutdown.DrainTimeout.String()))
 	drain, cancel := context.WithTimeout(context.Background(), g.cfg.Shutdown.DrainTimeout.Std())
 	defer cancel()
 	if err := regSrv.Shutdown(drain); err != nil {

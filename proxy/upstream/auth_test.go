@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -211,5 +212,62 @@ func TestCredentialsRotation(t *testing.T) {
 	mu.Unlock()
 	if err := pull(t, r, s); err != nil {
 		t.Fatalf("pull after rotation: %v", err)
+	}
+}
+
+func TestCredentialsFailure(t *testing.T) {
+	t.Parallel()
+	inner := realRegistry(false)
+	s := seed(t, inner, "app", "v1")
+	cause := errors.New("open /run/secrets/vendor: permission denied")
+	r := newClient(t, serve(t, basicGate(inner, "u", "p")).URL, func(o *Options) {
+		o.Credentials = func(context.Context) (string, string, error) { return "", "", cause }
+	})
+	err := pull(t, r, s)
+	if !errors.Is(err, ErrDenied) || !errors.Is(err, cause) {
+		t.Fatalf("pull: %v, want ErrDenied wrapping the credentials error", err)
+	}
+}
+
+// TestPlainHTTPRealm: credentials for a TLS upstream are never sent to a
+// token realm over plain HTTP.
+func TestPlainHTTPRealm(t *testing.T) {
+	t.Parallel()
+	inner := realRegistry(false)
+	s := seed(t, inner, "app", "v1")
+	ts := newTokenServer(t, "u", "p")
+	srv := httptest.NewTLSServer(&bearerGate{next: inner, ts: ts})
+	t.Cleanup(srv.Close)
+	tr := srv.Client().Transport.(*http.Transport)
+	t.Cleanup(tr.CloseIdleConnections)
+	r := newClient(t, srv.URL, func(o *Options) {
+		o.Credentials = staticCreds("u", "p")
+		o.Transport = tr
+	})
+	if err := pull(t, r, s); !errors.Is(err, ErrDenied) {
+		t.Fatalf("pull: %v, want ErrDenied", err)
+	}
+	if n := ts.requests.Load(); n != 0 {
+		t.Errorf("plain-HTTP realm received %d requests", n)
+	}
+}
+
+func TestReadAfterClose(t *testing.T) {
+	t.Parallel()
+	inner := realRegistry(false)
+	s := seed(t, inner, "app", "v1")
+	_, d := layerBytes(t, s.layers[0])
+	h, count := misbehave(inner, func(int64, http.ResponseWriter, *http.Request) bool { return false })
+	r := newClient(t, serve(t, h).URL)
+	body, _, err := r.GetBlob(t.Context(), "app", digestOf(t, d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body.Close()
+	if _, err := body.Read(make([]byte, 10)); err == nil {
+		t.Error("Read after Close succeeded")
+	}
+	if n := count.Load(); n != 1 {
+		t.Errorf("Read after Close made %d requests, want 1", n)
 	}
 }

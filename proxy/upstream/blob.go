@@ -86,7 +86,10 @@ func (b *blobReader) Read(p []byte) (int, error) {
 // resumable reports whether a failed read is worth a Range request: the
 // connection broke, the caller still wants the bytes, and the budget allows.
 func (b *blobReader) resumable(err error) bool {
-	return errors.Is(err, ErrUnavailable) && b.ctx.Err() == nil &&
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	return !closed && errors.Is(err, ErrUnavailable) && b.ctx.Err() == nil &&
 		b.resumes < b.r.o.MaxAttempts-1 && (b.size < 0 || b.off < b.size)
 }
 

@@ -7,24 +7,21 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"encoding/xml"
-	"errors"
 	"fmt"
 	"io"
-	"log"
-	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -34,6 +31,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/airlock-registry/airlock/integration/airlocktest"
+	"github.com/airlock-registry/airlock/integration/upstreamtest"
 )
 
 // The OCI distribution-spec conformance suite is a main package, pinned
@@ -51,34 +51,39 @@ const confRepo = "conformance/image"
 const confSuiteTimeout = 2 * time.Minute
 
 // TestConformance runs the read-only (pull) part of the OCI
-// distribution-spec conformance suite three times: straight against the
-// in-process upstream registry, which proves the harness and the seeded data;
-// then through an airlock process on the prefixed route
+// distribution-spec conformance suite: straight against the in-process
+// upstream registry, which proves the harness and the seeded data; then
+// through an airlock process on the prefixed route
 // (`dockerhub/conformance/image`) and on the un-prefixed route of the
 // default upstream (`conformance/image`). Each airlock route gets a fresh
 // airlock with empty storage and runs the suite twice: the first run fills
-// the cache through airlock's miss path, the repeat reads what was cached.
+// the cache through airlock's miss path, the repeat must be served without
+// fetching any blob from the upstream again.
 func TestConformance(t *testing.T) {
 	t.Parallel()
-	ctx := t.Context()
-
 	suite := confBuildSuite(t)
-	up := confStartUpstream(t)
-	data := confSeed(ctx, t, up.host, confRepo)
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	data := confSeed(t.Context(), t, up.Host, confRepo)
+	up.Reset() // seeding is not traffic of the system under test
 
 	t.Run("direct", func(t *testing.T) {
-		confRunSuite(t, suite, up.host, confRepo, data)
+		confRunSuite(t, suite, up.Host, confRepo, data)
 	})
 
 	// The harness must be able to fail: the same content behind a server
 	// that answers blob HEAD with 404 has to be reported.
 	t.Run("direct-broken", func(t *testing.T) {
+		target, err := url.Parse(up.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		proxy := httputil.NewSingleHostReverseProxy(target)
 		broken := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/blobs/") {
 				http.NotFound(w, r)
 				return
 			}
-			up.handler.ServeHTTP(w, r)
+			proxy.ServeHTTP(w, r)
 		}))
 		defer broken.Close()
 		host := strings.TrimPrefix(broken.URL, "http://")
@@ -90,11 +95,6 @@ func TestConformance(t *testing.T) {
 		}
 	})
 
-	// Everything below needs the airlock binary; it is built once and shared.
-	airlock, ok := confBuildAirlock(t)
-	if !ok {
-		return
-	}
 	routes := []struct {
 		name      string
 		namespace string
@@ -104,27 +104,33 @@ func TestConformance(t *testing.T) {
 	}
 	for _, route := range routes {
 		t.Run(route.name, func(t *testing.T) {
-			addr := confStartAirlock(t, airlock, up.url)
-			before := up.requests.Load()
+			a := e2eStart(t, airlocktest.Config{Upstreams: []airlocktest.Upstream{e2eDockerHub(up)}})
+			up.Reset()
 			t.Run("first", func(t *testing.T) {
-				confRunSuite(t, suite, addr, route.namespace, data)
+				confRunSuite(t, suite, a.Host, route.namespace, data)
 			})
-			// Proves the suite talked to the upstream through airlock rather
-			// than airlock answering everything from somewhere else.
-			if up.requests.Load() == before {
-				t.Errorf("upstream saw no request while the suite ran through airlock at %s", addr)
+			// airlock cannot have answered from anywhere but the upstream.
+			if up.Total() == 0 {
+				t.Errorf("upstream saw no request while the suite ran through airlock at %s", a.Host)
 			}
+			up.Reset()
 			t.Run("repeat", func(t *testing.T) {
-				confRunSuite(t, suite, addr, route.namespace, data)
+				confRunSuite(t, suite, a.Host, route.namespace, data)
+				for _, b := range data.blobs {
+					h, err := v1.NewHash(b)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if n := up.BlobGETs(h); n != 0 {
+						t.Errorf("blob %s fetched %d times from the upstream after it was cached", b, n)
+					}
+				}
 			})
+			if v := up.Violations(); len(v) > 0 {
+				t.Errorf("upstream protocol violations: %q", v)
+			}
 		})
 	}
-}
-
-// confInCI reports whether the test runs in CI, where a missing part must
-// fail the test rather than skip it.
-func confInCI() bool {
-	return os.Getenv("CI") == "true"
 }
 
 // confBuildSuite compiles the conformance suite into a temporary directory.
@@ -148,56 +154,6 @@ func confGoBuild(t *testing.T, bin, pkg string) {
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("go build %s failed: %v\n%s", pkg, err, out)
-	}
-}
-
-// confBuildAirlock builds ./cmd/airlock. It returns ok=false (after a visible
-// skip) only when the command has no Go source yet; under CI=true that is a
-// failure instead, so a green CI never hides an untested gateway.
-func confBuildAirlock(t *testing.T) (bin string, ok bool) {
-	t.Helper()
-	sources, err := filepath.Glob(filepath.Join("..", "cmd", "airlock", "*.go"))
-	if err != nil {
-		t.Fatalf("list cmd/airlock sources: %v", err)
-	}
-	if len(sources) == 0 {
-		msg := "cmd/airlock has no Go source yet: the conformance runs through airlock (prefixed, unprefixed) did not run"
-		if confInCI() {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-		return "", false
-	}
-	bin = filepath.Join(t.TempDir(), "airlock")
-	confGoBuild(t, bin, "./cmd/airlock")
-	return bin, true
-}
-
-// confUpstream is an in-process registry standing in for Docker Hub.
-type confUpstream struct {
-	url      string // http://127.0.0.1:port
-	host     string // 127.0.0.1:port
-	requests *atomic.Int64
-	handler  http.Handler // the registry itself, to front it with a deliberately broken server
-}
-
-func confStartUpstream(t *testing.T) confUpstream {
-	t.Helper()
-	reg := registry.New(
-		registry.WithReferrersSupport(true),
-		registry.Logger(log.New(io.Discard, "", 0)),
-	)
-	var n atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n.Add(1)
-		reg.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	return confUpstream{
-		url:      srv.URL,
-		host:     strings.TrimPrefix(srv.URL, "http://"),
-		requests: &n,
-		handler:  reg,
 	}
 }
 
@@ -459,98 +415,6 @@ func confGet(ctx context.Context, url string) ([]byte, http.Header, error) {
 
 func confSHA256(b []byte) string {
 	return fmt.Sprintf("sha256:%x", sha256.Sum256(b))
-}
-
-// confFreeAddr returns a loopback address that was free a moment ago. Another
-// process could take it before airlock binds it; on this test's scale that
-// race is rare and shows up as a clear listen error in airlock's log.
-func confFreeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free loopback port: %v", err)
-	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatalf("release probe listener: %v", err)
-	}
-	return addr
-}
-
-// confStartAirlock starts `airlock serve` with a fresh storage directory and
-// a single default upstream, waits until its admin /readyz answers 200, and
-// returns the registry listen address. The process is killed when the test
-// ends.
-func confStartAirlock(t *testing.T, bin, upstreamURL string) string {
-	t.Helper()
-	dir := t.TempDir()
-	addr, admin := confFreeAddr(t), confFreeAddr(t)
-	cfg := fmt.Sprintf(`listen: %q
-storage: {path: %q}
-admin: {listen: %q}
-upstreams:
-  - {name: dockerhub, url: %q, aliases: [docker.io], default: true}
-`, addr, filepath.Join(dir, "storage"), admin, upstreamURL)
-	cfgPath := filepath.Join(dir, "airlock.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatalf("write airlock config: %v", err)
-	}
-	logPath := filepath.Join(dir, "airlock.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatalf("create airlock log: %v", err)
-	}
-	t.Cleanup(func() { _ = logFile.Close() })
-
-	cmd := exec.Command(bin, "serve", "--config", cfgPath)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start airlock: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			confLogFile(t, "airlock log", logPath)
-		}
-	})
-	confWaitReady(t, "http://"+admin+"/readyz", exited)
-	return addr
-}
-
-// confWaitReady polls url until it returns 200, the process exits, or 30s
-// pass.
-func confWaitReady(t *testing.T, url string, exited <-chan error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	last := "no answer yet"
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			t.Fatalf("build readiness request: %v", err)
-		}
-		if resp, err := http.DefaultClient.Do(req); err != nil {
-			last = err.Error()
-		} else {
-			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-			last = resp.Status
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("airlock exited before %s answered 200: %v", url, err)
-		case <-ctx.Done():
-			t.Fatalf("airlock not ready at %s within 30s (last: %s)", url, last)
-		case <-tick.C:
-		}
-	}
 }
 
 // confGroup is one top-level branch of the suite's result tree that applies
@@ -870,19 +734,4 @@ func confSpecStatus(line string) (string, bool) {
 		return s, true
 	}
 	return "", false
-}
-
-// confLogFile logs the tail of a file, for diagnosing a failed run.
-func confLogFile(t *testing.T, what, path string) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		t.Logf("%s: %v", what, err)
-		return
-	}
-	const tail = 16 << 10
-	if len(b) > tail {
-		b = b[len(b)-tail:]
-	}
-	t.Logf("%s (%s):\n%s", what, path, b)
 }

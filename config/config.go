@@ -38,6 +38,9 @@ type Config struct {
 	// Shutdown configures graceful termination.
 	Shutdown Shutdown `yaml:"shutdown"`
 
+	// Tracing exports OpenTelemetry spans for each pull. Default: off.
+	Tracing Tracing `yaml:"tracing"`
+
 	// Upstreams are the only registries airlock ever contacts. At least one
 	// is required.
 	Upstreams []Upstream `yaml:"upstreams"`
@@ -158,6 +161,25 @@ type Shutdown struct {
 	// their connections are closed. 0 or absent means 30s.
 	DrainTimeout Duration `yaml:"drainTimeout"`
 }
+
+// Tracing configures OpenTelemetry tracing. Spans cover a pull from routing
+// through the cache and the upstream to digest verification.
+type Tracing struct {
+	// Endpoint is the OTLP/HTTP collector, host:port (e.g.
+	// "otel-collector:4318"). Default "": tracing is off and costs nothing.
+	Endpoint string `yaml:"endpoint"`
+	// Insecure sends spans over plain HTTP instead of HTTPS. Default false.
+	Insecure bool `yaml:"insecure"`
+	// SampleRatio is the fraction of new traces recorded, from 0 to 1;
+	// requests that arrive with a sampled traceparent are always recorded.
+	// 0 or absent means 1 (every pull).
+	SampleRatio float64 `yaml:"sampleRatio"`
+	// ServiceName is the service.name resource attribute. Default "airlock".
+	ServiceName string `yaml:"serviceName"`
+}
+
+// Enabled reports whether spans are exported.
+func (t Tracing) Enabled() bool { return t.Endpoint != "" }
 
 // Upstream is one remote registry airlock pulls from.
 type Upstream struct {

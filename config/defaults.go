@@ -58,6 +58,8 @@ func (c *Config) ApplyDefaults() {
 	setDefault(&c.Cache.TagTTL, defaultTagTTL)
 	setDefault(&c.Cache.MaxManifestBytes, MaxManifestBytes)
 	setDefault(&c.Admin.Listen, defaultAdminListen)
+	setDefault(&c.Tracing.SampleRatio, 1)
+	setDefault(&c.Tracing.ServiceName, "airlock")
 	setDefault(&c.Log.Level, LevelInfo)
 	setDefault(&c.Log.Format, FormatJSON)
 	setDefault(&c.Shutdown.DrainTimeout, defaultDrainTimeout)

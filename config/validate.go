@@ -67,6 +67,14 @@ func (c *Config) problems() []error {
 		p.add("log.format", "unknown format %q; use json or text", c.Log.Format)
 	}
 	p.duration("shutdown.drainTimeout", c.Shutdown.DrainTimeout)
+	if c.Tracing.SampleRatio < 0 || c.Tracing.SampleRatio > 1 {
+		p.add("tracing.sampleRatio", "%v is out of range; use a fraction from 0 to 1", c.Tracing.SampleRatio)
+	}
+	if c.Tracing.Endpoint != "" {
+		if _, _, err := net.SplitHostPort(c.Tracing.Endpoint); err != nil {
+			p.add("tracing.endpoint", "%q is not host:port (the OTLP/HTTP collector, e.g. otel-collector:4318)", c.Tracing.Endpoint)
+		}
+	}
 	c.checkUpstreams(&p)
 	return p
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/opencontainers/go-digest"
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/airlock-registry/airlock/storage"
 	"github.com/airlock-registry/airlock/verify"
@@ -108,22 +109,26 @@ func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest) (f *
 	f = &fill{digest: d, upstream: rq.route.Upstream.Name, wake: make(chan struct{}), size: -1, refs: 2}
 	p.fills.m[d] = f
 	p.wg.Add(1)
-	go p.runFill(f, rq)
+	go p.runFill(ctx, f, rq)
 	return f, true, nil
 }
 
 // runFill downloads the blob on a context detached from every client,
 // verifies it while it streams and commits it atomically.
-func (p *Proxy) runFill(f *fill, rq *request) {
+func (p *Proxy) runFill(from context.Context, f *fill, rq *request) {
 	defer p.wg.Done()
 	defer f.release()
-	ctx, cancel := p.detached(p.fillTTL)
+	ctx, cancel := p.detached(from, p.fillTTL)
 	defer cancel()
 	up := rq.route.Upstream.Name
 	p.metrics.fillStarted(up)
 	defer p.metrics.fillEnded(up)
 
+	ctx, span := p.span(ctx, "fill", attribute.String("airlock.upstream", up),
+		attribute.String("airlock.repository", rq.route.Repo), attribute.String("airlock.digest", f.digest.String()))
 	err := p.transfer(ctx, f, rq)
+	span.SetAttributes(attribute.Int64("airlock.bytes", f.written))
+	endChild(span, err)
 	// Leave the set before announcing the end, and only after Commit, so a
 	// new request either joins this fill or finds the committed blob.
 	p.fills.mu.Lock()
@@ -181,7 +186,10 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 			return fmt.Errorf("blob %s from upstream %s: %w", f.digest, up, rerr)
 		}
 	}
-	if err := p.blobs.Commit(ctx, f.digest, spool); err != nil {
+	_, commitSpan := p.span(ctx, "verify.commit")
+	err = p.blobs.Commit(ctx, f.digest, spool)
+	endChild(commitSpan, err)
+	if err != nil {
 		return fmt.Errorf("committing blob %s: %w", f.digest, err)
 	}
 	committed = true

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/airlock-registry/airlock/proxy/upstream"
 	"github.com/airlock-registry/airlock/storage"
@@ -122,7 +123,9 @@ func withNotFound(err error, code Code) error {
 // known to reference it, and fetches it (once, however many ask) otherwise.
 func (p *Proxy) manifestByDigest(ctx context.Context, rq *request, d digest.Digest) (metadata.ManifestRecord, error) {
 	key := rq.route.Key()
+	_, span := p.span(ctx, "cache.manifest")
 	rec, cerr := p.meta.Manifest(ctx, d)
+	span.End()
 	if cerr == nil {
 		if ok, _ := p.meta.Linked(ctx, key, d); ok {
 			rq.cache = "hit"
@@ -157,9 +160,11 @@ func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, acce
 		}
 	}
 	v, err, _ := p.flights.Do("tag\x00"+key+"\x00"+tag+"\x00"+strings.Join(accept, ","), func() (any, error) {
-		lctx, cancel := p.detached(lookupTimeout)
+		lctx, cancel := p.detached(ctx, lookupTimeout)
 		defer cancel()
+		lctx, span := p.span(lctx, "upstream.resolve_tag", attribute.String("airlock.tag", tag))
 		desc, err := rq.registry.HeadManifest(lctx, rq.route.Repo, tag, accept)
+		endChild(span, err)
 		if err != nil {
 			return nil, err
 		}
@@ -201,9 +206,12 @@ func (p *Proxy) staleServe(ctx context.Context, rq *request, what string, cause 
 func (p *Proxy) fetchManifest(ctx context.Context, rq *request, d digest.Digest) (metadata.ManifestRecord, error) {
 	key := rq.route.Key()
 	ch := p.flights.DoChan("manifest\x00"+key+"\x00"+d.String(), func() (any, error) {
-		fctx, cancel := p.detached(lookupTimeout)
+		fctx, cancel := p.detached(ctx, lookupTimeout)
 		defer cancel()
-		return p.downloadManifest(fctx, rq, d)
+		fctx, span := p.span(fctx, "upstream.fetch_manifest", attribute.String("airlock.digest", d.String()))
+		rec, err := p.downloadManifest(fctx, rq, d)
+		endChild(span, err)
+		return rec, err
 	})
 	select {
 	case res := <-ch:

@@ -11,6 +11,11 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/airlock-registry/airlock/proxy/upstream"
@@ -97,6 +102,9 @@ type Options struct {
 	// 0 means 6h. The upstream client's idle timeout catches stalls far sooner.
 	FillTimeout time.Duration
 	Now         func() time.Time
+	// Tracer records a span per request with children for cache lookups,
+	// upstream calls and fills; nil records nothing.
+	Tracer trace.Tracer
 }
 
 // Proxy is the registry API handler.
@@ -110,6 +118,7 @@ type Proxy struct {
 	maxMan  int64
 	fillTTL time.Duration
 	now     func() time.Time
+	tracer  trace.Tracer
 
 	fills   fillSet
 	flights singleflight.Group
@@ -145,6 +154,10 @@ func New(o Options) (*Proxy, error) {
 		maxMan:  o.MaxManifestBytes,
 		fillTTL: o.FillTimeout,
 		now:     o.Now,
+		tracer:  o.Tracer,
+	}
+	if p.tracer == nil {
+		p.tracer = noop.NewTracerProvider().Tracer("")
 	}
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
@@ -197,11 +210,19 @@ type request struct {
 	cache string
 }
 
+// traceContext reads a caller's W3C traceparent so airlock's spans join it.
+var traceContext = propagation.TraceContext{}
+
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	ctx, span := p.tracer.Start(traceContext.Extract(r.Context(), propagation.HeaderCarrier(r.Header)),
+		"registry "+r.Method, trace.WithSpanKind(trace.SpanKindServer))
+	defer span.End()
+	r = r.WithContext(ctx)
 	rw := newResponseWriter(w)
 	rq := &request{}
 	err := p.serve(rw, r, rq)
+	defer p.endSpan(span, rw, rq, err)
 	if err != nil {
 		e := toError(err, CodeNotFound)
 		if e.Status >= 500 {
@@ -273,10 +294,49 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, rq *request) error
 	return errNotFoundPath(r.URL.Path)
 }
 
-// detached returns a context for work shared by several clients: it keeps
-// the request's values but not its cancellation, and ends at Close.
-func (p *Proxy) detached(timeout time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(p.ctx, timeout)
+// detached returns a context for work shared by several clients: it ends at
+// Close or after timeout, never with the client that started it. It keeps
+// the starting request's trace so the shared work shows up in it.
+func (p *Proxy) detached(from context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	ctx := trace.ContextWithSpanContext(p.ctx, trace.SpanContextFromContext(from))
+	return context.WithTimeout(ctx, timeout)
+}
+
+// span starts a child span of whatever ctx carries.
+func (p *Proxy) span(ctx context.Context, name string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	return p.tracer.Start(ctx, name, trace.WithAttributes(attrs...))
+}
+
+// endSpan finishes the request span with what the request resolved.
+func (p *Proxy) endSpan(span trace.Span, rw *responseWriter, rq *request, err error) {
+	if !span.IsRecording() {
+		return
+	}
+	span.SetName("registry " + rq.route.Kind.String())
+	attrs := []attribute.KeyValue{attribute.Int("http.response.status_code", rw.status),
+		attribute.Int64("airlock.bytes", rw.written)}
+	if rq.route.Upstream != nil {
+		attrs = append(attrs, attribute.String("airlock.upstream", rq.route.Upstream.Name),
+			attribute.String("airlock.repository", rq.route.Repo),
+			attribute.String("airlock.reference", rq.route.Reference))
+	}
+	if rq.cache != "" {
+		attrs = append(attrs, attribute.String("airlock.cache", rq.cache))
+	}
+	span.SetAttributes(attrs...)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+}
+
+// endChild ends a child span, recording err.
+func endChild(span trace.Span, err error) {
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
 }
 
 func (p *Proxy) logRequest(r *http.Request, rw *responseWriter, rq *request, d time.Duration, err error) {

@@ -147,6 +147,7 @@ type env struct {
 	meta    *metadata.DB
 	metrics *Metrics
 	logs    *bytes.Buffer
+	logMu   sync.Mutex
 	now     atomic.Pointer[time.Time]
 }
 
@@ -176,8 +177,7 @@ func newEnv(t *testing.T, o *origin) *env {
 	now := time.Now()
 	e.now.Store(&now)
 	e.metrics = NewMetrics(prometheus.NewRegistry())
-	var logMu sync.Mutex
-	logger := slog.New(slog.NewJSONHandler(lockedWriter{&logMu, e.logs}, nil))
+	logger := slog.New(slog.NewJSONHandler(lockedWriter{&e.logMu, e.logs}, nil))
 	e.proxy, err = New(Options{Router: rt, Registries: map[string]Registry{"hub": reg}, DefaultTagTTL: time.Minute,
 		Blobs: blobs, Meta: meta, Logger: logger, Metrics: e.metrics, Now: func() time.Time { return *e.now.Load() }})
 	if err != nil {
@@ -194,6 +194,12 @@ func newEnv(t *testing.T, o *origin) *env {
 		meta.Close()
 	})
 	return e
+}
+
+func (e *env) logText() string {
+	e.logMu.Lock()
+	defer e.logMu.Unlock()
+	return e.logs.String()
 }
 
 type lockedWriter struct {
@@ -508,7 +514,7 @@ func TestOfflineServesCachedContent(t *testing.T) {
 	if resp.StatusCode != 200 || !bytes.Equal(body, want) {
 		t.Fatalf("offline blob: %d", resp.StatusCode)
 	}
-	if !strings.Contains(e.logs.String(), "serving stale content") {
+	if !strings.Contains(e.logText(), "serving stale content") {
 		t.Fatal("a stale serve was not logged")
 	}
 	// Something never cached is an honest error.

@@ -27,7 +27,7 @@ func (p *Proxy) serveTags(w http.ResponseWriter, r *http.Request, rq *request) e
 	}
 	key := rq.route.Key()
 	v, err, _ := p.flights.Do("tags\x00"+key, func() (any, error) {
-		lctx, cancel := p.detached(lookupTimeout)
+		lctx, cancel := p.detached(ctx, lookupTimeout)
 		defer cancel()
 		return rq.registry.Tags(lctx, rq.route.Repo)
 	})

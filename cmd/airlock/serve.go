@@ -76,6 +76,8 @@ type gateway struct {
 	metrics *proxy.Metrics
 	promReg *prometheus.Registry
 	ready   atomic.Bool
+	// stopTracing flushes spans at exit.
+	stopTracing func(context.Context) error
 }
 
 func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gateway, error) {
@@ -105,7 +107,14 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 		g.meta.Close()
 		return nil, err
 	}
+	tracer, stopTracing, err := newTracer(ctx, cfg.Tracing)
+	if err != nil {
+		g.meta.Close()
+		return nil, err
+	}
+	g.stopTracing = stopTracing
 	g.proxy, err = proxy.New(proxy.Options{
+		Tracer: tracer,
 		Router: rt, Registries: regs, TagTTL: ttls, DefaultTagTTL: cfg.Cache.TagTTL.Std(),
 		Blobs: blobs, Meta: g.meta, Logger: log, Metrics: g.metrics,
 		MaxManifestBytes: cfg.Cache.MaxManifestBytes,
@@ -278,6 +287,9 @@ loop:
 		g.log.Warn("background downloads cancelled at shutdown; they will restart on the next pull", slog.String("error", err.Error()))
 	}
 	adminSrv.Close()
+	if err := g.stopTracing(drain); err != nil {
+		g.log.Warn("flushing trace spans failed", slog.String("error", err.Error()))
+	}
 	if err := g.meta.Close(); err != nil {
 		return fmt.Errorf("closing metadata: %w", err)
 	}

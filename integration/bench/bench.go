@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+const mib = 1 << 20
+
+// bench holds the running contenders and the seeded content of one run.
+type bench struct {
+	s      settings
+	dir    string
+	origin *origin
+	seed   *seeder
+	client *client
+
+	airlock    *child
+	airlockURL string
+	dist       *distributionProxy
+	ceiling    *child
+	ceilingURL string
+
+	warm image // one layer of blobMiB; its manifest serves scenarios 2 and 3
+}
+
+func newBench(ctx context.Context, s settings, dir, bin string) (_ *bench, err error) {
+	b := &bench{s: s, dir: dir, client: newClient()}
+	defer func() {
+		if err != nil {
+			b.close()
+		}
+	}()
+	if b.origin, err = startOrigin(); err != nil {
+		return nil, err
+	}
+	seedDir := filepath.Join(dir, "origin")
+	if err := os.MkdirAll(seedDir, 0o755); err != nil {
+		return nil, err
+	}
+	b.seed = &seeder{dir: seedDir, origin: b.origin}
+	logf("seeding a %d MiB image", s.blobMiB)
+	if b.warm, err = b.seed.image("bench/warm", "v1", s.blobMiB*mib, 1); err != nil {
+		return nil, err
+	}
+	logf("starting airlock, distribution and the ceiling")
+	if b.airlock, b.airlockURL, err = startAirlock(ctx, bin, dir, b.origin.URL); err != nil {
+		return nil, err
+	}
+	if b.dist, err = startDistribution(ctx, filepath.Join(dir, "distribution"), b.origin.URL); err != nil {
+		return nil, err
+	}
+	if b.ceiling, b.ceilingURL, err = startCeiling(ctx, dir, b.warm.Blobs[1].Path); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func (b *bench) close() {
+	b.airlock.stop()
+	b.ceiling.stop()
+	if b.dist != nil {
+		b.dist.close()
+	}
+	if b.origin != nil {
+		b.origin.close()
+	}
+}
+
+// contender is one server a scenario pulls through.
+type contender struct {
+	name string
+	url  string
+	proc *child // set when the server is a process the run can measure
+}
+
+func (b *bench) proxies() []contender {
+	return []contender{{"airlock", b.airlockURL, b.airlock}, {"distribution", b.dist.URL, nil}}
+}
+
+func (b *bench) withDirect() []contender {
+	return append(b.proxies(), contender{"direct", b.origin.URL, nil})
+}
+
+// runAll runs every scenario in order and returns the table rows.
+func (b *bench) runAll(ctx context.Context) ([]row, error) {
+	var rows []row
+	steps := []struct {
+		name string
+		fn   func(context.Context) ([]row, error)
+	}{
+		{"1: warm blob", b.warmBlob},
+		{"2: warm manifest by tag", b.warmTag},
+		{"3: warm manifest by digest", b.warmDigest},
+		{"4: cold image", b.coldImage},
+		{"5: cold layer time to first byte", b.coldTTFB},
+		{"6: concurrent cold pulls", b.concurrentCold},
+		{"7: joining a slow transfer", b.joinSlow},
+		{"8: first client hangs up", b.hangUp},
+		{"9: slow clients, memory", b.slowClients},
+	}
+	for _, st := range steps {
+		logf("scenario %s", st.name)
+		start := time.Now()
+		r, err := st.fn(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("scenario %s: %w", st.name, err)
+		}
+		logf("scenario %s done in %v", st.name, time.Since(start).Round(time.Millisecond))
+		rows = append(rows, r...)
+	}
+	return rows, nil
+}

@@ -1,0 +1,498 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// warmBlob is scenario 1: the large blob, already cached, pulled by one
+// client and by many, against the bare ServeContent ceiling.
+func (b *bench) warmBlob(ctx context.Context) ([]row, error) {
+	layer := b.warm.Blobs[1]
+	for _, c := range b.proxies() {
+		if _, err := b.client.fetchBlob(ctx, c.url, b.warm.Repo, layer); err != nil {
+			return nil, fmt.Errorf("warm up %s: %w", c.name, err)
+		}
+		b.origin.waitBlobIdle(layer.Digest, time.Minute)
+	}
+	contenders := append(b.proxies(), contender{"ceiling", b.ceilingURL + "/blob", b.ceiling})
+	url := func(c contender) string {
+		if c.name == "ceiling" {
+			return c.url
+		}
+		return c.url + "/v2/" + b.warm.Repo + "/blobs/" + layer.Digest
+	}
+	if _, err := b.client.fetch(ctx, url(contenders[2]), false); err != nil {
+		return nil, fmt.Errorf("warm up the ceiling: %w", err)
+	}
+	var rows []row
+	for _, n := range []int{1, b.s.clients} {
+		speed := map[string][]float64{}
+		cpu := map[string]time.Duration{}
+		moved := map[string]int64{}
+		for range b.s.rounds {
+			for _, c := range contenders {
+				var cpu0 time.Duration
+				if c.proc != nil {
+					cpu0, _ = c.proc.cpu()
+				}
+				start := time.Now()
+				var total int64
+				var mu sync.Mutex
+				g, gctx := errgroup.WithContext(ctx)
+				for range n {
+					g.Go(func() error {
+						r, err := b.client.fetch(gctx, url(c), false)
+						mu.Lock()
+						total += r.bytes
+						mu.Unlock()
+						return err
+					})
+				}
+				if err := g.Wait(); err != nil {
+					return nil, fmt.Errorf("%s: %w", c.name, err)
+				}
+				if total != int64(n)*layer.Size {
+					return nil, fmt.Errorf("%s sent %d bytes to %d clients, want %d each", c.name, total, n, layer.Size)
+				}
+				el := time.Since(start)
+				speed[c.name] = append(speed[c.name], float64(total)/mib/el.Seconds())
+				if c.proc != nil {
+					cpu1, err := c.proc.cpu()
+					if err != nil {
+						return nil, err
+					}
+					cpu[c.name] += cpu1 - cpu0
+					moved[c.name] += total
+				}
+			}
+		}
+		a, d, ceil := medianFloat(speed["airlock"]), medianFloat(speed["distribution"]), medianFloat(speed["ceiling"])
+		what := fmt.Sprintf("warm blob %d MiB, %d client", b.s.blobMiB, n)
+		if n > 1 {
+			what += "s"
+		}
+		rows = append(rows, row{
+			id: "1", scenario: what + ": throughput",
+			cells:   map[string]string{"airlock": mibps(a), "distribution": mibps(d), "ceiling": mibps(ceil)},
+			ratio:   fmt.Sprintf("%.2f× ceiling", a/ceil),
+			goal:    "≥ 0.95× ceiling",
+			verdict: verdict(a >= 0.95*ceil),
+		})
+		perGiB := func(name string) time.Duration {
+			return time.Duration(float64(cpu[name]) / (float64(moved[name]) / (1 << 30)))
+		}
+		ca, cc := perGiB("airlock"), perGiB("ceiling")
+		rows = append(rows, row{
+			id: "1", scenario: what + ": server CPU per GiB",
+			cells:   map[string]string{"airlock": ms(ca), "distribution": "in-process, not measured", "ceiling": ms(cc)},
+			ratio:   ratio(float64(ca), float64(cc)) + " ceiling",
+			goal:    "≤ 1.1× ceiling",
+			verdict: verdict(float64(ca) <= 1.1*float64(cc)),
+		})
+	}
+	return rows, nil
+}
+
+// warmTag is scenario 2: many clients resolving a tag the proxy already
+// holds within its TTL.
+func (b *bench) warmTag(ctx context.Context) ([]row, error) {
+	return b.manifestRounds(ctx, 2, b.s.clients, b.warm.Tag, b.proxies())
+}
+
+// warmDigest is scenario 3: one client fetching a cached manifest by
+// digest; the origin answers from memory, so it is the in-memory registry
+// the goal compares with.
+func (b *bench) warmDigest(ctx context.Context) ([]row, error) {
+	return b.manifestRounds(ctx, 3, 1, b.warm.Digest, b.withDirect())
+}
+
+func (b *bench) manifestRounds(ctx context.Context, id, clients int, ref string, cs []contender) ([]row, error) {
+	for _, c := range cs {
+		if _, _, err := b.client.manifest(ctx, c.url, b.warm.Repo, ref); err != nil {
+			return nil, fmt.Errorf("warm up %s: %w", c.name, err)
+		}
+	}
+	p50 := map[string][]time.Duration{}
+	p99 := map[string][]time.Duration{}
+	upstream := map[string]int{}
+	pulls := 0
+	for range b.s.rounds {
+		for _, c := range cs {
+			before := b.origin.snapshot().requests
+			lat := make([][]time.Duration, clients)
+			g, gctx := errgroup.WithContext(ctx)
+			for i := range clients {
+				g.Go(func() error {
+					for range b.s.manifestN {
+						start := time.Now()
+						d, _, err := b.client.manifest(gctx, c.url, b.warm.Repo, ref)
+						if err != nil {
+							return err
+						}
+						if d != b.warm.Digest {
+							return fmt.Errorf("%s served manifest %s for %s, want %s", c.name, d, ref, b.warm.Digest)
+						}
+						lat[i] = append(lat[i], time.Since(start))
+					}
+					return nil
+				})
+			}
+			if err := g.Wait(); err != nil {
+				return nil, err
+			}
+			var all []time.Duration
+			for _, l := range lat {
+				all = append(all, l...)
+			}
+			upstream[c.name] += b.origin.snapshot().requests - before
+			p50[c.name] = append(p50[c.name], percentile(all, 50))
+			p99[c.name] = append(p99[c.name], percentile(all, 99))
+		}
+		pulls += clients * b.s.manifestN
+	}
+	if id == 2 {
+		a, d := median(p99["airlock"]), median(p99["distribution"])
+		per := func(n string) string { return fmt.Sprintf("%.2f", float64(upstream[n])/float64(pulls)) }
+		return []row{{
+			id: "2", scenario: fmt.Sprintf("warm manifest by tag, %d concurrent: p99", clients),
+			cells:   map[string]string{"airlock": ms(a), "distribution": ms(d)},
+			ratio:   ratio(float64(a), float64(d)) + " distribution",
+			goal:    "≤ distribution's",
+			verdict: verdict(a <= d),
+		}, {
+			id: "2", scenario: fmt.Sprintf("warm manifest by tag, %d concurrent: upstream requests per pull", clients),
+			cells:   map[string]string{"airlock": per("airlock"), "distribution": per("distribution")},
+			ratio:   "",
+			goal:    "0",
+			verdict: verdict(upstream["airlock"] == 0),
+		}}, nil
+	}
+	a, d, x := median(p50["airlock"]), median(p50["distribution"]), median(p50["direct"])
+	return []row{{
+		id: "3", scenario: "warm manifest by digest, 1 client: p50",
+		cells:   map[string]string{"airlock": ms(a), "distribution": ms(d), "direct": ms(x) + " (in-memory)"},
+		ratio:   ratio(float64(a), float64(x)) + " in-memory",
+		goal:    "≤ 2× in-memory registry",
+		verdict: verdict(a <= 2*x),
+	}}, nil
+}
+
+// coldImage is scenario 4: a whole image nobody has pulled, through each
+// contender, with the origin throttled like a distant registry.
+func (b *bench) coldImage(ctx context.Context) ([]row, error) {
+	b.origin.rate.Store(b.s.rateMiB * mib)
+	defer b.origin.rate.Store(0)
+	wall := map[string][]time.Duration{}
+	for round := range b.s.rounds {
+		img, err := b.seed.image(fmt.Sprintf("bench/cold-%d", round), "v1", b.s.layerMiB*mib, b.s.layers)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range b.withDirect() {
+			d, err := b.client.pull(ctx, c.url, img)
+			if err != nil {
+				return nil, err
+			}
+			wall[c.name] = append(wall[c.name], d)
+			b.waitIdle(img.Blobs)
+		}
+	}
+	a, d, x := median(wall["airlock"]), median(wall["distribution"]), median(wall["direct"])
+	return []row{{
+		id: "4", scenario: fmt.Sprintf("cold pull of a whole image (%d × %d MiB layers, origin %d MiB/s per stream): wall time", b.s.layers, b.s.layerMiB, b.s.rateMiB),
+		cells:   map[string]string{"airlock": ms(a), "distribution": ms(d), "direct": ms(x)},
+		ratio:   ratio(float64(a), float64(x)) + " direct",
+		goal:    "≤ 1.05× direct",
+		verdict: verdict(float64(a) <= 1.05*float64(x)),
+	}}, nil
+}
+
+// coldTTFB is scenario 5: the first byte of a large blob nobody has
+// pulled; a proxy that stores before serving shows the whole transfer
+// here.
+func (b *bench) coldTTFB(ctx context.Context) ([]row, error) {
+	ttfb := map[string][]time.Duration{}
+	for range b.s.rounds {
+		l, err := b.seed.blob(b.s.blobMiB * mib)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range b.withDirect() {
+			r, err := b.client.fetchBlob(ctx, c.url, "bench/ttfb", l)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", c.name, err)
+			}
+			ttfb[c.name] = append(ttfb[c.name], r.ttfb)
+			b.waitIdle([]blob{l})
+		}
+	}
+	a, d, x := median(ttfb["airlock"]), median(ttfb["distribution"]), median(ttfb["direct"])
+	return []row{{
+		id: "5", scenario: fmt.Sprintf("cold %d MiB layer: time to first byte", b.s.blobMiB),
+		cells:   map[string]string{"airlock": ms(a), "distribution": ms(d), "direct": ms(x)},
+		ratio:   fmt.Sprintf("%+.1f ms vs direct", float64(a-x)/float64(time.Millisecond)),
+		goal:    "≤ direct + 5 ms",
+		verdict: verdict(a <= x+5*time.Millisecond),
+	}}, nil
+}
+
+// concurrentCold is scenario 6: many clients pulling one image nobody has
+// pulled, at once; every blob should leave the origin once.
+func (b *bench) concurrentCold(ctx context.Context) ([]row, error) {
+	b.origin.rate.Store(b.s.rateMiB * mib)
+	defer b.origin.rate.Store(0)
+	var rows []row
+	for _, n := range []int{16, 64} {
+		img, err := b.seed.image(fmt.Sprintf("bench/crowd-%d", n), "v1", b.s.layerMiB*mib, 2)
+		if err != nil {
+			return nil, err
+		}
+		per := map[string]float64{}
+		wall := map[string]time.Duration{}
+		for _, c := range b.proxies() {
+			before := b.origin.snapshot()
+			start := time.Now()
+			g, gctx := errgroup.WithContext(ctx)
+			for range n {
+				g.Go(func() error {
+					_, err := b.client.pull(gctx, c.url, img)
+					return err
+				})
+			}
+			if err := g.Wait(); err != nil {
+				return nil, fmt.Errorf("%s: %w", c.name, err)
+			}
+			wall[c.name] = time.Since(start)
+			b.waitIdle(img.Blobs)
+			after := b.origin.snapshot()
+			gets := 0
+			for _, bl := range img.Blobs {
+				gets += after.blobGETs[bl.Digest] - before.blobGETs[bl.Digest]
+			}
+			per[c.name] = float64(gets) / float64(len(img.Blobs))
+		}
+		rows = append(rows, row{
+			id: "6", scenario: fmt.Sprintf("%d concurrent cold pulls of one image (2 × %d MiB layers): upstream GETs per blob", n, b.s.layerMiB),
+			cells: map[string]string{
+				"airlock":      fmt.Sprintf("%.2f (%s)", per["airlock"], ms(wall["airlock"])),
+				"distribution": fmt.Sprintf("%.2f (%s)", per["distribution"], ms(wall["distribution"])),
+				"direct":       fmt.Sprintf("%d.00", n),
+			},
+			goal:    "exactly 1.00",
+			verdict: verdict(per["airlock"] == 1),
+		})
+	}
+	return rows, nil
+}
+
+// slowRate is the origin bandwidth of scenarios 7 and 8: slow enough that
+// a second client arrives while the first transfer is under way.
+func (b *bench) slowRate() int64 { return max(1, b.s.rateMiB/4) * mib }
+
+// joinSlow is scenario 7: a client asking for a blob whose cold transfer
+// another client started; it should be served from the bytes already
+// arriving, at once, without a second upstream transfer.
+func (b *bench) joinSlow(ctx context.Context) ([]row, error) {
+	b.origin.rate.Store(b.slowRate())
+	defer b.origin.rate.Store(0)
+	l, err := b.seed.blob(2 * b.s.layerMiB * mib)
+	if err != nil {
+		return nil, err
+	}
+	cells := map[string]string{}
+	ok := true
+	for _, c := range b.proxies() {
+		started, _, _ := b.origin.blobState(l.Digest)
+		first := make(chan error, 1)
+		go func() {
+			_, err := b.client.fetchBlob(ctx, c.url, "bench/join", l)
+			first <- err
+		}()
+		// Join once the first transfer is visibly under way.
+		for s, _, _ := b.origin.blobState(l.Digest); s == started; s, _, _ = b.origin.blobState(l.Digest) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		time.Sleep(250 * time.Millisecond)
+		r, err := b.client.fetchBlob(ctx, c.url, "bench/join", l)
+		if err := errors.Join(err, <-first); err != nil {
+			return nil, fmt.Errorf("%s: %w", c.name, err)
+		}
+		b.waitIdle([]blob{l})
+		after, _, _ := b.origin.blobState(l.Digest)
+		gets := after - started
+		cells[c.name] = fmt.Sprintf("TTFB %s, %d upstream GET", ms(r.ttfb), gets)
+		if gets != 1 {
+			cells[c.name] += "s"
+		}
+		if c.name == "airlock" {
+			ok = r.ttfb <= 10*time.Millisecond && gets == 1
+		}
+	}
+	return []row{{
+		id: "7", scenario: fmt.Sprintf("a client joins a slow cold transfer (%d MiB at %d MiB/s)", 2*b.s.layerMiB, b.slowRate()/mib),
+		cells: cells, goal: "TTFB ≤ 10 ms, 1 upstream GET", verdict: verdict(ok),
+	}}, nil
+}
+
+// hangUp is scenario 8: the only client of a cold transfer goes away
+// early; the fill should still complete, once, and the next request be a
+// cache hit.
+func (b *bench) hangUp(ctx context.Context) ([]row, error) {
+	b.origin.rate.Store(b.slowRate())
+	defer b.origin.rate.Store(0)
+	l, err := b.seed.blob(2 * b.s.layerMiB * mib)
+	if err != nil {
+		return nil, err
+	}
+	cells := map[string]string{}
+	ok := true
+	for _, c := range b.proxies() {
+		started, _, full0 := b.origin.blobState(l.Digest)
+		if err := b.readPart(ctx, c.url+"/v2/bench/hangup/blobs/"+l.Digest, mib); err != nil {
+			return nil, fmt.Errorf("%s: %w", c.name, err)
+		}
+		b.waitIdle([]blob{l})
+		time.Sleep(200 * time.Millisecond) // let the proxy commit what it received
+		mid, _, full := b.origin.blobState(l.Digest)
+		r, err := b.client.fetchBlob(ctx, c.url, "bench/hangup", l)
+		if err != nil {
+			return nil, fmt.Errorf("%s, request after the hang-up: %w", c.name, err)
+		}
+		b.waitIdle([]blob{l})
+		after, _, _ := b.origin.blobState(l.Digest)
+		completed := full - full0
+		hit := after == mid
+		next := "next request a hit"
+		if !hit {
+			next = fmt.Sprintf("next request went upstream again (%d GETs)", after-mid)
+		}
+		cells[c.name] = fmt.Sprintf("%d of %d upstream GETs completed; %s (%s)", completed, mid-started, next, ms(r.total))
+		if c.name == "airlock" {
+			ok = completed == 1 && mid-started == 1 && hit
+		}
+	}
+	return []row{{
+		id: "8", scenario: fmt.Sprintf("the first client hangs up after 1 MiB of a cold %d MiB blob", 2*b.s.layerMiB),
+		cells: cells, goal: "fill completes once; next request is a hit", verdict: verdict(ok),
+	}}, nil
+}
+
+// readPart reads n bytes of url's body and hangs up.
+func (b *bench) readPart(ctx context.Context, url string, n int64) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := b.client.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: HTTP %d", url, resp.StatusCode)
+	}
+	_, err = io.CopyN(io.Discard, resp.Body, n)
+	return err
+}
+
+// slowClients is scenario 9: many clients reading large cold blobs far
+// slower than the origin sends them. A proxy that buffers what clients
+// have not read yet grows with the blob; one that spools to disk stays
+// flat.
+func (b *bench) slowClients(ctx context.Context) ([]row, error) {
+	var ls []blob
+	for range 2 {
+		l, err := b.seed.blob(b.s.blobMiB * mib)
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+	}
+	base, err := b.airlock.rss()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.s.slowSecond)
+	defer cancel()
+	var wg sync.WaitGroup
+	var readMu sync.Mutex
+	var read int64
+	const clients = 64
+	for i := range clients {
+		wg.Go(func() {
+			n := b.slowRead(ctx, b.airlockURL+"/v2/bench/slow/blobs/"+ls[i%2].Digest)
+			readMu.Lock()
+			read += n
+			readMu.Unlock()
+		})
+	}
+	peak := base
+	tick := time.NewTicker(50 * time.Millisecond)
+	for ctx.Err() == nil {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+		}
+		if r, err := b.airlock.rss(); err == nil {
+			peak = max(peak, r)
+		}
+	}
+	tick.Stop()
+	wg.Wait()
+	b.waitIdle(ls)
+	return []row{{
+		id: "9", scenario: fmt.Sprintf("%d slow clients on 2 cold %d MiB layers (%.0f MiB read in %v): peak RSS", clients, b.s.blobMiB, float64(read)/mib, b.s.slowSecond),
+		cells: map[string]string{
+			"airlock":      fmt.Sprintf("%.0f MiB (%.0f MiB before)", float64(peak)/mib, float64(base)/mib),
+			"distribution": "in-process, not measured",
+		},
+		goal:    "≤ 200 MiB",
+		verdict: verdict(peak <= 200*mib),
+	}}, nil
+}
+
+// slowRead reads url at about 2 MiB/s until ctx ends and returns the
+// bytes read.
+func (b *bench) slowRead(ctx context.Context, url string) int64 {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0
+	}
+	resp, err := b.client.http.Do(req)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 32<<10)
+	var n int64
+	for ctx.Err() == nil {
+		m, err := io.ReadFull(resp.Body, buf)
+		n += int64(m)
+		if err != nil {
+			return n
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(16 * time.Millisecond):
+		}
+	}
+	return n
+}
+
+// waitIdle waits for the origin's transfers of blobs to end, so that one
+// measurement does not pay for the background fills of the previous one.
+func (b *bench) waitIdle(blobs []blob) {
+	for _, bl := range blobs {
+		b.origin.waitBlobIdle(bl.Digest, 2*time.Minute)
+	}
+}

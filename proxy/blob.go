@@ -20,14 +20,14 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 		if served || err != nil {
 			return err
 		}
-		f, _, err := p.joinFill(r.Context(), rq, d)
+		f, leader, err := p.joinFill(r.Context(), rq, d)
 		if err != nil {
 			return err
 		}
 		if f == nil {
 			continue // committed meanwhile: serve it from the store
 		}
-		err = p.serveFill(w, r, rq, f)
+		err = p.serveFill(w, r, rq, f, leader)
 		f.release()
 		return err
 	}
@@ -66,12 +66,13 @@ func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, rq *requ
 	cw := &countingWriter{ResponseWriter: w}
 	http.ServeContent(cw, r, "", time.Time{}, content)
 	p.metrics.bytesFrom(up, "cache", int(cw.n))
+	p.metrics.bytesSaved(up, cw.n)
 	return true, nil
 }
 
 // serveFill answers from a running fill: headers as soon as the upstream's
 // length is known, then bytes as they arrive.
-func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, rq *request, f *fill) error {
+func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, rq *request, f *fill, leader bool) error {
 	ctx := r.Context()
 	s, err := f.waitStarted(ctx)
 	if err != nil {
@@ -107,6 +108,15 @@ func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, rq *request, f
 		return nil
 	}
 	cw := &countingWriter{ResponseWriter: w}
+	if !leader {
+		// A follower's bytes cost no upstream transfer of their own.
+		up := rq.route.Upstream.Name
+		p.metrics.followers.WithLabelValues(up).Inc()
+		defer func() {
+			p.metrics.followers.WithLabelValues(up).Dec()
+			p.metrics.bytesSaved(up, cw.n)
+		}()
+	}
 	if err := f.copyRange(ctx, cw, off, end); err != nil {
 		// Headers and some bytes are out: the only honest signal left is a
 		// broken transfer, so the client never mistakes it for the blob.

@@ -18,12 +18,14 @@ type Metrics struct {
 	requestDuration *prometheus.HistogramVec
 	cache           *prometheus.CounterVec
 	bytes           *prometheus.CounterVec
+	saved           *prometheus.CounterVec
 	upstreamReqs    *prometheus.CounterVec
 	upstreamErrors  *prometheus.CounterVec
 	upstreamLatency *prometheus.HistogramVec
 	rateRemaining   *prometheus.GaugeVec
 	fillsInFlight   *prometheus.GaugeVec
 	coalescedTotal  *prometheus.CounterVec
+	followers       *prometheus.GaugeVec
 	mismatches      *prometheus.CounterVec
 	stale           *prometheus.CounterVec
 }
@@ -45,6 +47,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "airlock_bytes_total", Help: "Blob bytes by upstream and source: cache (served from the store) or upstream (fetched).",
 		}, []string{"upstream", "source"}),
+		saved: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "airlock_bytes_saved_total", Help: "Blob bytes clients received without an upstream transfer of their own: cache hits and followers of a running fill.",
+		}, []string{"upstream"}),
 		upstreamReqs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "airlock_upstream_requests_total", Help: "HTTP round trips to upstreams by operation and status code (0: no response).",
 		}, []string{"upstream", "op", "code"}),
@@ -64,6 +69,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		coalescedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "airlock_fill_followers_total", Help: "Requests that joined a running transfer instead of starting one.",
 		}, []string{"upstream"}),
+		followers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "airlock_fill_followers", Help: "Clients reading along a running transfer now, besides the one that started it.",
+		}, []string{"upstream"}),
 		mismatches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "airlock_digest_mismatches_total", Help: "Upstream content that did not match its digest (never cached).",
 		}, []string{"upstream", "kind"}),
@@ -72,8 +80,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"upstream"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.requestDuration, m.cache, m.bytes, m.upstreamReqs, m.upstreamErrors,
-			m.upstreamLatency, m.rateRemaining, m.fillsInFlight, m.coalescedTotal, m.mismatches, m.stale)
+		reg.MustRegister(m.requests, m.requestDuration, m.cache, m.bytes, m.saved, m.upstreamReqs, m.upstreamErrors,
+			m.upstreamLatency, m.rateRemaining, m.fillsInFlight, m.coalescedTotal, m.followers, m.mismatches, m.stale)
 	}
 	return m
 }
@@ -89,6 +97,7 @@ func (m *Metrics) cacheResult(up, kind, result string) {
 func (m *Metrics) bytesFrom(up, source string, n int) {
 	m.bytes.WithLabelValues(up, source).Add(float64(n))
 }
+func (m *Metrics) bytesSaved(up string, n int64)  { m.saved.WithLabelValues(up).Add(float64(n)) }
 func (m *Metrics) fillStarted(up string)          { m.fillsInFlight.WithLabelValues(up).Inc() }
 func (m *Metrics) fillEnded(up string)            { m.fillsInFlight.WithLabelValues(up).Dec() }
 func (m *Metrics) coalesced(up string)            { m.coalescedTotal.WithLabelValues(up).Inc() }

@@ -222,3 +222,12 @@ func freeAddr(tb testing.TB) string {
 	defer l.Close()
 	return l.Addr().String()
 }
+
+// Signal sends sig to the running airlock (SIGHUP to reload, for example).
+func (a *Airlock) Signal(sig os.Signal) error {
+	p := a.current()
+	if p == nil {
+		return errors.New("airlock is not running")
+	}
+	return p.cmd.Process.Signal(sig)
+}

@@ -16,15 +16,18 @@ import (
 // platform of a multi-arch image costs only that platform's blobs upstream.
 func TestContainerdThroughAirlock(t *testing.T) {
 	t.Parallel()
-	hub := upstreamtest.New(t, upstreamtest.Options{})
-	gcr := upstreamtest.New(t, upstreamtest.Options{})
+	// Docker Hub as it is: anonymous bearer tokens from a separate realm and
+	// blobs redirected to a CDN on another host; gcr.io demanding credentials.
+	hub := upstreamtest.New(t, upstreamtest.Options{Auth: upstreamtest.DockerHubStyle})
+	gcr := upstreamtest.New(t, upstreamtest.Options{Auth: upstreamtest.Basic, Username: "robot", Password: "gcr-secret"})
 	single := hub.PushImage(t, "library/app", "v1", 64<<10, 2)
 	multi := hub.PushIndex(t, "library/multi", "v1", 32<<10, 2)
 	every := hub.PushIndex(t, "library/every", "v1", 16<<10, 1)
 	other := gcr.PushImage(t, "proj/tool", "v2", 32<<10, 1)
 	al := e2eStart(t, airlocktest.Config{Upstreams: []airlocktest.Upstream{
 		e2eDockerHub(hub),
-		{Name: "gcr", URL: gcr.URL, Aliases: []string{"gcr.io"}, Retry: airlocktest.FastRetry()},
+		{Name: "gcr", URL: gcr.URL, Aliases: []string{"gcr.io"}, Retry: airlocktest.FastRetry(),
+			Auth: e2eCredentialFiles(t, "robot", "gcr-secret")},
 	}})
 	ctd := clients.StartContainerd(t)
 	hosts := t.TempDir()
@@ -55,10 +58,16 @@ func TestContainerdThroughAirlock(t *testing.T) {
 			if got, err := ctd.ImageDigest(t.Context(), tc.ref); err != nil || got != tc.digest {
 				t.Fatalf("image digest = %q, %v; want %s", got, err, tc.digest)
 			}
+			if v := tc.up.Violations(); len(v) > 0 {
+				t.Errorf("upstream protocol violations (credentials sent to the CDN?): %v", v)
+			}
 			for _, img := range tc.fetched {
 				for _, b := range img.Blobs() {
 					if n := tc.up.BlobGETs(b); n != 1 {
 						t.Errorf("upstream GETs of %s/%s blob %s = %d, want 1", img.Platform.OS, img.Platform.Architecture, b, n)
+					}
+					if n := tc.up.CDNGETs(b); tc.up == hub && n != 1 {
+						t.Errorf("CDN GETs of blob %s = %d, want 1 (the redirect was not followed once)", b, n)
 					}
 				}
 			}

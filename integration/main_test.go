@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -135,4 +136,18 @@ func e2eErrorCodes(body []byte) []string {
 		codes = append(codes, x.Code)
 	}
 	return codes
+}
+
+// e2eCredentialFiles writes user and pass as a Kubernetes Secret would mount
+// them and returns the auth entry naming the files.
+func e2eCredentialFiles(t *testing.T, user, pass string) *airlocktest.Auth {
+	t.Helper()
+	dir := t.TempDir()
+	a := &airlocktest.Auth{UsernameFile: filepath.Join(dir, "username"), PasswordFile: filepath.Join(dir, "password")}
+	for f, v := range map[string]string{a.UsernameFile: user, a.PasswordFile: pass} {
+		if err := os.WriteFile(f, []byte(v+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return a
 }

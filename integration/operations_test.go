@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -101,16 +100,9 @@ func TestSecretsNeverLogged(t *testing.T) {
 	const user, password = "planted-user", "planted-S3CRET-value-4f1c"
 	up := upstreamtest.New(t, upstreamtest.Options{Auth: upstreamtest.DockerHubStyle, Username: user, Password: password})
 	img := up.PushImage(t, "library/app", "1", 4<<10, 1)
-	dir := t.TempDir()
-	uf, pf := filepath.Join(dir, "username"), filepath.Join(dir, "password")
-	if err := os.WriteFile(uf, []byte(user+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(pf, []byte(password+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	hub := e2eDockerHub(up)
-	hub.Auth = &airlocktest.Auth{UsernameFile: uf, PasswordFile: pf}
+	hub.Auth = e2eCredentialFiles(t, user, password)
+	pf := hub.Auth.PasswordFile
 	a := e2eStart(t, airlocktest.Config{Upstreams: []airlocktest.Upstream{hub}})
 	e2ePullHTTP(t, up, a.URL+"/v2/library/app", "1", img)
 

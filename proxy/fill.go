@@ -168,7 +168,9 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	}()
 	f.update(func() { f.started, f.size, f.spool = true, size, spool })
 
-	vr := verify.NewReader(body, f.digest, size, 0)
+	// The spool hashes what it is given and Commit refuses a mismatch, so
+	// the body is only bounded here, not hashed a second time.
+	vr := &lengthReader{r: body, want: size}
 	buf := make([]byte, fillChunk)
 	for {
 		n, rerr := vr.Read(buf)
@@ -255,4 +257,27 @@ func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error
 		}
 	}
 	return nil
+}
+
+// lengthReader fails as soon as a body runs past the length the upstream
+// announced, and at EOF if it fell short. want < 0 means unknown.
+type lengthReader struct {
+	r    io.Reader
+	want int64
+	n    int64
+}
+
+func (l *lengthReader) Read(p []byte) (int, error) {
+	if l.want >= 0 && int64(len(p)) > l.want-l.n+1 {
+		p = p[:l.want-l.n+1] // one byte past the end is enough to notice
+	}
+	n, err := l.r.Read(p)
+	l.n += int64(n)
+	if l.want >= 0 && l.n > l.want {
+		return n, fmt.Errorf("upstream sent more than its Content-Length of %d bytes: %w", l.want, verify.ErrTooLarge)
+	}
+	if err == io.EOF && l.want >= 0 && l.n != l.want {
+		return n, fmt.Errorf("upstream body ended at %d of %d bytes: %w", l.n, l.want, io.ErrUnexpectedEOF)
+	}
+	return n, err
 }

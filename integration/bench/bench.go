@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -53,7 +56,11 @@ func newBench(ctx context.Context, s settings, dir, bin string) (_ *bench, err e
 	if b.dist, err = startDistribution(ctx, filepath.Join(dir, "distribution"), b.origin.URL); err != nil {
 		return nil, err
 	}
-	if b.ceiling, b.ceilingURL, err = startCeiling(ctx, dir, b.warm.Blobs[1].Path); err != nil {
+	mf := filepath.Join(dir, "manifest.json")
+	if err := os.WriteFile(mf, b.origin.manifestBytes(b.warm.Digest), 0o600); err != nil {
+		return nil, err
+	}
+	if b.ceiling, b.ceilingURL, err = startCeiling(ctx, dir, b.warm.Blobs[1].Path, mf); err != nil {
 		return nil, err
 	}
 	return b, nil
@@ -102,7 +109,10 @@ func (b *bench) runAll(ctx context.Context) ([]row, error) {
 		{"8: first client hangs up", b.hangUp},
 		{"9: slow clients, memory", b.slowClients},
 	}
-	for _, st := range steps {
+	for i, st := range steps {
+		if b.s.only != "" && !slices.Contains(strings.Split(b.s.only, ","), strconv.Itoa(i+1)) {
+			continue
+		}
 		logf("scenario %s", st.name)
 		start := time.Now()
 		r, err := st.fn(ctx)

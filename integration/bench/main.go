@@ -23,11 +23,12 @@ type settings struct {
 	manifestN  int   // requests per client in scenarios 2 and 3
 	slowSecond time.Duration
 	out        string
+	only       string // comma-separated scenario numbers; empty runs all
 }
 
 func main() {
 	var s settings
-	var serve, listen string
+	var serve, serveManifest, listen string
 	flag.IntVar(&s.rounds, "rounds", 3, "timed rounds per scenario and contender; the median is reported")
 	flag.Int64Var(&s.blobMiB, "blob-mib", 256, "size of the large blob in MiB (scenarios 1, 5, 9)")
 	flag.IntVar(&s.clients, "clients", 32, "concurrent clients of the warm blob (scenario 1)")
@@ -37,12 +38,14 @@ func main() {
 	flag.IntVar(&s.manifestN, "manifest-requests", 50, "manifest GETs per client per round (scenarios 2, 3)")
 	flag.DurationVar(&s.slowSecond, "slow-for", 3*time.Second, "how long the slow clients read (scenario 9)")
 	flag.StringVar(&s.out, "out", "docs/benchmarks.md", "Markdown file the report is written to (empty: stdout only)")
+	flag.StringVar(&s.only, "only", "", "run only these scenarios, e.g. \"4,5\" (the report is then partial)")
 	flag.StringVar(&serve, ceilingFlag, "", "internal: serve this file as the ceiling and do nothing else")
+	flag.StringVar(&serveManifest, "manifest", "", "internal: manifest served from memory by -"+ceilingFlag)
 	flag.StringVar(&listen, "listen", "", "internal: address for -"+ceilingFlag)
 	flag.Parse()
 
 	if serve != "" {
-		if err := serveFile(serve, listen); err != nil {
+		if err := serveFile(serve, serveManifest, listen); err != nil {
 			fmt.Fprintln(os.Stderr, "ceiling:", err)
 			os.Exit(1)
 		}

@@ -72,6 +72,12 @@ func (o *origin) addManifest(repo, tag string, m manifest) {
 	o.manifests[m.digest] = m
 }
 
+func (o *origin) manifestBytes(digest string) []byte {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.manifests[digest].body
+}
+
 // counts is a snapshot of what the origin has seen.
 type counts struct {
 	requests int

@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -211,8 +213,10 @@ func startAirlock(ctx context.Context, bin, dir, originURL string) (*child, stri
 // process so its CPU time is measured the same way as airlock's.
 const ceilingFlag = "serve-file"
 
-// startCeiling re-executes this binary in ceiling mode for file.
-func startCeiling(ctx context.Context, dir, file string) (*child, string, error) {
+// startCeiling re-executes this binary in ceiling mode for file. The same
+// process answers manifest requests with manifestFile's bytes from memory:
+// the in-memory registry of scenario 3, in its own process like airlock.
+func startCeiling(ctx context.Context, dir, file, manifestFile string) (*child, string, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, "", fmt.Errorf("find the benchmark binary to start the ceiling: %w", err)
@@ -222,7 +226,7 @@ func startCeiling(ctx context.Context, dir, file string) (*child, string, error)
 		return nil, "", err
 	}
 	c, err := startChild("ceiling", filepath.Join(dir, "ceiling.log"),
-		exec.Command(self, "-"+ceilingFlag, file, "-listen", addr))
+		exec.Command(self, "-"+ceilingFlag, file, "-manifest", manifestFile, "-listen", addr))
 	if err != nil {
 		return nil, "", err
 	}
@@ -235,13 +239,32 @@ func startCeiling(ctx context.Context, dir, file string) (*child, string, error)
 }
 
 // serveFile is the ceiling: every path answers with the file's bytes by
-// http.ServeContent, which uses sendfile for an *os.File.
-func serveFile(file, addr string) error {
+// http.ServeContent, which uses sendfile for an *os.File; except paths
+// with /manifests/, answered with manifestFile's bytes held in memory.
+func serveFile(file, manifestFile, addr string) error {
+	var m []byte
+	if manifestFile != "" {
+		var err error
+		if m, err = os.ReadFile(manifestFile); err != nil {
+			return err
+		}
+	}
+	sum := sha256.Sum256(m)
+	digest := "sha256:" + hex.EncodeToString(sum[:])
+	size := strconv.Itoa(len(m))
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
 	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/manifests/") {
+			h := w.Header()
+			h.Set("Content-Type", mediaManifest)
+			h.Set("Docker-Content-Digest", digest)
+			h.Set("Content-Length", size)
+			_, _ = w.Write(m)
+			return
+		}
 		f, err := os.Open(file)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)

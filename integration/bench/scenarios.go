@@ -108,10 +108,11 @@ func (b *bench) warmTag(ctx context.Context) ([]row, error) {
 }
 
 // warmDigest is scenario 3: one client fetching a cached manifest by
-// digest; the origin answers from memory, so it is the in-memory registry
-// the goal compares with.
+// digest. The ceiling process answers manifests from memory, so it is the
+// in-memory registry the goal compares with; like airlock it is a process
+// of its own, so both pay the same for crossing processes.
 func (b *bench) warmDigest(ctx context.Context) ([]row, error) {
-	return b.manifestRounds(ctx, 3, 1, b.warm.Digest, b.withDirect())
+	return b.manifestRounds(ctx, 3, 1, b.warm.Digest, append(b.withDirect(), contender{"ceiling", b.ceilingURL, b.ceiling}))
 }
 
 func (b *bench) manifestRounds(ctx context.Context, id, clients int, ref string, cs []contender) ([]row, error) {
@@ -175,13 +176,13 @@ func (b *bench) manifestRounds(ctx context.Context, id, clients int, ref string,
 			verdict: verdict(upstream["airlock"] == 0),
 		}}, nil
 	}
-	a, d, x := median(p50["airlock"]), median(p50["distribution"]), median(p50["direct"])
+	a, d, x, m := median(p50["airlock"]), median(p50["distribution"]), median(p50["direct"]), median(p50["ceiling"])
 	return []row{{
 		id: "3", scenario: "warm manifest by digest, 1 client: p50",
-		cells:   map[string]string{"airlock": ms(a), "distribution": ms(d), "direct": ms(x) + " (in-memory)"},
-		ratio:   ratio(float64(a), float64(x)) + " in-memory",
+		cells:   map[string]string{"airlock": ms(a), "distribution": ms(d), "direct": ms(x), "ceiling": ms(m) + " (in-memory)"},
+		ratio:   ratio(float64(a), float64(m)) + " in-memory",
 		goal:    "≤ 2× in-memory registry",
-		verdict: verdict(a <= 2*x),
+		verdict: verdict(a <= 2*m),
 	}}, nil
 }
 

@@ -62,6 +62,11 @@ func (s *seeder) blob(size int64) (blob, error) {
 	if err := w.Flush(); err != nil {
 		return blob{}, fmt.Errorf("write seed blob: %w", err)
 	}
+	// Write the seed out now: otherwise the kernel's writeback of it lands
+	// on whichever contender is measured next, as stalled writes.
+	if err := f.Sync(); err != nil {
+		return blob{}, fmt.Errorf("sync seed blob: %w", err)
+	}
 	b := blob{Digest: "sha256:" + hex.EncodeToString(h.Sum(nil)), Size: size, Path: path}
 	s.origin.addBlob(b.Digest, path)
 	return b, nil

@@ -37,12 +37,6 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 // is not in the store. A hit does no synchronous metadata write.
 func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, rq *request, d digest.Digest) (bool, error) {
 	up := rq.route.Upstream.Name
-	if u, err := p.blobs.RedirectURL(r, d); err == nil && u != "" {
-		rq.cache = "hit"
-		p.metrics.cacheResult(up, "blob", "hit")
-		http.Redirect(w, r, u, http.StatusTemporaryRedirect)
-		return true, nil
-	}
 	content, _, err := p.blobs.Open(r.Context(), d)
 	if errors.Is(err, storage.ErrNotFound) {
 		rq.cache = "miss"
@@ -51,6 +45,16 @@ func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, rq *requ
 	}
 	if err != nil {
 		return false, fmt.Errorf("opening cached blob %s: %w", d, err)
+	}
+	// Object stores hand out presigned URLs for any path, so the redirect
+	// is asked for only once the blob is known to be there.
+	if u, err := p.blobs.RedirectURL(r, d); err == nil && u != "" {
+		content.Close()
+		rq.cache = "hit"
+		p.metrics.cacheResult(up, "blob", "hit")
+		p.meta.Touch(rq.route.Key(), d)
+		http.Redirect(w, r, u, http.StatusTemporaryRedirect)
+		return true, nil
 	}
 	defer content.Close()
 	rq.cache = "hit"

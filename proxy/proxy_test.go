@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -153,11 +154,18 @@ type env struct {
 
 func newEnv(t *testing.T, o *origin) *env {
 	t.Helper()
-	dir := t.TempDir()
-	blobs, err := storage.NewFilesystem(dir)
+	blobs, err := storage.NewFilesystem(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newEnvWith(t, o, blobs)
+}
+
+// newEnvWith builds the proxy over a given blob store, to run the same
+// pulls against the filesystem fast path and a remote driver's path.
+func newEnvWith(t *testing.T, o *origin, blobs *storage.Blobs) *env {
+	t.Helper()
+	dir := t.TempDir()
 	meta, err := metadata.Open(dir + "/metadata.db")
 	if err != nil {
 		t.Fatal(err)
@@ -618,5 +626,35 @@ func TestReferrers(t *testing.T) {
 				t.Fatalf("OCI-Filters-Applied = %q", resp.Header.Get("OCI-Filters-Applied"))
 			}
 		})
+	}
+}
+
+// TestRemoteDriverStore pulls through a store without the local fast path
+// (the way S3, GCS or Azure are used): fills commit through the driver and
+// hits, ranges included, are read back through it.
+func TestRemoteDriverStore(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, true)
+	img, _ := random.Image(300<<10, 1)
+	o.push(t, "library/app:1", img)
+	ld, want := layerOf(t, img, 0)
+	blobs, err := storage.NewBlobs(inmemory.New(), "", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvWith(t, o, blobs)
+	path := "/v2/app/blobs/" + ld.String()
+	for i := range 2 {
+		resp, body := e.get(t, path)
+		if resp.StatusCode != 200 || !bytes.Equal(body, want) {
+			t.Fatalf("pull %d: %d, %d bytes", i, resp.StatusCode, len(body))
+		}
+	}
+	resp, body := e.get(t, path, "Range", "bytes=100000-100009")
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, want[100000:100010]) {
+		t.Fatalf("range from the driver: %d %q", resp.StatusCode, body)
+	}
+	if n := o.count("GET", "/v2/library/app/blobs/"+ld.String()); n != 1 {
+		t.Fatalf("upstream GETs = %d, want 1", n)
 	}
 }

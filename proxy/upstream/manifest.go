@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"slices"
@@ -50,6 +51,12 @@ func (r *Registry) HeadManifest(ctx context.Context, repo, ref string, accept []
 		return Descriptor{}, err
 	}
 	resp, err := r.do(ctx, c)
+	var uerr *Error
+	if errors.As(err, &uerr) && (uerr.Status == http.StatusMethodNotAllowed || uerr.Status == http.StatusNotImplemented) {
+		// A registry that does not implement HEAD on manifests is still
+		// answered, at the cost of one counted GET.
+		return r.resolveByGet(ctx, repo, ref, accept)
+	}
 	if err != nil {
 		return Descriptor{}, err
 	}

@@ -96,6 +96,35 @@ func TestHeadManifestFallback(t *testing.T) {
 	}
 }
 
+// TestHeadManifestNotAllowed: an upstream that refuses HEAD on manifests
+// (405 or 501) is resolved with one GET instead of failing the pull.
+func TestHeadManifestNotAllowed(t *testing.T) {
+	t.Parallel()
+	for _, status := range []int{http.StatusMethodNotAllowed, http.StatusNotImplemented} {
+		inner := realRegistry(false)
+		s := seed(t, inner, "app", "v1")
+		var heads, gets atomic.Int64
+		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodHead {
+				heads.Add(1)
+				w.WriteHeader(status)
+				return
+			}
+			gets.Add(1)
+			inner.ServeHTTP(w, r)
+		})
+		r := newClient(t, serve(t, h).URL)
+		desc, err := r.HeadManifest(t.Context(), "app", "v1", nil)
+		if err != nil {
+			t.Fatalf("HEAD answered %d: %v", status, err)
+		}
+		if desc.Digest.String() != s.digest || heads.Load() != 1 || gets.Load() != 1 {
+			t.Errorf("HEAD answered %d: descriptor %+v after %d HEADs and %d GETs, want %s after 1 and 1",
+				status, desc, heads.Load(), gets.Load(), s.digest)
+		}
+	}
+}
+
 // dropDigest removes Docker-Content-Digest from a response.
 type dropDigest struct{ http.ResponseWriter }
 

@@ -6,6 +6,14 @@ type Config struct {
 	Upstreams []Upstream
 	// TagTTL is cache.tagTTL; "5m" when empty.
 	TagTTL string
+	// Tracing is the tracing section; nil leaves tracing off.
+	Tracing *Tracing
+}
+
+// Tracing is airlock's tracing section.
+type Tracing struct {
+	Endpoint string `yaml:"endpoint"`
+	Insecure bool   `yaml:"insecure"`
 }
 
 // Upstream is one entry of the upstreams list, in airlock's YAML terms.
@@ -54,4 +62,5 @@ type file struct {
 		Format string `yaml:"format"`
 	} `yaml:"log"`
 	Upstreams []Upstream `yaml:"upstreams"`
+	Tracing   *Tracing   `yaml:"tracing,omitempty"`
 }

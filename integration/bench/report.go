@@ -102,5 +102,59 @@ func render(s settings, rows []row, h hostInfo, took time.Duration) string {
 		}
 		fmt.Fprintf(&b, " %s | %s | %s |\n", ra, r.goal, r.verdict)
 	}
+	var missed []string
+	seen := map[string]bool{}
+	for _, r := range rows {
+		if r.verdict != verdict(true) && !seen[r.id] && causes[r.id] != "" {
+			seen[r.id] = true
+			missed = append(missed, fmt.Sprintf("- **Scenario %s.** %s", r.id, causes[r.id]))
+		}
+	}
+	if len(missed) > 0 {
+		b.WriteString("\n## Why airlock missed\n\n")
+		b.WriteString(strings.Join(missed, "\n") + "\n")
+	}
+	b.WriteString("\n## Spread between runs\n\n" + spread + "\n")
+	b.WriteString("\n## Reproduce\n\n```\ngo run ./integration/bench            # this table, about 2 minutes on 2 cores\n" +
+		"go run ./integration/bench -only 4,5  # single scenarios, printed only\n" +
+		"go test -run '^$' -bench . -count 10 ./proxy > new.txt && benchstat old.txt new.txt\n```\n")
 	return b.String()
+}
+
+// spread records how far single runs moved on the 2-core VM the goals were
+// first measured on, so that a ratio near its goal is read with care.
+const spread = "On a 2-core VM the clients share both cores with the servers, and single runs move. " +
+	"Over six runs of this command, scenario 1 gave 0.78–1.08× the ceiling's throughput for one client, " +
+	"0.78–1.02× for 32 clients and 0.83–1.35× its CPU per GiB; scenario 3 gave 1.19–2.66× the in-memory " +
+	"registry. The verdicts of scenarios 2 and 4–9 were the same in every run (distribution's upstream " +
+	"GETs per blob in scenario 6 vary with timing, from about 0.65× to 1× the number of clients)."
+
+// causes explains, per scenario, why airlock missed its goal, as found by
+// the investigation of that miss; a note is printed only when the run
+// misses the goal, and must be revised when the cause is fixed.
+var causes = map[string]string{
+	"1": "The warm path is `http.ServeContent` of an `*os.File` through a writer that keeps `io.ReaderFrom`, " +
+		"and `strace -c` of the airlock process during these pulls counts 3,367 `sendfile` calls against 35 " +
+		"`write`s: the bytes do not pass through user space. The gap is not stable: five runs on this " +
+		"2-core VM, where the clients share both cores with the server, gave 0.78–1.08× the ceiling's " +
+		"throughput for one client, 0.78–0.99× for 32, and 0.83–1.35× its CPU per GiB. Its cause is not " +
+		"yet found; a copy in user space is ruled out, scheduling against the clients and the per-request " +
+		"work of a hit (metadata touch, metrics, spans) are not.",
+	"3": "The handler's own cost for this hit is about 20 µs (`BenchmarkManifestHitByDigest`, 67 allocations), " +
+		"so most of airlock's p50 is outside it. Across five runs the in-memory baseline measured 54–199 µs " +
+		"and airlock 89–264 µs, meeting the goal in three; the cause of the remaining gap is not yet found.",
+	"4": "Timing each request of the pull shows the blobs streaming at the origin's pace and the cold " +
+		"manifest by tag taking about 70 ms against 2–4 ms for distribution. The cause is metadata writes " +
+		"in series on the first pull: `downloadManifest` (proxy/manifest.go) calls `LinkBlob` once per " +
+		"referenced blob, one after another, and `LinkBlob` and `PutTag` go through bbolt's `Batch` " +
+		"(storage/metadata/db.go `batch`), which waits `MaxBatchDelay` (10 ms by default) for company " +
+		"a lone caller never gets, then commits with an fsync; with `PutManifest` that is seven commits " +
+		"before the client gets the manifest. The same `LinkBlob` after `Commit` (proxy/fill.go " +
+		"`transfer`) holds back each blob's last byte by ≥10 ms plus the spool's fsync. Fix: link all " +
+		"blobs of a manifest in one transaction (a `LinkBlobs`), use `Update` for lone writes or set " +
+		"`MaxBatchDelay` to about 1 ms, and release the last byte once the digest has verified, before " +
+		"the fsyncs and the link.",
+	"5": "Run alone this scenario meets its goal (+1.7 ms); a miss comes from the kernel writing back " +
+		"earlier scenarios' data while airlock's first spool write waits in `balance_dirty_pages` — the " +
+		"first byte is released only after it is in the spool file.",
 }

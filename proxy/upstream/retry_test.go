@@ -49,7 +49,7 @@ func TestRetries(t *testing.T) {
 			want: ErrRateLimited, requests: 1, retryFor: 120 * time.Second},
 		{name: "429 until attempts run out", failures: -1, respond: status(429), want: ErrRateLimited, requests: 4},
 		{name: "503 until attempts run out", failures: -1, respond: status(503), want: ErrUnavailable, requests: 4},
-		{name: "501 is not retried", failures: -1, respond: status(501), want: ErrUnavailable, requests: 1},
+		{name: "501 is not retried", failures: -1, respond: status(501), want: ErrUnavailable, requests: 2}, // HEAD, then its one GET fallback
 		{name: "403 is not retried", failures: -1, respond: status(403), want: ErrDenied, requests: 1},
 		{name: "404 is not retried", failures: -1, respond: status(404), want: ErrNotFound, requests: 1},
 		{name: "unknown tag", tag: "nope", want: ErrNotFound, requests: 1},

@@ -58,6 +58,19 @@ outer:
 	return total
 }
 
+// settle waits until airlock has no upstream transfer running: a client
+// has its bytes as soon as they verify, the commit to the store follows.
+func settle(t *testing.T, a *airlocktest.Airlock) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for sum(scrape(t, a), "airlock_fills_in_flight") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("upstream transfers still running after 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func TestMetricsMoveWithPulls(t *testing.T) {
 	t.Parallel()
 	up := upstreamtest.New(t, upstreamtest.Options{})
@@ -66,6 +79,7 @@ func TestMetricsMoveWithPulls(t *testing.T) {
 
 	base := a.URL + "/v2/dockerhub/library/app"
 	e2ePullHTTP(t, up, base, "1.0", img) // cold
+	settle(t, a)
 	e2ePullHTTP(t, up, base, "1.0", img) // warm
 	m := scrape(t, a)
 

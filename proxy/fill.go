@@ -28,14 +28,15 @@ type fill struct {
 
 	mu sync.Mutex
 	// wake is closed and replaced whenever the state below changes.
-	wake    chan struct{}
-	started bool  // size is known and spool exists (or the fill failed)
-	size    int64 // from the upstream's Content-Length; -1 if unknown
-	spool   *storage.Spool
-	written int64
-	done    bool
-	err     error
-	refs    int // readers plus the fill itself; the spool closes at zero
+	wake     chan struct{}
+	started  bool  // size is known and spool exists (or the fill failed)
+	verified bool  // every byte is in and matched the digest
+	size     int64 // from the upstream's Content-Length; -1 if unknown
+	spool    *storage.Spool
+	written  int64
+	done     bool
+	err      error
+	refs     int // readers plus the fill itself; the spool closes at zero
 }
 
 // fillSet holds the running fills by digest.
@@ -59,7 +60,7 @@ func (f *fill) snapshot() fillState {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s := fillState{started: f.started, size: f.size, avail: f.written, done: f.done, err: f.err, wake: f.wake}
-	if !f.done && s.avail > 0 {
+	if !f.verified && !f.done && s.avail > 0 {
 		s.avail-- // hold back the last byte until verified
 	}
 	return s
@@ -188,6 +189,12 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 			return fmt.Errorf("blob %s from upstream %s: %w", f.digest, up, rerr)
 		}
 	}
+	// Release the last byte to readers as soon as the digest matches: the
+	// bytes are right, and making them durable need not delay any client.
+	if err := spool.Verify(); err != nil {
+		return fmt.Errorf("blob %s from upstream %s: %w", f.digest, up, err)
+	}
+	f.update(func() { f.verified = true })
 	_, commitSpan := p.span(ctx, "verify.commit")
 	err = p.blobs.Commit(ctx, f.digest, spool)
 	endChild(commitSpan, err)

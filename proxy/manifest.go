@@ -246,15 +246,10 @@ func (p *Proxy) downloadManifest(ctx context.Context, rq *request, d digest.Dige
 		return metadata.ManifestRecord{}, fmt.Errorf("manifest %s from upstream %s: %w", d, up, err)
 	}
 	rec := metadata.ManifestRecord{Digest: d, MediaType: manifestMediaType(desc.MediaType, data), Body: data}
-	if err := p.meta.PutManifest(ctx, key, rec); err != nil {
+	// Record with the manifest which blobs it references, so later gates can
+	// serve a blob only where an allowed manifest uses it.
+	if err := p.meta.PutManifest(ctx, key, rec, referencedBlobs(data)...); err != nil {
 		return metadata.ManifestRecord{}, fmt.Errorf("storing manifest %s of %s: %w", d, key, err)
-	}
-	// Record which blobs this repository's manifests reference, so later
-	// gates can serve a blob only where an allowed manifest uses it.
-	for _, ref := range referencedBlobs(data) {
-		if err := p.meta.LinkBlob(ctx, key, ref.Digest, ref.Size); err != nil {
-			return metadata.ManifestRecord{}, fmt.Errorf("linking blob %s to %s: %w", ref.Digest, key, err)
-		}
 	}
 	return rec, nil
 }
@@ -294,7 +289,7 @@ type blobRef struct {
 
 // referencedBlobs lists the config and layers of an image manifest. An index
 // references manifests, not blobs, and yields nothing.
-func referencedBlobs(body []byte) []blobRef {
+func referencedBlobs(body []byte) []metadata.BlobLink {
 	var m struct {
 		Config *blobRef   `json:"config"`
 		Layers []blobRef  `json:"layers"`
@@ -313,12 +308,12 @@ func referencedBlobs(body []byte) []blobRef {
 	out = append(out, m.Layers...)
 	out = append(out, m.Blobs...)
 	for _, l := range m.FSL {
-		out = append(out, blobRef{Digest: l.BlobSum, Size: -1})
+		out = append(out, blobRef{Digest: l.BlobSum}) // schema 1 gives no sizes
 	}
-	valid := out[:0]
+	var valid []metadata.BlobLink
 	for _, b := range out {
-		if b.Digest.Validate() == nil {
-			valid = append(valid, b)
+		if b.Digest.Validate() == nil && b.Size >= 0 {
+			valid = append(valid, metadata.BlobLink{Digest: b.Digest, Size: b.Size})
 		}
 	}
 	return valid

@@ -50,7 +50,7 @@ type Metadata interface {
 	PutTag(ctx context.Context, repo, tag string, rec metadata.TagRecord) error
 	Tags(ctx context.Context, repo string) ([]string, error)
 	Manifest(ctx context.Context, d digest.Digest) (metadata.ManifestRecord, error)
-	PutManifest(ctx context.Context, repo string, rec metadata.ManifestRecord) error
+	PutManifest(ctx context.Context, repo string, rec metadata.ManifestRecord, blobs ...metadata.BlobLink) error
 	LinkBlob(ctx context.Context, repo string, d digest.Digest, size int64) error
 	Linked(ctx context.Context, repo string, d digest.Digest) (bool, error)
 	Touch(repo string, d digest.Digest)

@@ -339,6 +339,11 @@ func TestBlobStreamThroughAndHit(t *testing.T) {
 		if resp.Header.Get("Docker-Content-Digest") != ld.String() {
 			t.Fatalf("Docker-Content-Digest = %q", resp.Header.Get("Docker-Content-Digest"))
 		}
+		if i == 0 {
+			// The client has every byte once the digest matched; the
+			// commit to the store may finish a moment later.
+			waitCommitted(t, e, ld.String())
+		}
 	}
 	if n := o.count("GET", "/v2/library/app/blobs/"+ld.String()); n != 1 {
 		t.Fatalf("upstream blob GETs = %d, want 1", n)
@@ -478,17 +483,8 @@ func TestClientHangUpDoesNotWasteTheFill(t *testing.T) {
 	cancel()
 	resp.Body.Close()
 
-	// The fill finishes on its own; wait for the commit.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := e.blobs.Stat(t.Context(), digest.Digest(ld.String())); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the fill did not complete after its client hung up")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	// The fill finishes on its own.
+	waitCommitted(t, e, ld.String())
 	resp2, body := e.get(t, path)
 	if resp2.StatusCode != 200 || !bytes.Equal(body, want) {
 		t.Fatalf("pull after hang-up: %d", resp2.StatusCode)
@@ -656,5 +652,20 @@ func TestRemoteDriverStore(t *testing.T) {
 	}
 	if n := o.count("GET", "/v2/library/app/blobs/"+ld.String()); n != 1 {
 		t.Fatalf("upstream GETs = %d, want 1", n)
+	}
+}
+
+// waitCommitted waits until blob d is in the store.
+func waitCommitted(t *testing.T, e *env, d string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := e.blobs.Stat(t.Context(), digest.Digest(d)); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("blob %s was never committed", d)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

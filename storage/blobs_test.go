@@ -75,6 +75,9 @@ func put(t testing.TB, b *Blobs, content []byte, d digest.Digest) *Spool {
 			t.Fatal(err)
 		}
 	}
+	if err := s.Verify(); err != nil {
+		t.Fatalf("Verify of the right content: %v", err)
+	}
 	if err := b.Commit(t.Context(), d, s); err != nil {
 		t.Fatalf("Commit: %v", err)
 	}
@@ -185,6 +188,9 @@ func TestCommitRejectsWrongContent(t *testing.T) {
 			}
 			content[42] ^= 1
 			s.Write(content)
+			if err := s.Verify(); !errors.Is(err, verify.ErrDigestMismatch) {
+				t.Fatalf("Verify of altered content = %v, want ErrDigestMismatch", err)
+			}
 			if err := b.Commit(t.Context(), d, s); !errors.Is(err, verify.ErrDigestMismatch) {
 				t.Fatalf("Commit of altered content = %v, want ErrDigestMismatch", err)
 			}

@@ -104,6 +104,17 @@ func (s *Spool) Path() string { return s.path }
 func (s *Spool) Digest() digest.Digest { return s.digest }
 
 // sum is the digest of everything written.
+// Verify reports whether the bytes written so far are the blob: nil when
+// they hash to its digest, an error wrapping verify.ErrDigestMismatch
+// otherwise. It lets a caller release a verified download to its readers
+// before the slower, durable Commit. Only the writer may call it.
+func (s *Spool) Verify() error {
+	if got := s.sum(); got != s.digest {
+		return fmt.Errorf("spool for %s holds %s over %d bytes: %w", s.digest, got, s.Size(), verify.ErrDigestMismatch)
+	}
+	return nil
+}
+
 func (s *Spool) sum() digest.Digest {
 	return digest.NewDigestFromEncoded(s.digest.Algorithm(), hex.EncodeToString(s.h.Sum(nil)))
 }

@@ -67,6 +67,9 @@ func open(path string, flushEvery time.Duration) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metadata: opening %s: %w", path, err)
 	}
+	// A lone writer in a Batch waits MaxBatchDelay before its commit; the
+	// default 10ms would sit on the cold path of every pull.
+	bdb.MaxBatchDelay = time.Millisecond
 	if err := bdb.Update(initSchema); err != nil {
 		bdb.Close()
 		return nil, fmt.Errorf("metadata: %s: %w", path, err)

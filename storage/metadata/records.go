@@ -120,12 +120,31 @@ func (db *DB) Manifest(ctx context.Context, d digest.Digest) (ManifestRecord, er
 	return rec, err
 }
 
-// PutManifest stores a manifest and records that repo references it. The
-// body must hash to rec.Digest.
-func (db *DB) PutManifest(ctx context.Context, repo string, rec ManifestRecord) error {
+// BlobLink is a blob a manifest references, for PutManifest.
+type BlobLink struct {
+	Digest digest.Digest
+	Size   int64
+}
+
+// PutManifest stores a manifest and records that repo references it and
+// the blobs it lists, all in one transaction (one fsync on the cold path of
+// a pull, however many layers). The body must hash to rec.Digest.
+func (db *DB) PutManifest(ctx context.Context, repo string, rec ManifestRecord, blobs ...BlobLink) error {
 	link, err := refKey(repo, rec.Digest)
 	if err != nil {
 		return err
+	}
+	type kv struct{ k, v []byte }
+	blobLinks := make([]kv, 0, len(blobs))
+	for _, b := range blobs {
+		k, err := refKey(repo, b.Digest)
+		if err != nil {
+			return err
+		}
+		if b.Size < 0 {
+			return fmt.Errorf("metadata: link of %s in %s: negative size %d", b.Digest, repo, b.Size)
+		}
+		blobLinks = append(blobLinks, kv{k, binary.AppendUvarint(nil, uint64(b.Size))})
 	}
 	if len(rec.Body) > MaxManifestSize {
 		return fmt.Errorf("metadata: manifest %s is %d bytes, over the %d byte limit: %w",
@@ -140,7 +159,13 @@ func (db *DB) PutManifest(ctx context.Context, repo string, rec ManifestRecord) 
 		if err := tx.Bucket(bucketManifests).Put([]byte(rec.Digest), val); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketLinks).Put(link, size)
+		links := tx.Bucket(bucketLinks)
+		for _, l := range blobLinks {
+			if err := links.Put(l.k, l.v); err != nil {
+				return err
+			}
+		}
+		return links.Put(link, size)
 	})
 }
 

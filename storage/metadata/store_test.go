@@ -22,7 +22,7 @@ type store interface {
 	PutTag(ctx context.Context, repo, tag string, rec TagRecord) error
 	Tags(ctx context.Context, repo string) ([]string, error)
 	Manifest(ctx context.Context, d digest.Digest) (ManifestRecord, error)
-	PutManifest(ctx context.Context, repo string, rec ManifestRecord) error
+	PutManifest(ctx context.Context, repo string, rec ManifestRecord, blobs ...BlobLink) error
 	LinkBlob(ctx context.Context, repo string, d digest.Digest, size int64) error
 	Linked(ctx context.Context, repo string, d digest.Digest) (bool, error)
 	Touch(repo string, d digest.Digest)
@@ -116,6 +116,21 @@ func testStore(t *testing.T, open func(t *testing.T) store) {
 		}
 		if ok, _ := s.Linked(ctx, "gcr/distroless/base", m.Digest); ok {
 			t.Fatal("manifest linked into a repository that never referenced it")
+		}
+		// Blobs named with the manifest are linked in the same write.
+		withLayers := manifest(`{"schemaVersion":2,"layers":[{"digest":"x"}]}`)
+		layer := digest.FromString("layer")
+		if err := s.PutManifest(ctx, "gcr/distroless/static", withLayers, BlobLink{Digest: layer, Size: 5}); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := s.Linked(ctx, "gcr/distroless/static", layer); !ok || err != nil {
+			t.Fatalf("layer Linked after PutManifest = %v, %v; want true", ok, err)
+		}
+		if ok, _ := s.Linked(ctx, "gcr/distroless/base", layer); ok {
+			t.Fatal("layer linked into a repository that never referenced it")
+		}
+		if err := s.PutManifest(ctx, "gcr/x", withLayers, BlobLink{Digest: "sha256:bad", Size: 1}); err == nil {
+			t.Fatal("PutManifest accepted an invalid blob digest")
 		}
 		empty := ManifestRecord{Digest: digest.FromString(""), Body: nil}
 		if err := s.PutManifest(ctx, "gcr/x", empty); err != nil {

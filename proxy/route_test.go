@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
 )
 
 const testDigest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -181,6 +183,23 @@ func FuzzParseEndpoint(f *testing.F) {
 			if _, err := parseDigest(ep.Reference); err != nil {
 				t.Fatalf("ParseEndpoint(%q) accepted invalid digest %q", path, ep.Reference)
 			}
+		}
+	})
+}
+
+// FuzzParseDigest holds the hand-written digest check to go-digest's own
+// parser for the algorithms airlock accepts.
+func FuzzParseDigest(f *testing.F) {
+	f.Add(testDigest)
+	f.Add("sha512:" + strings.Repeat("ab", 64))
+	f.Add("sha256:" + strings.Repeat("A", 64))
+	f.Add("md5:d41d8cd98f00b204e9800998ecf8427e")
+	f.Fuzz(func(t *testing.T, s string) {
+		_, err := parseDigest(s)
+		d, perr := digest.Parse(s)
+		want := perr == nil && (d.Algorithm() == digest.SHA256 || d.Algorithm() == digest.SHA512)
+		if (err == nil) != want {
+			t.Fatalf("parseDigest(%q) = %v, go-digest says valid=%v (%v)", s, err, want, perr)
 		}
 	})
 }

@@ -1,4 +1,4 @@
-.PHONY: build test
+.PHONY: build test bench
 
 # build compiles the airlock binary into ./airlock.
 build:
@@ -7,3 +7,7 @@ build:
 # test runs every check CI runs: gofmt, vet, race tests, end-to-end tests, fuzz.
 test:
 	bash scripts/test.sh
+
+# bench runs the side-by-side benchmark and rewrites docs/benchmarks.md.
+bench:
+	go run ./integration/bench

@@ -97,6 +97,7 @@ func (b *bench) warmBlob(ctx context.Context) ([]row, error) {
 			ratio:   fmt.Sprintf("%.2f× ceiling", a/ceil),
 			goal:    "≥ 0.95× ceiling",
 			verdict: verdict(a >= 0.95*ceil),
+			spread:  roundSpread(speed["airlock"], speed["ceiling"]),
 		})
 		perGiB := func(name string) time.Duration {
 			return time.Duration(float64(cpu[name]) / (float64(moved[name]) / (1 << 30)))
@@ -195,6 +196,7 @@ func (b *bench) manifestRounds(ctx context.Context, id, clients int, ref string,
 		ratio:   ratio(float64(a), float64(m)) + " in-memory",
 		goal:    "≤ 2× in-memory registry",
 		verdict: verdict(a <= 2*m),
+		spread:  roundSpread(durations(p50["airlock"]), durations(p50["ceiling"])),
 	}}, nil
 }
 
@@ -225,6 +227,7 @@ func (b *bench) coldImage(ctx context.Context) ([]row, error) {
 		ratio:   ratio(float64(a), float64(x)) + " direct",
 		goal:    "≤ 1.05× direct",
 		verdict: verdict(float64(a) <= 1.05*float64(x)),
+		spread:  roundSpread(durations(wall["airlock"]), durations(wall["direct"])),
 	}}, nil
 }
 

@@ -160,6 +160,11 @@ type Shutdown struct {
 	// DrainTimeout is how long in-flight pulls may run after SIGTERM before
 	// their connections are closed. 0 or absent means 30s.
 	DrainTimeout Duration `yaml:"drainTimeout"`
+	// ReadyDelay is how long airlock keeps accepting new pulls after SIGTERM
+	// has turned /readyz to 503, so that load balancers and Kubernetes
+	// endpoints stop routing to it before its listener closes. The drain
+	// starts after it. 0 or absent means none (the listener closes at once).
+	ReadyDelay Duration `yaml:"readyDelay"`
 }
 
 // Tracing configures OpenTelemetry tracing. Spans cover a pull from routing

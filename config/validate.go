@@ -67,6 +67,7 @@ func (c *Config) problems() []error {
 		p.add("log.format", "unknown format %q; use json or text", c.Log.Format)
 	}
 	p.duration("shutdown.drainTimeout", c.Shutdown.DrainTimeout)
+	p.duration("shutdown.readyDelay", c.Shutdown.ReadyDelay)
 	if c.Tracing.SampleRatio < 0 || c.Tracing.SampleRatio > 1 {
 		p.add("tracing.sampleRatio", "%v is out of range; use a fraction from 0 to 1", c.Tracing.SampleRatio)
 	}

@@ -401,9 +401,9 @@ func TestKubernetesManifests(t *testing.T) {
 	})
 	t.Run("grace period outlasts the drain", func(t *testing.T) {
 		g := pod.Spec.TerminationGracePeriodSeconds
-		drain := time.Duration(cfg.Shutdown.DrainTimeout)
+		drain := time.Duration(cfg.Shutdown.ReadyDelay + cfg.Shutdown.DrainTimeout)
 		if g == nil || time.Duration(*g)*time.Second < drain+5*time.Second {
-			t.Errorf("terminationGracePeriodSeconds must exceed shutdown.drainTimeout %v by at least 5s", drain)
+			t.Errorf("terminationGracePeriodSeconds must exceed shutdown.readyDelay + drainTimeout %v by at least 5s", drain)
 		}
 	})
 	t.Run("listeners", func(t *testing.T) {

@@ -154,7 +154,7 @@ func TestSIGTERMDrainsInFlightPull(t *testing.T) {
 	t.Parallel()
 	up := upstreamtest.New(t, upstreamtest.Options{})
 	img := up.PushImage(t, "library/app", "1", 3<<20, 1)
-	a := e2eStart(t, airlocktest.Config{Upstreams: []airlocktest.Upstream{e2eDockerHub(up)}})
+	a := e2eStart(t, airlocktest.Config{Upstreams: []airlocktest.Upstream{e2eDockerHub(up)}, ReadyDelay: "1s"})
 	layer := img.Layers[0]
 	up.Throttle(2 << 20) // about 1.5s for the layer
 
@@ -182,6 +182,11 @@ func TestSIGTERMDrainsInFlightPull(t *testing.T) {
 			t.Fatalf("readiness did not turn false after SIGTERM (last: %v %v)", r.Status, err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// During shutdown.readyDelay new pulls are still answered, so clients
+	// routed here before the endpoints update are not refused.
+	if r, err := e2eGet(t.Context(), a.URL+"/v2/"); err != nil || r.Status != http.StatusOK {
+		t.Fatalf("a new request during readyDelay: %v %v", r.Status, err)
 	}
 	rest, err := io.ReadAll(resp.Body)
 	if err != nil {

@@ -276,6 +276,14 @@ loop:
 	}
 
 	g.ready.Store(false)
+	if d := g.cfg.Shutdown.ReadyDelay.Std(); d > 0 && serveErr == nil {
+		// Keep serving while whatever routes clients here notices /readyz.
+		g.log.Info("shutting down: not ready, still accepting pulls", slog.String("readyDelay", d.String()))
+		select {
+		case <-time.After(d):
+		case serveErr = <-errc:
+		}
+	}
 	g.log.Info("shutting down: draining in-flight pulls", slog.String("drainTimeout", g.cfg.Shutdown.DrainTimeout.String()))
 	drain, cancel := context.WithTimeout(context.Background(), g.cfg.Shutdown.DrainTimeout.Std())
 	defer cancel()

@@ -67,6 +67,7 @@ func (b *Binary) Start(tb testing.TB, cfg Config) *Airlock {
 	f.Log.Level, f.Log.Format = "debug", "json"
 	f.Upstreams = cfg.Upstreams
 	f.Tracing = cfg.Tracing
+	f.Shutdown.ReadyDelay = cfg.ReadyDelay
 	doc, err := yaml.Marshal(&f)
 	if err != nil {
 		tb.Fatalf("encode airlock config: %v", err)

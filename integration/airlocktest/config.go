@@ -8,6 +8,8 @@ type Config struct {
 	TagTTL string
 	// Tracing is the tracing section; nil leaves tracing off.
 	Tracing *Tracing
+	// ReadyDelay is shutdown.readyDelay; empty leaves it unset.
+	ReadyDelay string
 }
 
 // Tracing is airlock's tracing section.
@@ -63,4 +65,7 @@ type file struct {
 	} `yaml:"log"`
 	Upstreams []Upstream `yaml:"upstreams"`
 	Tracing   *Tracing   `yaml:"tracing,omitempty"`
+	Shutdown  struct {
+		ReadyDelay string `yaml:"readyDelay,omitempty"`
+	} `yaml:"shutdown,omitempty"`
 }

@@ -15,7 +15,9 @@ import (
 
 func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) error {
 	d, _ := parseDigest(rq.route.Reference) // validated by ParseEndpoint
-	for {
+	// Two passes at most: a fill that commits between the cache miss and
+	// joining it sends the request back to the store once.
+	for range 2 {
 		served, err := p.serveCachedBlob(w, r, rq, d)
 		if served || err != nil {
 			return err
@@ -31,6 +33,7 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 		f.release()
 		return err
 	}
+	return fmt.Errorf("blob %s is in the store but cannot be opened", d)
 }
 
 // serveCachedBlob serves a committed blob. It reports false when the blob

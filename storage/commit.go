@@ -71,12 +71,21 @@ func (b *Blobs) commitLocal(d digest.Digest, s *Spool) error {
 	}
 	dir := filepath.Dir(final)
 	top := firstExisting(dir)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return fmt.Errorf("commit of blob %s: %w", d, err)
-	}
 	// A concurrent commit of the same digest may rename over this one or be
 	// renamed over; either way the file at final is whole and identical.
-	if err := os.Rename(s.path, final); err != nil {
+	// Delete removes a blob's directory after the blob, so a rename can
+	// find the directory it just created gone; creating it once more is
+	// enough, as Delete removes it only when it is empty.
+	var err error
+	for range 2 {
+		if err = os.MkdirAll(dir, 0o750); err != nil {
+			return fmt.Errorf("commit of blob %s: %w", d, err)
+		}
+		if err = os.Rename(s.path, final); !errors.Is(err, os.ErrNotExist) {
+			break
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("commit of blob %s: moving spool into place: %w", d, err)
 	}
 	s.removed = true

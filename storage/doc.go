@@ -21,6 +21,11 @@
 //   - Committing the same digest twice, concurrently or not, is safe: the
 //     content is identical by construction, so whichever lands first wins and
 //     the other spool is dropped.
+//   - [Blobs.Delete] is how a bounded cache evicts. On the local fast path
+//     it only unlinks, so clients already streaming the blob through an
+//     open *os.File read it to the end; the next pull fetches it again.
+//     [Blobs.Walk] lists committed blobs with their sizes and commit times,
+//     and never reports anything that is not a valid blob path.
 //
 // Digests are validated with verify.Check before they become paths, so a
 // hostile digest cannot name a file outside the store.

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 )
@@ -25,10 +26,11 @@ var (
 	bucketLinks     = []byte("links")     // repo \x00 digest  -> size (uvarint)
 	bucketAccess    = []byte("access")    // repo \x00 digest  -> unix nanoseconds (8 bytes)
 	bucketStates    = []byte("states")    // repo \x00 digest  -> state record (JSON)
+	bucketLastUse   = []byte("lastuse")   // digest            -> unix nanoseconds (8 bytes), latest in any repo
 
 	keySchema = []byte("schema")
 
-	dataBuckets = [][]byte{bucketTags, bucketManifests, bucketLinks, bucketAccess, bucketStates}
+	dataBuckets = [][]byte{bucketTags, bucketManifests, bucketLinks, bucketAccess, bucketStates, bucketLastUse}
 )
 
 const (
@@ -42,7 +44,10 @@ type DB struct {
 
 	mu      sync.Mutex
 	pending map[string]int64 // access key -> unix nanoseconds, not yet written
-	closed  bool
+	// pendingUse is pending folded by digest across repositories: the
+	// latest use of each blob, not yet written to bucketLastUse.
+	pendingUse map[digest.Digest]int64
+	closed     bool
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -75,17 +80,22 @@ func open(path string, flushEvery time.Duration) (*DB, error) {
 		return nil, fmt.Errorf("metadata: %s: %w", path, err)
 	}
 	db := &DB{
-		bolt:    bdb,
-		pending: make(map[string]int64),
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+		bolt:       bdb,
+		pending:    make(map[string]int64),
+		pendingUse: make(map[digest.Digest]int64),
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
 	}
 	go db.flushLoop(flushEvery)
 	return db, nil
 }
 
 // initSchema creates the buckets of a new file, or checks the version of an
-// existing one.
+// existing one and adds the buckets it lacks.
+//
+// A bucket added without a change to existing encodings does not need a
+// new version: a file written before it existed simply gets it here, and
+// stays readable by the release that wrote it.
 func initSchema(tx *bolt.Tx) error {
 	meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 	if err != nil {
@@ -99,10 +109,14 @@ func initSchema(tx *bolt.Tx) error {
 	} else if err := meta.Put(keySchema, []byte(strconv.Itoa(schemaVersion))); err != nil {
 		return err
 	}
+	backfill := tx.Bucket(bucketLastUse) == nil && tx.Bucket(bucketAccess) != nil
 	for _, name := range dataBuckets {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return err
 		}
+	}
+	if backfill {
+		return backfillLastUse(tx)
 	}
 	return nil
 }

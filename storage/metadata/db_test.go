@@ -1,6 +1,8 @@
 package metadata
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +13,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 	"go.uber.org/goleak"
+
+	"github.com/airlock-registry/airlock/storage"
 )
 
 func TestMain(m *testing.M) {
@@ -128,6 +132,106 @@ func TestTouchFlushedInBackground(t *testing.T) {
 			t.Fatal("access time not written by the background loop within 5s")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestLastUseSurvivesReopen proves per-digest last use is written with the
+// access times and never moves backwards when an older batch is flushed.
+func TestLastUseSurvivesReopen(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "airlock.db")
+	ctx := t.Context()
+	db, err := open(path, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := digest.FromString("layer")
+	db.Touch("dockerhub/library/redis", d)
+	db.Touch("gcr/distroless/static", d)
+	want, err := db.LastUse(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.flush(); err != nil {
+		t.Fatal(err)
+	}
+	// A later time already stored (say by a flush that overtook this one)
+	// must survive an older batch.
+	later := want.Add(time.Hour)
+	db.bolt.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketLastUse).Put([]byte(d), binary.BigEndian.AppendUint64(nil, uint64(later.UnixNano())))
+	})
+	db.Touch("dockerhub/library/redis", d)
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	db, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if got, err := db.LastUse(ctx, d); err != nil || !got.Equal(later) {
+		t.Fatalf("LastUse after reopen = %v, %v; want the later stored time %v", got, err, later)
+	}
+	if _, err := db.LastUse(ctx, digest.FromString("never used")); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("LastUse of unused content = %v, want ErrNotFound", err)
+	}
+}
+
+// TestOpenAddsLastUseToOlderFile proves a file written before per-digest
+// last use existed still opens, gains the bucket, and has it filled from
+// the access times it already holds.
+func TestOpenAddsLastUseToOlderFile(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "airlock.db")
+	d, cold := digest.FromString("layer"), digest.FromString("cold")
+	old, newer := time.Unix(1_700_000_000, 0), time.Unix(1_700_000_500, 0)
+	raw, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = raw.Update(func(tx *bolt.Tx) error {
+		meta, _ := tx.CreateBucket(bucketMeta)
+		meta.Put(keySchema, []byte("1"))
+		for _, name := range [][]byte{bucketTags, bucketManifests, bucketLinks, bucketAccess, bucketStates} {
+			if _, err := tx.CreateBucket(name); err != nil {
+				return err
+			}
+		}
+		access := tx.Bucket(bucketAccess)
+		for _, e := range []struct {
+			repo string
+			d    digest.Digest
+			at   time.Time
+		}{
+			{"dockerhub/library/redis", d, old},
+			{"quay/coreos/etcd", d, newer},
+			{"quay/coreos/etcd", cold, old},
+		} {
+			if err := access.Put([]byte(e.repo+sep+string(e.d)), binary.BigEndian.AppendUint64(nil, uint64(e.at.UnixNano()))); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	raw.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	db, err := Open(path)
+	if err != nil {
+		t.Fatalf("Open of a file without the last-use bucket: %v", err)
+	}
+	defer db.Close()
+	for _, tt := range []struct {
+		d    digest.Digest
+		want time.Time
+	}{{d, newer}, {cold, old}} {
+		if got, err := db.LastUse(t.Context(), tt.d); err != nil || !got.Equal(tt.want) {
+			t.Errorf("LastUse(%s) = %v, %v; want the latest access time %v", tt.d, got, err, tt.want)
+		}
 	}
 }
 

@@ -23,6 +23,11 @@
 //   - Only one process can open the file; a second one gives up after five
 //     seconds with an error saying the file is locked.
 //
+//   - [DB.LastUse] is the latest [DB.Touch] of a digest in any repository,
+//     written with the access times; it orders eviction of shared blobs.
+//
 // The file carries a schema version. Open refuses a file written with a
-// different version rather than misread it.
+// different version rather than misread it. Buckets added within a version
+// are created when an older file is opened (the last-use bucket is filled
+// from the access times already there), so upgrading never strands a store.
 package metadata

@@ -27,6 +27,7 @@ type store interface {
 	Linked(ctx context.Context, repo string, d digest.Digest) (bool, error)
 	Touch(repo string, d digest.Digest)
 	Accessed(ctx context.Context, repo string, d digest.Digest) (time.Time, error)
+	LastUse(ctx context.Context, d digest.Digest) (time.Time, error)
 	State(ctx context.Context, repo string, d digest.Digest) (StateRecord, error)
 	SetState(ctx context.Context, repo string, d digest.Digest, rec StateRecord) error
 	Close() error
@@ -254,6 +255,35 @@ func testStore(t *testing.T, open func(t *testing.T) store) {
 		at, err := s.Accessed(ctx, "a/b", d)
 		if err != nil || at.Before(before.Add(-time.Second)) {
 			t.Fatalf("Accessed = %v, %v; want about now", at, err)
+		}
+	})
+
+	t.Run("last use across repositories", func(t *testing.T) {
+		t.Parallel()
+		s := open(t)
+		defer s.Close()
+		ctx := t.Context()
+		d, other := digest.FromString("shared layer"), digest.FromString("other layer")
+		if _, err := s.LastUse(ctx, d); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("LastUse before Touch = %v, want ErrNotFound", err)
+		}
+		s.Touch("dockerhub/library/nginx", d)
+		first, err := s.LastUse(ctx, d)
+		if err != nil {
+			t.Fatalf("LastUse after Touch = %v", err)
+		}
+		time.Sleep(2 * time.Millisecond)
+		s.Touch("quay/prometheus/node-exporter", d)
+		s.Touch("dockerhub/library/nginx", other)
+		second, err := s.LastUse(ctx, d)
+		if err != nil || !second.After(first) {
+			t.Fatalf("LastUse after a use in another repository = %v, %v; want later than %v", second, err, first)
+		}
+		if at, err := s.Accessed(ctx, "dockerhub/library/nginx", d); err != nil || !at.Equal(first) {
+			t.Errorf("Accessed in the first repository = %v, %v; want its own time %v", at, err, first)
+		}
+		if _, err := s.LastUse(ctx, "sha256:short"); err == nil || errors.Is(err, storage.ErrNotFound) {
+			t.Errorf("LastUse of an invalid digest = %v, want a validation error", err)
 		}
 	})
 

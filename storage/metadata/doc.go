@@ -22,7 +22,6 @@
 //   - Lookups that find nothing return an error wrapping storage.ErrNotFound.
 //   - Only one process can open the file; a second one gives up after five
 //     seconds with an error saying the file is locked.
-//
 //   - [DB.LastUse] is the latest [DB.Touch] of a digest in any repository,
 //     written with the access times; it orders eviction of shared blobs.
 //

@@ -1,4 +1,4 @@
-.PHONY: build test bench
+.PHONY: build test bench image
 
 # build compiles the airlock binary into ./airlock.
 build:
@@ -11,3 +11,8 @@ test:
 # bench runs the side-by-side benchmark and rewrites docs/benchmarks.md.
 bench:
 	go run ./integration/bench
+
+# image builds the container image airlock:dev (scripts/image.sh; no base
+# image or network needed).
+image:
+	bash scripts/image.sh

@@ -77,3 +77,9 @@ func (d *Dockerd) RepoDigests(ctx context.Context, ref string) ([]string, error)
 	}
 	return strings.Fields(out), nil
 }
+
+// Env is the environment that points a docker CLI run by a script at this
+// daemon, with this daemon's private CLI configuration.
+func (d *Dockerd) Env() []string {
+	return []string{"DOCKER_HOST=" + d.Host, "DOCKER_CONFIG=" + d.config}
+}

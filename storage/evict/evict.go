@@ -1,0 +1,307 @@
+package evict
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/airlock-registry/airlock/storage"
+)
+
+// Defaults for zero Options fields.
+const (
+	DefaultLowWater = 0.9
+	DefaultMinAge   = 10 * time.Minute
+	DefaultInterval = 5 * time.Minute
+)
+
+// Blobs is the store an Evictor trims; *storage.Blobs implements it.
+type Blobs interface {
+	// Walk calls fn for every committed blob with its size and commit time.
+	Walk(ctx context.Context, fn func(d digest.Digest, size int64, modTime time.Time) error) error
+	// Delete removes a blob, or returns an error wrapping
+	// storage.ErrNotFound if it is already gone.
+	Delete(ctx context.Context, d digest.Digest) error
+}
+
+// Uses tells when content was last used in any repository;
+// *metadata.DB implements it.
+type Uses interface {
+	// LastUse returns the latest use of d, or an error wrapping
+	// storage.ErrNotFound if it was never used.
+	LastUse(ctx context.Context, d digest.Digest) (time.Time, error)
+}
+
+// Options configure an Evictor. Blobs is required; every other field has a
+// default.
+type Options struct {
+	// Blobs is the store to measure and trim.
+	Blobs Blobs
+	// Uses supplies last-use times. Nil means commit times alone order
+	// eviction.
+	Uses Uses
+	// MaxBytes is the most the store may hold, in bytes. 0 or less means
+	// unlimited: Sweep measures and deletes nothing.
+	MaxBytes int64
+	// LowWater is the fraction of MaxBytes a sweep trims down to, so that
+	// one sweep makes room for many fills instead of one. Outside (0, 1]
+	// it is DefaultLowWater (0.9).
+	LowWater float64
+	// MinAge protects blobs committed or used more recently. 0 means
+	// DefaultMinAge (10m); a negative value protects nothing.
+	MinAge time.Duration
+	// Logger receives a line per sweep that evicts (Info) and per failure
+	// (Warn). Nil discards them.
+	Logger *slog.Logger
+	// Registerer receives the metrics. Nil leaves them unregistered.
+	Registerer prometheus.Registerer
+	// Now is the clock. Nil means time.Now.
+	Now func() time.Time
+}
+
+// Result is what one sweep found and did.
+type Result struct {
+	// Blobs is the number of blobs measured.
+	Blobs int
+	// Before and After are the bytes stored when the sweep began and ended.
+	Before, After int64
+	// Evicted and EvictedBytes count the blobs this sweep deleted.
+	Evicted      int
+	EvictedBytes int64
+}
+
+// Evictor keeps a blob store under a size. It is safe for concurrent use;
+// concurrent sweeps run one after the other.
+type Evictor struct {
+	blobs    Blobs
+	uses     Uses
+	maxBytes int64
+	lowWater float64
+	minAge   time.Duration
+	log      *slog.Logger
+	now      func() time.Time
+	metrics  metrics
+
+	sweeping sync.Mutex
+}
+
+// New returns an Evictor with o's defaults filled in, and registers its
+// metrics on o.Registerer.
+func New(o Options) *Evictor {
+	e := &Evictor{
+		blobs:    o.Blobs,
+		uses:     o.Uses,
+		maxBytes: o.MaxBytes,
+		lowWater: o.LowWater,
+		minAge:   o.MinAge,
+		log:      o.Logger,
+		now:      o.Now,
+	}
+	if e.lowWater <= 0 || e.lowWater > 1 {
+		e.lowWater = DefaultLowWater
+	}
+	switch {
+	case e.minAge == 0:
+		e.minAge = DefaultMinAge
+	case e.minAge < 0:
+		e.minAge = 0
+	}
+	if e.log == nil {
+		e.log = slog.New(slog.DiscardHandler)
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	e.metrics = newMetrics(o.Registerer, e.log)
+	return e
+}
+
+// candidate is a blob that may be evicted.
+type candidate struct {
+	digest digest.Digest
+	size   int64
+	used   time.Time // later of commit time and last use
+}
+
+// Sweep measures the store and, if it holds more than MaxBytes, deletes
+// the least recently used blobs that are older than MinAge until it holds
+// at most LowWater × MaxBytes or nothing old enough is left.
+//
+// It stops early when ctx ends. A blob that cannot be deleted is skipped
+// and reported in the returned error after the others are tried; the
+// Result counts what was done either way.
+func (e *Evictor) Sweep(ctx context.Context) (Result, error) {
+	if e.blobs == nil {
+		return Result{}, errors.New("evict: no blob store to sweep")
+	}
+	e.sweeping.Lock()
+	defer e.sweeping.Unlock()
+
+	var res Result
+	var all []candidate
+	err := e.blobs.Walk(ctx, func(d digest.Digest, size int64, modTime time.Time) error {
+		res.Blobs++
+		res.Before += size
+		all = append(all, candidate{digest: d, size: size, used: modTime})
+		return nil
+	})
+	if err != nil {
+		return Result{}, fmt.Errorf("evict: measuring the blob store: %w", err)
+	}
+	res.After = res.Before
+	defer func() { e.metrics.size.Set(float64(res.After)) }()
+	if e.maxBytes <= 0 || res.Before <= e.maxBytes {
+		return res, nil
+	}
+
+	if err := e.lastUses(ctx, all); err != nil {
+		return res, err
+	}
+	slices.SortFunc(all, func(a, b candidate) int {
+		if c := a.used.Compare(b.used); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.digest, b.digest)
+	})
+	err = e.trim(ctx, all, &res)
+	return res, err
+}
+
+// lastUses moves each candidate's time forward to its recorded last use.
+// It runs only when the store is over its maximum, because it costs one
+// index lookup per blob.
+func (e *Evictor) lastUses(ctx context.Context, all []candidate) error {
+	if e.uses == nil {
+		return nil
+	}
+	for i := range all {
+		t, err := e.lastUse(ctx, all[i].digest)
+		if err != nil {
+			return err
+		}
+		if t.After(all[i].used) {
+			all[i].used = t
+		}
+	}
+	return nil
+}
+
+// lastUse is Uses.LastUse with "never used" as the zero time.
+func (e *Evictor) lastUse(ctx context.Context, d digest.Digest) (time.Time, error) {
+	t, err := e.uses.LastUse(ctx, d)
+	if errors.Is(err, storage.ErrNotFound) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("evict: reading the last use of %s: %w", d, err)
+	}
+	return t, nil
+}
+
+// trim deletes candidates, oldest first, until the store is at the
+// low-water mark.
+func (e *Evictor) trim(ctx context.Context, oldestFirst []candidate, res *Result) error {
+	target := int64(e.lowWater * float64(e.maxBytes))
+	cutoff := e.now().Add(-e.minAge)
+	var errs []error
+	for _, c := range oldestFirst {
+		if res.After <= target {
+			break
+		}
+		if c.used.After(cutoff) {
+			break // sorted: everything after it is younger still
+		}
+		if err := ctx.Err(); err != nil {
+			errs = append(errs, fmt.Errorf("evict: sweep stopped: %w", err))
+			break
+		}
+		// The walk may be minutes old on a large remote store; a pull may
+		// have used the blob since.
+		if e.uses != nil {
+			t, err := e.lastUse(ctx, c.digest)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if t.After(cutoff) {
+				continue
+			}
+		}
+		err := e.blobs.Delete(ctx, c.digest)
+		switch {
+		case errors.Is(err, storage.ErrNotFound):
+			res.After -= c.size // gone already; it no longer counts
+		case err != nil:
+			errs = append(errs, fmt.Errorf("evict: deleting blob %s: %w", c.digest, err))
+		default:
+			res.After -= c.size
+			res.Evicted++
+			res.EvictedBytes += c.size
+			e.metrics.evictions.Inc()
+			e.metrics.evictedBytes.Add(float64(c.size))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Run sweeps at once and then every interval (DefaultInterval if interval
+// is not positive) until ctx ends. It logs each sweep that evicts at Info
+// and each failure at Warn, and keeps going after failures.
+func (e *Evictor) Run(ctx context.Context, interval time.Duration) {
+	if interval <= 0 {
+		interval = DefaultInterval
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		e.sweepAndLog(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (e *Evictor) sweepAndLog(ctx context.Context) {
+	// A fault in a storage driver must not take down the process that
+	// serves pulls; the next sweep tries again.
+	defer func() {
+		if r := recover(); r != nil {
+			e.log.Warn("cache eviction sweep failed", "panic", fmt.Sprint(r))
+		}
+	}()
+	start := e.now()
+	res, err := e.Sweep(ctx)
+	if err != nil && ctx.Err() != nil {
+		return // shutting down
+	}
+	attrs := []any{
+		"blobs", res.Blobs,
+		"before_bytes", res.Before,
+		"after_bytes", res.After,
+		"max_bytes", e.maxBytes,
+		"evicted", res.Evicted,
+		"evicted_bytes", res.EvictedBytes,
+		"duration", e.now().Sub(start),
+	}
+	switch {
+	case err != nil:
+		e.log.Warn("cache eviction sweep failed", append(attrs, "error", err)...)
+	case res.Evicted > 0:
+		e.log.Info("evicted least recently used blobs", attrs...)
+	case e.maxBytes > 0 && res.After > e.maxBytes:
+		e.log.Warn("cache is over its maximum but every blob was used within the minimum age; raise cache.maxSize or grow the volume",
+			append(attrs, "min_age", e.minAge)...)
+	default:
+		e.log.Debug("cache eviction sweep", attrs...)
+	}
+}

@@ -104,6 +104,18 @@ type Cache struct {
 	// MaxManifestBytes is the largest manifest, in bytes, fetched from an
 	// upstream; at most MaxManifestBytes (4 MiB). 0 or absent means 4194304.
 	MaxManifestBytes int64 `yaml:"maxManifestBytes"`
+
+	// MaxSize bounds the bytes of blobs kept in storage, as a [Size] such as
+	// "500GiB". Above it, the least recently used blobs are evicted down to
+	// 90% of it (they are fetched again on their next pull); blobs used in
+	// the last ten minutes are kept. Manifests and metadata are not counted.
+	// Leave headroom for downloads in progress below the volume size.
+	// 0 or absent means unlimited: nothing is evicted.
+	MaxSize Size `yaml:"maxSize"`
+
+	// EvictInterval is how often storage is measured and, over MaxSize,
+	// trimmed. 0 or absent means 5m.
+	EvictInterval Duration `yaml:"evictInterval"`
 }
 
 // Admin configures the admin API.

@@ -32,6 +32,9 @@ func TestExampleLoadsAndIsValid(t *testing.T) {
 	if hub.Auth.UsernameFile == "" || hub.TagTTL.Std() != 10*time.Minute {
 		t.Errorf("dockerhub entry lost values: %+v", hub)
 	}
+	if c.Cache.MaxSize != 80<<30 || c.Cache.EvictInterval.Std() != 5*time.Minute {
+		t.Errorf("cache eviction keys = %v, %v; want 80GiB, 5m", c.Cache.MaxSize, c.Cache.EvictInterval)
+	}
 	// The minimal entry inherits the cache TTL.
 	if q := c.Upstream("quay"); q == nil || q.TagTTL != c.Cache.TagTTL {
 		t.Errorf("quay tagTTL = %v, want cache.tagTTL %v", q.TagTTL, c.Cache.TagTTL)
@@ -117,6 +120,8 @@ func TestDefault(t *testing.T) {
 	check("storage.parameters", c.Storage.Parameters, map[string]any{"rootdirectory": filepath.Join("airlock-data", "blobs")})
 	check("cache.tagTTL", c.Cache.TagTTL, Duration(5*time.Minute))
 	check("cache.maxManifestBytes", c.Cache.MaxManifestBytes, int64(4<<20))
+	check("cache.maxSize", c.Cache.MaxSize, Size(0))
+	check("cache.evictInterval", c.Cache.EvictInterval, Duration(5*time.Minute))
 	check("log", c.Log, Log{Level: "info", Format: "json"})
 	check("shutdown.drainTimeout", c.Shutdown.DrainTimeout, Duration(30*time.Second))
 	check("tls.enabled", c.TLS.Enabled(), false)

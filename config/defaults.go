@@ -31,6 +31,7 @@ const (
 	defaultAdminListen      = "127.0.0.1:5001"
 	defaultStoragePath      = "./airlock-data"
 	defaultTagTTL           = Duration(5 * time.Minute)
+	defaultEvictInterval    = Duration(5 * time.Minute)
 	defaultDrainTimeout     = Duration(30 * time.Second)
 	defaultHeaderTimeout    = Duration(30 * time.Second)
 	defaultIdleTimeout      = Duration(60 * time.Second)
@@ -57,6 +58,7 @@ func (c *Config) ApplyDefaults() {
 	}
 	setDefault(&c.Cache.TagTTL, defaultTagTTL)
 	setDefault(&c.Cache.MaxManifestBytes, MaxManifestBytes)
+	setDefault(&c.Cache.EvictInterval, defaultEvictInterval)
 	setDefault(&c.Admin.Listen, defaultAdminListen)
 	setDefault(&c.Tracing.SampleRatio, 1)
 	setDefault(&c.Tracing.ServiceName, "airlock")

@@ -52,6 +52,10 @@ func (c *Config) problems() []error {
 	if c.Cache.MaxManifestBytes <= 0 || c.Cache.MaxManifestBytes > MaxManifestBytes {
 		p.add("cache.maxManifestBytes", "%d is out of range; set a byte count from 1 to %d (4 MiB)", c.Cache.MaxManifestBytes, MaxManifestBytes)
 	}
+	if c.Cache.MaxSize < 0 {
+		p.add("cache.maxSize", "%d is negative; set a size such as \"500GiB\", or 0 for no limit", c.Cache.MaxSize)
+	}
+	p.duration("cache.evictInterval", c.Cache.EvictInterval)
 	p.addr("admin.listen", c.Admin.Listen)
 	if c.Admin.Listen != "" && c.Admin.Listen == c.Listen && !strings.HasSuffix(c.Listen, ":0") {
 		p.add("admin.listen", "%q is also the registry listen address; give the admin API its own port", c.Admin.Listen)

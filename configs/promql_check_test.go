@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/airlock-registry/airlock/proxy"
+	"github.com/airlock-registry/airlock/storage/evict"
 )
 
 // TestCheckExpr shows that the expression check rejects what it is there to
@@ -56,12 +57,13 @@ func (c *collectors) MustRegister(xs ...prometheus.Collector) {
 func (c *collectors) Unregister(prometheus.Collector) bool { return false }
 
 // TestKnownSeriesMatchProxy keeps airlockSeries equal to the series the
-// proxy registers, so a renamed metric or label fails here, not on a
-// dashboard that silently shows nothing.
+// proxy and the cache evictor register, so a renamed metric or label fails
+// here, not on a dashboard that silently shows nothing.
 func TestKnownSeriesMatchProxy(t *testing.T) {
 	t.Parallel()
 	var reg collectors
 	proxy.NewMetrics(&reg)
+	evict.New(evict.Options{Registerer: &reg})
 	got := map[string]series{}
 	for _, c := range reg.list {
 		_, histogram := c.(*prometheus.HistogramVec)
@@ -75,7 +77,7 @@ func TestKnownSeriesMatchProxy(t *testing.T) {
 	for name, want := range airlockSeries {
 		g, ok := got[name]
 		if !ok {
-			t.Errorf("%s is used by the shipped configs but the proxy does not register it", name)
+			t.Errorf("%s is used by the shipped configs but neither the proxy nor the evictor registers it", name)
 			continue
 		}
 		if strings.Join(g.labels, ",") != strings.Join(want.labels, ",") || g.histogram != want.histogram {
@@ -85,7 +87,7 @@ func TestKnownSeriesMatchProxy(t *testing.T) {
 	}
 	for name := range got {
 		if _, ok := airlockSeries[name]; !ok {
-			t.Errorf("%s is registered by the proxy but unknown to the configs test: add it to airlockSeries", name)
+			t.Errorf("%s is registered by airlock but unknown to the configs test: add it to airlockSeries", name)
 		}
 	}
 }

@@ -15,7 +15,7 @@ type series struct {
 }
 
 // airlockSeries are airlock's own metrics. TestKnownSeriesMatchProxy keeps
-// this table equal to what the proxy registers.
+// this table equal to what the proxy and the cache evictor register.
 var airlockSeries = map[string]series{
 	"airlock_http_requests_total":               {labels: []string{"upstream", "kind", "method", "code"}},
 	"airlock_http_request_duration_seconds":     {labels: []string{"kind", "method"}, histogram: true},
@@ -31,6 +31,9 @@ var airlockSeries = map[string]series{
 	"airlock_fill_followers":                    {labels: []string{"upstream"}},
 	"airlock_digest_mismatches_total":           {labels: []string{"upstream", "kind"}},
 	"airlock_stale_serves_total":                {labels: []string{"upstream"}},
+	"airlock_cache_size_bytes":                  {},
+	"airlock_cache_evictions_total":             {},
+	"airlock_cache_evicted_bytes_total":         {},
 }
 
 // otherSeries come from the Go and process collectors airlock registers,

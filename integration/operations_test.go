@@ -109,6 +109,34 @@ func TestMetricsMoveWithPulls(t *testing.T) {
 	}
 }
 
+// TestCacheSizeIsMeasured checks that the evictor runs in the served
+// process: the cache size gauge reports the blobs a pull committed.
+// (Eviction order and limits are tested in storage/evict.)
+func TestCacheSizeIsMeasured(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	img := up.PushImage(t, "library/app", "1", 64<<10, 2)
+	a := e2eStart(t, airlocktest.Config{Upstreams: []airlocktest.Upstream{e2eDockerHub(up)},
+		MaxSize: "1GiB", EvictInterval: "200ms"})
+	e2ePullHTTP(t, up, a.URL+"/v2/library/app", "1", img)
+	settle(t, a)
+	var want float64
+	for _, b := range img.Blobs() {
+		want += float64(len(up.Blob(t, b)))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := sum(scrape(t, a), "airlock_cache_size_bytes")
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("airlock_cache_size_bytes = %v, want %v (the blobs pulled)", got, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func TestSecretsNeverLogged(t *testing.T) {
 	t.Parallel()
 	const user, password = "planted-user", "planted-S3CRET-value-4f1c"

@@ -29,6 +29,7 @@ import (
 	"github.com/airlock-registry/airlock/proxy"
 	"github.com/airlock-registry/airlock/proxy/upstream"
 	"github.com/airlock-registry/airlock/storage"
+	"github.com/airlock-registry/airlock/storage/evict"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
@@ -39,7 +40,7 @@ func newServeCommand() *cobra.Command {
 		Short: "Run the registry gateway",
 		Long: "Run the registry gateway. Without --config it runs the embedded default: the registry API on :5000,\n" +
 			"the admin API on 127.0.0.1:5001, Docker Hub (default), gcr.io and quay.io upstreams, data in ./airlock-data.\n" +
-			"SIGHUP reloads upstreams, credentials and allow-lists from --config; SIGTERM drains in-flight pulls and exits.",
+			"SIGHUP reloads upstreams, credentials, allow-lists and cache limits from --config; SIGTERM drains in-flight pulls and exits.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(path)
@@ -78,6 +79,7 @@ type gateway struct {
 	ready   atomic.Bool
 	// stopTracing flushes spans at exit.
 	stopTracing func(context.Context) error
+	evictor     *evict.Evictor
 }
 
 func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gateway, error) {
@@ -102,6 +104,11 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 	if err != nil {
 		return nil, err
 	}
+	// The evictor runs even without cache.maxSize, to report the size.
+	g.evictor = evict.New(evict.Options{
+		Blobs: blobs, Uses: g.meta, MaxBytes: cfg.Cache.MaxSize.Bytes(),
+		Logger: log.With(slog.String("component", "evict")), Registerer: g.promReg,
+	})
 	rt, regs, ttls, err := buildUpstreams(cfg, g.metrics, log)
 	if err != nil {
 		g.meta.Close()
@@ -254,6 +261,9 @@ func (g *gateway) run(ctx context.Context, configPath string) error {
 		}
 	}()
 	go func() { errc <- adminSrv.Serve(adminLn) }()
+	evictCtx, stopEvict := context.WithCancel(context.WithoutCancel(ctx))
+	evictDone := make(chan struct{})
+	go func() { defer close(evictDone); g.evictor.Run(evictCtx, g.cfg.Cache.EvictInterval.Std()) }()
 	g.ready.Store(true)
 	g.log.Info("airlock serving", slog.String("registry", regLn.Addr().String()),
 		slog.String("admin", adminLn.Addr().String()), slog.Int("upstreams", len(g.cfg.Upstreams)),
@@ -295,6 +305,8 @@ loop:
 		g.log.Warn("background downloads cancelled at shutdown; they will restart on the next pull", slog.String("error", err.Error()))
 	}
 	adminSrv.Close()
+	stopEvict()
+	<-evictDone
 	if err := g.stopTracing(drain); err != nil {
 		g.log.Warn("flushing trace spans failed", slog.String("error", err.Error()))
 	}
@@ -327,6 +339,7 @@ func (g *gateway) reload(path string) {
 		return
 	}
 	g.proxy.Reload(rt, regs, ttls, cfg.Cache.TagTTL.Std())
+	g.evictor.SetMaxBytes(cfg.Cache.MaxSize.Bytes())
 	g.log.Info("configuration reloaded", slog.String("config", path), slog.Int("upstreams", len(cfg.Upstreams)))
 }
 

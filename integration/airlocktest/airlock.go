@@ -68,6 +68,7 @@ func (b *Binary) Start(tb testing.TB, cfg Config) *Airlock {
 	f.Upstreams = cfg.Upstreams
 	f.Tracing = cfg.Tracing
 	f.Shutdown.ReadyDelay = cfg.ReadyDelay
+	f.Cache.MaxSize, f.Cache.EvictInterval = cfg.MaxSize, cfg.EvictInterval
 	doc, err := yaml.Marshal(&f)
 	if err != nil {
 		tb.Fatalf("encode airlock config: %v", err)

@@ -10,6 +10,9 @@ type Config struct {
 	Tracing *Tracing
 	// ReadyDelay is shutdown.readyDelay; empty leaves it unset.
 	ReadyDelay string
+	// MaxSize and EvictInterval are cache.maxSize and cache.evictInterval;
+	// empty leaves them unset.
+	MaxSize, EvictInterval string
 }
 
 // Tracing is airlock's tracing section.
@@ -57,7 +60,9 @@ type file struct {
 		Listen string `yaml:"listen"`
 	} `yaml:"admin"`
 	Cache struct {
-		TagTTL string `yaml:"tagTTL"`
+		TagTTL        string `yaml:"tagTTL"`
+		MaxSize       string `yaml:"maxSize,omitempty"`
+		EvictInterval string `yaml:"evictInterval,omitempty"`
 	} `yaml:"cache"`
 	Log struct {
 		Level  string `yaml:"level"`

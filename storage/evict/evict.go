@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -83,7 +84,7 @@ type Result struct {
 type Evictor struct {
 	blobs    Blobs
 	uses     Uses
-	maxBytes int64
+	maxBytes atomic.Int64 // SetMaxBytes may change it while Run sweeps
 	lowWater float64
 	minAge   time.Duration
 	log      *slog.Logger
@@ -99,7 +100,6 @@ func New(o Options) *Evictor {
 	e := &Evictor{
 		blobs:    o.Blobs,
 		uses:     o.Uses,
-		maxBytes: o.MaxBytes,
 		lowWater: o.LowWater,
 		minAge:   o.MinAge,
 		log:      o.Logger,
@@ -120,9 +120,14 @@ func New(o Options) *Evictor {
 	if e.now == nil {
 		e.now = time.Now
 	}
+	e.maxBytes.Store(o.MaxBytes)
 	e.metrics = newMetrics(o.Registerer, e.log)
 	return e
 }
+
+// SetMaxBytes changes the limit for the sweeps that follow; a
+// configuration reload calls it. 0 or less means unlimited.
+func (e *Evictor) SetMaxBytes(n int64) { e.maxBytes.Store(n) }
 
 // candidate is a blob that may be evicted.
 type candidate struct {
@@ -158,7 +163,8 @@ func (e *Evictor) Sweep(ctx context.Context) (Result, error) {
 	}
 	res.After = res.Before
 	defer func() { e.metrics.size.Set(float64(res.After)) }()
-	if e.maxBytes <= 0 || res.Before <= e.maxBytes {
+	maxBytes := e.maxBytes.Load()
+	if maxBytes <= 0 || res.Before <= maxBytes {
 		return res, nil
 	}
 
@@ -209,7 +215,7 @@ func (e *Evictor) lastUse(ctx context.Context, d digest.Digest) (time.Time, erro
 // trim deletes candidates, oldest first, until the store is at the
 // low-water mark.
 func (e *Evictor) trim(ctx context.Context, oldestFirst []candidate, res *Result) error {
-	target := int64(e.lowWater * float64(e.maxBytes))
+	target := int64(e.lowWater * float64(e.maxBytes.Load()))
 	cutoff := e.now().Add(-e.minAge)
 	var errs []error
 	for _, c := range oldestFirst {
@@ -288,7 +294,7 @@ func (e *Evictor) sweepAndLog(ctx context.Context) {
 		"blobs", res.Blobs,
 		"before_bytes", res.Before,
 		"after_bytes", res.After,
-		"max_bytes", e.maxBytes,
+		"max_bytes", e.maxBytes.Load(),
 		"evicted", res.Evicted,
 		"evicted_bytes", res.EvictedBytes,
 		"duration", e.now().Sub(start),
@@ -298,7 +304,7 @@ func (e *Evictor) sweepAndLog(ctx context.Context) {
 		e.log.Warn("cache eviction sweep failed", append(attrs, "error", err)...)
 	case res.Evicted > 0:
 		e.log.Info("evicted least recently used blobs", attrs...)
-	case e.maxBytes > 0 && res.After > e.maxBytes:
+	case e.maxBytes.Load() > 0 && res.After > e.maxBytes.Load():
 		e.log.Warn("cache is over its maximum but every blob was used within the minimum age; raise cache.maxSize or grow the volume",
 			append(attrs, "min_age", e.minAge)...)
 	default:

@@ -29,12 +29,21 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 		if f == nil {
 			continue // committed meanwhile: serve it from the store
 		}
+		// serveFill aborts a broken transfer by panicking with
+		// http.ErrAbortHandler; the reference must be dropped either way.
+		defer f.release()
 		err = p.serveFill(w, r, rq, f, leader)
-		f.release()
+		if errors.Is(err, errFillStored) {
+			continue
+		}
 		return err
 	}
 	return fmt.Errorf("blob %s is in the store but cannot be opened", d)
 }
+
+// errFillStored sends a request back to the store: the blob was committed
+// before its fill began, so the fill fetched nothing.
+var errFillStored = errors.New("blob was committed before the fill began")
 
 // serveCachedBlob serves a committed blob. It reports false when the blob
 // is not in the store. A hit does no synchronous metadata write.
@@ -84,6 +93,9 @@ func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, rq *request, f
 	s, err := f.waitStarted(ctx)
 	if err != nil {
 		return err
+	}
+	if s.stored {
+		return errFillStored
 	}
 	if s.err != nil {
 		// Failed before this client saw a byte: a proper OCI error.

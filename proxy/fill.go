@@ -35,6 +35,7 @@ type fill struct {
 	spool    *storage.Spool
 	written  int64
 	done     bool
+	stored   bool // the blob was already in the store: nothing was fetched
 	err      error
 	refs     int // readers plus the fill itself; the spool closes at zero
 }
@@ -50,16 +51,18 @@ type fillState struct {
 	started bool
 	size    int64
 	// avail is how many bytes readers may send now.
-	avail int64
-	done  bool
-	err   error
-	wake  <-chan struct{}
+	avail    int64
+	done     bool
+	verified bool
+	stored   bool
+	err      error
+	wake     <-chan struct{}
 }
 
 func (f *fill) snapshot() fillState {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	s := fillState{started: f.started, size: f.size, avail: f.written, done: f.done, err: f.err, wake: f.wake}
+	s := fillState{started: f.started, size: f.size, avail: f.written, done: f.done, verified: f.verified, stored: f.stored, err: f.err, wake: f.wake}
 	if !f.verified && !f.done && s.avail > 0 {
 		s.avail-- // hold back the last byte until verified
 	}
@@ -100,13 +103,6 @@ func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest) (f *
 		p.metrics.coalesced(f.upstream)
 		return f, false, nil
 	}
-	// A fill that finished between the caller's cache miss and now has
-	// already committed; starting another would fetch the blob twice.
-	if _, err := p.blobs.Stat(ctx, d); err == nil {
-		return nil, false, nil
-	} else if !errors.Is(err, storage.ErrNotFound) {
-		return nil, false, fmt.Errorf("checking blob %s in the store: %w", d, err)
-	}
 	f = &fill{digest: d, upstream: rq.route.Upstream.Name, wake: make(chan struct{}), size: -1, refs: 2}
 	p.fills.m[d] = f
 	p.wg.Add(1)
@@ -127,7 +123,19 @@ func (p *Proxy) runFill(from context.Context, f *fill, rq *request) {
 
 	ctx, span := p.span(ctx, "fill", attribute.String("airlock.upstream", up),
 		attribute.String("airlock.repository", rq.route.Repo), attribute.String("airlock.digest", f.digest.String()))
-	err := p.transfer(ctx, f, rq)
+	// A fill that finished between the caller's cache miss and now has
+	// already committed; fetching again would transfer the blob twice. The
+	// store is asked here, outside the fill set's lock, so a slow store
+	// holds up only the requests for this digest.
+	var err error
+	stored := false
+	if _, serr := p.blobs.Stat(ctx, f.digest); serr == nil {
+		stored = true
+	} else if !errors.Is(serr, storage.ErrNotFound) {
+		err = fmt.Errorf("checking blob %s in the store: %w", f.digest, serr)
+	} else {
+		err = p.transfer(ctx, f, rq)
+	}
 	span.SetAttributes(attribute.Int64("airlock.bytes", f.written))
 	endChild(span, err)
 	// Leave the set before announcing the end, and only after Commit, so a
@@ -135,7 +143,7 @@ func (p *Proxy) runFill(from context.Context, f *fill, rq *request) {
 	p.fills.mu.Lock()
 	delete(p.fills.m, f.digest)
 	p.fills.mu.Unlock()
-	f.update(func() { f.done, f.err = true, err })
+	f.update(func() { f.done, f.stored, f.err = true, stored, err })
 	if err != nil {
 		lvl := slog.LevelWarn
 		if errors.Is(err, verify.ErrDigestMismatch) || errors.Is(err, verify.ErrTooLarge) {
@@ -239,6 +247,11 @@ func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error
 		limit := s.avail
 		if end >= 0 && limit > end {
 			limit = end
+		}
+		if end >= 0 && !s.verified && !(s.done && s.err == nil) && limit == end {
+			// A range ending before the blob does is held back by its last
+			// byte too: no response completes before the digest matched.
+			limit = end - 1
 		}
 		if limit > off {
 			n, err := io.Copy(w, io.NewSectionReader(f.spool, off, limit-off))

@@ -127,7 +127,11 @@ func (p *Proxy) manifestByDigest(ctx context.Context, rq *request, d digest.Dige
 	rec, cerr := p.meta.Manifest(ctx, d)
 	span.End()
 	if cerr == nil {
-		if ok, _ := p.meta.Linked(ctx, key, d); ok {
+		ok, _ := p.meta.Linked(ctx, key, d)
+		if !ok {
+			cerr = storage.ErrNotFound // cached, but not for this repository
+		}
+		if ok {
 			rq.cache = "hit"
 			p.metrics.cacheResult(rq.route.Upstream.Name, "manifest", "hit")
 			p.meta.Touch(key, d)
@@ -168,12 +172,6 @@ func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, acce
 		if err != nil {
 			return nil, err
 		}
-		if err := p.meta.PutTag(lctx, key, tag, metadata.TagRecord{
-			Digest: desc.Digest, MediaType: desc.MediaType, Size: desc.Size, Resolved: p.now(),
-		}); err != nil {
-			p.log.LogAttrs(lctx, slog.LevelError, "recording tag failed", slog.String("repository", key),
-				slog.String("tag", tag), slog.String("error", err.Error()))
-		}
 		return desc, nil
 	})
 	if err != nil {
@@ -183,7 +181,26 @@ func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, acce
 		}
 		return metadata.ManifestRecord{}, err
 	}
-	return p.manifestByDigest(ctx, rq, v.(upstream.Descriptor).Digest)
+	desc := v.(upstream.Descriptor)
+	rec, err := p.manifestByDigest(ctx, rq, desc.Digest)
+	if err != nil {
+		if known && offline(err) && tr.Digest != desc.Digest {
+			p.staleServe(ctx, rq, "tag "+tag, err)
+			return p.manifestByDigest(ctx, rq, tr.Digest)
+		}
+		return rec, err
+	}
+	// A client that takes no index may have been handed one platform's
+	// manifest; that answer is not the tag's for everyone else.
+	if len(accept) == 0 || slices.Contains(accept, "*/*") || slices.Contains(accept, mediaOCIIndex) || slices.Contains(accept, mediaDockerList) {
+		if err := p.meta.PutTag(ctx, key, tag, metadata.TagRecord{
+			Digest: rec.Digest, MediaType: rec.MediaType, Size: int64(len(rec.Body)), Resolved: p.now(),
+		}); err != nil {
+			p.log.LogAttrs(ctx, slog.LevelError, "recording tag failed", slog.String("repository", key),
+				slog.String("tag", tag), slog.String("error", err.Error()))
+		}
+	}
+	return rec, nil
 }
 
 // offline reports whether err means the upstream could not answer, as

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -221,8 +222,21 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = r.WithContext(ctx)
 	rw := newResponseWriter(w)
 	rq := &request{}
-	err := p.serve(rw, r, rq)
-	defer p.endSpan(span, rw, rq, err)
+	var err error
+	defer func() {
+		// A transfer aborted with http.ErrAbortHandler still gets its log
+		// line, metric and span status before the panic goes on to net/http.
+		v := recover()
+		if v != nil && err == nil {
+			err = fmt.Errorf("response aborted: %v", v)
+		}
+		p.endSpan(span, rw, rq, err)
+		if v != nil {
+			p.logRequest(r, rw, rq, time.Since(start), err)
+			panic(v)
+		}
+	}()
+	err = p.serve(rw, r, rq)
 	if err != nil {
 		e := toError(err, CodeNotFound)
 		if e.Status >= 500 {

@@ -49,7 +49,7 @@ var errFillStored = errors.New("blob was committed before the fill began")
 // is not in the store. A hit does no synchronous metadata write.
 func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, rq *request, d digest.Digest) (bool, error) {
 	up := rq.route.Upstream.Name
-	content, _, err := p.blobs.Open(r.Context(), d)
+	content, size, err := p.blobs.Open(r.Context(), d)
 	if errors.Is(err, storage.ErrNotFound) {
 		rq.cache = "miss"
 		p.metrics.cacheResult(up, "blob", "miss")
@@ -69,6 +69,14 @@ func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, rq *requ
 		return true, nil
 	}
 	defer content.Close()
+	if rng := r.Header.Get("Range"); rng != "" {
+		// Unsatisfiable ranges get the same OCI error as on a cold blob;
+		// http.ServeContent would answer them in plain text.
+		if _, _, err := parseRange(rng, size); err != nil && !errors.Is(err, errRangeIgnored) {
+			w.Header().Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
+			return true, err
+		}
+	}
 	rq.cache = "hit"
 	p.metrics.cacheResult(up, "blob", "hit")
 	p.meta.Touch(rq.route.Key(), d)

@@ -163,7 +163,7 @@ func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, acce
 			return rec, nil
 		}
 	}
-	v, err, _ := p.flights.Do("tag\x00"+key+"\x00"+tag+"\x00"+strings.Join(accept, ","), func() (any, error) {
+	v, err := p.shared(ctx, "tag\x00"+key+"\x00"+tag+"\x00"+strings.Join(accept, ","), func() (any, error) {
 		lctx, cancel := p.detached(ctx, lookupTimeout)
 		defer cancel()
 		lctx, span := p.span(lctx, "upstream.resolve_tag", attribute.String("airlock.tag", tag))
@@ -222,7 +222,7 @@ func (p *Proxy) staleServe(ctx context.Context, rq *request, what string, cause 
 // records what it references. Concurrent callers share one download.
 func (p *Proxy) fetchManifest(ctx context.Context, rq *request, d digest.Digest) (metadata.ManifestRecord, error) {
 	key := rq.route.Key()
-	ch := p.flights.DoChan("manifest\x00"+key+"\x00"+d.String(), func() (any, error) {
+	v, err := p.shared(ctx, "manifest\x00"+key+"\x00"+d.String(), func() (any, error) {
 		fctx, cancel := p.detached(ctx, lookupTimeout)
 		defer cancel()
 		fctx, span := p.span(fctx, "upstream.fetch_manifest", attribute.String("airlock.digest", d.String()))
@@ -230,14 +230,21 @@ func (p *Proxy) fetchManifest(ctx context.Context, rq *request, d digest.Digest)
 		endChild(span, err)
 		return rec, err
 	})
+	if err != nil {
+		return metadata.ManifestRecord{}, err
+	}
+	return v.(metadata.ManifestRecord), nil
+}
+
+// shared runs fn once for all concurrent callers with the same key. fn runs
+// detached from any one client; a caller whose client hangs up stops
+// waiting without cancelling the others.
+func (p *Proxy) shared(ctx context.Context, key string, fn func() (any, error)) (any, error) {
 	select {
-	case res := <-ch:
-		if res.Err != nil {
-			return metadata.ManifestRecord{}, res.Err
-		}
-		return res.Val.(metadata.ManifestRecord), nil
+	case res := <-p.flights.DoChan(key, fn):
+		return res.Val, res.Err
 	case <-ctx.Done():
-		return metadata.ManifestRecord{}, ctx.Err()
+		return nil, ctx.Err()
 	}
 }
 

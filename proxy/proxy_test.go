@@ -362,6 +362,12 @@ func TestBlobStreamThroughAndHit(t *testing.T) {
 			t.Fatalf("Range %s: %d, %d bytes", tc.rng, resp.StatusCode, len(body))
 		}
 	}
+	// An unsatisfiable range on a hit is an OCI error, as on a miss.
+	resp, body := e.get(t, path, "Range", fmt.Sprintf("bytes=%d-", len(want)))
+	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable || ociCode(t, body) != CodeRangeUnsatisfied ||
+		resp.Header.Get("Content-Range") != fmt.Sprintf("bytes */%d", len(want)) {
+		t.Fatalf("unsatisfiable range on a hit: %d %q, Content-Range %q", resp.StatusCode, body, resp.Header.Get("Content-Range"))
+	}
 }
 
 func TestConcurrentColdPullsShareOneTransfer(t *testing.T) {

@@ -26,7 +26,7 @@ func (p *Proxy) serveTags(w http.ResponseWriter, r *http.Request, rq *request) e
 		n = min(n, maxTagPage)
 	}
 	key := rq.route.Key()
-	v, err, _ := p.flights.Do("tags\x00"+key, func() (any, error) {
+	v, err := p.shared(ctx, "tags\x00"+key, func() (any, error) {
 		lctx, cancel := p.detached(ctx, lookupTimeout)
 		defer cancel()
 		return rq.registry.Tags(lctx, rq.route.Repo)

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -288,5 +290,40 @@ func TestSIGHUPReloadsAllowList(t *testing.T) {
 	}
 	if !a.Running() {
 		t.Fatal("airlock exited on SIGHUP")
+	}
+}
+
+// TestConfigCheckExitCodes runs the built binary as an operator would.
+func TestConfigCheckExitCodes(t *testing.T) {
+	t.Parallel()
+	if e2eBuildErr != nil {
+		t.Fatalf("no airlock binary: %v", e2eBuildErr)
+	}
+	dir := t.TempDir()
+	good, bad := filepath.Join(dir, "good.yaml"), filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(good, []byte("upstreams:\n  - {name: hub, url: 'https://registry-1.docker.io', default: true}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bad, []byte("upstreams:\n  - {name: hub, url: 'https://registry-1.docker.io', defualt: true}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		file     string
+		wantCode int
+		wantOut  string
+	}{
+		{good, 0, "valid"},
+		{bad, 1, `"defualt"`},
+	} {
+		out, err := exec.Command(e2eBinary.Path, "config", "check", "--config", tc.file).CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if code != tc.wantCode || !strings.Contains(string(out), tc.wantOut) {
+			t.Errorf("config check %s: exit %d, output %q; want exit %d naming %s", filepath.Base(tc.file), code, out, tc.wantCode, tc.wantOut)
+		}
 	}
 }

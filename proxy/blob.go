@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +33,13 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 		// serveFill aborts a broken transfer by panicking with
 		// http.ErrAbortHandler; the reference must be dropped either way.
 		defer f.release()
+		if f.key != rq.route.Key() {
+			// Reading along another repository's download needs the same
+			// admission as reading the blob once stored.
+			if err := p.admitBlob(r.Context(), rq, d, 0); err != nil {
+				return err
+			}
+		}
 		err = p.serveFill(w, r, rq, f, leader)
 		if errors.Is(err, errFillStored) {
 			continue
@@ -39,6 +47,28 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 		return err
 	}
 	return fmt.Errorf("blob %s is in the store but cannot be opened", d)
+}
+
+// admitBlob lets a repository read a stored blob only if it references it:
+// one of its manifests listed the blob, or a pull in it fetched the blob.
+// Blobs are stored once for all repositories and upstreams, so without this
+// a digest learnt elsewhere would read another repository's (perhaps a
+// credentialed upstream's) content. A blob the repository has not
+// referenced yet is confirmed with a HEAD upstream and then linked.
+func (p *Proxy) admitBlob(ctx context.Context, rq *request, d digest.Digest, size int64) error {
+	key := rq.route.Key()
+	if ok, err := p.meta.Linked(ctx, key, d); err != nil {
+		return fmt.Errorf("checking blob %s in %s: %w", d, key, err)
+	} else if ok {
+		return nil
+	}
+	if _, err := rq.registry.HeadBlob(ctx, rq.route.Repo, d); err != nil {
+		return withNotFound(err, CodeBlobUnknown)
+	}
+	if err := p.meta.LinkBlob(ctx, key, d, size); err != nil {
+		return fmt.Errorf("linking blob %s to %s: %w", d, key, err)
+	}
+	return nil
 }
 
 // errFillStored sends a request back to the store: the blob was committed
@@ -57,6 +87,10 @@ func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, rq *requ
 	}
 	if err != nil {
 		return false, fmt.Errorf("opening cached blob %s: %w", d, err)
+	}
+	if err := p.admitBlob(r.Context(), rq, d, size); err != nil {
+		content.Close()
+		return true, err
 	}
 	// Object stores hand out presigned URLs for any path, so the redirect
 	// is asked for only once the blob is known to be there.

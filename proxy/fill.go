@@ -25,6 +25,7 @@ import (
 type fill struct {
 	digest   digest.Digest
 	upstream string
+	key      string // the repository the fill fetches from, "<upstream>/<repo>"
 
 	mu sync.Mutex
 	// wake is closed and replaced whenever the state below changes.
@@ -103,7 +104,7 @@ func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest) (f *
 		p.metrics.coalesced(f.upstream)
 		return f, false, nil
 	}
-	f = &fill{digest: d, upstream: rq.route.Upstream.Name, wake: make(chan struct{}), size: -1, refs: 2}
+	f = &fill{digest: d, upstream: rq.route.Upstream.Name, key: rq.route.Key(), wake: make(chan struct{}), size: -1, refs: 2}
 	p.fills.m[d] = f
 	p.wg.Add(1)
 	go p.runFill(ctx, f, rq)

@@ -30,6 +30,7 @@ type Registry interface {
 	HeadManifest(ctx context.Context, repo, ref string, accept []string) (upstream.Descriptor, error)
 	GetManifest(ctx context.Context, repo, ref string, accept []string) (upstream.Descriptor, io.ReadCloser, error)
 	GetBlob(ctx context.Context, repo string, d digest.Digest) (io.ReadCloser, int64, error)
+	HeadBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
 	Tags(ctx context.Context, repo string) ([]string, error)
 	Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string) ([]byte, string, bool, error)
 }

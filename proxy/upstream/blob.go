@@ -36,6 +36,23 @@ func (r *Registry) GetBlob(ctx context.Context, repo string, d digest.Digest) (i
 	return b, b.size, nil
 }
 
+// HeadBlob asks whether repo has blob d, without transferring it, and
+// returns its size (-1 if the upstream sent none). An absent blob is an
+// error matching ErrNotFound.
+func (r *Registry) HeadBlob(ctx context.Context, repo string, d digest.Digest) (int64, error) {
+	c := &call{upstream: r.o.Name, op: "blob", method: http.MethodHead, repo: repo, ref: d.String(), auth: true}
+	if !validRepo(repo) || d.Validate() != nil {
+		return 0, c.errorf(ErrInvalid, nil, "malformed repository or digest")
+	}
+	c.url = r.endpoint(repo, "blobs", d.String())
+	resp, err := r.do(ctx, c)
+	if err != nil {
+		return 0, err
+	}
+	discard(resp)
+	return resp.ContentLength, nil
+}
+
 // blobReader is a blob body that resumes after a broken connection.
 type blobReader struct {
 	r    *Registry

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 )
 
 // blobFault describes how a blob endpoint misbehaves in front of the real
@@ -217,5 +219,31 @@ func TestIdleTimeout(t *testing.T) {
 				t.Errorf("upstream saw %d requests, want %d", n, tt.requests)
 			}
 		})
+	}
+}
+
+// TestHeadBlob asks for a blob's existence without transferring it.
+func TestHeadBlob(t *testing.T) {
+	t.Parallel()
+	inner := realRegistry(false)
+	s := seed(t, inner, "app", "v1")
+	var gets atomic.Int64
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			gets.Add(1)
+		}
+		inner.ServeHTTP(w, r)
+	})
+	r := newClient(t, serve(t, h).URL)
+	body, d := layerBytes(t, s.layers[0])
+	size, err := r.HeadBlob(t.Context(), "app", digest.Digest(d))
+	if err != nil || size != int64(len(body)) {
+		t.Fatalf("HeadBlob = %d, %v; want %d", size, err, len(body))
+	}
+	if _, err := r.HeadBlob(t.Context(), "app", digest.FromString("absent")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("HeadBlob of an absent blob = %v, want ErrNotFound", err)
+	}
+	if gets.Load() != 0 {
+		t.Fatalf("HeadBlob made %d GETs", gets.Load())
 	}
 }

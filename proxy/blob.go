@@ -16,20 +16,14 @@ import (
 
 func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) error {
 	d, _ := parseDigest(rq.route.Reference) // validated by ParseEndpoint
-	// Two passes at most: a fill that commits between the cache miss and
-	// joining it sends the request back to the store once.
+	// Two passes at most: a fill that finds the blob committed since the
+	// cache miss sends the request back to the store once.
 	for range 2 {
 		served, err := p.serveCachedBlob(w, r, rq, d)
 		if served || err != nil {
 			return err
 		}
-		f, leader, err := p.joinFill(r.Context(), rq, d)
-		if err != nil {
-			return err
-		}
-		if f == nil {
-			continue // committed meanwhile: serve it from the store
-		}
+		f, leader := p.joinFill(r.Context(), rq, d)
 		// serveFill aborts a broken transfer by panicking with
 		// http.ErrAbortHandler; the reference must be dropped either way.
 		defer f.release()

@@ -91,10 +91,10 @@ func (f *fill) release() {
 	}
 }
 
-// joinFill returns the running fill for d, starting one if there is none.
-// ok is false when the blob was committed meanwhile and should be served
-// from the store. The caller must release the fill.
-func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest) (f *fill, started bool, err error) {
+// joinFill returns the running fill for d, starting one if there is none;
+// leader reports that this request started it. ctx only lends the fill its
+// trace. The caller must release the fill.
+func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest) (f *fill, leader bool) {
 	p.fills.mu.Lock()
 	defer p.fills.mu.Unlock()
 	if f := p.fills.m[d]; f != nil {
@@ -102,13 +102,13 @@ func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest) (f *
 		f.refs++
 		f.mu.Unlock()
 		p.metrics.coalesced(f.upstream)
-		return f, false, nil
+		return f, false
 	}
 	f = &fill{digest: d, upstream: rq.route.Upstream.Name, key: rq.route.Key(), wake: make(chan struct{}), size: -1, refs: 2}
 	p.fills.m[d] = f
 	p.wg.Add(1)
 	go p.runFill(ctx, f, rq)
-	return f, true, nil
+	return f, true
 }
 
 // runFill downloads the blob on a context detached from every client,

@@ -23,7 +23,12 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 		if served || err != nil {
 			return err
 		}
-		f, leader := p.joinFill(r.Context(), rq, d)
+		// A HEAD asks whether the blob exists, not for its bytes: it reads
+		// along a running fill, or asks the upstream, but starts no transfer.
+		f, leader := p.joinFill(r.Context(), rq, d, r.Method != http.MethodHead)
+		if f == nil {
+			return p.headUpstreamBlob(w, r, rq, d)
+		}
 		// serveFill aborts a broken transfer by panicking with
 		// http.ErrAbortHandler; the reference must be dropped either way.
 		defer f.release()
@@ -62,6 +67,24 @@ func (p *Proxy) admitBlob(ctx context.Context, rq *request, d digest.Digest, siz
 	if err := p.meta.LinkBlob(ctx, key, d, size); err != nil {
 		return fmt.Errorf("linking blob %s to %s: %w", d, key, err)
 	}
+	return nil
+}
+
+// headUpstreamBlob answers a HEAD for a blob airlock does not hold with the
+// upstream's own HEAD.
+func (p *Proxy) headUpstreamBlob(w http.ResponseWriter, r *http.Request, rq *request, d digest.Digest) error {
+	size, err := rq.registry.HeadBlob(r.Context(), rq.route.Repo, d)
+	if err != nil {
+		return withNotFound(err, CodeBlobUnknown)
+	}
+	h := w.Header()
+	h.Set("Content-Type", mediaOctetStream)
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Accept-Ranges", "bytes")
+	if size >= 0 {
+		h.Set("Content-Length", strconv.FormatInt(size, 10))
+	}
+	w.WriteHeader(http.StatusOK)
 	return nil
 }
 

@@ -91,10 +91,11 @@ func (f *fill) release() {
 	}
 }
 
-// joinFill returns the running fill for d, starting one if there is none;
-// leader reports that this request started it. ctx only lends the fill its
-// trace. The caller must release the fill.
-func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest) (f *fill, leader bool) {
+// joinFill returns the running fill for d, starting one if there is none
+// and start is set (otherwise f is nil); leader reports that this request
+// started it. ctx only lends the fill its trace. The caller must release
+// the fill.
+func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, start bool) (f *fill, leader bool) {
 	p.fills.mu.Lock()
 	defer p.fills.mu.Unlock()
 	if f := p.fills.m[d]; f != nil {
@@ -103,6 +104,9 @@ func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest) (f *
 		f.mu.Unlock()
 		p.metrics.coalesced(f.upstream)
 		return f, false
+	}
+	if !start {
+		return nil, false
 	}
 	f = &fill{digest: d, upstream: rq.route.Upstream.Name, key: rq.route.Key(), wake: make(chan struct{}), size: -1, refs: 2}
 	p.fills.m[d] = f

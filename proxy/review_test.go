@@ -312,6 +312,7 @@ func TestManifestHeadMatchesGet(t *testing.T) {
 
 // TestProxyCloseEndsAfterFills checks Close returns once a running fill has
 // finished, and that a fill started by a hung-up client still commits.
+// A HEAD starts no fill: it is answered by the upstream's HEAD.
 func TestProxyCloseEndsAfterFills(t *testing.T) {
 	t.Parallel()
 	o := newOrigin(t, true)
@@ -320,17 +321,30 @@ func TestProxyCloseEndsAfterFills(t *testing.T) {
 	ld, _ := layerOf(t, img, 0)
 	o.slowBlob.Store(int64(5 * time.Millisecond))
 	e := newEnv(t, o)
-	resp, _ := e.do(t, http.MethodHead, "/v2/library/app/blobs/"+ld.String())
-	if resp.StatusCode != 200 {
-		t.Fatalf("HEAD: %d", resp.StatusCode)
+	path := "/v2/library/app/blobs/" + ld.String()
+	o.reset()
+	resp, _ := e.do(t, http.MethodHead, path)
+	if resp.StatusCode != 200 || o.count("GET", "/v2/library/app/blobs/"+ld.String()) != 0 {
+		t.Fatalf("HEAD: %d, upstream saw %v (a HEAD must not transfer the blob)", resp.StatusCode, o.counts)
 	}
+	rctx, hangUp := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(rctx, http.MethodGet, e.srv.URL+path, nil)
+	gresp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(gresp.Body, make([]byte, 100)); err != nil {
+		t.Fatal(err)
+	}
+	hangUp()
+	gresp.Body.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	if err := e.proxy.Close(ctx); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	if _, err := e.blobs.Stat(t.Context(), digest.Digest(ld.String())); err != nil {
-		t.Fatalf("the fill a HEAD started was not committed by Close: %v", err)
+		t.Fatalf("the fill of a client that hung up was not committed by Close: %v", err)
 	}
 }
 

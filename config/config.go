@@ -244,6 +244,13 @@ type Upstream struct {
 
 	// Retry configures retries of failed upstream requests.
 	Retry Retry `yaml:"retry"`
+
+	// MaxBlobTransfers bounds how many blobs are downloaded from this
+	// upstream at once; more wait for a slot. Manifest and tag lookups never
+	// wait behind blobs. Each blob is downloaded once however many clients
+	// ask, so this bounds distinct layers, not clients. 0 or absent means
+	// no bound.
+	MaxBlobTransfers int `yaml:"maxBlobTransfers"`
 }
 
 // Timeouts bound waits on an upstream.

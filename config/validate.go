@@ -174,6 +174,9 @@ func (u *Upstream) check(p *problems, key string) {
 	p.duration(key+".tagTTL", u.TagTTL)
 	p.duration(key+".timeouts.header", u.Timeouts.Header)
 	p.duration(key+".timeouts.idle", u.Timeouts.Idle)
+	if u.MaxBlobTransfers < 0 {
+		p.add(key+".maxBlobTransfers", "%d is negative; set 0 for no bound, or a number of concurrent blob downloads", u.MaxBlobTransfers)
+	}
 	if u.Retry.MaxAttempts < 1 {
 		p.add(key+".retry.maxAttempts", "%d is too small; set 1 to disable retries, or more", u.Retry.MaxAttempts)
 	}

@@ -85,6 +85,7 @@ func TestValidationErrors(t *testing.T) {
 		{"retry attempts", up("    retry: {maxAttempts: -2}\n"), "upstreams[0].retry.maxAttempts: -2 is too small", 4},
 		{"retry delays", up("    retry: {baseDelay: 20s, maxDelay: 1s}\n"), "upstreams[0].retry: baseDelay 20s exceeds maxDelay 1s", 4},
 		{"retry negative", up("    retry: {baseDelay: -1s}\n"), "upstreams[0].retry.baseDelay: -1s is negative", 4},
+		{"blob transfers negative", up("    maxBlobTransfers: -1\n"), "upstreams[0].maxBlobTransfers: -1 is negative", 4},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -191,7 +191,8 @@ func buildUpstreams(cfg *config.Config, m *proxy.Metrics, log *slog.Logger) (*pr
 			Logger: log.With(slog.String("upstream", u.Name)), MaxAttempts: u.Retry.MaxAttempts,
 			BaseDelay: u.Retry.BaseDelay.Std(), MaxDelay: u.Retry.MaxDelay.Std(),
 			IdleTimeout: u.Timeouts.Idle.Std(), HeaderTimeout: u.Timeouts.Header.Std(),
-			Observe: m.ObserveUpstream,
+			MaxBlobTransfers: u.MaxBlobTransfers,
+			Observe:          m.ObserveUpstream,
 		})
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("upstreams[%d] (%s): %w", i, u.Name, err)

@@ -28,12 +28,33 @@ func (r *Registry) GetBlob(ctx context.Context, repo string, d digest.Digest) (i
 		return nil, 0, c.errorf(ErrInvalid, nil, "malformed repository or digest")
 	}
 	c.url = r.endpoint(repo, "blobs", d.String())
-	resp, err := r.do(ctx, c)
+	release, err := r.blobSlot(ctx, c)
 	if err != nil {
 		return nil, 0, err
 	}
-	b := &blobReader{r: r, ctx: ctx, c: c, body: resp.Body, size: resp.ContentLength}
+	resp, err := r.do(ctx, c)
+	if err != nil {
+		release()
+		return nil, 0, err
+	}
+	b := &blobReader{r: r, ctx: ctx, c: c, body: resp.Body, size: resp.ContentLength, release: release}
 	return b, b.size, nil
+}
+
+// blobSlot waits for one of MaxBlobTransfers slots; the returned release
+// gives it back. The slot is held until the body is closed, resumes
+// included.
+func (r *Registry) blobSlot(ctx context.Context, c *call) (release func(), err error) {
+	if r.blobSlots == nil {
+		return func() {}, nil
+	}
+	select {
+	case r.blobSlots <- struct{}{}:
+		var once sync.Once
+		return func() { once.Do(func() { <-r.blobSlots }) }, nil
+	case <-ctx.Done():
+		return nil, c.errorf(ErrUnavailable, context.Cause(ctx), "waiting for one of %d blob transfer slots", cap(r.blobSlots))
+	}
 }
 
 // HeadBlob asks whether repo has blob d, without transferring it, and
@@ -59,6 +80,8 @@ type blobReader struct {
 	ctx  context.Context
 	c    *call
 	size int64 // -1 until known
+
+	release func() // gives back the transfer slot
 
 	mu      sync.Mutex // guards body and closed against a concurrent Close
 	body    io.ReadCloser
@@ -190,5 +213,6 @@ func (b *blobReader) Close() error {
 		return nil
 	}
 	b.closed = true
+	b.release()
 	return b.body.Close()
 }

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -245,5 +246,53 @@ func TestHeadBlob(t *testing.T) {
 	}
 	if gets.Load() != 0 {
 		t.Fatalf("HeadBlob made %d GETs", gets.Load())
+	}
+}
+
+// TestMaxBlobTransfers: with one slot, a second blob waits for the first
+// body to close, while manifests are answered meanwhile.
+func TestMaxBlobTransfers(t *testing.T) {
+	t.Parallel()
+	inner := realRegistry(false)
+	s := seed(t, inner, "app", "v1")
+	var inFlight, most atomic.Int64
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/blobs/") {
+			n := inFlight.Add(1)
+			defer inFlight.Add(-1)
+			for {
+				m := most.Load()
+				if n <= m || most.CompareAndSwap(m, n) {
+					break
+				}
+			}
+		}
+		inner.ServeHTTP(w, r)
+	})
+	r := newClient(t, serve(t, h).URL, func(o *Options) { o.MaxBlobTransfers = 1 })
+	_, d0 := layerBytes(t, s.layers[0])
+	_, d1 := layerBytes(t, s.layers[1])
+	first, _, err := r.GetBlob(t.Context(), "app", digest.Digest(d0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The slot is taken: a second blob waits (here until its ctx ends)...
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	if _, _, err := r.GetBlob(ctx, "app", digest.Digest(d1)); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("second GetBlob with the slot taken = %v, want ErrUnavailable after its ctx ended", err)
+	}
+	// ...while a manifest does not.
+	if _, err := r.HeadManifest(t.Context(), "app", "v1", nil); err != nil {
+		t.Fatalf("manifest while the blob slot is taken: %v", err)
+	}
+	readAll(t, first)
+	second, _, err := r.GetBlob(t.Context(), "app", digest.Digest(d1))
+	if err != nil {
+		t.Fatalf("GetBlob after the first body closed: %v", err)
+	}
+	readAll(t, second)
+	if most.Load() != 1 {
+		t.Fatalf("%d blob requests ran at once, want at most 1", most.Load())
 	}
 }

@@ -46,6 +46,11 @@ type Options struct {
 	// HeaderTimeout is the time allowed from sending a request to receiving
 	// its response headers. 0 means 30s.
 	HeaderTimeout time.Duration
+	// MaxBlobTransfers bounds how many blob bodies are streamed from this
+	// upstream at once; a further GetBlob waits for a slot (or its ctx).
+	// Manifests, tags, referrers and tokens never wait for blob slots, so
+	// resolving an image stays fast while layers queue. 0 means no bound.
+	MaxBlobTransfers int
 	// Observe, if set, is called once per HTTP round trip (each redirect hop
 	// and each token request is one), for metrics. It must not block.
 	Observe func(Event)
@@ -90,7 +95,7 @@ func (o Options) withDefaults() (Options, *url.URL, error) {
 	if base.Path != "" || base.RawQuery != "" || base.User != nil {
 		return o, nil, fmt.Errorf("upstream %s: URL %q must not contain a path, query or user info; configure credentials separately", o.Name, base.Redacted())
 	}
-	if o.MaxAttempts < 0 || o.BaseDelay < 0 || o.MaxDelay < 0 || o.IdleTimeout < 0 || o.HeaderTimeout < 0 {
+	if o.MaxAttempts < 0 || o.MaxBlobTransfers < 0 || o.BaseDelay < 0 || o.MaxDelay < 0 || o.IdleTimeout < 0 || o.HeaderTimeout < 0 {
 		return o, nil, fmt.Errorf("upstream %s: attempts, delays and timeouts must not be negative", o.Name)
 	}
 	if o.MaxAttempts == 0 {

@@ -14,6 +14,9 @@ type Registry struct {
 	o    Options
 	base *url.URL
 	auth *authenticator
+	// blobSlots holds one token per blob body being streamed; nil when
+	// Options.MaxBlobTransfers is 0.
+	blobSlots chan struct{}
 }
 
 // New validates o and returns a Registry for it. It does not contact the
@@ -24,6 +27,9 @@ func New(o Options) (*Registry, error) {
 		return nil, err
 	}
 	r := &Registry{o: o, base: base}
+	if o.MaxBlobTransfers > 0 {
+		r.blobSlots = make(chan struct{}, o.MaxBlobTransfers)
+	}
 	r.auth = newAuthenticator(r)
 	return r, nil
 }

@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -241,11 +242,24 @@ func TestSIGHUPReloadsAllowList(t *testing.T) {
 	t.Parallel()
 	up := upstreamtest.New(t, upstreamtest.Options{})
 	img := up.PushImage(t, "team/app", "1", 4<<10, 1)
+	big := up.PushImage(t, "library/big", "1", 2<<20, 1)
 	hub := e2eDockerHub(up)
 	hub.Repositories = []string{"library/*"}
 	a := e2eStart(t, airlocktest.Config{Upstreams: []airlocktest.Upstream{hub}})
 	url := a.URL + "/v2/team/app/manifests/1"
 	e2eMustGet(t, http.StatusForbidden, url)
+
+	// A pull that runs across both reloads below must not be cut.
+	up.Throttle(1 << 20)
+	inflight := make(chan error, 1)
+	go func() {
+		r, err := e2eGet(t.Context(), a.URL+"/v2/library/big/blobs/"+big.Layers[0].String())
+		if err == nil && (r.Status != http.StatusOK || sha256Of(r.Body) != big.Layers[0]) {
+			err = fmt.Errorf("status %d, digest %s", r.Status, sha256Of(r.Body))
+		}
+		inflight <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
 
 	original, err := os.ReadFile(a.ConfigPath)
 	if err != nil {
@@ -290,6 +304,9 @@ func TestSIGHUPReloadsAllowList(t *testing.T) {
 	}
 	if !a.Running() {
 		t.Fatal("airlock exited on SIGHUP")
+	}
+	if err := <-inflight; err != nil {
+		t.Fatalf("a pull running during the reloads: %v", err)
 	}
 }
 

@@ -119,19 +119,17 @@ func withNotFound(err error, code Code) error {
 	return err
 }
 
-// manifestByDigest serves a manifest from the cache when this repository is
-// known to reference it, and fetches it (once, however many ask) otherwise.
+// manifestByDigest serves a manifest from the cache when this repository
+// references it, and fetches it (once, however many ask) otherwise. A
+// manifest cached for another repository is not served here, online or
+// offline: that repository's upstream may not have it, or not for us.
 func (p *Proxy) manifestByDigest(ctx context.Context, rq *request, d digest.Digest) (metadata.ManifestRecord, error) {
 	key := rq.route.Key()
 	_, span := p.span(ctx, "cache.manifest")
-	rec, cerr := p.meta.Manifest(ctx, d)
+	rec, err := p.meta.Manifest(ctx, d)
 	span.End()
-	if cerr == nil {
-		ok, _ := p.meta.Linked(ctx, key, d)
-		if !ok {
-			cerr = storage.ErrNotFound // cached, but not for this repository
-		}
-		if ok {
+	if err == nil {
+		if ok, _ := p.meta.Linked(ctx, key, d); ok {
 			rq.cache = "hit"
 			p.metrics.cacheResult(rq.route.Upstream.Name, "manifest", "hit")
 			p.meta.Touch(key, d)
@@ -140,14 +138,7 @@ func (p *Proxy) manifestByDigest(ctx context.Context, rq *request, d digest.Dige
 	}
 	rq.cache = "miss"
 	p.metrics.cacheResult(rq.route.Upstream.Name, "manifest", "miss")
-	fetched, err := p.fetchManifest(ctx, rq, d)
-	if err != nil && cerr == nil && offline(err) {
-		// The bytes are fixed by the digest and were verified when cached;
-		// an unreachable upstream must not stop a pull by digest.
-		p.staleServe(ctx, rq, "manifest by digest", err)
-		return rec, nil
-	}
-	return fetched, err
+	return p.fetchManifest(ctx, rq, d)
 }
 
 // manifestByTag resolves a tag: within its TTL from the cache, otherwise by

@@ -313,16 +313,26 @@ func (b *bench) concurrentCold(ctx context.Context) ([]row, error) {
 // a second client arrives while the first transfer is under way.
 func (b *bench) slowRate() int64 { return max(1, b.s.rateMiB/4) * mib }
 
+// slowBlob seeds a fresh cold blob for scenarios 7 and 8 and throttles the
+// origin to slowRate until restore is called.
+func (b *bench) slowBlob() (l blob, restore func(), err error) {
+	l, err = b.seed.blob(2 * b.s.layerMiB * mib)
+	if err != nil {
+		return blob{}, nil, err
+	}
+	b.origin.rate.Store(b.slowRate())
+	return l, func() { b.origin.rate.Store(0) }, nil
+}
+
 // joinSlow is scenario 7: a client asking for a blob whose cold transfer
 // another client started; it should be served from the bytes already
 // arriving, at once, without a second upstream transfer.
 func (b *bench) joinSlow(ctx context.Context) ([]row, error) {
-	b.origin.rate.Store(b.slowRate())
-	defer b.origin.rate.Store(0)
-	l, err := b.seed.blob(2 * b.s.layerMiB * mib)
+	l, restore, err := b.slowBlob()
 	if err != nil {
 		return nil, err
 	}
+	defer restore()
 	cells := map[string]string{}
 	ok := true
 	for _, c := range b.proxies() {
@@ -362,12 +372,11 @@ func (b *bench) joinSlow(ctx context.Context) ([]row, error) {
 // early; the fill should still complete, once, and the next request be a
 // cache hit.
 func (b *bench) hangUp(ctx context.Context) ([]row, error) {
-	b.origin.rate.Store(b.slowRate())
-	defer b.origin.rate.Store(0)
-	l, err := b.seed.blob(2 * b.s.layerMiB * mib)
+	l, restore, err := b.slowBlob()
 	if err != nil {
 		return nil, err
 	}
+	defer restore()
 	cells := map[string]string{}
 	ok := true
 	for _, c := range b.proxies() {

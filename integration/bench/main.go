@@ -38,11 +38,16 @@ func main() {
 	flag.IntVar(&s.manifestN, "manifest-requests", 50, "manifest GETs per client per round (scenarios 2, 3)")
 	flag.DurationVar(&s.slowSecond, "slow-for", 3*time.Second, "how long the slow clients read (scenario 9)")
 	flag.StringVar(&s.out, "out", "docs/benchmarks.md", "Markdown file the report is written to (empty: stdout only)")
-	flag.StringVar(&s.only, "only", "", "run only these scenarios, e.g. \"4,5\" (the report is then partial)")
+	flag.StringVar(&s.only, "only", "", "run only these scenarios, e.g. \"4,5\"; the partial report is printed, not written, unless -out is given")
 	flag.StringVar(&serve, ceilingFlag, "", "internal: serve this file as the ceiling and do nothing else")
 	flag.StringVar(&serveManifest, "manifest", "", "internal: manifest served from memory by -"+ceilingFlag)
 	flag.StringVar(&listen, "listen", "", "internal: address for -"+ceilingFlag)
 	flag.Parse()
+	outGiven := false
+	flag.Visit(func(f *flag.Flag) { outGiven = outGiven || f.Name == "out" })
+	if s.only != "" && !outGiven {
+		s.out = "" // a partial run must not replace the full table
+	}
 
 	if serve != "" {
 		if err := serveFile(serve, serveManifest, listen); err != nil {

@@ -14,7 +14,9 @@ import (
 // how the decoder reports a missing key.
 type Config struct {
 	// Listen is the host:port of the registry API (the /v2/ endpoints).
-	// Default ":5000".
+	// Anyone who can reach it can pull unless Auth is set, so the default
+	// is loopback and listening on the network is a deliberate act
+	// (":5000" for all interfaces). Default "127.0.0.1:5000".
 	Listen string `yaml:"listen"`
 
 	// TLS enables HTTPS on the registry listener. Default: plain HTTP,
@@ -27,6 +29,10 @@ type Config struct {
 
 	// Cache bounds how long and how much airlock trusts cached state.
 	Cache Cache `yaml:"cache"`
+
+	// Auth requires clients to authenticate to pull. Default: off, anyone
+	// who can reach Listen can pull.
+	Auth ClientAuth `yaml:"auth"`
 
 	// Admin configures the admin API, served on its own listener so it can
 	// be kept off the network that pulls images.

@@ -112,7 +112,8 @@ func TestDefault(t *testing.T) {
 			t.Errorf("%s = %#v, want %#v", what, got, want)
 		}
 	}
-	check("listen", c.Listen, ":5000")
+	check("listen", c.Listen, "127.0.0.1:5000")
+	check("auth", c.Auth.Enabled(), false)
 	check("admin.listen", c.Admin.Listen, "127.0.0.1:5001")
 	check("admin.tokenFile", c.Admin.TokenFile, "")
 	check("storage.path", c.Storage.Path, "./airlock-data")

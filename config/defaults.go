@@ -13,7 +13,7 @@ import (
 var defaultYAML []byte
 
 // Default returns airlock's built-in configuration: the registry API on
-// :5000, the admin API on 127.0.0.1:5001, storage in ./airlock-data, and the
+// 127.0.0.1:5000 without client authentication, the admin API on 127.0.0.1:5001, storage in ./airlock-data, and the
 // upstreams dockerhub (the default, alias docker.io), gcr (gcr.io) and quay
 // (quay.io). Each call returns a new Config the caller may change.
 func Default() *Config {
@@ -27,7 +27,7 @@ func Default() *Config {
 
 // Defaults for keys that are absent or zero.
 const (
-	defaultListen           = ":5000"
+	defaultListen           = "127.0.0.1:5000"
 	defaultAdminListen      = "127.0.0.1:5001"
 	defaultStoragePath      = "./airlock-data"
 	defaultTagTTL           = Duration(5 * time.Minute)

@@ -81,6 +81,7 @@ func (c *Config) problems() []error {
 		}
 	}
 	c.checkUpstreams(&p)
+	c.Auth.check(&p, c.Upstreams)
 	return p
 }
 

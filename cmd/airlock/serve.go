@@ -27,6 +27,7 @@ import (
 
 	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/proxy"
+	"github.com/airlock-registry/airlock/proxy/pullauth"
 	"github.com/airlock-registry/airlock/proxy/upstream"
 	"github.com/airlock-registry/airlock/storage"
 	"github.com/airlock-registry/airlock/storage/evict"
@@ -38,8 +39,9 @@ func newServeCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the registry gateway",
-		Long: "Run the registry gateway. Without --config it runs the embedded default: the registry API on :5000,\n" +
-			"the admin API on 127.0.0.1:5001, Docker Hub (default), gcr.io and quay.io upstreams, data in ./airlock-data.\n" +
+		Long: "Run the registry gateway. Without --config it runs the embedded default: the registry API on 127.0.0.1:5000\n" +
+			"(loopback only, as it has no client authentication), the admin API on 127.0.0.1:5001, Docker Hub (default),\n" +
+			"gcr.io and quay.io upstreams, data in ./airlock-data.\n" +
 			"SIGHUP reloads upstreams, credentials, allow-lists and cache limits from --config; SIGTERM drains in-flight pulls and exits.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -80,6 +82,11 @@ type gateway struct {
 	// stopTracing flushes spans at exit.
 	stopTracing func(context.Context) error
 	evictor     *evict.Evictor
+
+	// auth authenticates pulls in front of proxy; policy is the one it
+	// started with (SIGHUP replaces it in auth).
+	auth   *pullauth.Authenticator
+	policy pullauth.Policy
 }
 
 func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gateway, error) {
@@ -126,6 +133,14 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 		Blobs: blobs, Meta: g.meta, Logger: log, Metrics: g.metrics,
 		MaxManifestBytes: cfg.Cache.MaxManifestBytes,
 	})
+	if err != nil {
+		g.meta.Close()
+		return nil, err
+	}
+	if g.policy, err = pullPolicy(cfg.Auth); err == nil {
+		g.auth, err = pullauth.New(pullauth.Options{Next: g.proxy, Resolver: g.proxy, Policy: g.policy,
+			Logger: log.With(slog.String("component", "pullauth"))})
+	}
 	if err != nil {
 		g.meta.Close()
 		return nil, err
@@ -266,9 +281,11 @@ func (g *gateway) run(ctx context.Context, configPath string) error {
 	evictDone := make(chan struct{})
 	go func() { defer close(evictDone); g.evictor.Run(evictCtx, g.cfg.Cache.EvictInterval.Std()) }()
 	g.ready.Store(true)
+	access, open := pullAccess(g.cfg.Auth, g.policy, regLn.Addr())
 	g.log.Info("airlock serving", slog.String("registry", regLn.Addr().String()),
 		slog.String("admin", adminLn.Addr().String()), slog.Int("upstreams", len(g.cfg.Upstreams)),
-		slog.String("storage", g.cfg.Storage.Path))
+		slog.String("storage", g.cfg.Storage.Path), slog.String("pull_auth", access))
+	logPullAccess(g.log, access, open)
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -339,6 +356,14 @@ func (g *gateway) reload(path string) {
 		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
 		return
 	}
+	policy, err := pullPolicy(cfg.Auth)
+	if err == nil {
+		err = g.auth.SetPolicy(policy)
+	}
+	if err != nil {
+		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
+		return
+	}
 	g.proxy.Reload(rt, regs, ttls, cfg.Cache.TagTTL.Std())
 	g.evictor.SetMaxBytes(cfg.Cache.MaxSize.Bytes())
 	g.log.Info("configuration reloaded", slog.String("config", path), slog.Int("upstreams", len(cfg.Upstreams)))
@@ -363,8 +388,8 @@ func (g *gateway) registryHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", g.health)
 	mux.HandleFunc("GET /readyz", g.readiness)
-	mux.Handle("/v2/", g.proxy)
-	mux.Handle("/v2", g.proxy)
+	mux.Handle("/v2/", g.auth)
+	mux.Handle("/v2", g.auth)
 	return mux
 }
 

@@ -84,7 +84,7 @@ func parseLine(line string) (user string, hash []byte, err error) {
 		return "", nil, errors.New("the user name contains control characters")
 	}
 	if kind := hashKind(h); kind != "" {
-		return "", nil, fmt.Errorf("user %q has a %s password hash; airlock accepts only bcrypt: recreate it with htpasswd -B", user, kind)
+		return "", nil, fmt.Errorf("user %q: the password hash is %s, not bcrypt, which is all airlock accepts; recreate it with htpasswd -B", user, kind)
 	}
 	if _, err := bcrypt.Cost([]byte(h)); err != nil {
 		return "", nil, fmt.Errorf("user %q has a malformed bcrypt hash (%v); recreate it with htpasswd -B", user, err)
@@ -109,7 +109,7 @@ func hashKind(h string) string {
 	case h == "":
 		return "empty"
 	case len(h) == 13 && !strings.HasPrefix(h, "$"):
-		return "DES crypt (or plain-text)"
+		return "DES crypt (or plain text)"
 	}
-	return "non-bcrypt (or plain-text)"
+	return "of an unknown kind (or plain text)"
 }

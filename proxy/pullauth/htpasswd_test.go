@@ -49,7 +49,7 @@ func TestParseHtpasswdRejects(t *testing.T) {
 		{"apache md5", "bob:$apr1$abcdefgh$0123456789abcdefghijkl", []string{":2:", `"bob"`, "Apache MD5", "htpasswd -B"}},
 		{"sha1", "bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", []string{":2:", "SHA-1", "htpasswd -B"}},
 		{"crypt", "bob:rl8hYzGkr4ANc", []string{":2:", "DES crypt"}},
-		{"plain text", "bob:hunter2-is-my-password", []string{":2:", "plain-text"}},
+		{"plain text", "bob:hunter2-is-my-password", []string{":2:", "plain text"}},
 		{"sha512 crypt", "bob:$6$salt$abcdef", []string{":2:", "SHA-crypt"}},
 		{"empty hash", "bob:", []string{":2:", "empty"}},
 		{"no colon", "bob", []string{":2:", "user:hash"}},

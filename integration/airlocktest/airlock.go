@@ -67,6 +67,7 @@ func (b *Binary) Start(tb testing.TB, cfg Config) *Airlock {
 	f.Log.Level, f.Log.Format = "debug", "json"
 	f.Upstreams = cfg.Upstreams
 	f.Tracing = cfg.Tracing
+	f.Auth = cfg.PullAuth
 	f.Shutdown.ReadyDelay = cfg.ReadyDelay
 	f.Cache.MaxSize, f.Cache.EvictInterval = cfg.MaxSize, cfg.EvictInterval
 	doc, err := yaml.Marshal(&f)

@@ -13,6 +13,16 @@ type Config struct {
 	// MaxSize and EvictInterval are cache.maxSize and cache.evictInterval;
 	// empty leaves them unset.
 	MaxSize, EvictInterval string
+	// PullAuth is the auth section (client authentication); nil leaves
+	// pulls open.
+	PullAuth *PullAuth
+}
+
+// PullAuth is airlock's auth section.
+type PullAuth struct {
+	Htpasswd  string              `yaml:"htpasswd"`
+	Realm     string              `yaml:"realm,omitempty"`
+	Upstreams map[string][]string `yaml:"upstreams,omitempty"`
 }
 
 // Tracing is airlock's tracing section.
@@ -69,6 +79,7 @@ type file struct {
 		Format string `yaml:"format"`
 	} `yaml:"log"`
 	Upstreams []Upstream `yaml:"upstreams"`
+	Auth      *PullAuth  `yaml:"auth,omitempty"`
 	Tracing   *Tracing   `yaml:"tracing,omitempty"`
 	Shutdown  struct {
 		ReadyDelay string `yaml:"readyDelay,omitempty"`

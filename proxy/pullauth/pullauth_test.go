@@ -171,6 +171,7 @@ func TestAuthenticator(t *testing.T) {
 		{"malformed: not base64", "GET", "/v2/", []string{"Basic !!!not-base64"}, 401, "UNAUTHORIZED"},
 		{"malformed: no colon", "GET", "/v2/", []string{"Basic " + base64.StdEncoding.EncodeToString([]byte("alice"))}, 401, "UNAUTHORIZED"},
 		{"malformed: empty user", "GET", "/v2/", []string{basicHeader("", "alice-pw")}, 401, "UNAUTHORIZED"},
+		{"empty user and password", "GET", "/v2/", []string{basicHeader("", "")}, 401, "UNAUTHORIZED"},
 		{"malformed: bearer", "GET", "/v2/", []string{"Bearer abc.def.ghi"}, 401, "UNAUTHORIZED"},
 		{"malformed: scheme only", "GET", "/v2/", []string{"Basic"}, 401, "UNAUTHORIZED"},
 		{"malformed: two headers", "GET", "/v2/", []string{alice, alice}, 401, "UNAUTHORIZED"},

@@ -58,7 +58,12 @@ func basic(values []string) (user, pass string, err error) {
 		return "", "", errMalformed
 	}
 	user, pass, ok := strings.Cut(string(raw), ":")
-	if !ok || user == "" {
+	switch {
+	case ok && user == "" && pass == "":
+		// containers/image (skopeo, podman) sends this when it has no
+		// credentials for the registry.
+		return "", "", errNoCredentials
+	case !ok || user == "":
 		return "", "", errMalformed
 	}
 	return user, pass, nil

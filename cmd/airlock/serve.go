@@ -42,7 +42,7 @@ func newServeCommand() *cobra.Command {
 		Long: "Run the registry gateway. Without --config it runs the embedded default: the registry API on 127.0.0.1:5000\n" +
 			"(loopback only, as it has no client authentication), the admin API on 127.0.0.1:5001, Docker Hub (default),\n" +
 			"gcr.io and quay.io upstreams, data in ./airlock-data.\n" +
-			"SIGHUP reloads upstreams, credentials, allow-lists and cache limits from --config; SIGTERM drains in-flight pulls and exits.",
+			"SIGHUP reloads upstreams, credentials, allow-lists, cache limits and the auth htpasswd file from --config; SIGTERM drains in-flight pulls and exits.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(path)

@@ -139,7 +139,7 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 	}
 	if g.policy, err = pullPolicy(cfg.Auth); err == nil {
 		g.auth, err = pullauth.New(pullauth.Options{Next: g.proxy, Resolver: g.proxy, Policy: g.policy,
-			Logger: log.With(slog.String("component", "pullauth"))})
+			Logger: log.With(slog.String("component", "pullauth")), Registerer: g.promReg})
 	}
 	if err != nil {
 		g.meta.Close()

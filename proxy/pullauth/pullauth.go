@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sync/singleflight"
 )
@@ -72,6 +73,9 @@ type Options struct {
 	CacheTTL time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Registerer receives the refusal and comparison counters; nil keeps
+	// them unregistered.
+	Registerer prometheus.Registerer
 }
 
 // Authenticator is the middleware. Its policy can be replaced while it
@@ -83,6 +87,7 @@ type Authenticator struct {
 	state    atomic.Pointer[state]
 	cache    *verified
 	flights  singleflight.Group
+	metrics  *metrics
 
 	slots      chan struct{}
 	waiting    atomic.Int64
@@ -110,7 +115,8 @@ func New(o Options) (*Authenticator, error) {
 		return nil, errors.New("pullauth: Next is required")
 	}
 	a := &Authenticator{next: o.Next, resolver: o.Resolver, log: o.Logger,
-		maxWaiting: int64(o.MaxWaiting), maxWait: o.MaxWait, compare: bcrypt.CompareHashAndPassword}
+		maxWaiting: int64(o.MaxWaiting), maxWait: o.MaxWait, compare: bcrypt.CompareHashAndPassword,
+		metrics: newMetrics(o.Registerer)}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -228,6 +234,7 @@ func (a *Authenticator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.log.LogAttrs(r.Context(), slog.LevelWarn, "pull refused: user not allowed on upstream",
 			slog.String("user", user), slog.String("upstream", up),
 			slog.String("path", r.URL.Path), slog.String("remote", r.RemoteAddr))
+		a.metrics.refusals.WithLabelValues(reasonDenied).Inc()
 		writeError(w, r, http.StatusForbidden, "DENIED",
 			fmt.Sprintf("user %q may not pull from upstream %q", user, up))
 		return

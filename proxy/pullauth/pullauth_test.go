@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/airlock-registry/airlock/proxy"
@@ -442,5 +444,32 @@ func TestSetPolicyRefuses(t *testing.T) {
 	a.ServeHTTP(w, httptest.NewRequest("GET", "/v2/", nil))
 	if w.Code != 401 {
 		t.Fatalf("no users: %d, want 401", w.Code)
+	}
+}
+
+// TestMetrics: refused requests never reach the registry handler, so its
+// request counters miss them; the Authenticator's own must not.
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	f := newFixture(t, Options{Registerer: reg})
+	f.do(t, "GET", "/v2/")
+	f.do(t, "GET", "/v2/", "Bearer x")
+	f.do(t, "GET", "/v2/", basicHeader("alice", "wrong"))
+	f.do(t, "GET", "/v2/", basicHeader("nobody", "wrong"))
+	f.do(t, "GET", "/v2/vendor/app/manifests/v1", basicHeader("bob", "bob-pw"))
+	f.do(t, "GET", "/v2/vendor/app/manifests/v1", basicHeader("bob", "bob-pw"))
+	refusals := f.auth.metrics.refusals
+	for reason, want := range map[string]float64{reasonNoCredentials: 1, reasonMalformed: 1, reasonInvalid: 2, reasonDenied: 2, reasonThrottled: 0} {
+		if got := testutil.ToFloat64(refusals.WithLabelValues(reason)); got != want {
+			t.Errorf("refusals{reason=%q} = %v, want %v", reason, got, want)
+		}
+	}
+	// Two wrong passwords and one good login; bob's second request was cached.
+	if got := testutil.ToFloat64(f.auth.metrics.comparisons); got != 3 || f.compares.Load() != 3 {
+		t.Errorf("bcrypt comparisons counted %v, run %d; want 3", got, f.compares.Load())
+	}
+	if n, err := testutil.GatherAndCount(reg, "airlock_pull_auth_refusals_total", "airlock_pull_auth_bcrypt_comparisons_total"); err != nil || n != 6 {
+		t.Errorf("registered series = %d, %v; want 6", n, err)
 	}
 }

@@ -124,6 +124,7 @@ func (a *Authenticator) compareLimited(hash []byte, pass string) (bool, error) {
 		return false, errBusy
 	}
 	defer func() { <-a.slots }()
+	a.metrics.comparisons.Inc()
 	return a.compare(hash, []byte(pass)) == nil, nil
 }
 
@@ -138,18 +139,22 @@ func (a *Authenticator) refuse(w http.ResponseWriter, r *http.Request, st *state
 	case errors.Is(err, errNoCredentials):
 		// Every docker login and daemon ping starts like this.
 		a.log.LogAttrs(r.Context(), slog.LevelDebug, "pull authentication required", attrs...)
+		a.metrics.refusals.WithLabelValues(reasonNoCredentials).Inc()
 		w.Header().Set("WWW-Authenticate", st.challenge)
 		writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "authentication required: log in to this registry (docker login, or credentials for it in containerd, CRI or skopeo)")
 	case errors.Is(err, errMalformed):
 		a.log.LogAttrs(r.Context(), slog.LevelWarn, "pull authentication failed", attrs...)
+		a.metrics.refusals.WithLabelValues(reasonMalformed).Inc()
 		w.Header().Set("WWW-Authenticate", st.challenge)
 		writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "malformed Authorization header: send HTTP Basic credentials")
 	case errors.Is(err, errUnknownUser), errors.Is(err, errWrongPassword):
 		a.log.LogAttrs(r.Context(), slog.LevelWarn, "pull authentication failed", attrs...)
+		a.metrics.refusals.WithLabelValues(reasonInvalid).Inc()
 		w.Header().Set("WWW-Authenticate", st.challenge)
 		writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "invalid user name or password")
 	case errors.Is(err, errBusy):
 		a.log.LogAttrs(r.Context(), slog.LevelWarn, "pull authentication throttled", attrs...)
+		a.metrics.refusals.WithLabelValues(reasonThrottled).Inc()
 		w.Header().Set("Retry-After", "1")
 		writeError(w, r, http.StatusTooManyRequests, "TOOMANYREQUESTS", "too many logins are being checked; retry shortly")
 	default:

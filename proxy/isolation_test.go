@@ -603,3 +603,63 @@ func BenchmarkParseAcceptHuge(b *testing.B) {
 		parseAccept(h)
 	}
 }
+
+// TestReferrersAreSharedAndCached: a burst of referrers requests for one
+// image makes one upstream call, later ones within the tag TTL none, and the
+// list is served while the upstream is down.
+func TestReferrersAreSharedAndCached(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, true)
+	img, _ := random.Image(100, 1)
+	subject := o.push(t, "library/app:1", img)
+	o.slowBlob.Store(0)
+	e := newEnv(t, o)
+	path := "/v2/library/app/referrers/" + subject.String()
+	upstreamPath := "/v2/library/app/referrers/" + subject.String()
+	o.reset()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			if resp, _ := e.get(t, path); resp.StatusCode != 200 {
+				t.Errorf("referrers: %d", resp.StatusCode)
+			}
+		})
+	}
+	wg.Wait()
+	if n := o.count(http.MethodGet, upstreamPath); n < 1 || n > 2 {
+		t.Fatalf("8 concurrent requests made %d upstream referrers calls", n)
+	}
+	before := o.count(http.MethodGet, upstreamPath)
+	e.get(t, path)
+	if n := o.count(http.MethodGet, upstreamPath); n != before {
+		t.Fatalf("a request within the tag TTL went upstream (%d calls, was %d)", n, before)
+	}
+	later := e.now.Load().Add(time.Hour)
+	e.now.Store(&later)
+	o.down.Store(true)
+	if resp, body := e.get(t, path); resp.StatusCode != 200 || !bytes.Contains(body, []byte(mediaOCIIndex)) {
+		t.Fatalf("referrers with the upstream down: %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestReferrersCacheIsBounded(t *testing.T) {
+	t.Parallel()
+	c := referrersCache{max: 1000}
+	exp := time.Now().Add(time.Hour)
+	for i := range 100 {
+		c.put(fmt.Sprint(i), referrersAnswer{body: make([]byte, 90)}, exp)
+	}
+	if c.bytes > c.max || len(c.m) > 11 {
+		t.Fatalf("cache holds %d bytes in %d entries, over its bound of %d", c.bytes, len(c.m), c.max)
+	}
+	if _, _, ok := c.get("99", time.Now()); !ok {
+		t.Fatal("the newest entry was evicted")
+	}
+	if _, _, ok := c.get("0", time.Now()); ok {
+		t.Fatal("the oldest entry was kept")
+	}
+	c.put("huge", referrersAnswer{body: make([]byte, 500)}, exp)
+	if _, _, ok := c.get("huge", time.Now()); ok {
+		t.Fatal("an entry over an eighth of the bound was cached")
+	}
+}

@@ -141,8 +141,9 @@ type Proxy struct {
 	now     func() time.Time
 	tracer  trace.Tracer
 
-	fills   fillSet
-	flights singleflight.Group
+	fills     fillSet
+	flights   singleflight.Group
+	referrers referrersCache
 
 	// ctx is the parent of work detached from clients (fills, shared
 	// lookups); cancel ends it at Close.

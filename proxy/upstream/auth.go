@@ -191,7 +191,7 @@ func (a *authenticator) fetchToken(ctx context.Context, c *call, realm, service 
 		return cachedToken{}, err
 	}
 	if user != "" || pass != "" {
-		if u.Scheme != "https" && a.r.base.Scheme == "https" {
+		if !credentialsMayGo(u, a.r.base) {
 			return cachedToken{}, tc.errorf(ErrDenied, nil, "refusing to send credentials to plain-HTTP token realm %s", u.Host)
 		}
 		tc.authz = basicAuth(user, pass)
@@ -228,6 +228,17 @@ func (a *authenticator) fetchToken(ctx context.Context, c *call, realm, service 
 	// set out with a token that dies in flight.
 	margin := min(life/5, 30*time.Second)
 	return cachedToken{value: value, refresh: issued.Add(life - margin)}, nil
+}
+
+// credentialsMayGo reports whether the upstream's credentials may be sent to
+// token realm u: over https, or, for an upstream that is itself plain HTTP
+// (a private mirror, a test), to the upstream's own host. Anything else
+// would put them on the wire in clear to a party the operator never named.
+func credentialsMayGo(u, base *url.URL) bool {
+	if u.Scheme == "https" {
+		return true
+	}
+	return base.Scheme == "http" && strings.EqualFold(u.Hostname(), base.Hostname())
 }
 
 // credentials asks the configured callback; nil means anonymous.

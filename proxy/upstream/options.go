@@ -28,6 +28,18 @@ type Options struct {
 	// http.DefaultTransport with compression disabled (so Range offsets are
 	// byte offsets of the blob) and HeaderTimeout as response header timeout.
 	Transport http.RoundTripper
+	// InternalRedirectHosts names hosts (DNS names or IP literals, without
+	// port) that redirects and token realms of this upstream may lead to
+	// although they are on loopback or private addresses. Without an entry
+	// such a hop is refused unless the upstream itself is on an address of
+	// the same kind. Link-local and unspecified addresses are refused
+	// whatever this says. Default: none.
+	InternalRedirectHosts []string
+	// SelfAddrs are airlock's own listen addresses, host:port as configured
+	// (":5001" meaning every interface). A redirect or token realm leading
+	// to one of them is refused whatever else allows it, so an upstream
+	// cannot turn airlock against its own admin API. Default: none.
+	SelfAddrs []string
 	// Logger receives retry and authentication diagnostics. Nil: discard.
 	Logger *slog.Logger
 	// MaxAttempts is the total number of attempts for a retryable failure,

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"net/http"
 	"net/url"
 	"strings"
 
@@ -14,6 +15,10 @@ type Registry struct {
 	o    Options
 	base *url.URL
 	auth *authenticator
+	// guard and hops carry every round trip off the upstream's own origin
+	// (redirect targets, token realms on other hosts); see hopGuard.
+	guard *hopGuard
+	hops  http.RoundTripper
 	// blobSlots holds one token per blob body being streamed; nil when
 	// Options.MaxBlobTransfers is 0.
 	blobSlots chan struct{}
@@ -26,12 +31,22 @@ func New(o Options) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Registry{o: o, base: base}
+	r := &Registry{o: o, base: base, guard: newHopGuard(o, base)}
+	r.hops = r.guard.transport(o.Transport)
 	if o.MaxBlobTransfers > 0 {
 		r.blobSlots = make(chan struct{}, o.MaxBlobTransfers)
 	}
 	r.auth = newAuthenticator(r)
 	return r, nil
+}
+
+// CloseIdleConnections closes the idle connections of the transport the
+// Registry made for hops off the upstream's origin. The caller's own
+// Options.Transport is the caller's to close.
+func (r *Registry) CloseIdleConnections() {
+	if t, ok := r.hops.(*http.Transport); ok {
+		t.CloseIdleConnections()
+	}
 }
 
 // Name returns the upstream's configured name.

@@ -44,21 +44,17 @@ type Error struct {
 	// RetryAfter is what the upstream asked for with Retry-After (0 if none).
 	RetryAfter time.Duration
 	Err        error // underlying cause (network error, parse error), if any
+
+	// public marks Message as fit for clients (a bound airlock enforces,
+	// say), so Public includes it.
+	public bool
 }
 
+// Error describes the failure for the operator's log: everything known,
+// the cause and what to do about it included.
 func (e *Error) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "upstream %s: %s", e.Upstream, e.Op)
-	if e.Repo != "" {
-		b.WriteString(" " + e.Repo)
-		if e.Ref != "" {
-			if strings.Contains(e.Ref, ":") {
-				b.WriteString("@" + e.Ref)
-			} else {
-				b.WriteString(":" + e.Ref)
-			}
-		}
-	}
+	fmt.Fprintf(&b, "upstream %s: %s", e.Upstream, e.subject())
 	if e.Status != 0 {
 		fmt.Fprintf(&b, ": HTTP %d", e.Status)
 	}
@@ -76,6 +72,61 @@ func (e *Error) Error() string {
 		b.WriteString(" (" + h + ")")
 	}
 	return b.String()
+}
+
+// subject names what was asked: "manifest library/app:1", "blob
+// app@sha256:...", "tags app".
+func (e *Error) subject() string {
+	var b strings.Builder
+	b.WriteString(e.Op)
+	if e.Repo != "" {
+		b.WriteString(" " + e.Repo)
+		if e.Ref != "" {
+			if strings.Contains(e.Ref, ":") {
+				b.WriteString("@" + e.Ref)
+			} else {
+				b.WriteString(":" + e.Ref)
+			}
+		}
+	}
+	return b.String()
+}
+
+// Public describes the failure in words fit for airlock's clients: which
+// upstream, what was asked, and the class of failure. It leaves out what
+// only the operator may see or act on: the cause (a dial error naming
+// internal addresses, the path of a credentials file), the upstream's own
+// error text, and the advice of Error. The log line carries those.
+func (e *Error) Public() string {
+	up := "upstream " + e.Upstream
+	var msg string
+	switch e.Kind {
+	case ErrNotFound:
+		msg = fmt.Sprintf("%s has no %s", up, e.subject())
+	case ErrDenied:
+		if e.Status == 0 {
+			// Nothing was refused by the upstream: airlock could not
+			// present credentials (unreadable, missing, or not to be
+			// sent over plain HTTP).
+			msg = fmt.Sprintf("airlock could not authenticate to %s for %s", up, e.subject())
+		} else {
+			// Anonymous or not, the upstream said no; whether to
+			// blame the credentials is for the log to tell.
+			msg = fmt.Sprintf("%s denied airlock access to %s", up, e.subject())
+		}
+	case ErrRateLimited:
+		msg = up + " is rate limiting airlock; retry later"
+	case ErrReferrersUnsupported:
+		msg = up + " does not support the referrers API"
+	case ErrInvalid:
+		msg = fmt.Sprintf("%s sent an invalid response to %s", up, e.subject())
+	default:
+		msg = up + " is unavailable"
+	}
+	if e.public && e.Message != "" {
+		msg += ": " + e.Message
+	}
+	return msg
 }
 
 // hint says what an operator can do about the failure.

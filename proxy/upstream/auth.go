@@ -26,6 +26,9 @@ type authenticator struct {
 	realm   string
 	service string
 	tokens  map[string]cachedToken
+	// maxTokens bounds tokens: there is one per repository asked for, and
+	// the names asked for are the clients' choice.
+	maxTokens int
 
 	// flights makes concurrent requests that need the same token share one
 	// token request: a burst of pulls of one image costs one round trip to
@@ -40,7 +43,36 @@ type cachedToken struct {
 }
 
 func newAuthenticator(r *Registry) *authenticator {
-	return &authenticator{r: r, tokens: map[string]cachedToken{}, now: time.Now}
+	return &authenticator{r: r, tokens: map[string]cachedToken{}, maxTokens: maxCachedTokens, now: time.Now}
+}
+
+// maxCachedTokens is how many tokens one upstream keeps. Docker Hub tokens
+// are about 1.5 KiB and live 5 minutes, so this holds a few MiB and covers
+// every repository pulled more than once in a token's lifetime by a busy
+// gateway; a repository evicted early costs one token request.
+const maxCachedTokens = 1024
+
+// store caches tok under key. At the bound it first drops expired tokens,
+// then, if none had expired, the one due for refresh soonest: it is the
+// least valuable to keep. The caller holds a.mu.
+func (a *authenticator) store(key string, tok cachedToken) {
+	if _, ok := a.tokens[key]; !ok && len(a.tokens) >= a.maxTokens {
+		now := a.now()
+		soonest, first := "", time.Time{}
+		for k, t := range a.tokens {
+			if !now.Before(t.refresh) {
+				delete(a.tokens, k)
+				continue
+			}
+			if soonest == "" || t.refresh.Before(first) {
+				soonest, first = k, t.refresh
+			}
+		}
+		if len(a.tokens) >= a.maxTokens {
+			delete(a.tokens, soonest)
+		}
+	}
+	a.tokens[key] = tok
 }
 
 // header returns the Authorization value for a request of c, or "" while the
@@ -122,8 +154,12 @@ func (a *authenticator) bearer(ctx context.Context, c *call, realm, service stri
 	key := realm + "\x00" + service + "\x00" + strings.Join(scopes, " ")
 	a.mu.Lock()
 	t, ok := a.tokens[key]
+	if ok && !a.now().Before(t.refresh) {
+		delete(a.tokens, key)
+		ok = false
+	}
 	a.mu.Unlock()
-	if ok && a.now().Before(t.refresh) {
+	if ok {
 		return t.value, nil
 	}
 	// The fetch runs detached from this caller's context: other requests may
@@ -137,7 +173,7 @@ func (a *authenticator) bearer(ctx context.Context, c *call, realm, service stri
 			return nil, err
 		}
 		a.mu.Lock()
-		a.tokens[key] = tok
+		a.store(key, tok)
 		a.mu.Unlock()
 		return tok.value, nil
 	})
@@ -157,6 +193,10 @@ func (a *authenticator) tokenTimeout() time.Duration {
 	o := a.r.o
 	return time.Duration(o.MaxAttempts)*o.HeaderTimeout + time.Duration(o.MaxAttempts-1)*o.MaxDelay
 }
+
+// maxTokenLife caps how long a token is trusted, whatever expires_in says:
+// a revoked token is then at worst a day old.
+const maxTokenLife = 24 * time.Hour
 
 // maxTokenBody bounds a token response; real ones are a few KiB.
 const maxTokenBody = 1 << 20
@@ -223,6 +263,11 @@ func (a *authenticator) fetchToken(ctx context.Context, c *call, realm, service 
 	life := time.Duration(tr.ExpiresIn) * time.Second
 	if tr.ExpiresIn <= 0 {
 		life = 60 * time.Second // the distribution token spec's default
+	}
+	if tr.ExpiresIn > int64(maxTokenLife/time.Second) {
+		// Also keeps the multiplication above from overflowing into a
+		// token that is stale at once and fetched for every request.
+		life = maxTokenLife
 	}
 	// Stop using a token a little before it expires, so a request does not
 	// set out with a token that dies in flight.

@@ -67,12 +67,7 @@ func toError(err error, notFound Code) *Error {
 	if errors.As(err, &e) {
 		return e
 	}
-	public := func(fallback string) string {
-		if ue, ok := errors.AsType[*upstream.Error](err); ok {
-			return ue.Public()
-		}
-		return fallback
-	}
+	public := func(fallback string) string { return publicMessage(err, fallback) }
 	switch {
 	case errors.Is(err, upstream.ErrNotFound):
 		return &Error{Status: http.StatusNotFound, Code: notFound, Message: public("not found upstream")}
@@ -98,6 +93,15 @@ func toError(err error, notFound Code) *Error {
 		return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: "the upstream did not answer in time"}
 	}
 	return &Error{Status: http.StatusInternalServerError, Code: CodeUnavailable, Message: "internal error; see the airlock log"}
+}
+
+// publicMessage is what a client may read about err: the upstream error's
+// Public text when err holds one, else fallback.
+func publicMessage(err error, fallback string) string {
+	if ue, ok := errors.AsType[*upstream.Error](err); ok {
+		return ue.Public()
+	}
+	return fallback
 }
 
 // writeError is the one place errors become responses.

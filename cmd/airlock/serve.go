@@ -236,6 +236,7 @@ func upstreamTransport(u *config.Upstream) (http.RoundTripper, error) {
 	t.TLSClientConfig = tc
 	t.DisableCompression = true
 	t.MaxIdleConnsPerHost = 32
+	t.MaxResponseHeaderBytes = upstream.MaxResponseHeaderBytes
 	t.ResponseHeaderTimeout = u.Timeouts.Header.Std()
 	return t, nil
 }

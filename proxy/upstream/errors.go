@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // The classes of failure. Every error returned by this package wraps exactly
@@ -181,8 +182,9 @@ func statusError(resp *http.Response, c *call) *Error {
 	e.Status = resp.StatusCode
 	var body ociErrors
 	if b, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody)); err == nil && json.Unmarshal(b, &body) == nil && len(body.Errors) > 0 {
-		e.Code = body.Errors[0].Code
-		e.Message = body.Errors[0].Message
+		// The upstream's words go into log lines: keep them to a line.
+		e.Code = truncate(body.Errors[0].Code, 64)
+		e.Message = truncate(body.Errors[0].Message, 512)
 		e.Kind = classify(resp.StatusCode, e.Code)
 	}
 	if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
@@ -214,4 +216,16 @@ func classify(status int, code string) error {
 		return ErrUnavailable
 	}
 	return ErrInvalid
+}
+
+// truncate shortens s to at most n bytes, on a rune boundary, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

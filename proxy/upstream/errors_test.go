@@ -2,9 +2,12 @@ package upstream
 
 import (
 	"errors"
+	"fmt"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // TestPublicMessage: what a client may see names the upstream and what was
@@ -41,5 +44,39 @@ func TestPublicMessage(t *testing.T) {
 		if full := tt.e.Error(); tt.e.Err != nil && !strings.Contains(full, tt.e.Err.Error()) {
 			t.Errorf("Error() = %q lost the cause the log needs", full)
 		}
+	}
+}
+
+// TestUpstreamWordsBounded: what an upstream says about a failure, in its
+// error body or its headers, is bounded before it reaches memory or a log
+// line.
+func TestUpstreamWordsBounded(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("é", 10<<10)
+	srv := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/blobs/") {
+			w.Header().Set("X-Padding", strings.Repeat("x", 2<<20))
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		w.WriteHeader(http.StatusBadRequest)
+		fmt.Fprintf(w, `{"errors":[{"code":%q,"message":%q}]}`, long, long)
+	}))
+	r, err := New(Options{Name: "test", URL: srv.URL, MaxAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.CloseIdleConnections)
+	_, _, err = r.GetManifest(t.Context(), "app", "v1", nil)
+	var e *Error
+	if !errors.As(err, &e) {
+		t.Fatalf("GetManifest: %v", err)
+	}
+	if len(e.Message) > 520 || len(e.Code) > 70 || !utf8.ValidString(e.Message) || !utf8.ValidString(e.Code) {
+		t.Errorf("upstream's error words kept at %d and %d bytes (valid UTF-8: %v)", len(e.Message), len(e.Code), utf8.ValidString(e.Message))
+	}
+	// The default transport refuses 2 MiB of response headers.
+	if _, _, err := r.GetBlob(t.Context(), "app", digestOf(t, "sha256:"+sixtyFourA)); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("GetBlob with 2 MiB of headers: %v, want ErrUnavailable", err)
 	}
 }

@@ -83,6 +83,11 @@ type Event struct {
 	Header http.Header
 }
 
+// MaxResponseHeaderBytes bounds the response headers of an upstream, as the
+// default transport sets it; a registry's are a few KiB (net/http would
+// allow 10 MiB per response).
+const MaxResponseHeaderBytes = 1 << 20
+
 const (
 	defaultMaxAttempts   = 4
 	defaultBaseDelay     = 200 * time.Millisecond
@@ -135,6 +140,7 @@ func (o Options) withDefaults() (Options, *url.URL, error) {
 		t.DisableCompression = true
 		t.ResponseHeaderTimeout = o.HeaderTimeout
 		t.MaxIdleConnsPerHost = 32
+		t.MaxResponseHeaderBytes = MaxResponseHeaderBytes
 		o.Transport = t
 	}
 	return o, base, nil

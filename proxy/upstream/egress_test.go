@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -384,3 +386,73 @@ func TestRedirectGuardWithoutHTTPTransport(t *testing.T) {
 type roundTripperFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestRedirectGuardThroughHTTPProxy: behind an HTTP proxy airlock dials the
+// proxy, not the hop's target, so the target is checked by name and the
+// (loopback) proxy itself is not mistaken for a forbidden target.
+func TestRedirectGuardThroughHTTPProxy(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		target string
+		follow bool
+	}{
+		{name: "public CDN", target: "http://cdn.test", follow: true},
+		{name: "name resolving to loopback", target: "http://sneaky.test"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			inner := realRegistry(false)
+			s := seed(t, inner, "app", "v1")
+			cdn, hits := cdnFor(t, inner)
+			f := newFakeNet()
+			f.name("registry.test", "203.0.113.10")
+			f.route("203.0.113.10", 80, serve(t, redirectBlobs(inner, tt.target)))
+			f.name("cdn.test", "198.51.100.7")
+			f.route("198.51.100.7", 80, cdn)
+			f.name("sneaky.test", "127.0.0.1")
+			// A forward proxy on loopback, resolving through f as a
+			// proxy at the edge of the network would.
+			out := &http.Transport{DialContext: f.dial}
+			t.Cleanup(out.CloseIdleConnections)
+			var proxied atomic.Int64
+			proxy := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				proxied.Add(1)
+				req := r.Clone(r.Context())
+				req.RequestURI = ""
+				resp, err := out.RoundTrip(req)
+				if err != nil {
+					http.Error(w, err.Error(), http.StatusBadGateway)
+					return
+				}
+				defer resp.Body.Close()
+				for k, v := range resp.Header {
+					w.Header()[k] = v
+				}
+				w.WriteHeader(resp.StatusCode)
+				_, _ = io.Copy(w, resp.Body)
+			}))
+			proxyURL, _ := url.Parse(proxy.URL)
+			r := newFakeNetClient(t, f, "http://registry.test", func(o *Options) {
+				o.Transport.(*http.Transport).Proxy = http.ProxyURL(proxyURL)
+			})
+			err := pull(t, r, s)
+			if tt.follow {
+				if err != nil {
+					t.Fatalf("pull through proxy: %v", err)
+				}
+				if hits.Load() != 1 {
+					t.Errorf("CDN served %d requests, want 1", hits.Load())
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("pull: %v, want ErrInvalid", err)
+			}
+			if n := proxied.Load(); n != 2 {
+				t.Errorf("proxy carried %d requests, want 2 (manifest, blob redirect) and not the refused hop", n)
+			}
+		})
+	}
+}

@@ -27,6 +27,11 @@ type Options struct {
 	// Transport carries the HTTP round trips. Nil: a clone of
 	// http.DefaultTransport with compression disabled (so Range offsets are
 	// byte offsets of the blob) and HeaderTimeout as response header timeout.
+	// Round trips off the upstream's origin (redirect targets, token realms
+	// elsewhere) go through a clone of it whose dialer checks each address
+	// (see InternalRedirectHosts); a Transport that is not an
+	// *http.Transport cannot be hooked so, and its hops are checked by
+	// resolving the name just before the round trip instead.
 	Transport http.RoundTripper
 	// InternalRedirectHosts names hosts (DNS names or IP literals, without
 	// port) that redirects and token realms of this upstream may lead to

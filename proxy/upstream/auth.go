@@ -121,6 +121,10 @@ func (a *authenticator) learn(c *call, challenges []Challenge, sent string) ([]s
 	if chosen == nil {
 		return nil, c.errorf(ErrDenied, nil, "upstream answered 401 without a usable Bearer or Basic challenge")
 	}
+	if n := len(chosen.Params["realm"]) + len(chosen.Params["service"]) + len(chosen.Params["scope"]); n > maxChallenge {
+		// They become the token cache's keys and the token request's URL.
+		return nil, c.errorf(ErrInvalid, nil, "challenge's realm, service and scope take %d bytes, more than %d", n, maxChallenge)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.scheme = chosen.Scheme
@@ -198,8 +202,15 @@ func (a *authenticator) tokenTimeout() time.Duration {
 // a revoked token is then at worst a day old.
 const maxTokenLife = 24 * time.Hour
 
-// maxTokenBody bounds a token response; real ones are a few KiB.
-const maxTokenBody = 1 << 20
+// maxTokenBody bounds a token response and so each cached token. Real
+// responses are a few KiB (Docker Hub's carries its token twice); a token
+// far larger could not be sent anyway, as servers cap a request header line
+// at 8 to 16 KiB.
+const maxTokenBody = 64 << 10
+
+// maxChallenge bounds what a challenge contributes to a token request:
+// realm, service and scope together.
+const maxChallenge = 8 << 10
 
 type tokenResponse struct {
 	Token       string `json:"token"`

@@ -336,3 +336,39 @@ func TestTokenLifetimeOverflow(t *testing.T) {
 		t.Errorf("%d token requests for one repository, want 1", n)
 	}
 }
+
+// TestTokenInputsBounded: what a challenge and a token response contribute
+// to the token cache is bounded.
+func TestTokenInputsBounded(t *testing.T) {
+	t.Parallel()
+	t.Run("huge scope", func(t *testing.T) {
+		t.Parallel()
+		ts := newTokenServer(t, "", "")
+		scope := strings.Repeat("repository:x:pull ", 1000)
+		up := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm=%q,service="test-registry",scope=%q`, ts.URL+"/token", scope))
+			w.WriteHeader(http.StatusUnauthorized)
+		}))
+		r := newClient(t, up.URL)
+		if _, err := r.HeadManifest(t.Context(), "app", "v1", nil); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("HeadManifest: %v, want ErrInvalid", err)
+		}
+		if n := ts.requests.Load(); n != 0 {
+			t.Errorf("token server asked %d times with an 18 KB scope", n)
+		}
+	})
+	t.Run("huge token", func(t *testing.T) {
+		t.Parallel()
+		realm := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, `{"token":%q}`, strings.Repeat("t", 100<<10))
+		}))
+		up := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm=%q`, realm.URL))
+			w.WriteHeader(http.StatusUnauthorized)
+		}))
+		r := newClient(t, up.URL)
+		if _, err := r.HeadManifest(t.Context(), "app", "v1", nil); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("HeadManifest: %v, want ErrInvalid", err)
+		}
+	})
+}

@@ -22,6 +22,9 @@ const (
 	// maxTagsPages bounds pagination, so an upstream whose Link headers
 	// never end cannot keep a request busy forever.
 	maxTagsPages = 1000
+	// maxTagsLink bounds one next-page URL; real ones carry a repository
+	// name and a tag.
+	maxTagsLink = 8 << 10
 )
 
 // Tags returns all tags of repo, following the upstream's
@@ -93,6 +96,10 @@ func (r *Registry) tagsPage(ctx context.Context, c *call, budget int64) ([]strin
 	link, ok := nextLink(resp.Header.Values("Link"))
 	if !ok {
 		return body.Tags, "", int64(len(b)), nil
+	}
+	if len(link) > maxTagsLink {
+		// Every next URL is remembered to detect loops.
+		return nil, "", 0, c.errorf(ErrInvalid, nil, "tag list Link is %d bytes, more than %d", len(link), maxTagsLink)
 	}
 	cur, _ := url.Parse(c.url)
 	u, err := cur.Parse(link)

@@ -183,3 +183,22 @@ func TestTagListBounded(t *testing.T) {
 		})
 	}
 }
+
+// TestTagListLinkBounded: next-page URLs are remembered (to detect loops),
+// so each is bounded.
+func TestTagListLinkBounded(t *testing.T) {
+	t.Parallel()
+	inner := realRegistry(false)
+	seed(t, inner, "team/app", "a", "b", "c", "d", "e")
+	pad := strings.Repeat("x", 16<<10)
+	h, pages := paginate(inner, "2", func(last string) string {
+		return "/v2/team/app/tags/list?n=2&last=" + url.QueryEscape(last) + "&pad=" + pad
+	})
+	r := newClient(t, serve(t, h).URL)
+	if _, err := r.Tags(t.Context(), "team/app"); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Tags: %v, want ErrInvalid", err)
+	}
+	if n := pages.Load(); n != 1 {
+		t.Errorf("fetched %d pages, want 1", n)
+	}
+}

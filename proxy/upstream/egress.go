@@ -31,8 +31,8 @@ const (
 	classPrivate
 	classLoopback
 	// classNever: unspecified, link-local (cloud metadata lives there),
-	// multicast and 0.0.0.0/8. No redirect may lead there, whatever the
-	// configuration says.
+	// multicast, 0.0.0.0/8 and 240.0.0.0/4. No redirect may lead there,
+	// whatever the configuration says.
 	classNever
 )
 
@@ -51,6 +51,8 @@ func (c addrClass) String() string {
 var (
 	cgnat   = netip.MustParsePrefix("100.64.0.0/10")
 	thisNet = netip.MustParsePrefix("0.0.0.0/8")
+	// reserved holds 240.0.0.0/4, broadcast included.
+	reserved = netip.MustParsePrefix("240.0.0.0/4")
 	// nat64 embeds an IPv4 address in IPv6 (RFC 6052); a NAT64 gateway
 	// would connect to the embedded address.
 	nat64 = netip.MustParsePrefix("64:ff9b::/96")
@@ -65,7 +67,7 @@ func classOf(a netip.Addr) addrClass {
 	}
 	switch {
 	case !a.IsValid(), a.IsUnspecified(), a.IsLinkLocalUnicast(), a.IsMulticast(),
-		a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast(), thisNet.Contains(a):
+		a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast(), thisNet.Contains(a), reserved.Contains(a):
 		return classNever
 	case a.IsLoopback():
 		return classLoopback

@@ -48,6 +48,8 @@ func TestClassOf(t *testing.T) {
 		{"::", classNever},
 		{"224.0.0.1", classNever},
 		{"ff02::1", classNever},
+		{"255.255.255.255", classNever},
+		{"240.0.0.1", classNever},
 	}
 	for _, tt := range tests {
 		if got := classOf(netip.MustParseAddr(tt.addr)); got != tt.want {

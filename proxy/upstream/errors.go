@@ -80,6 +80,9 @@ func (e *Error) Error() string {
 func (e *Error) subject() string {
 	var b strings.Builder
 	b.WriteString(e.Op)
+	if e.Op == "token" && e.Repo != "" {
+		b.WriteString(" for")
+	}
 	if e.Repo != "" {
 		b.WriteString(" " + e.Repo)
 		if e.Ref != "" {

@@ -26,6 +26,7 @@ func TestPublicMessage(t *testing.T) {
 		{&Error{Kind: ErrDenied, Upstream: "vendor", Op: "manifest", Repo: "app", Ref: "v1", Status: 401, Code: "UNAUTHORIZED", Message: "token for 10.0.0.3 expired"},
 			"upstream vendor denied airlock access to manifest app:v1"},
 		{&Error{Kind: ErrNotFound, Upstream: "hub", Op: "manifest", Repo: "library/x", Ref: "1", Status: 404}, "upstream hub has no manifest library/x:1"},
+		{&Error{Kind: ErrInvalid, Upstream: "hub", Op: "token", Repo: "app", Err: &refusedError{host: "10.1.1.1", why: "private"}}, "upstream hub sent an invalid response to token for app"},
 		{&Error{Kind: ErrRateLimited, Upstream: "hub", Op: "manifest", Status: 429}, "upstream hub is rate limiting airlock; retry later"},
 		{&Error{Kind: ErrInvalid, Upstream: "hub", Op: "blob", Repo: "app", Ref: "sha256:abc", Message: "upstream sent airlock to a forbidden address",
 			Err: &refusedError{host: "cdn.corp", why: "private"}}, "upstream hub sent an invalid response to blob app@sha256:abc"},

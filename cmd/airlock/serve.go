@@ -193,6 +193,10 @@ func buildUpstreams(cfg *config.Config, m *proxy.Metrics, log *slog.Logger) (*pr
 			IdleTimeout: u.Timeouts.Idle.Std(), HeaderTimeout: u.Timeouts.Header.Std(),
 			MaxBlobTransfers: u.MaxBlobTransfers,
 			Observe:          m.ObserveUpstream,
+			// Redirects and token realms must never lead back into
+			// airlock itself, its admin API least of all.
+			InternalRedirectHosts: u.InternalRedirectHosts,
+			SelfAddrs:             []string{cfg.Listen, cfg.Admin.Listen},
 		})
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("upstreams[%d] (%s): %w", i, u.Name, err)
@@ -232,6 +236,7 @@ func upstreamTransport(u *config.Upstream) (http.RoundTripper, error) {
 	t.TLSClientConfig = tc
 	t.DisableCompression = true
 	t.MaxIdleConnsPerHost = 32
+	t.MaxResponseHeaderBytes = upstream.MaxResponseHeaderBytes
 	t.ResponseHeaderTimeout = u.Timeouts.Header.Std()
 	return t, nil
 }

@@ -6,9 +6,10 @@
 // A *Config returned by [Load], [Parse] or [Default] is complete and valid:
 // every field with a documented default holds a value, every listen address
 // parses, every upstream has a unique name that is a single path segment
-// and an http or https URL, at most one upstream is the default, and each
-// alias belongs to one upstream and is neither another upstream's name nor
-// its URL host, so [Config.UpstreamForHost] is unambiguous. Code that
+// and an http or https URL, no two upstreams share a URL host, at most one
+// upstream is the default, and each alias belongs to one upstream and is
+// neither another upstream's name nor its URL host, so
+// [Config.UpstreamForHost] is unambiguous. Code that
 // receives such a Config need not check these again.
 //
 // Decoding is strict. A key that airlock does not know is an error naming

@@ -71,6 +71,7 @@ func TestValidationErrors(t *testing.T) {
 		{"alias duplicate", up("    aliases: [docker.io]\n  - name: b\n    url: https://b.example\n    aliases: [Docker.IO]\n"), `upstreams[1].aliases[0]: "docker.io" is already an alias of upstreams[0]`, 7},
 		{"alias is a name", up("  - name: b\n    url: https://b.example\n    aliases: [hub]\n"), `upstreams[1].aliases[0]: "hub" is the name of upstreams[0]`, 6},
 		{"alias is a host", up("  - name: b\n    url: https://b.example\n    aliases: [hub.example]\n"), `upstreams[0].url: host "hub.example" is an alias of upstreams[1]`, 3},
+		{"two upstreams one host", up("  - name: b\n    url: https://HUB.example/\n"), `upstreams[1].url: host "hub.example" is already the host of upstreams[0]`, 5},
 		{"alias not host", up("    aliases: [\"https://docker.io\"]\n"), `upstreams[0].aliases[0]: "https://docker.io" is not a registry host`, 4},
 		{"repositories empty", up("    repositories: []\n"), "upstreams[0].repositories: an empty list allows nothing", 4},
 		{"glob bad", up("    repositories: [ok/*, \"lib/[a\"]\n"), "upstreams[0].repositories[1]: malformed glob", 4},

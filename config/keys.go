@@ -274,6 +274,22 @@ func (k *keyIndex) mistyped(line int, msg string) (key, want, got string, ok boo
 	return key, want, got, found == 1
 }
 
+// mappingWithKey returns the path of the mapping in which key is written
+// at line.
+func (k *keyIndex) mappingWithKey(key string, line int) (string, bool) {
+	for path, v := range k.values {
+		if v.node.Kind != yaml.MappingNode {
+			continue
+		}
+		for i := 0; i+1 < len(v.node.Content); i += 2 {
+			if kn := v.node.Content[i]; kn.Value == key && kn.Line == line {
+				return path, true
+			}
+		}
+	}
+	return "", false
+}
+
 // fits reports whether the decoder accepts n for t whatever its content:
 // a mapping for a struct or map, a list for a slice, or anything for a type
 // with its own decoder, which words its own errors (see unmarshalerAt).

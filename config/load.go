@@ -167,8 +167,9 @@ func locate(name string, keys *keyIndex, errs []error) error {
 }
 
 var (
-	yamlLineRE = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
-	notFoundRE = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
+	yamlLineRE  = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+	notFoundRE  = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
+	duplicateRE = regexp.MustCompile(`^mapping key "(.*)" already defined at line \d+$`)
 	// mistypedRE is the decoder's message for a value of the wrong kind:
 	// "cannot unmarshal !!str `lots` into int", the value cut at ten bytes.
 	mistypedRE = regexp.MustCompile("^cannot unmarshal (!!\\w+)(?: `(.*)`)? into .+$")
@@ -218,6 +219,12 @@ func (d *document) addDecodeErrors(te *yaml.TypeError) {
 			}
 			d.problems = append(d.problems, &fieldError{key: key, line: line, msg: fmt.Sprintf("want %s, got %s", want, got)})
 			continue
+		}
+		if dup := duplicateRE.FindStringSubmatch(text); dup != nil {
+			// The decoder leaves a mapping with a duplicate key undecoded.
+			if mapping, ok := d.keys.mappingWithKey(dup[1], line); ok {
+				d.undecodable = append(d.undecodable, mapping)
+			}
 		}
 		key := d.keys.unmarshalerAt(line, text)
 		if key == "" {

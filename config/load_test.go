@@ -132,6 +132,16 @@ func TestMisspeltKeyNotAlsoMissing(t *testing.T) {
 	}
 }
 
+// TestDuplicateKeyNotAlsoMissing: the decoder skips a mapping with a
+// duplicate key, and what it skipped must not be reported as missing.
+func TestDuplicateKeyNotAlsoMissing(t *testing.T) {
+	t.Parallel()
+	_, err := Parse("airlock.yaml", []byte("listen: :5000\nlisten: :5001\nupstreams:\n  - {name: hub, url: https://hub.example}\n"))
+	if err == nil || strings.Count(err.Error(), "\n") != 0 || !strings.Contains(err.Error(), `airlock.yaml:2: listen: mapping key "listen" already defined at line 1`) {
+		t.Errorf("error = %v; want only the duplicate key", err)
+	}
+}
+
 func TestPoliciesKeptAsNodes(t *testing.T) {
 	t.Parallel()
 	c, err := Parse("p.yaml", []byte(`

@@ -329,7 +329,7 @@ func (g *gateway) reload(path string) {
 		g.log.Warn("SIGHUP ignored: running the embedded default, there is no file to reload")
 		return
 	}
-	cfg, err := config.Load(path)
+	cfg, err := loadConfig(path)
 	if err != nil {
 		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
 		return

@@ -178,19 +178,27 @@ func (k *keyIndex) walkMerge(n *yaml.Node, t reflect.Type, path string) []error 
 func yamlFields(t reflect.Type) map[string]reflect.Type {
 	fields := make(map[string]reflect.Type, t.NumField())
 	for f := range t.Fields() {
-		if !f.IsExported() {
-			continue
+		if name := yamlName(f); name != "" {
+			fields[name] = f.Type
 		}
-		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if name == "-" {
-			continue
-		}
-		if name == "" {
-			name = strings.ToLower(f.Name)
-		}
-		fields[name] = f.Type
 	}
 	return fields
+}
+
+// yamlName is the key field f is written as, or "" when it is not read
+// from YAML.
+func yamlName(f reflect.StructField) string {
+	if !f.IsExported() {
+		return ""
+	}
+	name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+	switch name {
+	case "-":
+		return ""
+	case "":
+		return strings.ToLower(f.Name)
+	}
+	return name
 }
 
 // unknownKey words the error for key found where fields are expected:

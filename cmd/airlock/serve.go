@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -47,11 +48,14 @@ func newServeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			log := newLogger(cfg.Log, os.Stderr)
+			level := new(slog.LevelVar)
+			level.Set(cfg.Log.SlogLevel())
+			log := newLogger(cfg.Log.Format, level, os.Stderr)
 			g, err := newGateway(cmd.Context(), cfg, log)
 			if err != nil {
 				return err
 			}
+			g.logLevel = level
 			return g.run(cmd.Context(), path)
 		},
 	}
@@ -59,9 +63,10 @@ func newServeCommand() *cobra.Command {
 	return cmd
 }
 
-func newLogger(c config.Log, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: c.SlogLevel()}
-	if c.Format == config.FormatText {
+// newLogger writes to w in format at level, which SIGHUP may change.
+func newLogger(format string, level slog.Leveler, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == config.FormatText {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
@@ -69,21 +74,28 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 
 // gateway is one running airlock: its stores, its proxy and its listeners.
 type gateway struct {
-	cfg     *config.Config
-	log     *slog.Logger
-	meta    *metadata.DB
-	blobs   *storage.Blobs
-	proxy   *proxy.Proxy
-	metrics *proxy.Metrics
-	promReg *prometheus.Registry
-	ready   atomic.Bool
+	// cfg is the configuration the gateway runs with: what it started
+	// with, plus the shutdown settings of the last reload. Only run and
+	// reload, on one goroutine, use it after start.
+	cfg *config.Config
+	// loaded is the configuration last read, at start or on SIGHUP.
+	loaded *config.Config
+	// logLevel, when set, is the level of log, changed by reload.
+	logLevel *slog.LevelVar
+	log      *slog.Logger
+	meta     *metadata.DB
+	blobs    *storage.Blobs
+	proxy    *proxy.Proxy
+	metrics  *proxy.Metrics
+	promReg  *prometheus.Registry
+	ready    atomic.Bool
 	// stopTracing flushes spans at exit.
 	stopTracing func(context.Context) error
 	evictor     *evict.Evictor
 }
 
 func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gateway, error) {
-	g := &gateway{cfg: cfg, log: log, promReg: prometheus.NewRegistry()}
+	g := &gateway{cfg: cfg, loaded: cfg, log: log, promReg: prometheus.NewRegistry()}
 	g.promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	g.metrics = proxy.NewMetrics(g.promReg)
 
@@ -321,9 +333,12 @@ loop:
 	return nil
 }
 
-// reload applies a changed configuration's upstreams, credentials and
-// allow-lists. A configuration that does not load is refused and the
-// running one stays.
+// reload applies a changed configuration's upstreams, credentials,
+// allow-lists, tag TTL, cache size, log level and shutdown timings. A
+// configuration that does not load is refused and the running one stays.
+// Other keys cannot change under a running process (listeners, storage,
+// TLS, ...): each that changed is logged as needing a restart, so "reloaded"
+// never hides a setting that is not in force.
 func (g *gateway) reload(path string) {
 	if path == "" {
 		g.log.Warn("SIGHUP ignored: running the embedded default, there is no file to reload")
@@ -341,7 +356,42 @@ func (g *gateway) reload(path string) {
 	}
 	g.proxy.Reload(rt, regs, ttls, cfg.Cache.TagTTL.Std())
 	g.evictor.SetMaxBytes(cfg.Cache.MaxSize.Bytes())
-	g.log.Info("configuration reloaded", slog.String("config", path), slog.Int("upstreams", len(cfg.Upstreams)))
+	if g.logLevel != nil {
+		g.logLevel.Set(cfg.Log.SlogLevel())
+	}
+
+	var applied, restart []string
+	for _, key := range config.Diff(g.loaded, cfg) {
+		if reloadable(key) {
+			applied = append(applied, key)
+		}
+	}
+	// Against the running configuration, so that a change undone before
+	// the next reload stops being reported.
+	for _, key := range config.Diff(g.cfg, cfg) {
+		if !reloadable(key) {
+			restart = append(restart, key)
+			g.log.Warn("configuration key changed but takes effect only after a restart; the running value stays",
+				slog.String("key", key), slog.String("config", path))
+		}
+	}
+	g.cfg.Shutdown = cfg.Shutdown
+	g.loaded = cfg
+	g.log.Info("configuration reloaded", slog.String("config", path), slog.Int("upstreams", len(cfg.Upstreams)),
+		slog.Any("applied", applied), slog.Any("needsRestart", restart))
+}
+
+// reloadable reports whether reload applies a change of key to the
+// running gateway. Everything else (listen, tls, storage, admin, log.format,
+// tracing, cache.maxManifestBytes, cache.evictInterval, policies, and any
+// key added without being listed here) is read once at start.
+func reloadable(key string) bool {
+	for _, live := range []string{"upstreams", "cache.tagTTL", "cache.maxSize", "log.level", "shutdown"} {
+		if key == live || strings.HasPrefix(key, live+".") || strings.HasPrefix(key, live+"[") {
+			return true
+		}
+	}
+	return false
 }
 
 func (g *gateway) health(w http.ResponseWriter, _ *http.Request) {

@@ -83,6 +83,7 @@ type gateway struct {
 	// logLevel, when set, is the level of log, changed by reload.
 	logLevel *slog.LevelVar
 	log      *slog.Logger
+	build    buildInfo
 	meta     *metadata.DB
 	blobs    *storage.Blobs
 	proxy    *proxy.Proxy
@@ -95,8 +96,9 @@ type gateway struct {
 }
 
 func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gateway, error) {
-	g := &gateway{cfg: cfg, loaded: cfg, log: log, promReg: prometheus.NewRegistry()}
-	g.promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	g := &gateway{cfg: cfg, loaded: cfg, log: log, promReg: prometheus.NewRegistry(), build: readBuildInfo()}
+	g.promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		g.build.collector())
 	g.metrics = proxy.NewMetrics(g.promReg)
 
 	if err := os.MkdirAll(cfg.Storage.Path, 0o750); err != nil {
@@ -278,8 +280,9 @@ func (g *gateway) run(ctx context.Context, configPath string) error {
 	evictDone := make(chan struct{})
 	go func() { defer close(evictDone); g.evictor.Run(evictCtx, g.cfg.Cache.EvictInterval.Std()) }()
 	g.ready.Store(true)
-	g.log.Info("airlock serving", slog.String("registry", regLn.Addr().String()),
-		slog.String("admin", adminLn.Addr().String()), slog.Int("upstreams", len(g.cfg.Upstreams)),
+	g.log.Info("airlock serving", slog.String("version", g.build.Version), slog.String("commit", g.build.CommitLabel()),
+		slog.String("registry", regLn.Addr().String()), slog.String("admin", adminLn.Addr().String()),
+		slog.String("config", displayPath(configPath)), slog.Any("upstreams", upstreamSummaries(g.cfg)),
 		slog.String("storage", g.cfg.Storage.Path))
 
 	hup := make(chan os.Signal, 1)
@@ -331,6 +334,20 @@ loop:
 		return serveErr
 	}
 	return nil
+}
+
+// upstreamSummary names an upstream in the start-up log line.
+type upstreamSummary struct {
+	Name string `json:"name"`
+	Host string `json:"host"`
+}
+
+func upstreamSummaries(cfg *config.Config) []upstreamSummary {
+	out := make([]upstreamSummary, len(cfg.Upstreams))
+	for i := range cfg.Upstreams {
+		out[i] = upstreamSummary{Name: cfg.Upstreams[i].Name, Host: cfg.Upstreams[i].Host()}
+	}
+	return out
 }
 
 // reload applies a changed configuration's upstreams, credentials,

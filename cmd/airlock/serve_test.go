@@ -274,6 +274,61 @@ func (b *syncBuffer) Reset() {
 	b.buf.Reset()
 }
 
+// TestStartupLineAndBuildInfo checks what an operator sees first: the
+// start-up line names the build, the config file, the listeners and the
+// upstreams, and /metrics carries airlock_build_info.
+func TestStartupLineAndBuildInfo(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "airlock.yaml")
+	regAddr, adminAddr := freeAddr(t), freeAddr(t)
+	if err := os.WriteFile(path, []byte(`
+listen: "`+regAddr+`"
+admin: {listen: "`+adminAddr+`"}
+storage: {path: "`+filepath.Join(dir, "data")+`"}
+shutdown: {drainTimeout: 5s}
+upstreams:
+  - {name: hub, url: "https://registry-1.docker.io", default: true}
+  - {name: vendor, url: "https://registry.vendor.example:8443"}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := runGateway(t, path)
+	var line map[string]any
+	for deadline := time.Now().Add(10 * time.Second); line == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no start-up line; log:\n%s", logs.String())
+		}
+		for _, l := range strings.Split(logs.String(), "\n") {
+			var rec map[string]any
+			if json.Unmarshal([]byte(l), &rec) == nil && rec["msg"] == "airlock serving" {
+				line = rec
+			}
+		}
+	}
+	info := readBuildInfo()
+	for key, want := range map[string]string{
+		"version": info.Version, "commit": info.CommitLabel(), "config": path,
+		"registry": regAddr, "admin": adminAddr,
+		"upstreams": "[map[host:registry-1.docker.io name:hub] map[host:registry.vendor.example:8443 name:vendor]]",
+	} {
+		if got := fmt.Sprint(line[key]); got != want {
+			t.Errorf("start-up line %s = %s, want %s", key, got, want)
+		}
+	}
+
+	resp, err := http.Get("http://" + adminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	want := fmt.Sprintf(`airlock_build_info{commit=%q,goversion=%q,version=%q} 1`, info.CommitLabel(), info.GoVersion, info.Version)
+	if !strings.Contains(string(body), want) {
+		t.Errorf("/metrics lacks %s", want)
+	}
+}
+
 // runGateway starts the gateway of the file at path until the test ends
 // and returns its log.
 func runGateway(t *testing.T, path string) *syncBuffer {

@@ -250,6 +250,12 @@ func upstreamTransport(u *config.Upstream) (http.RoundTripper, error) {
 	return t, nil
 }
 
+// maxHeaderBytes bounds the request line and headers of one request on
+// either listener; a larger request gets 431. Registry clients send a few
+// KiB at most (a bearer token and an Accept list); http.Server's default of
+// 1 MiB lets an unauthenticated client make every request expensive.
+const maxHeaderBytes = 64 << 10
+
 // run serves until ctx ends, then drains: readiness turns false, in-flight
 // requests and fills finish within shutdown.drainTimeout, stores close.
 func (g *gateway) run(ctx context.Context, configPath string) error {
@@ -263,9 +269,9 @@ func (g *gateway) run(ctx context.Context, configPath string) error {
 		return fmt.Errorf("admin.listen %s: %w", g.cfg.Admin.Listen, err)
 	}
 	regSrv := &http.Server{Handler: g.registryHandler(), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
-		ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)}
+		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)}
 	adminSrv := &http.Server{Handler: g.adminHandler(), ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)}
+		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)}
 
 	errc := make(chan error, 2)
 	go func() {

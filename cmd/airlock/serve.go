@@ -41,7 +41,8 @@ func newServeCommand() *cobra.Command {
 		Short: "Run the registry gateway",
 		Long: "Run the registry gateway. Without --config it runs the embedded default: the registry API on :5000,\n" +
 			"the admin API on 127.0.0.1:5001, Docker Hub (default), gcr.io and quay.io upstreams, data in ./airlock-data.\n" +
-			"SIGHUP reloads upstreams, credentials, allow-lists and cache limits from --config; SIGTERM drains in-flight pulls and exits.",
+			"SIGHUP reloads upstreams, credentials, allow-lists, cache.tagTTL, cache.maxSize, log.level and shutdown from --config,\n" +
+			"and logs a warning for each changed key that needs a restart; SIGTERM drains in-flight pulls and exits.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(path)

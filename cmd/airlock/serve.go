@@ -75,25 +75,27 @@ func newLogger(format string, level slog.Leveler, w io.Writer) *slog.Logger {
 
 // gateway is one running airlock: its stores, its proxy and its listeners.
 type gateway struct {
-	// cfg is the configuration the gateway runs with: what it started
-	// with, plus the shutdown settings of the last reload. Only run and
-	// reload, on one goroutine, use it after start.
-	cfg *config.Config
-	// loaded is the configuration last read, at start or on SIGHUP.
-	loaded *config.Config
-	// logLevel, when set, is the level of log, changed by reload.
-	logLevel *slog.LevelVar
-	log      *slog.Logger
-	build    buildInfo
-	meta     *metadata.DB
-	blobs    *storage.Blobs
-	proxy    *proxy.Proxy
-	metrics  *proxy.Metrics
-	promReg  *prometheus.Registry
-	ready    atomic.Bool
+	cfg     *config.Config
+	log     *slog.Logger
+	meta    *metadata.DB
+	blobs   *storage.Blobs
+	proxy   *proxy.Proxy
+	metrics *proxy.Metrics
+	promReg *prometheus.Registry
+	ready   atomic.Bool
 	// stopTracing flushes spans at exit.
 	stopTracing func(context.Context) error
 	evictor     *evict.Evictor
+
+	// cfg above is what the gateway runs with: what it started with, plus
+	// the shutdown settings of the last reload. loaded is the
+	// configuration last read, at start or on SIGHUP. After start only run
+	// and reload, on one goroutine, use either.
+	loaded *config.Config
+	// logLevel, when set, is the level of log; reload changes it.
+	logLevel *slog.LevelVar
+	// build is what airlock version prints.
+	build buildInfo
 }
 
 func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gateway, error) {

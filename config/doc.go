@@ -26,8 +26,8 @@
 //	airlock.yaml:15: upstreams[1].maxBlobTransfers: want an integer, got "lots"
 //
 // [Open] with [ScopeHost] adds the checks that need the machine airlock
-// runs on (the TLS, CA and credentials files exist and load, storage.path
-// can be written) to the same list. It is the one path `airlock serve`,
+// runs on (the listen hosts are its own, the TLS, CA and credentials files
+// exist and load, storage.path can be written) to the same list. It is the one path `airlock serve`,
 // SIGHUP and `airlock config check` take, so a file check passes is one
 // serve starts with. [Diff] names the keys two configurations differ in,
 // which a reload uses to say which changes need a restart.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -20,7 +21,7 @@ const (
 	// a file whose Secrets are mounted only where airlock runs.
 	ScopeDocument Scope = iota
 	// ScopeHost also checks what serving the file needs from this machine:
-	// the TLS key pair loads, every CA bundle holds a certificate, every
+	// the listen hosts are addresses of it, the TLS key pair loads, every CA bundle holds a certificate, every
 	// credentials file and admin.tokenFile is readable and not empty (or
 	// the environment variables are set), and storage.path can be written
 	// or created. A configuration that passes is one serve starts with.
@@ -66,6 +67,8 @@ func Open(path string, scope Scope) (*Config, error) {
 // file as serve would, and reports what is wrong without its content.
 func (c *Config) hostProblems() []error {
 	var p problems
+	p.localAddr("listen", c.Listen)
+	p.localAddr("admin.listen", c.Admin.Listen)
 	if c.TLS.CertFile != "" && c.TLS.KeyFile != "" {
 		cert, certOK := p.readFile("tls.certFile", c.TLS.CertFile)
 		key, keyOK := p.readFile("tls.keyFile", c.TLS.KeyFile)
@@ -121,6 +124,27 @@ func (a Auth) checkHost(p *problems, key string) {
 			}
 		}
 	}
+}
+
+// localAddr checks that the host of addr is an address of this machine
+// (or a name resolving to one) by binding it on a free port. Binding the
+// configured port itself would fail on a reload, where the running airlock
+// holds it.
+func (p *problems) localAddr(key, addr string) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return // reported by validation, or all interfaces
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		reason := err
+		if oe, ok := errors.AsType[*net.OpError](err); ok {
+			reason = oe.Err
+		}
+		p.add(key, "cannot listen on %s on this machine (%v); use one of its addresses, or leave the host out to listen on all interfaces", host, reason)
+		return
+	}
+	l.Close()
 }
 
 // readFile reads the file configured at key, or adds why it cannot.

@@ -16,8 +16,9 @@ func newConfigCommand() *cobra.Command {
 		Use:   "check",
 		Short: "Validate a configuration file and explain what is wrong",
 		Long: "Validate a configuration file as serve and SIGHUP do, and list every problem with its line and key.\n" +
-			"Besides the file itself this checks what it names on this machine: TLS, CA and credentials files,\n" +
-			"admin.tokenFile and a writable storage.path. Use --static where those are not present, as in CI.",
+			"Besides the file itself this checks what it names on this machine: the listen hosts, TLS, CA and\n" +
+			"credentials files, admin.tokenFile and a writable storage.path. Use --static where those are not\n" +
+			"present, as in CI.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			scope := config.ScopeHost

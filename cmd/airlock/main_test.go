@@ -160,6 +160,11 @@ func TestCheckAndServeRefuseTheSame(t *testing.T) {
 			[]string{"storage.path: cannot create " + filepath.Join(aFile, "data") + ": " + aFile + " is a file"}},
 		{"storage path is a file", strings.Replace(file("", ""), filepath.Join(dir, "data"), aFile, 1),
 			[]string{"storage.path: " + aFile + " is not a directory"}},
+		// 192.0.2.0/24 is TEST-NET-1, never an address of this machine.
+		{"listen on another machine's address", strings.Replace(file("", ""), "listen: 127.0.0.1:0", "listen: 192.0.2.1:5000", 1),
+			[]string{"listen: cannot listen on 192.0.2.1 on this machine"}},
+		{"admin listen on another machine's address", strings.Replace(file("", ""), "{listen: 127.0.0.1:0}", "{listen: \"192.0.2.1:5001\"}", 1),
+			[]string{"admin.listen: cannot listen on 192.0.2.1 on this machine"}},
 		{"two upstreams on one host", file("", "  - name: hub2\n    url: https://HUB.example\n"),
 			[]string{`upstreams[1].url: host "hub.example" is already the host of upstreams[0]`}},
 		{"every problem at once", file("tls: {certFile: "+absent+", keyFile: "+keyFile+"}\nlog: {level: loud}\n",

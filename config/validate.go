@@ -136,11 +136,20 @@ func (c *Config) checkUpstreams(p *problems) {
 			aliases[alias] = i
 		}
 	}
+	hosts := map[string]int{} // URL host -> index
 	for i := range c.Upstreams {
 		host := c.Upstreams[i].Host()
-		if j, ok := aliases[host]; ok && j != i && host != "" {
+		if host == "" {
+			continue
+		}
+		if j, ok := aliases[host]; ok && j != i {
 			p.add(fmt.Sprintf("upstreams[%d].url", i), "host %q is an alias of upstreams[%d]; remove that alias so the host routes to one upstream", host, j)
 		}
+		if j, ok := hosts[host]; ok {
+			p.add(fmt.Sprintf("upstreams[%d].url", i), "host %q is already the host of upstreams[%d]; a pull naming it (?ns=%s) would have two upstreams to go to, so give each registry one entry and list every repository it serves there", host, j, host)
+			continue
+		}
+		hosts[host] = i
 	}
 }
 

@@ -71,6 +71,7 @@ func TestValidationErrors(t *testing.T) {
 		{"alias duplicate", up("    aliases: [docker.io]\n  - name: b\n    url: https://b.example\n    aliases: [Docker.IO]\n"), `upstreams[1].aliases[0]: "docker.io" is already an alias of upstreams[0]`, 7},
 		{"alias is a name", up("  - name: b\n    url: https://b.example\n    aliases: [hub]\n"), `upstreams[1].aliases[0]: "hub" is the name of upstreams[0]`, 6},
 		{"alias is a host", up("  - name: b\n    url: https://b.example\n    aliases: [hub.example]\n"), `upstreams[0].url: host "hub.example" is an alias of upstreams[1]`, 3},
+		{"two upstreams one host", up("  - name: b\n    url: https://HUB.example/\n"), `upstreams[1].url: host "hub.example" is already the host of upstreams[0]`, 5},
 		{"alias not host", up("    aliases: [\"https://docker.io\"]\n"), `upstreams[0].aliases[0]: "https://docker.io" is not a registry host`, 4},
 		{"redirect host scheme", up("    internalRedirectHosts: [ok.example, \"https://cdn.example\"]\n"), `upstreams[0].internalRedirectHosts[1]: "https://cdn.example" is not a host name or IP address`, 4},
 		{"redirect host port", up("    internalRedirectHosts: [\"cdn.example:443\"]\n"), `upstreams[0].internalRedirectHosts[0]: "cdn.example:443" is not a host name`, 4},

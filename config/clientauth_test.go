@@ -96,7 +96,7 @@ func TestClientAuthLoadUsers(t *testing.T) {
 	}{
 		{"off", ClientAuth{}, nil},
 		{"good", ClientAuth{Htpasswd: good, Upstreams: map[string][]string{"hub": {"bob"}}}, nil},
-		{"missing file", ClientAuth{Htpasswd: missing}, []string{"auth.htpasswd: htpasswd file: open " + missing, "Secret"}},
+		{"missing file", ClientAuth{Htpasswd: missing}, []string{"auth.htpasswd: " + missing + ": no such file or directory", "Secret"}},
 		{"md5 line", ClientAuth{Htpasswd: md5}, []string{"auth.htpasswd: " + md5 + `:2: invalid htpasswd file: user "bob": the password hash is Apache MD5 ($apr1$), not bcrypt`, "htpasswd -B"}},
 		{"no users", ClientAuth{Htpasswd: empty}, []string{"auth.htpasswd: " + empty + " holds no users"}},
 		{"unknown user", ClientAuth{Htpasswd: good, Upstreams: map[string][]string{"hub": {"alice", "alcie"}}},
@@ -120,5 +120,31 @@ func TestClientAuthLoadUsers(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestClientAuthOpen: config check, serve and SIGHUP (config.Open with
+// ScopeHost) read the htpasswd file and name the bad line; the document
+// scope, for CI without the Secret, does not.
+func TestClientAuthOpen(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	htpasswd := filepath.Join(dir, "htpasswd")
+	if err := os.WriteFile(htpasswd, []byte("alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "airlock.yaml")
+	doc := fmt.Sprintf("storage: {path: %s}\nauth:\n  htpasswd: %s\nupstreams:\n  - {name: hub, url: https://hub.example}\n",
+		filepath.Join(dir, "data"), htpasswd)
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(path, ScopeDocument); err != nil {
+		t.Fatalf("document scope: %v", err)
+	}
+	_, err := Open(path, ScopeHost)
+	want := fmt.Sprintf("%s:3: auth.htpasswd: %s:1: invalid htpasswd file: user \"alice\": the password hash is SHA-1", path, htpasswd)
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("host scope: %v\nwant it to contain:\n%s", err, want)
 	}
 }

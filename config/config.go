@@ -257,6 +257,15 @@ type Upstream struct {
 	// ask, so this bounds distinct layers, not clients. 0 or absent means
 	// no bound.
 	MaxBlobTransfers int `yaml:"maxBlobTransfers"`
+
+	// InternalRedirectHosts are hosts (DNS names or IP literals, without
+	// port) on loopback or private addresses that this upstream's redirects
+	// and token realms may lead to, such as an in-house CDN. Other hops to
+	// such addresses are refused unless the upstream itself is on an
+	// address of the same kind; link-local and unspecified addresses (cloud
+	// metadata) and airlock's own listeners are refused whatever this says.
+	// Default: none.
+	InternalRedirectHosts []string `yaml:"internalRedirectHosts"`
 }
 
 // Timeouts bound waits on an upstream.

@@ -245,7 +245,7 @@ func TestDurationYAML(t *testing.T) {
 		{in: `0`, want: 0},
 		{in: `30`, err: `"30" is not a duration`},
 		{in: `soon`, err: `"soon" is not a duration`},
-		{in: `[1s]`, err: "expected a duration"},
+		{in: `[1s]`, err: "want a duration"},
 	} {
 		var v struct {
 			D Duration `yaml:"d"`

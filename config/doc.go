@@ -6,9 +6,10 @@
 // A *Config returned by [Load], [Parse] or [Default] is complete and valid:
 // every field with a documented default holds a value, every listen address
 // parses, every upstream has a unique name that is a single path segment
-// and an http or https URL, at most one upstream is the default, and each
-// alias belongs to one upstream and is neither another upstream's name nor
-// its URL host, so [Config.UpstreamForHost] is unambiguous. Code that
+// and an http or https URL, no two upstreams share a URL host, at most one
+// upstream is the default, and each alias belongs to one upstream and is
+// neither another upstream's name nor its URL host, so
+// [Config.UpstreamForHost] is unambiguous. Code that
 // receives such a Config need not check these again.
 //
 // Decoding is strict. A key that airlock does not know is an error naming
@@ -22,6 +23,14 @@
 // edit, and each wrapping [ErrInvalid]:
 //
 //	airlock.yaml:14: upstreams[1].url: scheme must be http or https, as in https://quay.io
+//	airlock.yaml:15: upstreams[1].maxBlobTransfers: want an integer, got "lots"
+//
+// [Open] with [ScopeHost] adds the checks that need the machine airlock
+// runs on (the listen hosts are its own, the TLS, CA and credentials files
+// exist and load, storage.path can be written) to the same list. It is the one path `airlock serve`,
+// SIGHUP and `airlock config check` take, so a file check passes is one
+// serve starts with. [Diff] names the keys two configurations differ in,
+// which a reload uses to say which changes need a restart.
 //
 // # Secrets
 //

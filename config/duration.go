@@ -21,7 +21,7 @@ func (d Duration) String() string { return time.Duration(d).String() }
 // UnmarshalYAML parses a duration string.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		return typeError(n, "expected a duration such as \"30s\" or \"5m\"")
+		return typeError(n, "want a duration such as \"30s\" or \"5m\", got "+describeNode(n))
 	}
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {

@@ -17,13 +17,27 @@ var (
 )
 
 // keyIndex knows, for one YAML document, the line of every key path
-// ("upstreams[1].auth.usernameFile") it contains. It is how errors found on
-// the decoded struct are reported at the line a user has to edit.
+// ("upstreams[1].auth.usernameFile") it contains, and the value written
+// there with the Go type it decodes into. It is how errors found on the
+// decoded struct, or by the decoder, are reported at the key and the line a
+// user has to edit.
 type keyIndex struct {
-	lines map[string]int
+	lines  map[string]int
+	values map[string]keyValue
+	// misspelt are the key paths that unknown keys were probably meant to
+	// be ("upstreams" for "upstream").
+	misspelt []string
 }
 
-func newKeyIndex() *keyIndex { return &keyIndex{lines: map[string]int{}} }
+// keyValue is the node written at a key path and the type it decodes into.
+type keyValue struct {
+	node *yaml.Node
+	typ  reflect.Type
+}
+
+func newKeyIndex() *keyIndex {
+	return &keyIndex{lines: map[string]int{}, values: map[string]keyValue{}}
+}
 
 // lineOf returns the line of key, or of its nearest enclosing key when key
 // itself is absent (a required key that was left out), or 0.
@@ -87,7 +101,8 @@ func (k *keyIndex) walk(n *yaml.Node, t reflect.Type, path string) []error {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	if t == nodeType || reflect.PointerTo(t).Implements(unmarshalerType) {
+	k.values[path] = keyValue{node: n, typ: t}
+	if isUnmarshaler(t) {
 		return nil
 	}
 	switch t.Kind() {
@@ -133,7 +148,11 @@ func (k *keyIndex) walkStruct(n *yaml.Node, t reflect.Type, path string) []error
 		}
 		ft, ok := fields[key.Value]
 		if !ok {
-			errs = append(errs, &fieldError{line: key.Line, msg: unknownKey(key.Value, path, fields)})
+			msg, meant := unknownKey(key.Value, path, fields)
+			if meant != "" {
+				k.misspelt = append(k.misspelt, join(path, meant))
+			}
+			errs = append(errs, &fieldError{line: key.Line, msg: msg})
 			continue
 		}
 		p := join(path, key.Value)
@@ -159,24 +178,33 @@ func (k *keyIndex) walkMerge(n *yaml.Node, t reflect.Type, path string) []error 
 func yamlFields(t reflect.Type) map[string]reflect.Type {
 	fields := make(map[string]reflect.Type, t.NumField())
 	for f := range t.Fields() {
-		if !f.IsExported() {
-			continue
+		if name := yamlName(f); name != "" {
+			fields[name] = f.Type
 		}
-		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if name == "-" {
-			continue
-		}
-		if name == "" {
-			name = strings.ToLower(f.Name)
-		}
-		fields[name] = f.Type
 	}
 	return fields
 }
 
+// yamlName is the key field f is written as, or "" when it is not read
+// from YAML.
+func yamlName(f reflect.StructField) string {
+	if !f.IsExported() {
+		return ""
+	}
+	name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+	switch name {
+	case "-":
+		return ""
+	case "":
+		return strings.ToLower(f.Name)
+	}
+	return name
+}
+
 // unknownKey words the error for key found where fields are expected:
 // the closest known key if one is near, otherwise the list of known keys.
-func unknownKey(key, path string, fields map[string]reflect.Type) string {
+// meant is that closest key, or "".
+func unknownKey(key, path string, fields map[string]reflect.Type) (msg, meant string) {
 	where := ""
 	if path != "" {
 		where = " in " + path
@@ -194,9 +222,9 @@ func unknownKey(key, path string, fields map[string]reflect.Type) string {
 		}
 	}
 	if best != "" {
-		return fmt.Sprintf("unknown key %q%s (did you mean %q?)", key, where, best)
+		return fmt.Sprintf("unknown key %q%s (did you mean %q?)", key, where, best), best
 	}
-	return fmt.Sprintf("unknown key %q%s; known keys are %s", key, where, strings.Join(known, ", "))
+	return fmt.Sprintf("unknown key %q%s; known keys are %s", key, where, strings.Join(known, ", ")), ""
 }
 
 // editDistance is the Levenshtein distance between a and b.
@@ -225,4 +253,128 @@ func join(path, key string) string {
 		return key
 	}
 	return path + "." + key
+}
+
+// mistyped finds the key whose value the decoder refused with msg ("cannot
+// unmarshal !!str `lots` into int" at line) and words the problem as the
+// type the key wants and the value it got. ok is false when msg is another
+// kind of error or no single key at line fits it.
+func (k *keyIndex) mistyped(line int, msg string) (key, want, got string, ok bool) {
+	m := mistypedRE.FindStringSubmatch(msg)
+	if m == nil {
+		return "", "", "", false
+	}
+	tag, value := m[1], m[2]
+	// The decoder cuts long values to seven bytes and "...".
+	prefix, cut := strings.CutSuffix(value, "...")
+	found := 0
+	for path, v := range k.values {
+		n := v.node
+		if n.Line != line || n.ShortTag() != tag || fits(n, v.typ) {
+			continue
+		}
+		if n.Kind == yaml.ScalarNode && n.Value != value && !(cut && strings.HasPrefix(n.Value, prefix)) {
+			continue
+		}
+		key, want, got = path, describeType(v.typ), describeNode(n)
+		found++
+	}
+	return key, want, got, found == 1
+}
+
+// mappingWithKey returns the path of the mapping in which key is written
+// at line.
+func (k *keyIndex) mappingWithKey(key string, line int) (string, bool) {
+	for path, v := range k.values {
+		if v.node.Kind != yaml.MappingNode {
+			continue
+		}
+		for i := 0; i+1 < len(v.node.Content); i += 2 {
+			if kn := v.node.Content[i]; kn.Value == key && kn.Line == line {
+				return path, true
+			}
+		}
+	}
+	return "", false
+}
+
+// fits reports whether the decoder accepts n for t whatever its content:
+// a mapping for a struct or map, a list for a slice, or anything for a type
+// with its own decoder, which words its own errors (see unmarshalerAt).
+func fits(n *yaml.Node, t reflect.Type) bool {
+	if isUnmarshaler(t) {
+		return true
+	}
+	switch n.Kind {
+	case yaml.MappingNode:
+		return t.Kind() == reflect.Struct || t.Kind() == reflect.Map
+	case yaml.SequenceNode:
+		return t.Kind() == reflect.Slice
+	}
+	return false
+}
+
+func isUnmarshaler(t reflect.Type) bool {
+	return t == nodeType || reflect.PointerTo(t).Implements(unmarshalerType)
+}
+
+// unmarshalerAt finds the key at line whose own decoder (a [Duration], a
+// [Size]) refused its value with msg: a collection, or a scalar that msg
+// quotes. It returns "" unless exactly one key fits.
+func (k *keyIndex) unmarshalerAt(line int, msg string) string {
+	key, found := "", 0
+	for path, v := range k.values {
+		n := v.node
+		if n.Line != line || v.typ == nodeType || !isUnmarshaler(v.typ) {
+			continue
+		}
+		if n.Kind == yaml.ScalarNode && !strings.Contains(msg, strconv.Quote(n.Value)) {
+			continue
+		}
+		key = path
+		found++
+	}
+	if found != 1 {
+		return ""
+	}
+	return key
+}
+
+// describeType says in YAML terms what a value of type t is written as.
+func describeType(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.String:
+		return "a string"
+	case reflect.Slice, reflect.Array:
+		return "a list"
+	case reflect.Map, reflect.Struct:
+		return "a mapping of keys to values"
+	}
+	return t.String()
+}
+
+// describeNode names what was written: a quoted string, a plain scalar as
+// written, or the kind of collection.
+func describeNode(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	}
+	v := n.Value
+	if len(v) > 40 {
+		v = v[:37] + "..."
+	}
+	if n.ShortTag() == "!!str" {
+		return strconv.Quote(v)
+	}
+	return v
 }

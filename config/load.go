@@ -35,6 +35,35 @@ func Load(path string) (*Config, error) {
 // Parse is Load for YAML already in memory; name is used in error messages
 // in place of a file name.
 func Parse(name string, data []byte) (*Config, error) {
+	d, err := parseDocument(name, data)
+	if err != nil {
+		return nil, err
+	}
+	if len(d.problems) > 0 {
+		return nil, locate(d.name, d.keys, d.problems)
+	}
+	return &d.cfg, nil
+}
+
+// document is one configuration file read as far as it could be, with
+// every problem found in it. Reading goes on past an unknown key or a value
+// of the wrong type, so that one run of `airlock config check` lists every
+// mistake instead of one per run.
+type document struct {
+	name     string
+	keys     *keyIndex
+	cfg      Config
+	problems []error
+	// undecodable are the key paths whose values the decoder refused. They
+	// hold zero values, so validating them again would only repeat the
+	// complaint in a more confusing form ("required" for a mistyped URL).
+	undecodable []string
+}
+
+// parseDocument decodes data strictly, fills defaults and validates. Its
+// error is for a document that cannot be read at all (YAML syntax); every
+// other problem is collected in the document.
+func parseDocument(name string, data []byte) (*document, error) {
 	if name == "" {
 		name = "config"
 	}
@@ -42,30 +71,53 @@ func Parse(name string, data []byte) (*Config, error) {
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, syntaxError(name, err)
 	}
-	keys := newKeyIndex()
-	if errs := keys.walk(&root, configType, ""); len(errs) > 0 {
-		return nil, locate(name, keys, errs)
+	d := &document{name: name, keys: newKeyIndex()}
+	d.problems = d.keys.walk(&root, configType, "")
+	// A misspelt key leaves the key it meant absent; "upstreams: required"
+	// next to "unknown key upstream (did you mean upstreams?)" says the
+	// same thing twice.
+	for _, meant := range d.keys.misspelt {
+		if _, written := d.keys.lines[meant]; !written {
+			d.undecodable = append(d.undecodable, meant)
+		}
 	}
 
-	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && err != io.EOF {
-		return nil, decodeError(name, keys, err)
+	if err := dec.Decode(&d.cfg); err != nil && err != io.EOF {
+		te, ok := errors.AsType[*yaml.TypeError](err)
+		if !ok {
+			return nil, syntaxError(name, err)
+		}
+		d.addDecodeErrors(te)
 	}
 	// The decoder reads one document; a second one would be ignored
 	// silently, which hides edits made to it.
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err != io.EOF {
-		return nil, &locatedError{name: name, line: extra.Line,
-			err: &fieldError{msg: "a second YAML document (after ---) is not allowed; merge it into the first"}}
+		d.problems = append(d.problems, &fieldError{line: extra.Line,
+			msg: "a second YAML document (after ---) is not allowed; merge it into the first"})
 	}
 
-	c.ApplyDefaults()
-	if errs := c.problems(); len(errs) > 0 {
-		return nil, locate(name, keys, errs)
+	d.cfg.ApplyDefaults()
+	for _, err := range d.cfg.problems() {
+		if fe, ok := errors.AsType[*fieldError](err); ok && d.isUndecodable(fe.key) {
+			continue
+		}
+		d.problems = append(d.problems, err)
 	}
-	return &c, nil
+	return d, nil
+}
+
+// isUndecodable reports whether key is, or lies under, a key whose value
+// the decoder refused.
+func (d *document) isUndecodable(key string) bool {
+	for _, bad := range d.undecodable {
+		if bad == "" || key == bad || strings.HasPrefix(key, bad+".") || strings.HasPrefix(key, bad+"[") {
+			return true
+		}
+	}
+	return false
 }
 
 // locatedError is a problem found at a line of a named file.
@@ -99,8 +151,14 @@ func locate(name string, keys *keyIndex, errs []error) error {
 		}
 		out[i] = &locatedError{name: name, line: line, err: err}
 	}
-	// In file order, so the list reads top to bottom like the file.
-	slices.SortStableFunc(out, func(a, b *locatedError) int { return cmp.Compare(a.line, b.line) })
+	// In file order, so the list reads top to bottom like the file; keys
+	// left out, which have no line, come last.
+	slices.SortStableFunc(out, func(a, b *locatedError) int {
+		if (a.line == 0) != (b.line == 0) {
+			return cmp.Compare(b.line, a.line)
+		}
+		return cmp.Compare(a.line, b.line)
+	})
 	joined := make([]error, len(out))
 	for i, e := range out {
 		joined[i] = e
@@ -109,8 +167,12 @@ func locate(name string, keys *keyIndex, errs []error) error {
 }
 
 var (
-	yamlLineRE = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
-	notFoundRE = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
+	yamlLineRE  = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+	notFoundRE  = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
+	duplicateRE = regexp.MustCompile(`^mapping key "(.*)" already defined at line \d+$`)
+	// mistypedRE is the decoder's message for a value of the wrong kind:
+	// "cannot unmarshal !!str `lots` into int", the value cut at ten bytes.
+	mistypedRE = regexp.MustCompile("^cannot unmarshal (!!\\w+)(?: `(.*)`)? into .+$")
 )
 
 // syntaxError rewrites the YAML parser's "yaml: line N: msg" as "name:N: msg".
@@ -123,31 +185,56 @@ func syntaxError(name string, err error) error {
 	return &locatedError{name: name, err: &fieldError{msg: strings.TrimPrefix(msg, "yaml: ")}}
 }
 
-// decodeError rewrites the decoder's collected "line N: msg" problems as
-// "name:N: key.path: msg", one error per problem.
-func decodeError(name string, keys *keyIndex, err error) error {
-	var te *yaml.TypeError
-	if !errors.As(err, &te) {
-		return syntaxError(name, err)
+// addDecodeErrors turns the decoder's collected "line N: msg" problems into
+// "key.path: msg" problems at line N. Unknown keys were already reported,
+// with better advice, by the key walk.
+func (d *document) addDecodeErrors(te *yaml.TypeError) {
+	unknownAt := map[int]bool{}
+	for _, err := range d.problems {
+		if fe, ok := errors.AsType[*fieldError](err); ok {
+			unknownAt[fe.line] = true
+		}
 	}
-	out := make([]error, 0, len(te.Errors))
 	for _, msg := range te.Errors {
 		m := yamlLineRE.FindStringSubmatch(msg)
 		if m == nil {
-			out = append(out, &locatedError{name: name, err: &fieldError{msg: msg}})
+			d.problems = append(d.problems, &fieldError{msg: msg})
 			continue
 		}
 		line, _ := strconv.Atoi(m[1])
 		text := m[2]
 		if nf := notFoundRE.FindStringSubmatch(text); nf != nil {
-			text = fmt.Sprintf("unknown key %q; remove it or check its spelling", nf[1])
-		} else if key := keys.keyAt(line); key != "" {
+			if !unknownAt[line] {
+				d.problems = append(d.problems, &fieldError{line: line,
+					msg: fmt.Sprintf("unknown key %q; remove it or check its spelling", nf[1])})
+			}
+			continue
+		}
+		if key, want, got, ok := d.keys.mistyped(line, text); ok {
+			d.undecodable = append(d.undecodable, key)
+			if key == "" {
+				d.problems = append(d.problems, &fieldError{line: line,
+					msg: fmt.Sprintf("the configuration must be a mapping of keys such as listen and upstreams, got %s", got)})
+				continue
+			}
+			d.problems = append(d.problems, &fieldError{key: key, line: line, msg: fmt.Sprintf("want %s, got %s", want, got)})
+			continue
+		}
+		if dup := duplicateRE.FindStringSubmatch(text); dup != nil {
+			// The decoder leaves a mapping with a duplicate key undecoded.
+			if mapping, ok := d.keys.mappingWithKey(dup[1], line); ok {
+				d.undecodable = append(d.undecodable, mapping)
+			}
+		}
+		key := d.keys.unmarshalerAt(line, text)
+		if key == "" {
+			key = d.keys.keyAt(line)
+		}
+		if key != "" {
+			// An error from a value's own decoder (a duration, a size).
+			d.undecodable = append(d.undecodable, key)
 			text = key + ": " + text
 		}
-		out = append(out, &locatedError{name: name, line: line, err: &fieldError{msg: text}})
+		d.problems = append(d.problems, &fieldError{line: line, msg: text})
 	}
-	if len(out) == 0 {
-		return &locatedError{name: name, err: &fieldError{msg: err.Error()}}
-	}
-	return errors.Join(out...)
 }

@@ -36,14 +36,14 @@ func TestDecodeErrors(t *testing.T) {
 		{"duration without unit", "shutdown:\n  drainTimeout: 30\n" + ok,
 			[]string{`airlock.yaml:2: shutdown.drainTimeout: "30" is not a duration; write a number with a unit`}},
 		{"wrong type", "cache:\n  maxManifestBytes: lots\n" + ok,
-			[]string{"airlock.yaml:2: cache.maxManifestBytes: cannot unmarshal !!str `lots` into int64"}},
+			[]string{`airlock.yaml:2: cache.maxManifestBytes: want an integer, got "lots"`}},
 		{"several type errors", ok + "    default: maybe\n    retry: {maxAttempts: x}\n",
 			[]string{
-				"airlock.yaml:4: upstreams[0].default: cannot unmarshal !!str `maybe` into bool",
-				"airlock.yaml:5: upstreams[0].retry.maxAttempts: cannot unmarshal !!str `x` into int",
+				`airlock.yaml:4: upstreams[0].default: want true or false, got "maybe"`,
+				`airlock.yaml:5: upstreams[0].retry.maxAttempts: want an integer, got "x"`,
 			}},
 		{"mapping where list expected", "upstreams: {name: hub}\n",
-			[]string{"airlock.yaml:1: upstreams: cannot unmarshal !!map into []config.Upstream"}},
+			[]string{"airlock.yaml:1: upstreams: want a list, got a mapping"}},
 		{"duplicate key", "listen: :5000\nlisten: :5001\n" + ok,
 			[]string{`airlock.yaml:2: listen: mapping key "listen" already defined at line 1`}},
 		{"syntax", "listen: :5000\n  oops: : x\n",
@@ -53,7 +53,20 @@ func TestDecodeErrors(t *testing.T) {
 		{"second document", ok + "---\nlisten: :5000\n",
 			[]string{"airlock.yaml:4: a second YAML document (after ---) is not allowed"}},
 		{"not a mapping", "- a\n- b\n",
-			[]string{"airlock.yaml:1: cannot unmarshal !!seq into config.Config"}},
+			[]string{"airlock.yaml:1: the configuration must be a mapping of keys such as listen and upstreams, got a list"}},
+		// The decoder cuts values at ten bytes; the message shows them whole.
+		{"long value", ok + "    maxBlobTransfers: lotsandlotsoftransfers\n",
+			[]string{`airlock.yaml:4: upstreams[0].maxBlobTransfers: want an integer, got "lotsandlotsoftransfers"`}},
+		// Two keys on one line: the value and the wanted type tell them apart.
+		{"type error in flow mapping", ok + "    timeouts: {header: 1s, idle: [2s]}\n    retry: {maxAttempts: 2, baseDelay: 1s, maxDelay: many}\n",
+			[]string{
+				`airlock.yaml:4: upstreams[0].timeouts.idle: want a duration such as "30s" or "5m", got a list`,
+				`airlock.yaml:5: upstreams[0].retry.maxDelay: "many" is not a duration`,
+			}},
+		{"list where string expected", ok + "    aliases: [{host: docker.io}]\n",
+			[]string{"airlock.yaml:4: upstreams[0].aliases[0]: want a string, got a mapping"}},
+		{"float where bool expected", "tracing: {insecure: 0.5}\n" + ok,
+			[]string{"airlock.yaml:1: tracing.insecure: want true or false, got 0.5"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -70,6 +83,62 @@ func TestDecodeErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestParseReportsEveryProblem checks that an unknown key, a value of the
+// wrong type and an invalid value are reported together: fixing a file
+// must not take one run per mistake.
+func TestParseReportsEveryProblem(t *testing.T) {
+	t.Parallel()
+	_, err := Parse("airlock.yaml", []byte(`listen: ":5000"
+colour: blue
+log: {level: loud}
+upstreams:
+  - name: hub
+    url: https://hub.example
+    maxBlobTransfers: lots
+  - name: b
+    url: [https://b.example]
+`))
+	if err == nil {
+		t.Fatal("Parse accepted a file with four problems")
+	}
+	want := []string{
+		`airlock.yaml:2: unknown key "colour"`,
+		`airlock.yaml:3: log.level: unknown level "loud"`,
+		`airlock.yaml:7: upstreams[0].maxBlobTransfers: want an integer, got "lots"`,
+		`airlock.yaml:9: upstreams[1].url: want a string, got a list`,
+	}
+	got := strings.Split(err.Error(), "\n")
+	if len(got) != len(want) {
+		t.Fatalf("got %d problems, want %d (a mistyped url must not also be reported as missing):\n%v", len(got), len(want), err)
+	}
+	for i := range want {
+		if !strings.HasPrefix(got[i], want[i]) {
+			t.Errorf("problem %d = %q, want it to start with %q", i, got[i], want[i])
+		}
+	}
+}
+
+// TestMisspeltKeyNotAlsoMissing checks that the key a typo was meant to be
+// is not reported again as absent.
+func TestMisspeltKeyNotAlsoMissing(t *testing.T) {
+	t.Parallel()
+	_, err := Parse("airlock.yaml", []byte("upstream:\n  - {name: hub, url: https://hub.example}\n"))
+	if err == nil || strings.Contains(err.Error(), "at least one upstream is required") ||
+		!strings.Contains(err.Error(), `unknown key "upstream" (did you mean "upstreams"?)`) {
+		t.Errorf("error = %v; want only the unknown key", err)
+	}
+}
+
+// TestDuplicateKeyNotAlsoMissing: the decoder skips a mapping with a
+// duplicate key, and what it skipped must not be reported as missing.
+func TestDuplicateKeyNotAlsoMissing(t *testing.T) {
+	t.Parallel()
+	_, err := Parse("airlock.yaml", []byte("listen: :5000\nlisten: :5001\nupstreams:\n  - {name: hub, url: https://hub.example}\n"))
+	if err == nil || strings.Count(err.Error(), "\n") != 0 || !strings.Contains(err.Error(), `airlock.yaml:2: listen: mapping key "listen" already defined at line 1`) {
+		t.Errorf("error = %v; want only the duplicate key", err)
 	}
 }
 

@@ -76,7 +76,7 @@ func (s Size) String() string {
 // UnmarshalYAML parses a size.
 func (s *Size) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		return typeError(n, "expected a size such as \"500GiB\" or a byte count")
+		return typeError(n, "want a size such as \"500GiB\" or a byte count, got "+describeNode(n))
 	}
 	v, err := ParseSize(n.Value)
 	if err != nil {

@@ -33,7 +33,7 @@ func TestSizeYAML(t *testing.T) {
 		{in: `1.2.3GB`, err: "is not a size"},
 		{in: `9223372036854775807GiB`, err: "is not a size"},
 		{in: `99999999999TiB`, err: "is not a size"},
-		{in: `[1GiB]`, err: "expected a size"},
+		{in: `[1GiB]`, err: "want a size"},
 	} {
 		var v struct {
 			S Size `yaml:"s"`

@@ -102,10 +102,9 @@ func (u *Upstream) ServesHost(host string) bool {
 }
 
 // UpstreamForHost returns the upstream a pull naming registry host is
-// routed to (as with ?ns=quay.io), or nil. An alias decides first; then an
-// upstream's own URL host, the first in file order when several upstreams
-// share a host (the same registry with different credentials, say).
-// Validation guarantees an alias never names another upstream's host.
+// routed to (as with ?ns=quay.io), or nil: the upstream with that alias,
+// else the one with that URL host. Validation guarantees at most one
+// upstream matches either way.
 func (c *Config) UpstreamForHost(host string) *Upstream {
 	if host == "" {
 		return nil

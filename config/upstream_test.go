@@ -102,7 +102,6 @@ func TestUpstreamForHost(t *testing.T) {
 upstreams:
   - {name: hub, url: "https://registry-1.docker.io", aliases: [docker.io]}
   - {name: quay, url: "https://quay.io"}
-  - {name: quay-private, url: "https://quay.io"}
   - {name: mirror, url: "http://127.0.0.1:5999", aliases: [ghcr.io]}
 `))
 	if err != nil {
@@ -111,7 +110,7 @@ upstreams:
 	for host, want := range map[string]string{
 		"docker.io":            "hub",
 		"registry-1.docker.io": "hub",
-		"quay.io":              "quay", // first of two sharing the host
+		"quay.io":              "quay",
 		"GHCR.io":              "mirror",
 		"127.0.0.1:5999":       "mirror",
 		"gcr.io":               "",

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -136,11 +137,20 @@ func (c *Config) checkUpstreams(p *problems) {
 			aliases[alias] = i
 		}
 	}
+	hosts := map[string]int{} // URL host -> index
 	for i := range c.Upstreams {
 		host := c.Upstreams[i].Host()
-		if j, ok := aliases[host]; ok && j != i && host != "" {
+		if host == "" {
+			continue
+		}
+		if j, ok := aliases[host]; ok && j != i {
 			p.add(fmt.Sprintf("upstreams[%d].url", i), "host %q is an alias of upstreams[%d]; remove that alias so the host routes to one upstream", host, j)
 		}
+		if j, ok := hosts[host]; ok {
+			p.add(fmt.Sprintf("upstreams[%d].url", i), "host %q is already the host of upstreams[%d]; a pull naming it (?ns=%s) would have two upstreams to go to, so give each registry one entry and list every repository it serves there", host, j, host)
+			continue
+		}
+		hosts[host] = i
 	}
 }
 
@@ -161,6 +171,11 @@ func (u *Upstream) check(p *problems, key string) {
 	for a, alias := range u.Aliases {
 		if alias == "" || strings.ContainsAny(alias, "/ ") || strings.Contains(alias, "://") {
 			p.add(fmt.Sprintf("%s.aliases[%d]", key, a), "%q is not a registry host; write a host or host:port such as docker.io", alias)
+		}
+	}
+	for h, host := range u.InternalRedirectHosts {
+		if !validRedirectHost(host) {
+			p.add(fmt.Sprintf("%s.internalRedirectHosts[%d]", key, h), "%q is not a host name or IP address; write only the host, such as cdn.internal.example or 10.0.0.7, without scheme, port or path", host)
 		}
 	}
 	if u.Repositories != nil && len(u.Repositories) == 0 {
@@ -186,6 +201,28 @@ func (u *Upstream) check(p *problems, key string) {
 	if u.Retry.BaseDelay > u.Retry.MaxDelay {
 		p.add(key+".retry", "baseDelay %s exceeds maxDelay %s; raise maxDelay or lower baseDelay", u.Retry.BaseDelay, u.Retry.MaxDelay)
 	}
+}
+
+// validRedirectHost accepts a DNS name or an IP literal: what a redirect's
+// URL carries as its host, without the port.
+func validRedirectHost(h string) bool {
+	if _, err := netip.ParseAddr(strings.Trim(h, "[]")); err == nil {
+		return true
+	}
+	if h == "" || len(h) > 253 || strings.HasPrefix(h, ".") || strings.HasSuffix(h, ".") {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || strings.HasPrefix(label, "-") || strings.HasSuffix(label, "-") {
+			return false
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func (u *Upstream) checkURL(p *problems, key string) {

@@ -71,7 +71,12 @@ func TestValidationErrors(t *testing.T) {
 		{"alias duplicate", up("    aliases: [docker.io]\n  - name: b\n    url: https://b.example\n    aliases: [Docker.IO]\n"), `upstreams[1].aliases[0]: "docker.io" is already an alias of upstreams[0]`, 7},
 		{"alias is a name", up("  - name: b\n    url: https://b.example\n    aliases: [hub]\n"), `upstreams[1].aliases[0]: "hub" is the name of upstreams[0]`, 6},
 		{"alias is a host", up("  - name: b\n    url: https://b.example\n    aliases: [hub.example]\n"), `upstreams[0].url: host "hub.example" is an alias of upstreams[1]`, 3},
+		{"two upstreams one host", up("  - name: b\n    url: https://HUB.example/\n"), `upstreams[1].url: host "hub.example" is already the host of upstreams[0]`, 5},
 		{"alias not host", up("    aliases: [\"https://docker.io\"]\n"), `upstreams[0].aliases[0]: "https://docker.io" is not a registry host`, 4},
+		{"redirect host scheme", up("    internalRedirectHosts: [ok.example, \"https://cdn.example\"]\n"), `upstreams[0].internalRedirectHosts[1]: "https://cdn.example" is not a host name or IP address`, 4},
+		{"redirect host port", up("    internalRedirectHosts: [\"cdn.example:443\"]\n"), `upstreams[0].internalRedirectHosts[0]: "cdn.example:443" is not a host name`, 4},
+		{"redirect host empty", up("    internalRedirectHosts: [\"\"]\n"), `upstreams[0].internalRedirectHosts[0]: "" is not a host name`, 4},
+		{"redirect host wildcard", up("    internalRedirectHosts: [\"*.example\"]\n"), `upstreams[0].internalRedirectHosts[0]: "*.example" is not a host name`, 4},
 		{"repositories empty", up("    repositories: []\n"), "upstreams[0].repositories: an empty list allows nothing", 4},
 		{"glob bad", up("    repositories: [ok/*, \"lib/[a\"]\n"), "upstreams[0].repositories[1]: malformed glob", 4},
 		{"glob inner **", up("    repositories: [\"a/**/b\"]\n"), `upstreams[0].repositories[0]: "**" is allowed only as the whole last segment`, 4},
@@ -144,5 +149,16 @@ func TestValidateHandBuilt(t *testing.T) {
 	c.ApplyDefaults()
 	if after := fmt.Sprintf("%+v", *c); after != before {
 		t.Errorf("ApplyDefaults is not idempotent:\n%s\n%s", before, after)
+	}
+}
+
+func TestInternalRedirectHostsAccepted(t *testing.T) {
+	t.Parallel()
+	c, err := Parse("hosts.yaml", []byte("upstreams:\n  - name: hub\n    url: https://hub.example\n    internalRedirectHosts: [cdn.internal.example, CDN_2.corp, 10.0.0.7, \"fd00::7\", \"[fd00::8]\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Upstreams[0].InternalRedirectHosts; len(got) != 5 || got[0] != "cdn.internal.example" {
+		t.Errorf("internalRedirectHosts = %q", got)
 	}
 }

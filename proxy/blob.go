@@ -10,32 +10,39 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/airlock-registry/airlock/storage"
+	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
 func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) error {
 	d, _ := parseDigest(rq.route.Reference) // validated by ParseEndpoint
+	link, err := p.blobLink(r.Context(), rq, d)
+	if err != nil {
+		return err
+	}
 	// Two passes at most: a fill that finds the blob committed since the
 	// cache miss sends the request back to the store once.
 	for range 2 {
-		served, err := p.serveCachedBlob(w, r, rq, d)
+		served, err := p.serveCachedBlob(w, r, rq, d, &link)
 		if served || err != nil {
 			return err
 		}
 		// A HEAD asks whether the blob exists, not for its bytes: it reads
 		// along a running fill, or asks the upstream, but starts no transfer.
-		f, leader := p.joinFill(r.Context(), rq, d, r.Method != http.MethodHead)
+		f, leader := p.joinFill(r.Context(), rq, d, link.Size, r.Method != http.MethodHead)
 		if f == nil {
 			return p.headUpstreamBlob(w, r, rq, d)
 		}
 		// serveFill aborts a broken transfer by panicking with
 		// http.ErrAbortHandler; the reference must be dropped either way.
 		defer f.release()
-		if f.key != rq.route.Key() {
-			// Reading along another repository's download needs the same
-			// admission as reading the blob once stored.
-			if err := p.admitBlob(r.Context(), rq, d, 0); err != nil {
+		if !leader && f.key != rq.route.Key() {
+			// Another repository of the same upstream is fetching it: this
+			// repository's upstream must vouch for the blob first, as it
+			// would for the stored blob.
+			if err := p.confirmBlob(r.Context(), rq, d, &link); err != nil {
 				return err
 			}
 		}
@@ -48,25 +55,59 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 	return fmt.Errorf("blob %s is in the store but cannot be opened", d)
 }
 
-// admitBlob lets a repository read a stored blob only if it references it:
-// one of its manifests listed the blob, or a pull in it fetched the blob.
-// Blobs are stored once for all repositories and upstreams, so without this
-// a digest learnt elsewhere would read another repository's (perhaps a
-// credentialed upstream's) content. A blob the repository has not
-// referenced yet is confirmed with a HEAD upstream and then linked.
-func (p *Proxy) admitBlob(ctx context.Context, rq *request, d digest.Digest, size int64) error {
+// blobLink returns what the request's repository knows of blob d. Blobs are
+// stored once for all repositories and upstreams, so the link is what
+// decides whether this repository may read one. In a repository the gate
+// governs, a blob is readable only when an admitted manifest there lists
+// it: otherwise a client could pull the layers of a refused image by digest.
+func (p *Proxy) blobLink(ctx context.Context, rq *request, d digest.Digest) (metadata.Link, error) {
 	key := rq.route.Key()
-	if ok, err := p.meta.Linked(ctx, key, d); err != nil {
-		return fmt.Errorf("checking blob %s in %s: %w", d, key, err)
-	} else if ok {
+	link, err := p.meta.BlobLink(ctx, key, d)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return link, fmt.Errorf("checking blob %s in %s: %w", d, key, err)
+	}
+	if !link.Has(metadata.Admitted) && p.governs(rq) {
+		return link, &Error{Status: http.StatusForbidden, Code: CodeDenied,
+			Message: fmt.Sprintf("blob %s is not part of an image admitted in %s: pull the image by its tag or manifest digest first", d, key)}
+	}
+	return link, nil
+}
+
+// governs reports whether the gate applies policy to the request's
+// repository.
+func (p *Proxy) governs(rq *request) bool {
+	if p.gate == nil {
+		return false
+	}
+	if g, ok := p.gate.(Governor); ok {
+		return g.Governs(rq.route.Upstream.Name, rq.route.Repo)
+	}
+	return true
+}
+
+// confirmBlob makes sure the request's upstream holds blob d for its
+// repository before airlock serves it bytes it got elsewhere: one HEAD with
+// the repository's credentials, once; the answer is kept on the link.
+func (p *Proxy) confirmBlob(ctx context.Context, rq *request, d digest.Digest, link *metadata.Link) error {
+	if link.Has(metadata.Confirmed) {
 		return nil
 	}
-	if _, err := rq.registry.HeadBlob(ctx, rq.route.Repo, d); err != nil {
+	key := rq.route.Key()
+	_, err := p.shared(ctx, "confirm-blob\x00"+key+"\x00"+d.String(), func() (any, error) {
+		lctx, cancel := p.detached(ctx, lookupTimeout)
+		defer cancel()
+		lctx, span := p.span(lctx, "upstream.confirm_blob", attribute.String("airlock.digest", d.String()))
+		size, err := rq.registry.HeadBlob(lctx, rq.route.Repo, d)
+		endChild(span, err)
+		if err != nil {
+			return nil, err
+		}
+		return nil, p.meta.LinkBlobs(lctx, key, metadata.BlobLink{Digest: d, Size: max(size, 0), Flags: metadata.Confirmed})
+	})
+	if err != nil {
 		return withNotFound(err, CodeBlobUnknown)
 	}
-	if err := p.meta.LinkBlob(ctx, key, d, size); err != nil {
-		return fmt.Errorf("linking blob %s to %s: %w", d, key, err)
-	}
+	link.Flags |= metadata.Confirmed
 	return nil
 }
 
@@ -94,18 +135,17 @@ var errFillStored = errors.New("blob was committed before the fill began")
 
 // serveCachedBlob serves a committed blob. It reports false when the blob
 // is not in the store. A hit does no synchronous metadata write.
-func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, rq *request, d digest.Digest) (bool, error) {
+func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, rq *request, d digest.Digest, link *metadata.Link) (bool, error) {
 	up := rq.route.Upstream.Name
 	content, size, err := p.blobs.Open(r.Context(), d)
 	if errors.Is(err, storage.ErrNotFound) {
 		rq.cache = "miss"
-		p.metrics.cacheResult(up, "blob", "miss")
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("opening cached blob %s: %w", d, err)
 	}
-	if err := p.admitBlob(r.Context(), rq, d, size); err != nil {
+	if err := p.confirmBlob(r.Context(), rq, d, link); err != nil {
 		content.Close()
 		return true, err
 	}
@@ -114,7 +154,6 @@ func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, rq *requ
 	if u, err := p.blobs.RedirectURL(r, d); err == nil && u != "" {
 		content.Close()
 		rq.cache = "hit"
-		p.metrics.cacheResult(up, "blob", "hit")
 		p.meta.Touch(rq.route.Key(), d)
 		http.Redirect(w, r, u, http.StatusTemporaryRedirect)
 		return true, nil
@@ -129,7 +168,6 @@ func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, rq *requ
 		}
 	}
 	rq.cache = "hit"
-	p.metrics.cacheResult(up, "blob", "hit")
 	p.meta.Touch(rq.route.Key(), d)
 	h := w.Header()
 	h.Set("Content-Type", mediaOctetStream)

@@ -57,36 +57,51 @@ type ociError struct {
 }
 
 // toError classifies any error into an OCI error. Errors from the upstream
-// client and the verifier are mapped by their sentinel class; anything else
-// is an internal error whose text is kept for the log, not for the client.
+// client and the verifier are mapped by their sentinel class. The message a
+// client gets is short and fixed by that class (the upstream's
+// [upstream.Error.Public] where there is one): causes such as dial errors
+// with internal addresses or the path of a credentials file, and advice
+// meant for the operator, stay in the log line, which has err in full.
 func toError(err error, notFound Code) *Error {
 	var e *Error
 	if errors.As(err, &e) {
 		return e
 	}
+	public := func(fallback string) string { return publicMessage(err, fallback) }
 	switch {
 	case errors.Is(err, upstream.ErrNotFound):
-		return &Error{Status: http.StatusNotFound, Code: notFound, Message: err.Error()}
+		return &Error{Status: http.StatusNotFound, Code: notFound, Message: public("not found upstream")}
 	case errors.Is(err, upstream.ErrDenied):
-		return &Error{Status: http.StatusBadGateway, Code: CodeDenied,
-			Message: err.Error() + " (the upstream refused airlock's credentials: check the upstream's auth settings)"}
+		return &Error{Status: http.StatusBadGateway, Code: CodeDenied, Message: public("the upstream denied airlock access")}
 	case errors.Is(err, upstream.ErrRateLimited):
 		ra, _ := upstream.RetryAfter(err)
 		if ra <= 0 {
 			ra = 10 * time.Second
 		}
-		return &Error{Status: http.StatusTooManyRequests, Code: CodeTooManyRequests, Message: err.Error(), RetryAfter: ra}
+		return &Error{Status: http.StatusTooManyRequests, Code: CodeTooManyRequests, Message: public("the upstream is rate limiting airlock; retry later"), RetryAfter: ra}
 	case errors.Is(err, verify.ErrDigestMismatch):
 		return &Error{Status: http.StatusBadGateway, Code: CodeDigestInvalid,
-			Message: err.Error() + " (the upstream's content does not match its digest; nothing was cached)"}
+			Message: "the upstream's content does not match its digest; nothing was cached"}
 	case errors.Is(err, verify.ErrTooLarge):
-		return &Error{Status: http.StatusBadGateway, Code: CodeSizeInvalid, Message: err.Error()}
-	case errors.Is(err, upstream.ErrUnavailable), errors.Is(err, upstream.ErrInvalid):
-		return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: err.Error()}
+		return &Error{Status: http.StatusBadGateway, Code: CodeSizeInvalid,
+			Message: "the upstream's content is larger than announced or allowed; nothing was cached"}
+	case errors.Is(err, upstream.ErrInvalid):
+		return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: public("the upstream sent an invalid response")}
+	case errors.Is(err, upstream.ErrUnavailable):
+		return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: public("the upstream is unavailable")}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: err.Error()}
+		return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: "the upstream did not answer in time"}
 	}
 	return &Error{Status: http.StatusInternalServerError, Code: CodeUnavailable, Message: "internal error; see the airlock log"}
+}
+
+// publicMessage is what a client may read about err: the upstream error's
+// Public text when err holds one, else fallback.
+func publicMessage(err error, fallback string) string {
+	if ue, ok := errors.AsType[*upstream.Error](err); ok {
+		return ue.Public()
+	}
+	return fallback
 }
 
 // writeError is the one place errors become responses.

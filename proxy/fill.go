@@ -7,11 +7,13 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/airlock-registry/airlock/storage"
+	"github.com/airlock-registry/airlock/storage/metadata"
 	"github.com/airlock-registry/airlock/verify"
 )
 
@@ -26,6 +28,11 @@ type fill struct {
 	digest   digest.Digest
 	upstream string
 	key      string // the repository the fill fetches from, "<upstream>/<repo>"
+	// declared is the size the repository's admitted manifest gave the
+	// blob, 0 if none did; the transfer may not differ from it.
+	declared int64
+	// followers counts the requests that joined, for the fill's log line.
+	followers int
 
 	mu sync.Mutex
 	// wake is closed and replaced whenever the state below changes.
@@ -41,10 +48,17 @@ type fill struct {
 	refs     int // readers plus the fill itself; the spool closes at zero
 }
 
-// fillSet holds the running fills by digest.
+// fillSet holds the running fills by upstream and digest. A client reads
+// along a fill of its own upstream only: another upstream's transfer may be
+// slower, or may not be allowed to answer for this one at all.
 type fillSet struct {
 	mu sync.Mutex
-	m  map[digest.Digest]*fill
+	m  map[fillKey]*fill
+}
+
+type fillKey struct {
+	upstream string
+	digest   digest.Digest
 }
 
 // state is a consistent snapshot of a fill for a reader.
@@ -95,12 +109,14 @@ func (f *fill) release() {
 // and start is set (otherwise f is nil); leader reports that this request
 // started it. ctx only lends the fill its trace. The caller must release
 // the fill.
-func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, start bool) (f *fill, leader bool) {
+func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, declared int64, start bool) (f *fill, leader bool) {
+	k := fillKey{rq.route.Upstream.Name, d}
 	p.fills.mu.Lock()
 	defer p.fills.mu.Unlock()
-	if f := p.fills.m[d]; f != nil {
+	if f := p.fills.m[k]; f != nil {
 		f.mu.Lock()
 		f.refs++
+		f.followers++
 		f.mu.Unlock()
 		p.metrics.coalesced(f.upstream)
 		return f, false
@@ -108,8 +124,9 @@ func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, star
 	if !start {
 		return nil, false
 	}
-	f = &fill{digest: d, upstream: rq.route.Upstream.Name, key: rq.route.Key(), wake: make(chan struct{}), size: -1, refs: 2}
-	p.fills.m[d] = f
+	f = &fill{digest: d, upstream: rq.route.Upstream.Name, key: rq.route.Key(), declared: declared,
+		wake: make(chan struct{}), size: -1, refs: 2}
+	p.fills.m[k] = f
 	p.wg.Add(1)
 	go p.runFill(ctx, f, rq)
 	return f, true
@@ -132,6 +149,7 @@ func (p *Proxy) runFill(from context.Context, f *fill, rq *request) {
 	// already committed; fetching again would transfer the blob twice. The
 	// store is asked here, outside the fill set's lock, so a slow store
 	// holds up only the requests for this digest.
+	start := time.Now()
 	var err error
 	stored := false
 	if _, serr := p.blobs.Stat(ctx, f.digest); serr == nil {
@@ -146,22 +164,37 @@ func (p *Proxy) runFill(from context.Context, f *fill, rq *request) {
 	// Leave the set before announcing the end, and only after Commit, so a
 	// new request either joins this fill or finds the committed blob.
 	p.fills.mu.Lock()
-	delete(p.fills.m, f.digest)
+	delete(p.fills.m, fillKey{f.upstream, f.digest})
 	p.fills.mu.Unlock()
 	f.update(func() { f.done, f.stored, f.err = true, stored, err })
-	if err != nil {
-		lvl := slog.LevelWarn
-		if errors.Is(err, verify.ErrDigestMismatch) || errors.Is(err, verify.ErrTooLarge) {
-			lvl = slog.LevelError
-			p.metrics.digestMismatch(up, "blob")
-		}
-		p.log.LogAttrs(ctx, lvl, "blob fill failed: nothing cached", slog.String("upstream", up),
-			slog.String("repository", rq.route.Repo), slog.String("digest", f.digest.String()),
-			slog.String("error", err.Error()))
+	f.mu.Lock()
+	if stored || (err != nil && !f.started) {
+		// Nothing was transferred: the requests waiting on the fill report
+		// the failure on their own log lines.
+		f.mu.Unlock()
+		return
 	}
+	attrs := []slog.Attr{slog.String("upstream", up), slog.String("repository", rq.route.Repo),
+		slog.String("digest", f.digest.String()), slog.Int64("bytes", f.written), slog.Int64("size", f.size),
+		slog.Float64("duration_s", time.Since(start).Seconds()), slog.Int("followers", f.followers)}
+	f.mu.Unlock()
+	if err == nil {
+		p.log.LogAttrs(ctx, slog.LevelInfo, "blob fill done", attrs...)
+		return
+	}
+	lvl := slog.LevelWarn
+	if errors.Is(err, verify.ErrDigestMismatch) || errors.Is(err, verify.ErrTooLarge) {
+		lvl = slog.LevelError
+		p.metrics.digestMismatch(up, "blob")
+	}
+	p.log.LogAttrs(ctx, lvl, "blob fill failed: nothing cached", append(attrs, slog.String("error", err.Error()))...)
 }
 
 const fillChunk = 256 << 10
+
+// fillProgressEvery is how often a long transfer logs how far it got, so an
+// operator can see a slow pull before it ends.
+const fillProgressEvery = 30 * time.Second
 
 func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) {
 	up := rq.route.Upstream.Name
@@ -170,6 +203,13 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 		return err
 	}
 	defer body.Close()
+	limit, err := p.fillLimit(f, size)
+	if err != nil {
+		return err
+	}
+	p.log.LogAttrs(ctx, slog.LevelInfo, "blob fill started", slog.String("upstream", up),
+		slog.String("repository", rq.route.Repo), slog.String("digest", f.digest.String()),
+		slog.Int64("size", size), slog.Int64("declared", f.declared))
 	spool, err := p.blobs.NewSpool(f.digest)
 	if err != nil {
 		return fmt.Errorf("creating spool for %s: %w", f.digest, err)
@@ -180,12 +220,21 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 			_ = p.blobs.Discard(spool)
 		}
 	}()
+	if size < 0 && f.declared > 0 {
+		// No Content-Length: the admitted manifest's size is the length
+		// readers announce, and the transfer must match it.
+		size = f.declared
+	}
 	f.update(func() { f.started, f.size, f.spool = true, size, spool })
 
 	// The spool hashes what it is given and Commit refuses a mismatch, so
 	// the body is only bounded here, not hashed a second time.
-	vr := &lengthReader{r: body, want: size}
+	vr := &lengthReader{r: body, want: -1, max: limit}
+	if f.declared == 0 {
+		vr.want = size
+	}
 	buf := make([]byte, fillChunk)
+	next := time.Now().Add(fillProgressEvery)
 	for {
 		n, rerr := vr.Read(buf)
 		if n > 0 {
@@ -194,6 +243,12 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 			}
 			p.metrics.bytesFrom(up, "upstream", n)
 			f.update(func() { f.written += int64(n) })
+			if now := time.Now(); now.After(next) {
+				next = now.Add(fillProgressEvery)
+				p.log.LogAttrs(ctx, slog.LevelInfo, "blob fill progress", slog.String("upstream", up),
+					slog.String("repository", rq.route.Repo), slog.String("digest", f.digest.String()),
+					slog.Int64("bytes", vr.n), slog.Int64("size", size))
+			}
 		}
 		if rerr == io.EOF {
 			break
@@ -201,6 +256,10 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 		if rerr != nil {
 			return fmt.Errorf("blob %s from upstream %s: %w", f.digest, up, rerr)
 		}
+	}
+	if f.declared > 0 && vr.n != f.declared {
+		return fmt.Errorf("blob %s from upstream %s is %d bytes, its manifest declares %d: %w",
+			f.digest, up, vr.n, f.declared, verify.ErrDigestMismatch)
 	}
 	// Release the last byte to readers as soon as the digest matches: the
 	// bytes are right, and making them durable need not delay any client.
@@ -218,11 +277,28 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	if f.size < 0 {
 		f.update(func() { f.size = f.written })
 	}
-	if err := p.meta.LinkBlob(ctx, rq.route.Key(), f.digest, f.written); err != nil {
+	if err := p.meta.LinkBlobs(ctx, rq.route.Key(), metadata.BlobLink{Digest: f.digest, Size: f.written, Flags: metadata.Confirmed}); err != nil {
 		p.log.LogAttrs(ctx, slog.LevelError, "linking blob failed", slog.String("digest", f.digest.String()),
 			slog.String("error", err.Error()))
 	}
 	return nil
+}
+
+// fillLimit is the most bytes a transfer may bring: the size the
+// repository's manifest declared, else the configured maximum. An upstream
+// that announces a different length is refused before any byte is stored.
+func (p *Proxy) fillLimit(f *fill, announced int64) (int64, error) {
+	switch {
+	case f.declared > 0 && announced >= 0 && announced != f.declared:
+		return 0, fmt.Errorf("upstream %s announced %d bytes for blob %s, its manifest declares %d: %w",
+			f.upstream, announced, f.digest, f.declared, verify.ErrDigestMismatch)
+	case f.declared > 0:
+		return f.declared, nil
+	case announced > p.maxBlob:
+		return 0, fmt.Errorf("upstream %s announced %d bytes for blob %s, over the %d byte limit: %w",
+			f.upstream, announced, f.digest, p.maxBlob, verify.ErrTooLarge)
+	}
+	return p.maxBlob, nil
 }
 
 // waitStarted blocks until the fill knows its size or has failed.
@@ -285,21 +361,30 @@ func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error
 }
 
 // lengthReader fails as soon as a body runs past the length the upstream
-// announced, and at EOF if it fell short. want < 0 means unknown.
+// announced or past max, and at EOF if it fell short of the announced
+// length. want < 0 means unknown.
 type lengthReader struct {
 	r    io.Reader
 	want int64
+	max  int64
 	n    int64
 }
 
 func (l *lengthReader) Read(p []byte) (int, error) {
-	if l.want >= 0 && int64(len(p)) > l.want-l.n+1 {
-		p = p[:l.want-l.n+1] // one byte past the end is enough to notice
+	bound := l.max
+	if l.want >= 0 && l.want < bound {
+		bound = l.want
+	}
+	if int64(len(p)) > bound-l.n+1 {
+		p = p[:bound-l.n+1] // one byte past the end is enough to notice
 	}
 	n, err := l.r.Read(p)
 	l.n += int64(n)
 	if l.want >= 0 && l.n > l.want {
 		return n, fmt.Errorf("upstream sent more than its Content-Length of %d bytes: %w", l.want, verify.ErrTooLarge)
+	}
+	if l.n > l.max {
+		return n, fmt.Errorf("upstream sent more than the %d bytes allowed for this blob: %w", l.max, verify.ErrTooLarge)
 	}
 	if err == io.EOF && l.want >= 0 && l.n != l.want {
 		return n, fmt.Errorf("upstream body ended at %d of %d bytes: %w", l.n, l.want, io.ErrUnexpectedEOF)

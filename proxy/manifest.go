@@ -40,20 +40,55 @@ const (
 // fixed by the digest, so any type is acceptable.
 var allManifestTypes = []string{mediaOCIIndex, mediaOCIManifest, mediaDockerList, mediaDockerV2}
 
+// maxAcceptTypes bounds how many media types one request's Accept headers
+// may name; registries know a handful, and clients send at most a dozen.
+const maxAcceptTypes = 64
+
 // parseAccept collects the media types of all Accept headers, without
-// parameters, in order.
+// parameters, in order and without repeats. It is linear in the header's
+// length and keeps at most maxAcceptTypes types: the header is untrusted
+// and arrives before any authentication.
 func parseAccept(h http.Header) []string {
 	var out []string
+	seen := map[string]struct{}{}
 	for _, v := range h.Values("Accept") {
-		for _, part := range strings.Split(v, ",") {
-			mt, _, err := mime.ParseMediaType(strings.TrimSpace(part))
-			if err != nil || mt == "" || slices.Contains(out, mt) {
+		for part := range strings.SplitSeq(v, ",") {
+			if len(out) == maxAcceptTypes {
+				return out
+			}
+			mt, _, _ := strings.Cut(part, ";")
+			mt = strings.ToLower(strings.TrimSpace(mt))
+			if !validMediaType(mt) {
 				continue
 			}
+			if _, dup := seen[mt]; dup {
+				continue
+			}
+			seen[mt] = struct{}{}
 			out = append(out, mt)
 		}
 	}
 	return out
+}
+
+// validMediaType reports whether mt is a "type/subtype" of token
+// characters, the only shape an Accept entry can usefully have here.
+func validMediaType(mt string) bool {
+	typ, sub, ok := strings.Cut(mt, "/")
+	return ok && isToken(typ) && isToken(sub)
+}
+
+func isToken(s string) bool {
+	if s == "" || len(s) > 127 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte("()<>@,;:\\\"/[]?={}", c) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // acceptable reports whether a client with this Accept list takes mediaType.
@@ -70,20 +105,21 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rq *reques
 	rt := rq.route
 	accept := parseAccept(r.Header)
 	var (
-		rec metadata.ManifestRecord
+		m   repoManifest
 		err error
 		tag string
 	)
 	if strings.Contains(rt.Reference, ":") {
 		d, _ := parseDigest(rt.Reference) // validated by ParseEndpoint
-		rec, err = p.manifestByDigest(ctx, rq, d)
+		m, err = p.manifestByDigest(ctx, rq, d)
 	} else {
 		tag = rt.Reference
-		rec, err = p.manifestByTag(ctx, rq, tag, accept)
+		m, err = p.manifestByTag(ctx, rq, tag, accept)
 	}
 	if err != nil {
 		return withNotFound(err, CodeManifestUnknown)
 	}
+	rec := m.rec
 	if p.gate != nil {
 		dec, err := p.gate.Admit(ctx, Subject{Upstream: rt.Upstream.Name, Repository: rt.Repo, Tag: tag,
 			Digest: rec.Digest, MediaType: rec.MediaType, Body: rec.Body})
@@ -96,6 +132,14 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rq *reques
 				msg += ": " + strings.Join(dec.Reasons, "; ")
 			}
 			return &Error{Status: http.StatusForbidden, Code: CodeDenied, Message: msg, RetryAfter: dec.RetryAfter}
+		}
+	}
+	if !m.link.Has(metadata.Admitted) {
+		// The first time this manifest is served here, the blobs it lists
+		// become readable in this repository (once its upstream confirms
+		// each). Later hits find the flag and write nothing.
+		if err := p.meta.AdmitManifest(ctx, rt.Key(), rec.Digest, referencedBlobs(rec.Body)); err != nil {
+			return fmt.Errorf("recording the blobs of %s@%s: %w", rt.Key(), rec.Digest, err)
 		}
 	}
 	h := w.Header()
@@ -119,39 +163,91 @@ func withNotFound(err error, code Code) error {
 	return err
 }
 
-// manifestByDigest serves a manifest from the cache when this repository
-// references it, and fetches it (once, however many ask) otherwise. A
-// manifest cached for another repository is not served here, online or
-// offline: that repository's upstream may not have it, or not for us.
-func (p *Proxy) manifestByDigest(ctx context.Context, rq *request, d digest.Digest) (metadata.ManifestRecord, error) {
+// repoManifest is a manifest as one repository serves it: rec.MediaType is
+// the repository's own (see servedMediaType), link what it knows of it.
+type repoManifest struct {
+	rec  metadata.ManifestRecord
+	link metadata.Link
+}
+
+// manifestByDigest serves a manifest from the cache when this repository's
+// upstream has vouched for it, and fetches it (once, however many ask)
+// otherwise. A manifest cached through another repository or upstream is
+// served here only after this repository's upstream confirms it has it,
+// online: the other upstream's word, or a manifest's list of digests, is
+// not this upstream's.
+func (p *Proxy) manifestByDigest(ctx context.Context, rq *request, d digest.Digest) (repoManifest, error) {
 	key := rq.route.Key()
 	_, span := p.span(ctx, "cache.manifest")
-	rec, err := p.meta.Manifest(ctx, d)
+	rec, link, err := p.meta.RepoManifest(ctx, key, d)
 	span.End()
-	if err == nil {
-		if ok, _ := p.meta.Linked(ctx, key, d); ok {
+	if err == nil && link.Has(metadata.Confirmed) {
+		rq.cache = "hit"
+		p.meta.Touch(key, d)
+		rec.MediaType = link.MediaType
+		return repoManifest{rec, link}, nil
+	}
+	if rec.Digest == d {
+		// The bytes are here; only this repository's say-so is missing.
+		if m, err := p.confirmManifest(ctx, rq, rec); err == nil {
 			rq.cache = "hit"
-			p.metrics.cacheResult(rq.route.Upstream.Name, "manifest", "hit")
 			p.meta.Touch(key, d)
-			return rec, nil
+			return m, nil
+		} else if errors.Is(err, upstream.ErrNotFound) {
+			return repoManifest{}, err
 		}
 	}
 	rq.cache = "miss"
-	p.metrics.cacheResult(rq.route.Upstream.Name, "manifest", "miss")
 	return p.fetchManifest(ctx, rq, d)
+}
+
+// confirmManifest asks this repository's upstream, without a transfer,
+// whether it holds the cached manifest rec, and links it here if so.
+func (p *Proxy) confirmManifest(ctx context.Context, rq *request, rec metadata.ManifestRecord) (repoManifest, error) {
+	key := rq.route.Key()
+	v, err := p.shared(ctx, "confirm\x00"+key+"\x00"+rec.Digest.String(), func() (any, error) {
+		lctx, cancel := p.detached(ctx, lookupTimeout)
+		defer cancel()
+		lctx, span := p.span(lctx, "upstream.confirm_manifest", attribute.String("airlock.digest", rec.Digest.String()))
+		desc, err := rq.registry.HeadManifest(lctx, rq.route.Repo, rec.Digest.String(), allManifestTypes)
+		endChild(span, err)
+		if err != nil {
+			return nil, err
+		}
+		if desc.Digest != "" && desc.Digest != rec.Digest {
+			return nil, fmt.Errorf("upstream %s answered for %s with digest %s: %w",
+				rq.route.Upstream.Name, rec.Digest, desc.Digest, upstream.ErrInvalid)
+		}
+		link := metadata.Link{Flags: metadata.Confirmed, MediaType: servedMediaType(desc.MediaType, rec.Body)}
+		if err := p.meta.LinkManifest(lctx, key, rec.Digest, link); err != nil {
+			return nil, fmt.Errorf("linking manifest %s to %s: %w", rec.Digest, key, err)
+		}
+		return link, nil
+	})
+	if err != nil {
+		return repoManifest{}, err
+	}
+	link := v.(metadata.Link)
+	rec.MediaType = link.MediaType
+	// The Admitted flag may already be on the stored link; reading it again
+	// is cheaper than admitting twice, and admitting twice is harmless.
+	if l, err := p.meta.ManifestLink(ctx, key, rec.Digest); err == nil {
+		link = l
+	}
+	return repoManifest{rec, link}, nil
 }
 
 // manifestByTag resolves a tag: within its TTL from the cache, otherwise by
 // a HEAD upstream (which Docker Hub does not count as a pull); when the
 // upstream cannot answer, from the last known mapping.
-func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, accept []string) (metadata.ManifestRecord, error) {
+func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, accept []string) (repoManifest, error) {
 	key := rq.route.Key()
 	tr, terr := p.meta.Tag(ctx, key, tag)
 	known := terr == nil && acceptable(tr.MediaType, accept)
 	if known && p.now().Sub(tr.Resolved) < rq.tagTTL {
-		rec, err := p.manifestByDigest(ctx, rq, tr.Digest)
+		m, err := p.manifestByDigest(ctx, rq, tr.Digest)
 		if err == nil {
-			return rec, nil
+			return m, nil
 		}
 	}
 	v, err := p.shared(ctx, "tag\x00"+key+"\x00"+tag+"\x00"+strings.Join(accept, ","), func() (any, error) {
@@ -167,31 +263,67 @@ func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, acce
 	})
 	if err != nil {
 		if known && offline(err) {
-			p.staleServe(ctx, rq, "tag "+tag, err)
-			return p.manifestByDigest(ctx, rq, tr.Digest)
+			return p.staleManifest(ctx, rq, tag, tr.Digest, err)
 		}
-		return metadata.ManifestRecord{}, err
+		return repoManifest{}, err
 	}
 	desc := v.(upstream.Descriptor)
-	rec, err := p.manifestByDigest(ctx, rq, desc.Digest)
+	m, err := p.manifestByDigest(ctx, rq, desc.Digest)
 	if err != nil {
 		if known && offline(err) && tr.Digest != desc.Digest {
-			p.staleServe(ctx, rq, "tag "+tag, err)
-			return p.manifestByDigest(ctx, rq, tr.Digest)
+			return p.staleManifest(ctx, rq, tag, tr.Digest, err)
 		}
-		return rec, err
+		return m, err
 	}
-	// A client that takes no index may have been handed one platform's
-	// manifest; that answer is not the tag's for everyone else.
-	if len(accept) == 0 || slices.Contains(accept, "*/*") || slices.Contains(accept, mediaOCIIndex) || slices.Contains(accept, mediaDockerList) {
+	if everyClientGets(m.rec.MediaType, accept) {
 		if err := p.meta.PutTag(ctx, key, tag, metadata.TagRecord{
-			Digest: rec.Digest, MediaType: rec.MediaType, Size: int64(len(rec.Body)), Resolved: p.now(),
+			Digest: m.rec.Digest, MediaType: m.rec.MediaType, Size: int64(len(m.rec.Body)), Resolved: p.now(),
 		}); err != nil {
 			p.log.LogAttrs(ctx, slog.LevelError, "recording tag failed", slog.String("repository", key),
 				slog.String("tag", tag), slog.String("error", err.Error()))
 		}
 	}
-	return rec, nil
+	return m, nil
+}
+
+// everyClientGets reports whether an upstream's answer of mediaType to a
+// client with this Accept list is what any client would get for the tag, so
+// it may be recorded as the tag's. An index is the tag's whatever the
+// client took. An image manifest is, only if the client would have taken
+// either kind of index: a client that takes no OCI index (or no Docker
+// list) may have been handed one platform's manifest of a multi-platform
+// tag.
+func everyClientGets(mediaType string, accept []string) bool {
+	switch mediaType {
+	case mediaOCIIndex, mediaDockerList:
+		return true
+	}
+	return acceptable(mediaOCIIndex, accept) && acceptable(mediaDockerList, accept)
+}
+
+// staleManifest serves the last known mapping of tag while the upstream
+// cannot answer. Only what this repository's upstream vouched for is
+// served: confirming anything else would need the upstream.
+func (p *Proxy) staleManifest(ctx context.Context, rq *request, tag string, d digest.Digest, cause error) (repoManifest, error) {
+	key := rq.route.Key()
+	rec, link, err := p.meta.RepoManifest(ctx, key, d)
+	if err != nil || !link.Has(metadata.Confirmed) {
+		return repoManifest{}, cause
+	}
+	p.staleServe(ctx, rq, "tag "+tag, cause)
+	p.meta.Touch(key, d)
+	rec.MediaType = link.MediaType
+	return repoManifest{rec, link}, nil
+}
+
+// staleServe records that the request is answered from what airlock knew
+// while the upstream could not answer.
+func (p *Proxy) staleServe(ctx context.Context, rq *request, what string, cause error) {
+	rq.cache = "stale"
+	p.metrics.staleServe(rq.route.Upstream.Name)
+	p.log.LogAttrs(ctx, staleServeLogLevel, "serving stale content: upstream unavailable",
+		slog.String("upstream", rq.route.Upstream.Name), slog.String("repository", rq.route.Repo),
+		slog.String("what", what), slog.String("error", cause.Error()))
 }
 
 // offline reports whether err means the upstream could not answer, as
@@ -201,30 +333,28 @@ func offline(err error) bool {
 		errors.Is(err, context.DeadlineExceeded)
 }
 
-func (p *Proxy) staleServe(ctx context.Context, rq *request, what string, cause error) {
-	rq.cache = "stale"
-	p.metrics.staleServe(rq.route.Upstream.Name)
-	p.log.LogAttrs(ctx, staleServeLogLevel, "serving stale content: upstream unavailable",
-		slog.String("upstream", rq.route.Upstream.Name), slog.String("repository", rq.route.Repo),
-		slog.String("what", what), slog.String("error", cause.Error()))
-}
-
 // fetchManifest downloads a manifest by digest, verifies it, stores it and
-// records what it references. Concurrent callers share one download.
-func (p *Proxy) fetchManifest(ctx context.Context, rq *request, d digest.Digest) (metadata.ManifestRecord, error) {
+// links it to the repository. Concurrent callers share one download.
+func (p *Proxy) fetchManifest(ctx context.Context, rq *request, d digest.Digest) (repoManifest, error) {
 	key := rq.route.Key()
 	v, err := p.shared(ctx, "manifest\x00"+key+"\x00"+d.String(), func() (any, error) {
 		fctx, cancel := p.detached(ctx, lookupTimeout)
 		defer cancel()
 		fctx, span := p.span(fctx, "upstream.fetch_manifest", attribute.String("airlock.digest", d.String()))
-		rec, err := p.downloadManifest(fctx, rq, d)
+		m, err := p.downloadManifest(fctx, rq, d)
 		endChild(span, err)
-		return rec, err
+		return m, err
 	})
 	if err != nil {
-		return metadata.ManifestRecord{}, err
+		return repoManifest{}, err
 	}
-	return v.(metadata.ManifestRecord), nil
+	m := v.(repoManifest)
+	// The link may have been admitted since (by a concurrent request), and
+	// callers share the record: give each its own view.
+	if l, err := p.meta.ManifestLink(ctx, key, d); err == nil {
+		m.link = l
+	}
+	return m, nil
 }
 
 // shared runs fn once for all concurrent callers with the same key. fn runs
@@ -239,15 +369,15 @@ func (p *Proxy) shared(ctx context.Context, key string, fn func() (any, error)) 
 	}
 }
 
-func (p *Proxy) downloadManifest(ctx context.Context, rq *request, d digest.Digest) (metadata.ManifestRecord, error) {
+func (p *Proxy) downloadManifest(ctx context.Context, rq *request, d digest.Digest) (repoManifest, error) {
 	up, key := rq.route.Upstream.Name, rq.route.Key()
 	desc, body, err := rq.registry.GetManifest(ctx, rq.route.Repo, d.String(), allManifestTypes)
 	if err != nil {
-		return metadata.ManifestRecord{}, err
+		return repoManifest{}, err
 	}
 	defer body.Close()
 	if desc.Size > p.maxMan {
-		return metadata.ManifestRecord{}, fmt.Errorf("manifest %s of %s is %d bytes, over the %d byte limit: %w",
+		return repoManifest{}, fmt.Errorf("manifest %s of %s is %d bytes, over the %d byte limit: %w",
 			d, key, desc.Size, p.maxMan, verify.ErrTooLarge)
 	}
 	data, err := io.ReadAll(verify.NewReader(body, d, desc.Size, p.maxMan))
@@ -258,41 +388,41 @@ func (p *Proxy) downloadManifest(ctx context.Context, rq *request, d digest.Dige
 				slog.String("upstream", up), slog.String("repository", rq.route.Repo),
 				slog.String("digest", d.String()), slog.String("error", err.Error()))
 		}
-		return metadata.ManifestRecord{}, fmt.Errorf("manifest %s from upstream %s: %w", d, up, err)
+		return repoManifest{}, fmt.Errorf("manifest %s from upstream %s: %w", d, up, err)
 	}
-	rec := metadata.ManifestRecord{Digest: d, MediaType: manifestMediaType(desc.MediaType, data), Body: data}
-	// Record with the manifest which blobs it references, so later gates can
-	// serve a blob only where an allowed manifest uses it.
-	if err := p.meta.PutManifest(ctx, key, rec, referencedBlobs(data)...); err != nil {
-		return metadata.ManifestRecord{}, fmt.Errorf("storing manifest %s of %s: %w", d, key, err)
+	mt := servedMediaType(desc.MediaType, data)
+	rec := metadata.ManifestRecord{Digest: d, MediaType: mt, Body: data}
+	link := metadata.Link{Flags: metadata.Confirmed, MediaType: mt}
+	if err := p.meta.PutManifest(ctx, key, rec, link); err != nil {
+		return repoManifest{}, fmt.Errorf("storing manifest %s of %s: %w", d, key, err)
 	}
-	return rec, nil
+	return repoManifest{rec: rec, link: link}, nil
 }
 
-// manifestMediaType prefers the upstream's Content-Type and falls back to
-// the manifest's own mediaType field when the upstream sent a generic one.
-func manifestMediaType(contentType string, body []byte) string {
-	if mt, _, err := mime.ParseMediaType(contentType); err == nil && mt != "" &&
-		mt != mediaOctetStream && mt != "application/json" && mt != "text/plain" {
-		return mt
-	}
+// servedMediaType is the Content-Type a manifest is served with: the media
+// type its body declares, which the digest fixes for every upstream alike;
+// else what the repository's own upstream sent (never another upstream's:
+// that is why the result is kept on the repository's link); else a guess
+// from the body's shape.
+func servedMediaType(contentType string, body []byte) string {
 	var m struct {
 		MediaType string          `json:"mediaType"`
 		Manifests json.RawMessage `json:"manifests"`
 		Config    json.RawMessage `json:"config"`
 	}
-	if json.Unmarshal(body, &m) == nil {
-		switch {
-		case m.MediaType != "":
-			return m.MediaType
-		case m.Manifests != nil:
-			return mediaOCIIndex
-		case m.Config != nil:
-			return mediaOCIManifest
-		}
+	parsed := json.Unmarshal(body, &m) == nil
+	if parsed && validMediaType(m.MediaType) {
+		return m.MediaType
 	}
-	if contentType != "" {
-		return contentType
+	if mt, _, err := mime.ParseMediaType(contentType); err == nil && validMediaType(mt) &&
+		mt != mediaOctetStream && mt != "application/json" && mt != "text/plain" && mt != "text/html" {
+		return mt
+	}
+	switch {
+	case parsed && m.Manifests != nil:
+		return mediaOCIIndex
+	case parsed && m.Config != nil:
+		return mediaOCIManifest
 	}
 	return mediaOCIManifest
 }
@@ -302,8 +432,12 @@ type blobRef struct {
 	Size   int64         `json:"size"`
 }
 
-// referencedBlobs lists the config and layers of an image manifest. An index
-// references manifests, not blobs, and yields nothing.
+// referencedBlobs lists the config, layers and blobs of an image manifest
+// with their declared sizes. An index references manifests, not blobs, and
+// yields nothing. References airlock cannot serve (an algorithm other than
+// sha256 and sha512, a malformed digest) are left out: a client asking for
+// them gets a clear error at the blob endpoint, and the manifest itself is
+// still served.
 func referencedBlobs(body []byte) []metadata.BlobLink {
 	var m struct {
 		Config *blobRef   `json:"config"`
@@ -325,9 +459,9 @@ func referencedBlobs(body []byte) []metadata.BlobLink {
 	for _, l := range m.FSL {
 		out = append(out, blobRef{Digest: l.BlobSum}) // schema 1 gives no sizes
 	}
-	var valid []metadata.BlobLink
+	valid := make([]metadata.BlobLink, 0, len(out))
 	for _, b := range out {
-		if b.Digest.Validate() == nil && b.Size >= 0 {
+		if verify.Check(b.Digest) == nil && b.Size >= 0 {
 			valid = append(valid, metadata.BlobLink{Digest: b.Digest, Size: b.Size})
 		}
 	}

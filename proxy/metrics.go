@@ -102,10 +102,10 @@ func (m *Metrics) fillStarted(up string)          { m.fillsInFlight.WithLabelVal
 func (m *Metrics) fillEnded(up string)            { m.fillsInFlight.WithLabelValues(up).Dec() }
 func (m *Metrics) coalesced(up string)            { m.coalescedTotal.WithLabelValues(up).Inc() }
 func (m *Metrics) digestMismatch(up, kind string) { m.mismatches.WithLabelValues(up, kind).Inc() }
-func (m *Metrics) staleServe(up string) {
-	m.stale.WithLabelValues(up).Inc()
-	m.cache.WithLabelValues(up, "manifest", "stale").Inc()
-}
+
+// staleServe counts a stale answer; its cache result is counted with the
+// request, once.
+func (m *Metrics) staleServe(up string) { m.stale.WithLabelValues(up).Inc() }
 
 // ObserveUpstream records one upstream round trip; pass it as the upstream
 // client's Observe hook.

@@ -51,10 +51,15 @@ type Metadata interface {
 	Tag(ctx context.Context, repo, tag string) (metadata.TagRecord, error)
 	PutTag(ctx context.Context, repo, tag string, rec metadata.TagRecord) error
 	Tags(ctx context.Context, repo string) ([]string, error)
-	Manifest(ctx context.Context, d digest.Digest) (metadata.ManifestRecord, error)
-	PutManifest(ctx context.Context, repo string, rec metadata.ManifestRecord, blobs ...metadata.BlobLink) error
-	LinkBlob(ctx context.Context, repo string, d digest.Digest, size int64) error
-	Linked(ctx context.Context, repo string, d digest.Digest) (bool, error)
+	// RepoManifest returns a cached manifest with the repository's link to
+	// it; the record is set when only the link is missing.
+	RepoManifest(ctx context.Context, repo string, d digest.Digest) (metadata.ManifestRecord, metadata.Link, error)
+	PutManifest(ctx context.Context, repo string, rec metadata.ManifestRecord, link metadata.Link) error
+	ManifestLink(ctx context.Context, repo string, d digest.Digest) (metadata.Link, error)
+	LinkManifest(ctx context.Context, repo string, d digest.Digest, l metadata.Link) error
+	AdmitManifest(ctx context.Context, repo string, d digest.Digest, blobs []metadata.BlobLink) error
+	BlobLink(ctx context.Context, repo string, d digest.Digest) (metadata.Link, error)
+	LinkBlobs(ctx context.Context, repo string, blobs ...metadata.BlobLink) error
 	Touch(repo string, d digest.Digest)
 }
 
@@ -84,6 +89,15 @@ type Gate interface {
 	Admit(ctx context.Context, s Subject) (Decision, error)
 }
 
+// Governor is implemented by a Gate that applies policy to some
+// repositories only. In a governed repository a blob is served only through
+// a manifest there that the gate admitted; elsewhere, once the repository's
+// upstream confirmed it. A Gate that is not a Governor governs every
+// repository.
+type Governor interface {
+	Governs(upstream, repo string) bool
+}
+
 // Options configure a Proxy.
 type Options struct {
 	Router *Router
@@ -100,6 +114,10 @@ type Options struct {
 	Metrics       *Metrics
 	// MaxManifestBytes bounds manifests read from upstreams; 0 means 4 MiB.
 	MaxManifestBytes int64
+	// MaxBlobBytes bounds a blob transfer whose size no admitted manifest
+	// declared (schema 1 images, blobs fetched by digest alone); 0 means
+	// DefaultMaxBlobBytes.
+	MaxBlobBytes int64
 	// FillTimeout bounds a whole upstream blob transfer as a last resort;
 	// 0 means 6h. The upstream client's idle timeout catches stalls far sooner.
 	FillTimeout time.Duration
@@ -119,11 +137,13 @@ type Proxy struct {
 	metrics *Metrics
 	maxMan  int64
 	fillTTL time.Duration
+	maxBlob int64
 	now     func() time.Time
 	tracer  trace.Tracer
 
-	fills   fillSet
-	flights singleflight.Group
+	fills     fillSet
+	flights   singleflight.Group
+	referrers referrersCache
 
 	// ctx is the parent of work detached from clients (fills, shared
 	// lookups); cancel ends it at Close.
@@ -142,6 +162,11 @@ type table struct {
 
 const defaultMaxManifest = 4 << 20
 
+// DefaultMaxBlobBytes bounds a blob of undeclared size: larger than any
+// layer public registries serve, small enough that a hostile upstream
+// streaming forever stops long before it fills a disk.
+const DefaultMaxBlobBytes = 32 << 30
+
 // New returns a Proxy. Close it to stop background fills.
 func New(o Options) (*Proxy, error) {
 	if o.Router == nil || o.Blobs == nil || o.Meta == nil {
@@ -155,6 +180,7 @@ func New(o Options) (*Proxy, error) {
 		metrics: o.Metrics,
 		maxMan:  o.MaxManifestBytes,
 		fillTTL: o.FillTimeout,
+		maxBlob: o.MaxBlobBytes,
 		now:     o.Now,
 		tracer:  o.Tracer,
 	}
@@ -170,13 +196,16 @@ func New(o Options) (*Proxy, error) {
 	if p.maxMan <= 0 || p.maxMan > defaultMaxManifest {
 		p.maxMan = defaultMaxManifest
 	}
+	if p.maxBlob <= 0 {
+		p.maxBlob = DefaultMaxBlobBytes
+	}
 	if p.fillTTL <= 0 {
 		p.fillTTL = 6 * time.Hour
 	}
 	if p.now == nil {
 		p.now = time.Now
 	}
-	p.fills.m = map[digest.Digest]*fill{}
+	p.fills.m = map[fillKey]*fill{}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.Reload(o.Router, o.Registries, o.TagTTL, o.DefaultTagTTL)
 	return p, nil
@@ -240,9 +269,6 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	err = p.serve(rw, r, rq)
 	if err != nil {
 		e := toError(err, CodeNotFound)
-		if e.Status >= 500 {
-			p.log.LogAttrs(r.Context(), slog.LevelError, "request failed", slog.String("error", err.Error()))
-		}
 		if !rw.wroteHeader {
 			writeError(rw, r, e)
 		}
@@ -360,6 +386,10 @@ func (p *Proxy) logRequest(r *http.Request, rw *responseWriter, rq *request, d t
 		up = rq.route.Upstream.Name
 	}
 	p.metrics.observeRequest(up, kind, r.Method, rw.status, d)
+	if rq.cache != "" && (rq.route.Kind == KindManifest || rq.route.Kind == KindBlob) {
+		// Counted here, once per request, whatever path the request took.
+		p.metrics.cacheResult(up, kind, rq.cache)
+	}
 	attrs := []slog.Attr{
 		slog.String("method", r.Method),
 		slog.String("path", r.URL.Path),
@@ -384,8 +414,13 @@ func (p *Proxy) logRequest(r *http.Request, rw *responseWriter, rq *request, d t
 	if ua := r.UserAgent(); ua != "" {
 		attrs = append(attrs, slog.String("user_agent", ua))
 	}
+	lvl := slog.LevelInfo
 	if err != nil {
 		attrs = append(attrs, slog.String("error", err.Error()))
+		if rw.status >= 500 || rw.status == 0 {
+			// One line per failed request, loud enough to alert on.
+			lvl = slog.LevelError
+		}
 	}
-	p.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+	p.log.LogAttrs(r.Context(), lvl, "request", attrs...)
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -30,24 +33,73 @@ func (p *Proxy) serveReferrers(w http.ResponseWriter, r *http.Request, rq *reque
 	ctx := r.Context()
 	d, _ := parseDigest(rq.route.Reference)
 	artifactType := r.URL.Query().Get("artifactType")
+	key := rq.route.Key() + "\x00" + d.String() + "\x00" + artifactType
+	var (
+		ans referrersAnswer
+		err error
+	)
+	if cached, fresh, ok := p.referrers.get(key, p.now()); ok && fresh {
+		ans = cached
+		rq.cache = "hit"
+	} else {
+		var v any
+		// Concurrent requests for the same list share one upstream call.
+		v, err = p.shared(ctx, "referrers\x00"+key, func() (any, error) {
+			lctx, cancel := p.detached(ctx, lookupTimeout)
+			defer cancel()
+			a, err := p.fetchReferrers(lctx, rq, d, artifactType)
+			if err == nil {
+				p.referrers.put(key, a, p.now().Add(rq.tagTTL))
+			}
+			return a, err
+		})
+		switch {
+		case err == nil:
+			ans = v.(referrersAnswer)
+		case ok && offline(err):
+			p.staleServe(ctx, rq, "referrers of "+d.String(), err)
+			ans, err = cached, nil
+		default:
+			return withNotFound(err, CodeManifestUnknown)
+		}
+	}
+	if ans.filtered {
+		w.Header().Set("OCI-Filters-Applied", "artifactType")
+	}
+	w.Header().Set("Content-Type", mediaOCIIndex)
+	w.Header().Set("Content-Length", strconv.Itoa(len(ans.body)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, err = w.Write(ans.body)
+	}
+	return err
+}
+
+// referrersAnswer is a referrers list as served: the index airlock built and
+// whether the artifactType filter was applied.
+type referrersAnswer struct {
+	body     []byte
+	filtered bool
+}
+
+// fetchReferrers asks the upstream for the referrers of d (or reads its
+// tag-schema fallback) and builds the index served to clients.
+func (p *Proxy) fetchReferrers(ctx context.Context, rq *request, d digest.Digest, artifactType string) (referrersAnswer, error) {
 	body, _, filtered, err := rq.registry.Referrers(ctx, rq.route.Repo, d, artifactType)
 	if errors.Is(err, upstream.ErrReferrersUnsupported) {
-		body, err = p.referrersByTag(r, rq, d)
+		body, err = p.referrersByTag(ctx, rq, d)
 		filtered = false
 	}
 	if err != nil {
-		return withNotFound(err, CodeManifestUnknown)
+		return referrersAnswer{}, err
 	}
 	var idx index
 	if err := json.Unmarshal(body, &idx); err != nil {
-		return fmt.Errorf("referrers of %s from upstream %s are not an image index: %w: %w", d, rq.route.Upstream.Name, err, upstream.ErrInvalid)
+		return referrersAnswer{}, fmt.Errorf("referrers of %s from upstream %s are not an image index: %w: %w", d, rq.route.Upstream.Name, err, upstream.ErrInvalid)
 	}
 	if artifactType != "" && !filtered {
 		idx.Manifests = filterArtifactType(idx.Manifests, artifactType)
 		filtered = true
-	}
-	if artifactType != "" && filtered {
-		w.Header().Set("OCI-Filters-Applied", "artifactType")
 	}
 	if idx.Manifests == nil {
 		idx.Manifests = []json.RawMessage{}
@@ -55,22 +107,16 @@ func (p *Proxy) serveReferrers(w http.ResponseWriter, r *http.Request, rq *reque
 	idx.SchemaVersion, idx.MediaType = 2, mediaOCIIndex
 	out, err := json.Marshal(idx)
 	if err != nil {
-		return err
+		return referrersAnswer{}, err
 	}
-	w.Header().Set("Content-Type", mediaOCIIndex)
-	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
-	w.WriteHeader(http.StatusOK)
-	if r.Method != http.MethodHead {
-		_, err = w.Write(out)
-	}
-	return err
+	return referrersAnswer{body: out, filtered: artifactType != "" && filtered}, nil
 }
 
 // referrersByTag reads the fallback tag <alg>-<hex>; a missing tag means
 // there are no referrers, which is an empty index, not an error.
-func (p *Proxy) referrersByTag(r *http.Request, rq *request, d digest.Digest) ([]byte, error) {
+func (p *Proxy) referrersByTag(ctx context.Context, rq *request, d digest.Digest) ([]byte, error) {
 	tag := d.Algorithm().String() + "-" + d.Encoded()
-	_, body, err := rq.registry.GetManifest(r.Context(), rq.route.Repo, tag, []string{mediaOCIIndex})
+	_, body, err := rq.registry.GetManifest(ctx, rq.route.Repo, tag, []string{mediaOCIIndex})
 	if errors.Is(err, upstream.ErrNotFound) {
 		return []byte(`{"schemaVersion":2,"mediaType":"` + mediaOCIIndex + `","manifests":[]}`), nil
 	}
@@ -99,4 +145,61 @@ func filterArtifactType(ms []json.RawMessage, artifactType string) []json.RawMes
 		}
 	}
 	return out
+}
+
+// referrersCache keeps recent referrers answers so that a burst of pulls
+// (every node verifying the same image's signatures) asks the upstream once
+// per tag TTL, and so that lists already seen are served while the upstream
+// is down. It is bounded by total bytes; the oldest entries go first.
+type referrersCache struct {
+	mu    sync.Mutex
+	m     map[string]referrersEntry
+	order []string // insertion order, for eviction
+	bytes int
+	max   int
+}
+
+type referrersEntry struct {
+	ans     referrersAnswer
+	expires time.Time
+}
+
+// maxReferrersCacheBytes bounds the referrers cache's memory.
+const maxReferrersCacheBytes = 32 << 20
+
+func (c *referrersCache) get(key string, now time.Time) (ans referrersAnswer, fresh, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[key]
+	return e.ans, ok && now.Before(e.expires), ok
+}
+
+func (c *referrersCache) put(key string, ans referrersAnswer, expires time.Time) {
+	size := len(key) + len(ans.body)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.max == 0 {
+		c.max = maxReferrersCacheBytes
+	}
+	if size > c.max/8 {
+		return // one huge list must not flush everything else
+	}
+	if c.m == nil {
+		c.m = map[string]referrersEntry{}
+	}
+	if old, ok := c.m[key]; ok {
+		c.bytes -= len(key) + len(old.ans.body)
+	} else {
+		c.order = append(c.order, key)
+	}
+	c.m[key] = referrersEntry{ans, expires}
+	c.bytes += size
+	for c.bytes > c.max && len(c.order) > 0 {
+		k := c.order[0]
+		c.order = c.order[1:]
+		if e, ok := c.m[k]; ok {
+			c.bytes -= len(k) + len(e.ans.body)
+			delete(c.m, k)
+		}
+	}
 }

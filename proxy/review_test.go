@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/airlock-registry/airlock/storage/metadata"
 	"io"
 	"net/http"
 	"strings"
@@ -124,7 +125,7 @@ func TestTamperedBlobReachesNoFollowerWhole(t *testing.T) {
 	if _, err := e.blobs.Stat(t.Context(), digest.Digest(ld.String())); err == nil {
 		t.Fatal("tampered blob was committed")
 	}
-	if ok, _ := e.meta.Linked(t.Context(), "hub/library/app", digest.Digest(ld.String())); ok {
+	if l, _ := e.meta.BlobLink(t.Context(), "hub/library/app", digest.Digest(ld.String())); l.Has(metadata.Confirmed) {
 		t.Fatal("a tampered blob was linked to the repository")
 	}
 	o.tamper.Delete(ld.String())

@@ -11,12 +11,21 @@ import (
 func newConfigCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "config", Short: "Work with airlock configuration files"}
 	var path string
+	var static bool
 	check := &cobra.Command{
 		Use:   "check",
 		Short: "Validate a configuration file and explain what is wrong",
-		Args:  cobra.NoArgs,
+		Long: "Validate a configuration file as serve and SIGHUP do, and list every problem with its line and key.\n" +
+			"Besides the file itself this checks what it names on this machine: the listen hosts, TLS, CA and\n" +
+			"credentials files, admin.tokenFile and a writable storage.path. Use --static where those are not\n" +
+			"present, as in CI.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(path)
+			scope := config.ScopeHost
+			if static {
+				scope = config.ScopeDocument
+			}
+			cfg, err := config.Open(path, scope)
 			if err != nil {
 				return err
 			}
@@ -25,16 +34,16 @@ func newConfigCommand() *cobra.Command {
 		},
 	}
 	check.Flags().StringVar(&path, "config", "", "configuration file (default: the embedded default)")
+	check.Flags().BoolVar(&static, "static", false, "check the file alone, not the files and directories it names on this machine")
 	cmd.AddCommand(check)
 	return cmd
 }
 
-// loadConfig reads path, or returns the embedded default when path is empty.
+// loadConfig returns the configuration serve and SIGHUP use: the file at
+// path, or the embedded default when path is empty, checked against this
+// machine exactly as `airlock config check` checks it.
 func loadConfig(path string) (*config.Config, error) {
-	if path == "" {
-		return config.Default(), nil
-	}
-	return config.Load(path)
+	return config.Open(path, config.ScopeHost)
 }
 
 func displayPath(path string) string {

@@ -21,12 +21,15 @@ func main() {
 }
 
 func newRootCommand() *cobra.Command {
+	info := readBuildInfo()
 	root := &cobra.Command{
 		Use:           "airlock",
 		Short:         "A container-registry gateway that serves only verified, approved images",
+		Version:       info.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCommand(), newConfigCommand())
+	root.SetVersionTemplate("airlock {{.Version}}\n")
+	root.AddCommand(newServeCommand(), newConfigCommand(), newVersionCommand(info))
 	return root
 }

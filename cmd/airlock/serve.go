@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -42,18 +43,22 @@ func newServeCommand() *cobra.Command {
 		Long: "Run the registry gateway. Without --config it runs the embedded default: the registry API on 127.0.0.1:5000\n" +
 			"(loopback only, as it has no client authentication), the admin API on 127.0.0.1:5001, Docker Hub (default),\n" +
 			"gcr.io and quay.io upstreams, data in ./airlock-data.\n" +
-			"SIGHUP reloads upstreams, credentials, allow-lists, cache limits and the auth htpasswd file from --config; SIGTERM drains in-flight pulls and exits.",
+			"SIGHUP reloads upstreams, credentials, allow-lists, the auth section, cache.tagTTL, cache.maxSize, log.level and shutdown\n" +
+			"from --config, and logs a warning for each changed key that needs a restart; SIGTERM drains in-flight pulls and exits.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(path)
 			if err != nil {
 				return err
 			}
-			log := newLogger(cfg.Log, os.Stderr)
+			level := new(slog.LevelVar)
+			level.Set(cfg.Log.SlogLevel())
+			log := newLogger(cfg.Log.Format, level, os.Stderr)
 			g, err := newGateway(cmd.Context(), cfg, log)
 			if err != nil {
 				return err
 			}
+			g.logLevel = level
 			return g.run(cmd.Context(), path)
 		},
 	}
@@ -61,9 +66,10 @@ func newServeCommand() *cobra.Command {
 	return cmd
 }
 
-func newLogger(c config.Log, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: c.SlogLevel()}
-	if c.Format == config.FormatText {
+// newLogger writes to w in format at level, which SIGHUP may change.
+func newLogger(format string, level slog.Leveler, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == config.FormatText {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
@@ -83,6 +89,16 @@ type gateway struct {
 	stopTracing func(context.Context) error
 	evictor     *evict.Evictor
 
+	// cfg above is what the gateway runs with: what it started with, plus
+	// the shutdown settings of the last reload. loaded is the
+	// configuration last read, at start or on SIGHUP. After start only run
+	// and reload, on one goroutine, use either.
+	loaded *config.Config
+	// logLevel, when set, is the level of log; reload changes it.
+	logLevel *slog.LevelVar
+	// build is what airlock version prints.
+	build buildInfo
+
 	// auth authenticates pulls in front of proxy; policy is the one it
 	// started with (SIGHUP replaces it in auth).
 	auth   *pullauth.Authenticator
@@ -90,8 +106,9 @@ type gateway struct {
 }
 
 func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gateway, error) {
-	g := &gateway{cfg: cfg, log: log, promReg: prometheus.NewRegistry()}
-	g.promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	g := &gateway{cfg: cfg, loaded: cfg, log: log, promReg: prometheus.NewRegistry(), build: readBuildInfo()}
+	g.promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		g.build.collector())
 	g.metrics = proxy.NewMetrics(g.promReg)
 
 	if err := os.MkdirAll(cfg.Storage.Path, 0o750); err != nil {
@@ -208,6 +225,10 @@ func buildUpstreams(cfg *config.Config, m *proxy.Metrics, log *slog.Logger) (*pr
 			IdleTimeout: u.Timeouts.Idle.Std(), HeaderTimeout: u.Timeouts.Header.Std(),
 			MaxBlobTransfers: u.MaxBlobTransfers,
 			Observe:          m.ObserveUpstream,
+			// Redirects and token realms must never lead back into
+			// airlock itself, its admin API least of all.
+			InternalRedirectHosts: u.InternalRedirectHosts,
+			SelfAddrs:             []string{cfg.Listen, cfg.Admin.Listen},
 		})
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("upstreams[%d] (%s): %w", i, u.Name, err)
@@ -247,9 +268,16 @@ func upstreamTransport(u *config.Upstream) (http.RoundTripper, error) {
 	t.TLSClientConfig = tc
 	t.DisableCompression = true
 	t.MaxIdleConnsPerHost = 32
+	t.MaxResponseHeaderBytes = upstream.MaxResponseHeaderBytes
 	t.ResponseHeaderTimeout = u.Timeouts.Header.Std()
 	return t, nil
 }
+
+// maxHeaderBytes bounds the request line and headers of one request on
+// either listener; a larger request gets 431. Registry clients send a few
+// KiB at most (a bearer token and an Accept list); http.Server's default of
+// 1 MiB lets an unauthenticated client make every request expensive.
+const maxHeaderBytes = 64 << 10
 
 // run serves until ctx ends, then drains: readiness turns false, in-flight
 // requests and fills finish within shutdown.drainTimeout, stores close.
@@ -264,9 +292,9 @@ func (g *gateway) run(ctx context.Context, configPath string) error {
 		return fmt.Errorf("admin.listen %s: %w", g.cfg.Admin.Listen, err)
 	}
 	regSrv := &http.Server{Handler: g.registryHandler(), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
-		ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)}
+		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)}
 	adminSrv := &http.Server{Handler: g.adminHandler(), ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)}
+		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)}
 
 	errc := make(chan error, 2)
 	go func() {
@@ -282,8 +310,9 @@ func (g *gateway) run(ctx context.Context, configPath string) error {
 	go func() { defer close(evictDone); g.evictor.Run(evictCtx, g.cfg.Cache.EvictInterval.Std()) }()
 	g.ready.Store(true)
 	access, open := pullAccess(g.cfg.Auth, g.policy, regLn.Addr())
-	g.log.Info("airlock serving", slog.String("registry", regLn.Addr().String()),
-		slog.String("admin", adminLn.Addr().String()), slog.Int("upstreams", len(g.cfg.Upstreams)),
+	g.log.Info("airlock serving", slog.String("version", g.build.Version), slog.String("commit", g.build.CommitLabel()),
+		slog.String("registry", regLn.Addr().String()), slog.String("admin", adminLn.Addr().String()),
+		slog.String("config", displayPath(configPath)), slog.Any("upstreams", upstreamSummaries(g.cfg)),
 		slog.String("storage", g.cfg.Storage.Path), slog.String("pull_auth", access))
 	logPullAccess(g.log, access, open)
 
@@ -338,15 +367,32 @@ loop:
 	return nil
 }
 
-// reload applies a changed configuration's upstreams, credentials and
-// allow-lists. A configuration that does not load is refused and the
-// running one stays.
+// upstreamSummary names an upstream in the start-up log line.
+type upstreamSummary struct {
+	Name string `json:"name"`
+	Host string `json:"host"`
+}
+
+func upstreamSummaries(cfg *config.Config) []upstreamSummary {
+	out := make([]upstreamSummary, len(cfg.Upstreams))
+	for i := range cfg.Upstreams {
+		out[i] = upstreamSummary{Name: cfg.Upstreams[i].Name, Host: cfg.Upstreams[i].Host()}
+	}
+	return out
+}
+
+// reload applies a changed configuration's upstreams, credentials,
+// allow-lists, tag TTL, cache size, log level and shutdown timings. A
+// configuration that does not load is refused and the running one stays.
+// Other keys cannot change under a running process (listeners, storage,
+// TLS, ...): each that changed is logged as needing a restart, so "reloaded"
+// never hides a setting that is not in force.
 func (g *gateway) reload(path string) {
 	if path == "" {
 		g.log.Warn("SIGHUP ignored: running the embedded default, there is no file to reload")
 		return
 	}
-	cfg, err := config.Load(path)
+	cfg, err := loadConfig(path)
 	if err != nil {
 		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
 		return
@@ -366,7 +412,43 @@ func (g *gateway) reload(path string) {
 	}
 	g.proxy.Reload(rt, regs, ttls, cfg.Cache.TagTTL.Std())
 	g.evictor.SetMaxBytes(cfg.Cache.MaxSize.Bytes())
-	g.log.Info("configuration reloaded", slog.String("config", path), slog.Int("upstreams", len(cfg.Upstreams)))
+	if g.logLevel != nil {
+		g.logLevel.Set(cfg.Log.SlogLevel())
+	}
+
+	var applied, restart []string
+	for _, key := range config.Diff(g.loaded, cfg) {
+		if reloadable(key) {
+			applied = append(applied, key)
+		}
+	}
+	// Against the running configuration, so that a change undone before
+	// the next reload stops being reported.
+	for _, key := range config.Diff(g.cfg, cfg) {
+		if !reloadable(key) {
+			restart = append(restart, key)
+			g.log.Warn("configuration key changed but takes effect only after a restart; the running value stays",
+				slog.String("key", key), slog.String("config", path))
+		}
+	}
+	g.cfg.Shutdown = cfg.Shutdown
+	g.loaded = cfg
+	g.log.Info("configuration reloaded", slog.String("config", path), slog.Int("upstreams", len(cfg.Upstreams)),
+		slog.Any("applied", applied), slog.Any("needsRestart", restart))
+}
+
+// reloadable reports whether reload applies a change of key to the
+// running gateway (auth: its htpasswd file is re-read on every reload, changed
+// or not). Everything else (listen, tls, storage, admin, log.format,
+// tracing, cache.maxManifestBytes, cache.evictInterval, policies, and any
+// key added without being listed here) is read once at start.
+func reloadable(key string) bool {
+	for _, live := range []string{"upstreams", "auth", "cache.tagTTL", "cache.maxSize", "log.level", "shutdown"} {
+		if key == live || strings.HasPrefix(key, live+".") || strings.HasPrefix(key, live+"[") {
+			return true
+		}
+	}
+	return false
 }
 
 func (g *gateway) health(w http.ResponseWriter, _ *http.Request) {

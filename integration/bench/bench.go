@@ -108,6 +108,7 @@ func (b *bench) runAll(ctx context.Context) ([]row, error) {
 		{"7: joining a slow transfer", b.joinSlow},
 		{"8: first client hangs up", b.hangUp},
 		{"9: slow clients, memory", b.slowClients},
+		{"10: new repository sharing base layers", b.sharedBase},
 	}
 	for i, st := range steps {
 		if b.s.only != "" && !slices.Contains(strings.Split(b.s.only, ","), strconv.Itoa(i+1)) {

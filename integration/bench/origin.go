@@ -1,6 +1,7 @@
 package main
 
 import (
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -28,6 +29,7 @@ type origin struct {
 	blobs     map[string]string   // digest -> file
 	requests  int
 	blobGETs  map[string]int // digest -> GETs started
+	blobHEADs map[string]int // digest -> HEADs answered
 	blobDone  map[string]int // digest -> GETs whose response ended
 	blobFull  map[string]int // digest -> GETs that sent the whole blob
 	written   atomic.Int64
@@ -49,6 +51,7 @@ func startOrigin() (*origin, error) {
 		manifests: map[string]manifest{},
 		blobs:     map[string]string{},
 		blobGETs:  map[string]int{},
+		blobHEADs: map[string]int{},
 		blobDone:  map[string]int{},
 		blobFull:  map[string]int{},
 	}
@@ -80,18 +83,15 @@ func (o *origin) manifestBytes(digest string) []byte {
 
 // counts is a snapshot of what the origin has seen.
 type counts struct {
-	requests int
-	blobGETs map[string]int
+	requests  int
+	blobGETs  map[string]int
+	blobHEADs map[string]int
 }
 
 func (o *origin) snapshot() counts {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	c := counts{requests: o.requests, blobGETs: make(map[string]int, len(o.blobGETs))}
-	for k, v := range o.blobGETs {
-		c.blobGETs[k] = v
-	}
-	return c
+	return counts{requests: o.requests, blobGETs: maps.Clone(o.blobGETs), blobHEADs: maps.Clone(o.blobHEADs)}
 }
 
 // blobState reports how many GETs of digest started, how many ended and
@@ -161,6 +161,9 @@ func (o *origin) serveBlob(w http.ResponseWriter, r *http.Request, digest string
 	file, ok := o.blobs[digest]
 	if ok && r.Method == http.MethodGet {
 		o.blobGETs[digest]++
+	}
+	if ok && r.Method == http.MethodHead {
+		o.blobHEADs[digest]++
 	}
 	o.mu.Unlock()
 	if !ok {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -520,4 +521,83 @@ func (b *bench) waitIdle(blobs []blob) {
 	for _, bl := range blobs {
 		b.origin.waitBlobIdle(bl.Digest, 2*time.Minute)
 	}
+}
+
+// sharedBase is scenario 10: a repository nobody has pulled whose image
+// shares its base layers with an image already cached through another
+// repository. A proxy must not serve one repository's cached blobs through
+// another on the strength of a manifest alone: airlock asks the upstream
+// with one HEAD per shared layer, once, instead of transferring it again.
+func (b *bench) sharedBase(ctx context.Context) ([]row, error) {
+	const shared = 3
+	b.origin.rate.Store(b.s.rateMiB * mib)
+	defer b.origin.rate.Store(0)
+	wall := map[string][]time.Duration{}
+	heads, gets, again := map[string]int{}, map[string]int{}, map[string]int{}
+	for round := range b.s.rounds {
+		var base []blob
+		for range shared + 2 {
+			l, err := b.seed.blob(b.s.layerMiB * mib)
+			if err != nil {
+				return nil, err
+			}
+			base = append(base, l)
+		}
+		own1, own2 := base[shared], base[shared+1]
+		base = base[:shared]
+		first, err := b.seed.imageOf(fmt.Sprintf("bench/base-%d", round), "v1", append(slices.Clone(base), own1))
+		if err != nil {
+			return nil, err
+		}
+		next, err := b.seed.imageOf(fmt.Sprintf("bench/derived-%d", round), "v1", append(slices.Clone(base), own2))
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range b.withDirect() {
+			if _, err := b.client.pull(ctx, c.url, first); err != nil {
+				return nil, err
+			}
+			b.waitIdle(first.Blobs)
+			before := b.origin.snapshot()
+			d, err := b.client.pull(ctx, c.url, next)
+			if err != nil {
+				return nil, err
+			}
+			b.waitIdle(next.Blobs)
+			after := b.origin.snapshot()
+			wall[c.name] = append(wall[c.name], d)
+			for _, l := range base {
+				heads[c.name] += after.blobHEADs[l.Digest] - before.blobHEADs[l.Digest]
+				gets[c.name] += after.blobGETs[l.Digest] - before.blobGETs[l.Digest]
+			}
+			if _, err := b.client.pull(ctx, c.url, next); err != nil {
+				return nil, err
+			}
+			b.waitIdle(next.Blobs)
+			last := b.origin.snapshot()
+			for _, l := range base {
+				again[c.name] += last.blobHEADs[l.Digest] - after.blobHEADs[l.Digest] +
+					last.blobGETs[l.Digest] - after.blobGETs[l.Digest]
+			}
+		}
+	}
+	per := func(name string) string {
+		n := float64(shared * b.s.rounds)
+		return fmt.Sprintf("%.2f HEADs, %.2f GETs per shared layer; %.2f on the next pull",
+			float64(heads[name])/n, float64(gets[name])/n, float64(again[name])/n)
+	}
+	a, d, x := median(wall["airlock"]), median(wall["distribution"]), median(wall["direct"])
+	return []row{{
+		id: "10", scenario: fmt.Sprintf("warm pull of a new repository sharing %d of %d layers (%d MiB each) with a cached image: wall time", shared, shared+1, b.s.layerMiB),
+		cells:   map[string]string{"airlock": ms(a), "distribution": ms(d), "direct": ms(x)},
+		ratio:   ratio(float64(a), float64(x)) + " direct",
+		goal:    "≤ 1.05× direct",
+		verdict: verdict(float64(a) <= 1.05*float64(x)),
+		spread:  roundSpread(durations(wall["airlock"]), durations(wall["direct"])),
+	}, {
+		id: "10", scenario: "the same pull: upstream requests for the shared layers",
+		cells:   map[string]string{"airlock": per("airlock"), "distribution": per("distribution"), "direct": per("direct")},
+		goal:    "1 HEAD and no GET per shared layer, once",
+		verdict: verdict(heads["airlock"] == shared*b.s.rounds && gets["airlock"] == 0 && again["airlock"] == 0),
+	}}, nil
 }

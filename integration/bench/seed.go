@@ -93,8 +93,6 @@ type descriptor struct {
 // image seeds repo:tag with layers layers of layerSize bytes each and a
 // valid image config whose diff_ids name them.
 func (s *seeder) image(repo, tag string, layerSize int64, layers int) (image, error) {
-	img := image{Repo: repo, Tag: tag}
-	var diffIDs []string
 	var ls []blob
 	for range layers {
 		b, err := s.blob(layerSize)
@@ -102,6 +100,16 @@ func (s *seeder) image(repo, tag string, layerSize int64, layers int) (image, er
 			return image{}, err
 		}
 		ls = append(ls, b)
+	}
+	return s.imageOf(repo, tag, ls)
+}
+
+// imageOf seeds repo:tag as an image of the given layers, which other
+// images may share.
+func (s *seeder) imageOf(repo, tag string, ls []blob) (image, error) {
+	img := image{Repo: repo, Tag: tag}
+	var diffIDs []string
+	for _, b := range ls {
 		diffIDs = append(diffIDs, b.Digest)
 	}
 	cfg, err := json.Marshal(map[string]any{

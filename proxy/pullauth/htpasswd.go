@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 
@@ -28,7 +29,10 @@ const maxHtpasswdBytes = 64 << 20
 func ReadHtpasswd(path string) (Users, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("htpasswd file: %w; check that the Secret holding it is mounted", err)
+		if pe, ok := errors.AsType[*fs.PathError](err); ok {
+			err = pe.Err // the path comes first below, once
+		}
+		return nil, fmt.Errorf("%s: %w; check the path, and that the Secret holding it is mounted", path, err)
 	}
 	defer f.Close()
 	return ParseHtpasswd(path, f)

@@ -26,6 +26,9 @@ type authenticator struct {
 	realm   string
 	service string
 	tokens  map[string]cachedToken
+	// maxTokens bounds tokens: there is one per repository asked for, and
+	// the names asked for are the clients' choice.
+	maxTokens int
 
 	// flights makes concurrent requests that need the same token share one
 	// token request: a burst of pulls of one image costs one round trip to
@@ -40,7 +43,36 @@ type cachedToken struct {
 }
 
 func newAuthenticator(r *Registry) *authenticator {
-	return &authenticator{r: r, tokens: map[string]cachedToken{}, now: time.Now}
+	return &authenticator{r: r, tokens: map[string]cachedToken{}, maxTokens: maxCachedTokens, now: time.Now}
+}
+
+// maxCachedTokens is how many tokens one upstream keeps. Docker Hub tokens
+// are about 1.5 KiB and live 5 minutes, so this holds a few MiB and covers
+// every repository pulled more than once in a token's lifetime by a busy
+// gateway; a repository evicted early costs one token request.
+const maxCachedTokens = 1024
+
+// store caches tok under key. At the bound it first drops expired tokens,
+// then, if none had expired, the one due for refresh soonest: it is the
+// least valuable to keep. The caller holds a.mu.
+func (a *authenticator) store(key string, tok cachedToken) {
+	if _, ok := a.tokens[key]; !ok && len(a.tokens) >= a.maxTokens {
+		now := a.now()
+		soonest, first := "", time.Time{}
+		for k, t := range a.tokens {
+			if !now.Before(t.refresh) {
+				delete(a.tokens, k)
+				continue
+			}
+			if soonest == "" || t.refresh.Before(first) {
+				soonest, first = k, t.refresh
+			}
+		}
+		if len(a.tokens) >= a.maxTokens {
+			delete(a.tokens, soonest)
+		}
+	}
+	a.tokens[key] = tok
 }
 
 // header returns the Authorization value for a request of c, or "" while the
@@ -89,6 +121,10 @@ func (a *authenticator) learn(c *call, challenges []Challenge, sent string) ([]s
 	if chosen == nil {
 		return nil, c.errorf(ErrDenied, nil, "upstream answered 401 without a usable Bearer or Basic challenge")
 	}
+	if n := len(chosen.Params["realm"]) + len(chosen.Params["service"]) + len(chosen.Params["scope"]); n > maxChallenge {
+		// They become the token cache's keys and the token request's URL.
+		return nil, c.errorf(ErrInvalid, nil, "challenge's realm, service and scope take %d bytes, more than %d", n, maxChallenge)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.scheme = chosen.Scheme
@@ -122,8 +158,12 @@ func (a *authenticator) bearer(ctx context.Context, c *call, realm, service stri
 	key := realm + "\x00" + service + "\x00" + strings.Join(scopes, " ")
 	a.mu.Lock()
 	t, ok := a.tokens[key]
+	if ok && !a.now().Before(t.refresh) {
+		delete(a.tokens, key)
+		ok = false
+	}
 	a.mu.Unlock()
-	if ok && a.now().Before(t.refresh) {
+	if ok {
 		return t.value, nil
 	}
 	// The fetch runs detached from this caller's context: other requests may
@@ -137,7 +177,7 @@ func (a *authenticator) bearer(ctx context.Context, c *call, realm, service stri
 			return nil, err
 		}
 		a.mu.Lock()
-		a.tokens[key] = tok
+		a.store(key, tok)
 		a.mu.Unlock()
 		return tok.value, nil
 	})
@@ -158,8 +198,19 @@ func (a *authenticator) tokenTimeout() time.Duration {
 	return time.Duration(o.MaxAttempts)*o.HeaderTimeout + time.Duration(o.MaxAttempts-1)*o.MaxDelay
 }
 
-// maxTokenBody bounds a token response; real ones are a few KiB.
-const maxTokenBody = 1 << 20
+// maxTokenLife caps how long a token is trusted, whatever expires_in says:
+// a revoked token is then at worst a day old.
+const maxTokenLife = 24 * time.Hour
+
+// maxTokenBody bounds a token response and so each cached token. Real
+// responses are a few KiB (Docker Hub's carries its token twice); a token
+// far larger could not be sent anyway, as servers cap a request header line
+// at 8 to 16 KiB.
+const maxTokenBody = 64 << 10
+
+// maxChallenge bounds what a challenge contributes to a token request:
+// realm, service and scope together.
+const maxChallenge = 8 << 10
 
 type tokenResponse struct {
 	Token       string `json:"token"`
@@ -191,7 +242,7 @@ func (a *authenticator) fetchToken(ctx context.Context, c *call, realm, service 
 		return cachedToken{}, err
 	}
 	if user != "" || pass != "" {
-		if u.Scheme != "https" && a.r.base.Scheme == "https" {
+		if !credentialsMayGo(u, a.r.base) {
 			return cachedToken{}, tc.errorf(ErrDenied, nil, "refusing to send credentials to plain-HTTP token realm %s", u.Host)
 		}
 		tc.authz = basicAuth(user, pass)
@@ -224,10 +275,26 @@ func (a *authenticator) fetchToken(ctx context.Context, c *call, realm, service 
 	if tr.ExpiresIn <= 0 {
 		life = 60 * time.Second // the distribution token spec's default
 	}
+	if tr.ExpiresIn > int64(maxTokenLife/time.Second) {
+		// Also keeps the multiplication above from overflowing into a
+		// token that is stale at once and fetched for every request.
+		life = maxTokenLife
+	}
 	// Stop using a token a little before it expires, so a request does not
 	// set out with a token that dies in flight.
 	margin := min(life/5, 30*time.Second)
 	return cachedToken{value: value, refresh: issued.Add(life - margin)}, nil
+}
+
+// credentialsMayGo reports whether the upstream's credentials may be sent to
+// token realm u: over https, or, for an upstream that is itself plain HTTP
+// (a private mirror, a test), to the upstream's own host. Anything else
+// would put them on the wire in clear to a party the operator never named.
+func credentialsMayGo(u, base *url.URL) bool {
+	if u.Scheme == "https" {
+		return true
+	}
+	return base.Scheme == "http" && strings.EqualFold(u.Hostname(), base.Hostname())
 }
 
 // credentials asks the configured callback; nil means anonymous.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -270,4 +271,104 @@ func TestReadAfterClose(t *testing.T) {
 	if n := count.Load(); n != 1 {
 		t.Errorf("Read after Close made %d requests, want 1", n)
 	}
+}
+
+// TestTokenCacheBounded: the cache holds at most maxTokens tokens however
+// many repositories are asked for, keeps the freshest, and drops expired
+// ones.
+func TestTokenCacheBounded(t *testing.T) {
+	t.Parallel()
+	ts := newTokenServer(t, "", "")
+	r := newClient(t, serve(t, &bearerGate{next: realRegistry(false), ts: ts}).URL)
+	r.auth.maxTokens = 4
+	now := time.Now()
+	var clock sync.Mutex
+	r.auth.now = func() time.Time { clock.Lock(); defer clock.Unlock(); return now }
+	ask := func(repo string) {
+		t.Helper()
+		// The repository does not exist: a token is fetched for it, then
+		// the registry answers 404.
+		if _, err := r.HeadManifest(t.Context(), repo, "v1", nil); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("HeadManifest %s: %v, want ErrNotFound", repo, err)
+		}
+	}
+	cached := func() int {
+		r.auth.mu.Lock()
+		defer r.auth.mu.Unlock()
+		return len(r.auth.tokens)
+	}
+	for i := range 10 {
+		ask(fmt.Sprintf("team/r%d", i))
+		clock.Lock()
+		now = now.Add(time.Second) // each token expires a little later
+		clock.Unlock()
+	}
+	if n := cached(); n != 4 {
+		t.Errorf("%d tokens cached after 10 repositories, want the bound 4", n)
+	}
+	before := ts.requests.Load()
+	ask("team/r9")
+	if n := ts.requests.Load(); n != before {
+		t.Errorf("the newest token was evicted: %d more token requests", n-before)
+	}
+	clock.Lock()
+	now = now.Add(time.Hour)
+	clock.Unlock()
+	ask("team/other")
+	if n := cached(); n != 1 {
+		t.Errorf("%d tokens cached after all expired and one was added, want 1", n)
+	}
+}
+
+// TestTokenLifetimeOverflow: an absurd expires_in is capped, not turned
+// into a token that is stale at once (and fetched again for every request).
+func TestTokenLifetimeOverflow(t *testing.T) {
+	t.Parallel()
+	ts := newTokenServer(t, "", "")
+	ts.expiresIn = 9223372037 // seconds; as a time.Duration it overflows
+	r := newClient(t, serve(t, &bearerGate{next: realRegistry(false), ts: ts}).URL)
+	for range 3 {
+		if _, err := r.HeadManifest(t.Context(), "app", "v1", nil); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("HeadManifest: %v, want ErrNotFound", err)
+		}
+	}
+	if n := ts.requests.Load(); n != 1 {
+		t.Errorf("%d token requests for one repository, want 1", n)
+	}
+}
+
+// TestTokenInputsBounded: what a challenge and a token response contribute
+// to the token cache is bounded.
+func TestTokenInputsBounded(t *testing.T) {
+	t.Parallel()
+	t.Run("huge scope", func(t *testing.T) {
+		t.Parallel()
+		ts := newTokenServer(t, "", "")
+		scope := strings.Repeat("repository:x:pull ", 1000)
+		up := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm=%q,service="test-registry",scope=%q`, ts.URL+"/token", scope))
+			w.WriteHeader(http.StatusUnauthorized)
+		}))
+		r := newClient(t, up.URL)
+		if _, err := r.HeadManifest(t.Context(), "app", "v1", nil); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("HeadManifest: %v, want ErrInvalid", err)
+		}
+		if n := ts.requests.Load(); n != 0 {
+			t.Errorf("token server asked %d times with an 18 KB scope", n)
+		}
+	})
+	t.Run("huge token", func(t *testing.T) {
+		t.Parallel()
+		realm := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, `{"token":%q}`, strings.Repeat("t", 100<<10))
+		}))
+		up := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm=%q`, realm.URL))
+			w.WriteHeader(http.StatusUnauthorized)
+		}))
+		r := newClient(t, up.URL)
+		if _, err := r.HeadManifest(t.Context(), "app", "v1", nil); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("HeadManifest: %v, want ErrInvalid", err)
+		}
+	})
 }

@@ -75,6 +75,15 @@ func (r *Registry) do(ctx context.Context, c *call) (*http.Response, error) {
 			failure = c.errorf(ErrUnavailable, err, "")
 		case resp.StatusCode/100 == 2 || slices.Contains(c.pass, resp.StatusCode):
 			return resp, nil
+		case redirected(resp, c) && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden):
+			// A redirect target (a CDN) refusing a signed URL is not the
+			// registry's challenge: it must not change the realm or
+			// receive credentials. The signature may have expired on
+			// the way, so the whole request is worth another attempt.
+			failure = statusError(resp, c)
+			failure.Kind = ErrUnavailable
+			failure.Message = "redirect target " + resp.Request.URL.Host + " refused the redirected request"
+			discard(resp)
 		case resp.StatusCode == http.StatusUnauthorized && c.auth && !authRetried:
 			challenges := ParseChallenges(resp.Header.Values("WWW-Authenticate"))
 			discard(resp)
@@ -151,9 +160,10 @@ func (r *Registry) attempt(ctx context.Context, c *call, authz string) (*http.Re
 }
 
 // follow sends c and follows redirects itself (rather than through
-// http.Client) so that every hop is observed and the Authorization header is
-// only ever sent to the origin it belongs to: a CDN that a blob is redirected
-// to must not see registry credentials or tokens.
+// http.Client) so that every hop is observed, the Authorization header is
+// only ever sent to the origin it belongs to (a CDN that a blob is
+// redirected to must not see registry credentials or tokens), and every hop
+// off the upstream's origin goes through the hopGuard's transport.
 func (r *Registry) follow(ctx context.Context, c *call, authz string) (*http.Response, error) {
 	first, err := url.Parse(c.url)
 	if err != nil {
@@ -172,15 +182,26 @@ func (r *Registry) follow(ctx context.Context, c *call, authz string) (*http.Res
 		if authz != "" && sameOrigin(u, first) {
 			req.Header.Set("Authorization", authz)
 		}
+		rt := r.o.Transport
+		if !sameOrigin(u, r.base) {
+			rt = r.hops
+		}
 		start := time.Now()
-		resp, err := r.o.Transport.RoundTrip(req)
+		resp, err := rt.RoundTrip(req)
 		e := Event{Op: c.op, Err: err, Duration: time.Since(start)}
 		if resp != nil {
 			e.Status, e.Header = resp.StatusCode, resp.Header
 		}
 		r.observe(e)
+		var refused *refusedError
+		if errors.As(err, &refused) {
+			return nil, c.errorf(ErrInvalid, refused, "upstream sent airlock to a forbidden address")
+		}
 		if err != nil {
 			return nil, err
+		}
+		if resp.Request == nil {
+			resp.Request = req // do() needs to know where the answer came from
 		}
 		if !isRedirect(resp.StatusCode) {
 			return resp, nil
@@ -196,6 +217,14 @@ func (r *Registry) follow(ctx context.Context, c *call, authz string) (*http.Res
 		}
 		u = next
 	}
+}
+
+// redirected reports whether resp came from another origin than the one c
+// was sent to: from a redirect target rather than the registry (or realm)
+// itself.
+func redirected(resp *http.Response, c *call) bool {
+	first, err := url.Parse(c.url)
+	return err != nil || !sameOrigin(resp.Request.URL, first)
 }
 
 func isRedirect(status int) bool {

@@ -15,7 +15,16 @@
 //     without a restart. Credentials and tokens never appear in logs or errors.
 //   - Redirects. Blob downloads are commonly redirected to a CDN on another
 //     host. Redirects are followed (at most 10), and the Authorization header
-//     is only ever sent to the host it was issued for.
+//     is only ever sent to the host it was issued for. A 401 from a redirect
+//     target is the CDN's answer, not the registry's challenge: only the
+//     upstream's own origin sets the token realm, and credentials go to a
+//     realm only over https (or on the upstream's own host when the upstream
+//     is plain HTTP). Every connection off the upstream's origin (redirect
+//     targets, token realms) is checked at the address actually dialled:
+//     never link-local (cloud metadata), unspecified or airlock's own
+//     listeners, and loopback or private addresses only when the upstream
+//     itself is on one of that kind or the host is listed in
+//     InternalRedirectHosts.
 //   - Transient failures. Network errors, 5xx and 429 are retried with
 //     exponential backoff and jitter, honouring Retry-After, as long as no
 //     byte of the response has been handed to the caller. A blob body whose

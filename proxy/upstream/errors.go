@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // The classes of failure. Every error returned by this package wraps exactly
@@ -44,21 +45,17 @@ type Error struct {
 	// RetryAfter is what the upstream asked for with Retry-After (0 if none).
 	RetryAfter time.Duration
 	Err        error // underlying cause (network error, parse error), if any
+
+	// public marks Message as fit for clients (a bound airlock enforces,
+	// say), so Public includes it.
+	public bool
 }
 
+// Error describes the failure for the operator's log: everything known,
+// the cause and what to do about it included.
 func (e *Error) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "upstream %s: %s", e.Upstream, e.Op)
-	if e.Repo != "" {
-		b.WriteString(" " + e.Repo)
-		if e.Ref != "" {
-			if strings.Contains(e.Ref, ":") {
-				b.WriteString("@" + e.Ref)
-			} else {
-				b.WriteString(":" + e.Ref)
-			}
-		}
-	}
+	fmt.Fprintf(&b, "upstream %s: %s", e.Upstream, e.subject())
 	if e.Status != 0 {
 		fmt.Fprintf(&b, ": HTTP %d", e.Status)
 	}
@@ -76,6 +73,64 @@ func (e *Error) Error() string {
 		b.WriteString(" (" + h + ")")
 	}
 	return b.String()
+}
+
+// subject names what was asked: "manifest library/app:1", "blob
+// app@sha256:...", "tags app".
+func (e *Error) subject() string {
+	var b strings.Builder
+	b.WriteString(e.Op)
+	if e.Op == "token" && e.Repo != "" {
+		b.WriteString(" for")
+	}
+	if e.Repo != "" {
+		b.WriteString(" " + e.Repo)
+		if e.Ref != "" {
+			if strings.Contains(e.Ref, ":") {
+				b.WriteString("@" + e.Ref)
+			} else {
+				b.WriteString(":" + e.Ref)
+			}
+		}
+	}
+	return b.String()
+}
+
+// Public describes the failure in words fit for airlock's clients: which
+// upstream, what was asked, and the class of failure. It leaves out what
+// only the operator may see or act on: the cause (a dial error naming
+// internal addresses, the path of a credentials file), the upstream's own
+// error text, and the advice of Error. The log line carries those.
+func (e *Error) Public() string {
+	up := "upstream " + e.Upstream
+	var msg string
+	switch e.Kind {
+	case ErrNotFound:
+		msg = fmt.Sprintf("%s has no %s", up, e.subject())
+	case ErrDenied:
+		if e.Status == 0 {
+			// Nothing was refused by the upstream: airlock could not
+			// present credentials (unreadable, missing, or not to be
+			// sent over plain HTTP).
+			msg = fmt.Sprintf("airlock could not authenticate to %s for %s", up, e.subject())
+		} else {
+			// Anonymous or not, the upstream said no; whether to
+			// blame the credentials is for the log to tell.
+			msg = fmt.Sprintf("%s denied airlock access to %s", up, e.subject())
+		}
+	case ErrRateLimited:
+		msg = up + " is rate limiting airlock; retry later"
+	case ErrReferrersUnsupported:
+		msg = up + " does not support the referrers API"
+	case ErrInvalid:
+		msg = fmt.Sprintf("%s sent an invalid response to %s", up, e.subject())
+	default:
+		msg = up + " is unavailable"
+	}
+	if e.public && e.Message != "" {
+		msg += ": " + e.Message
+	}
+	return msg
 }
 
 // hint says what an operator can do about the failure.
@@ -130,8 +185,9 @@ func statusError(resp *http.Response, c *call) *Error {
 	e.Status = resp.StatusCode
 	var body ociErrors
 	if b, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody)); err == nil && json.Unmarshal(b, &body) == nil && len(body.Errors) > 0 {
-		e.Code = body.Errors[0].Code
-		e.Message = body.Errors[0].Message
+		// The upstream's words go into log lines: keep them to a line.
+		e.Code = truncate(body.Errors[0].Code, 64)
+		e.Message = truncate(body.Errors[0].Message, 512)
 		e.Kind = classify(resp.StatusCode, e.Code)
 	}
 	if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
@@ -163,4 +219,16 @@ func classify(status int, code string) error {
 		return ErrUnavailable
 	}
 	return ErrInvalid
+}
+
+// truncate shortens s to at most n bytes, on a rune boundary, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

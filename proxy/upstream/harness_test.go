@@ -121,6 +121,7 @@ func newClient(t *testing.T, url string, edit ...func(*Options)) *Registry {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(r.CloseIdleConnections)
 	return r
 }
 
@@ -201,6 +202,7 @@ func repoOf(path string) string {
 type bearerGate struct {
 	next       http.Handler
 	ts         *tokenServer
+	realm      string // the realm to announce; "" means ts.URL + "/token"
 	challenges atomic.Int64
 }
 
@@ -209,7 +211,11 @@ func (g *bearerGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || !g.ts.allows(tok, repo) {
 		g.challenges.Add(1)
-		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm=%q,service="test-registry",scope="repository:%s:pull"`, g.ts.URL+"/token", repo))
+		realm := g.realm
+		if realm == "" {
+			realm = g.ts.URL + "/token"
+		}
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm=%q,service="test-registry",scope="repository:%s:pull"`, realm, repo))
 		w.WriteHeader(http.StatusUnauthorized)
 		fmt.Fprint(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`)
 		return

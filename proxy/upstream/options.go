@@ -27,7 +27,24 @@ type Options struct {
 	// Transport carries the HTTP round trips. Nil: a clone of
 	// http.DefaultTransport with compression disabled (so Range offsets are
 	// byte offsets of the blob) and HeaderTimeout as response header timeout.
+	// Round trips off the upstream's origin (redirect targets, token realms
+	// elsewhere) go through a clone of it whose dialer checks each address
+	// (see InternalRedirectHosts); a Transport that is not an
+	// *http.Transport cannot be hooked so, and its hops are checked by
+	// resolving the name just before the round trip instead.
 	Transport http.RoundTripper
+	// InternalRedirectHosts names hosts (DNS names or IP literals, without
+	// port) that redirects and token realms of this upstream may lead to
+	// although they are on loopback or private addresses. Without an entry
+	// such a hop is refused unless the upstream itself is on an address of
+	// the same kind. Link-local and unspecified addresses are refused
+	// whatever this says. Default: none.
+	InternalRedirectHosts []string
+	// SelfAddrs are airlock's own listen addresses, host:port as configured
+	// (":5001" meaning every interface). A redirect or token realm leading
+	// to one of them is refused whatever else allows it, so an upstream
+	// cannot turn airlock against its own admin API. Default: none.
+	SelfAddrs []string
 	// Logger receives retry and authentication diagnostics. Nil: discard.
 	Logger *slog.Logger
 	// MaxAttempts is the total number of attempts for a retryable failure,
@@ -70,6 +87,11 @@ type Event struct {
 	// not be modified.
 	Header http.Header
 }
+
+// MaxResponseHeaderBytes bounds the response headers of an upstream, as the
+// default transport sets it; a registry's are a few KiB (net/http would
+// allow 10 MiB per response).
+const MaxResponseHeaderBytes = 1 << 20
 
 const (
 	defaultMaxAttempts   = 4
@@ -123,6 +145,7 @@ func (o Options) withDefaults() (Options, *url.URL, error) {
 		t.DisableCompression = true
 		t.ResponseHeaderTimeout = o.HeaderTimeout
 		t.MaxIdleConnsPerHost = 32
+		t.MaxResponseHeaderBytes = MaxResponseHeaderBytes
 		o.Transport = t
 	}
 	return o, base, nil

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"net/http"
 	"net/url"
 	"strings"
 
@@ -14,6 +15,12 @@ type Registry struct {
 	o    Options
 	base *url.URL
 	auth *authenticator
+	// guard and hops carry every round trip off the upstream's own origin
+	// (redirect targets, token realms on other hosts); see hopGuard.
+	guard *hopGuard
+	hops  http.RoundTripper
+	// ownTransport: o.Transport is the default made by New.
+	ownTransport bool
 	// blobSlots holds one token per blob body being streamed; nil when
 	// Options.MaxBlobTransfers is 0.
 	blobSlots chan struct{}
@@ -22,16 +29,31 @@ type Registry struct {
 // New validates o and returns a Registry for it. It does not contact the
 // upstream.
 func New(o Options) (*Registry, error) {
+	own := o.Transport == nil
 	o, base, err := o.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	r := &Registry{o: o, base: base}
+	r := &Registry{o: o, base: base, guard: newHopGuard(o, base), ownTransport: own}
+	r.hops = r.guard.transport(o.Transport)
 	if o.MaxBlobTransfers > 0 {
 		r.blobSlots = make(chan struct{}, o.MaxBlobTransfers)
 	}
 	r.auth = newAuthenticator(r)
 	return r, nil
+}
+
+// CloseIdleConnections closes the idle connections of the transport the
+// Registry made for itself: the default one when Options.Transport is nil,
+// and the one for hops off the upstream's origin. A Transport given in
+// Options is the caller's to close.
+func (r *Registry) CloseIdleConnections() {
+	if t, ok := r.hops.(*http.Transport); ok {
+		t.CloseIdleConnections()
+	}
+	if r.ownTransport {
+		r.o.Transport.(*http.Transport).CloseIdleConnections()
+	}
 }
 
 // Name returns the upstream's configured name.

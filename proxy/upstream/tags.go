@@ -9,17 +9,33 @@ import (
 	"strings"
 )
 
+// The bounds of one aggregated tag list. The whole list is held in memory
+// (and shared by concurrent requests for it) so that it can be sorted and
+// paged for clients, so it is bounded as a whole, not only per page.
 const (
-	// maxTagsPage bounds one page of a tag list.
-	maxTagsPage = 16 << 20
-	// maxTagsPages bounds pagination, so an upstream whose Link headers never
-	// end cannot keep a request busy forever.
+	// maxTagListBytes bounds the bytes of all pages together.
+	maxTagListBytes = 16 << 20
+	// maxTags bounds the tags of all pages together: generous for real
+	// repositories (those with the most tags have tens of thousands), and
+	// at 16 bytes of string header each plus the names, a few MiB.
+	maxTags = 100_000
+	// maxTagsPages bounds pagination, so an upstream whose Link headers
+	// never end cannot keep a request busy forever.
 	maxTagsPages = 1000
+	// maxTagsLink bounds one next-page URL; real ones carry a repository
+	// name and a tag.
+	maxTagsLink = 8 << 10
 )
 
 // Tags returns all tags of repo, following the upstream's
 // `Link: <...>; rel="next"` pagination. Next links must stay on the
 // upstream's own origin.
+//
+// A list beyond maxTags tags or maxTagListBytes bytes, or more than
+// maxTagsPages pages, is an ErrInvalid error that says so, not a truncated
+// list: like a registry's own tag list, the answer is complete or an error,
+// so that a client choosing "the newest tag" never chooses from part of the
+// list. Pulls by tag are not affected.
 func (r *Registry) Tags(ctx context.Context, repo string) ([]string, error) {
 	c := &call{upstream: r.o.Name, op: "tags", method: http.MethodGet, repo: repo, auth: true}
 	if !validRepo(repo) {
@@ -28,6 +44,7 @@ func (r *Registry) Tags(ctx context.Context, repo string) ([]string, error) {
 	next := r.endpoint(repo, "tags", "list")
 	seen := map[string]bool{}
 	tags := []string{}
+	budget := int64(maxTagListBytes)
 	for page := 0; next != ""; page++ {
 		if page >= maxTagsPages || seen[next] {
 			return nil, c.errorf(ErrInvalid, nil, "tag list pagination does not end")
@@ -36,44 +53,60 @@ func (r *Registry) Tags(ctx context.Context, repo string) ([]string, error) {
 		c.url = next
 		var err error
 		var names []string
-		if names, next, err = r.tagsPage(ctx, c); err != nil {
+		var n int64
+		if names, next, n, err = r.tagsPage(ctx, c, budget); err != nil {
 			return nil, err
 		}
+		budget -= n
 		tags = append(tags, names...)
+		if len(tags) > maxTags {
+			return nil, tooManyTags(c)
+		}
 	}
 	return tags, nil
 }
 
-// tagsPage fetches one page and returns its tags and the next page's URL.
-func (r *Registry) tagsPage(ctx context.Context, c *call) ([]string, string, error) {
+func tooManyTags(c *call) *Error {
+	e := c.errorf(ErrInvalid, nil, "the tag list has more than %d tags or %d MiB, more than airlock gathers; pull by tag or digest instead", maxTags, maxTagListBytes>>20)
+	e.public = true
+	return e
+}
+
+// tagsPage fetches one page of at most budget bytes and returns its tags,
+// the next page's URL and the page's size.
+func (r *Registry) tagsPage(ctx context.Context, c *call, budget int64) ([]string, string, int64, error) {
 	resp, err := r.do(ctx, c)
 	if err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxTagsPage+1))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, budget+1))
 	if err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
-	if len(b) > maxTagsPage {
-		return nil, "", c.errorf(ErrInvalid, nil, "tag list page larger than %d bytes", maxTagsPage)
+	if int64(len(b)) > budget {
+		return nil, "", 0, tooManyTags(c)
 	}
 	var body struct {
 		Tags []string `json:"tags"`
 	}
 	if err := json.Unmarshal(b, &body); err != nil {
-		return nil, "", c.errorf(ErrInvalid, err, "tag list is not JSON")
+		return nil, "", 0, c.errorf(ErrInvalid, err, "tag list is not JSON")
 	}
 	link, ok := nextLink(resp.Header.Values("Link"))
 	if !ok {
-		return body.Tags, "", nil
+		return body.Tags, "", int64(len(b)), nil
+	}
+	if len(link) > maxTagsLink {
+		// Every next URL is remembered to detect loops.
+		return nil, "", 0, c.errorf(ErrInvalid, nil, "tag list Link is %d bytes, more than %d", len(link), maxTagsLink)
 	}
 	cur, _ := url.Parse(c.url)
 	u, err := cur.Parse(link)
 	if err != nil || !sameOrigin(u, r.base) {
-		return nil, "", c.errorf(ErrInvalid, err, "tag list Link %q does not point into the upstream", link)
+		return nil, "", 0, c.errorf(ErrInvalid, err, "tag list Link %q does not point into the upstream", link)
 	}
-	return body.Tags, u.String(), nil
+	return body.Tags, u.String(), int64(len(b)), nil
 }
 
 // nextLink finds the rel="next" target among Link header values

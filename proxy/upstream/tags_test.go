@@ -3,10 +3,13 @@ package upstream
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 )
@@ -111,5 +114,91 @@ func TestNextLink(t *testing.T) {
 		if got != tt.want || ok != tt.ok {
 			t.Errorf("nextLink(%q) = %q %v, want %q %v", tt.in, got, ok, tt.want, tt.ok)
 		}
+	}
+}
+
+// TestTagListBounded: an upstream's tag list is gathered in memory, so it is
+// bounded as a whole: too many tags in one page, or pages that together
+// exceed the byte bound, fail with a message a client may see, instead of
+// growing without end.
+func TestTagListBounded(t *testing.T) {
+	t.Parallel()
+	// pages answers every page with tagsPerPage distinct tags of tagLen
+	// bytes and a Link to another page, up to lastPage pages.
+	pages := func(tagsPerPage, tagLen, lastPage int) (http.Handler, *atomic.Int64) {
+		var served atomic.Int64
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			page := served.Add(1)
+			var b strings.Builder
+			b.WriteString(`{"name":"app","tags":[`)
+			for i := range tagsPerPage {
+				if i > 0 {
+					b.WriteByte(',')
+				}
+				fmt.Fprintf(&b, `"%0*d"`, tagLen, int(page)*tagsPerPage+i)
+			}
+			b.WriteString(`]}`)
+			if page < int64(lastPage) {
+				w.Header().Set("Link", fmt.Sprintf(`</v2/app/tags/list?page=%d>; rel="next"`, page+1))
+			}
+			_, _ = io.WriteString(w, b.String())
+		}), &served
+	}
+	tests := []struct {
+		name                      string
+		perPage, tagLen, lastPage int
+		wantPages                 int64
+		wantErr                   bool
+	}{
+		{name: "within bounds", perPage: 1000, tagLen: 8, lastPage: 20, wantPages: 20},
+		{name: "too many tags in one page", perPage: maxTags + 1, tagLen: 6, lastPage: 1, wantPages: 1, wantErr: true},
+		{name: "too many tags over pages", perPage: 10_000, tagLen: 8, lastPage: 40, wantPages: maxTags/10_000 + 1, wantErr: true},
+		// Each page is about 1 MB of (overlong) 1000-byte tags: the byte
+		// bound stops it in the 17th page, long before the tag bound or
+		// the page bound.
+		{name: "too many bytes over pages", perPage: 1000, tagLen: 1000, lastPage: 40, wantPages: 17, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h, served := pages(tt.perPage, tt.tagLen, tt.lastPage)
+			r := newClient(t, serve(t, h).URL)
+			tags, err := r.Tags(t.Context(), "app")
+			if n := served.Load(); n != tt.wantPages {
+				t.Errorf("served %d pages, want %d", n, tt.wantPages)
+			}
+			if !tt.wantErr {
+				if err != nil || len(tags) != tt.perPage*tt.lastPage {
+					t.Fatalf("Tags: %d tags, %v; want %d", len(tags), err, tt.perPage*tt.lastPage)
+				}
+				return
+			}
+			var e *Error
+			if !errors.As(err, &e) || !errors.Is(err, ErrInvalid) {
+				t.Fatalf("Tags: %d tags, %v; want ErrInvalid", len(tags), err)
+			}
+			if !strings.Contains(e.Public(), "more than airlock gathers") {
+				t.Errorf("client message %q does not say why", e.Public())
+			}
+		})
+	}
+}
+
+// TestTagListLinkBounded: next-page URLs are remembered (to detect loops),
+// so each is bounded.
+func TestTagListLinkBounded(t *testing.T) {
+	t.Parallel()
+	inner := realRegistry(false)
+	seed(t, inner, "team/app", "a", "b", "c", "d", "e")
+	pad := strings.Repeat("x", 16<<10)
+	h, pages := paginate(inner, "2", func(last string) string {
+		return "/v2/team/app/tags/list?n=2&last=" + url.QueryEscape(last) + "&pad=" + pad
+	})
+	r := newClient(t, serve(t, h).URL)
+	if _, err := r.Tags(t.Context(), "team/app"); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Tags: %v, want ErrInvalid", err)
+	}
+	if n := pages.Load(); n != 1 {
+		t.Errorf("fetched %d pages, want 1", n)
 	}
 }

@@ -17,20 +17,22 @@ import (
 
 // schemaVersion is the layout this code reads and writes. Bump it, and add
 // a migration, whenever a bucket or an encoding changes incompatibly.
-const schemaVersion = 1
+const schemaVersion = 2
 
 var (
-	bucketMeta      = []byte("meta")
-	bucketTags      = []byte("tags")      // repo \x00 tag     -> tag record (JSON)
-	bucketManifests = []byte("manifests") // digest            -> manifest record (binary)
-	bucketLinks     = []byte("links")     // repo \x00 digest  -> size (uvarint)
-	bucketAccess    = []byte("access")    // repo \x00 digest  -> unix nanoseconds (8 bytes)
-	bucketStates    = []byte("states")    // repo \x00 digest  -> state record (JSON)
-	bucketLastUse   = []byte("lastuse")   // digest            -> unix nanoseconds (8 bytes), latest in any repo
+	bucketMeta          = []byte("meta")
+	bucketTags          = []byte("tags")          // repo \x00 tag     -> tag record (JSON)
+	bucketManifests     = []byte("manifests")     // digest            -> manifest record (binary)
+	bucketBlobLinks     = []byte("bloblinks")     // repo \x00 digest  -> link (links.go)
+	bucketManifestLinks = []byte("manifestlinks") // repo \x00 digest  -> link (links.go)
+	bucketLegacyLinks   = []byte("links")         // schema 1: repo \x00 digest -> size (uvarint)
+	bucketAccess        = []byte("access")        // repo \x00 digest  -> unix nanoseconds (8 bytes)
+	bucketStates        = []byte("states")        // repo \x00 digest  -> state record (JSON)
+	bucketLastUse       = []byte("lastuse")       // digest            -> unix nanoseconds (8 bytes), latest in any repo
 
 	keySchema = []byte("schema")
 
-	dataBuckets = [][]byte{bucketTags, bucketManifests, bucketLinks, bucketAccess, bucketStates, bucketLastUse}
+	dataBuckets = [][]byte{bucketTags, bucketManifests, bucketBlobLinks, bucketManifestLinks, bucketAccess, bucketStates, bucketLastUse}
 )
 
 const (
@@ -101,18 +103,29 @@ func initSchema(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
+	migrate := false
 	if v := meta.Get(keySchema); v != nil {
 		got, err := strconv.Atoi(string(v))
-		if err != nil || got != schemaVersion {
-			return fmt.Errorf("schema version %q, but this airlock reads version %d; use the matching airlock release or migrate the file", v, schemaVersion)
+		switch {
+		case err == nil && got == 1:
+			// Schema 1 differs only in its links; see migrateLinks.
+			migrate = true
+		case err != nil || got != schemaVersion:
+			return fmt.Errorf("schema version %q, but this airlock reads versions 1 and %d; use the matching airlock release or migrate the file", v, schemaVersion)
 		}
-	} else if err := meta.Put(keySchema, []byte(strconv.Itoa(schemaVersion))); err != nil {
+	}
+	if err := meta.Put(keySchema, []byte(strconv.Itoa(schemaVersion))); err != nil {
 		return err
 	}
 	backfill := tx.Bucket(bucketLastUse) == nil && tx.Bucket(bucketAccess) != nil
 	for _, name := range dataBuckets {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return err
+		}
+	}
+	if migrate {
+		if err := migrateLinks(tx); err != nil {
+			return fmt.Errorf("migrating links from schema 1: %w", err)
 		}
 	}
 	if backfill {

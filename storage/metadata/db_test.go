@@ -47,8 +47,8 @@ func TestReopenPersists(t *testing.T) {
 	d := digest.FromString("layer")
 	steps := []error{
 		db.PutTag(ctx, "dockerhub/library/redis", "7", TagRecord{Digest: m.Digest, Size: 17}),
-		db.PutManifest(ctx, "dockerhub/library/redis", m),
-		db.LinkBlob(ctx, "dockerhub/library/redis", d, 99),
+		db.PutManifest(ctx, "dockerhub/library/redis", m, Link{Flags: Confirmed}),
+		db.LinkBlobs(ctx, "dockerhub/library/redis", BlobLink{Digest: d, Size: 99, Flags: Confirmed | Admitted}),
 		db.SetState(ctx, "dockerhub/library/redis", m.Digest, StateRecord{State: StateApproved, By: "policy"}),
 		db.Close(),
 	}
@@ -69,8 +69,8 @@ func TestReopenPersists(t *testing.T) {
 	if rec, err := db.Manifest(ctx, m.Digest); err != nil || string(rec.Body) != string(m.Body) {
 		t.Errorf("manifest after reopen = %+v, %v", rec, err)
 	}
-	if ok, err := db.Linked(ctx, "dockerhub/library/redis", d); !ok || err != nil {
-		t.Errorf("link after reopen = %v, %v", ok, err)
+	if l, err := db.BlobLink(ctx, "dockerhub/library/redis", d); err != nil || !l.Has(Confirmed|Admitted) || l.Size != 99 {
+		t.Errorf("link after reopen = %+v, %v", l, err)
 	}
 	if rec, err := db.State(ctx, "dockerhub/library/redis", m.Digest); err != nil || rec.State != StateApproved {
 		t.Errorf("state after reopen = %+v, %v", rec, err)
@@ -194,7 +194,7 @@ func TestOpenAddsLastUseToOlderFile(t *testing.T) {
 	err = raw.Update(func(tx *bolt.Tx) error {
 		meta, _ := tx.CreateBucket(bucketMeta)
 		meta.Put(keySchema, []byte("1"))
-		for _, name := range [][]byte{bucketTags, bucketManifests, bucketLinks, bucketAccess, bucketStates} {
+		for _, name := range [][]byte{bucketTags, bucketManifests, bucketLegacyLinks, bucketAccess, bucketStates} {
 			if _, err := tx.CreateBucket(name); err != nil {
 				return err
 			}
@@ -233,6 +233,66 @@ func TestOpenAddsLastUseToOlderFile(t *testing.T) {
 			t.Errorf("LastUse(%s) = %v, %v; want the latest access time %v", tt.d, got, err, tt.want)
 		}
 	}
+}
+
+// TestOpenMigratesSchema1Links opens a file whose links neither said what
+// they linked nor whether an upstream vouched for them: each becomes a blob
+// or manifest link with no flags, to be confirmed again on its next use.
+func TestOpenMigratesSchema1Links(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "airlock.db")
+	m := manifest(`{"schemaVersion":2}`)
+	layer := digest.FromString("layer")
+	raw, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = raw.Update(func(tx *bolt.Tx) error {
+		meta, _ := tx.CreateBucket(bucketMeta)
+		meta.Put(keySchema, []byte("1"))
+		for _, name := range [][]byte{bucketTags, bucketManifests, bucketLegacyLinks, bucketAccess, bucketStates, bucketLastUse} {
+			if _, err := tx.CreateBucket(name); err != nil {
+				return err
+			}
+		}
+		tx.Bucket(bucketManifests).Put([]byte(m.Digest), encodeManifest(m))
+		links := tx.Bucket(bucketLegacyLinks)
+		links.Put([]byte("hub/library/redis"+sep+string(m.Digest)), binary.AppendUvarint(nil, uint64(len(m.Body))))
+		return links.Put([]byte("hub/library/redis"+sep+string(layer)), binary.AppendUvarint(nil, 1234))
+	})
+	raw.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := Open(path)
+	if err != nil {
+		t.Fatalf("Open of a schema 1 file: %v", err)
+	}
+	ctx := t.Context()
+	if l, err := db.ManifestLink(ctx, "hub/library/redis", m.Digest); err != nil || l.Flags != 0 {
+		t.Errorf("migrated manifest link = %+v, %v; want one with no flags", l, err)
+	}
+	if l, err := db.BlobLink(ctx, "hub/library/redis", layer); err != nil || l.Flags != 0 || l.Size != 1234 {
+		t.Errorf("migrated blob link = %+v, %v; want size 1234 and no flags", l, err)
+	}
+	if _, err := db.BlobLink(ctx, "hub/library/redis", m.Digest); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("a manifest was migrated as a blob link: %v", err)
+	}
+	db.Close()
+	raw, err = bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketLegacyLinks) != nil {
+			t.Error("the schema 1 links bucket is still there")
+		}
+		if v := string(tx.Bucket(bucketMeta).Get(keySchema)); v != fmt.Sprint(schemaVersion) {
+			t.Errorf("schema after migration = %q, want %d", v, schemaVersion)
+		}
+		return nil
+	})
 }
 
 func TestOpenLockedByAnotherProcess(t *testing.T) {
@@ -307,7 +367,7 @@ func BenchmarkManifest(b *testing.B) {
 	body := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[` +
 		strings.Repeat(`{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","size":123456,"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000"},`, 20) + `{}]}`
 	m := manifest(body)
-	if err := db.PutManifest(ctx, "dockerhub/library/nginx", m); err != nil {
+	if err := db.PutManifest(ctx, "dockerhub/library/nginx", m, Link{Flags: Confirmed}); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()

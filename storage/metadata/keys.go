@@ -41,3 +41,9 @@ func refKey(repo string, d digest.Digest) ([]byte, error) {
 }
 
 func repoPrefix(repo string) []byte { return []byte(repo + sep) }
+
+// cutKey splits a "repo\x00digest" key.
+func cutKey(k []byte) (repo string, d digest.Digest, ok bool) {
+	r, rest, ok := strings.Cut(string(k), sep)
+	return r, digest.Digest(rest), ok
+}

@@ -120,31 +120,12 @@ func (db *DB) Manifest(ctx context.Context, d digest.Digest) (ManifestRecord, er
 	return rec, err
 }
 
-// BlobLink is a blob a manifest references, for PutManifest.
-type BlobLink struct {
-	Digest digest.Digest
-	Size   int64
-}
-
-// PutManifest stores a manifest and records that repo references it and
-// the blobs it lists, all in one transaction (one fsync on the cold path of
-// a pull, however many layers). The body must hash to rec.Digest.
-func (db *DB) PutManifest(ctx context.Context, repo string, rec ManifestRecord, blobs ...BlobLink) error {
-	link, err := refKey(repo, rec.Digest)
+// PutManifest stores a manifest and merges link into repo's link of it. The
+// body must hash to rec.Digest.
+func (db *DB) PutManifest(ctx context.Context, repo string, rec ManifestRecord, link Link) error {
+	key, err := refKey(repo, rec.Digest)
 	if err != nil {
 		return err
-	}
-	type kv struct{ k, v []byte }
-	blobLinks := make([]kv, 0, len(blobs))
-	for _, b := range blobs {
-		k, err := refKey(repo, b.Digest)
-		if err != nil {
-			return err
-		}
-		if b.Size < 0 {
-			return fmt.Errorf("metadata: link of %s in %s: negative size %d", b.Digest, repo, b.Size)
-		}
-		blobLinks = append(blobLinks, kv{k, binary.AppendUvarint(nil, uint64(b.Size))})
 	}
 	if len(rec.Body) > MaxManifestSize {
 		return fmt.Errorf("metadata: manifest %s is %d bytes, over the %d byte limit: %w",
@@ -153,51 +134,16 @@ func (db *DB) PutManifest(ctx context.Context, repo string, rec ManifestRecord, 
 	if err := verify.Bytes(rec.Digest, rec.Body); err != nil {
 		return fmt.Errorf("metadata: manifest for %s: %w", repo, err)
 	}
+	if link.Size == 0 {
+		link.Size = int64(len(rec.Body))
+	}
 	val := encodeManifest(rec)
-	size := binary.AppendUvarint(nil, uint64(len(rec.Body)))
 	return db.update(ctx, func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketManifests).Put([]byte(rec.Digest), val); err != nil {
 			return err
 		}
-		links := tx.Bucket(bucketLinks)
-		for _, l := range blobLinks {
-			if err := links.Put(l.k, l.v); err != nil {
-				return err
-			}
-		}
-		return links.Put(link, size)
+		return mergeLink(tx.Bucket(bucketManifestLinks), key, link)
 	})
-}
-
-// LinkBlob records that repo references blob d of the given size. Blobs are
-// shared across repositories in storage; the link is what lets a repository
-// serve one.
-func (db *DB) LinkBlob(ctx context.Context, repo string, d digest.Digest, size int64) error {
-	key, err := refKey(repo, d)
-	if err != nil {
-		return err
-	}
-	if size < 0 {
-		return fmt.Errorf("metadata: link of %s in %s: negative size %d", d, repo, size)
-	}
-	val := binary.AppendUvarint(nil, uint64(size))
-	return db.batch(ctx, func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketLinks).Put(key, val)
-	})
-}
-
-// Linked reports whether repo references d, as a blob or a manifest.
-func (db *DB) Linked(ctx context.Context, repo string, d digest.Digest) (bool, error) {
-	key, err := refKey(repo, d)
-	if err != nil {
-		return false, err
-	}
-	var ok bool
-	err = db.view(ctx, func(tx *bolt.Tx) error {
-		ok = tx.Bucket(bucketLinks).Get(key) != nil
-		return nil
-	})
-	return ok, err
 }
 
 // Manifest values are a version byte, the media type with a uvarint length,

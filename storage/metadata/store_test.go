@@ -22,9 +22,13 @@ type store interface {
 	PutTag(ctx context.Context, repo, tag string, rec TagRecord) error
 	Tags(ctx context.Context, repo string) ([]string, error)
 	Manifest(ctx context.Context, d digest.Digest) (ManifestRecord, error)
-	PutManifest(ctx context.Context, repo string, rec ManifestRecord, blobs ...BlobLink) error
-	LinkBlob(ctx context.Context, repo string, d digest.Digest, size int64) error
-	Linked(ctx context.Context, repo string, d digest.Digest) (bool, error)
+	PutManifest(ctx context.Context, repo string, rec ManifestRecord, link Link) error
+	RepoManifest(ctx context.Context, repo string, d digest.Digest) (ManifestRecord, Link, error)
+	ManifestLink(ctx context.Context, repo string, d digest.Digest) (Link, error)
+	LinkManifest(ctx context.Context, repo string, d digest.Digest, l Link) error
+	AdmitManifest(ctx context.Context, repo string, d digest.Digest, blobs []BlobLink) error
+	BlobLink(ctx context.Context, repo string, d digest.Digest) (Link, error)
+	LinkBlobs(ctx context.Context, repo string, blobs ...BlobLink) error
 	Touch(repo string, d digest.Digest)
 	Accessed(ctx context.Context, repo string, d digest.Digest) (time.Time, error)
 	LastUse(ctx context.Context, d digest.Digest) (time.Time, error)
@@ -98,10 +102,10 @@ func testStore(t *testing.T, open func(t *testing.T) store) {
 		if _, err := s.Manifest(ctx, m.Digest); !errors.Is(err, storage.ErrNotFound) {
 			t.Fatalf("Manifest before put = %v, want ErrNotFound", err)
 		}
-		if ok, err := s.Linked(ctx, "gcr/distroless/static", m.Digest); ok || err != nil {
-			t.Fatalf("Linked before put = %v, %v", ok, err)
+		if _, err := s.ManifestLink(ctx, "gcr/distroless/static", m.Digest); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("ManifestLink before put = %v, want ErrNotFound", err)
 		}
-		if err := s.PutManifest(ctx, "gcr/distroless/static", m); err != nil {
+		if err := s.PutManifest(ctx, "gcr/distroless/static", m, Link{Flags: Confirmed, MediaType: m.MediaType}); err != nil {
 			t.Fatal(err)
 		}
 		got, err := s.Manifest(ctx, m.Digest)
@@ -112,33 +116,70 @@ func testStore(t *testing.T, open func(t *testing.T) store) {
 		if again, _ := s.Manifest(ctx, m.Digest); string(again.Body) != string(m.Body) {
 			t.Fatal("modifying a returned body changed the stored manifest")
 		}
-		if ok, err := s.Linked(ctx, "gcr/distroless/static", m.Digest); !ok || err != nil {
-			t.Fatalf("Linked after PutManifest = %v, %v; want true", ok, err)
+		rec, l, err := s.RepoManifest(ctx, "gcr/distroless/static", m.Digest)
+		if err != nil || string(rec.Body) != string(m.Body) || !l.Has(Confirmed) || l.Has(Admitted) ||
+			l.Size != int64(len(m.Body)) || l.MediaType != m.MediaType {
+			t.Fatalf("RepoManifest = %+v, %+v, %v", rec, l, err)
 		}
-		if ok, _ := s.Linked(ctx, "gcr/distroless/base", m.Digest); ok {
-			t.Fatal("manifest linked into a repository that never referenced it")
+		// Cached, but not for this repository: the record comes back so the
+		// caller can confirm it upstream, with ErrNotFound for the link.
+		rec, _, err = s.RepoManifest(ctx, "gcr/distroless/base", m.Digest)
+		if !errors.Is(err, storage.ErrNotFound) || rec.Digest != m.Digest {
+			t.Fatalf("RepoManifest in another repository = %+v, %v; want the record and ErrNotFound", rec, err)
 		}
-		// Blobs named with the manifest are linked in the same write.
-		withLayers := manifest(`{"schemaVersion":2,"layers":[{"digest":"x"}]}`)
-		layer := digest.FromString("layer")
-		if err := s.PutManifest(ctx, "gcr/distroless/static", withLayers, BlobLink{Digest: layer, Size: 5}); err != nil {
-			t.Fatal(err)
-		}
-		if ok, err := s.Linked(ctx, "gcr/distroless/static", layer); !ok || err != nil {
-			t.Fatalf("layer Linked after PutManifest = %v, %v; want true", ok, err)
-		}
-		if ok, _ := s.Linked(ctx, "gcr/distroless/base", layer); ok {
-			t.Fatal("layer linked into a repository that never referenced it")
-		}
-		if err := s.PutManifest(ctx, "gcr/x", withLayers, BlobLink{Digest: "sha256:bad", Size: 1}); err == nil {
-			t.Fatal("PutManifest accepted an invalid blob digest")
+		// A manifest link is not a blob link.
+		if _, err := s.BlobLink(ctx, "gcr/distroless/static", m.Digest); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("BlobLink of a manifest = %v, want ErrNotFound", err)
 		}
 		empty := ManifestRecord{Digest: digest.FromString(""), Body: nil}
-		if err := s.PutManifest(ctx, "gcr/x", empty); err != nil {
+		if err := s.PutManifest(ctx, "gcr/x", empty, Link{Flags: Confirmed}); err != nil {
 			t.Fatalf("PutManifest of empty body: %v", err)
 		}
 		if got, err := s.Manifest(ctx, empty.Digest); err != nil || len(got.Body) != 0 || got.MediaType != "" {
 			t.Fatalf("empty manifest = %+v, %v", got, err)
+		}
+	})
+
+	t.Run("links say what vouched for them", func(t *testing.T) {
+		t.Parallel()
+		s := open(t)
+		defer s.Close()
+		ctx := t.Context()
+		const repo = "gcr/distroless/static"
+		m := manifest(`{"schemaVersion":2,"layers":[{"digest":"x"}]}`)
+		layer := digest.FromString("layer")
+		if err := s.PutManifest(ctx, repo, m, Link{Flags: Confirmed}); err != nil {
+			t.Fatal(err)
+		}
+		// Admitting records the declared sizes but confirms nothing.
+		if err := s.AdmitManifest(ctx, repo, m.Digest, []BlobLink{{Digest: layer, Size: 5, Flags: Confirmed}}); err != nil {
+			t.Fatal(err)
+		}
+		if l, err := s.BlobLink(ctx, repo, layer); err != nil || !l.Has(Admitted) || l.Has(Confirmed) || l.Size != 5 {
+			t.Fatalf("layer after AdmitManifest = %+v, %v; want admitted, unconfirmed, size 5", l, err)
+		}
+		if l, err := s.ManifestLink(ctx, repo, m.Digest); err != nil || !l.Has(Admitted|Confirmed) {
+			t.Fatalf("manifest after AdmitManifest = %+v, %v; want admitted and confirmed", l, err)
+		}
+		if _, err := s.BlobLink(ctx, "gcr/distroless/base", layer); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("layer linked into a repository that never referenced it: %v", err)
+		}
+		// Flags accumulate and a known size is kept.
+		if err := s.LinkBlobs(ctx, repo, BlobLink{Digest: layer, Size: 7, Flags: Confirmed}); err != nil {
+			t.Fatal(err)
+		}
+		if l, _ := s.BlobLink(ctx, repo, layer); !l.Has(Admitted|Confirmed) || l.Size != 5 {
+			t.Fatalf("layer after confirmation = %+v; want both flags and size 5", l)
+		}
+		// A media type is per repository.
+		if err := s.LinkManifest(ctx, "quay/x", m.Digest, Link{Flags: Confirmed, MediaType: "text/html"}); err != nil {
+			t.Fatal(err)
+		}
+		if l, _ := s.ManifestLink(ctx, repo, m.Digest); l.MediaType != "" {
+			t.Fatalf("another repository's media type leaked in: %+v", l)
+		}
+		if err := s.AdmitManifest(ctx, "gcr/x", m.Digest, []BlobLink{{Digest: "sha256:bad", Size: 1}}); err == nil {
+			t.Fatal("AdmitManifest accepted an invalid blob digest")
 		}
 	})
 
@@ -149,7 +190,7 @@ func testStore(t *testing.T, open func(t *testing.T) store) {
 		ctx := t.Context()
 		bad := manifest(`{"a":1}`)
 		bad.Body = []byte(`{"a":2}`)
-		if err := s.PutManifest(ctx, "dockerhub/x", bad); !errors.Is(err, verify.ErrDigestMismatch) {
+		if err := s.PutManifest(ctx, "dockerhub/x", bad, Link{}); !errors.Is(err, verify.ErrDigestMismatch) {
 			t.Fatalf("PutManifest with wrong digest = %v, want ErrDigestMismatch", err)
 		}
 		if _, err := s.Manifest(ctx, bad.Digest); !errors.Is(err, storage.ErrNotFound) {
@@ -157,11 +198,11 @@ func testStore(t *testing.T, open func(t *testing.T) store) {
 		}
 		big := make([]byte, MaxManifestSize+1)
 		huge := ManifestRecord{Digest: digest.FromBytes(big), Body: big}
-		if err := s.PutManifest(ctx, "dockerhub/x", huge); !errors.Is(err, verify.ErrTooLarge) {
+		if err := s.PutManifest(ctx, "dockerhub/x", huge, Link{}); !errors.Is(err, verify.ErrTooLarge) {
 			t.Fatalf("PutManifest over the limit = %v, want ErrTooLarge", err)
 		}
 		limit := make([]byte, MaxManifestSize)
-		if err := s.PutManifest(ctx, "dockerhub/x", ManifestRecord{Digest: digest.FromBytes(limit), Body: limit}); err != nil {
+		if err := s.PutManifest(ctx, "dockerhub/x", ManifestRecord{Digest: digest.FromBytes(limit), Body: limit}, Link{}); err != nil {
 			t.Fatalf("PutManifest at the limit: %v", err)
 		}
 	})
@@ -178,10 +219,10 @@ func testStore(t *testing.T, open func(t *testing.T) store) {
 		}{
 			{"empty repo", s.PutTag(ctx, "", "latest", TagRecord{Digest: d})},
 			{"empty tag", s.PutTag(ctx, "a/b", "", TagRecord{Digest: d})},
-			{"NUL in repo", s.LinkBlob(ctx, "a\x00b", d, 1)},
+			{"NUL in repo", s.LinkBlobs(ctx, "a\x00b", BlobLink{Digest: d, Size: 1})},
 			{"bad digest in tag", s.PutTag(ctx, "a/b", "t", TagRecord{Digest: "sha256:nope"})},
-			{"bad digest link", s.LinkBlob(ctx, "a/b", "sha256:../../x", 1)},
-			{"negative size", s.LinkBlob(ctx, "a/b", d, -1)},
+			{"bad digest link", s.LinkBlobs(ctx, "a/b", BlobLink{Digest: "sha256:../../x", Size: 1})},
+			{"negative size", s.LinkBlobs(ctx, "a/b", BlobLink{Digest: d, Size: -1})},
 			{"unknown state", s.SetState(ctx, "a/b", d, StateRecord{State: "maybe"})},
 		}
 		for _, c := range checks {
@@ -197,14 +238,17 @@ func testStore(t *testing.T, open func(t *testing.T) store) {
 		defer s.Close()
 		ctx := t.Context()
 		d := digest.FromString("layer")
-		if err := s.LinkBlob(ctx, "dockerhub/library/alpine", d, 3_000_000); err != nil {
+		if err := s.LinkBlobs(ctx, "dockerhub/library/alpine", BlobLink{Digest: d, Size: 3_000_000, Flags: Confirmed}); err != nil {
 			t.Fatal(err)
 		}
-		if ok, err := s.Linked(ctx, "dockerhub/library/alpine", d); !ok || err != nil {
-			t.Fatalf("Linked = %v, %v; want true", ok, err)
+		if l, err := s.BlobLink(ctx, "dockerhub/library/alpine", d); err != nil || !l.Has(Confirmed) || l.Size != 3_000_000 {
+			t.Fatalf("BlobLink = %+v, %v; want confirmed, 3000000 bytes", l, err)
 		}
-		if ok, _ := s.Linked(ctx, "dockerhub/library/busybox", d); ok {
-			t.Fatal("blob linked into another repository")
+		if _, err := s.BlobLink(ctx, "dockerhub/library/busybox", d); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("blob linked into another repository: %v", err)
+		}
+		if _, err := s.ManifestLink(ctx, "dockerhub/library/alpine", d); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("a blob link reads as a manifest link: %v", err)
 		}
 	})
 
@@ -301,9 +345,9 @@ func testStore(t *testing.T, open func(t *testing.T) store) {
 					d := digest.FromString(fmt.Sprintf("%d/%d", w, i))
 					m := manifest(fmt.Sprintf(`{"w":%d,"i":%d}`, w, i))
 					for _, err := range []error{
-						s.LinkBlob(ctx, repo, d, int64(i)),
+						s.LinkBlobs(ctx, repo, BlobLink{Digest: d, Size: int64(i), Flags: Confirmed}),
 						s.PutTag(ctx, repo, fmt.Sprintf("w%d-%d", w, i), TagRecord{Digest: d, Size: int64(i)}),
-						s.PutManifest(ctx, repo, m),
+						s.PutManifest(ctx, repo, m, Link{Flags: Confirmed}),
 						s.SetState(ctx, repo, d, StateRecord{State: StatePending}),
 					} {
 						if err != nil {
@@ -311,8 +355,8 @@ func testStore(t *testing.T, open func(t *testing.T) store) {
 						}
 					}
 					s.Touch(repo, d)
-					if ok, err := s.Linked(ctx, repo, d); !ok || err != nil {
-						errs <- fmt.Errorf("link %s in %s not visible after LinkBlob: %v", d, repo, err)
+					if l, err := s.BlobLink(ctx, repo, d); !l.Has(Confirmed) || err != nil {
+						errs <- fmt.Errorf("link %s in %s not visible after LinkBlobs: %v", d, repo, err)
 					}
 				}
 			})
@@ -337,8 +381,8 @@ func testStore(t *testing.T, open func(t *testing.T) store) {
 		if _, err := s.Tag(ctx, "a/b", "t"); !errors.Is(err, context.Canceled) {
 			t.Errorf("Tag with cancelled context = %v", err)
 		}
-		if err := s.LinkBlob(ctx, "a/b", digest.FromString("x"), 1); !errors.Is(err, context.Canceled) {
-			t.Errorf("LinkBlob with cancelled context = %v", err)
+		if err := s.LinkBlobs(ctx, "a/b", BlobLink{Digest: digest.FromString("x"), Size: 1}); !errors.Is(err, context.Canceled) {
+			t.Errorf("LinkBlobs with cancelled context = %v", err)
 		}
 	})
 }

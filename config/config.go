@@ -111,6 +111,12 @@ type Cache struct {
 	// upstream; at most MaxManifestBytes (4 MiB). 0 or absent means 4194304.
 	MaxManifestBytes int64 `yaml:"maxManifestBytes"`
 
+	// MaxBlobSize bounds one blob transfer whose size no manifest declared
+	// (a blob fetched by digest alone, a schema 1 image), as a [Size]. A
+	// blob whose admitted manifest declares its size may not differ from
+	// it. 0 or absent means 32GiB.
+	MaxBlobSize Size `yaml:"maxBlobSize"`
+
 	// MaxSize bounds the bytes of blobs kept in storage, as a [Size] such as
 	// "500GiB". Above it, the least recently used blobs are evicted down to
 	// 90% of it (they are fetched again on their next pull); blobs used in

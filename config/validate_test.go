@@ -48,6 +48,7 @@ func TestValidationErrors(t *testing.T) {
 		{"manifest too big", "cache: {maxManifestBytes: 4194305}\n" + up(""), "cache.maxManifestBytes: 4194305 is out of range", 1},
 		{"manifest negative", "cache: {maxManifestBytes: -1}\n" + up(""), "cache.maxManifestBytes: -1 is out of range", 1},
 		{"negative tagTTL", "cache:\n  tagTTL: -1s\n" + up(""), "cache.tagTTL: -1s is negative", 2},
+		{"negative maxBlobSize", "cache: {maxBlobSize: -1}\n" + up(""), `cache.maxBlobSize: "-1" is negative`, 1},
 		{"negative drain", "shutdown: {drainTimeout: -5s}\n" + up(""), "shutdown.drainTimeout: -5s is negative", 1},
 		{"log level", "log: {level: verbose}\n" + up(""), `log.level: unknown level "verbose"`, 1},
 		{"log format", "log: {format: xml}\n" + up(""), `log.format: unknown format "xml"`, 1},

@@ -42,9 +42,18 @@ type Error struct {
 	Message string
 	// RetryAfter, when set, becomes the Retry-After header.
 	RetryAfter time.Duration
+	// Err is the cause, for the log line only: clients read Message.
+	Err error
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("%s: %s", e.Code, e.Message) }
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %s: %v", e.Code, e.Message, e.Err)
+	}
+	return fmt.Sprintf("%s: %s", e.Code, e.Message)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
 
 type ociErrors struct {
 	Errors []ociError `json:"errors"`

@@ -158,7 +158,7 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rq *reques
 // withNotFound makes an upstream "not found" answer carry the right OCI code.
 func withNotFound(err error, code Code) error {
 	if errors.Is(err, upstream.ErrNotFound) || errors.Is(err, storage.ErrNotFound) {
-		return &Error{Status: http.StatusNotFound, Code: code, Message: err.Error()}
+		return &Error{Status: http.StatusNotFound, Code: code, Message: publicMessage(err, "not found"), Err: err}
 	}
 	return err
 }

@@ -149,6 +149,7 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 		Router: rt, Registries: regs, TagTTL: ttls, DefaultTagTTL: cfg.Cache.TagTTL.Std(),
 		Blobs: blobs, Meta: g.meta, Logger: log, Metrics: g.metrics,
 		MaxManifestBytes: cfg.Cache.MaxManifestBytes,
+		MaxBlobBytes:     cfg.Cache.MaxBlobSize.Bytes(),
 	})
 	if err != nil {
 		g.meta.Close()

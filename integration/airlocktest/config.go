@@ -13,6 +13,8 @@ type Config struct {
 	// MaxSize and EvictInterval are cache.maxSize and cache.evictInterval;
 	// empty leaves them unset.
 	MaxSize, EvictInterval string
+	// MaxBlobSize is cache.maxBlobSize; empty leaves it unset.
+	MaxBlobSize string
 }
 
 // Tracing is airlock's tracing section.
@@ -63,6 +65,7 @@ type file struct {
 		TagTTL        string `yaml:"tagTTL"`
 		MaxSize       string `yaml:"maxSize,omitempty"`
 		EvictInterval string `yaml:"evictInterval,omitempty"`
+		MaxBlobSize   string `yaml:"maxBlobSize,omitempty"`
 	} `yaml:"cache"`
 	Log struct {
 		Level  string `yaml:"level"`

@@ -70,6 +70,7 @@ func (b *Binary) Start(tb testing.TB, cfg Config) *Airlock {
 	f.Auth = cfg.PullAuth
 	f.Shutdown.ReadyDelay = cfg.ReadyDelay
 	f.Cache.MaxSize, f.Cache.EvictInterval = cfg.MaxSize, cfg.EvictInterval
+	f.Cache.MaxBlobSize = cfg.MaxBlobSize
 	doc, err := yaml.Marshal(&f)
 	if err != nil {
 		tb.Fatalf("encode airlock config: %v", err)

@@ -13,6 +13,8 @@ type Config struct {
 	// MaxSize and EvictInterval are cache.maxSize and cache.evictInterval;
 	// empty leaves them unset.
 	MaxSize, EvictInterval string
+	// MaxBlobSize is cache.maxBlobSize; empty leaves it unset.
+	MaxBlobSize string
 	// PullAuth is the auth section (client authentication); nil leaves
 	// pulls open.
 	PullAuth *PullAuth
@@ -73,6 +75,7 @@ type file struct {
 		TagTTL        string `yaml:"tagTTL"`
 		MaxSize       string `yaml:"maxSize,omitempty"`
 		EvictInterval string `yaml:"evictInterval,omitempty"`
+		MaxBlobSize   string `yaml:"maxBlobSize,omitempty"`
 	} `yaml:"cache"`
 	Log struct {
 		Level  string `yaml:"level"`

@@ -11,7 +11,11 @@ ca=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 [[ -r $ca ]] || { echo "image.sh: no CA bundle at $ca (install ca-certificates or set CA_BUNDLE)" >&2; exit 1; }
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
-CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$ctx/airlock" ./cmd/airlock
+# The version and commit are stamped in, as -trimpath builds and builds
+# without VCS information (a plain source tree) record none.
+version=$(git describe --tags --always --dirty 2>/dev/null || echo dev)
+commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.version=$version -X main.commit=$commit" -o "$ctx/airlock" ./cmd/airlock
 cp "$ca" "$ctx/ca-certificates.crt"
 mkdir "$ctx/data"
 cp Dockerfile "$ctx/Dockerfile"

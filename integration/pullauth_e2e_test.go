@@ -111,6 +111,17 @@ func TestPullAuthHTTP(t *testing.T) {
 	}
 	e2eMustGet(t, http.StatusOK, e.al.URL+"/v2/library/app/manifests/v1", "Authorization", bob, "Accept", manifestAccept)
 
+	// Each request's log line names who pulled.
+	users := map[string]bool{}
+	for _, l := range e.al.LogsContaining(`"msg":"request"`) {
+		if u, ok := l.Fields["user"].(string); ok {
+			users[u] = true
+		}
+	}
+	if !users["alice"] || !users["bob"] {
+		t.Errorf("request log lines name users %v, want alice and bob", users)
+	}
+
 	start := e.al.LogsContaining("airlock serving")
 	if len(start) == 0 || !strings.Contains(fmt.Sprint(start[0].Fields["pull_auth"]), e.htpasswd) {
 		t.Errorf("start-up line does not say pulls need credentials: %v", start)

@@ -122,6 +122,9 @@ type Options struct {
 	// 0 means 6h. The upstream client's idle timeout catches stalls far sooner.
 	FillTimeout time.Duration
 	Now         func() time.Time
+	// User names the authenticated client of a request for its log line;
+	// nil logs no user.
+	User func(context.Context) (string, bool)
 	// Tracer records a span per request with children for cache lookups,
 	// upstream calls and fills; nil records nothing.
 	Tracer trace.Tracer
@@ -140,6 +143,7 @@ type Proxy struct {
 	maxBlob int64
 	now     func() time.Time
 	tracer  trace.Tracer
+	user    func(context.Context) (string, bool)
 
 	fills     fillSet
 	flights   singleflight.Group
@@ -183,6 +187,7 @@ func New(o Options) (*Proxy, error) {
 		maxBlob: o.MaxBlobBytes,
 		now:     o.Now,
 		tracer:  o.Tracer,
+		user:    o.User,
 	}
 	if p.tracer == nil {
 		p.tracer = noop.NewTracerProvider().Tracer("")
@@ -410,6 +415,11 @@ func (p *Proxy) logRequest(r *http.Request, rw *responseWriter, rq *request, d t
 	}
 	if rq.cache != "" {
 		attrs = append(attrs, slog.String("cache", rq.cache))
+	}
+	if p.user != nil {
+		if u, ok := p.user(r.Context()); ok {
+			attrs = append(attrs, slog.String("user", u))
+		}
 	}
 	if ua := r.UserAgent(); ua != "" {
 		attrs = append(attrs, slog.String("user_agent", ua))

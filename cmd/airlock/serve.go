@@ -150,6 +150,7 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 		Blobs: blobs, Meta: g.meta, Logger: log, Metrics: g.metrics,
 		MaxManifestBytes: cfg.Cache.MaxManifestBytes,
 		MaxBlobBytes:     cfg.Cache.MaxBlobSize.Bytes(),
+		User:             pullauth.User,
 	})
 	if err != nil {
 		g.meta.Close()

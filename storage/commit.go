@@ -27,6 +27,11 @@ import (
 // and its directories are synced; for remote drivers the bytes go to a
 // temporary object that is committed and then moved into place.
 //
+// A commit that fails leaves no blob at d's path, or a whole one: the
+// rename is the only step that publishes, and everything before it can
+// fail without a trace outside the spool directory. A full volume fails
+// with an error wrapping ErrNoSpace.
+//
 // The spool's handle stays open for readers; release it with Close or
 // Discard. Commit must be called by the goroutine that wrote the spool.
 func (b *Blobs) Commit(ctx context.Context, d digest.Digest, s *Spool) error {
@@ -54,7 +59,7 @@ func (b *Blobs) Commit(ctx context.Context, d digest.Digest, s *Spool) error {
 		err = b.commitRemote(ctx, d, s)
 	}
 	if err != nil {
-		return err
+		return noSpace(err)
 	}
 	s.committed = true
 	s.forget()
@@ -86,6 +91,9 @@ func (b *Blobs) commitLocal(d digest.Digest, s *Spool) error {
 		}
 	}
 	if err != nil {
+		// Leave no empty directory behind for a blob that is not there;
+		// this fails harmlessly if a concurrent commit of d filled it.
+		_ = os.Remove(dir)
 		return fmt.Errorf("commit of blob %s: moving spool into place: %w", d, err)
 	}
 	s.removed = true

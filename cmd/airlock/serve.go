@@ -94,15 +94,19 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 	if err != nil {
 		return nil, err
 	}
-	if n, err := blobs.Recover(ctx); err != nil {
-		return nil, fmt.Errorf("recovering the blob store: %w", err)
-	} else if n > 0 {
-		log.Info("removed unfinished downloads left by an earlier run", slog.Int("count", n))
-	}
 	g.blobs = blobs
+	// The metadata file's lock is what keeps a second airlock off this
+	// directory, so it is taken before Recover removes spools: they may be
+	// the live downloads of an airlock already running here.
 	g.meta, err = metadata.Open(filepath.Join(cfg.Storage.Path, "metadata.db"))
 	if err != nil {
 		return nil, err
+	}
+	if n, err := blobs.Recover(ctx); err != nil {
+		g.meta.Close()
+		return nil, fmt.Errorf("recovering the blob store: %w", err)
+	} else if n > 0 {
+		log.Info("removed unfinished downloads left by an earlier run", slog.Int("count", n))
 	}
 	// The evictor runs even without cache.maxSize, to report the size.
 	g.evictor = evict.New(evict.Options{

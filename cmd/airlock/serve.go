@@ -110,7 +110,7 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 	}
 	// The evictor runs even without cache.maxSize, to report the size.
 	g.evictor = evict.New(evict.Options{
-		Blobs: blobs, Uses: g.meta, MaxBytes: cfg.Cache.MaxSize.Bytes(),
+		Blobs: blobs, Uses: g.meta, Index: g.meta, MaxBytes: cfg.Cache.MaxSize.Bytes(),
 		Logger: log.With(slog.String("component", "evict")), Registerer: g.promReg,
 	})
 	rt, regs, ttls, err := buildUpstreams(cfg, g.metrics, log)

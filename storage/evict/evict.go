@@ -31,6 +31,16 @@ type Blobs interface {
 	// Delete removes a blob, or returns an error wrapping
 	// storage.ErrNotFound if it is already gone.
 	Delete(ctx context.Context, d digest.Digest) error
+	// SpoolBytes returns the bytes downloads in progress hold. They count
+	// toward the maximum but cannot be evicted.
+	SpoolBytes() int64
+}
+
+// Index is the metadata index, whose file counts toward the maximum;
+// *metadata.DB implements it.
+type Index interface {
+	// DiskSize returns the size of the index on disk.
+	DiskSize() (int64, error)
 }
 
 // Uses tells when content was last used in any repository;
@@ -49,8 +59,12 @@ type Options struct {
 	// Uses supplies last-use times. Nil means commit times alone order
 	// eviction.
 	Uses Uses
-	// MaxBytes is the most the store may hold, in bytes. 0 or less means
-	// unlimited: Sweep measures and deletes nothing.
+	// Index is the metadata index. Its size counts toward MaxBytes, as
+	// manifests live there. Nil counts nothing.
+	Index Index
+	// MaxBytes is the most the cache may hold, in bytes: committed blobs,
+	// spools and the index together. 0 or less means unlimited: Sweep
+	// measures and deletes nothing.
 	MaxBytes int64
 	// LowWater is the fraction of MaxBytes a sweep trims down to, so that
 	// one sweep makes room for many fills instead of one. Outside (0, 1]
@@ -72,8 +86,13 @@ type Options struct {
 type Result struct {
 	// Blobs is the number of blobs measured.
 	Blobs int
-	// Before and After are the bytes stored when the sweep began and ended.
+	// Before and After are the bytes of committed blobs when the sweep
+	// began and ended.
 	Before, After int64
+	// Spool and Index are the bytes of downloads in progress and of the
+	// metadata index when the sweep began. They count toward MaxBytes
+	// with the blobs, but only blobs are evicted to make room for them.
+	Spool, Index int64
 	// Evicted and EvictedBytes count the blobs this sweep deleted.
 	Evicted      int
 	EvictedBytes int64
@@ -84,6 +103,7 @@ type Result struct {
 type Evictor struct {
 	blobs    Blobs
 	uses     Uses
+	index    Index
 	maxBytes atomic.Int64 // SetMaxBytes may change it while Run sweeps
 	lowWater float64
 	minAge   time.Duration
@@ -100,6 +120,7 @@ func New(o Options) *Evictor {
 	e := &Evictor{
 		blobs:    o.Blobs,
 		uses:     o.Uses,
+		index:    o.Index,
 		lowWater: o.LowWater,
 		minAge:   o.MinAge,
 		log:      o.Logger,
@@ -136,9 +157,10 @@ type candidate struct {
 	used   time.Time // later of commit time and last use
 }
 
-// Sweep measures the store and, if it holds more than MaxBytes, deletes
-// the least recently used blobs that are older than MinAge until it holds
-// at most LowWater × MaxBytes or nothing old enough is left.
+// Sweep measures the cache and, if it holds more than MaxBytes (blobs,
+// spools and index together), deletes the least recently used blobs that
+// are older than MinAge until it holds at most LowWater × MaxBytes or
+// nothing old enough is left.
 //
 // It stops early when ctx ends. A blob that cannot be deleted is skipped
 // and reported in the returned error after the others are tried; the
@@ -162,9 +184,23 @@ func (e *Evictor) Sweep(ctx context.Context) (Result, error) {
 		return Result{}, fmt.Errorf("evict: measuring the blob store: %w", err)
 	}
 	res.After = res.Before
-	defer func() { e.metrics.size.Set(float64(res.After)) }()
+	// Spools are measured after the walk, so a fill that commits meanwhile
+	// counts once (as a blob, if the walk saw it) or not at all, like one
+	// that commits just after the sweep; never twice, which would evict
+	// for room nobody takes.
+	res.Spool = e.blobs.SpoolBytes()
+	if e.index != nil {
+		if res.Index, err = e.index.DiskSize(); err != nil {
+			return res, fmt.Errorf("evict: measuring the metadata index: %w", err)
+		}
+	}
+	defer func() {
+		e.metrics.size.Set(float64(res.After))
+		e.metrics.spool.Set(float64(res.Spool))
+		e.metrics.index.Set(float64(res.Index))
+	}()
 	maxBytes := e.maxBytes.Load()
-	if maxBytes <= 0 || res.Before <= maxBytes {
+	if maxBytes <= 0 || res.total() <= maxBytes {
 		return res, nil
 	}
 
@@ -180,6 +216,9 @@ func (e *Evictor) Sweep(ctx context.Context) (Result, error) {
 	err = e.trim(ctx, all, &res)
 	return res, err
 }
+
+// total is what counts toward the maximum after the sweep.
+func (r Result) total() int64 { return r.After + r.Spool + r.Index }
 
 // lastUses moves each candidate's time forward to its recorded last use.
 // It runs only when the store is over its maximum, because it costs one
@@ -212,14 +251,14 @@ func (e *Evictor) lastUse(ctx context.Context, d digest.Digest) (time.Time, erro
 	return t, nil
 }
 
-// trim deletes candidates, oldest first, until the store is at the
+// trim deletes candidates, oldest first, until the cache is at the
 // low-water mark.
 func (e *Evictor) trim(ctx context.Context, oldestFirst []candidate, res *Result) error {
 	target := int64(e.lowWater * float64(e.maxBytes.Load()))
 	cutoff := e.now().Add(-e.minAge)
 	var errs []error
 	for _, c := range oldestFirst {
-		if res.After <= target {
+		if res.total() <= target {
 			break
 		}
 		if c.used.After(cutoff) {
@@ -294,6 +333,8 @@ func (e *Evictor) sweepAndLog(ctx context.Context) {
 		"blobs", res.Blobs,
 		"before_bytes", res.Before,
 		"after_bytes", res.After,
+		"spool_bytes", res.Spool,
+		"index_bytes", res.Index,
 		"max_bytes", e.maxBytes.Load(),
 		"evicted", res.Evicted,
 		"evicted_bytes", res.EvictedBytes,
@@ -304,8 +345,8 @@ func (e *Evictor) sweepAndLog(ctx context.Context) {
 		e.log.Warn("cache eviction sweep failed", append(attrs, "error", err)...)
 	case res.Evicted > 0:
 		e.log.Info("evicted least recently used blobs", attrs...)
-	case e.maxBytes.Load() > 0 && res.After > e.maxBytes.Load():
-		e.log.Warn("cache is over its maximum but every blob was used within the minimum age; raise cache.maxSize or grow the volume",
+	case e.maxBytes.Load() > 0 && res.total() > e.maxBytes.Load():
+		e.log.Warn("cache is over its maximum but every blob left was used within the minimum age (or downloads in progress and the index alone exceed it); raise cache.maxSize or grow the volume",
 			append(attrs, "min_age", e.minAge)...)
 	default:
 		e.log.Debug("cache eviction sweep", attrs...)

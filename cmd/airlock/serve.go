@@ -137,6 +137,21 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 	return g, nil
 }
 
+// reconcile gives the metadata index a use of every stored blob that a
+// crash left without one. It runs before the first sweep, in the
+// background: listing a large store takes a while, and serving need not
+// wait for it.
+func (g *gateway) reconcile(ctx context.Context) {
+	n, err := g.meta.Reconcile(ctx, g.blobs)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		g.log.Warn("reconciling the metadata index with the blob store failed; eviction falls back to commit times",
+			slog.String("error", err.Error()))
+	case n > 0:
+		g.log.Info("recorded commit times of blobs the metadata index had no use of", slog.Int("count", n))
+	}
+}
+
 // openBlobs builds the configured storage driver. The filesystem driver gets
 // the local fast path: *os.File hits (sendfile) and commit by rename.
 func openBlobs(ctx context.Context, s config.Storage) (*storage.Blobs, error) {
@@ -268,7 +283,11 @@ func (g *gateway) run(ctx context.Context, configPath string) error {
 	go func() { errc <- adminSrv.Serve(adminLn) }()
 	evictCtx, stopEvict := context.WithCancel(context.WithoutCancel(ctx))
 	evictDone := make(chan struct{})
-	go func() { defer close(evictDone); g.evictor.Run(evictCtx, g.cfg.Cache.EvictInterval.Std()) }()
+	go func() {
+		defer close(evictDone)
+		g.reconcile(evictCtx)
+		g.evictor.Run(evictCtx, g.cfg.Cache.EvictInterval.Std())
+	}()
 	g.ready.Store(true)
 	g.log.Info("airlock serving", slog.String("registry", regLn.Addr().String()),
 		slog.String("admin", adminLn.Addr().String()), slog.Int("upstreams", len(g.cfg.Upstreams)),

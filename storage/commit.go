@@ -100,7 +100,10 @@ func (b *Blobs) commitLocal(d digest.Digest, s *Spool) error {
 	// The rename is durable only once the directory holding the new entry is
 	// synced, and so on up through every directory MkdirAll just created.
 	for p := dir; ; p = filepath.Dir(p) {
-		if err := syncDir(p); err != nil {
+		// A directory gone already means a Delete (eviction) removed the
+		// blob just published, and its directory with it; that removal is
+		// the entry left to make durable, and it is Delete's.
+		if err := syncDir(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("commit of blob %s: %w", d, err)
 		}
 		if p == top || p == filepath.Dir(p) {

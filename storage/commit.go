@@ -67,6 +67,13 @@ func (b *Blobs) Commit(ctx context.Context, d digest.Digest, s *Spool) error {
 }
 
 func (b *Blobs) commitLocal(d digest.Digest, s *Spool) error {
+	// Room reserved beyond what arrived (the declared size was too large)
+	// would stay allocated to the blob, unseen by Walk: give it back.
+	if s.reserved.Load() > s.Size() {
+		if err := s.f.Truncate(s.Size()); err != nil {
+			return fmt.Errorf("commit of blob %s: releasing reserved room: %w", d, err)
+		}
+	}
 	if err := s.f.Sync(); err != nil {
 		return fmt.Errorf("commit of blob %s: syncing spool %s: %w", d, s.path, err)
 	}

@@ -178,6 +178,16 @@ func TestNoSpace(t *testing.T) {
 		if n := b.SpoolBytes(); n != 0 {
 			t.Errorf("SpoolBytes after Commit = %d, want 0", n)
 		}
+		// Reserved room the blob did not use is free again: a download
+		// needing most of the volume fits.
+		os3, err := b.NewSpool(od)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Discard(os3)
+		if _, err := os3.Write(other); err != nil {
+			t.Fatalf("Write after a commit that used less than its reservation: %v", err)
+		}
 	})
 
 	t.Run("create", func(t *testing.T) {

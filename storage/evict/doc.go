@@ -25,7 +25,8 @@
 //     again just before each deletion, so a use seconds before is still
 //     seen.
 //   - Between sweeps the cache grows by what is pulled; the next sweep
-//     takes it back down. The volume needs room for that, and for the
+//     takes it back down. [Evictor.Nudge] brings that sweep forward when a
+//     write finds the volume full. The volume needs room for that, and for the
 //     filesystem's own overhead (directories, partly used blocks), which
 //     is not measured.
 //   - Eviction deletes only blobs. Manifests, tags and gate states stay in

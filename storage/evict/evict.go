@@ -22,6 +22,7 @@ const (
 	DefaultLowWater = 0.9
 	DefaultMinAge   = 10 * time.Minute
 	DefaultInterval = 5 * time.Minute
+	DefaultNudgeGap = 10 * time.Second
 )
 
 // Blobs is the store an Evictor trims; *storage.Blobs implements it.
@@ -78,6 +79,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Registerer receives the metrics. Nil leaves them unregistered.
 	Registerer prometheus.Registerer
+	// NudgeGap is the least time between a sweep and the next one that
+	// Nudge asks for, so that a volume that stays full does not turn into
+	// a sweep loop. 0 means DefaultNudgeGap (10s).
+	NudgeGap time.Duration
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
 }
@@ -112,6 +117,10 @@ type Evictor struct {
 	metrics  metrics
 
 	sweeping sync.Mutex
+	// nudged asks Run for a sweep before the next tick; one pending
+	// request stands for any number.
+	nudged   chan struct{}
+	nudgeGap time.Duration
 }
 
 // New returns an Evictor with o's defaults filled in, and registers its
@@ -125,6 +134,11 @@ func New(o Options) *Evictor {
 		minAge:   o.MinAge,
 		log:      o.Logger,
 		now:      o.Now,
+		nudged:   make(chan struct{}, 1),
+		nudgeGap: o.NudgeGap,
+	}
+	if e.nudgeGap <= 0 {
+		e.nudgeGap = DefaultNudgeGap
 	}
 	if e.lowWater <= 0 || e.lowWater > 1 {
 		e.lowWater = DefaultLowWater
@@ -297,9 +311,21 @@ func (e *Evictor) trim(ctx context.Context, oldestFirst []candidate, res *Result
 	return errors.Join(errs...)
 }
 
-// Run sweeps at once and then every interval (DefaultInterval if interval
-// is not positive) until ctx ends. It logs each sweep that evicts at Info
-// and each failure at Warn, and keeps going after failures.
+// Nudge asks Run for a sweep now rather than at the next interval: call it
+// when a write found the volume full (storage.ErrNoSpace), so that room is
+// made within seconds instead of minutes. It never blocks. Nudges while one
+// is pending are one nudge, and Run waits NudgeGap after a sweep before it
+// answers one.
+func (e *Evictor) Nudge() {
+	select {
+	case e.nudged <- struct{}{}:
+	default:
+	}
+}
+
+// Run sweeps at once, then every interval (DefaultInterval if interval is
+// not positive) and when nudged, until ctx ends. It logs each sweep that
+// evicts at Info and each failure at Warn, and keeps going after failures.
 func (e *Evictor) Run(ctx context.Context, interval time.Duration) {
 	if interval <= 0 {
 		interval = DefaultInterval
@@ -308,10 +334,19 @@ func (e *Evictor) Run(ctx context.Context, interval time.Duration) {
 	defer t.Stop()
 	for {
 		e.sweepAndLog(ctx)
+		last := time.Now()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-e.nudged:
+			gap := time.NewTimer(e.nudgeGap - time.Since(last))
+			select {
+			case <-ctx.Done():
+				gap.Stop()
+				return
+			case <-gap.C:
+			}
 		}
 	}
 }

@@ -544,3 +544,42 @@ func TestRunLogsFailures(t *testing.T) {
 		t.Errorf("Warn lines do not say what failed:\n%s", out)
 	}
 }
+
+// TestNudge proves a nudge, as a fill that found the volume full sends,
+// makes Run sweep long before its next interval.
+func TestNudge(t *testing.T) {
+	t.Parallel()
+	c := newCache(t)
+	_, d := put(t, c.blobs, 100)
+	c.commitTime(t, d, time.Now().Add(-time.Hour))
+	reg := prometheus.NewRegistry()
+	e := evict.New(evict.Options{Blobs: c.blobs, Uses: c.meta, Registerer: reg, NudgeGap: 10 * time.Millisecond})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		e.Run(ctx, time.Hour)
+		close(done)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	// The first sweep, at once, only measures: no maximum yet.
+	deadline := time.Now().Add(5 * time.Second)
+	for gathered(t, reg, "airlock_cache_size_bytes") != 100 {
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not sweep at once")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.SetMaxBytes(1)
+	for range 3 {
+		e.Nudge() // never blocks, however many
+	}
+	for len(stored(t, c.blobs)) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("a nudged Run did not sweep within 5s (its interval is an hour)")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

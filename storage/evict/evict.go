@@ -95,8 +95,8 @@ type Result struct {
 	// began and ended.
 	Before, After int64
 	// Spool and Index are the bytes of downloads in progress and of the
-	// metadata index when the sweep began. They count toward MaxBytes
-	// with the blobs, but only blobs are evicted to make room for them.
+	// metadata index, measured once the blobs were. They count toward
+	// MaxBytes with the blobs, but only blobs are evicted to make room.
 	Spool, Index int64
 	// Evicted and EvictedBytes count the blobs this sweep deleted.
 	Evicted      int

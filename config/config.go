@@ -117,11 +117,12 @@ type Cache struct {
 	// it. 0 or absent means 32GiB.
 	MaxBlobSize Size `yaml:"maxBlobSize"`
 
-	// MaxSize bounds the bytes of blobs kept in storage, as a [Size] such as
-	// "500GiB". Above it, the least recently used blobs are evicted down to
-	// 90% of it (they are fetched again on their next pull); blobs used in
-	// the last ten minutes are kept. Manifests and metadata are not counted.
-	// Leave headroom for downloads in progress below the volume size.
+	// MaxSize bounds what the cache keeps, as a [Size] such as "500GiB":
+	// blobs, downloads in progress and the metadata index (manifests, tags)
+	// together. Every EvictInterval, above it, the least recently used blobs
+	// are evicted down to 90% of it (they are fetched again on their next
+	// pull); blobs used in the last ten minutes are kept even then. Leave
+	// headroom below the volume size for what is pulled between sweeps.
 	// 0 or absent means unlimited: nothing is evicted.
 	MaxSize Size `yaml:"maxSize"`
 

@@ -32,6 +32,8 @@ var airlockSeries = map[string]series{
 	"airlock_digest_mismatches_total":           {labels: []string{"upstream", "kind"}},
 	"airlock_stale_serves_total":                {labels: []string{"upstream"}},
 	"airlock_cache_size_bytes":                  {},
+	"airlock_cache_spool_bytes":                 {},
+	"airlock_cache_index_bytes":                 {},
 	"airlock_cache_evictions_total":             {},
 	"airlock_cache_evicted_bytes_total":         {},
 }

@@ -113,7 +113,8 @@ func TestMetricsMoveWithPulls(t *testing.T) {
 }
 
 // TestCacheSizeIsMeasured checks that the evictor runs in the served
-// process: the cache size gauge reports the blobs a pull committed.
+// process: the cache size gauge reports the blobs a pull committed, and
+// the metadata index is measured too, as it counts toward cache.maxSize.
 // (Eviction order and limits are tested in storage/evict.)
 func TestCacheSizeIsMeasured(t *testing.T) {
 	t.Parallel()
@@ -129,8 +130,12 @@ func TestCacheSizeIsMeasured(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		got := sum(scrape(t, a), "airlock_cache_size_bytes")
+		m := scrape(t, a)
+		got := sum(m, "airlock_cache_size_bytes")
 		if got == want {
+			if index := sum(m, "airlock_cache_index_bytes"); index <= 0 {
+				t.Fatalf("airlock_cache_index_bytes = %v; the metadata index is not counted", index)
+			}
 			return
 		}
 		if time.Now().After(deadline) {

@@ -38,7 +38,7 @@ type Blobs struct {
 	uploadGrace time.Duration
 
 	mu     sync.Mutex
-	spools map[string]struct{} // paths of live spools, which Recover must keep
+	spools map[string]*Spool // live spools by path, which Recover must keep
 }
 
 // NewBlobs returns a store over driver.
@@ -64,7 +64,7 @@ func NewBlobs(driver storagedriver.StorageDriver, localRoot, spoolDir string) (*
 		localRoot:   localRoot,
 		spoolDir:    spoolDir,
 		uploadGrace: defaultUploadGrace,
-		spools:      make(map[string]struct{}),
+		spools:      make(map[string]*Spool),
 	}
 	if localRoot != "" {
 		if err := os.MkdirAll(localRoot, 0o750); err != nil {
@@ -90,8 +90,16 @@ func NewFilesystem(dir string) (*Blobs, error) {
 // commit fail with EXDEV, and a localRoot that is not the driver's root would
 // publish blobs the driver never sees; both are configuration mistakes best
 // reported at start-up.
+//
+// A full volume skips the probe rather than fail: the spools a crash left
+// behind may be what fills it, and only a store that starts can remove
+// them (Recover) and make room (eviction). Until then commits fail with
+// ErrNoSpace, which callers survive by not caching.
 func (b *Blobs) probeLocal() error {
 	f, err := os.CreateTemp(b.spoolDir, "probe-*"+spoolSuffix)
+	if errors.Is(noSpace(err), ErrNoSpace) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("storage: spool directory %s is not writable: %w", b.spoolDir, err)
 	}
@@ -101,6 +109,9 @@ func (b *Blobs) probeLocal() error {
 	dst := filepath.Join(b.localRoot, name)
 	if err := os.Rename(src, dst); err != nil {
 		os.Remove(src)
+		if errors.Is(noSpace(err), ErrNoSpace) {
+			return nil
+		}
 		return fmt.Errorf("storage: spool directory %s must be on the same filesystem as blob root %s: %w",
 			b.spoolDir, b.localRoot, err)
 	}

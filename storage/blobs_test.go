@@ -425,3 +425,55 @@ func BenchmarkOpenStatHit(b *testing.B) {
 		})
 	}
 }
+
+// TestSpoolBytes proves downloads in progress are counted by what they
+// wrote or reserved, and stop counting once committed or discarded.
+func TestSpoolBytes(t *testing.T) {
+	t.Parallel()
+	for _, st := range stores {
+		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
+			b := st.open(t)
+			content, d := randomBlob(t, 3000)
+			kept, err := b.NewSpool(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Discard(kept)
+			if _, err := kept.Write(content); err != nil {
+				t.Fatal(err)
+			}
+			_, other := randomBlob(t, 10)
+			dropped, err := b.NewSpool(other)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := dropped.Reserve(5000); err != nil {
+				t.Fatal(err)
+			}
+			// A reservation is room, not content.
+			if fi, err := os.Stat(dropped.Path()); err != nil || fi.Size() != 0 {
+				t.Fatalf("spool file after Reserve: %v, %v; want it empty", fi, err)
+			}
+			dropped.Write([]byte("partial"))
+			if got := b.SpoolBytes(); got != 3000+5000 {
+				t.Fatalf("SpoolBytes = %d, want %d (written plus reserved)", got, 3000+5000)
+			}
+			if err := b.Commit(t.Context(), d, kept); err != nil {
+				t.Fatal(err)
+			}
+			if got := b.SpoolBytes(); got != 5000 {
+				t.Fatalf("SpoolBytes after Commit = %d, want 5000", got)
+			}
+			if err := b.Discard(dropped); err != nil {
+				t.Fatal(err)
+			}
+			if got := b.SpoolBytes(); got != 0 {
+				t.Fatalf("SpoolBytes after Discard = %d, want 0", got)
+			}
+			if err := dropped.Reserve(1 << 20); err == nil {
+				t.Error("Reserve on a discarded spool succeeded")
+			}
+		})
+	}
+}

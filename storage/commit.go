@@ -27,6 +27,11 @@ import (
 // and its directories are synced; for remote drivers the bytes go to a
 // temporary object that is committed and then moved into place.
 //
+// A commit that fails leaves no blob at d's path, or a whole one: the
+// rename is the only step that publishes, and everything before it can
+// fail without a trace outside the spool directory. A full volume fails
+// with an error wrapping ErrNoSpace.
+//
 // The spool's handle stays open for readers; release it with Close or
 // Discard. Commit must be called by the goroutine that wrote the spool.
 func (b *Blobs) Commit(ctx context.Context, d digest.Digest, s *Spool) error {
@@ -54,7 +59,7 @@ func (b *Blobs) Commit(ctx context.Context, d digest.Digest, s *Spool) error {
 		err = b.commitRemote(ctx, d, s)
 	}
 	if err != nil {
-		return err
+		return noSpace(err)
 	}
 	s.committed = true
 	s.forget()
@@ -62,6 +67,13 @@ func (b *Blobs) Commit(ctx context.Context, d digest.Digest, s *Spool) error {
 }
 
 func (b *Blobs) commitLocal(d digest.Digest, s *Spool) error {
+	// Room reserved beyond what arrived (the declared size was too large)
+	// would stay allocated to the blob, unseen by Walk: give it back.
+	if s.reserved.Load() > s.Size() {
+		if err := s.f.Truncate(s.Size()); err != nil {
+			return fmt.Errorf("commit of blob %s: releasing reserved room: %w", d, err)
+		}
+	}
 	if err := s.f.Sync(); err != nil {
 		return fmt.Errorf("commit of blob %s: syncing spool %s: %w", d, s.path, err)
 	}
@@ -86,13 +98,19 @@ func (b *Blobs) commitLocal(d digest.Digest, s *Spool) error {
 		}
 	}
 	if err != nil {
+		// Leave no empty directory behind for a blob that is not there;
+		// this fails harmlessly if a concurrent commit of d filled it.
+		_ = os.Remove(dir)
 		return fmt.Errorf("commit of blob %s: moving spool into place: %w", d, err)
 	}
 	s.removed = true
 	// The rename is durable only once the directory holding the new entry is
 	// synced, and so on up through every directory MkdirAll just created.
 	for p := dir; ; p = filepath.Dir(p) {
-		if err := syncDir(p); err != nil {
+		// A directory gone already means a Delete (eviction) removed the
+		// blob just published, and its directory with it; that removal is
+		// the entry left to make durable, and it is Delete's.
+		if err := syncDir(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("commit of blob %s: %w", d, err)
 		}
 		if p == top || p == filepath.Dir(p) {

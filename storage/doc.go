@@ -13,7 +13,16 @@
 //     committed temporary object (remote).
 //   - A crash at any point leaves nothing half-written at a final path. What
 //     it may leave is spool files and temporary uploads; [Blobs.Recover]
-//     removes them at start-up.
+//     removes them at start-up, and a store whose volume they filled still
+//     opens so that it can.
+//   - A full volume (ENOSPC, or EDQUOT for a spent quota) fails creating,
+//     reserving, writing or committing a spool with an error wrapping
+//     [ErrNoSpace] and leaves nothing partial visible: the caller can still
+//     serve the download without caching it, and a failed commit can be
+//     retried or discarded. [Spool.Reserve] preallocates a download's known
+//     size so a full volume shows before any byte reaches a client.
+//     [Blobs.SpoolBytes] is what downloads in progress hold, for the
+//     cache's size.
 //   - On the local fast path (a filesystem driver whose root directory is
 //     known), [Blobs.Open] returns an *os.File so net/http can use sendfile,
 //     and a committed spool stays readable through handles already open on

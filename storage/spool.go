@@ -32,9 +32,11 @@ type Spool struct {
 	digest digest.Digest
 	blobs  *Blobs
 
-	// h and written belong to the single writer; size is read by everyone.
-	h    hash.Hash
-	size atomic.Int64
+	// h belongs to the single writer; size and reserved are read by
+	// everyone.
+	h        hash.Hash
+	size     atomic.Int64
+	reserved atomic.Int64 // bytes Reserve preallocated, counted in SpoolBytes
 
 	mu        sync.Mutex
 	committed bool // the file is now the blob (local) or copied to it (remote)
@@ -57,11 +59,54 @@ func (b *Blobs) NewSpool(d digest.Digest) (*Spool, error) {
 	defer b.mu.Unlock()
 	f, err := os.CreateTemp(b.spoolDir, string(d.Algorithm())+"-"+d.Encoded()[:16]+"-*"+spoolSuffix)
 	if err != nil {
-		return nil, fmt.Errorf("creating spool for %s in %s: %w", d, b.spoolDir, err)
+		// Out of inodes is as full as out of blocks.
+		return nil, fmt.Errorf("creating spool for %s in %s: %w", d, b.spoolDir, noSpace(err))
 	}
 	s := &Spool{f: f, path: f.Name(), digest: d, blobs: b, h: h}
-	b.spools[s.path] = struct{}{}
+	b.spools[s.path] = s
 	return s, nil
+}
+
+// SpoolBytes returns the bytes that downloads in progress hold on the
+// spool volume: for each live spool, what it has written or reserved,
+// whichever is more. A committed spool no longer counts (it is a blob now,
+// which Walk reports), nor does a discarded one.
+func (b *Blobs) SpoolBytes() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var n int64
+	for _, s := range b.spools {
+		n += max(s.size.Load(), s.reserved.Load())
+	}
+	return n
+}
+
+// Reserve makes room for n bytes of the download before they arrive, so
+// that a full volume fails the fill now, with an error wrapping ErrNoSpace,
+// instead of after its clients were sent part of the blob. Call it when the
+// size is known (from Content-Length or the referencing manifest).
+//
+// Reserve preallocates without changing the spool's size or content: the
+// file still holds exactly the bytes written, so readers, Verify and
+// Commit see nothing of the reservation. Where the filesystem cannot
+// preallocate (EOPNOTSUPP; any system but Linux) it does nothing and
+// returns nil, and a full volume shows up in Write as before. Only the
+// writer may call it.
+func (s *Spool) Reserve(n int64) error {
+	if n <= s.reserved.Load() || n <= s.size.Load() {
+		return nil
+	}
+	s.mu.Lock()
+	done := s.committed || s.closed
+	s.mu.Unlock()
+	if done {
+		return fmt.Errorf("spool %s for %s: reserve after commit, discard or close", s.path, s.digest)
+	}
+	if err := preallocate(s.f, n); err != nil {
+		return fmt.Errorf("spool %s for %s: reserving %d bytes: %w", s.path, s.digest, n, noSpace(err))
+	}
+	s.reserved.Store(n)
+	return nil
 }
 
 // Write appends p to the spool. Only one goroutine may write, and it must be
@@ -79,7 +124,7 @@ func (s *Spool) Write(p []byte) (int, error) {
 	// that sees the new size finds them with ReadAt.
 	s.size.Add(int64(n))
 	if err != nil {
-		return n, fmt.Errorf("spool %s for %s: %w", s.path, s.digest, err)
+		return n, fmt.Errorf("spool %s for %s: %w", s.path, s.digest, noSpace(err))
 	}
 	return n, nil
 }
@@ -90,8 +135,15 @@ func (s *Spool) ReadAt(p []byte, off int64) (int, error) {
 	return s.f.ReadAt(p, off)
 }
 
-// Sync flushes written bytes to stable storage.
-func (s *Spool) Sync() error { return s.f.Sync() }
+// Sync flushes written bytes to stable storage. Some filesystems (NFS, and
+// any with delayed allocation under a quota) report a full volume only
+// here, as an error wrapping ErrNoSpace.
+func (s *Spool) Sync() error {
+	if err := s.f.Sync(); err != nil {
+		return fmt.Errorf("spool %s for %s: syncing: %w", s.path, s.digest, noSpace(err))
+	}
+	return nil
+}
 
 // Size returns the number of bytes written so far.
 func (s *Spool) Size() int64 { return s.size.Load() }

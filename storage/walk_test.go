@@ -218,3 +218,47 @@ func TestParseBlobPath(t *testing.T) {
 		}
 	}
 }
+
+// TestCommitRacingDelete evicts a blob while it is being committed, as a
+// sweep with no minimum age can. The commit has published the blob by the
+// time the Delete finds it, so it must succeed even when the Delete then
+// removes the directory the commit was about to sync; the blob is simply
+// gone again. The race is timing: before the fix this failed within a few
+// hundred rounds (a second or two), so the test runs for three seconds.
+func TestCommitRacingDelete(t *testing.T) {
+	t.Parallel()
+	b, err := NewFilesystem(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	content, d := randomBlob(t, 1000)
+	for end, i := time.Now().Add(3*time.Second), 0; time.Now().Before(end); i++ {
+		s, err := b.NewSpool(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Write(content); err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					b.Delete(t.Context(), d)
+				}
+			}
+		}()
+		err = b.Commit(t.Context(), d, s)
+		close(stop)
+		<-done
+		b.Discard(s)
+		if err != nil {
+			t.Fatalf("Commit racing a Delete (round %d): %v", i, err)
+		}
+	}
+}

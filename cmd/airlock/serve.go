@@ -118,19 +118,23 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 	if err != nil {
 		return nil, err
 	}
-	if n, err := blobs.Recover(ctx); err != nil {
-		return nil, fmt.Errorf("recovering the blob store: %w", err)
-	} else if n > 0 {
-		log.Info("removed unfinished downloads left by an earlier run", slog.Int("count", n))
-	}
 	g.blobs = blobs
+	// The metadata file's lock is what keeps a second airlock off this
+	// directory, so it is taken before Recover removes spools: they may be
+	// the live downloads of an airlock already running here.
 	g.meta, err = metadata.Open(filepath.Join(cfg.Storage.Path, "metadata.db"))
 	if err != nil {
 		return nil, err
 	}
+	if n, err := blobs.Recover(ctx); err != nil {
+		g.meta.Close()
+		return nil, fmt.Errorf("recovering the blob store: %w", err)
+	} else if n > 0 {
+		log.Info("removed unfinished downloads left by an earlier run", slog.Int("count", n))
+	}
 	// The evictor runs even without cache.maxSize, to report the size.
 	g.evictor = evict.New(evict.Options{
-		Blobs: blobs, Uses: g.meta, MaxBytes: cfg.Cache.MaxSize.Bytes(),
+		Blobs: blobs, Uses: g.meta, Index: g.meta, MaxBytes: cfg.Cache.MaxSize.Bytes(),
 		Logger: log.With(slog.String("component", "evict")), Registerer: g.promReg,
 	})
 	rt, regs, ttls, err := buildUpstreams(cfg, g.metrics, log)
@@ -165,6 +169,21 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 		return nil, err
 	}
 	return g, nil
+}
+
+// reconcile gives the metadata index a use of every stored blob that a
+// crash left without one. It runs before the first sweep, in the
+// background: listing a large store takes a while, and serving need not
+// wait for it.
+func (g *gateway) reconcile(ctx context.Context) {
+	n, err := g.meta.Reconcile(ctx, g.blobs)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		g.log.Warn("reconciling the metadata index with the blob store failed; eviction falls back to commit times",
+			slog.String("error", err.Error()))
+	case n > 0:
+		g.log.Info("recorded commit times of blobs the metadata index had no use of", slog.Int("count", n))
+	}
 }
 
 // openBlobs builds the configured storage driver. The filesystem driver gets
@@ -309,7 +328,11 @@ func (g *gateway) run(ctx context.Context, configPath string) error {
 	go func() { errc <- adminSrv.Serve(adminLn) }()
 	evictCtx, stopEvict := context.WithCancel(context.WithoutCancel(ctx))
 	evictDone := make(chan struct{})
-	go func() { defer close(evictDone); g.evictor.Run(evictCtx, g.cfg.Cache.EvictInterval.Std()) }()
+	go func() {
+		defer close(evictDone)
+		g.reconcile(evictCtx)
+		g.evictor.Run(evictCtx, g.cfg.Cache.EvictInterval.Std())
+	}()
 	g.ready.Store(true)
 	access, open := pullAccess(g.cfg.Auth, g.policy, regLn.Addr())
 	g.log.Info("airlock serving", slog.String("version", g.build.Version), slog.String("commit", g.build.CommitLabel()),

@@ -7,24 +7,33 @@
 // repository. Blobs are shared across repositories, so only the latest use
 // anywhere says whether a blob is still wanted.
 //
+// The size bounded is everything the cache keeps: committed
+// blobs, spool files of downloads in progress (what each has written or
+// reserved, whichever is more) and the metadata index file, where
+// manifests live. Only blobs can be evicted; spools and the index count,
+// and blobs make room for them.
+//
 // Guarantees:
-//   - Nothing is deleted while the store is at or under its maximum, and
+//   - Nothing is deleted while the cache is at or under its maximum, and
 //     nothing at all with a maximum of zero (unlimited); such a sweep only
 //     measures.
-//   - A blob committed or used within MinAge (default 10 minutes) is never
-//     evicted, even if that leaves the store over its maximum: a pull in
-//     progress must not lose the layers it has just fetched. The last use
-//     is read again just before each deletion, so a use seconds before is
-//     still seen.
-//   - Eviction deletes only blobs. Manifests, tags and gate states are
-//     small and stay in the metadata index; an evicted blob is fetched
-//     again, and verified again, on its next pull.
+//   - After a sweep, the cache holds at most the maximum, or, when that
+//     cannot be reached, only blobs committed or used within MinAge
+//     (default 10 minutes) besides spools and the index: a blob that young
+//     is never evicted, because a pull in progress must not lose the layers
+//     it has just fetched. The sweep then warns. The last use is read
+//     again just before each deletion, so a use seconds before is still
+//     seen.
+//   - Between sweeps the cache grows by what is pulled; the next sweep
+//     takes it back down. [Evictor.Nudge] brings that sweep forward when a
+//     write finds the volume full. The volume needs room for that, and for the
+//     filesystem's own overhead (directories, partly used blocks), which
+//     is not measured.
+//   - Eviction deletes only blobs. Manifests, tags and gate states stay in
+//     the metadata index; an evicted blob is fetched again, and verified
+//     again, on its next pull.
 //   - A client already streaming a blob from the local store reads it to
 //     the end when it is evicted (see storage.Blobs.Delete).
 //   - Sweeps never run concurrently; [Evictor.Run] logs failures and keeps
 //     going rather than stop the process.
-//
-// The size measured is the sum of committed blob sizes, not the disk
-// usage: spool files of downloads in progress and filesystem overhead
-// come on top, so leave headroom between the maximum and the volume size.
 package evict

@@ -22,6 +22,7 @@ const (
 	DefaultLowWater = 0.9
 	DefaultMinAge   = 10 * time.Minute
 	DefaultInterval = 5 * time.Minute
+	DefaultNudgeGap = 10 * time.Second
 )
 
 // Blobs is the store an Evictor trims; *storage.Blobs implements it.
@@ -31,6 +32,16 @@ type Blobs interface {
 	// Delete removes a blob, or returns an error wrapping
 	// storage.ErrNotFound if it is already gone.
 	Delete(ctx context.Context, d digest.Digest) error
+	// SpoolBytes returns the bytes downloads in progress hold. They count
+	// toward the maximum but cannot be evicted.
+	SpoolBytes() int64
+}
+
+// Index is the metadata index, whose file counts toward the maximum;
+// *metadata.DB implements it.
+type Index interface {
+	// DiskSize returns the size of the index on disk.
+	DiskSize() (int64, error)
 }
 
 // Uses tells when content was last used in any repository;
@@ -49,8 +60,12 @@ type Options struct {
 	// Uses supplies last-use times. Nil means commit times alone order
 	// eviction.
 	Uses Uses
-	// MaxBytes is the most the store may hold, in bytes. 0 or less means
-	// unlimited: Sweep measures and deletes nothing.
+	// Index is the metadata index. Its size counts toward MaxBytes, as
+	// manifests live there. Nil counts nothing.
+	Index Index
+	// MaxBytes is the most the cache may hold, in bytes: committed blobs,
+	// spools and the index together. 0 or less means unlimited: Sweep
+	// measures and deletes nothing.
 	MaxBytes int64
 	// LowWater is the fraction of MaxBytes a sweep trims down to, so that
 	// one sweep makes room for many fills instead of one. Outside (0, 1]
@@ -64,6 +79,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Registerer receives the metrics. Nil leaves them unregistered.
 	Registerer prometheus.Registerer
+	// NudgeGap is the least time between a sweep and the next one that
+	// Nudge asks for, so that a volume that stays full does not turn into
+	// a sweep loop. 0 means DefaultNudgeGap (10s).
+	NudgeGap time.Duration
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
 }
@@ -72,8 +91,13 @@ type Options struct {
 type Result struct {
 	// Blobs is the number of blobs measured.
 	Blobs int
-	// Before and After are the bytes stored when the sweep began and ended.
+	// Before and After are the bytes of committed blobs when the sweep
+	// began and ended.
 	Before, After int64
+	// Spool and Index are the bytes of downloads in progress and of the
+	// metadata index, measured once the blobs were. They count toward
+	// MaxBytes with the blobs, but only blobs are evicted to make room.
+	Spool, Index int64
 	// Evicted and EvictedBytes count the blobs this sweep deleted.
 	Evicted      int
 	EvictedBytes int64
@@ -84,6 +108,7 @@ type Result struct {
 type Evictor struct {
 	blobs    Blobs
 	uses     Uses
+	index    Index
 	maxBytes atomic.Int64 // SetMaxBytes may change it while Run sweeps
 	lowWater float64
 	minAge   time.Duration
@@ -92,6 +117,10 @@ type Evictor struct {
 	metrics  metrics
 
 	sweeping sync.Mutex
+	// nudged asks Run for a sweep before the next tick; one pending
+	// request stands for any number.
+	nudged   chan struct{}
+	nudgeGap time.Duration
 }
 
 // New returns an Evictor with o's defaults filled in, and registers its
@@ -100,10 +129,16 @@ func New(o Options) *Evictor {
 	e := &Evictor{
 		blobs:    o.Blobs,
 		uses:     o.Uses,
+		index:    o.Index,
 		lowWater: o.LowWater,
 		minAge:   o.MinAge,
 		log:      o.Logger,
 		now:      o.Now,
+		nudged:   make(chan struct{}, 1),
+		nudgeGap: o.NudgeGap,
+	}
+	if e.nudgeGap <= 0 {
+		e.nudgeGap = DefaultNudgeGap
 	}
 	if e.lowWater <= 0 || e.lowWater > 1 {
 		e.lowWater = DefaultLowWater
@@ -136,9 +171,10 @@ type candidate struct {
 	used   time.Time // later of commit time and last use
 }
 
-// Sweep measures the store and, if it holds more than MaxBytes, deletes
-// the least recently used blobs that are older than MinAge until it holds
-// at most LowWater × MaxBytes or nothing old enough is left.
+// Sweep measures the cache and, if it holds more than MaxBytes (blobs,
+// spools and index together), deletes the least recently used blobs that
+// are older than MinAge until it holds at most LowWater × MaxBytes or
+// nothing old enough is left.
 //
 // It stops early when ctx ends. A blob that cannot be deleted is skipped
 // and reported in the returned error after the others are tried; the
@@ -162,9 +198,23 @@ func (e *Evictor) Sweep(ctx context.Context) (Result, error) {
 		return Result{}, fmt.Errorf("evict: measuring the blob store: %w", err)
 	}
 	res.After = res.Before
-	defer func() { e.metrics.size.Set(float64(res.After)) }()
+	// Spools are measured after the walk, so a fill that commits meanwhile
+	// counts once (as a blob, if the walk saw it) or not at all, like one
+	// that commits just after the sweep; never twice, which would evict
+	// for room nobody takes.
+	res.Spool = e.blobs.SpoolBytes()
+	if e.index != nil {
+		if res.Index, err = e.index.DiskSize(); err != nil {
+			return res, fmt.Errorf("evict: measuring the metadata index: %w", err)
+		}
+	}
+	defer func() {
+		e.metrics.size.Set(float64(res.After))
+		e.metrics.spool.Set(float64(res.Spool))
+		e.metrics.index.Set(float64(res.Index))
+	}()
 	maxBytes := e.maxBytes.Load()
-	if maxBytes <= 0 || res.Before <= maxBytes {
+	if maxBytes <= 0 || res.total() <= maxBytes {
 		return res, nil
 	}
 
@@ -180,6 +230,9 @@ func (e *Evictor) Sweep(ctx context.Context) (Result, error) {
 	err = e.trim(ctx, all, &res)
 	return res, err
 }
+
+// total is what counts toward the maximum after the sweep.
+func (r Result) total() int64 { return r.After + r.Spool + r.Index }
 
 // lastUses moves each candidate's time forward to its recorded last use.
 // It runs only when the store is over its maximum, because it costs one
@@ -212,14 +265,14 @@ func (e *Evictor) lastUse(ctx context.Context, d digest.Digest) (time.Time, erro
 	return t, nil
 }
 
-// trim deletes candidates, oldest first, until the store is at the
+// trim deletes candidates, oldest first, until the cache is at the
 // low-water mark.
 func (e *Evictor) trim(ctx context.Context, oldestFirst []candidate, res *Result) error {
 	target := int64(e.lowWater * float64(e.maxBytes.Load()))
 	cutoff := e.now().Add(-e.minAge)
 	var errs []error
 	for _, c := range oldestFirst {
-		if res.After <= target {
+		if res.total() <= target {
 			break
 		}
 		if c.used.After(cutoff) {
@@ -258,9 +311,21 @@ func (e *Evictor) trim(ctx context.Context, oldestFirst []candidate, res *Result
 	return errors.Join(errs...)
 }
 
-// Run sweeps at once and then every interval (DefaultInterval if interval
-// is not positive) until ctx ends. It logs each sweep that evicts at Info
-// and each failure at Warn, and keeps going after failures.
+// Nudge asks Run for a sweep now rather than at the next interval: call it
+// when a write found the volume full (storage.ErrNoSpace), so that room is
+// made within seconds instead of minutes. It never blocks. Nudges while one
+// is pending are one nudge, and Run waits NudgeGap after a sweep before it
+// answers one.
+func (e *Evictor) Nudge() {
+	select {
+	case e.nudged <- struct{}{}:
+	default:
+	}
+}
+
+// Run sweeps at once, then every interval (DefaultInterval if interval is
+// not positive) and when nudged, until ctx ends. It logs each sweep that
+// evicts at Info and each failure at Warn, and keeps going after failures.
 func (e *Evictor) Run(ctx context.Context, interval time.Duration) {
 	if interval <= 0 {
 		interval = DefaultInterval
@@ -269,10 +334,19 @@ func (e *Evictor) Run(ctx context.Context, interval time.Duration) {
 	defer t.Stop()
 	for {
 		e.sweepAndLog(ctx)
+		last := time.Now()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-e.nudged:
+			gap := time.NewTimer(e.nudgeGap - time.Since(last))
+			select {
+			case <-ctx.Done():
+				gap.Stop()
+				return
+			case <-gap.C:
+			}
 		}
 	}
 }
@@ -294,6 +368,8 @@ func (e *Evictor) sweepAndLog(ctx context.Context) {
 		"blobs", res.Blobs,
 		"before_bytes", res.Before,
 		"after_bytes", res.After,
+		"spool_bytes", res.Spool,
+		"index_bytes", res.Index,
 		"max_bytes", e.maxBytes.Load(),
 		"evicted", res.Evicted,
 		"evicted_bytes", res.EvictedBytes,
@@ -304,8 +380,8 @@ func (e *Evictor) sweepAndLog(ctx context.Context) {
 		e.log.Warn("cache eviction sweep failed", append(attrs, "error", err)...)
 	case res.Evicted > 0:
 		e.log.Info("evicted least recently used blobs", attrs...)
-	case e.maxBytes.Load() > 0 && res.After > e.maxBytes.Load():
-		e.log.Warn("cache is over its maximum but every blob was used within the minimum age; raise cache.maxSize or grow the volume",
+	case e.maxBytes.Load() > 0 && res.total() > e.maxBytes.Load():
+		e.log.Warn("cache is over its maximum but every blob left was used within the minimum age (or downloads in progress and the index alone exceed it); raise cache.maxSize or grow the volume",
 			append(attrs, "min_age", e.minAge)...)
 	default:
 		e.log.Debug("cache eviction sweep", attrs...)

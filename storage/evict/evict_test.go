@@ -290,6 +290,84 @@ func TestSweepRemote(t *testing.T) {
 	}
 }
 
+// TestSweepCountsSpoolsAndIndex proves the maximum bounds everything the
+// cache keeps on its volume: downloads in progress and the metadata index
+// (where manifests live) count with the blobs, and blobs are evicted to
+// make room for them.
+func TestSweepCountsSpoolsAndIndex(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		written int64 // bytes written to a spool left in progress
+		reserve int64 // bytes that spool reserved
+		index   bool  // count the metadata index
+		evicted int
+	}{
+		{name: "blobs alone fit", evicted: 0},
+		{name: "a download in progress", written: 250, evicted: 3},
+		{name: "a reserved download", written: 10, reserve: 250, evicted: 3},
+		{name: "the metadata index", index: true, evicted: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := newCache(t)
+			for i := range 5 {
+				_, d := put(t, c.blobs, 100)
+				c.commitTime(t, d, time.Now().Add(-time.Duration(5-i)*time.Hour))
+			}
+			if tt.written > 0 {
+				content := make([]byte, tt.written)
+				s, err := c.blobs.NewSpool(digest.FromString("in progress"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.blobs.Discard(s)
+				if err := s.Reserve(tt.reserve); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := s.Write(content); err != nil {
+					t.Fatal(err)
+				}
+			}
+			opts := evict.Options{Blobs: c.blobs, Uses: c.meta, MaxBytes: 500, LowWater: 0.9}
+			var indexBytes int64
+			if tt.index {
+				opts.Index = c.meta
+				var err error
+				if indexBytes, err = c.meta.DiskSize(); err != nil {
+					t.Fatal(err)
+				}
+				// Blobs and index just over the maximum: one blob goes.
+				opts.MaxBytes = 500 + indexBytes - 1
+				opts.LowWater = 1
+			}
+			reg := prometheus.NewRegistry()
+			opts.Registerer = reg
+			res, err := evict.New(opts).Sweep(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			spool := max(tt.written, tt.reserve)
+			if res.Evicted != tt.evicted || res.Spool != spool || res.Index != indexBytes {
+				t.Errorf("Sweep = %+v; want %d evicted, Spool %d, Index %d", res, tt.evicted, spool, indexBytes)
+			}
+			if total, bound := res.After+res.Spool+res.Index, opts.MaxBytes; total > bound {
+				t.Errorf("after the sweep the cache holds %d bytes, over its maximum %d", total, bound)
+			}
+			for name, v := range map[string]int64{
+				"airlock_cache_size_bytes":  res.After,
+				"airlock_cache_spool_bytes": spool,
+				"airlock_cache_index_bytes": indexBytes,
+			} {
+				if got := gathered(t, reg, name); got != float64(v) {
+					t.Errorf("%s = %v, want %d", name, got, v)
+				}
+			}
+		})
+	}
+}
+
 // failingDelete is the real store with one digest that cannot be deleted,
 // as a permission problem or a flaky bucket would cause.
 type failingDelete struct {
@@ -399,7 +477,12 @@ func TestRun(t *testing.T) {
 	c := newCache(t)
 	var logs logBuffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	e := evict.New(evict.Options{Blobs: c.blobs, Uses: c.meta, MaxBytes: 150, LowWater: 1, Logger: log})
+	// The evictor's clock runs an hour ahead, so every blob is old enough
+	// the moment it is committed. (Setting commit times back after each put
+	// would let a sweep see a young blob beside the next put's spool, and
+	// rightly warn that the cache is over its maximum.)
+	e := evict.New(evict.Options{Blobs: c.blobs, Uses: c.meta, MaxBytes: 150, LowWater: 1, Logger: log,
+		Now: func() time.Time { return time.Now().Add(time.Hour) }})
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() {
@@ -409,8 +492,7 @@ func TestRun(t *testing.T) {
 
 	// Blobs arrive while Run sweeps; each sweep trims what is old enough.
 	for range 4 {
-		_, d := put(t, c.blobs, 100)
-		c.commitTime(t, d, time.Now().Add(-time.Hour))
+		put(t, c.blobs, 100)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for len(stored(t, c.blobs)) > 1 {
@@ -460,5 +542,44 @@ func TestRunLogsFailures(t *testing.T) {
 	<-done
 	if out := logs.String(); !strings.Contains(out, "permission denied") || !strings.Contains(out, d.String()) {
 		t.Errorf("Warn lines do not say what failed:\n%s", out)
+	}
+}
+
+// TestNudge proves a nudge, as a fill that found the volume full sends,
+// makes Run sweep long before its next interval.
+func TestNudge(t *testing.T) {
+	t.Parallel()
+	c := newCache(t)
+	_, d := put(t, c.blobs, 100)
+	c.commitTime(t, d, time.Now().Add(-time.Hour))
+	reg := prometheus.NewRegistry()
+	e := evict.New(evict.Options{Blobs: c.blobs, Uses: c.meta, Registerer: reg, NudgeGap: 10 * time.Millisecond})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		e.Run(ctx, time.Hour)
+		close(done)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	// The first sweep, at once, only measures: no maximum yet.
+	deadline := time.Now().Add(5 * time.Second)
+	for gathered(t, reg, "airlock_cache_size_bytes") != 100 {
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not sweep at once")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.SetMaxBytes(1)
+	for range 3 {
+		e.Nudge() // never blocks, however many
+	}
+	for len(stored(t, c.blobs)) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("a nudged Run did not sweep within 5s (its interval is an hour)")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

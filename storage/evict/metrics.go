@@ -9,6 +9,8 @@ import (
 
 type metrics struct {
 	size         prometheus.Gauge
+	spool        prometheus.Gauge
+	index        prometheus.Gauge
 	evictions    prometheus.Counter
 	evictedBytes prometheus.Counter
 }
@@ -21,6 +23,14 @@ func newMetrics(reg prometheus.Registerer, log *slog.Logger) metrics {
 		size: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "airlock_cache_size_bytes",
 			Help: "Bytes of committed blobs in the cache, as measured by the last eviction sweep.",
+		}),
+		spool: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "airlock_cache_spool_bytes",
+			Help: "Bytes held by downloads in progress, written or reserved, as measured by the last eviction sweep; counted toward cache.maxSize.",
+		}),
+		index: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "airlock_cache_index_bytes",
+			Help: "Bytes of the metadata index file (manifests, tags, links), as measured by the last eviction sweep; counted toward cache.maxSize.",
 		}),
 		evictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "airlock_cache_evictions_total",
@@ -35,6 +45,8 @@ func newMetrics(reg prometheus.Registerer, log *slog.Logger) metrics {
 		return m
 	}
 	m.size = register(reg, log, m.size)
+	m.spool = register(reg, log, m.spool)
+	m.index = register(reg, log, m.index)
 	m.evictions = register(reg, log, m.evictions)
 	m.evictedBytes = register(reg, log, m.evictedBytes)
 	return m

@@ -119,7 +119,8 @@ func (db *DB) flush() error {
 }
 
 // LastUse returns when blob or manifest d was last touched in any
-// repository, or an error wrapping storage.ErrNotFound if never. It is what
+// repository, or committed if that was later and [DB.Reconcile] has seen
+// it since; an error wrapping storage.ErrNotFound if neither. It is what
 // orders eviction: the store is shared across repositories, so only the
 // latest use anywhere says whether the content is still wanted.
 func (db *DB) LastUse(ctx context.Context, d digest.Digest) (time.Time, error) {

@@ -23,7 +23,9 @@
 //   - Only one process can open the file; a second one gives up after five
 //     seconds with an error saying the file is locked.
 //   - [DB.LastUse] is the latest [DB.Touch] of a digest in any repository,
-//     written with the access times; it orders eviction of shared blobs.
+//     written with the access times, or the blob's commit time if that is
+//     later and [DB.Reconcile] has run since; it orders eviction of shared
+//     blobs.
 //
 // The file carries a schema version. Open refuses a file written with a
 // different version rather than misread it. Buckets added within a version

@@ -19,8 +19,9 @@ import (
 
 // fill is one upstream transfer of a blob into a spool file. Every client
 // asking for the blob while the fill runs — the one that started it
-// included — reads the spool as it grows, so there is exactly one upstream
-// transfer per digest at a time.
+// included — reads the spool as it grows, so there is one upstream transfer
+// per digest at a time for all the repositories of an upstream that agree
+// on its size (see fillSet).
 //
 // The last byte is held back from readers until the digest is verified:
 // a client can receive a truncated transfer, never a complete wrong blob.
@@ -48,9 +49,14 @@ type fill struct {
 	refs     int // readers plus the fill itself; the spool closes at zero
 }
 
-// fillSet holds the running fills by upstream and digest. A client reads
-// along a fill of its own upstream only: another upstream's transfer may be
-// slower, or may not be allowed to answer for this one at all.
+// fillSet holds the running fills by upstream, digest and declared size. A
+// client reads along a fill of its own upstream only: another upstream's
+// transfer may be slower, or may not be allowed to answer for this one at
+// all. And it reads along a fill bounded by the size its own repository
+// declared only: a fill fails when the upstream's blob differs from its
+// declared size, so sharing fills across declarations would let one
+// repository's manifest that lies about a popular layer's size break that
+// layer's pull for every repository of the upstream.
 type fillSet struct {
 	mu sync.Mutex
 	m  map[fillKey]*fill
@@ -59,6 +65,7 @@ type fillSet struct {
 type fillKey struct {
 	upstream string
 	digest   digest.Digest
+	declared int64
 }
 
 // state is a consistent snapshot of a fill for a reader.
@@ -110,7 +117,7 @@ func (f *fill) release() {
 // started it. ctx only lends the fill its trace. The caller must release
 // the fill.
 func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, declared int64, start bool) (f *fill, leader bool) {
-	k := fillKey{rq.route.Upstream.Name, d}
+	k := fillKey{rq.route.Upstream.Name, d, declared}
 	p.fills.mu.Lock()
 	defer p.fills.mu.Unlock()
 	if f := p.fills.m[k]; f != nil {
@@ -164,7 +171,7 @@ func (p *Proxy) runFill(from context.Context, f *fill, rq *request) {
 	// Leave the set before announcing the end, and only after Commit, so a
 	// new request either joins this fill or finds the committed blob.
 	p.fills.mu.Lock()
-	delete(p.fills.m, fillKey{f.upstream, f.digest})
+	delete(p.fills.m, fillKey{f.upstream, f.digest, f.declared})
 	p.fills.mu.Unlock()
 	f.update(func() { f.done, f.stored, f.err = true, stored, err })
 	f.mu.Lock()

@@ -2,12 +2,16 @@ package proxy
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/opencontainers/go-digest"
 )
 
 // TestLyingSizeInOneRepositoryBreaksNoOtherFill: a manifest in one
@@ -67,5 +71,95 @@ func TestLyingSizeInOneRepositoryBreaksNoOtherFill(t *testing.T) {
 	}
 	if code := <-liar; code == 200 {
 		t.Errorf("the lying repository's fill succeeded against its declared size")
+	}
+}
+
+// layerGate governs every repository and refuses an image manifest that
+// lists a denied layer, reading the manifest the way its media type says,
+// as a scanner would. Indexes are admitted: their children are judged when
+// they are pulled.
+type layerGate struct{ deny map[string]bool }
+
+func (g *layerGate) Admit(_ context.Context, s Subject) (Decision, error) {
+	if s.MediaType == mediaOCIIndex || s.MediaType == mediaDockerList {
+		return Decision{Allow: true}, nil
+	}
+	var m struct {
+		Layers []struct {
+			Digest string `json:"digest"`
+		} `json:"layers"`
+	}
+	if err := json.Unmarshal(s.Body, &m); err != nil {
+		return Decision{}, err
+	}
+	for _, l := range m.Layers {
+		if g.deny[l.Digest] {
+			return Decision{Reasons: []string{"denied layer " + l.Digest}}, nil
+		}
+	}
+	return Decision{Allow: true}, nil
+}
+
+// TestBlobsAreAdmittedAsTheGateReadTheManifest: a manifest admits only the
+// blobs its media type gives it: an image manifest's config and layers, not
+// a schema 1 "fsLayers" or an artifact's "blobs" smuggled beside them, and
+// an index none. Otherwise a manifest the gate read as harmless admits a
+// layer the gate refused.
+func TestBlobsAreAdmittedAsTheGateReadTheManifest(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, true)
+	bad, _ := random.Image(4<<10, 1)
+	good, _ := random.Image(4<<10, 1)
+	o.push(t, "library/app:bad", bad)
+	o.push(t, "library/app:good", good)
+	bl, _ := layerOf(t, bad, 0)
+	gl, _ := layerOf(t, good, 0)
+	cfg, _ := good.ConfigName()
+	e := newEnv(t, o)
+	e.proxy.gate = &layerGate{deny: map[string]bool{bl.String(): true}}
+	if resp, _ := e.get(t, "/v2/library/app/manifests/bad"); resp.StatusCode != 403 {
+		t.Fatalf("the gate let the bad image through: %d", resp.StatusCode)
+	}
+	type ref struct {
+		MediaType string `json:"mediaType,omitempty"`
+		Digest    string `json:"digest,omitempty"`
+		Size      int64  `json:"size,omitempty"`
+		BlobSum   string `json:"blobSum,omitempty"`
+	}
+	layer := ref{MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Digest: bl.String(), Size: 1}
+	for i, c := range []struct {
+		name string
+		body any
+		want int // for the layer
+	}{
+		{"fsLayers beside layers", map[string]any{"schemaVersion": 2, "mediaType": mediaOCIManifest,
+			"config": ref{MediaType: "application/vnd.oci.image.config.v1+json", Digest: cfg.String(), Size: 2},
+			"layers": []ref{{MediaType: layer.MediaType, Digest: gl.String(), Size: 1}}, "fsLayers": []ref{{BlobSum: bl.String()}}}, 403},
+		{"blobs beside layers", map[string]any{"schemaVersion": 2, "mediaType": mediaOCIManifest,
+			"config": ref{MediaType: "application/vnd.oci.image.config.v1+json", Digest: cfg.String(), Size: 2},
+			"layers": []ref{}, "blobs": []ref{layer}}, 403},
+		{"an index with layers", map[string]any{"schemaVersion": 2, "mediaType": mediaOCIIndex,
+			"manifests": []ref{}, "layers": []ref{layer}}, 403},
+		{"a list with a config", map[string]any{"schemaVersion": 2, "mediaType": mediaDockerList,
+			"manifests": []ref{}, "config": layer}, 403},
+		// A schema 1 manifest (no mediaType in its body, none from the
+		// upstream) has its fsLayers as its layers (this gate reads
+		// only "layers", so it admits it).
+		{"schema 1", map[string]any{"schemaVersion": 1, "name": "library/smuggle4",
+			"fsLayers": []ref{{BlobSum: bl.String()}}, "signatures": []any{}}, 200},
+	} {
+		repo := fmt.Sprintf("library/smuggle%d", i)
+		body, err := json.Marshal(c.body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mt, _ := c.body.(map[string]any)["mediaType"].(string)
+		putManifest(t, o, repo, "1", mt, body)
+		if resp, _ := e.get(t, "/v2/"+repo+"/manifests/"+digest.FromBytes(body).String()); resp.StatusCode != 200 {
+			t.Fatalf("%s: the gate refused the smuggling manifest: %d", c.name, resp.StatusCode)
+		}
+		if resp, _ := e.get(t, "/v2/"+repo+"/blobs/"+bl.String()); resp.StatusCode != c.want {
+			t.Errorf("%s: the layer's GET answered %d, want %d", c.name, resp.StatusCode, c.want)
+		}
 	}
 }

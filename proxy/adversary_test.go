@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/v1/random"
@@ -161,5 +163,56 @@ func TestBlobsAreAdmittedAsTheGateReadTheManifest(t *testing.T) {
 		if resp, _ := e.get(t, "/v2/"+repo+"/blobs/"+bl.String()); resp.StatusCode != c.want {
 			t.Errorf("%s: the layer's GET answered %d, want %d", c.name, resp.StatusCode, c.want)
 		}
+	}
+}
+
+// TestDeclaredSizeDoesNotLiftTheMaximum: the configured maximum bounds every
+// fill. A hostile upstream writes the manifest as well as the blob, so a
+// size its manifest declares is no reason to take more than the maximum.
+func TestDeclaredSizeDoesNotLiftTheMaximum(t *testing.T) {
+	t.Parallel()
+	var streamed atomic.Int64
+	endless := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !strings.Contains(r.URL.Path, "/blobs/") || r.Method != http.MethodGet {
+				next.ServeHTTP(w, r)
+				return
+			}
+			w.Header().Set("Content-Type", "application/octet-stream")
+			w.WriteHeader(http.StatusOK)
+			chunk := bytes.Repeat([]byte("x"), 32<<10)
+			for range 1 << 11 { // 64 MiB at most, so the test ends even if airlock does not stop it
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+				streamed.Add(int64(len(chunk)))
+			}
+		})
+	}
+	hub, vendor := newOriginWrapped(t, endless), newOrigin(t, true)
+	img, _ := random.Image(1024, 1)
+	cfg, _ := img.ConfigName()
+	huge := "sha256:" + strings.Repeat("ab", 32)
+	body := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":2},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":%q,"size":%d}]}`,
+		mediaOCIManifest, cfg, huge, int64(1)<<40))
+	putManifest(t, hub, "library/app", "1", mediaOCIManifest, body)
+	const maxBlob = 1 << 20
+	e := newPairEnv(t, hub, vendor, pairOptions{maxBlob: maxBlob})
+	if resp, _ := e.get(t, "/v2/app/manifests/1"); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	resp, err := http.Get(e.srv.URL + "/v2/app/blobs/" + huge)
+	if err == nil {
+		n, _ := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if n > maxBlob || resp.StatusCode < 400 {
+			t.Errorf("answered %d with %d bytes of a blob declared over the %d byte maximum", resp.StatusCode, n, maxBlob)
+		}
+	}
+	waitFor(t, func() bool {
+		return strings.Contains(e.logText(), "blob fill failed") || strings.Contains(e.logText(), "limit")
+	})
+	if got := streamed.Load(); got > 4*maxBlob {
+		t.Errorf("the fill took %d bytes from the upstream, over the %d byte maximum", got, maxBlob)
 	}
 }

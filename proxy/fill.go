@@ -205,6 +205,12 @@ const fillProgressEvery = 30 * time.Second
 
 func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) {
 	up := rq.route.Upstream.Name
+	if f.declared > p.maxBlob {
+		// Refused before any transfer: the declaration proves nothing, a
+		// hostile upstream writes the manifest as well as the blob.
+		return fmt.Errorf("blob %s of %s is declared %d bytes, over the %d byte limit: %w",
+			f.digest, rq.route.Key(), f.declared, p.maxBlob, verify.ErrTooLarge)
+	}
 	body, size, err := rq.registry.GetBlob(ctx, rq.route.Repo, f.digest)
 	if err != nil {
 		return err
@@ -292,8 +298,10 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 }
 
 // fillLimit is the most bytes a transfer may bring: the size the
-// repository's manifest declared, else the configured maximum. An upstream
-// that announces a different length is refused before any byte is stored.
+// repository's manifest declared, else the configured maximum; never more
+// than the maximum (transfer refuses a larger declaration up front). An
+// upstream that announces a different length is refused before any byte is
+// stored.
 func (p *Proxy) fillLimit(f *fill, announced int64) (int64, error) {
 	switch {
 	case f.declared > 0 && announced >= 0 && announced != f.declared:

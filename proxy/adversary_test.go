@@ -216,3 +216,46 @@ func TestDeclaredSizeDoesNotLiftTheMaximum(t *testing.T) {
 		t.Errorf("the fill took %d bytes from the upstream, over the %d byte maximum", got, maxBlob)
 	}
 }
+
+// TestUnsupportedTagDigestIsNotAnInternalError: an upstream that names a
+// tag by a digest airlock cannot verify (sha384) gets a clear upstream
+// error, never a 500.
+func TestUnsupportedTagDigestIsNotAnInternalError(t *testing.T) {
+	t.Parallel()
+	sha384 := "sha384:" + strings.Repeat("ab", 48)
+	o := newOriginWrapped(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if p, ok := strings.CutSuffix(r.URL.Path, "/manifests/"+sha384); ok {
+				r.URL.Path = p + "/manifests/1" // the upstream serves the manifest by that digest too
+			}
+			if strings.HasSuffix(r.URL.Path, "/manifests/1") {
+				w = &digestWriter{ResponseWriter: w, d: sha384}
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	img, _ := random.Image(1024, 1)
+	o.push(t, "library/app:1", img)
+	e := newEnv(t, o)
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		resp, body := e.do(t, method, "/v2/app/manifests/1")
+		if resp.StatusCode == 200 || resp.StatusCode == http.StatusInternalServerError {
+			t.Errorf("%s of a tag named by a sha384 digest: %d %s", method, resp.StatusCode, body)
+		}
+	}
+}
+
+// digestWriter replaces the Docker-Content-Digest of a successful answer.
+type digestWriter struct {
+	http.ResponseWriter
+	d string
+}
+
+func (d *digestWriter) WriteHeader(code int) {
+	if code == http.StatusOK {
+		d.Header().Set("Docker-Content-Digest", d.d)
+	}
+	d.ResponseWriter.WriteHeader(code)
+}
+
+func (d *digestWriter) Write(b []byte) (int, error) { return d.ResponseWriter.Write(b) }

@@ -268,6 +268,13 @@ func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, acce
 		return repoManifest{}, err
 	}
 	desc := v.(upstream.Descriptor)
+	if err := verify.Check(desc.Digest); err != nil {
+		// The digest comes from the upstream, not the client: one airlock
+		// cannot verify (sha384, say) is the upstream's fault, not an
+		// internal error.
+		return repoManifest{}, fmt.Errorf("upstream %s names %s:%s by a digest airlock cannot verify: %w: %w",
+			rq.route.Upstream.Name, key, tag, err, upstream.ErrInvalid)
+	}
 	m, err := p.manifestByDigest(ctx, rq, desc.Digest)
 	if err != nil {
 		if known && offline(err) && tr.Digest != desc.Digest {

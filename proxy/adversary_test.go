@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/airlock-registry/airlock/storage"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -259,3 +261,83 @@ func (d *digestWriter) WriteHeader(code int) {
 }
 
 func (d *digestWriter) Write(b []byte) (int, error) { return d.ResponseWriter.Write(b) }
+
+// TestCatchAllUpstreamConfirmsNoBlob: an upstream that answers 200 with an
+// HTML page to every HEAD (a misrouted ingress, a captive portal) does not
+// thereby confirm another upstream's cached blob: the size it announces is
+// not the blob's.
+func TestCatchAllUpstreamConfirmsNoBlob(t *testing.T) {
+	t.Parallel()
+	page := []byte("<html><body>Welcome</body></html>")
+	hub := newOriginWrapped(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.Contains(r.URL.Path, "/blobs/") {
+				w.Header().Set("Content-Type", "text/html")
+				w.Header().Set("Content-Length", strconv.Itoa(len(page)))
+				w.WriteHeader(http.StatusOK)
+				if r.Method == http.MethodGet {
+					_, _ = w.Write(page)
+				}
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	vendor := newOrigin(t, true)
+	img, _ := random.Image(8<<10, 1)
+	vendor.push(t, "secret/app:1", img)
+	ld, want := layerOf(t, img, 0)
+	e := newPairEnv(t, hub, vendor, pairOptions{})
+	if resp, _ := e.get(t, "/v2/vendor/secret/app/manifests/1"); resp.StatusCode != 200 {
+		t.Fatalf("vendor manifest: %d", resp.StatusCode)
+	}
+	if resp, body := e.get(t, "/v2/vendor/secret/app/blobs/"+ld.String()); resp.StatusCode != 200 || !bytes.Equal(body, want) {
+		t.Fatalf("vendor layer: %d", resp.StatusCode)
+	}
+	waitCommitted(t, e, ld.String())
+	for _, method := range []string{http.MethodHead, http.MethodGet} {
+		resp, body := e.do(t, method, "/v2/library/evil/blobs/"+ld.String())
+		if resp.StatusCode < 400 || bytes.Contains(body, want) {
+			t.Errorf("%s through a catch-all upstream: %d: the vendor's cached layer was served", method, resp.StatusCode)
+		}
+	}
+}
+
+// slowCommitBlobs is the real blob store whose Commit returns late, standing
+// in for a store that is slow to acknowledge a write.
+type slowCommitBlobs struct {
+	*storage.Blobs
+	committed chan struct{}
+	release   chan struct{}
+}
+
+func (s *slowCommitBlobs) Commit(ctx context.Context, d digest.Digest, sp *storage.Spool) error {
+	err := s.Blobs.Commit(ctx, d, sp)
+	close(s.committed)
+	<-s.release
+	return err
+}
+
+// TestFilledBlobIsConfirmedWhenItsPullEnds: once a client got a blob from
+// its repository's upstream, that repository's link to it is confirmed; the
+// next pull does not depend on the upstream answering a HEAD, even while
+// the fill is still finishing its bookkeeping.
+func TestFilledBlobIsConfirmedWhenItsPullEnds(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, true)
+	img, _ := random.Image(1024, 1)
+	o.push(t, "library/app:1", img)
+	ld, want := layerOf(t, img, 0)
+	e := newEnv(t, o)
+	slow := &slowCommitBlobs{Blobs: e.blobs, committed: make(chan struct{}), release: make(chan struct{})}
+	e.proxy.blobs = slow
+	defer close(slow.release)
+	if resp, body := e.get(t, "/v2/app/blobs/"+ld.String()); resp.StatusCode != 200 || !bytes.Equal(body, want) {
+		t.Fatalf("cold pull: %d", resp.StatusCode)
+	}
+	<-slow.committed
+	o.down.Store(true)
+	if resp, body := e.get(t, "/v2/app/blobs/"+ld.String()); resp.StatusCode != 200 || !bytes.Equal(body, want) {
+		t.Fatalf("pull of the blob its upstream just served, with the upstream down: %d", resp.StatusCode)
+	}
+}

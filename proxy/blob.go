@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"go.opentelemetry.io/otel/attribute"
 
+	"github.com/airlock-registry/airlock/proxy/upstream"
 	"github.com/airlock-registry/airlock/storage"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
@@ -38,15 +39,14 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 		// serveFill aborts a broken transfer by panicking with
 		// http.ErrAbortHandler; the reference must be dropped either way.
 		defer f.release()
+		var confirm func(size int64) error
 		if !leader && f.key != rq.route.Key() {
 			// Another repository of the same upstream is fetching it: this
 			// repository's upstream must vouch for the blob first, as it
-			// would for the stored blob.
-			if err := p.confirmBlob(r.Context(), rq, d, &link); err != nil {
-				return err
-			}
+			// would for the stored blob, once the fill knows its size.
+			confirm = func(size int64) error { return p.confirmBlob(r.Context(), rq, d, size, &link) }
 		}
-		err = p.serveFill(w, r, rq, f, leader)
+		err = p.serveFill(w, r, rq, f, leader, confirm)
 		if errors.Is(err, errFillStored) {
 			continue
 		}
@@ -87,22 +87,30 @@ func (p *Proxy) governs(rq *request) bool {
 
 // confirmBlob makes sure the request's upstream holds blob d for its
 // repository before airlock serves it bytes it got elsewhere: one HEAD with
-// the repository's credentials, once; the answer is kept on the link.
-func (p *Proxy) confirmBlob(ctx context.Context, rq *request, d digest.Digest, link *metadata.Link) error {
+// the repository's credentials, once; the answer is kept on the link. size
+// is the blob's size when airlock knows it (-1 otherwise): an answer that
+// announces another length is about something else (an upstream answering
+// every path with a web page) and confirms nothing.
+func (p *Proxy) confirmBlob(ctx context.Context, rq *request, d digest.Digest, size int64, link *metadata.Link) error {
 	if link.Has(metadata.Confirmed) {
 		return nil
 	}
 	key := rq.route.Key()
-	_, err := p.shared(ctx, "confirm-blob\x00"+key+"\x00"+d.String(), func() (any, error) {
+	flight := "confirm-blob\x00" + key + "\x00" + d.String() + "\x00" + strconv.FormatInt(size, 10)
+	_, err := p.shared(ctx, flight, func() (any, error) {
 		lctx, cancel := p.detached(ctx, lookupTimeout)
 		defer cancel()
 		lctx, span := p.span(lctx, "upstream.confirm_blob", attribute.String("airlock.digest", d.String()))
-		size, err := rq.registry.HeadBlob(lctx, rq.route.Repo, d)
+		announced, err := rq.registry.HeadBlob(lctx, rq.route.Repo, d)
 		endChild(span, err)
 		if err != nil {
 			return nil, err
 		}
-		return nil, p.meta.LinkBlobs(lctx, key, metadata.BlobLink{Digest: d, Size: max(size, 0), Flags: metadata.Confirmed})
+		if size >= 0 && announced >= 0 && announced != size {
+			return nil, fmt.Errorf("upstream %s answered for blob %s in %s with %d bytes, but the blob is %d: %w",
+				rq.route.Upstream.Name, d, rq.route.Repo, announced, size, upstream.ErrNotFound)
+		}
+		return nil, p.meta.LinkBlobs(lctx, key, metadata.BlobLink{Digest: d, Size: max(announced, 0), Flags: metadata.Confirmed})
 	})
 	if err != nil {
 		return withNotFound(err, CodeBlobUnknown)
@@ -145,7 +153,7 @@ func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, rq *requ
 	if err != nil {
 		return false, fmt.Errorf("opening cached blob %s: %w", d, err)
 	}
-	if err := p.confirmBlob(r.Context(), rq, d, link); err != nil {
+	if err := p.confirmBlob(r.Context(), rq, d, size, link); err != nil {
 		content.Close()
 		return true, err
 	}
@@ -184,8 +192,9 @@ func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, rq *requ
 }
 
 // serveFill answers from a running fill: headers as soon as the upstream's
-// length is known, then bytes as they arrive.
-func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, rq *request, f *fill, leader bool) error {
+// length is known, then bytes as they arrive. confirm, when set, must
+// accept the fill's size (-1 if unknown) before any byte is sent.
+func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, rq *request, f *fill, leader bool, confirm func(size int64) error) error {
 	ctx := r.Context()
 	s, err := f.waitStarted(ctx)
 	if err != nil {
@@ -199,6 +208,11 @@ func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, rq *request, f
 		return withNotFound(s.err, CodeBlobUnknown)
 	}
 	size := s.size
+	if confirm != nil {
+		if err := confirm(size); err != nil {
+			return err
+		}
+	}
 	off, end, status := int64(0), size, http.StatusOK
 	h := w.Header()
 	if rng := r.Header.Get("Range"); rng != "" && size >= 0 {

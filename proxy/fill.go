@@ -53,10 +53,10 @@ type fill struct {
 // client reads along a fill of its own upstream only: another upstream's
 // transfer may be slower, or may not be allowed to answer for this one at
 // all. And it reads along a fill bounded by the size its own repository
-// declared only: a fill fails when the upstream's blob differs from its
-// declared size, so sharing fills across declarations would let one
-// repository's manifest that lies about a popular layer's size break that
-// layer's pull for every repository of the upstream.
+// declared, or by no declared size: a fill fails when the upstream's blob
+// differs from its declared size, so sharing fills across declarations
+// would let one repository's manifest that lies about a popular layer's
+// size break that layer's pull for every repository of the upstream.
 type fillSet struct {
 	mu sync.Mutex
 	m  map[fillKey]*fill
@@ -120,7 +120,13 @@ func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, decl
 	k := fillKey{rq.route.Upstream.Name, d, declared}
 	p.fills.mu.Lock()
 	defer p.fills.mu.Unlock()
-	if f := p.fills.m[k]; f != nil {
+	f = p.fills.m[k]
+	if f == nil && declared != 0 {
+		// A fill no size was declared for fails on no one's declaration,
+		// so it serves any: the digest decides.
+		f = p.fills.m[fillKey{k.upstream, d, 0}]
+	}
+	if f != nil {
 		f.mu.Lock()
 		f.refs++
 		f.followers++
@@ -279,6 +285,15 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	if err := spool.Verify(); err != nil {
 		return fmt.Errorf("blob %s from upstream %s: %w", f.digest, up, err)
 	}
+	// The repository's upstream has served the blob: link it confirmed
+	// before any client sees the last byte, so that a pull that ended is
+	// never followed by one that asks the upstream again (or fails while it
+	// is down) because the commit was still being acknowledged. A link
+	// without a committed blob only sends the next request upstream.
+	if err := p.meta.LinkBlobs(ctx, rq.route.Key(), metadata.BlobLink{Digest: f.digest, Size: vr.n, Flags: metadata.Confirmed}); err != nil {
+		p.log.LogAttrs(ctx, slog.LevelError, "linking blob failed", slog.String("digest", f.digest.String()),
+			slog.String("error", err.Error()))
+	}
 	f.update(func() { f.verified = true })
 	_, commitSpan := p.span(ctx, "verify.commit")
 	err = p.blobs.Commit(ctx, f.digest, spool)
@@ -289,10 +304,6 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	committed = true
 	if f.size < 0 {
 		f.update(func() { f.size = f.written })
-	}
-	if err := p.meta.LinkBlobs(ctx, rq.route.Key(), metadata.BlobLink{Digest: f.digest, Size: f.written, Flags: metadata.Confirmed}); err != nil {
-		p.log.LogAttrs(ctx, slog.LevelError, "linking blob failed", slog.String("digest", f.digest.String()),
-			slog.String("error", err.Error()))
 	}
 	return nil
 }

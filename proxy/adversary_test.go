@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/opencontainers/go-digest"
@@ -339,5 +340,69 @@ func TestFilledBlobIsConfirmedWhenItsPullEnds(t *testing.T) {
 	o.down.Store(true)
 	if resp, body := e.get(t, "/v2/app/blobs/"+ld.String()); resp.StatusCode != 200 || !bytes.Equal(body, want) {
 		t.Fatalf("pull of the blob its upstream just served, with the upstream down: %d", resp.StatusCode)
+	}
+}
+
+// TestFailedFillOfAnotherRepositoryIsNotThisOnesAnswer: a repository whose
+// upstream does not hold a blob (or refuses it) fails its own fill; a
+// client of another repository that joined that fill gets the blob from
+// its own repository all the same. Otherwise anyone could keep a popular
+// layer failing by asking for it through a repository that lacks it.
+func TestFailedFillOfAnotherRepositoryIsNotThisOnesAnswer(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	var once sync.Once
+	open := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(open)
+	o := newOriginWrapped(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v2/library/empty/blobs/") {
+				<-release
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusNotFound)
+				_, _ = io.WriteString(w, `{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}`)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	img, _ := random.Image(64<<10, 2)
+	o.push(t, "library/app:1", img)
+	e := newEnv(t, o)
+	for i, declared := range []bool{false, true} {
+		ld, want := layerOf(t, img, i)
+		if declared {
+			// The honest repository knows the layer's size from its manifest.
+			if resp, _ := e.get(t, "/v2/library/app/manifests/1"); resp.StatusCode != 200 {
+				t.Fatalf("manifest: %d", resp.StatusCode)
+			}
+		}
+		release = make(chan struct{})
+		once = sync.Once{}
+		o.reset()
+		empty := make(chan int)
+		go func() {
+			resp, _ := e.get(t, "/v2/library/empty/blobs/"+ld.String())
+			empty <- resp.StatusCode
+		}()
+		waitFor(t, func() bool { return o.count(http.MethodGet, "/v2/library/empty/blobs/"+ld.String()) == 1 })
+		honest := make(chan []byte)
+		go func() {
+			resp, body := e.get(t, "/v2/library/app/blobs/"+ld.String())
+			if resp.StatusCode != 200 {
+				body = []byte(fmt.Sprint(resp.StatusCode))
+			}
+			honest <- body
+		}()
+		// Give the honest request time to join the running fill, if it
+		// would; then the empty repository's upstream answers 404.
+		time.Sleep(100 * time.Millisecond)
+		open()
+		if got := <-honest; !bytes.Equal(got, want) {
+			t.Errorf("declared size %v: honest repository got %q instead of the layer: another repository's failed fill was its answer", declared, got[:min(len(got), 16)])
+		}
+		if code := <-empty; code != 404 {
+			t.Errorf("declared size %v: the repository without the layer got %d, want 404", declared, code)
+		}
 	}
 }

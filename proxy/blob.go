@@ -23,16 +23,19 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 	if err != nil {
 		return err
 	}
-	// Two passes at most: a fill that finds the blob committed since the
-	// cache miss sends the request back to the store once.
-	for range 2 {
+	// A few passes at most: a fill that finds the blob committed since the
+	// cache miss sends the request back to the store once, and a fill of
+	// another repository that failed before sending a byte sends it to a
+	// fill of its own.
+	private := false
+	for range 3 {
 		served, err := p.serveCachedBlob(w, r, rq, d, &link)
 		if served || err != nil {
 			return err
 		}
 		// A HEAD asks whether the blob exists, not for its bytes: it reads
 		// along a running fill, or asks the upstream, but starts no transfer.
-		f, leader := p.joinFill(r.Context(), rq, d, link.Size, r.Method != http.MethodHead)
+		f, leader := p.joinFill(r.Context(), rq, d, link.Size, r.Method != http.MethodHead, private)
 		if f == nil {
 			return p.headUpstreamBlob(w, r, rq, d)
 		}
@@ -40,14 +43,23 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 		// http.ErrAbortHandler; the reference must be dropped either way.
 		defer f.release()
 		var confirm func(size int64) error
-		if !leader && f.key != rq.route.Key() {
+		foreign := !leader && f.key != rq.route.Key()
+		if foreign {
 			// Another repository of the same upstream is fetching it: this
 			// repository's upstream must vouch for the blob first, as it
 			// would for the stored blob, once the fill knows its size.
 			confirm = func(size int64) error { return p.confirmBlob(r.Context(), rq, d, size, &link) }
 		}
 		err = p.serveFill(w, r, rq, f, leader, confirm)
-		if errors.Is(err, errFillStored) {
+		var ferr *fillError
+		switch {
+		case errors.Is(err, errFillStored):
+			continue
+		case foreign && errors.As(err, &ferr):
+			// The other repository's upstream lacks or refuses the blob, or
+			// its manifest declared a wrong size: that is no answer for
+			// this repository. Its own fill, shared with no one, is.
+			private = true
 			continue
 		}
 		return err
@@ -137,6 +149,13 @@ func (p *Proxy) headUpstreamBlob(w http.ResponseWriter, r *http.Request, rq *req
 	return nil
 }
 
+// fillError is a fill's failure before it sent a byte, as its readers
+// see it.
+type fillError struct{ err error }
+
+func (e *fillError) Error() string { return e.err.Error() }
+func (e *fillError) Unwrap() error { return e.err }
+
 // errFillStored sends a request back to the store: the blob was committed
 // before its fill began, so the fill fetched nothing.
 var errFillStored = errors.New("blob was committed before the fill began")
@@ -205,7 +224,7 @@ func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, rq *request, f
 	}
 	if s.err != nil {
 		// Failed before this client saw a byte: a proper OCI error.
-		return withNotFound(s.err, CodeBlobUnknown)
+		return &fillError{withNotFound(s.err, CodeBlobUnknown)}
 	}
 	size := s.size
 	if confirm != nil {

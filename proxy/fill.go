@@ -32,6 +32,8 @@ type fill struct {
 	// declared is the size the repository's admitted manifest gave the
 	// blob, 0 if none did; the transfer may not differ from it.
 	declared int64
+	// setKey is the fill's key in the fill set.
+	setKey fillKey
 	// followers counts the requests that joined, for the fill's log line.
 	followers int
 
@@ -66,6 +68,10 @@ type fillKey struct {
 	upstream string
 	digest   digest.Digest
 	declared int64
+	// private is set, to the repository, for a fill no other repository
+	// may join: one started because another repository's fill failed, so
+	// that the same failure cannot be this request's answer twice.
+	private string
 }
 
 // state is a consistent snapshot of a fill for a reader.
@@ -116,15 +122,18 @@ func (f *fill) release() {
 // and start is set (otherwise f is nil); leader reports that this request
 // started it. ctx only lends the fill its trace. The caller must release
 // the fill.
-func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, declared int64, start bool) (f *fill, leader bool) {
-	k := fillKey{rq.route.Upstream.Name, d, declared}
+func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, declared int64, start, private bool) (f *fill, leader bool) {
+	k := fillKey{rq.route.Upstream.Name, d, declared, ""}
+	if private {
+		k.private = rq.route.Key()
+	}
 	p.fills.mu.Lock()
 	defer p.fills.mu.Unlock()
 	f = p.fills.m[k]
-	if f == nil && declared != 0 {
+	if f == nil && declared != 0 && !private {
 		// A fill no size was declared for fails on no one's declaration,
 		// so it serves any: the digest decides.
-		f = p.fills.m[fillKey{k.upstream, d, 0}]
+		f = p.fills.m[fillKey{k.upstream, d, 0, ""}]
 	}
 	if f != nil {
 		f.mu.Lock()
@@ -138,7 +147,7 @@ func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, decl
 		return nil, false
 	}
 	f = &fill{digest: d, upstream: rq.route.Upstream.Name, key: rq.route.Key(), declared: declared,
-		wake: make(chan struct{}), size: -1, refs: 2}
+		setKey: k, wake: make(chan struct{}), size: -1, refs: 2}
 	p.fills.m[k] = f
 	p.wg.Add(1)
 	go p.runFill(ctx, f, rq)
@@ -177,7 +186,7 @@ func (p *Proxy) runFill(from context.Context, f *fill, rq *request) {
 	// Leave the set before announcing the end, and only after Commit, so a
 	// new request either joins this fill or finds the committed blob.
 	p.fills.mu.Lock()
-	delete(p.fills.m, fillKey{f.upstream, f.digest, f.declared})
+	delete(p.fills.m, f.setKey)
 	p.fills.mu.Unlock()
 	f.update(func() { f.done, f.stored, f.err = true, stored, err })
 	f.mu.Lock()

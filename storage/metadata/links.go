@@ -242,7 +242,11 @@ func (db *DB) AdmitManifest(ctx context.Context, repo string, d digest.Digest, b
 // migrateLinks moves schema 1's single links bucket, which did not say what
 // it linked nor whether the upstream vouched for it, into the blob and
 // manifest link buckets with no flags: every link is confirmed again with
-// the repository's upstream on its next use.
+// the repository's upstream on its next use. Blob links lose their size too:
+// schema 1 took it from any manifest that listed the blob, refused and
+// hostile ones included, and a link's size bounds fills and is kept once
+// known, so a wrong one would fail every later fill of the blob there. It
+// is learnt again from an admitted manifest or the upstream.
 func migrateLinks(tx *bolt.Tx) error {
 	old := tx.Bucket(bucketLegacyLinks)
 	if old == nil {
@@ -251,19 +255,18 @@ func migrateLinks(tx *bolt.Tx) error {
 	manifests := tx.Bucket(bucketManifests)
 	blobLinks, manifestLinks := tx.Bucket(bucketBlobLinks), tx.Bucket(bucketManifestLinks)
 	err := old.ForEach(func(k, v []byte) error {
-		size, w := binary.Uvarint(v)
-		if w <= 0 {
-			size = 0
-		}
 		_, d, ok := cutKey(k)
 		if !ok {
 			return nil
 		}
-		dest := blobLinks
-		if manifests.Get([]byte(d)) != nil {
-			dest = manifestLinks
+		if manifests.Get([]byte(d)) == nil {
+			return blobLinks.Put(bytesClone(k), encodeLink(Link{}))
 		}
-		return dest.Put(bytesClone(k), encodeLink(Link{Size: int64(size)}))
+		size, w := binary.Uvarint(v)
+		if w <= 0 || size > MaxManifestSize {
+			size = 0
+		}
+		return manifestLinks.Put(bytesClone(k), encodeLink(Link{Size: int64(size)}))
 	})
 	if err != nil {
 		return err

@@ -406,3 +406,32 @@ func TestFailedFillOfAnotherRepositoryIsNotThisOnesAnswer(t *testing.T) {
 		}
 	}
 }
+
+// TestWrongDeclaredSizeDoesNotStick: a manifest that declared a wrong size
+// for a layer, admitted first, does not make the layer unreadable in its
+// repository for good: the upstream's announced length replaces the
+// declaration, the digest decides, and the link keeps the real size.
+func TestWrongDeclaredSizeDoesNotStick(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, true)
+	img, _ := random.Image(64<<10, 1)
+	o.push(t, "library/app:1", img)
+	ld, want := layerOf(t, img, 0)
+	cfg, _ := img.ConfigName()
+	putManifest(t, o, "library/app", "liar", mediaOCIManifest, hostileManifest(t, cfg, ld.String()))
+	e := newEnv(t, o)
+	for _, path := range []string{"/v2/library/app/manifests/liar", "/v2/library/app/manifests/1"} {
+		if resp, _ := e.get(t, path); resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d", path, resp.StatusCode)
+		}
+	}
+	// The first fill is bounded by the declaration and refused when the
+	// upstream announces otherwise; the upstream's word then stands.
+	e.get(t, "/v2/library/app/blobs/"+ld.String())
+	if resp, body := e.get(t, "/v2/library/app/blobs/"+ld.String()); resp.StatusCode != 200 || !bytes.Equal(body, want) {
+		t.Fatalf("the layer after a manifest declared a wrong size for it: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	if l, err := e.meta.BlobLink(t.Context(), "hub/library/app", digest.Digest(ld.String())); err != nil || l.Size != int64(len(want)) {
+		t.Fatalf("link after the fill = %+v, %v; want the real size %d", l, err, len(want))
+	}
+}

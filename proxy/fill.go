@@ -233,6 +233,16 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	defer body.Close()
 	limit, err := p.fillLimit(f, size)
 	if err != nil {
+		if f.declared > 0 && size > 0 && size <= p.maxBlob {
+			// The repository's own upstream contradicts the size one of its
+			// manifests declared. Its word replaces the declaration, so a
+			// manifest that lied (or erred) fails this fill only, not every
+			// later one; the digest still decides what is served.
+			if lerr := p.meta.LinkBlobs(ctx, rq.route.Key(), metadata.BlobLink{Digest: f.digest, Size: size, UpstreamSize: true}); lerr != nil {
+				p.log.LogAttrs(ctx, slog.LevelError, "recording the upstream's blob size failed",
+					slog.String("digest", f.digest.String()), slog.String("error", lerr.Error()))
+			}
+		}
 		return err
 	}
 	p.log.LogAttrs(ctx, slog.LevelInfo, "blob fill started", slog.String("upstream", up),
@@ -299,7 +309,7 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	// never followed by one that asks the upstream again (or fails while it
 	// is down) because the commit was still being acknowledged. A link
 	// without a committed blob only sends the next request upstream.
-	if err := p.meta.LinkBlobs(ctx, rq.route.Key(), metadata.BlobLink{Digest: f.digest, Size: vr.n, Flags: metadata.Confirmed}); err != nil {
+	if err := p.meta.LinkBlobs(ctx, rq.route.Key(), metadata.BlobLink{Digest: f.digest, Size: vr.n, Flags: metadata.Confirmed, UpstreamSize: true}); err != nil {
 		p.log.LogAttrs(ctx, slog.LevelError, "linking blob failed", slog.String("digest", f.digest.String()),
 			slog.String("error", err.Error()))
 	}

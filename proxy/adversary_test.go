@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/airlock-registry/airlock/storage"
 	"io"
 	"net/http"
 	"strconv"
@@ -17,6 +16,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/storage"
 )
 
 // TestLyingSizeInOneRepositoryBreaksNoOtherFill: a manifest in one

@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"go.opentelemetry.io/otel/attribute"
 
+	"github.com/airlock-registry/airlock/proxy/upstream"
 	"github.com/airlock-registry/airlock/storage"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
@@ -22,32 +23,43 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 	if err != nil {
 		return err
 	}
-	// Two passes at most: a fill that finds the blob committed since the
-	// cache miss sends the request back to the store once.
-	for range 2 {
+	// A few passes at most: a fill that finds the blob committed since the
+	// cache miss sends the request back to the store once, and a fill of
+	// another repository that failed before sending a byte sends it to a
+	// fill of its own.
+	private := false
+	for range 3 {
 		served, err := p.serveCachedBlob(w, r, rq, d, &link)
 		if served || err != nil {
 			return err
 		}
 		// A HEAD asks whether the blob exists, not for its bytes: it reads
 		// along a running fill, or asks the upstream, but starts no transfer.
-		f, leader := p.joinFill(r.Context(), rq, d, link.Size, r.Method != http.MethodHead)
+		f, leader := p.joinFill(r.Context(), rq, d, link.Size, r.Method != http.MethodHead, private)
 		if f == nil {
 			return p.headUpstreamBlob(w, r, rq, d)
 		}
 		// serveFill aborts a broken transfer by panicking with
 		// http.ErrAbortHandler; the reference must be dropped either way.
 		defer f.release()
-		if !leader && f.key != rq.route.Key() {
+		var confirm func(size int64) error
+		foreign := !leader && f.key != rq.route.Key()
+		if foreign {
 			// Another repository of the same upstream is fetching it: this
 			// repository's upstream must vouch for the blob first, as it
-			// would for the stored blob.
-			if err := p.confirmBlob(r.Context(), rq, d, &link); err != nil {
-				return err
-			}
+			// would for the stored blob, once the fill knows its size.
+			confirm = func(size int64) error { return p.confirmBlob(r.Context(), rq, d, size, &link) }
 		}
-		err = p.serveFill(w, r, rq, f, leader)
-		if errors.Is(err, errFillStored) {
+		err = p.serveFill(w, r, rq, f, leader, confirm)
+		var ferr *fillError
+		switch {
+		case errors.Is(err, errFillStored):
+			continue
+		case foreign && errors.As(err, &ferr):
+			// The other repository's upstream lacks or refuses the blob, or
+			// its manifest declared a wrong size: that is no answer for
+			// this repository. Its own fill, shared with no one, is.
+			private = true
 			continue
 		}
 		return err
@@ -87,22 +99,30 @@ func (p *Proxy) governs(rq *request) bool {
 
 // confirmBlob makes sure the request's upstream holds blob d for its
 // repository before airlock serves it bytes it got elsewhere: one HEAD with
-// the repository's credentials, once; the answer is kept on the link.
-func (p *Proxy) confirmBlob(ctx context.Context, rq *request, d digest.Digest, link *metadata.Link) error {
+// the repository's credentials, once; the answer is kept on the link. size
+// is the blob's size when airlock knows it (-1 otherwise): an answer that
+// announces another length is about something else (an upstream answering
+// every path with a web page) and confirms nothing.
+func (p *Proxy) confirmBlob(ctx context.Context, rq *request, d digest.Digest, size int64, link *metadata.Link) error {
 	if link.Has(metadata.Confirmed) {
 		return nil
 	}
 	key := rq.route.Key()
-	_, err := p.shared(ctx, "confirm-blob\x00"+key+"\x00"+d.String(), func() (any, error) {
+	flight := "confirm-blob\x00" + key + "\x00" + d.String() + "\x00" + strconv.FormatInt(size, 10)
+	_, err := p.shared(ctx, flight, func() (any, error) {
 		lctx, cancel := p.detached(ctx, lookupTimeout)
 		defer cancel()
 		lctx, span := p.span(lctx, "upstream.confirm_blob", attribute.String("airlock.digest", d.String()))
-		size, err := rq.registry.HeadBlob(lctx, rq.route.Repo, d)
+		announced, err := rq.registry.HeadBlob(lctx, rq.route.Repo, d)
 		endChild(span, err)
 		if err != nil {
 			return nil, err
 		}
-		return nil, p.meta.LinkBlobs(lctx, key, metadata.BlobLink{Digest: d, Size: max(size, 0), Flags: metadata.Confirmed})
+		if size >= 0 && announced >= 0 && announced != size {
+			return nil, fmt.Errorf("upstream %s answered for blob %s in %s with %d bytes, but the blob is %d: %w",
+				rq.route.Upstream.Name, d, rq.route.Repo, announced, size, upstream.ErrNotFound)
+		}
+		return nil, p.meta.LinkBlobs(lctx, key, metadata.BlobLink{Digest: d, Size: max(announced, 0), Flags: metadata.Confirmed, UpstreamSize: true})
 	})
 	if err != nil {
 		return withNotFound(err, CodeBlobUnknown)
@@ -129,6 +149,13 @@ func (p *Proxy) headUpstreamBlob(w http.ResponseWriter, r *http.Request, rq *req
 	return nil
 }
 
+// fillError is a fill's failure before it sent a byte, as its readers
+// see it.
+type fillError struct{ err error }
+
+func (e *fillError) Error() string { return e.err.Error() }
+func (e *fillError) Unwrap() error { return e.err }
+
 // errFillStored sends a request back to the store: the blob was committed
 // before its fill began, so the fill fetched nothing.
 var errFillStored = errors.New("blob was committed before the fill began")
@@ -145,7 +172,7 @@ func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, rq *requ
 	if err != nil {
 		return false, fmt.Errorf("opening cached blob %s: %w", d, err)
 	}
-	if err := p.confirmBlob(r.Context(), rq, d, link); err != nil {
+	if err := p.confirmBlob(r.Context(), rq, d, size, link); err != nil {
 		content.Close()
 		return true, err
 	}
@@ -184,8 +211,9 @@ func (p *Proxy) serveCachedBlob(w http.ResponseWriter, r *http.Request, rq *requ
 }
 
 // serveFill answers from a running fill: headers as soon as the upstream's
-// length is known, then bytes as they arrive.
-func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, rq *request, f *fill, leader bool) error {
+// length is known, then bytes as they arrive. confirm, when set, must
+// accept the fill's size (-1 if unknown) before any byte is sent.
+func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, rq *request, f *fill, leader bool, confirm func(size int64) error) error {
 	ctx := r.Context()
 	s, err := f.waitStarted(ctx)
 	if err != nil {
@@ -196,9 +224,14 @@ func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, rq *request, f
 	}
 	if s.err != nil {
 		// Failed before this client saw a byte: a proper OCI error.
-		return withNotFound(s.err, CodeBlobUnknown)
+		return &fillError{withNotFound(s.err, CodeBlobUnknown)}
 	}
 	size := s.size
+	if confirm != nil {
+		if err := confirm(size); err != nil {
+			return err
+		}
+	}
 	off, end, status := int64(0), size, http.StatusOK
 	h := w.Header()
 	if rng := r.Header.Get("Range"); rng != "" && size >= 0 {

@@ -19,8 +19,9 @@ import (
 
 // fill is one upstream transfer of a blob into a spool file. Every client
 // asking for the blob while the fill runs — the one that started it
-// included — reads the spool as it grows, so there is exactly one upstream
-// transfer per digest at a time.
+// included — reads the spool as it grows, so there is one upstream transfer
+// per digest at a time for all the repositories of an upstream that agree
+// on its size (see fillSet).
 //
 // The last byte is held back from readers until the digest is verified:
 // a client can receive a truncated transfer, never a complete wrong blob.
@@ -31,6 +32,8 @@ type fill struct {
 	// declared is the size the repository's admitted manifest gave the
 	// blob, 0 if none did; the transfer may not differ from it.
 	declared int64
+	// setKey is the fill's key in the fill set.
+	setKey fillKey
 	// followers counts the requests that joined, for the fill's log line.
 	followers int
 
@@ -48,9 +51,14 @@ type fill struct {
 	refs     int // readers plus the fill itself; the spool closes at zero
 }
 
-// fillSet holds the running fills by upstream and digest. A client reads
-// along a fill of its own upstream only: another upstream's transfer may be
-// slower, or may not be allowed to answer for this one at all.
+// fillSet holds the running fills by upstream, digest and declared size. A
+// client reads along a fill of its own upstream only: another upstream's
+// transfer may be slower, or may not be allowed to answer for this one at
+// all. And it reads along a fill bounded by the size its own repository
+// declared, or by no declared size: a fill fails when the upstream's blob
+// differs from its declared size, so sharing fills across declarations
+// would let one repository's manifest that lies about a popular layer's
+// size break that layer's pull for every repository of the upstream.
 type fillSet struct {
 	mu sync.Mutex
 	m  map[fillKey]*fill
@@ -59,6 +67,11 @@ type fillSet struct {
 type fillKey struct {
 	upstream string
 	digest   digest.Digest
+	declared int64
+	// private is set, to the repository, for a fill no other repository
+	// may join: one started because another repository's fill failed, so
+	// that the same failure cannot be this request's answer twice.
+	private string
 }
 
 // state is a consistent snapshot of a fill for a reader.
@@ -109,11 +122,20 @@ func (f *fill) release() {
 // and start is set (otherwise f is nil); leader reports that this request
 // started it. ctx only lends the fill its trace. The caller must release
 // the fill.
-func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, declared int64, start bool) (f *fill, leader bool) {
-	k := fillKey{rq.route.Upstream.Name, d}
+func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, declared int64, start, private bool) (f *fill, leader bool) {
+	k := fillKey{rq.route.Upstream.Name, d, declared, ""}
+	if private {
+		k.private = rq.route.Key()
+	}
 	p.fills.mu.Lock()
 	defer p.fills.mu.Unlock()
-	if f := p.fills.m[k]; f != nil {
+	f = p.fills.m[k]
+	if f == nil && declared != 0 && !private {
+		// A fill no size was declared for fails on no one's declaration,
+		// so it serves any: the digest decides.
+		f = p.fills.m[fillKey{k.upstream, d, 0, ""}]
+	}
+	if f != nil {
 		f.mu.Lock()
 		f.refs++
 		f.followers++
@@ -125,7 +147,7 @@ func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, decl
 		return nil, false
 	}
 	f = &fill{digest: d, upstream: rq.route.Upstream.Name, key: rq.route.Key(), declared: declared,
-		wake: make(chan struct{}), size: -1, refs: 2}
+		setKey: k, wake: make(chan struct{}), size: -1, refs: 2}
 	p.fills.m[k] = f
 	p.wg.Add(1)
 	go p.runFill(ctx, f, rq)
@@ -164,7 +186,7 @@ func (p *Proxy) runFill(from context.Context, f *fill, rq *request) {
 	// Leave the set before announcing the end, and only after Commit, so a
 	// new request either joins this fill or finds the committed blob.
 	p.fills.mu.Lock()
-	delete(p.fills.m, fillKey{f.upstream, f.digest})
+	delete(p.fills.m, f.setKey)
 	p.fills.mu.Unlock()
 	f.update(func() { f.done, f.stored, f.err = true, stored, err })
 	f.mu.Lock()
@@ -198,6 +220,12 @@ const fillProgressEvery = 30 * time.Second
 
 func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) {
 	up := rq.route.Upstream.Name
+	if f.declared > p.maxBlob {
+		// Refused before any transfer: the declaration proves nothing, a
+		// hostile upstream writes the manifest as well as the blob.
+		return fmt.Errorf("blob %s of %s is declared %d bytes, over the %d byte limit: %w",
+			f.digest, rq.route.Key(), f.declared, p.maxBlob, verify.ErrTooLarge)
+	}
 	body, size, err := rq.registry.GetBlob(ctx, rq.route.Repo, f.digest)
 	if err != nil {
 		return err
@@ -205,6 +233,16 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	defer body.Close()
 	limit, err := p.fillLimit(f, size)
 	if err != nil {
+		if f.declared > 0 && size > 0 && size <= p.maxBlob {
+			// The repository's own upstream contradicts the size one of its
+			// manifests declared. Its word replaces the declaration, so a
+			// manifest that lied (or erred) fails this fill only, not every
+			// later one; the digest still decides what is served.
+			if lerr := p.meta.LinkBlobs(ctx, rq.route.Key(), metadata.BlobLink{Digest: f.digest, Size: size, UpstreamSize: true}); lerr != nil {
+				p.log.LogAttrs(ctx, slog.LevelError, "recording the upstream's blob size failed",
+					slog.String("digest", f.digest.String()), slog.String("error", lerr.Error()))
+			}
+		}
 		return err
 	}
 	p.log.LogAttrs(ctx, slog.LevelInfo, "blob fill started", slog.String("upstream", up),
@@ -266,6 +304,15 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	if err := spool.Verify(); err != nil {
 		return fmt.Errorf("blob %s from upstream %s: %w", f.digest, up, err)
 	}
+	// The repository's upstream has served the blob: link it confirmed
+	// before any client sees the last byte, so that a pull that ended is
+	// never followed by one that asks the upstream again (or fails while it
+	// is down) because the commit was still being acknowledged. A link
+	// without a committed blob only sends the next request upstream.
+	if err := p.meta.LinkBlobs(ctx, rq.route.Key(), metadata.BlobLink{Digest: f.digest, Size: vr.n, Flags: metadata.Confirmed, UpstreamSize: true}); err != nil {
+		p.log.LogAttrs(ctx, slog.LevelError, "linking blob failed", slog.String("digest", f.digest.String()),
+			slog.String("error", err.Error()))
+	}
 	f.update(func() { f.verified = true })
 	// The repository's upstream has just served these verified bytes: link
 	// them before they become visible, so that nobody finds the blob in the
@@ -288,8 +335,10 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 }
 
 // fillLimit is the most bytes a transfer may bring: the size the
-// repository's manifest declared, else the configured maximum. An upstream
-// that announces a different length is refused before any byte is stored.
+// repository's manifest declared, else the configured maximum; never more
+// than the maximum (transfer refuses a larger declaration up front). An
+// upstream that announces a different length is refused before any byte is
+// stored.
 func (p *Proxy) fillLimit(f *fill, announced int64) (int64, error) {
 	switch {
 	case f.declared > 0 && announced >= 0 && announced != f.declared:

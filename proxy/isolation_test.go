@@ -468,6 +468,9 @@ func TestStaleServeCountsOnce(t *testing.T) {
 	if resp, _ := e.get(t, "/v2/app/manifests/1"); resp.StatusCode != 200 {
 		t.Fatalf("stale serve: %d", resp.StatusCode)
 	}
+	// A request is counted and logged once its handler returns, which may
+	// be a moment after the client read the body; the log line comes last.
+	waitFor(t, func() bool { return strings.Contains(e.logText(), `"cache":"stale"`) })
 	for result, want := range map[string]float64{"stale": 1, "hit": 0, "miss": 1} {
 		if got := testutil.ToFloat64(e.metrics.cache.WithLabelValues("hub", "manifest", result)); got != want {
 			t.Errorf("cache %s = %v, want %v", result, got, want)

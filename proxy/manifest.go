@@ -138,7 +138,7 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rq *reques
 		// The first time this manifest is served here, the blobs it lists
 		// become readable in this repository (once its upstream confirms
 		// each). Later hits find the flag and write nothing.
-		if err := p.meta.AdmitManifest(ctx, rt.Key(), rec.Digest, referencedBlobs(rec.Body)); err != nil {
+		if err := p.meta.AdmitManifest(ctx, rt.Key(), rec.Digest, referencedBlobs(rec.MediaType, rec.Body)); err != nil {
 			return fmt.Errorf("recording the blobs of %s@%s: %w", rt.Key(), rec.Digest, err)
 		}
 	}
@@ -268,6 +268,13 @@ func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, acce
 		return repoManifest{}, err
 	}
 	desc := v.(upstream.Descriptor)
+	if err := verify.Check(desc.Digest); err != nil {
+		// The digest comes from the upstream, not the client: one airlock
+		// cannot verify (sha384, say) is the upstream's fault, not an
+		// internal error.
+		return repoManifest{}, fmt.Errorf("upstream %s names %s:%s by a digest airlock cannot verify: %w: %w",
+			rq.route.Upstream.Name, key, tag, err, upstream.ErrInvalid)
+	}
 	m, err := p.manifestByDigest(ctx, rq, desc.Digest)
 	if err != nil {
 		if known && offline(err) && tr.Digest != desc.Digest {
@@ -406,9 +413,11 @@ func (p *Proxy) downloadManifest(ctx context.Context, rq *request, d digest.Dige
 // from the body's shape.
 func servedMediaType(contentType string, body []byte) string {
 	var m struct {
-		MediaType string          `json:"mediaType"`
-		Manifests json.RawMessage `json:"manifests"`
-		Config    json.RawMessage `json:"config"`
+		SchemaVersion int             `json:"schemaVersion"`
+		MediaType     string          `json:"mediaType"`
+		Manifests     json.RawMessage `json:"manifests"`
+		Config        json.RawMessage `json:"config"`
+		Signatures    json.RawMessage `json:"signatures"`
 	}
 	parsed := json.Unmarshal(body, &m) == nil
 	if parsed && validMediaType(m.MediaType) {
@@ -419,10 +428,12 @@ func servedMediaType(contentType string, body []byte) string {
 		return mt
 	}
 	switch {
+	case parsed && m.SchemaVersion == 1 && m.Signatures != nil:
+		return mediaDockerV1
+	case parsed && m.SchemaVersion == 1:
+		return mediaDockerV1JSON
 	case parsed && m.Manifests != nil:
 		return mediaOCIIndex
-	case parsed && m.Config != nil:
-		return mediaOCIManifest
 	}
 	return mediaOCIManifest
 }
@@ -432,32 +443,60 @@ type blobRef struct {
 	Size   int64         `json:"size"`
 }
 
-// referencedBlobs lists the config, layers and blobs of an image manifest
-// with their declared sizes. An index references manifests, not blobs, and
-// yields nothing. References airlock cannot serve (an algorithm other than
-// sha256 and sha512, a malformed digest) are left out: a client asking for
-// them gets a clear error at the blob endpoint, and the manifest itself is
+// Media types whose blobs are not a config and layers.
+const (
+	mediaDockerV1JSON = "application/vnd.docker.distribution.manifest.v1+json"
+	mediaOCIArtifact  = "application/vnd.oci.artifact.manifest.v1+json"
+)
+
+// referencedBlobs lists, with their declared sizes, the blobs a manifest of
+// the given (served) media type references: an image manifest's config and
+// layers, a schema 1 manifest's fsLayers, an artifact manifest's blobs. An
+// index references manifests, not blobs, and yields nothing. Only the
+// fields of the manifest's own type count: the gate judged the manifest as
+// that type, so a layer smuggled into a field of another type (an index
+// with "layers", an image manifest with "fsLayers") must not be admitted
+// with it. References airlock cannot serve (an algorithm other than sha256
+// and sha512, a malformed digest) are left out: a client asking for them
+// gets a clear error at the blob endpoint, and the manifest itself is
 // still served.
-func referencedBlobs(body []byte) []metadata.BlobLink {
-	var m struct {
-		Config *blobRef   `json:"config"`
-		Layers []blobRef  `json:"layers"`
-		Blobs  []blobRef  `json:"blobs"`
-		FSL    []struct { // Docker schema 1
-			BlobSum digest.Digest `json:"blobSum"`
-		} `json:"fsLayers"`
-	}
-	if json.Unmarshal(body, &m) != nil {
-		return nil
-	}
+func referencedBlobs(mediaType string, body []byte) []metadata.BlobLink {
 	var out []blobRef
-	if m.Config != nil {
-		out = append(out, *m.Config)
-	}
-	out = append(out, m.Layers...)
-	out = append(out, m.Blobs...)
-	for _, l := range m.FSL {
-		out = append(out, blobRef{Digest: l.BlobSum}) // schema 1 gives no sizes
+	switch mediaType {
+	case mediaOCIIndex, mediaDockerList:
+		return nil
+	case mediaDockerV1, mediaDockerV1JSON:
+		var m struct {
+			FSL []struct {
+				BlobSum digest.Digest `json:"blobSum"`
+			} `json:"fsLayers"`
+		}
+		if json.Unmarshal(body, &m) != nil {
+			return nil
+		}
+		for _, l := range m.FSL {
+			out = append(out, blobRef{Digest: l.BlobSum}) // schema 1 gives no sizes
+		}
+	case mediaOCIArtifact:
+		var m struct {
+			Blobs []blobRef `json:"blobs"`
+		}
+		if json.Unmarshal(body, &m) != nil {
+			return nil
+		}
+		out = m.Blobs
+	default:
+		var m struct {
+			Config *blobRef  `json:"config"`
+			Layers []blobRef `json:"layers"`
+		}
+		if json.Unmarshal(body, &m) != nil {
+			return nil
+		}
+		if m.Config != nil {
+			out = append(out, *m.Config)
+		}
+		out = append(out, m.Layers...)
 	}
 	valid := make([]metadata.BlobLink, 0, len(out))
 	for _, b := range out {

@@ -359,6 +359,9 @@ func TestBlobStreamThroughAndHit(t *testing.T) {
 	if n := o.count("GET", "/v2/library/app/blobs/"+ld.String()); n != 1 {
 		t.Fatalf("upstream blob GETs = %d, want 1", n)
 	}
+	// A request is counted once its handler returns, which may be a moment
+	// after the client read the last byte.
+	waitFor(t, func() bool { return testutil.ToFloat64(e.metrics.cache.WithLabelValues("hub", "blob", "hit")) >= 2 })
 	if got := testutil.ToFloat64(e.metrics.cache.WithLabelValues("hub", "blob", "hit")); got != 2 {
 		t.Fatalf("blob cache hits = %v, want 2", got)
 	}
@@ -446,6 +449,9 @@ func TestTamperedBlobIsNeverServedWhole(t *testing.T) {
 	if _, err := e.blobs.Stat(t.Context(), digest.Digest(ld.String())); err == nil {
 		t.Fatal("tampered blob was committed to the store")
 	}
+	// The fill counts the mismatch when it ends, which may be a moment
+	// after the client saw the transfer break.
+	waitFor(t, func() bool { return testutil.ToFloat64(e.metrics.mismatches.WithLabelValues("hub", "blob")) >= 1 })
 	if got := testutil.ToFloat64(e.metrics.mismatches.WithLabelValues("hub", "blob")); got != 1 {
 		t.Fatalf("digest mismatch counter = %v, want 1", got)
 	}

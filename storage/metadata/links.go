@@ -52,11 +52,17 @@ type Link struct {
 // Has reports whether every flag in f is set.
 func (l Link) Has(f LinkFlags) bool { return l.Flags&f == f }
 
-// BlobLink asks for flags and a declared size on the link of one blob.
+// BlobLink asks for flags and a size on the link of one blob.
 type BlobLink struct {
 	Digest digest.Digest
 	Size   int64
 	Flags  LinkFlags
+	// UpstreamSize says Size is the repository's upstream's word (the length
+	// it announced, or the bytes it sent): it replaces a size a manifest
+	// declared, which is kept only until the upstream says otherwise. A
+	// wrong declaration would otherwise bound, and fail, every later fill
+	// of the blob in the repository.
+	UpstreamSize bool
 }
 
 // Link values are a version byte, the flags, the size as a uvarint, then
@@ -82,17 +88,19 @@ func decodeLink(b []byte) (Link, error) {
 }
 
 // mergeLink adds what next says to what the bucket holds under key: flags
-// accumulate, a size is kept once known, a media type is replaced.
-func mergeLink(b *bolt.Bucket, key []byte, next Link) error {
+// accumulate, a size is kept once known (unless replaceSize brings a
+// different one), a media type is replaced.
+func mergeLink(b *bolt.Bucket, key []byte, next Link, replaceSize bool) error {
 	if old := b.Get(key); old != nil {
 		prev, err := decodeLink(old)
 		if err == nil {
-			if prev.Flags|next.Flags == prev.Flags && (next.Size == 0 || prev.Size != 0) &&
+			keepSize := next.Size == 0 || (prev.Size != 0 && !replaceSize) || next.Size == prev.Size
+			if prev.Flags|next.Flags == prev.Flags && keepSize &&
 				(next.MediaType == "" || next.MediaType == prev.MediaType) {
 				return nil // nothing new: no write
 			}
 			next.Flags |= prev.Flags
-			if prev.Size != 0 {
+			if keepSize {
 				next.Size = prev.Size
 			}
 			if next.MediaType == "" {
@@ -172,7 +180,8 @@ func (db *DB) RepoManifest(ctx context.Context, repo string, d digest.Digest) (M
 }
 
 // LinkBlobs adds flags and sizes to repo's links of the given blobs, in one
-// transaction. Flags only accumulate; a size, once known, is kept.
+// transaction. Flags only accumulate; a size, once known, is kept unless
+// the new one is the upstream's word (BlobLink.UpstreamSize).
 func (db *DB) LinkBlobs(ctx context.Context, repo string, blobs ...BlobLink) error {
 	keys := make([][]byte, len(blobs))
 	for i, b := range blobs {
@@ -191,7 +200,7 @@ func (db *DB) LinkBlobs(ctx context.Context, repo string, blobs ...BlobLink) err
 	return db.batch(ctx, func(tx *bolt.Tx) error {
 		links := tx.Bucket(bucketBlobLinks)
 		for i, b := range blobs {
-			if err := mergeLink(links, keys[i], Link{Flags: b.Flags, Size: b.Size}); err != nil {
+			if err := mergeLink(links, keys[i], Link{Flags: b.Flags, Size: b.Size}, b.UpstreamSize); err != nil {
 				return err
 			}
 		}
@@ -207,7 +216,7 @@ func (db *DB) LinkManifest(ctx context.Context, repo string, d digest.Digest, l 
 		return err
 	}
 	return db.batch(ctx, func(tx *bolt.Tx) error {
-		return mergeLink(tx.Bucket(bucketManifestLinks), key, l)
+		return mergeLink(tx.Bucket(bucketManifestLinks), key, l, false)
 	})
 }
 
@@ -231,18 +240,23 @@ func (db *DB) AdmitManifest(ctx context.Context, repo string, d digest.Digest, b
 	return db.batch(ctx, func(tx *bolt.Tx) error {
 		links := tx.Bucket(bucketBlobLinks)
 		for i, b := range blobs {
-			if err := mergeLink(links, keys[i], Link{Flags: Admitted | (b.Flags &^ Confirmed), Size: b.Size}); err != nil {
+			// A declaration never replaces a size already known.
+			if err := mergeLink(links, keys[i], Link{Flags: Admitted | (b.Flags &^ Confirmed), Size: b.Size}, false); err != nil {
 				return err
 			}
 		}
-		return mergeLink(tx.Bucket(bucketManifestLinks), mkey, Link{Flags: Admitted})
+		return mergeLink(tx.Bucket(bucketManifestLinks), mkey, Link{Flags: Admitted}, false)
 	})
 }
 
 // migrateLinks moves schema 1's single links bucket, which did not say what
 // it linked nor whether the upstream vouched for it, into the blob and
 // manifest link buckets with no flags: every link is confirmed again with
-// the repository's upstream on its next use.
+// the repository's upstream on its next use. Blob links lose their size too:
+// schema 1 took it from any manifest that listed the blob, refused and
+// hostile ones included, and a link's size bounds fills and is kept once
+// known, so a wrong one would fail every later fill of the blob there. It
+// is learnt again from an admitted manifest or the upstream.
 func migrateLinks(tx *bolt.Tx) error {
 	old := tx.Bucket(bucketLegacyLinks)
 	if old == nil {
@@ -251,19 +265,18 @@ func migrateLinks(tx *bolt.Tx) error {
 	manifests := tx.Bucket(bucketManifests)
 	blobLinks, manifestLinks := tx.Bucket(bucketBlobLinks), tx.Bucket(bucketManifestLinks)
 	err := old.ForEach(func(k, v []byte) error {
-		size, w := binary.Uvarint(v)
-		if w <= 0 {
-			size = 0
-		}
 		_, d, ok := cutKey(k)
 		if !ok {
 			return nil
 		}
-		dest := blobLinks
-		if manifests.Get([]byte(d)) != nil {
-			dest = manifestLinks
+		if manifests.Get([]byte(d)) == nil {
+			return blobLinks.Put(bytesClone(k), encodeLink(Link{}))
 		}
-		return dest.Put(bytesClone(k), encodeLink(Link{Size: int64(size)}))
+		size, w := binary.Uvarint(v)
+		if w <= 0 || size > MaxManifestSize {
+			size = 0
+		}
+		return manifestLinks.Put(bytesClone(k), encodeLink(Link{Size: int64(size)}))
 	})
 	if err != nil {
 		return err

@@ -142,7 +142,7 @@ func (db *DB) PutManifest(ctx context.Context, repo string, rec ManifestRecord, 
 		if err := tx.Bucket(bucketManifests).Put([]byte(rec.Digest), val); err != nil {
 			return err
 		}
-		return mergeLink(tx.Bucket(bucketManifestLinks), key, link)
+		return mergeLink(tx.Bucket(bucketManifestLinks), key, link, false)
 	})
 }
 

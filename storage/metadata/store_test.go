@@ -171,6 +171,17 @@ func testStore(t *testing.T, open func(t *testing.T) store) {
 		if l, _ := s.BlobLink(ctx, repo, layer); !l.Has(Admitted|Confirmed) || l.Size != 5 {
 			t.Fatalf("layer after confirmation = %+v; want both flags and size 5", l)
 		}
+		// The upstream's word on the size replaces a declaration; a later
+		// declaration does not replace it.
+		if err := s.LinkBlobs(ctx, repo, BlobLink{Digest: layer, Size: 7, UpstreamSize: true}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.AdmitManifest(ctx, repo, m.Digest, []BlobLink{{Digest: layer, Size: 9}}); err != nil {
+			t.Fatal(err)
+		}
+		if l, _ := s.BlobLink(ctx, repo, layer); !l.Has(Admitted|Confirmed) || l.Size != 7 {
+			t.Fatalf("layer after the upstream's size = %+v; want both flags and size 7", l)
+		}
 		// A media type is per repository.
 		if err := s.LinkManifest(ctx, "quay/x", m.Digest, Link{Flags: Confirmed, MediaType: "text/html"}); err != nil {
 			t.Fatal(err)

@@ -314,13 +314,6 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 			slog.String("error", err.Error()))
 	}
 	f.update(func() { f.verified = true })
-	// The repository's upstream has just served these verified bytes: link
-	// them before they become visible, so that nobody finds the blob in the
-	// store without this repository's confirmation (and asks the upstream
-	// for it again, or cannot serve it offline).
-	if err := p.meta.LinkBlobs(ctx, rq.route.Key(), metadata.BlobLink{Digest: f.digest, Size: f.written, Flags: metadata.Confirmed}); err != nil {
-		return fmt.Errorf("linking blob %s to %s: %w", f.digest, rq.route.Key(), err)
-	}
 	_, commitSpan := p.span(ctx, "verify.commit")
 	err = p.blobs.Commit(ctx, f.digest, spool)
 	endChild(commitSpan, err)

@@ -31,6 +31,7 @@ var airlockSeries = map[string]series{
 	"airlock_fill_followers":                    {labels: []string{"upstream"}},
 	"airlock_digest_mismatches_total":           {labels: []string{"upstream", "kind"}},
 	"airlock_stale_serves_total":                {labels: []string{"upstream"}},
+	"airlock_uncached_blob_requests_total":      {labels: []string{"upstream"}},
 	"airlock_cache_size_bytes":                  {},
 	"airlock_cache_spool_bytes":                 {},
 	"airlock_cache_index_bytes":                 {},

@@ -33,6 +33,9 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 		if served || err != nil {
 			return err
 		}
+		if r.Method != http.MethodHead && p.diskFull() {
+			return p.passThrough(w, r, rq, d, link)
+		}
 		// A HEAD asks whether the blob exists, not for its bytes: it reads
 		// along a running fill, or asks the upstream, but starts no transfer.
 		f, leader := p.joinFill(r.Context(), rq, d, link.Size, r.Method != http.MethodHead, private)
@@ -55,6 +58,10 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 		switch {
 		case errors.Is(err, errFillStored):
 			continue
+		case errors.As(err, &ferr) && errors.Is(err, storage.ErrNoSpace):
+			// The cache volume is full and nothing was sent yet: the
+			// client still gets the blob, straight from the upstream.
+			return p.passThrough(w, r, rq, d, link)
 		case foreign && errors.As(err, &ferr):
 			// The other repository's upstream lacks or refuses the blob, or
 			// its manifest declared a wrong size: that is no answer for

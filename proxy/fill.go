@@ -250,7 +250,7 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 		slog.Int64("size", size), slog.Int64("declared", f.declared))
 	spool, err := p.blobs.NewSpool(f.digest)
 	if err != nil {
-		return fmt.Errorf("creating spool for %s: %w", f.digest, err)
+		return p.noSpace(ctx, rq, fmt.Errorf("creating spool for %s: %w", f.digest, err))
 	}
 	committed := false
 	defer func() {
@@ -262,6 +262,13 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 		// No Content-Length: the admitted manifest's size is the length
 		// readers announce, and the transfer must match it.
 		size = f.declared
+	}
+	if size > 0 {
+		// Claim the room now, so a full volume is found before any client
+		// has a byte and can still be served without the cache.
+		if err := spool.Reserve(size); err != nil {
+			return p.noSpace(ctx, rq, fmt.Errorf("reserving %d bytes for %s: %w", size, f.digest, err))
+		}
 	}
 	f.update(func() { f.started, f.size, f.spool = true, size, spool })
 
@@ -277,7 +284,7 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 		n, rerr := vr.Read(buf)
 		if n > 0 {
 			if _, werr := spool.Write(buf[:n]); werr != nil {
-				return fmt.Errorf("writing spool for %s: %w", f.digest, werr)
+				return p.noSpace(ctx, rq, fmt.Errorf("writing spool for %s: %w", f.digest, werr))
 			}
 			p.metrics.bytesFrom(up, "upstream", n)
 			f.update(func() { f.written += int64(n) })
@@ -318,7 +325,8 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	err = p.blobs.Commit(ctx, f.digest, spool)
 	endChild(commitSpan, err)
 	if err != nil {
-		return fmt.Errorf("committing blob %s: %w", f.digest, err)
+		// Every reader already has its bytes; only the cache lost them.
+		return p.noSpace(ctx, rq, fmt.Errorf("committing blob %s: %w", f.digest, err))
 	}
 	committed = true
 	if f.size < 0 {

@@ -30,15 +30,21 @@ import (
 type pairOptions struct {
 	gate    Gate
 	maxBlob int64
+	// blobs, when set, is the store to use instead of a new one.
+	blobs     *storage.Blobs
+	onNoSpace func()
 }
 
 // newPairEnv is newEnv with a second upstream, for content that must not
 // cross from one upstream or repository to another.
 func newPairEnv(t *testing.T, hub, vendor *origin, po pairOptions) *env {
 	t.Helper()
-	blobs, err := storage.NewFilesystem(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
+	blobs := po.blobs
+	if blobs == nil {
+		var err error
+		if blobs, err = storage.NewFilesystem(t.TempDir()); err != nil {
+			t.Fatal(err)
+		}
 	}
 	meta, err := metadata.Open(t.TempDir() + "/metadata.db")
 	if err != nil {
@@ -62,7 +68,7 @@ func newPairEnv(t *testing.T, hub, vendor *origin, po pairOptions) *env {
 	e := &env{origin: hub, blobs: blobs, meta: meta, logs: &bytes.Buffer{}}
 	e.metrics = NewMetrics(prometheus.NewRegistry())
 	e.proxy, err = New(Options{Router: rt, Registries: regs, DefaultTagTTL: time.Minute, Blobs: blobs, Meta: meta,
-		Gate: po.gate, MaxBlobBytes: po.maxBlob, Metrics: e.metrics,
+		Gate: po.gate, MaxBlobBytes: po.maxBlob, Metrics: e.metrics, OnNoSpace: po.onNoSpace,
 		Logger: slog.New(slog.NewJSONHandler(lockedWriter{&e.logMu, e.logs}, nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -28,6 +28,7 @@ type Metrics struct {
 	followers       *prometheus.GaugeVec
 	mismatches      *prometheus.CounterVec
 	stale           *prometheus.CounterVec
+	uncached        *prometheus.CounterVec
 }
 
 // NewMetrics creates the series and registers them on reg; a nil reg keeps
@@ -78,10 +79,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		stale: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "airlock_stale_serves_total", Help: "Responses served from cache because the upstream could not answer.",
 		}, []string{"upstream"}),
+		uncached: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "airlock_uncached_blob_requests_total", Help: "Blob requests served straight from the upstream without caching, because the cache volume was full.",
+		}, []string{"upstream"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.requestDuration, m.cache, m.bytes, m.saved, m.upstreamReqs, m.upstreamErrors,
-			m.upstreamLatency, m.rateRemaining, m.fillsInFlight, m.coalescedTotal, m.followers, m.mismatches, m.stale)
+			m.upstreamLatency, m.rateRemaining, m.fillsInFlight, m.coalescedTotal, m.followers, m.mismatches, m.stale, m.uncached)
 	}
 	return m
 }

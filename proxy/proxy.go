@@ -122,6 +122,9 @@ type Options struct {
 	// 0 means 6h. The upstream client's idle timeout catches stalls far sooner.
 	FillTimeout time.Duration
 	Now         func() time.Time
+	// OnNoSpace is called when the cache volume is found full (the evictor
+	// is asked to make room); nil does nothing.
+	OnNoSpace func()
 	// User names the authenticated client of a request for its log line;
 	// nil logs no user.
 	User func(context.Context) (string, bool)
@@ -144,6 +147,11 @@ type Proxy struct {
 	now     func() time.Time
 	tracer  trace.Tracer
 	user    func(context.Context) (string, bool)
+
+	onNoSpace func()
+	// fullUntil is when, in unix nanoseconds, misses may try the cache
+	// again after the volume was found full.
+	fullUntil atomic.Int64
 
 	fills     fillSet
 	flights   singleflight.Group
@@ -188,6 +196,8 @@ func New(o Options) (*Proxy, error) {
 		now:     o.Now,
 		tracer:  o.Tracer,
 		user:    o.User,
+
+		onNoSpace: o.OnNoSpace,
 	}
 	if p.tracer == nil {
 		p.tracer = noop.NewTracerProvider().Tracer("")

@@ -155,6 +155,7 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 		MaxManifestBytes: cfg.Cache.MaxManifestBytes,
 		MaxBlobBytes:     cfg.Cache.MaxBlobSize.Bytes(),
 		User:             pullauth.User,
+		OnNoSpace:        g.evictor.Nudge,
 	})
 	if err != nil {
 		g.meta.Close()

@@ -1,0 +1,156 @@
+package proxy
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/airlock-registry/airlock/storage"
+)
+
+// tinyVolume mounts a tmpfs of size bytes: a real volume that fills up.
+// Under CI a failure to mount fails the test instead of skipping it.
+func tinyVolume(t *testing.T, size int64) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("mounting a tmpfs to test a full cache volume: %v (run the tests as root)", err)
+		}
+		t.Skipf("cannot mount a tmpfs (needs root): %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	return dir
+}
+
+// TestFullCacheVolumeServesWithoutCaching: with the cache volume full, a
+// blob is still served whole and verified, straight from the upstream;
+// nothing partial is left in the store, the evictor is asked for room, and
+// the next requests skip the cache until the volume had time to drain.
+func TestFullCacheVolumeServesWithoutCaching(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		length bool // whether the upstream announces Content-Length
+	}{{"announced length", true}, {"no length", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			o := newOriginWrapped(t, func(next http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if tc.length || !strings.Contains(r.URL.Path, "/blobs/") || r.Method != http.MethodGet {
+						next.ServeHTTP(w, r)
+						return
+					}
+					// Flushing before the handler ends drops Content-Length.
+					next.ServeHTTP(&flushingWriter{ResponseWriter: w}, r)
+				})
+			})
+			img, _ := random.Image(3<<20, 1)
+			o.push(t, "library/app:1", img)
+			ld, want := layerOf(t, img, 0)
+			vol := tinyVolume(t, 2<<20)
+			blobs, err := storage.NewFilesystem(vol)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var nudged atomic.Int32
+			e := newPairEnv(t, o, newOrigin(t, true), pairOptions{blobs: blobs, onNoSpace: func() { nudged.Add(1) }})
+			path := "/v2/library/app/blobs/" + ld.String()
+
+			resp, err := http.Get(e.srv.URL + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, rerr := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			switch {
+			case tc.length && (resp.StatusCode != 200 || rerr != nil || !bytes.Equal(body, want)):
+				t.Fatalf("first pull on a full volume: %d, %d bytes, %v; want the whole blob", resp.StatusCode, len(body), rerr)
+			case !tc.length && rerr == nil && resp.StatusCode == 200 && !bytes.Equal(body, want):
+				t.Fatalf("first pull completed with %d wrong bytes", len(body))
+			}
+			// Whatever the first pull got, the next ones are whole.
+			for range 2 {
+				if resp, body := e.get(t, path); resp.StatusCode != 200 || !bytes.Equal(body, want) {
+					t.Fatalf("pull on a full volume: %d, %d bytes", resp.StatusCode, len(body))
+				}
+			}
+			if _, err := e.blobs.Stat(t.Context(), digest.Digest(ld.String())); err == nil {
+				t.Fatal("a blob larger than the volume was committed")
+			}
+			var left []string
+			filepath.Walk(vol, func(p string, fi os.FileInfo, err error) error {
+				if err == nil && !fi.IsDir() {
+					left = append(left, p)
+				}
+				return nil
+			})
+			if len(left) != 0 {
+				t.Fatalf("files left on the full volume: %v", left)
+			}
+			if nudged.Load() == 0 {
+				t.Error("the evictor was not asked to make room")
+			}
+			if n := testutil.ToFloat64(e.metrics.uncached.WithLabelValues("hub")); n < 2 {
+				t.Errorf("airlock_uncached_blob_requests_total = %v, want at least 2", n)
+			}
+			if n := strings.Count(e.logText(), "cache volume full"); n != 1 {
+				t.Errorf("%d log lines say the volume is full, want 1 for the episode", n)
+			}
+			if n := strings.Count(e.logText(), `"msg":"blob fill started"`); n != 1 {
+				t.Errorf("%d fills started; after the first the cache should be skipped", n)
+			}
+		})
+	}
+}
+
+// TestPassThroughHoldsBackTheLastByte: a pass-through copy of a tampered
+// blob never reaches the client whole.
+func TestPassThroughHoldsBackTheLastByte(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{0, 1, 2, fillChunk, fillChunk + 1, 3*fillChunk + 7} {
+		data := bytes.Repeat([]byte{7}, n)
+		var out bytes.Buffer
+		if err := copyHoldingLastByte(&out, bytes.NewReader(data)); err != nil || !bytes.Equal(out.Bytes(), data) {
+			t.Fatalf("%d bytes: copied %d, %v", n, out.Len(), err)
+		}
+		if n == 0 {
+			continue
+		}
+		out.Reset()
+		err := copyHoldingLastByte(&out, io.MultiReader(bytes.NewReader(data), errReader{}))
+		if err == nil || out.Len() != n-1 {
+			t.Fatalf("%d bytes then an error: copied %d, %v; want %d and the error", n, out.Len(), err, n-1)
+		}
+	}
+}
+
+type errReader struct{}
+
+func (errReader) Read([]byte) (int, error) { return 0, fmt.Errorf("digest mismatch at EOF") }
+
+// flushingWriter drops Content-Length and flushes after every write, so
+// the response is chunked.
+type flushingWriter struct{ http.ResponseWriter }
+
+func (f *flushingWriter) WriteHeader(code int) {
+	f.Header().Del("Content-Length")
+	f.ResponseWriter.WriteHeader(code)
+}
+
+func (f *flushingWriter) Write(b []byte) (int, error) {
+	n, err := f.ResponseWriter.Write(b)
+	f.ResponseWriter.(http.Flusher).Flush()
+	return n, err
+}

@@ -69,16 +69,22 @@ func TestFullCacheVolumeServesWithoutCaching(t *testing.T) {
 			path := "/v2/library/app/blobs/" + ld.String()
 
 			resp, err := http.Get(e.srv.URL + path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			body, rerr := io.ReadAll(resp.Body)
-			resp.Body.Close()
 			switch {
-			case tc.length && (resp.StatusCode != 200 || rerr != nil || !bytes.Equal(body, want)):
-				t.Fatalf("first pull on a full volume: %d, %d bytes, %v; want the whole blob", resp.StatusCode, len(body), rerr)
-			case !tc.length && rerr == nil && resp.StatusCode == 200 && !bytes.Equal(body, want):
-				t.Fatalf("first pull completed with %d wrong bytes", len(body))
+			case err != nil && tc.length:
+				t.Fatal(err)
+			case err != nil:
+				// Without a length nothing could be reserved: the volume
+				// filled up mid-transfer and the response was aborted,
+				// maybe before its headers left.
+			default:
+				body, rerr := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				switch {
+				case tc.length && (resp.StatusCode != 200 || rerr != nil || !bytes.Equal(body, want)):
+					t.Fatalf("first pull on a full volume: %d, %d bytes, %v; want the whole blob", resp.StatusCode, len(body), rerr)
+				case !tc.length && rerr == nil && resp.StatusCode == 200 && !bytes.Equal(body, want):
+					t.Fatalf("first pull completed with %d wrong bytes", len(body))
+				}
 			}
 			// Whatever the first pull got, the next ones are whole.
 			for range 2 {

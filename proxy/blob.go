@@ -129,7 +129,13 @@ func (p *Proxy) confirmBlob(ctx context.Context, rq *request, d digest.Digest, s
 			return nil, fmt.Errorf("upstream %s answered for blob %s in %s with %d bytes, but the blob is %d: %w",
 				rq.route.Upstream.Name, d, rq.route.Repo, announced, size, upstream.ErrNotFound)
 		}
-		return nil, p.meta.LinkBlobs(lctx, key, metadata.BlobLink{Digest: d, Size: max(announced, 0), Flags: metadata.Confirmed, UpstreamSize: true})
+		err = p.meta.LinkBlobs(lctx, key, metadata.BlobLink{Digest: d, Size: max(announced, 0), Flags: metadata.Confirmed, UpstreamSize: true})
+		if errors.Is(err, storage.ErrNoSpace) {
+			// The upstream vouched; a full volume only keeps that from
+			// being remembered, and the next request asks again.
+			return nil, nil
+		}
+		return nil, err
 	})
 	if err != nil {
 		return withNotFound(err, CodeBlobUnknown)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"syscall"
 	"testing"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -159,4 +161,77 @@ func (f *flushingWriter) Write(b []byte) (int, error) {
 	n, err := f.ResponseWriter.Write(b)
 	f.ResponseWriter.(http.Flusher).Flush()
 	return n, err
+}
+
+// TestFullVolumeServesManifests: the metadata index shares the cache
+// volume, so once the volume is full the index cannot grow either. Pulls
+// must go on: a verified manifest that cannot be stored is served
+// uncached, and a blob's confirmation by the repository's own upstream
+// holds for the request even when it cannot be recorded.
+func TestFullVolumeServesManifests(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, true)
+	const images = 40
+	var imgs []v1.Image
+	for i := range images {
+		img, _ := random.Image(512, 2)
+		o.push(t, fmt.Sprintf("library/app%d:1", i), img)
+		imgs = append(imgs, img)
+	}
+	vol := tinyVolume(t, 1<<20)
+	blobs, err := storage.NewFilesystem(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nudged atomic.Int32
+	e := newPairEnv(t, o, newOrigin(t, true), pairOptions{blobs: blobs, metaDir: vol, onNoSpace: func() { nudged.Add(1) }})
+	// A layer cached before the volume filled up, which another
+	// repository then asks for: its upstream must vouch, and the answer
+	// cannot be recorded.
+	cachedLayer, cachedData := layerOf(t, imgs[0], 1)
+	if resp, _ := e.get(t, "/v2/library/app0/blobs/"+cachedLayer.String()); resp.StatusCode != 200 {
+		t.Fatalf("caching a layer: %d", resp.StatusCode)
+	}
+	o.push(t, "library/twin:1", imgs[0])
+	fillVolume(t, vol)
+
+	accept := "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+	for i, img := range imgs {
+		want, _ := img.RawManifest()
+		resp, body := e.get(t, fmt.Sprintf("/v2/library/app%d/manifests/1", i), "Accept", accept)
+		if resp.StatusCode != 200 || !bytes.Equal(body, want) {
+			t.Fatalf("manifest %d on a full volume: %d %s", i, resp.StatusCode, body)
+		}
+		ld, data := layerOf(t, img, 0)
+		resp, body = e.get(t, fmt.Sprintf("/v2/library/app%d/blobs/%s", i, ld))
+		if resp.StatusCode != 200 || !bytes.Equal(body, data) {
+			t.Fatalf("layer %d on a full volume: %d, %d bytes", i, resp.StatusCode, len(body))
+		}
+	}
+	// By now the index is full too.
+	if resp, body := e.get(t, "/v2/library/twin/blobs/"+cachedLayer.String()); resp.StatusCode != 200 || !bytes.Equal(body, cachedData) {
+		t.Fatalf("a cached layer confirmed for another repository on a full volume: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	if nudged.Load() == 0 {
+		t.Error("the evictor was not asked to make room")
+	}
+}
+
+// fillVolume writes a file into dir until its volume is full.
+func fillVolume(t *testing.T, dir string) {
+	t.Helper()
+	f, err := os.Create(filepath.Join(dir, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
 }

@@ -60,7 +60,11 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 			continue
 		case errors.As(err, &ferr) && errors.Is(err, storage.ErrNoSpace):
 			// The cache volume is full and nothing was sent yet: the
-			// client still gets the blob, straight from the upstream.
+			// client still gets the blob, straight from the upstream; a
+			// HEAD gets the upstream's HEAD, not a download thrown away.
+			if r.Method == http.MethodHead {
+				return p.headUpstreamBlob(w, r, rq, d)
+			}
 			return p.passThrough(w, r, rq, d, link)
 		case foreign && errors.As(err, &ferr):
 			// The other repository's upstream lacks or refuses the blob, or

@@ -8,10 +8,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
@@ -233,5 +235,57 @@ func fillVolume(t *testing.T, dir string) {
 			}
 			return
 		}
+	}
+}
+
+// TestHeadAlongAFillThatFindsTheVolumeFull: a HEAD that joined a fill
+// which then found no room asks the upstream whether the blob exists; it
+// does not download the blob to throw the bytes away.
+func TestHeadAlongAFillThatFindsTheVolumeFull(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	o := newOriginWrapped(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+				<-release // the HEAD joins the fill meanwhile
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	img, _ := random.Image(3<<20, 1)
+	o.push(t, "library/app:1", img)
+	ld, data := layerOf(t, img, 0)
+	vol := tinyVolume(t, 2<<20)
+	blobs, err := storage.NewFilesystem(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newPairEnv(t, o, newOrigin(t, true), pairOptions{blobs: blobs})
+	path := "/v2/library/app/blobs/" + ld.String()
+	got := make(chan int, 1)
+	go func() {
+		resp, _ := e.get(t, path)
+		got <- resp.StatusCode
+	}()
+	for o.count(http.MethodGet, path) == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	head := make(chan *http.Response, 1)
+	go func() {
+		resp, _ := e.do(t, http.MethodHead, path)
+		head <- resp
+	}()
+	// Let the HEAD reach the fill before the upstream answers the GET.
+	time.Sleep(200 * time.Millisecond)
+	close(release)
+	if resp := <-head; resp.StatusCode != 200 || resp.Header.Get("Content-Length") != strconv.Itoa(len(data)) {
+		t.Fatalf("HEAD along a fill that found the volume full: %d, length %q", resp.StatusCode, resp.Header.Get("Content-Length"))
+	}
+	if code := <-got; code != 200 {
+		t.Fatalf("GET that started the fill: %d", code)
+	}
+	// The fill's GET and the GET's own pass-through; none for the HEAD.
+	if n := o.count(http.MethodGet, path); n != 2 {
+		t.Errorf("upstream served the blob %d times; a HEAD must not download it", n)
 	}
 }

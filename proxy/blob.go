@@ -33,7 +33,7 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 		if served || err != nil {
 			return err
 		}
-		if r.Method != http.MethodHead && p.diskFull() {
+		if r.Method != http.MethodHead && p.diskFull(d, link.Size) {
 			return p.passThrough(w, r, rq, d, link)
 		}
 		// A HEAD asks whether the blob exists, not for its bytes: it reads

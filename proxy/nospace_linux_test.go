@@ -289,3 +289,48 @@ func TestHeadAlongAFillThatFindsTheVolumeFull(t *testing.T) {
 		t.Errorf("upstream served the blob %d times; a HEAD must not download it", n)
 	}
 }
+
+// TestOneBlobTooLargeForTheVolumeLeavesTheCacheOn: a blob larger than the
+// room left is served uncached, but the volume is not full for the blobs
+// that fit: they are still cached. Otherwise pulling one huge layer (or a
+// client asking for one, every 30 seconds) would turn caching off for
+// every blob of every upstream.
+func TestOneBlobTooLargeForTheVolumeLeavesTheCacheOn(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, true)
+	big, _ := random.Image(3<<20, 1)
+	small, _ := random.Image(64<<10, 1)
+	o.push(t, "library/big:1", big)
+	o.push(t, "library/small:1", small)
+	bd, bdata := layerOf(t, big, 0)
+	sd, sdata := layerOf(t, small, 0)
+	vol := tinyVolume(t, 2<<20)
+	blobs, err := storage.NewFilesystem(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newPairEnv(t, o, newOrigin(t, true), pairOptions{blobs: blobs})
+	for range 2 {
+		if resp, body := e.get(t, "/v2/library/big/blobs/"+bd.String()); resp.StatusCode != 200 || !bytes.Equal(body, bdata) {
+			t.Fatalf("a blob larger than the volume: %d, %d bytes", resp.StatusCode, len(body))
+		}
+	}
+	if resp, body := e.get(t, "/v2/library/small/blobs/"+sd.String()); resp.StatusCode != 200 || !bytes.Equal(body, sdata) {
+		t.Fatalf("a small blob: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	// The commit follows the client's last byte.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := e.blobs.Stat(t.Context(), digest.Digest(sd.String()))
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a blob that fits was not cached after another did not fit: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := e.blobs.Stat(t.Context(), digest.Digest(bd.String())); err == nil {
+		t.Fatal("a blob larger than the volume was committed")
+	}
+}

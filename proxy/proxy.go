@@ -149,9 +149,9 @@ type Proxy struct {
 	user    func(context.Context) (string, bool)
 
 	onNoSpace func()
-	// fullUntil is when, in unix nanoseconds, misses may try the cache
-	// again after the volume was found full.
-	fullUntil atomic.Int64
+	// full says when misses may try the cache again after the volume was
+	// found full.
+	full fullVolume
 
 	fills     fillSet
 	flights   singleflight.Group

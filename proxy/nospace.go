@@ -79,7 +79,10 @@ func (p *Proxy) noRoomFor(ctx context.Context, rq *request, d digest.Digest, siz
 		p.log.LogAttrs(ctx, slog.LevelError, "cache volume full: serving blobs from their upstreams without caching",
 			slog.String("upstream", rq.route.Upstream.Name), slog.Duration("for", fullBackoff), slog.String("error", err.Error()))
 	}
-	if p.onNoSpace != nil {
+	// Only a volume that is full asks eviction for room; a blob that did
+	// not fit may be larger than all the cache holds, and shrinking the
+	// cache for it would let one request empty the cache.
+	if size == 0 && p.onNoSpace != nil {
 		p.onNoSpace()
 	}
 	return err

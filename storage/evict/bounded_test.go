@@ -81,3 +81,49 @@ func TestSweepMemoryIsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestNudgeOnAFullVolumeMakesRoomUnderTheMaximum: a volume can fill up
+// while the cache is under its maximum (a maximum set above the volume's
+// size, other files on it). A sweep only measured then, so a nudge for a
+// full volume made no room and airlock stayed uncached for good. The
+// sweep after such a nudge takes what the cache holds as its maximum and
+// trims to the low-water mark of that; without a nudge nothing changes,
+// and an unlimited cache is never trimmed.
+func TestNudgeOnAFullVolumeMakesRoomUnderTheMaximum(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		max     int64
+		nudge   bool
+		evicted int
+	}{
+		{"under the maximum", 1 << 30, false, 0},
+		{"under the maximum, volume full", 1 << 30, true, 10},
+		{"unlimited, volume full", 0, true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := &synthetic{n: 100, base: time.Now().Add(-24 * time.Hour)}
+			e := evict.New(evict.Options{Blobs: s, MaxBytes: tc.max})
+			if tc.nudge {
+				e.Nudge()
+			}
+			res, err := e.Sweep(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Evicted != tc.evicted {
+				t.Fatalf("evicted %d of 100 blobs, want %d", res.Evicted, tc.evicted)
+			}
+			for i, d := range s.deleted {
+				if d != syntheticDigest(i) {
+					t.Fatalf("deletion %d was %s, want the oldest left", i, d)
+				}
+			}
+			// The next sweep is an ordinary one again.
+			if res, _ := e.Sweep(t.Context()); res.Evicted != 0 {
+				t.Fatalf("the sweep after evicted %d", res.Evicted)
+			}
+		})
+	}
+}

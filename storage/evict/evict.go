@@ -121,6 +121,9 @@ type Evictor struct {
 	// request stands for any number.
 	nudged   chan struct{}
 	nudgeGap time.Duration
+	// full is set by Nudge: a write found the volume full, so the next
+	// sweep makes room even under MaxBytes.
+	full atomic.Bool
 }
 
 // New returns an Evictor with o's defaults filled in, and registers its
@@ -174,7 +177,10 @@ type candidate struct {
 // Sweep measures the cache and, if it holds more than MaxBytes (blobs,
 // spools and index together), deletes the least recently used blobs that
 // are older than MinAge until it holds at most LowWater × MaxBytes or
-// nothing old enough is left.
+// nothing old enough is left. The first sweep after a Nudge (a full
+// volume) takes what the cache holds, when that is less, as its maximum:
+// the volume is smaller than MaxBytes allows for, and room must still be
+// made. With no maximum nothing is ever deleted.
 //
 // It stops early when ctx ends. A blob that cannot be deleted is skipped
 // and reported in the returned error after the others are tried; the
@@ -185,6 +191,7 @@ func (e *Evictor) Sweep(ctx context.Context) (Result, error) {
 	}
 	e.sweeping.Lock()
 	defer e.sweeping.Unlock()
+	full := e.full.Swap(false)
 
 	// The first walk only measures, in constant memory: most sweeps end
 	// there. One over the maximum walks again for candidates.
@@ -214,9 +221,10 @@ func (e *Evictor) Sweep(ctx context.Context) (Result, error) {
 		e.metrics.index.Set(float64(res.Index))
 	}()
 	maxBytes := e.maxBytes.Load()
-	if maxBytes <= 0 || res.total() <= maxBytes {
+	if maxBytes <= 0 || (res.total() <= maxBytes && !full) {
 		return res, nil
 	}
+	target := int64(e.lowWater * float64(min(maxBytes, res.total())))
 
 	oldest, err := e.candidates(ctx)
 	if err != nil {
@@ -229,11 +237,11 @@ func (e *Evictor) Sweep(ctx context.Context) (Result, error) {
 		}
 		return 1
 	})
-	err = e.trim(ctx, all, &res)
-	if oldest.dropped && res.total() > int64(e.lowWater*float64(maxBytes)) {
+	err = e.trim(ctx, all, target, &res)
+	if oldest.dropped && res.total() > target {
 		// This sweep could hold only part of the blobs old enough to go;
 		// the next one takes the rest without waiting a whole interval.
-		e.Nudge()
+		e.again()
 	}
 	return res, err
 }
@@ -348,10 +356,9 @@ func (e *Evictor) lastUse(ctx context.Context, d digest.Digest) (time.Time, erro
 	return t, nil
 }
 
-// trim deletes candidates, oldest first, until the cache is at the
-// low-water mark.
-func (e *Evictor) trim(ctx context.Context, oldestFirst []candidate, res *Result) error {
-	target := int64(e.lowWater * float64(e.maxBytes.Load()))
+// trim deletes candidates, oldest first, until the cache holds at most
+// target bytes.
+func (e *Evictor) trim(ctx context.Context, oldestFirst []candidate, target int64, res *Result) error {
 	cutoff := e.now().Add(-e.minAge)
 	var errs []error
 	for _, c := range oldestFirst {
@@ -396,10 +403,20 @@ func (e *Evictor) trim(ctx context.Context, oldestFirst []candidate, res *Result
 
 // Nudge asks Run for a sweep now rather than at the next interval: call it
 // when a write found the volume full (storage.ErrNoSpace), so that room is
-// made within seconds instead of minutes. It never blocks. Nudges while one
-// is pending are one nudge, and Run waits NudgeGap after a sweep before it
-// answers one.
+// made within seconds instead of minutes. That sweep makes room even if the
+// cache is under MaxBytes (the volume is smaller than MaxBytes allows for):
+// it trims to LowWater of what the cache holds. Do not call it when only
+// one large blob did not fit; that is no reason to shrink the cache. It
+// never blocks. Nudges while one is pending are one nudge, and Run waits
+// NudgeGap after a sweep before it answers one.
 func (e *Evictor) Nudge() {
+	e.full.Store(true)
+	e.again()
+}
+
+// again asks Run for another sweep, as Nudge does, without saying the
+// volume is full.
+func (e *Evictor) again() {
 	select {
 	case e.nudged <- struct{}{}:
 	default:

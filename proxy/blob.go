@@ -33,7 +33,7 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 		if served || err != nil {
 			return err
 		}
-		if r.Method != http.MethodHead && p.diskFull() {
+		if r.Method != http.MethodHead && p.diskFull(d, link.Size) {
 			return p.passThrough(w, r, rq, d, link)
 		}
 		// A HEAD asks whether the blob exists, not for its bytes: it reads
@@ -60,7 +60,11 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 			continue
 		case errors.As(err, &ferr) && errors.Is(err, storage.ErrNoSpace):
 			// The cache volume is full and nothing was sent yet: the
-			// client still gets the blob, straight from the upstream.
+			// client still gets the blob, straight from the upstream; a
+			// HEAD gets the upstream's HEAD, not a download thrown away.
+			if r.Method == http.MethodHead {
+				return p.headUpstreamBlob(w, r, rq, d)
+			}
 			return p.passThrough(w, r, rq, d, link)
 		case foreign && errors.As(err, &ferr):
 			// The other repository's upstream lacks or refuses the blob, or
@@ -129,7 +133,13 @@ func (p *Proxy) confirmBlob(ctx context.Context, rq *request, d digest.Digest, s
 			return nil, fmt.Errorf("upstream %s answered for blob %s in %s with %d bytes, but the blob is %d: %w",
 				rq.route.Upstream.Name, d, rq.route.Repo, announced, size, upstream.ErrNotFound)
 		}
-		return nil, p.meta.LinkBlobs(lctx, key, metadata.BlobLink{Digest: d, Size: max(announced, 0), Flags: metadata.Confirmed, UpstreamSize: true})
+		err = p.meta.LinkBlobs(lctx, key, metadata.BlobLink{Digest: d, Size: max(announced, 0), Flags: metadata.Confirmed, UpstreamSize: true})
+		if errors.Is(err, storage.ErrNoSpace) {
+			// The upstream vouched; a full volume only keeps that from
+			// being remembered, and the next request asks again.
+			return nil, nil
+		}
+		return nil, err
 	})
 	if err != nil {
 		return withNotFound(err, CodeBlobUnknown)

@@ -267,7 +267,7 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 		// Claim the room now, so a full volume is found before any client
 		// has a byte and can still be served without the cache.
 		if err := spool.Reserve(size); err != nil {
-			return p.noSpace(ctx, rq, fmt.Errorf("reserving %d bytes for %s: %w", size, f.digest, err))
+			return p.noRoomFor(ctx, rq, f.digest, size, fmt.Errorf("reserving %d bytes for %s: %w", size, f.digest, err))
 		}
 	}
 	f.update(func() { f.started, f.size, f.spool = true, size, spool })

@@ -33,6 +33,9 @@ type pairOptions struct {
 	// blobs, when set, is the store to use instead of a new one.
 	blobs     *storage.Blobs
 	onNoSpace func()
+	// metaDir, when set, holds the metadata index instead of a new
+	// directory (a small volume, to fill it).
+	metaDir string
 }
 
 // newPairEnv is newEnv with a second upstream, for content that must not
@@ -46,7 +49,11 @@ func newPairEnv(t *testing.T, hub, vendor *origin, po pairOptions) *env {
 			t.Fatal(err)
 		}
 	}
-	meta, err := metadata.Open(t.TempDir() + "/metadata.db")
+	metaDir := po.metaDir
+	if metaDir == "" {
+		metaDir = t.TempDir()
+	}
+	meta, err := metadata.Open(metaDir + "/metadata.db")
 	if err != nil {
 		t.Fatal(err)
 	}

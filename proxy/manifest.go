@@ -139,7 +139,13 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rq *reques
 		// become readable in this repository (once its upstream confirms
 		// each). Later hits find the flag and write nothing.
 		if err := p.meta.AdmitManifest(ctx, rt.Key(), rec.Digest, referencedBlobs(rec.MediaType, rec.Body)); err != nil {
-			return fmt.Errorf("recording the blobs of %s@%s: %w", rt.Key(), rec.Digest, err)
+			err = p.noSpace(ctx, rq, fmt.Errorf("recording the blobs of %s@%s: %w", rt.Key(), rec.Digest, err))
+			// Where no policy applies the record only saves work; under a
+			// policy it is what makes the blobs readable, so a full volume
+			// fails the pull there.
+			if !errors.Is(err, storage.ErrNoSpace) || p.governs(rq) {
+				return err
+			}
 		}
 	}
 	h := w.Header()
@@ -401,7 +407,12 @@ func (p *Proxy) downloadManifest(ctx context.Context, rq *request, d digest.Dige
 	rec := metadata.ManifestRecord{Digest: d, MediaType: mt, Body: data}
 	link := metadata.Link{Flags: metadata.Confirmed, MediaType: mt}
 	if err := p.meta.PutManifest(ctx, key, rec, link); err != nil {
-		return repoManifest{}, fmt.Errorf("storing manifest %s of %s: %w", d, key, err)
+		err = p.noSpace(ctx, rq, fmt.Errorf("storing manifest %s of %s: %w", d, key, err))
+		if !errors.Is(err, storage.ErrNoSpace) {
+			return repoManifest{}, err
+		}
+		// The index shares the full cache volume: the manifest is verified,
+		// so it is served, only not kept.
 	}
 	return repoManifest{rec: rec, link: link}, nil
 }

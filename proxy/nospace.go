@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -22,27 +23,87 @@ import (
 // evictor is asked to make room meanwhile.
 const fullBackoff = 30 * time.Second
 
+// fullVolume is what the proxy knows of room on the cache volume: for
+// fullBackoff after a write failed for want of room, misses skip the
+// cache. A blob that only found too little room for its own size (its
+// reservation failed) says nothing of smaller blobs: they still try the
+// cache, so that one huge layer does not turn caching off for all.
+type fullVolume struct {
+	mu    sync.Mutex
+	until time.Time
+	// from is the smallest size found not to fit during the episode; 0
+	// means nothing fits (a write or commit found the volume full).
+	from int64
+	// misfits are the blobs found not to fit during the episode, so that
+	// the next request for one of unknown size goes straight upstream.
+	misfits map[digest.Digest]struct{}
+}
+
+// maxMisfits bounds fullVolume.misfits; past it, a blob that does not fit
+// is only tried once more.
+const maxMisfits = 1024
+
 // noSpace passes err through, noting when it says the cache volume is full:
 // from then on, for fullBackoff, misses are served without caching, and the
 // evictor is asked to make room now rather than at its next sweep.
 func (p *Proxy) noSpace(ctx context.Context, rq *request, err error) error {
+	return p.noRoomFor(ctx, rq, "", 0, err)
+}
+
+// noRoomFor is noSpace for a reservation of size bytes for blob d that
+// failed: only d and blobs at least that large skip the cache.
+func (p *Proxy) noRoomFor(ctx context.Context, rq *request, d digest.Digest, size int64, err error) error {
 	if !errors.Is(err, storage.ErrNoSpace) {
 		return err
 	}
-	until := p.now().Add(fullBackoff).UnixNano()
-	if p.fullUntil.Swap(until) < p.now().UnixNano() {
+	now := p.now()
+	v := &p.full
+	v.mu.Lock()
+	fresh := !now.Before(v.until)
+	if fresh {
+		v.misfits = nil
+	}
+	if fresh || size < v.from {
+		v.from = size
+	}
+	if d != "" && len(v.misfits) < maxMisfits {
+		if v.misfits == nil {
+			v.misfits = make(map[digest.Digest]struct{})
+		}
+		v.misfits[d] = struct{}{}
+	}
+	v.until = now.Add(fullBackoff)
+	v.mu.Unlock()
+	if fresh {
 		// Once per episode, not once per blob.
 		p.log.LogAttrs(ctx, slog.LevelError, "cache volume full: serving blobs from their upstreams without caching",
 			slog.String("upstream", rq.route.Upstream.Name), slog.Duration("for", fullBackoff), slog.String("error", err.Error()))
 	}
-	if p.onNoSpace != nil {
+	// Only a volume that is full asks eviction for room; a blob that did
+	// not fit may be larger than all the cache holds, and shrinking the
+	// cache for it would let one request empty the cache.
+	if size == 0 && p.onNoSpace != nil {
 		p.onNoSpace()
 	}
 	return err
 }
 
-// diskFull reports whether the cache volume was found full lately.
-func (p *Proxy) diskFull() bool { return p.now().UnixNano() < p.fullUntil.Load() }
+// diskFull reports whether blob d of size bytes (0 if unknown) should skip
+// the cache because the volume was found full lately. One of unknown size
+// tries the cache unless nothing fitted or it did not: a fill that finds no
+// room before its first byte still hands its client to the pass-through.
+func (p *Proxy) diskFull(d digest.Digest, size int64) bool {
+	v := &p.full
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if !p.now().Before(v.until) {
+		return false
+	}
+	if _, misfit := v.misfits[d]; misfit {
+		return true
+	}
+	return v.from == 0 || (size > 0 && size >= v.from)
+}
 
 // passThrough serves blob d straight from the repository's upstream, for a
 // cache volume that is full: nothing is stored, every byte is still checked

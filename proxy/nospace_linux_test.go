@@ -2,16 +2,20 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -69,16 +73,22 @@ func TestFullCacheVolumeServesWithoutCaching(t *testing.T) {
 			path := "/v2/library/app/blobs/" + ld.String()
 
 			resp, err := http.Get(e.srv.URL + path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			body, rerr := io.ReadAll(resp.Body)
-			resp.Body.Close()
 			switch {
-			case tc.length && (resp.StatusCode != 200 || rerr != nil || !bytes.Equal(body, want)):
-				t.Fatalf("first pull on a full volume: %d, %d bytes, %v; want the whole blob", resp.StatusCode, len(body), rerr)
-			case !tc.length && rerr == nil && resp.StatusCode == 200 && !bytes.Equal(body, want):
-				t.Fatalf("first pull completed with %d wrong bytes", len(body))
+			case err != nil && tc.length:
+				t.Fatal(err)
+			case err != nil:
+				// Without a length nothing could be reserved: the volume
+				// filled up mid-transfer and the response was aborted,
+				// maybe before its headers left.
+			default:
+				body, rerr := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				switch {
+				case tc.length && (resp.StatusCode != 200 || rerr != nil || !bytes.Equal(body, want)):
+					t.Fatalf("first pull on a full volume: %d, %d bytes, %v; want the whole blob", resp.StatusCode, len(body), rerr)
+				case !tc.length && rerr == nil && resp.StatusCode == 200 && !bytes.Equal(body, want):
+					t.Fatalf("first pull completed with %d wrong bytes", len(body))
+				}
 			}
 			// Whatever the first pull got, the next ones are whole.
 			for range 2 {
@@ -99,8 +109,11 @@ func TestFullCacheVolumeServesWithoutCaching(t *testing.T) {
 			if len(left) != 0 {
 				t.Fatalf("files left on the full volume: %v", left)
 			}
-			if nudged.Load() == 0 {
-				t.Error("the evictor was not asked to make room")
+			// Announced, the blob was found larger than the room left
+			// before a byte was written, which is no reason to shrink the
+			// cache; unannounced, it filled the volume.
+			if n := nudged.Load(); tc.length != (n == 0) {
+				t.Errorf("the evictor was asked to make room %d times", n)
 			}
 			if n := testutil.ToFloat64(e.metrics.uncached.WithLabelValues("hub")); n < 2 {
 				t.Errorf("airlock_uncached_blob_requests_total = %v, want at least 2", n)
@@ -153,4 +166,174 @@ func (f *flushingWriter) Write(b []byte) (int, error) {
 	n, err := f.ResponseWriter.Write(b)
 	f.ResponseWriter.(http.Flusher).Flush()
 	return n, err
+}
+
+// TestFullVolumeServesManifests: the metadata index shares the cache
+// volume, so once the volume is full the index cannot grow either. Pulls
+// must go on: a verified manifest that cannot be stored is served
+// uncached, and a blob's confirmation by the repository's own upstream
+// holds for the request even when it cannot be recorded.
+func TestFullVolumeServesManifests(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, true)
+	const images = 40
+	var imgs []v1.Image
+	for i := range images {
+		img, _ := random.Image(512, 2)
+		o.push(t, fmt.Sprintf("library/app%d:1", i), img)
+		imgs = append(imgs, img)
+	}
+	vol := tinyVolume(t, 1<<20)
+	blobs, err := storage.NewFilesystem(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nudged atomic.Int32
+	e := newPairEnv(t, o, newOrigin(t, true), pairOptions{blobs: blobs, metaDir: vol, onNoSpace: func() { nudged.Add(1) }})
+	// A layer cached before the volume filled up, which another
+	// repository then asks for: its upstream must vouch, and the answer
+	// cannot be recorded.
+	cachedLayer, cachedData := layerOf(t, imgs[0], 1)
+	if resp, _ := e.get(t, "/v2/library/app0/blobs/"+cachedLayer.String()); resp.StatusCode != 200 {
+		t.Fatalf("caching a layer: %d", resp.StatusCode)
+	}
+	o.push(t, "library/twin:1", imgs[0])
+	fillVolume(t, vol)
+
+	accept := "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+	for i, img := range imgs {
+		want, _ := img.RawManifest()
+		resp, body := e.get(t, fmt.Sprintf("/v2/library/app%d/manifests/1", i), "Accept", accept)
+		if resp.StatusCode != 200 || !bytes.Equal(body, want) {
+			t.Fatalf("manifest %d on a full volume: %d %s", i, resp.StatusCode, body)
+		}
+		ld, data := layerOf(t, img, 0)
+		resp, body = e.get(t, fmt.Sprintf("/v2/library/app%d/blobs/%s", i, ld))
+		if resp.StatusCode != 200 || !bytes.Equal(body, data) {
+			t.Fatalf("layer %d on a full volume: %d, %d bytes", i, resp.StatusCode, len(body))
+		}
+	}
+	// By now the index is full too.
+	if resp, body := e.get(t, "/v2/library/twin/blobs/"+cachedLayer.String()); resp.StatusCode != 200 || !bytes.Equal(body, cachedData) {
+		t.Fatalf("a cached layer confirmed for another repository on a full volume: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	if nudged.Load() == 0 {
+		t.Error("the evictor was not asked to make room")
+	}
+}
+
+// fillVolume writes a file into dir until its volume is full.
+func fillVolume(t *testing.T, dir string) {
+	t.Helper()
+	f, err := os.Create(filepath.Join(dir, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
+}
+
+// TestHeadAlongAFillThatFindsTheVolumeFull: a HEAD that joined a fill
+// which then found no room asks the upstream whether the blob exists; it
+// does not download the blob to throw the bytes away.
+func TestHeadAlongAFillThatFindsTheVolumeFull(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	o := newOriginWrapped(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+				<-release // the HEAD joins the fill meanwhile
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	img, _ := random.Image(3<<20, 1)
+	o.push(t, "library/app:1", img)
+	ld, data := layerOf(t, img, 0)
+	vol := tinyVolume(t, 2<<20)
+	blobs, err := storage.NewFilesystem(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newPairEnv(t, o, newOrigin(t, true), pairOptions{blobs: blobs})
+	path := "/v2/library/app/blobs/" + ld.String()
+	got := make(chan int, 1)
+	go func() {
+		resp, _ := e.get(t, path)
+		got <- resp.StatusCode
+	}()
+	for o.count(http.MethodGet, path) == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	head := make(chan *http.Response, 1)
+	go func() {
+		resp, _ := e.do(t, http.MethodHead, path)
+		head <- resp
+	}()
+	// Let the HEAD reach the fill before the upstream answers the GET.
+	time.Sleep(200 * time.Millisecond)
+	close(release)
+	if resp := <-head; resp.StatusCode != 200 || resp.Header.Get("Content-Length") != strconv.Itoa(len(data)) {
+		t.Fatalf("HEAD along a fill that found the volume full: %d, length %q", resp.StatusCode, resp.Header.Get("Content-Length"))
+	}
+	if code := <-got; code != 200 {
+		t.Fatalf("GET that started the fill: %d", code)
+	}
+	// The fill's GET and the GET's own pass-through; none for the HEAD.
+	if n := o.count(http.MethodGet, path); n != 2 {
+		t.Errorf("upstream served the blob %d times; a HEAD must not download it", n)
+	}
+}
+
+// TestOneBlobTooLargeForTheVolumeLeavesTheCacheOn: a blob larger than the
+// room left is served uncached, but the volume is not full for the blobs
+// that fit: they are still cached. Otherwise pulling one huge layer (or a
+// client asking for one, every 30 seconds) would turn caching off for
+// every blob of every upstream.
+func TestOneBlobTooLargeForTheVolumeLeavesTheCacheOn(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, true)
+	big, _ := random.Image(3<<20, 1)
+	small, _ := random.Image(64<<10, 1)
+	o.push(t, "library/big:1", big)
+	o.push(t, "library/small:1", small)
+	bd, bdata := layerOf(t, big, 0)
+	sd, sdata := layerOf(t, small, 0)
+	vol := tinyVolume(t, 2<<20)
+	blobs, err := storage.NewFilesystem(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newPairEnv(t, o, newOrigin(t, true), pairOptions{blobs: blobs})
+	for range 2 {
+		if resp, body := e.get(t, "/v2/library/big/blobs/"+bd.String()); resp.StatusCode != 200 || !bytes.Equal(body, bdata) {
+			t.Fatalf("a blob larger than the volume: %d, %d bytes", resp.StatusCode, len(body))
+		}
+	}
+	if resp, body := e.get(t, "/v2/library/small/blobs/"+sd.String()); resp.StatusCode != 200 || !bytes.Equal(body, sdata) {
+		t.Fatalf("a small blob: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	// The commit follows the client's last byte.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := e.blobs.Stat(t.Context(), digest.Digest(sd.String()))
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a blob that fits was not cached after another did not fit: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := e.blobs.Stat(t.Context(), digest.Digest(bd.String())); err == nil {
+		t.Fatal("a blob larger than the volume was committed")
+	}
 }

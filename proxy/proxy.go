@@ -122,8 +122,9 @@ type Options struct {
 	// 0 means 6h. The upstream client's idle timeout catches stalls far sooner.
 	FillTimeout time.Duration
 	Now         func() time.Time
-	// OnNoSpace is called when the cache volume is found full (the evictor
-	// is asked to make room); nil does nothing.
+	// OnNoSpace is called when the cache volume is found full, not when
+	// only one blob did not fit (the evictor is asked to make room); nil
+	// does nothing.
 	OnNoSpace func()
 	// User names the authenticated client of a request for its log line;
 	// nil logs no user.
@@ -149,9 +150,9 @@ type Proxy struct {
 	user    func(context.Context) (string, bool)
 
 	onNoSpace func()
-	// fullUntil is when, in unix nanoseconds, misses may try the cache
-	// again after the volume was found full.
-	fullUntil atomic.Int64
+	// full says when misses may try the cache again after the volume was
+	// found full.
+	full fullVolume
 
 	fills     fillSet
 	flights   singleflight.Group

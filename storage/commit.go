@@ -132,7 +132,9 @@ func (b *Blobs) dropCommittedSpool(d digest.Digest, s *Spool) error {
 
 func (b *Blobs) commitRemote(ctx context.Context, d digest.Digest, s *Spool) error {
 	final := blobPath(d)
-	if _, err := b.driver.Stat(ctx, final); err == nil {
+	// An object of another size at the path is not the blob (an earlier
+	// fault left it): the upload replaces it.
+	if fi, err := b.driver.Stat(ctx, final); err == nil && fi.Size() == s.Size() {
 		return b.dropCommittedSpool(d, s)
 	}
 	tmp, err := uploadPath(d)
@@ -142,6 +144,15 @@ func (b *Blobs) commitRemote(ctx context.Context, d digest.Digest, s *Spool) err
 	if err := b.upload(ctx, tmp, s); err != nil {
 		b.driver.Delete(context.WithoutCancel(ctx), tmp)
 		return fmt.Errorf("commit of blob %s: uploading to the %s driver: %w", d, b.driver.Name(), err)
+	}
+	// The upload is checked before it is published: the move is the only
+	// step that may put bytes at a final path, and they must be whole.
+	if fi, err := b.driver.Stat(ctx, tmp); err != nil || fi.Size() != s.Size() {
+		b.driver.Delete(context.WithoutCancel(ctx), tmp)
+		if err != nil {
+			return fmt.Errorf("commit of blob %s: checking the upload: %w", d, err)
+		}
+		return fmt.Errorf("commit of blob %s: the %s driver stored %d bytes of %d", d, b.driver.Name(), fi.Size(), s.Size())
 	}
 	if err := b.driver.Move(ctx, tmp, final); err != nil {
 		b.driver.Delete(context.WithoutCancel(ctx), tmp)
@@ -155,7 +166,10 @@ func (b *Blobs) commitRemote(ctx context.Context, d digest.Digest, s *Spool) err
 		return fmt.Errorf("commit of blob %s: checking the stored blob: %w", d, err)
 	}
 	if fi.Size() != s.Size() {
-		return fmt.Errorf("commit of blob %s: the %s driver stored %d bytes of %d", d, b.driver.Name(), fi.Size(), s.Size())
+		// The digest fixes the size: whatever is there is not the blob
+		// (a concurrent writer's fault), and must not be served.
+		b.driver.Delete(context.WithoutCancel(ctx), final)
+		return fmt.Errorf("commit of blob %s: the %s driver holds %d bytes of %d at its path; removed", d, b.driver.Name(), fi.Size(), s.Size())
 	}
 	return b.dropCommittedSpool(d, s)
 }

@@ -33,6 +33,12 @@ func (e *noSpaceError) Unwrap() []error {
 }
 func (e *noSpaceError) Is(target error) bool { return target == ErrNoSpace }
 
+// MarkNoSpace returns err marked as ErrNoSpace when it reports a full disk
+// or a spent quota (ENOSPC, EDQUOT), and err unchanged otherwise. Stores
+// that share the cache volume (the metadata index) use it so that their
+// callers can tell a full volume from a fault with one errors.Is.
+func MarkNoSpace(err error) error { return noSpace(err) }
+
 // noSpace marks err as ErrNoSpace when it reports a full disk or quota and
 // returns it unchanged otherwise.
 func noSpace(err error) error {

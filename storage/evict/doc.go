@@ -16,7 +16,12 @@
 // Guarantees:
 //   - Nothing is deleted while the cache is at or under its maximum, and
 //     nothing at all with a maximum of zero (unlimited); such a sweep only
-//     measures.
+//     measures. The exception is the sweep [Evictor.Nudge] asks for when a
+//     write found the volume full: the volume holds less than the maximum
+//     allows for, so that sweep trims to the low-water mark of what the
+//     cache holds.
+//   - A sweep holds at most 65536 candidates in memory, however many blobs
+//     the store has; one that needed more asks for the next at once.
 //   - After a sweep, the cache holds at most the maximum, or, when that
 //     cannot be reached, only blobs committed or used within MinAge
 //     (default 10 minutes) besides spools and the index: a blob that young

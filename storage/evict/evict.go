@@ -121,6 +121,9 @@ type Evictor struct {
 	// request stands for any number.
 	nudged   chan struct{}
 	nudgeGap time.Duration
+	// full is set by Nudge: a write found the volume full, so the next
+	// sweep makes room even under MaxBytes.
+	full atomic.Bool
 }
 
 // New returns an Evictor with o's defaults filled in, and registers its
@@ -174,7 +177,10 @@ type candidate struct {
 // Sweep measures the cache and, if it holds more than MaxBytes (blobs,
 // spools and index together), deletes the least recently used blobs that
 // are older than MinAge until it holds at most LowWater × MaxBytes or
-// nothing old enough is left.
+// nothing old enough is left. The first sweep after a Nudge (a full
+// volume) takes what the cache holds, when that is less, as its maximum:
+// the volume is smaller than MaxBytes allows for, and room must still be
+// made. With no maximum nothing is ever deleted.
 //
 // It stops early when ctx ends. A blob that cannot be deleted is skipped
 // and reported in the returned error after the others are tried; the
@@ -185,13 +191,14 @@ func (e *Evictor) Sweep(ctx context.Context) (Result, error) {
 	}
 	e.sweeping.Lock()
 	defer e.sweeping.Unlock()
+	full := e.full.Swap(false)
 
+	// The first walk only measures, in constant memory: most sweeps end
+	// there. One over the maximum walks again for candidates.
 	var res Result
-	var all []candidate
 	err := e.blobs.Walk(ctx, func(d digest.Digest, size int64, modTime time.Time) error {
 		res.Blobs++
 		res.Before += size
-		all = append(all, candidate{digest: d, size: size, used: modTime})
 		return nil
 	})
 	if err != nil {
@@ -214,43 +221,127 @@ func (e *Evictor) Sweep(ctx context.Context) (Result, error) {
 		e.metrics.index.Set(float64(res.Index))
 	}()
 	maxBytes := e.maxBytes.Load()
-	if maxBytes <= 0 || res.total() <= maxBytes {
+	if maxBytes <= 0 || (res.total() <= maxBytes && !full) {
 		return res, nil
 	}
+	target := int64(e.lowWater * float64(min(maxBytes, res.total())))
 
-	if err := e.lastUses(ctx, all); err != nil {
+	oldest, err := e.candidates(ctx)
+	if err != nil {
 		return res, err
 	}
+	all := oldest.items
 	slices.SortFunc(all, func(a, b candidate) int {
-		if c := a.used.Compare(b.used); c != 0 {
-			return c
+		if older(a, b) {
+			return -1
 		}
-		return cmp.Compare(a.digest, b.digest)
+		return 1
 	})
-	err = e.trim(ctx, all, &res)
+	err = e.trim(ctx, all, target, &res)
+	if oldest.dropped && res.total() > target {
+		// This sweep could hold only part of the blobs old enough to go;
+		// the next one takes the rest without waiting a whole interval.
+		e.again()
+	}
 	return res, err
 }
 
 // total is what counts toward the maximum after the sweep.
 func (r Result) total() int64 { return r.After + r.Spool + r.Index }
 
-// lastUses moves each candidate's time forward to its recorded last use.
-// It runs only when the store is over its maximum, because it costs one
-// index lookup per blob.
-func (e *Evictor) lastUses(ctx context.Context, all []candidate) error {
-	if e.uses == nil {
+// maxCandidates is the most blobs one sweep holds in memory as eviction
+// candidates (about 8 MiB), so that a store of millions of blobs costs a
+// sweep no more memory than one of thousands. A sweep that needs more
+// evicts these and asks for the next sweep at once (after NudgeGap).
+const maxCandidates = 1 << 16
+
+// candidates walks the store for the least recently used blobs that are
+// older than MinAge, at most maxCandidates of them. It costs one index
+// lookup per blob, which is why only a sweep over the maximum calls it.
+func (e *Evictor) candidates(ctx context.Context) (*candidateHeap, error) {
+	h := &candidateHeap{max: maxCandidates}
+	cutoff := e.now().Add(-e.minAge)
+	err := e.blobs.Walk(ctx, func(d digest.Digest, size int64, modTime time.Time) error {
+		if modTime.After(cutoff) {
+			return nil // committed within MinAge: never evicted
+		}
+		c := candidate{digest: d, size: size, used: modTime}
+		if e.uses != nil {
+			t, err := e.lastUse(ctx, d)
+			if err != nil {
+				return err
+			}
+			if t.After(c.used) {
+				c.used = t
+			}
+		}
+		if !c.used.After(cutoff) {
+			h.offer(c)
+		}
 		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("evict: choosing blobs to evict: %w", err)
 	}
-	for i := range all {
-		t, err := e.lastUse(ctx, all[i].digest)
-		if err != nil {
-			return err
-		}
-		if t.After(all[i].used) {
-			all[i].used = t
-		}
+	return h, nil
+}
+
+// candidateHeap keeps the max least recently used candidates offered to
+// it, in a max-heap by last use.
+type candidateHeap struct {
+	max     int
+	items   []candidate
+	dropped bool // some candidate offered was left out
+}
+
+func (h *candidateHeap) offer(c candidate) {
+	if len(h.items) < h.max {
+		h.items = append(h.items, c)
+		h.up(len(h.items) - 1)
+		return
 	}
-	return nil
+	h.dropped = true
+	if !older(c, h.items[0]) {
+		return
+	}
+	h.items[0] = c
+	h.down(0)
+}
+
+// older orders candidates by last use, then digest, so that the same
+// store always yields the same order.
+func older(a, b candidate) bool {
+	if c := a.used.Compare(b.used); c != 0 {
+		return c < 0
+	}
+	return cmp.Less(a.digest, b.digest)
+}
+
+func (h *candidateHeap) up(i int) {
+	for i > 0 {
+		p := (i - 1) / 2
+		if !older(h.items[p], h.items[i]) {
+			return
+		}
+		h.items[p], h.items[i] = h.items[i], h.items[p]
+		i = p
+	}
+}
+
+func (h *candidateHeap) down(i int) {
+	for {
+		top := i
+		for _, child := range []int{2*i + 1, 2*i + 2} {
+			if child < len(h.items) && older(h.items[top], h.items[child]) {
+				top = child
+			}
+		}
+		if top == i {
+			return
+		}
+		h.items[i], h.items[top] = h.items[top], h.items[i]
+		i = top
+	}
 }
 
 // lastUse is Uses.LastUse with "never used" as the zero time.
@@ -265,10 +356,9 @@ func (e *Evictor) lastUse(ctx context.Context, d digest.Digest) (time.Time, erro
 	return t, nil
 }
 
-// trim deletes candidates, oldest first, until the cache is at the
-// low-water mark.
-func (e *Evictor) trim(ctx context.Context, oldestFirst []candidate, res *Result) error {
-	target := int64(e.lowWater * float64(e.maxBytes.Load()))
+// trim deletes candidates, oldest first, until the cache holds at most
+// target bytes.
+func (e *Evictor) trim(ctx context.Context, oldestFirst []candidate, target int64, res *Result) error {
 	cutoff := e.now().Add(-e.minAge)
 	var errs []error
 	for _, c := range oldestFirst {
@@ -313,10 +403,20 @@ func (e *Evictor) trim(ctx context.Context, oldestFirst []candidate, res *Result
 
 // Nudge asks Run for a sweep now rather than at the next interval: call it
 // when a write found the volume full (storage.ErrNoSpace), so that room is
-// made within seconds instead of minutes. It never blocks. Nudges while one
-// is pending are one nudge, and Run waits NudgeGap after a sweep before it
-// answers one.
+// made within seconds instead of minutes. That sweep makes room even if the
+// cache is under MaxBytes (the volume is smaller than MaxBytes allows for):
+// it trims to LowWater of what the cache holds. Do not call it when only
+// one large blob did not fit; that is no reason to shrink the cache. It
+// never blocks. Nudges while one is pending are one nudge, and Run waits
+// NudgeGap after a sweep before it answers one.
 func (e *Evictor) Nudge() {
+	e.full.Store(true)
+	e.again()
+}
+
+// again asks Run for another sweep, as Nudge does, without saying the
+// volume is full.
+func (e *Evictor) again() {
 	select {
 	case e.nudged <- struct{}{}:
 	default:

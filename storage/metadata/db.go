@@ -13,6 +13,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/airlock-registry/airlock/storage"
 )
 
 // schemaVersion is the layout this code reads and writes. Bump it, and add
@@ -162,7 +164,9 @@ func (db *DB) update(ctx context.Context, fn func(*bolt.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return db.bolt.Update(fn)
+	// The index lives on the cache volume: a full one must read as
+	// storage.ErrNoSpace, which callers survive by not recording.
+	return storage.MarkNoSpace(db.bolt.Update(fn))
 }
 
 // batch is for writes that many goroutines issue at once (a pull links
@@ -172,5 +176,5 @@ func (db *DB) batch(ctx context.Context, fn func(*bolt.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return db.bolt.Batch(fn)
+	return storage.MarkNoSpace(db.bolt.Batch(fn))
 }

@@ -143,8 +143,12 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rq *reques
 			// Where no policy applies the record only saves work; under a
 			// policy it is what makes the blobs readable, so a full volume
 			// fails the pull there.
-			if !errors.Is(err, storage.ErrNoSpace) || p.governs(rq) {
+			if !errors.Is(err, storage.ErrNoSpace) {
 				return err
+			}
+			if p.governs(rq) {
+				return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, RetryAfter: fullBackoff,
+					Message: "airlock's cache volume is full; retry shortly", Err: err}
 			}
 		}
 	}

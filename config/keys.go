@@ -27,7 +27,19 @@ type keyIndex struct {
 	// misspelt are the key paths that unknown keys were probably meant to
 	// be ("upstreams" for "upstream").
 	misspelt []string
+	// budget is how many more nodes walk may visit. Aliases make a
+	// document a graph: a few hundred bytes of nested merge keys ("billion
+	// laughs") expand to billions of visits, which would hang check, serve
+	// and SIGHUP alike. When it runs out, walk stops and expanded is set.
+	budget   int
+	expanded bool
 }
+
+// maxWalk bounds the nodes one document may expand to. A large real
+// configuration (hundreds of upstreams with long allow-lists) is a few
+// thousand; the YAML decoder refuses excessive aliasing on its own terms,
+// but only after walk has run.
+const maxWalk = 1 << 18
 
 // keyValue is the node written at a key path and the type it decodes into.
 type keyValue struct {
@@ -36,7 +48,7 @@ type keyValue struct {
 }
 
 func newKeyIndex() *keyIndex {
-	return &keyIndex{lines: map[string]int{}, values: map[string]keyValue{}}
+	return &keyIndex{lines: map[string]int{}, values: map[string]keyValue{}, budget: maxWalk}
 }
 
 // lineOf returns the line of key, or of its nearest enclosing key when key
@@ -89,6 +101,10 @@ func (k *keyIndex) keyAt(line int) string {
 // Finding unknown keys here, rather than relying on the decoder alone, lets
 // the message give the key path and a likely intended spelling.
 func (k *keyIndex) walk(n *yaml.Node, t reflect.Type, path string) []error {
+	if k.budget--; k.budget < 0 {
+		k.expanded = true
+		return nil
+	}
 	for depth := 0; n.Kind == yaml.AliasNode && n.Alias != nil && depth < 64; depth++ {
 		n = n.Alias
 	}

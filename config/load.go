@@ -73,6 +73,10 @@ func parseDocument(name string, data []byte) (*document, error) {
 	}
 	d := &document{name: name, keys: newKeyIndex()}
 	d.problems = d.keys.walk(&root, configType, "")
+	if d.keys.expanded {
+		return nil, &locatedError{name: name, err: &fieldError{msg: fmt.Sprintf(
+			"the document expands to more than %d values through anchors and aliases; write the values out, or use fewer aliases", maxWalk)}}
+	}
 	// A misspelt key leaves the key it meant absent; "upstreams: required"
 	// next to "unknown key upstream (did you mean upstreams?)" says the
 	// same thing twice.

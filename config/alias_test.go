@@ -1,0 +1,85 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// aliasBomb is a "billion laughs" in merge keys: each level merges the one
+// before ten times, so walking it naively visits 10^levels mappings while
+// the document stays a few hundred bytes.
+func aliasBomb(levels int) string {
+	var b strings.Builder
+	b.WriteString("upstreams:\n- <<: [&l0 {name: x}]\n  url: https://a.example\n")
+	for i := 1; i < levels; i++ {
+		refs := strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*l%d,", i-1), 10), ",")
+		fmt.Fprintf(&b, "- <<: [&l%d {<<: [%s]}]\n  url: https://b%d.example\n", i, refs, i)
+	}
+	return b.String()
+}
+
+// aliasFan references one long list from many places: linear in the
+// document's size, quadratic in what a naive walk visits.
+func aliasFan(items, refs int) string {
+	var b strings.Builder
+	b.WriteString("upstreams:\n- name: a\n  url: https://a.example\n  aliases: &r [")
+	for i := range items {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, "h%d.example", i)
+	}
+	b.WriteString("]\nauth:\n  htpasswd: /h\n  upstreams:\n")
+	for i := range refs {
+		fmt.Fprintf(&b, "    u%d: *r\n", i)
+	}
+	return b.String()
+}
+
+// TestAliasExpansionBounded: a configuration that expands through anchors
+// and aliases is refused quickly, with an error that says why, by check,
+// serve and SIGHUP alike (they share Parse), instead of hanging them.
+func TestAliasExpansionBounded(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, yaml string }{
+		{"merge bomb", aliasBomb(10)},
+		{"fan-out", aliasFan(2000, 2000)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			done := make(chan error, 1)
+			start := time.Now()
+			go func() { _, err := Parse("airlock.yaml", []byte(tc.yaml)); done <- err }()
+			select {
+			case err := <-done:
+				if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "aliases") {
+					t.Fatalf("Parse = %v, want an ErrInvalid naming aliases", err)
+				}
+				if d := time.Since(start); d > 5*time.Second {
+					t.Errorf("Parse took %s", d)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("Parse still running after 20s")
+			}
+		})
+	}
+}
+
+// TestAliasesStillWork: ordinary use of anchors, merges included, is within
+// the bound.
+func TestAliasesStillWork(t *testing.T) {
+	t.Parallel()
+	const doc = "upstreams:\n" +
+		"- &hub {name: hub, url: https://hub.example, aliases: &al [docker.io, index.docker.io]}\n" +
+		"- <<: *hub\n  name: other\n  url: https://other.example\n  aliases: [quay.io]\n"
+	c, err := Parse("airlock.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Upstreams) != 2 || c.Upstreams[1].Name != "other" {
+		t.Fatalf("upstreams = %+v", c.Upstreams)
+	}
+}

@@ -3,6 +3,8 @@ package config
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -81,5 +83,39 @@ func TestAliasesStillWork(t *testing.T) {
 	}
 	if len(c.Upstreams) != 2 || c.Upstreams[1].Name != "other" {
 		t.Fatalf("upstreams = %+v", c.Upstreams)
+	}
+}
+
+// TestFilesReadBounded: a configuration, TLS or CA path that names a
+// device or a huge file is an error at once, for check and serve alike,
+// not a read that takes all memory.
+func TestFilesReadBounded(t *testing.T) {
+	t.Parallel()
+	if _, err := os.Stat("/dev/zero"); err != nil {
+		t.Skip("no /dev/zero")
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "airlock.yaml")
+	doc := fmt.Sprintf("listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0}\nstorage: {path: %s}\n"+
+		"upstreams:\n- {name: hub, url: https://hub.example, caFile: /dev/zero}\n", filepath.Join(dir, "data"))
+	if err := os.WriteFile(cfg, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, path, want string }{
+		{"config is a device", "/dev/zero", "larger than 8 MiB"},
+		{"caFile is a device", cfg, "upstreams[0].caFile: /dev/zero: file too large: larger than 16 MiB"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			done := make(chan error, 1)
+			go func() { _, err := Open(tc.path, ScopeHost); done <- err }()
+			select {
+			case err := <-done:
+				if err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("Open = %v, want %q", err, tc.want)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("Open still reading after 20s")
+			}
+		})
 	}
 }

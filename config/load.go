@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -25,7 +24,7 @@ var ErrInvalid = errors.New("invalid configuration")
 //
 //	/etc/airlock/airlock.yaml:7: unknown key "upstream" (did you mean "upstreams"?)
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readLimited(path, maxConfigBytes)
 	if err != nil {
 		return nil, fmt.Errorf("reading configuration: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -278,7 +279,7 @@ func (g *hopGuard) originAddrs(ctx context.Context) []netip.Addr {
 func (g *hopGuard) isSelf(ctx context.Context, a netip.Addr, port string) bool {
 	for _, s := range g.self {
 		host, p, err := net.SplitHostPort(s)
-		if err != nil || p != port {
+		if err != nil || !samePort(p, port) {
 			continue
 		}
 		var own []netip.Addr
@@ -297,6 +298,17 @@ func (g *hopGuard) isSelf(ctx context.Context, a netip.Addr, port string) bool {
 		}
 	}
 	return false
+}
+
+// samePort compares ports as the dialer reads them: as numbers, so that a
+// redirect to "127.0.0.1:05001" is recognised as port 5001.
+func samePort(a, b string) bool {
+	pa, errA := strconv.ParseUint(a, 10, 16)
+	pb, errB := strconv.ParseUint(b, 10, 16)
+	if errA != nil || errB != nil {
+		return a == b
+	}
+	return pa == pb
 }
 
 func interfaceAddrs() ([]netip.Addr, error) {

@@ -351,6 +351,21 @@ func TestRedirectToSelf(t *testing.T) {
 			}
 		})
 	}
+	// Other spellings of the listener's address in the redirect itself: the
+	// port with leading zeros (which the dialer reads as the same port) and
+	// an IPv4-mapped IPv6 literal.
+	for _, target := range []string{
+		"http://127.0.0.1:00" + port,
+		"http://[::ffff:127.0.0.1]:" + port,
+	} {
+		t.Run(target, func(t *testing.T) {
+			up := serve(t, redirectBlobs(inner, target))
+			r := newClient(t, up.URL, func(o *Options) { o.SelfAddrs = []string{":" + port} })
+			if err := pull(t, r, s); !errors.Is(err, ErrInvalid) {
+				t.Fatalf("redirect to own listener as %s: %v, want ErrInvalid", target, err)
+			}
+		})
+	}
 	if n := adminHits.Load(); n != 0 {
 		t.Errorf("own listener received %d requests", n)
 	}

@@ -246,6 +246,16 @@ func (u *Upstream) checkURL(p *problems, key string) {
 		p.add(key, "%q has a query or fragment; give only the scheme, host and port", u.URL)
 	case strings.HasSuffix(strings.TrimSuffix(parsed.Path, "/"), "/v2"):
 		p.add(key, "%q ends in /v2; give the base URL without it", u.URL)
+	case strings.Trim(parsed.Path, "/") != "":
+		// The registry API lives at /v2/ on the host itself, and the
+		// upstream client refuses a path: a mirror under a path prefix
+		// cannot be an upstream.
+		p.add(key, "%q has a path; give only the scheme, host and port, as in %s://%s", u.URL, parsed.Scheme, parsed.Host)
+	}
+	if port := parsed.Port(); port != "" {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			p.add(key, "port %q is not a number from 1 to 65535", port)
+		}
 	}
 }
 

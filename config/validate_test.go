@@ -67,6 +67,11 @@ func TestValidationErrors(t *testing.T) {
 		{"url userinfo", up("  - name: b\n    url: https://u:p@b.example\n"), "upstreams[1].url: credentials in the URL are not allowed", 5},
 		{"url v2", up("  - name: b\n    url: https://b.example/v2/\n"), `upstreams[1].url: "https://b.example/v2" ends in /v2`, 5},
 		{"url query", up("  - name: b\n    url: https://b.example?x=1\n"), `upstreams[1].url: "https://b.example?x=1" has a query or fragment`, 5},
+		// Serve's upstream client takes no path (the API is at /v2/), so
+		// check must refuse one too; and a port past 65535 fails every dial.
+		{"url path", up("  - name: b\n    url: https://b.example/mirror/\n"), `upstreams[1].url: "https://b.example/mirror" has a path; give only the scheme, host and port, as in https://b.example`, 5},
+		{"url port range", up("  - name: b\n    url: https://b.example:99999\n"), `upstreams[1].url: port "99999" is not a number from 1 to 65535`, 5},
+		{"url port zero", up("  - name: b\n    url: https://b.example:0\n"), `upstreams[1].url: port "0" is not a number from 1 to 65535`, 5},
 		{"url bad", up("  - name: b\n    url: \"https://b.example:port\"\n"), `upstreams[1].url: "https://b.example:port" does not parse`, 5},
 		{"two defaults", up("    default: true\n  - name: b\n    url: https://b.example\n    default: true\n"), "upstreams[1].default: only one upstream may be the default", 7},
 		{"alias duplicate", up("    aliases: [docker.io]\n  - name: b\n    url: https://b.example\n    aliases: [Docker.IO]\n"), `upstreams[1].aliases[0]: "docker.io" is already an alias of upstreams[0]`, 7},

@@ -3,12 +3,16 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 )
 
 // fieldError is one problem with one key of the configuration. key is the
@@ -91,9 +95,32 @@ func (s *Storage) check(p *problems) {
 		p.add("storage.path", "required; set a local directory for the metadata database (and the blobs, with the filesystem driver)")
 	}
 	switch s.Driver {
-	case DriverFilesystem, DriverS3, DriverGCS, DriverAzure:
+	case DriverFilesystem:
+		s.checkFilesystem(p)
+	case DriverS3, DriverGCS, DriverAzure:
 	default:
 		p.add("storage.driver", "unknown driver %q; use filesystem, s3, gcs or azure", s.Driver)
+	}
+}
+
+// checkFilesystem checks the filesystem driver's parameters as serve reads
+// them, with the driver's own parser, so that a file check passes is one
+// serve opens. The other drivers' parameters are checked by their
+// factories, which need their cloud to answer.
+func (s *Storage) checkFilesystem(p *problems) {
+	for _, k := range slices.Sorted(maps.Keys(s.Parameters)) {
+		switch k {
+		case filesystemRootParameter:
+			if root, ok := s.Parameters[k].(string); !ok || root == "" {
+				p.add("storage.parameters."+k, "want the path of a directory, got %v", s.Parameters[k])
+			}
+		case "maxthreads":
+		default:
+			p.add("storage.parameters."+k, "unknown parameter of the filesystem driver; it takes rootdirectory and maxthreads")
+		}
+	}
+	if _, err := filesystem.FromParameters(s.Parameters); err != nil {
+		p.add("storage.parameters.maxthreads", "%v; set an integer, 25 or more", err)
 	}
 }
 

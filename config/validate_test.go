@@ -44,6 +44,10 @@ func TestValidationErrors(t *testing.T) {
 		{"admin listen", "admin: {listen: nowhere}\n" + up(""), `admin.listen: "nowhere" is not host:port`, 1},
 		{"admin same port", "listen: :5000\nadmin: {listen: \":5000\"}\n" + up(""), `admin.listen: ":5000" is also the registry listen address`, 2},
 		{"tls half", "tls: {certFile: /c.pem}\n" + up(""), "tls: certFile and keyFile must be set together", 1},
+		// Serve hands these to the filesystem driver, which refuses them.
+		{"storage maxthreads", "storage: {parameters: {maxthreads: lots}}\n" + up(""), `storage.parameters.maxthreads: maxthreads config error: parameter must be an integer, 'lots' invalid; set an integer, 25 or more`, 1},
+		{"storage parameter typo", "storage: {parameters: {rootdir: /srv}}\n" + up(""), `storage.parameters.rootdir: unknown parameter of the filesystem driver`, 1},
+		{"storage rootdirectory type", "storage: {parameters: {rootdirectory: [a]}}\n" + up(""), `storage.parameters.rootdirectory: want the path of a directory`, 1},
 		{"storage driver", "storage: {driver: s4}\n" + up(""), `storage.driver: unknown driver "s4"; use filesystem, s3, gcs or azure`, 1},
 		{"manifest too big", "cache: {maxManifestBytes: 4194305}\n" + up(""), "cache.maxManifestBytes: 4194305 is out of range", 1},
 		{"manifest negative", "cache: {maxManifestBytes: -1}\n" + up(""), "cache.maxManifestBytes: -1 is out of range", 1},

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -105,10 +106,6 @@ type hopGuard struct {
 	// localAddrs lists this machine's interface addresses, to recognise a
 	// listener on ":port" reached through any of them.
 	localAddrs func() ([]netip.Addr, error)
-
-	// proxies holds the host:port of HTTP proxies the transport chose; a
-	// dial to one of them is the operator's proxy, not the hop's target.
-	proxies sync.Map
 }
 
 func newHopGuard(o Options, base *url.URL) *hopGuard {
@@ -171,18 +168,57 @@ func (g *hopGuard) transport(rt http.RoundTripper) http.RoundTripper {
 			if err := g.precheck(req.Context(), req.URL); err != nil {
 				return nil, err
 			}
-			g.proxies.Store(proxyAddr(p), true)
+			if pd, ok := req.Context().Value(proxyDialsKey{}).(*proxyDials); ok {
+				pd.add(proxyAddr(p))
+			}
 			return p, nil
 		}
+		return &markProxyDials{next: gt}
 	}
 	return gt
+}
+
+// proxyDials is the proxy addresses the transport chose for one request.
+// A dial to one of them, made for that request, is a connection to the
+// operator's proxy and is not checked as the hop's target. It is known per
+// request, not per address: a hop whose target is the proxy's own address
+// (a sidecar on loopback, which no proxy setting proxies to) must still be
+// checked, like any loopback hop.
+type proxyDials struct {
+	mu    sync.Mutex
+	addrs []string
+}
+
+type proxyDialsKey struct{}
+
+func (pd *proxyDials) add(addr string) {
+	pd.mu.Lock()
+	defer pd.mu.Unlock()
+	if !slices.Contains(pd.addrs, addr) {
+		pd.addrs = append(pd.addrs, addr)
+	}
+}
+
+func (pd *proxyDials) has(addr string) bool {
+	pd.mu.Lock()
+	defer pd.mu.Unlock()
+	return slices.Contains(pd.addrs, addr)
+}
+
+// markProxyDials gives each request its proxyDials. net/http dials with a
+// context that keeps the values of the request's, so dialContext finds it.
+type markProxyDials struct{ next *http.Transport }
+
+func (m *markProxyDials) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := context.WithValue(req.Context(), proxyDialsKey{}, &proxyDials{})
+	return m.next.RoundTrip(req.WithContext(ctx))
 }
 
 // dialContext resolves addr itself, checks every address and dials only
 // those allowed, by IP, so nothing is resolved again between check and
 // connection.
 func (g *hopGuard) dialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	if _, ok := g.proxies.Load(addr); ok {
+	if pd, ok := ctx.Value(proxyDialsKey{}).(*proxyDials); ok && pd.has(addr) {
 		return g.dial(ctx, network, addr)
 	}
 	host, port, err := net.SplitHostPort(addr)

@@ -287,8 +287,8 @@ type Timeouts struct {
 
 // Retry configures retries with capped exponential backoff.
 type Retry struct {
-	// MaxAttempts counts the first try; 1 disables retries. 0 or absent
-	// means 4.
+	// MaxAttempts counts the first try; 1 disables retries, and at most
+	// 100 are allowed. 0 or absent means 4.
 	MaxAttempts int `yaml:"maxAttempts"`
 	// BaseDelay is the wait before the first retry, doubled for each further
 	// one. 0 or absent means 200ms.

@@ -181,6 +181,9 @@ func (c *Config) checkUpstreams(p *problems) {
 	}
 }
 
+// maxRetryAttempts bounds upstreams[].retry.maxAttempts.
+const maxRetryAttempts = 100
+
 // nameRE is one path segment of a repository name, as the distribution
 // spec's path components are, so /v2/<name>/... parses unambiguously.
 var nameRE = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?$`)
@@ -222,6 +225,11 @@ func (u *Upstream) check(p *problems, key string) {
 	}
 	if u.Retry.MaxAttempts < 1 {
 		p.add(key+".retry.maxAttempts", "%d is too small; set 1 to disable retries, or more", u.Retry.MaxAttempts)
+	} else if u.Retry.MaxAttempts > maxRetryAttempts {
+		// Each attempt may wait maxDelay, and the count also bounds the
+		// resumes of one blob body: beyond this a failing upstream holds
+		// pulls for hours instead of failing them.
+		p.add(key+".retry.maxAttempts", "%d is more than %d; a failing upstream would hold pulls for hours, so set a smaller number", u.Retry.MaxAttempts, maxRetryAttempts)
 	}
 	p.duration(key+".retry.baseDelay", u.Retry.BaseDelay)
 	p.duration(key+".retry.maxDelay", u.Retry.MaxDelay)

@@ -76,6 +76,7 @@ func TestValidationErrors(t *testing.T) {
 		{"url path", up("  - name: b\n    url: https://b.example/mirror/\n"), `upstreams[1].url: "https://b.example/mirror" has a path; give only the scheme, host and port, as in https://b.example`, 5},
 		{"url port range", up("  - name: b\n    url: https://b.example:99999\n"), `upstreams[1].url: port "99999" is not a number from 1 to 65535`, 5},
 		{"url port zero", up("  - name: b\n    url: https://b.example:0\n"), `upstreams[1].url: port "0" is not a number from 1 to 65535`, 5},
+		{"retry attempts too many", up("    retry: {maxAttempts: 1000000000}\n"), "upstreams[0].retry.maxAttempts: 1000000000 is more than 100", 4},
 		{"url bad", up("  - name: b\n    url: \"https://b.example:port\"\n"), `upstreams[1].url: "https://b.example:port" does not parse`, 5},
 		{"two defaults", up("    default: true\n  - name: b\n    url: https://b.example\n    default: true\n"), "upstreams[1].default: only one upstream may be the default", 7},
 		{"alias duplicate", up("    aliases: [docker.io]\n  - name: b\n    url: https://b.example\n    aliases: [Docker.IO]\n"), `upstreams[1].aliases[0]: "docker.io" is already an alias of upstreams[0]`, 7},

@@ -62,7 +62,7 @@ func (c *Config) problems() []error {
 	}
 	p.duration("cache.evictInterval", c.Cache.EvictInterval)
 	p.addr("admin.listen", c.Admin.Listen)
-	if c.Admin.Listen != "" && c.Admin.Listen == c.Listen && !strings.HasSuffix(c.Listen, ":0") {
+	if sameListener(c.Listen, c.Admin.Listen) {
 		p.add("admin.listen", "%q is also the registry listen address; give the admin API its own port", c.Admin.Listen)
 	}
 	switch c.Log.Level {
@@ -320,6 +320,22 @@ func (p *problems) addr(key, addr string) {
 	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
 		p.add(key, "port %q is not a number from 0 to 65535", port)
 	}
+}
+
+// sameListener reports whether listen addresses a and b would bind the
+// same port: the same host, or either on every interface (":5000" and
+// "127.0.0.1:5000" collide). Port 0 picks a free port each time.
+func sameListener(a, b string) bool {
+	ha, pa, errA := net.SplitHostPort(a)
+	hb, pb, errB := net.SplitHostPort(b)
+	if errA != nil || errB != nil || pa != pb || pa == "0" {
+		return false
+	}
+	any := func(h string) bool {
+		ip, err := netip.ParseAddr(h)
+		return h == "" || (err == nil && ip.IsUnspecified())
+	}
+	return strings.EqualFold(ha, hb) || any(ha) || any(hb)
 }
 
 func (p *problems) duration(key string, d Duration) {

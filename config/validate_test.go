@@ -43,6 +43,8 @@ func TestValidationErrors(t *testing.T) {
 		{"listen port range", "listen: :70000\n" + up(""), `listen: port "70000"`, 1},
 		{"admin listen", "admin: {listen: nowhere}\n" + up(""), `admin.listen: "nowhere" is not host:port`, 1},
 		{"admin same port", "listen: :5000\nadmin: {listen: \":5000\"}\n" + up(""), `admin.listen: ":5000" is also the registry listen address`, 2},
+		{"admin same port on every interface", "listen: :5000\nadmin: {listen: \"127.0.0.1:5000\"}\n" + up(""), `admin.listen: "127.0.0.1:5000" is also the registry listen address`, 2},
+		{"admin same port on 0.0.0.0", "listen: 127.0.0.1:5000\nadmin: {listen: \"0.0.0.0:5000\"}\n" + up(""), `admin.listen: "0.0.0.0:5000" is also the registry listen address`, 2},
 		{"tls half", "tls: {certFile: /c.pem}\n" + up(""), "tls: certFile and keyFile must be set together", 1},
 		// Serve hands these to the filesystem driver, which refuses them.
 		{"storage maxthreads", "storage: {parameters: {maxthreads: lots}}\n" + up(""), `storage.parameters.maxthreads: maxthreads config error: parameter must be an integer, 'lots' invalid; set an integer, 25 or more`, 1},

@@ -53,15 +53,11 @@ func TestAliasExpansionBounded(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			done := make(chan error, 1)
-			start := time.Now()
 			go func() { _, err := Parse("airlock.yaml", []byte(tc.yaml)); done <- err }()
 			select {
 			case err := <-done:
 				if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "aliases") {
 					t.Fatalf("Parse = %v, want an ErrInvalid naming aliases", err)
-				}
-				if d := time.Since(start); d > 5*time.Second {
-					t.Errorf("Parse took %s", d)
 				}
 			case <-time.After(20 * time.Second):
 				t.Fatal("Parse still running after 20s")

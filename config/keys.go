@@ -33,13 +33,16 @@ type keyIndex struct {
 	// and SIGHUP alike. When it runs out, walk stops and expanded is set.
 	budget   int
 	expanded bool
+	// fields caches yamlFields per struct type: a walk through aliases
+	// visits the same types many times.
+	fields map[reflect.Type]map[string]reflect.Type
 }
 
 // maxWalk bounds the nodes one document may expand to. A large real
 // configuration (hundreds of upstreams with long allow-lists) is a few
 // thousand; the YAML decoder refuses excessive aliasing on its own terms,
 // but only after walk has run.
-const maxWalk = 1 << 18
+const maxWalk = 1 << 17
 
 // keyValue is the node written at a key path and the type it decodes into.
 type keyValue struct {
@@ -48,7 +51,8 @@ type keyValue struct {
 }
 
 func newKeyIndex() *keyIndex {
-	return &keyIndex{lines: map[string]int{}, values: map[string]keyValue{}, budget: maxWalk}
+	return &keyIndex{lines: map[string]int{}, values: map[string]keyValue{}, budget: maxWalk,
+		fields: map[reflect.Type]map[string]reflect.Type{}}
 }
 
 // lineOf returns the line of key, or of its nearest enclosing key when key
@@ -154,7 +158,11 @@ func (k *keyIndex) walkStruct(n *yaml.Node, t reflect.Type, path string) []error
 	if n.Kind != yaml.MappingNode {
 		return nil // the decoder reports the type mismatch
 	}
-	fields := yamlFields(t)
+	fields, ok := k.fields[t]
+	if !ok {
+		fields = yamlFields(t)
+		k.fields[t] = fields
+	}
 	var errs []error
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		key, val := n.Content[i], n.Content[i+1]

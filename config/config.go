@@ -269,8 +269,10 @@ type Upstream struct {
 	// port) on loopback or private addresses that this upstream's redirects
 	// and token realms may lead to, such as an in-house CDN. Other hops to
 	// such addresses are refused unless the upstream itself is on an
-	// address of the same kind; link-local and unspecified addresses (cloud
-	// metadata) and airlock's own listeners are refused whatever this says.
+	// address of the same kind; link-local and unspecified addresses, cloud
+	// metadata endpoints (169.254.169.254, Azure's 168.63.129.16, AWS's
+	// fd00:ec2::254) and airlock's own listeners are refused whatever this
+	// says.
 	// Default: none.
 	InternalRedirectHosts []string `yaml:"internalRedirectHosts"`
 }

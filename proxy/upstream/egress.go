@@ -33,8 +33,9 @@ const (
 	classPrivate
 	classLoopback
 	// classNever: unspecified, link-local (cloud metadata lives there),
-	// multicast, 0.0.0.0/8 and 240.0.0.0/4. No redirect may lead there,
-	// whatever the configuration says.
+	// multicast, 0.0.0.0/8, 240.0.0.0/4 and the cloud metadata and host
+	// agent addresses outside link-local (cloudMetadata). No redirect may
+	// lead there, whatever the configuration says.
 	classNever
 )
 
@@ -45,7 +46,7 @@ func (c addrClass) String() string {
 	case classLoopback:
 		return "loopback"
 	case classNever:
-		return "link-local, unspecified or multicast"
+		return "link-local, unspecified, multicast or cloud metadata"
 	}
 	return "public"
 }
@@ -58,7 +59,27 @@ var (
 	// nat64 embeds an IPv4 address in IPv6 (RFC 6052); a NAT64 gateway
 	// would connect to the embedded address.
 	nat64 = netip.MustParsePrefix("64:ff9b::/96")
+	// cloudMetadata are the instance metadata and host agent endpoints
+	// that are not link-local, so the link-local rule misses them: Azure's
+	// WireServer (a public address that hands out the VM's configuration
+	// and certificates), AWS's IPv6 instance metadata (a unique local
+	// address) and Alibaba Cloud's (in the shared range). A private
+	// upstream may redirect to private addresses, never to these.
+	cloudMetadata = []netip.Prefix{
+		netip.MustParsePrefix("168.63.129.16/32"),
+		netip.MustParsePrefix("fd00:ec2::254/128"),
+		netip.MustParsePrefix("100.100.100.200/32"),
+	}
 )
+
+func isCloudMetadata(a netip.Addr) bool {
+	for _, p := range cloudMetadata {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
 
 // classOf classifies a, looking through IPv4-mapped and NAT64 forms.
 func classOf(a netip.Addr) addrClass {
@@ -69,7 +90,8 @@ func classOf(a netip.Addr) addrClass {
 	}
 	switch {
 	case !a.IsValid(), a.IsUnspecified(), a.IsLinkLocalUnicast(), a.IsMulticast(),
-		a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast(), thisNet.Contains(a), reserved.Contains(a):
+		a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast(), thisNet.Contains(a), reserved.Contains(a),
+		isCloudMetadata(a.WithZone("")):
 		return classNever
 	case a.IsLoopback():
 		return classLoopback

@@ -50,6 +50,15 @@ func TestClassOf(t *testing.T) {
 		{"ff02::1", classNever},
 		{"255.255.255.255", classNever},
 		{"240.0.0.1", classNever},
+		// Cloud metadata and host agents outside link-local: Azure's
+		// WireServer (a public address), AWS's IPv6 instance metadata (a
+		// unique local address) and Alibaba's (in the shared range).
+		{"168.63.129.16", classNever},
+		{"::ffff:168.63.129.16", classNever},
+		{"fd00:ec2::254", classNever},
+		{"100.100.100.200", classNever},
+		{"168.63.129.17", classPublic},
+		{"fd00:ec2::253", classPrivate},
 	}
 	for _, tt := range tests {
 		if got := classOf(netip.MustParseAddr(tt.addr)); got != tt.want {

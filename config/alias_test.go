@@ -115,3 +115,31 @@ func TestFilesReadBounded(t *testing.T) {
 		})
 	}
 }
+
+// TestManyDecodeErrorsBounded: a file of tens of thousands of mistyped
+// values (1.7 MB) took ten minutes to check, as each error was located by
+// a look at every key. The first ones are reported, and how many more.
+func TestManyDecodeErrorsBounded(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	b.WriteString("upstreams:\n")
+	const n = 10_000
+	for i := range n {
+		fmt.Fprintf(&b, "- {name: a%d, url: \"https://a%d.example\", default: x}\n", i, i)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := Parse("airlock.yaml", []byte(b.String())); done <- err }()
+	select {
+	case err := <-done:
+		msg := fmt.Sprint(err)
+		if !strings.Contains(msg, `airlock.yaml:2: upstreams[0].default: want true or false, got "x"`) ||
+			!strings.Contains(msg, fmt.Sprintf("%d more values of the wrong type", n-maxDecodeErrors)) {
+			t.Fatalf("Parse = %.500s..., want the first errors located and the rest counted", msg)
+		}
+		if got := strings.Count(msg, "want true or false"); got != maxDecodeErrors {
+			t.Errorf("%d errors located, want %d", got, maxDecodeErrors)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Parse still running after 20s")
+	}
+}

@@ -188,6 +188,9 @@ func syntaxError(name string, err error) error {
 	return &locatedError{name: name, err: &fieldError{msg: strings.TrimPrefix(msg, "yaml: ")}}
 }
 
+// maxDecodeErrors bounds the decoder's problems reported for one document.
+const maxDecodeErrors = 100
+
 // addDecodeErrors turns the decoder's collected "line N: msg" problems into
 // "key.path: msg" problems at line N. Unknown keys were already reported,
 // with better advice, by the key walk.
@@ -198,7 +201,15 @@ func (d *document) addDecodeErrors(te *yaml.TypeError) {
 			unknownAt[fe.line] = true
 		}
 	}
-	for _, msg := range te.Errors {
+	msgs := te.Errors
+	if len(msgs) > maxDecodeErrors {
+		// Locating each costs a look at every key of the document, so
+		// thirty thousand took minutes; a user fixes the first ones first.
+		d.problems = append(d.problems, &fieldError{msg: fmt.Sprintf(
+			"%d more values of the wrong type or form after these; fix these first and check again", len(msgs)-maxDecodeErrors)})
+		msgs = msgs[:maxDecodeErrors]
+	}
+	for _, msg := range msgs {
 		m := yamlLineRE.FindStringSubmatch(msg)
 		if m == nil {
 			d.problems = append(d.problems, &fieldError{msg: msg})

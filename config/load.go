@@ -76,7 +76,7 @@ func parseDocument(name string, data []byte) (*document, error) {
 	d.problems = d.keys.walk(&root, configType, "")
 	if d.keys.expanded {
 		return nil, &locatedError{name: name, err: &fieldError{msg: fmt.Sprintf(
-			"the document expands to more than %d values through anchors and aliases; write the values out, or use fewer aliases", maxWalk)}}
+			"the document holds more than %d values, counting each use of an anchor through an alias or merge key as a copy; no configuration needs so many, so check for aliases that expand in a loop", maxWalk)}}
 	}
 	// A misspelt key leaves the key it meant absent; "upstreams: required"
 	// next to "unknown key upstream (did you mean upstreams?)" says the

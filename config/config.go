@@ -269,8 +269,10 @@ type Upstream struct {
 	// port) on loopback or private addresses that this upstream's redirects
 	// and token realms may lead to, such as an in-house CDN. Other hops to
 	// such addresses are refused unless the upstream itself is on an
-	// address of the same kind; link-local and unspecified addresses (cloud
-	// metadata) and airlock's own listeners are refused whatever this says.
+	// address of the same kind; link-local and unspecified addresses, cloud
+	// metadata endpoints (169.254.169.254, Azure's 168.63.129.16, AWS's
+	// fd00:ec2::254) and airlock's own listeners are refused whatever this
+	// says.
 	// Default: none.
 	InternalRedirectHosts []string `yaml:"internalRedirectHosts"`
 }
@@ -287,8 +289,8 @@ type Timeouts struct {
 
 // Retry configures retries with capped exponential backoff.
 type Retry struct {
-	// MaxAttempts counts the first try; 1 disables retries. 0 or absent
-	// means 4.
+	// MaxAttempts counts the first try; 1 disables retries, and at most
+	// 100 are allowed. 0 or absent means 4.
 	MaxAttempts int `yaml:"maxAttempts"`
 	// BaseDelay is the wait before the first retry, doubled for each further
 	// one. 0 or absent means 200ms.

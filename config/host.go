@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -42,7 +43,7 @@ func Open(path string, scope Scope) (*Config, error) {
 	name, data := "embedded default", defaultYAML
 	if path != "" {
 		var err error
-		if data, err = os.ReadFile(path); err != nil {
+		if data, err = readLimited(path, maxConfigBytes); err != nil {
 			return nil, fmt.Errorf("reading configuration: %w", err)
 		}
 		name = path
@@ -152,7 +153,7 @@ func (p *problems) localAddr(key, addr string) {
 
 // readFile reads the file configured at key, or adds why it cannot.
 func (p *problems) readFile(key, path string) ([]byte, bool) {
-	data, err := os.ReadFile(path)
+	data, err := readLimited(path, maxPEMBytes)
 	if err != nil {
 		p.add(key, "%s", fileProblem(path, err))
 		return nil, false
@@ -224,6 +225,38 @@ func (p *problems) writableDir(key, dir string) {
 	}
 	f.Close()
 	os.Remove(f.Name())
+}
+
+// The bounds of the files read whole. A path mistyped to a device
+// (/dev/zero) or a huge file must cost an error, not all of memory.
+const (
+	// maxConfigBytes bounds the configuration file: hundreds of upstreams
+	// with long allow-lists are well under a MiB.
+	maxConfigBytes = 8 << 20
+	// maxPEMBytes bounds TLS and CA files; the system's whole CA bundle
+	// is a few hundred KiB.
+	maxPEMBytes = 16 << 20
+)
+
+// errTooLarge is readLimited's error for a file beyond its bound.
+var errTooLarge = errors.New("file too large")
+
+// readLimited reads the file at path, at most max bytes of it.
+func readLimited(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > max {
+		return nil, &fs.PathError{Op: "read", Path: path,
+			Err: fmt.Errorf("%w: larger than %d MiB; check that the path names the right file", errTooLarge, max>>20)}
+	}
+	return data, nil
 }
 
 // fileProblem says why path cannot be used, in words that point at the

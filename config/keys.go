@@ -27,7 +27,22 @@ type keyIndex struct {
 	// misspelt are the key paths that unknown keys were probably meant to
 	// be ("upstreams" for "upstream").
 	misspelt []string
+	// budget is how many more nodes walk may visit. Aliases make a
+	// document a graph: a few hundred bytes of nested merge keys ("billion
+	// laughs") expand to billions of visits, which would hang check, serve
+	// and SIGHUP alike. When it runs out, walk stops and expanded is set.
+	budget   int
+	expanded bool
+	// fields caches yamlFields per struct type: a walk through aliases
+	// visits the same types many times.
+	fields map[reflect.Type]map[string]reflect.Type
 }
+
+// maxWalk bounds the nodes one document may expand to. A large real
+// configuration (hundreds of upstreams with long allow-lists) is a few
+// thousand; the YAML decoder refuses excessive aliasing on its own terms,
+// but only after walk has run.
+const maxWalk = 1 << 17
 
 // keyValue is the node written at a key path and the type it decodes into.
 type keyValue struct {
@@ -36,7 +51,8 @@ type keyValue struct {
 }
 
 func newKeyIndex() *keyIndex {
-	return &keyIndex{lines: map[string]int{}, values: map[string]keyValue{}}
+	return &keyIndex{lines: map[string]int{}, values: map[string]keyValue{}, budget: maxWalk,
+		fields: map[reflect.Type]map[string]reflect.Type{}}
 }
 
 // lineOf returns the line of key, or of its nearest enclosing key when key
@@ -89,6 +105,10 @@ func (k *keyIndex) keyAt(line int) string {
 // Finding unknown keys here, rather than relying on the decoder alone, lets
 // the message give the key path and a likely intended spelling.
 func (k *keyIndex) walk(n *yaml.Node, t reflect.Type, path string) []error {
+	if k.budget--; k.budget < 0 {
+		k.expanded = true
+		return nil
+	}
 	for depth := 0; n.Kind == yaml.AliasNode && n.Alias != nil && depth < 64; depth++ {
 		n = n.Alias
 	}
@@ -138,7 +158,11 @@ func (k *keyIndex) walkStruct(n *yaml.Node, t reflect.Type, path string) []error
 	if n.Kind != yaml.MappingNode {
 		return nil // the decoder reports the type mismatch
 	}
-	fields := yamlFields(t)
+	fields, ok := k.fields[t]
+	if !ok {
+		fields = yamlFields(t)
+		k.fields[t] = fields
+	}
 	var errs []error
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		key, val := n.Content[i], n.Content[i+1]

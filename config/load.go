@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -25,7 +24,7 @@ var ErrInvalid = errors.New("invalid configuration")
 //
 //	/etc/airlock/airlock.yaml:7: unknown key "upstream" (did you mean "upstreams"?)
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readLimited(path, maxConfigBytes)
 	if err != nil {
 		return nil, fmt.Errorf("reading configuration: %w", err)
 	}
@@ -57,7 +56,9 @@ type document struct {
 	// undecodable are the key paths whose values the decoder refused. They
 	// hold zero values, so validating them again would only repeat the
 	// complaint in a more confusing form ("required" for a mistyped URL).
-	undecodable []string
+	// It is a set, looked up for every problem with the key and each of
+	// its ancestors: a file of forty thousand misspelt keys has as many.
+	undecodable map[string]bool
 }
 
 // parseDocument decodes data strictly, fills defaults and validates. Its
@@ -71,14 +72,18 @@ func parseDocument(name string, data []byte) (*document, error) {
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, syntaxError(name, err)
 	}
-	d := &document{name: name, keys: newKeyIndex()}
+	d := &document{name: name, keys: newKeyIndex(), undecodable: map[string]bool{}}
 	d.problems = d.keys.walk(&root, configType, "")
+	if d.keys.expanded {
+		return nil, &locatedError{name: name, err: &fieldError{msg: fmt.Sprintf(
+			"the document holds more than %d values, counting each use of an anchor through an alias or merge key as a copy; no configuration needs so many, so check for aliases that expand in a loop", maxWalk)}}
+	}
 	// A misspelt key leaves the key it meant absent; "upstreams: required"
 	// next to "unknown key upstream (did you mean upstreams?)" says the
 	// same thing twice.
 	for _, meant := range d.keys.misspelt {
 		if _, written := d.keys.lines[meant]; !written {
-			d.undecodable = append(d.undecodable, meant)
+			d.undecodable[meant] = true
 		}
 	}
 
@@ -112,12 +117,18 @@ func parseDocument(name string, data []byte) (*document, error) {
 // isUndecodable reports whether key is, or lies under, a key whose value
 // the decoder refused.
 func (d *document) isUndecodable(key string) bool {
-	for _, bad := range d.undecodable {
-		if bad == "" || key == bad || strings.HasPrefix(key, bad+".") || strings.HasPrefix(key, bad+"[") {
+	for {
+		if d.undecodable[key] {
 			return true
 		}
+		if key == "" {
+			return false
+		}
+		// The parent of "a.b[1].c" is "a.b[1]", of "a.b[1]" "a.b", of
+		// "a" the document "".
+		i := strings.LastIndexAny(key, ".[")
+		key = key[:max(i, 0)]
 	}
-	return false
 }
 
 // locatedError is a problem found at a line of a named file.
@@ -185,6 +196,9 @@ func syntaxError(name string, err error) error {
 	return &locatedError{name: name, err: &fieldError{msg: strings.TrimPrefix(msg, "yaml: ")}}
 }
 
+// maxDecodeErrors bounds the decoder's problems reported for one document.
+const maxDecodeErrors = 100
+
 // addDecodeErrors turns the decoder's collected "line N: msg" problems into
 // "key.path: msg" problems at line N. Unknown keys were already reported,
 // with better advice, by the key walk.
@@ -195,7 +209,15 @@ func (d *document) addDecodeErrors(te *yaml.TypeError) {
 			unknownAt[fe.line] = true
 		}
 	}
-	for _, msg := range te.Errors {
+	msgs := te.Errors
+	if len(msgs) > maxDecodeErrors {
+		// Locating each costs a look at every key of the document, so
+		// thirty thousand took minutes; a user fixes the first ones first.
+		d.problems = append(d.problems, &fieldError{msg: fmt.Sprintf(
+			"%d more values of the wrong type or form after these; fix these first and check again", len(msgs)-maxDecodeErrors)})
+		msgs = msgs[:maxDecodeErrors]
+	}
+	for _, msg := range msgs {
 		m := yamlLineRE.FindStringSubmatch(msg)
 		if m == nil {
 			d.problems = append(d.problems, &fieldError{msg: msg})
@@ -211,7 +233,7 @@ func (d *document) addDecodeErrors(te *yaml.TypeError) {
 			continue
 		}
 		if key, want, got, ok := d.keys.mistyped(line, text); ok {
-			d.undecodable = append(d.undecodable, key)
+			d.undecodable[key] = true
 			if key == "" {
 				d.problems = append(d.problems, &fieldError{line: line,
 					msg: fmt.Sprintf("the configuration must be a mapping of keys such as listen and upstreams, got %s", got)})
@@ -223,7 +245,7 @@ func (d *document) addDecodeErrors(te *yaml.TypeError) {
 		if dup := duplicateRE.FindStringSubmatch(text); dup != nil {
 			// The decoder leaves a mapping with a duplicate key undecoded.
 			if mapping, ok := d.keys.mappingWithKey(dup[1], line); ok {
-				d.undecodable = append(d.undecodable, mapping)
+				d.undecodable[mapping] = true
 			}
 		}
 		key := d.keys.unmarshalerAt(line, text)
@@ -232,7 +254,7 @@ func (d *document) addDecodeErrors(te *yaml.TypeError) {
 		}
 		if key != "" {
 			// An error from a value's own decoder (a duration, a size).
-			d.undecodable = append(d.undecodable, key)
+			d.undecodable[key] = true
 			text = key + ": " + text
 		}
 		d.problems = append(d.problems, &fieldError{line: line, msg: text})

@@ -3,12 +3,16 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 )
 
 // fieldError is one problem with one key of the configuration. key is the
@@ -58,7 +62,7 @@ func (c *Config) problems() []error {
 	}
 	p.duration("cache.evictInterval", c.Cache.EvictInterval)
 	p.addr("admin.listen", c.Admin.Listen)
-	if c.Admin.Listen != "" && c.Admin.Listen == c.Listen && !strings.HasSuffix(c.Listen, ":0") {
+	if sameListener(c.Listen, c.Admin.Listen) {
 		p.add("admin.listen", "%q is also the registry listen address; give the admin API its own port", c.Admin.Listen)
 	}
 	switch c.Log.Level {
@@ -91,9 +95,32 @@ func (s *Storage) check(p *problems) {
 		p.add("storage.path", "required; set a local directory for the metadata database (and the blobs, with the filesystem driver)")
 	}
 	switch s.Driver {
-	case DriverFilesystem, DriverS3, DriverGCS, DriverAzure:
+	case DriverFilesystem:
+		s.checkFilesystem(p)
+	case DriverS3, DriverGCS, DriverAzure:
 	default:
 		p.add("storage.driver", "unknown driver %q; use filesystem, s3, gcs or azure", s.Driver)
+	}
+}
+
+// checkFilesystem checks the filesystem driver's parameters as serve reads
+// them, with the driver's own parser, so that a file check passes is one
+// serve opens. The other drivers' parameters are checked by their
+// factories, which need their cloud to answer.
+func (s *Storage) checkFilesystem(p *problems) {
+	for _, k := range slices.Sorted(maps.Keys(s.Parameters)) {
+		switch k {
+		case filesystemRootParameter:
+			if root, ok := s.Parameters[k].(string); !ok || root == "" {
+				p.add("storage.parameters."+k, "want the path of a directory, got %v", s.Parameters[k])
+			}
+		case "maxthreads":
+		default:
+			p.add("storage.parameters."+k, "unknown parameter of the filesystem driver; it takes rootdirectory and maxthreads")
+		}
+	}
+	if _, err := filesystem.FromParameters(s.Parameters); err != nil {
+		p.add("storage.parameters.maxthreads", "%v; set an integer, 25 or more", err)
 	}
 }
 
@@ -154,6 +181,9 @@ func (c *Config) checkUpstreams(p *problems) {
 	}
 }
 
+// maxRetryAttempts bounds upstreams[].retry.maxAttempts.
+const maxRetryAttempts = 100
+
 // nameRE is one path segment of a repository name, as the distribution
 // spec's path components are, so /v2/<name>/... parses unambiguously.
 var nameRE = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?$`)
@@ -195,6 +225,11 @@ func (u *Upstream) check(p *problems, key string) {
 	}
 	if u.Retry.MaxAttempts < 1 {
 		p.add(key+".retry.maxAttempts", "%d is too small; set 1 to disable retries, or more", u.Retry.MaxAttempts)
+	} else if u.Retry.MaxAttempts > maxRetryAttempts {
+		// Each attempt may wait maxDelay, and the count also bounds the
+		// resumes of one blob body: beyond this a failing upstream holds
+		// pulls for hours instead of failing them.
+		p.add(key+".retry.maxAttempts", "%d is more than %d; a failing upstream would hold pulls for hours, so set a smaller number", u.Retry.MaxAttempts, maxRetryAttempts)
 	}
 	p.duration(key+".retry.baseDelay", u.Retry.BaseDelay)
 	p.duration(key+".retry.maxDelay", u.Retry.MaxDelay)
@@ -246,6 +281,16 @@ func (u *Upstream) checkURL(p *problems, key string) {
 		p.add(key, "%q has a query or fragment; give only the scheme, host and port", u.URL)
 	case strings.HasSuffix(strings.TrimSuffix(parsed.Path, "/"), "/v2"):
 		p.add(key, "%q ends in /v2; give the base URL without it", u.URL)
+	case strings.Trim(parsed.Path, "/") != "":
+		// The registry API lives at /v2/ on the host itself, and the
+		// upstream client refuses a path: a mirror under a path prefix
+		// cannot be an upstream.
+		p.add(key, "%q has a path; give only the scheme, host and port, as in %s://%s", u.URL, parsed.Scheme, parsed.Host)
+	}
+	if port := parsed.Port(); port != "" {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			p.add(key, "port %q is not a number from 1 to 65535", port)
+		}
 	}
 }
 
@@ -275,6 +320,22 @@ func (p *problems) addr(key, addr string) {
 	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
 		p.add(key, "port %q is not a number from 0 to 65535", port)
 	}
+}
+
+// sameListener reports whether listen addresses a and b would bind the
+// same port: the same host, or either on every interface (":5000" and
+// "127.0.0.1:5000" collide). Port 0 picks a free port each time.
+func sameListener(a, b string) bool {
+	ha, pa, errA := net.SplitHostPort(a)
+	hb, pb, errB := net.SplitHostPort(b)
+	if errA != nil || errB != nil || pa != pb || pa == "0" {
+		return false
+	}
+	any := func(h string) bool {
+		ip, err := netip.ParseAddr(h)
+		return h == "" || (err == nil && ip.IsUnspecified())
+	}
+	return strings.EqualFold(ha, hb) || any(ha) || any(hb)
 }
 
 func (p *problems) duration(key string, d Duration) {

@@ -43,7 +43,13 @@ func TestValidationErrors(t *testing.T) {
 		{"listen port range", "listen: :70000\n" + up(""), `listen: port "70000"`, 1},
 		{"admin listen", "admin: {listen: nowhere}\n" + up(""), `admin.listen: "nowhere" is not host:port`, 1},
 		{"admin same port", "listen: :5000\nadmin: {listen: \":5000\"}\n" + up(""), `admin.listen: ":5000" is also the registry listen address`, 2},
+		{"admin same port on every interface", "listen: :5000\nadmin: {listen: \"127.0.0.1:5000\"}\n" + up(""), `admin.listen: "127.0.0.1:5000" is also the registry listen address`, 2},
+		{"admin same port on 0.0.0.0", "listen: 127.0.0.1:5000\nadmin: {listen: \"0.0.0.0:5000\"}\n" + up(""), `admin.listen: "0.0.0.0:5000" is also the registry listen address`, 2},
 		{"tls half", "tls: {certFile: /c.pem}\n" + up(""), "tls: certFile and keyFile must be set together", 1},
+		// Serve hands these to the filesystem driver, which refuses them.
+		{"storage maxthreads", "storage: {parameters: {maxthreads: lots}}\n" + up(""), `storage.parameters.maxthreads: maxthreads config error: parameter must be an integer, 'lots' invalid; set an integer, 25 or more`, 1},
+		{"storage parameter typo", "storage: {parameters: {rootdir: /srv}}\n" + up(""), `storage.parameters.rootdir: unknown parameter of the filesystem driver`, 1},
+		{"storage rootdirectory type", "storage: {parameters: {rootdirectory: [a]}}\n" + up(""), `storage.parameters.rootdirectory: want the path of a directory`, 1},
 		{"storage driver", "storage: {driver: s4}\n" + up(""), `storage.driver: unknown driver "s4"; use filesystem, s3, gcs or azure`, 1},
 		{"manifest too big", "cache: {maxManifestBytes: 4194305}\n" + up(""), "cache.maxManifestBytes: 4194305 is out of range", 1},
 		{"manifest negative", "cache: {maxManifestBytes: -1}\n" + up(""), "cache.maxManifestBytes: -1 is out of range", 1},
@@ -67,6 +73,12 @@ func TestValidationErrors(t *testing.T) {
 		{"url userinfo", up("  - name: b\n    url: https://u:p@b.example\n"), "upstreams[1].url: credentials in the URL are not allowed", 5},
 		{"url v2", up("  - name: b\n    url: https://b.example/v2/\n"), `upstreams[1].url: "https://b.example/v2" ends in /v2`, 5},
 		{"url query", up("  - name: b\n    url: https://b.example?x=1\n"), `upstreams[1].url: "https://b.example?x=1" has a query or fragment`, 5},
+		// Serve's upstream client takes no path (the API is at /v2/), so
+		// check must refuse one too; and a port past 65535 fails every dial.
+		{"url path", up("  - name: b\n    url: https://b.example/mirror/\n"), `upstreams[1].url: "https://b.example/mirror" has a path; give only the scheme, host and port, as in https://b.example`, 5},
+		{"url port range", up("  - name: b\n    url: https://b.example:99999\n"), `upstreams[1].url: port "99999" is not a number from 1 to 65535`, 5},
+		{"url port zero", up("  - name: b\n    url: https://b.example:0\n"), `upstreams[1].url: port "0" is not a number from 1 to 65535`, 5},
+		{"retry attempts too many", up("    retry: {maxAttempts: 1000000000}\n"), "upstreams[0].retry.maxAttempts: 1000000000 is more than 100", 4},
 		{"url bad", up("  - name: b\n    url: \"https://b.example:port\"\n"), `upstreams[1].url: "https://b.example:port" does not parse`, 5},
 		{"two defaults", up("    default: true\n  - name: b\n    url: https://b.example\n    default: true\n"), "upstreams[1].default: only one upstream may be the default", 7},
 		{"alias duplicate", up("    aliases: [docker.io]\n  - name: b\n    url: https://b.example\n    aliases: [Docker.IO]\n"), `upstreams[1].aliases[0]: "docker.io" is already an alias of upstreams[0]`, 7},

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -19,8 +20,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-
-	"github.com/airlock-registry/airlock/config"
 )
 
 // TestRedirectToAdminRefused: an upstream on loopback may redirect to
@@ -29,6 +28,13 @@ import (
 // upstream.
 func TestRedirectToAdminRefused(t *testing.T) {
 	t.Parallel()
+	t.Run("as started", func(t *testing.T) { t.Parallel(); testRedirectToAdminRefused(t, false) })
+	// A reload that changes admin.listen does not move the listener (that
+	// needs a restart), so the listener that runs stays the one protected.
+	t.Run("after a reload moving admin.listen", func(t *testing.T) { t.Parallel(); testRedirectToAdminRefused(t, true) })
+}
+
+func testRedirectToAdminRefused(t *testing.T, reload bool) {
 	dir := t.TempDir()
 	regAddr, adminAddr := freeAddr(t), freeAddr(t)
 	inner := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
@@ -48,14 +54,21 @@ func TestRedirectToAdminRefused(t *testing.T) {
 	layers, _ := img.Layers()
 	ld, _ := layers[0].Digest()
 
-	cfg, err := config.Parse("redirect.yaml", []byte(`
-listen: "`+regAddr+`"
-admin: {listen: "`+adminAddr+`"}
-storage: {path: "`+filepath.Join(dir, "data")+`"}
+	doc := func(admin string) []byte {
+		return []byte(`
+listen: "` + regAddr + `"
+admin: {listen: "` + admin + `"}
+storage: {path: "` + filepath.Join(dir, "data") + `"}
 shutdown: {drainTimeout: 5s}
 upstreams:
-  - {name: hub, url: "`+up.URL+`", default: true, retry: {maxAttempts: 1}}
-`))
+  - {name: hub, url: "` + up.URL + `", default: true, retry: {maxAttempts: 1}}
+`)
+	}
+	path := filepath.Join(dir, "airlock.yaml")
+	if err := os.WriteFile(path, doc(adminAddr), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,9 +82,15 @@ upstreams:
 	if err != nil {
 		t.Fatal(err)
 	}
+	if reload {
+		if err := os.WriteFile(path, doc(freeAddr(t)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		g.reload(path)
+	}
 	ctx, stop := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- g.run(ctx, "") }()
+	go func() { done <- g.run(ctx, path) }()
 	defer func() {
 		stop()
 		if err := <-done; err != nil {

@@ -137,7 +137,7 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 		Blobs: blobs, Uses: g.meta, Index: g.meta, MaxBytes: cfg.Cache.MaxSize.Bytes(),
 		Logger: log.With(slog.String("component", "evict")), Registerer: g.promReg,
 	})
-	rt, regs, ttls, err := buildUpstreams(cfg, g.metrics, log)
+	rt, regs, ttls, err := buildUpstreams(cfg, selfAddrs(cfg), g.metrics, log)
 	if err != nil {
 		g.meta.Close()
 		return nil, err
@@ -215,9 +215,17 @@ func openBlobs(ctx context.Context, s config.Storage) (*storage.Blobs, error) {
 	return storage.NewBlobs(d, "", spool)
 }
 
+// selfAddrs are the addresses of the listeners serving cfg, which no
+// redirect or token realm may lead to.
+func selfAddrs(cfg *config.Config) []string {
+	return []string{cfg.Listen, cfg.Admin.Listen}
+}
+
 // buildUpstreams turns the configured upstreams into the proxy's routing
-// table and clients.
-func buildUpstreams(cfg *config.Config, m *proxy.Metrics, log *slog.Logger) (*proxy.Router, map[string]proxy.Registry, map[string]time.Duration, error) {
+// table and clients. self are airlock's own listen addresses, those of the
+// listeners that run (on SIGHUP, not those of the new file: a changed
+// listen address takes effect only at a restart).
+func buildUpstreams(cfg *config.Config, self []string, m *proxy.Metrics, log *slog.Logger) (*proxy.Router, map[string]proxy.Registry, map[string]time.Duration, error) {
 	ups := make([]proxy.Upstream, 0, len(cfg.Upstreams))
 	regs := map[string]proxy.Registry{}
 	ttls := map[string]time.Duration{}
@@ -250,7 +258,7 @@ func buildUpstreams(cfg *config.Config, m *proxy.Metrics, log *slog.Logger) (*pr
 			// Redirects and token realms must never lead back into
 			// airlock itself, its admin API least of all.
 			InternalRedirectHosts: u.InternalRedirectHosts,
-			SelfAddrs:             []string{cfg.Listen, cfg.Admin.Listen},
+			SelfAddrs:             self,
 		})
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("upstreams[%d] (%s): %w", i, u.Name, err)
@@ -423,7 +431,7 @@ func (g *gateway) reload(path string) {
 		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
 		return
 	}
-	rt, regs, ttls, err := buildUpstreams(cfg, g.metrics, g.log)
+	rt, regs, ttls, err := buildUpstreams(cfg, selfAddrs(g.cfg), g.metrics, g.log)
 	if err != nil {
 		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
 		return

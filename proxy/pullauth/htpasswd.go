@@ -20,6 +20,13 @@ var ErrHtpasswd = errors.New("invalid htpasswd file")
 // Users are the accounts of an htpasswd file: user name to bcrypt hash.
 type Users map[string][]byte
 
+// MaxCost is the highest bcrypt cost accepted: what htpasswd -B -C allows,
+// about ten seconds a comparison. bcrypt itself goes to 31, which takes
+// days, and the policy derives from the highest cost in the file the hash
+// an unknown user is compared with (see dummyHash), so one such line would
+// hang start-up and every reload, not only that user's logins.
+const MaxCost = 17
+
 // maxHtpasswdBytes bounds the file read: a million users would still fit,
 // and a mistaken path to a large file is refused instead of read.
 const maxHtpasswdBytes = 64 << 20
@@ -90,8 +97,12 @@ func parseLine(line string) (user string, hash []byte, err error) {
 	if kind := hashKind(h); kind != "" {
 		return "", nil, fmt.Errorf("user %q: the password hash is %s, not bcrypt, which is all airlock accepts; recreate it with htpasswd -B", user, kind)
 	}
-	if _, err := bcrypt.Cost([]byte(h)); err != nil {
+	cost, err := bcrypt.Cost([]byte(h))
+	if err != nil {
 		return "", nil, fmt.Errorf("user %q has a malformed bcrypt hash (%v); recreate it with htpasswd -B", user, err)
+	}
+	if cost > MaxCost {
+		return "", nil, fmt.Errorf("user %q: the bcrypt cost %d is more than %d, the most htpasswd -B -C writes; each login would take minutes or days, so recreate it with a lower -C", user, cost, MaxCost)
 	}
 	return user, []byte(h), nil
 }

@@ -56,6 +56,10 @@ func TestParseHtpasswdRejects(t *testing.T) {
 		{"empty user", ":" + htpasswdHash(t, "pw"), []string{":2:", "empty user"}},
 		{"truncated bcrypt", "bob:$2y$05$tooshort", []string{":2:", "malformed bcrypt"}},
 		{"duplicate user", "alice:" + htpasswdHash(t, "other"), []string{":2:", `"alice"`, "line 1"}},
+		// A cost htpasswd -B -C cannot write: the unknown-user hash made at
+		// the highest cost would take days, hanging start and SIGHUP, and so
+		// would each of bob's logins.
+		{"cost too high", "bob:$2y$31$" + strings.TrimPrefix(htpasswdHash(t, "pw"), "$2y$04$"), []string{":2:", `"bob"`, "cost 31", "-C"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

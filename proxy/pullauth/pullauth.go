@@ -198,7 +198,9 @@ func dummyHash(users Users) ([]byte, error) {
 	cost := bcrypt.MinCost
 	for _, h := range users {
 		if c, err := bcrypt.Cost(h); err == nil && c > cost {
-			cost = c
+			// Users from ParseHtpasswd are at most MaxCost; others are
+			// capped so that preparing a policy cannot take days.
+			cost = min(c, MaxCost)
 		}
 	}
 	pw := make([]byte, 16)

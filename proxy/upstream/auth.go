@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"slices"
@@ -192,10 +193,33 @@ func (a *authenticator) bearer(ctx context.Context, c *call, realm, service stri
 	}
 }
 
-// tokenTimeout bounds one token fetch including its retries.
+// tokenTimeout bounds one token fetch including its retries. The
+// arithmetic saturates: retry settings whose product overflows would
+// otherwise wrap to a deadline already past, and every token fetch would
+// fail at once.
 func (a *authenticator) tokenTimeout() time.Duration {
 	o := a.r.o
-	return time.Duration(o.MaxAttempts)*o.HeaderTimeout + time.Duration(o.MaxAttempts-1)*o.MaxDelay
+	return satAdd(satMul(o.MaxAttempts, o.HeaderTimeout), satMul(o.MaxAttempts-1, o.MaxDelay))
+}
+
+// satMul is n*d, or the longest Duration when that overflows. n and d are
+// not negative (Options.withDefaults refuses negative settings).
+func satMul(n int, d time.Duration) time.Duration {
+	if n <= 0 || d <= 0 {
+		return 0
+	}
+	if d > math.MaxInt64/time.Duration(n) {
+		return math.MaxInt64
+	}
+	return time.Duration(n) * d
+}
+
+// satAdd is a+b for durations that are not negative, saturating.
+func satAdd(a, b time.Duration) time.Duration {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
 }
 
 // maxTokenLife caps how long a token is trusted, whatever expires_in says:

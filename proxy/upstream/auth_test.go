@@ -372,3 +372,26 @@ func TestTokenInputsBounded(t *testing.T) {
 		}
 	})
 }
+
+// TestTokenTimeoutOverflow: the bound on one token fetch is computed from
+// the retry settings; settings whose product overflows a time.Duration
+// must not turn it into a deadline already past.
+func TestTokenTimeoutOverflow(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		edit func(*Options)
+	}{
+		{"long maxDelay", func(o *Options) { o.MaxDelay = 1_000_000 * time.Hour }},
+		{"many attempts", func(o *Options) { o.MaxAttempts = 1_000_000_000 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ts := newTokenServer(t, "", "")
+			r := newClient(t, serve(t, &bearerGate{next: realRegistry(false), ts: ts}).URL, tc.edit)
+			if _, err := r.HeadManifest(t.Context(), "app", "v1", nil); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("HeadManifest: %v, want ErrNotFound", err)
+			}
+		})
+	}
+}

@@ -21,7 +21,7 @@
 //     realm only over https (or on the upstream's own host when the upstream
 //     is plain HTTP). Every connection off the upstream's origin (redirect
 //     targets, token realms) is checked at the address actually dialled:
-//     never link-local (cloud metadata), unspecified or airlock's own
+//     never link-local, unspecified, cloud metadata or airlock's own
 //     listeners, and loopback or private addresses only when the upstream
 //     itself is on one of that kind or the host is listed in
 //     InternalRedirectHosts.

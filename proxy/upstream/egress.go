@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -31,8 +33,9 @@ const (
 	classPrivate
 	classLoopback
 	// classNever: unspecified, link-local (cloud metadata lives there),
-	// multicast, 0.0.0.0/8 and 240.0.0.0/4. No redirect may lead there,
-	// whatever the configuration says.
+	// multicast, 0.0.0.0/8, 240.0.0.0/4 and the cloud metadata and host
+	// agent addresses outside link-local (cloudMetadata). No redirect may
+	// lead there, whatever the configuration says.
 	classNever
 )
 
@@ -43,7 +46,7 @@ func (c addrClass) String() string {
 	case classLoopback:
 		return "loopback"
 	case classNever:
-		return "link-local, unspecified or multicast"
+		return "link-local, unspecified, multicast or cloud metadata"
 	}
 	return "public"
 }
@@ -56,7 +59,27 @@ var (
 	// nat64 embeds an IPv4 address in IPv6 (RFC 6052); a NAT64 gateway
 	// would connect to the embedded address.
 	nat64 = netip.MustParsePrefix("64:ff9b::/96")
+	// cloudMetadata are the instance metadata and host agent endpoints
+	// that are not link-local, so the link-local rule misses them: Azure's
+	// WireServer (a public address that hands out the VM's configuration
+	// and certificates), AWS's IPv6 instance metadata (a unique local
+	// address) and Alibaba Cloud's (in the shared range). A private
+	// upstream may redirect to private addresses, never to these.
+	cloudMetadata = []netip.Prefix{
+		netip.MustParsePrefix("168.63.129.16/32"),
+		netip.MustParsePrefix("fd00:ec2::254/128"),
+		netip.MustParsePrefix("100.100.100.200/32"),
+	}
 )
+
+func isCloudMetadata(a netip.Addr) bool {
+	for _, p := range cloudMetadata {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
 
 // classOf classifies a, looking through IPv4-mapped and NAT64 forms.
 func classOf(a netip.Addr) addrClass {
@@ -67,7 +90,8 @@ func classOf(a netip.Addr) addrClass {
 	}
 	switch {
 	case !a.IsValid(), a.IsUnspecified(), a.IsLinkLocalUnicast(), a.IsMulticast(),
-		a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast(), thisNet.Contains(a), reserved.Contains(a):
+		a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast(), thisNet.Contains(a), reserved.Contains(a),
+		isCloudMetadata(a.WithZone("")):
 		return classNever
 	case a.IsLoopback():
 		return classLoopback
@@ -104,10 +128,6 @@ type hopGuard struct {
 	// localAddrs lists this machine's interface addresses, to recognise a
 	// listener on ":port" reached through any of them.
 	localAddrs func() ([]netip.Addr, error)
-
-	// proxies holds the host:port of HTTP proxies the transport chose; a
-	// dial to one of them is the operator's proxy, not the hop's target.
-	proxies sync.Map
 }
 
 func newHopGuard(o Options, base *url.URL) *hopGuard {
@@ -170,18 +190,57 @@ func (g *hopGuard) transport(rt http.RoundTripper) http.RoundTripper {
 			if err := g.precheck(req.Context(), req.URL); err != nil {
 				return nil, err
 			}
-			g.proxies.Store(proxyAddr(p), true)
+			if pd, ok := req.Context().Value(proxyDialsKey{}).(*proxyDials); ok {
+				pd.add(proxyAddr(p))
+			}
 			return p, nil
 		}
+		return &markProxyDials{next: gt}
 	}
 	return gt
+}
+
+// proxyDials is the proxy addresses the transport chose for one request.
+// A dial to one of them, made for that request, is a connection to the
+// operator's proxy and is not checked as the hop's target. It is known per
+// request, not per address: a hop whose target is the proxy's own address
+// (a sidecar on loopback, which no proxy setting proxies to) must still be
+// checked, like any loopback hop.
+type proxyDials struct {
+	mu    sync.Mutex
+	addrs []string
+}
+
+type proxyDialsKey struct{}
+
+func (pd *proxyDials) add(addr string) {
+	pd.mu.Lock()
+	defer pd.mu.Unlock()
+	if !slices.Contains(pd.addrs, addr) {
+		pd.addrs = append(pd.addrs, addr)
+	}
+}
+
+func (pd *proxyDials) has(addr string) bool {
+	pd.mu.Lock()
+	defer pd.mu.Unlock()
+	return slices.Contains(pd.addrs, addr)
+}
+
+// markProxyDials gives each request its proxyDials. net/http dials with a
+// context that keeps the values of the request's, so dialContext finds it.
+type markProxyDials struct{ next *http.Transport }
+
+func (m *markProxyDials) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := context.WithValue(req.Context(), proxyDialsKey{}, &proxyDials{})
+	return m.next.RoundTrip(req.WithContext(ctx))
 }
 
 // dialContext resolves addr itself, checks every address and dials only
 // those allowed, by IP, so nothing is resolved again between check and
 // connection.
 func (g *hopGuard) dialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	if _, ok := g.proxies.Load(addr); ok {
+	if pd, ok := ctx.Value(proxyDialsKey{}).(*proxyDials); ok && pd.has(addr) {
 		return g.dial(ctx, network, addr)
 	}
 	host, port, err := net.SplitHostPort(addr)
@@ -278,7 +337,7 @@ func (g *hopGuard) originAddrs(ctx context.Context) []netip.Addr {
 func (g *hopGuard) isSelf(ctx context.Context, a netip.Addr, port string) bool {
 	for _, s := range g.self {
 		host, p, err := net.SplitHostPort(s)
-		if err != nil || p != port {
+		if err != nil || !samePort(p, port) {
 			continue
 		}
 		var own []netip.Addr
@@ -297,6 +356,17 @@ func (g *hopGuard) isSelf(ctx context.Context, a netip.Addr, port string) bool {
 		}
 	}
 	return false
+}
+
+// samePort compares ports as the dialer reads them: as numbers, so that a
+// redirect to "127.0.0.1:05001" is recognised as port 5001.
+func samePort(a, b string) bool {
+	pa, errA := strconv.ParseUint(a, 10, 16)
+	pb, errB := strconv.ParseUint(b, 10, 16)
+	if errA != nil || errB != nil {
+		return a == b
+	}
+	return pa == pb
 }
 
 func interfaceAddrs() ([]netip.Addr, error) {

@@ -50,6 +50,15 @@ func TestClassOf(t *testing.T) {
 		{"ff02::1", classNever},
 		{"255.255.255.255", classNever},
 		{"240.0.0.1", classNever},
+		// Cloud metadata and host agents outside link-local: Azure's
+		// WireServer (a public address), AWS's IPv6 instance metadata (a
+		// unique local address) and Alibaba's (in the shared range).
+		{"168.63.129.16", classNever},
+		{"::ffff:168.63.129.16", classNever},
+		{"fd00:ec2::254", classNever},
+		{"100.100.100.200", classNever},
+		{"168.63.129.17", classPublic},
+		{"fd00:ec2::253", classPrivate},
 	}
 	for _, tt := range tests {
 		if got := classOf(netip.MustParseAddr(tt.addr)); got != tt.want {
@@ -351,6 +360,21 @@ func TestRedirectToSelf(t *testing.T) {
 			}
 		})
 	}
+	// Other spellings of the listener's address in the redirect itself: the
+	// port with leading zeros (which the dialer reads as the same port) and
+	// an IPv4-mapped IPv6 literal.
+	for _, target := range []string{
+		"http://127.0.0.1:00" + port,
+		"http://[::ffff:127.0.0.1]:" + port,
+	} {
+		t.Run(target, func(t *testing.T) {
+			up := serve(t, redirectBlobs(inner, target))
+			r := newClient(t, up.URL, func(o *Options) { o.SelfAddrs = []string{":" + port} })
+			if err := pull(t, r, s); !errors.Is(err, ErrInvalid) {
+				t.Fatalf("redirect to own listener as %s: %v, want ErrInvalid", target, err)
+			}
+		})
+	}
 	if n := adminHits.Load(); n != 0 {
 		t.Errorf("own listener received %d requests", n)
 	}
@@ -456,5 +480,73 @@ func TestRedirectGuardThroughHTTPProxy(t *testing.T) {
 				t.Errorf("proxy carried %d requests, want 2 (manifest, blob redirect) and not the refused hop", n)
 			}
 		})
+	}
+}
+
+// TestRedirectToTheProxyItself: with a forward proxy on loopback (a
+// sidecar), a redirect to the proxy's own address is not proxied (no proxy
+// takes loopback targets) and must not be dialled directly either: that
+// would reach a loopback service from a public upstream. It is refused
+// like any other loopback hop, also after the proxy has carried hops.
+func TestRedirectToTheProxyItself(t *testing.T) {
+	t.Parallel()
+	inner := realRegistry(false)
+	s := seed(t, inner, "app", "v1")
+	cdn, _ := cdnFor(t, inner)
+	f := newFakeNet()
+	f.name("cdn.test", "198.51.100.7")
+	f.route("198.51.100.7", 80, cdn)
+	out := &http.Transport{DialContext: f.dial}
+	t.Cleanup(out.CloseIdleConnections)
+	var direct atomic.Int64
+	proxy := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !r.URL.IsAbs() {
+			direct.Add(1) // origin-form: dialled as a server, not a proxy
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		req := r.Clone(r.Context())
+		req.RequestURI = ""
+		resp, err := out.RoundTrip(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	}))
+	proxyURL, _ := url.Parse(proxy.URL)
+	var toProxy atomic.Bool
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		target := "http://cdn.test"
+		if toProxy.Load() {
+			target = proxy.URL
+		}
+		redirectBlobs(inner, target).ServeHTTP(w, r)
+	})
+	f.name("registry.test", "203.0.113.10")
+	f.route("203.0.113.10", 80, serve(t, up))
+	r := newFakeNetClient(t, f, "http://registry.test", func(o *Options) {
+		// As http.ProxyFromEnvironment decides: loopback is never proxied.
+		o.Transport.(*http.Transport).Proxy = func(req *http.Request) (*url.URL, error) {
+			if a, err := netip.ParseAddr(req.URL.Hostname()); err == nil && a.IsLoopback() {
+				return nil, nil
+			}
+			return proxyURL, nil
+		}
+	})
+	if err := pull(t, r, s); err != nil {
+		t.Fatalf("pull through the proxy: %v", err)
+	}
+	toProxy.Store(true)
+	if err := pull(t, r, s); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("redirect to the proxy's own address: %v, want ErrInvalid", err)
+	}
+	if n := direct.Load(); n != 0 {
+		t.Errorf("the proxy was dialled directly %d times", n)
 	}
 }

@@ -37,8 +37,8 @@ type Options struct {
 	// port) that redirects and token realms of this upstream may lead to
 	// although they are on loopback or private addresses. Without an entry
 	// such a hop is refused unless the upstream itself is on an address of
-	// the same kind. Link-local and unspecified addresses are refused
-	// whatever this says. Default: none.
+	// the same kind. Link-local and unspecified addresses and cloud
+	// metadata endpoints are refused whatever this says. Default: none.
 	InternalRedirectHosts []string
 	// SelfAddrs are airlock's own listen addresses, host:port as configured
 	// (":5001" meaning every interface). A redirect or token realm leading

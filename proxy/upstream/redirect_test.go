@@ -185,3 +185,53 @@ func TestRealmCredentialsStayHome(t *testing.T) {
 		})
 	}
 }
+
+// TestRedirectChainBackToOrigin: a blob redirected to a CDN that sends the
+// request back to the registry (a signed-URL check, say). The CDN never
+// sees credentials; the registry, asked again on its own origin, gets them
+// again, as it would have on the first hop: they are its own, the origin
+// is what the operator configured, and a scoped token cannot be used there
+// for more than it was issued for. A protocol-relative Location is
+// resolved against the hop it came from.
+func TestRedirectChainBackToOrigin(t *testing.T) {
+	t.Parallel()
+	inner := realRegistry(false)
+	s := seed(t, inner, "app", "v1")
+	var backWithAuth, backWithout atomic.Int64
+	var origin string
+	cdn := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a := r.Header.Get("Authorization"); a != "" {
+			t.Errorf("CDN received Authorization %q", a)
+		}
+		// Back to the registry, protocol-relative.
+		http.Redirect(w, r, "//"+strings.TrimPrefix(origin, "http://")+strings.TrimPrefix(r.URL.Path, "/cdn")+"?back=1", http.StatusFound)
+	}))
+	front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			if r.URL.Query().Get("back") == "" {
+				http.Redirect(w, r, cdn.URL+"/cdn"+r.URL.Path, http.StatusTemporaryRedirect)
+				return
+			}
+		}
+		inner.ServeHTTP(w, r)
+	})
+	gate := basicGate(front, "u", "p")
+	up := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("back") != "" {
+			if r.Header.Get("Authorization") != "" {
+				backWithAuth.Add(1)
+			} else {
+				backWithout.Add(1)
+			}
+		}
+		gate.ServeHTTP(w, r)
+	}))
+	origin = up.URL
+	r := newClient(t, up.URL, func(o *Options) { o.Credentials = staticCreds("u", "p") })
+	if err := pull(t, r, s); err != nil {
+		t.Fatal(err)
+	}
+	if backWithAuth.Load() != 1 || backWithout.Load() != 0 {
+		t.Errorf("back at the origin: %d requests with credentials, %d without; want 1 and 0", backWithAuth.Load(), backWithout.Load())
+	}
+}

@@ -48,8 +48,11 @@ func New(o Options) (*Registry, error) {
 // and the one for hops off the upstream's origin. A Transport given in
 // Options is the caller's to close.
 func (r *Registry) CloseIdleConnections() {
-	if t, ok := r.hops.(*http.Transport); ok {
+	switch t := r.hops.(type) {
+	case *http.Transport:
 		t.CloseIdleConnections()
+	case *markProxyDials:
+		t.next.CloseIdleConnections()
 	}
 	if r.ownTransport {
 		r.o.Transport.(*http.Transport).CloseIdleConnections()

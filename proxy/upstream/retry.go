@@ -36,8 +36,13 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// parseRetryAfter reads a Retry-After value: delay-seconds or an HTTP date.
-// It reports false for an absent, malformed, zero or past value.
+// maxRetryAfter caps what an upstream may ask callers to wait: the value is
+// passed on to airlock's clients as their Retry-After.
+const maxRetryAfter = 24 * time.Hour
+
+// parseRetryAfter reads a Retry-After value: delay-seconds or an HTTP date,
+// capped at maxRetryAfter either way. It reports false for an absent,
+// malformed, zero or past value.
 func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	v = strings.TrimSpace(v)
 	if v == "" {
@@ -47,8 +52,8 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 		if secs <= 0 {
 			return 0, false
 		}
-		if secs > int64(24*time.Hour/time.Second) {
-			secs = int64(24 * time.Hour / time.Second)
+		if secs > int64(maxRetryAfter/time.Second) {
+			secs = int64(maxRetryAfter / time.Second)
 		}
 		return time.Duration(secs) * time.Second, true
 	}
@@ -60,5 +65,5 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	if d <= 0 {
 		return 0, false
 	}
-	return d, true
+	return min(d, maxRetryAfter), true
 }

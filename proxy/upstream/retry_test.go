@@ -139,6 +139,8 @@ func TestParseRetryAfter(t *testing.T) {
 		{"Wed, 01 Jan 2025 12:00:30 GMT", 30 * time.Second, true},
 		{"Wed, 01 Jan 2025 11:00:00 GMT", 0, false},
 		{"99999999999", 24 * time.Hour, true},
+		// A date far ahead is capped like a number of seconds is.
+		{"Fri, 31 Dec 9999 23:59:59 GMT", 24 * time.Hour, true},
 	}
 	for _, tt := range tests {
 		got, ok := parseRetryAfter(tt.in, now)

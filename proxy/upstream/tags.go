@@ -1,8 +1,11 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -54,7 +57,7 @@ func (r *Registry) Tags(ctx context.Context, repo string) ([]string, error) {
 		var err error
 		var names []string
 		var n int64
-		if names, next, n, err = r.tagsPage(ctx, c, budget); err != nil {
+		if names, next, n, err = r.tagsPage(ctx, c, budget, maxTags-len(tags)); err != nil {
 			return nil, err
 		}
 		budget -= n
@@ -72,9 +75,9 @@ func tooManyTags(c *call) *Error {
 	return e
 }
 
-// tagsPage fetches one page of at most budget bytes and returns its tags,
-// the next page's URL and the page's size.
-func (r *Registry) tagsPage(ctx context.Context, c *call, budget int64) ([]string, string, int64, error) {
+// tagsPage fetches one page of at most budget bytes and room tags and
+// returns its tags, the next page's URL and the page's size.
+func (r *Registry) tagsPage(ctx context.Context, c *call, budget int64, room int) ([]string, string, int64, error) {
 	resp, err := r.do(ctx, c)
 	if err != nil {
 		return nil, "", 0, err
@@ -87,15 +90,16 @@ func (r *Registry) tagsPage(ctx context.Context, c *call, budget int64) ([]strin
 	if int64(len(b)) > budget {
 		return nil, "", 0, tooManyTags(c)
 	}
-	var body struct {
-		Tags []string `json:"tags"`
+	tags, err := decodeTags(b, room)
+	if errors.Is(err, errTooManyTags) {
+		return nil, "", 0, tooManyTags(c)
 	}
-	if err := json.Unmarshal(b, &body); err != nil {
+	if err != nil {
 		return nil, "", 0, c.errorf(ErrInvalid, err, "tag list is not JSON")
 	}
 	link, ok := nextLink(resp.Header.Values("Link"))
 	if !ok {
-		return body.Tags, "", int64(len(b)), nil
+		return tags, "", int64(len(b)), nil
 	}
 	if len(link) > maxTagsLink {
 		// Every next URL is remembered to detect loops.
@@ -106,7 +110,83 @@ func (r *Registry) tagsPage(ctx context.Context, c *call, budget int64) ([]strin
 	if err != nil || !sameOrigin(u, r.base) {
 		return nil, "", 0, c.errorf(ErrInvalid, err, "tag list Link %q does not point into the upstream", link)
 	}
-	return body.Tags, u.String(), int64(len(b)), nil
+	return tags, u.String(), int64(len(b)), nil
+}
+
+var errTooManyTags = errors.New("too many tags")
+
+// decodeTags returns the "tags" of a tag list page, or errTooManyTags as
+// soon as it holds more than room. It decodes the list a tag at a time:
+// decoded whole, a page within the byte bound of empty tags ("",) would
+// take tens of times its size in string headers before it could be
+// counted. Like encoding/json it matches the key case-insensitively and
+// lets a repeated key win.
+func decodeTags(b []byte, room int) ([]string, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := expectDelim(dec, '{'); err != nil {
+		return nil, err
+	}
+	var tags []string
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		if key, _ := tok.(string); !strings.EqualFold(key, "tags") {
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if tags, err = decodeTagArray(dec, room); err != nil {
+			return nil, err
+		}
+	}
+	if err := expectDelim(dec, '}'); err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("data after the tag list")
+	}
+	return tags, nil
+}
+
+// decodeTagArray decodes the value of "tags": null or an array of strings.
+func decodeTagArray(dec *json.Decoder, room int) ([]string, error) {
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, err
+	}
+	if tok == nil {
+		return nil, nil
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '[' {
+		return nil, fmt.Errorf("tags is %v, not a list", tok)
+	}
+	tags := []string{}
+	for dec.More() {
+		if len(tags) >= room {
+			return nil, errTooManyTags
+		}
+		var tag string
+		if err := dec.Decode(&tag); err != nil {
+			return nil, err
+		}
+		tags = append(tags, tag)
+	}
+	return tags, expectDelim(dec, ']')
+}
+
+func expectDelim(dec *json.Decoder, want json.Delim) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if d, ok := tok.(json.Delim); !ok || d != want {
+		return fmt.Errorf("want %q, got %v", want, tok)
+	}
+	return nil
 }
 
 // nextLink finds the rel="next" target among Link header values

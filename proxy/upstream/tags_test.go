@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -200,5 +201,60 @@ func TestTagListLinkBounded(t *testing.T) {
 	}
 	if n := pages.Load(); n != 1 {
 		t.Errorf("fetched %d pages, want 1", n)
+	}
+}
+
+// TestTagListMemoryBounded: a page within the byte bound that lists
+// millions of empty tags is refused without holding them: the tag bound
+// applies while the page is decoded, not after.
+func TestTagListMemoryBounded(t *testing.T) {
+	// Not parallel: it measures the allocations of one Tags call.
+	const n = 5_000_000
+	body := `{"name":"app","tags":[` + strings.TrimSuffix(strings.Repeat(`"",`, n), ",") + `]}`
+	if len(body) > maxTagListBytes {
+		t.Fatalf("page of %d bytes is over the byte bound; the test needs it within", len(body))
+	}
+	r := newClient(t, serve(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, body)
+	})).URL)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := r.Tags(t.Context(), "app")
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Tags: %v, want ErrInvalid", err)
+	}
+	// Reading the page costs about twice its size and decoding up to
+	// maxTags tags a little more (50 MiB, 90 MiB under -race); decoding
+	// five million strings whole cost 512 MiB.
+	if got := after.TotalAlloc - before.TotalAlloc; got > 8*maxTagListBytes {
+		t.Errorf("Tags allocated %d MiB for a %d MiB page", got>>20, len(body)>>20)
+	}
+}
+
+// TestDecodeTags: the streaming decoder reads pages as encoding/json did.
+func TestDecodeTags(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		body    string
+		want    []string
+		wantErr bool
+	}{
+		{body: `{"name":"app","tags":["a","b"]}`, want: []string{"a", "b"}},
+		{body: `{"tags":null,"name":"app"}`, want: nil},
+		{body: `{"name":"app"}`, want: nil},
+		{body: `{"Tags":["a"],"extra":{"x":[1,2]}}`, want: []string{"a"}},
+		{body: ` {"tags":[]} `, want: []string{}},
+		{body: `{"tags":["a",1]}`, wantErr: true},
+		{body: `{"tags":"a"}`, wantErr: true},
+		{body: `["a"]`, wantErr: true},
+		{body: `{"tags":["a"]} {}`, wantErr: true},
+		{body: `{"tags":["a","b","c","d"]}`, wantErr: true}, // over room
+	} {
+		got, err := decodeTags([]byte(tc.body), 3)
+		if (err != nil) != tc.wantErr || !slices.Equal(got, tc.want) || (tc.want != nil && got == nil) {
+			t.Errorf("decodeTags(%s) = %q, %v", tc.body, got, err)
+		}
 	}
 }

@@ -33,6 +33,7 @@ type pairOptions struct {
 	// blobs, when set, is the store to use instead of a new one.
 	blobs     *storage.Blobs
 	onNoSpace func()
+	permit    func(ctx context.Context, upstream string) error
 	// metaDir, when set, holds the metadata index instead of a new
 	// directory (a small volume, to fill it).
 	metaDir string
@@ -75,7 +76,7 @@ func newPairEnv(t *testing.T, hub, vendor *origin, po pairOptions) *env {
 	e := &env{origin: hub, blobs: blobs, meta: meta, logs: &bytes.Buffer{}}
 	e.metrics = NewMetrics(prometheus.NewRegistry())
 	e.proxy, err = New(Options{Router: rt, Registries: regs, DefaultTagTTL: time.Minute, Blobs: blobs, Meta: meta,
-		Gate: po.gate, MaxBlobBytes: po.maxBlob, Metrics: e.metrics, OnNoSpace: po.onNoSpace,
+		Gate: po.gate, MaxBlobBytes: po.maxBlob, Metrics: e.metrics, OnNoSpace: po.onNoSpace, Permit: po.permit,
 		Logger: slog.New(slog.NewJSONHandler(lockedWriter{&e.logMu, e.logs}, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -677,5 +678,44 @@ func TestReferrersCacheIsBounded(t *testing.T) {
 	c.put("huge", referrersAnswer{body: make([]byte, 500)}, exp)
 	if _, _, ok := c.get("huge", time.Now()); ok {
 		t.Fatal("an entry over an eighth of the bound was cached")
+	}
+}
+
+// TestPermitIsAskedWithTheRoutedUpstream: the client's permission is
+// checked against the upstream the request was routed to, on every route,
+// before any upstream is contacted.
+func TestPermitIsAskedWithTheRoutedUpstream(t *testing.T) {
+	t.Parallel()
+	hub, vendor := newOrigin(t, true), newOrigin(t, true)
+	img, _ := random.Image(1024, 1)
+	hub.push(t, "library/app:1", img)
+	vendor.push(t, "app:1", img)
+	vendor.reset() // the pushes above
+	var mu sync.Mutex
+	var asked []string
+	e := newPairEnv(t, hub, vendor, pairOptions{permit: func(_ context.Context, up string) error {
+		mu.Lock()
+		asked = append(asked, up)
+		mu.Unlock()
+		if up == "vendor" {
+			return &Error{Status: http.StatusForbidden, Code: CodeDenied, Message: "not for you"}
+		}
+		return nil
+	}})
+	for _, path := range []string{"/v2/vendor/app/manifests/1", "/v2/app/manifests/1?ns=registry.vendor.example"} {
+		if resp, body := e.get(t, path); resp.StatusCode != 403 || ociCode(t, body) != CodeDenied {
+			t.Fatalf("GET %s: %d %s", path, resp.StatusCode, body)
+		}
+	}
+	if resp, _ := e.get(t, "/v2/app/manifests/1"); resp.StatusCode != 200 {
+		t.Fatalf("permitted upstream: %d", resp.StatusCode)
+	}
+	if vendor.total() != 0 {
+		t.Fatalf("the refused upstream was contacted: %v", vendor.counts)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(asked) != "[vendor vendor hub]" {
+		t.Fatalf("Permit asked for %v", asked)
 	}
 }

@@ -126,6 +126,9 @@ type Options struct {
 	// only one blob did not fit (the evictor is asked to make room); nil
 	// does nothing.
 	OnNoSpace func()
+	// Permit, when set, is asked once a request is routed whether its
+	// client may pull from that upstream; its error is the answer.
+	Permit func(ctx context.Context, upstream string) error
 	// User names the authenticated client of a request for its log line;
 	// nil logs no user.
 	User func(context.Context) (string, bool)
@@ -148,6 +151,7 @@ type Proxy struct {
 	now     func() time.Time
 	tracer  trace.Tracer
 	user    func(context.Context) (string, bool)
+	permit  func(context.Context, string) error
 
 	onNoSpace func()
 	// full says when misses may try the cache again after the volume was
@@ -197,6 +201,7 @@ func New(o Options) (*Proxy, error) {
 		now:     o.Now,
 		tracer:  o.Tracer,
 		user:    o.User,
+		permit:  o.Permit,
 
 		onNoSpace: o.OnNoSpace,
 	}
@@ -324,6 +329,11 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, rq *request) error
 	rq.route = route
 	if err != nil {
 		return err
+	}
+	if p.permit != nil {
+		if err := p.permit(r.Context(), route.Upstream.Name); err != nil {
+			return err
+		}
 	}
 	rq.registry = t.registries[route.Upstream.Name]
 	if rq.registry == nil {

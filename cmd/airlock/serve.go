@@ -156,6 +156,16 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 		MaxBlobBytes:     cfg.Cache.MaxBlobSize.Bytes(),
 		User:             pullauth.User,
 		OnNoSpace:        g.evictor.Nudge,
+		// The authenticator checks restrictions before the proxy; this
+		// checks them again against the upstream the proxy routed to, in
+		// case a reload swapped the table in between.
+		Permit: func(ctx context.Context, upstream string) error {
+			if g.auth == nil || g.auth.Permitted(ctx, upstream) {
+				return nil
+			}
+			return &proxy.Error{Status: http.StatusForbidden, Code: proxy.CodeDenied,
+				Message: fmt.Sprintf("this client may not pull from upstream %q", upstream)}
+		},
 	})
 	if err != nil {
 		g.meta.Close()

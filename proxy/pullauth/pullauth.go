@@ -249,6 +249,24 @@ func (a *Authenticator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a.next.ServeHTTP(w, r2)
 }
 
+// Permitted reports whether the client of a request that passed the
+// Authenticator may pull from upstream under the policy in force now. The
+// proxy asks it again with the upstream it actually routed to: the policy
+// and the routing table are swapped one after the other on a reload, and a
+// request routed between the two must not slip past a restriction.
+func (a *Authenticator) Permitted(ctx context.Context, upstream string) bool {
+	st := a.state.Load()
+	if st == nil {
+		return true
+	}
+	allowed, restricted := st.allowed[upstream]
+	if !restricted {
+		return true
+	}
+	user, _ := User(ctx)
+	return allowed[user]
+}
+
 // restricted returns the upstream r routes to when that upstream is
 // restricted, or "".
 func (a *Authenticator) restricted(st *state, r *http.Request) string {

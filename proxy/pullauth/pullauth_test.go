@@ -473,3 +473,35 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("registered series = %d, %v; want 6", n, err)
 	}
 }
+
+// TestPermittedUnderTheCurrentPolicy: the proxy's second check, with the
+// upstream it routed to, follows the policy in force, so a request routed
+// across a reload cannot reach an upstream restricted by the new policy.
+func TestPermittedUnderTheCurrentPolicy(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, Options{})
+	as := func(user string) context.Context { return context.WithValue(t.Context(), userKey{}, user) }
+	for _, tc := range []struct {
+		user, upstream string
+		want           bool
+	}{
+		{"alice", "vendor", true},
+		{"bob", "vendor", false},
+		{"", "vendor", false},
+		{"bob", "quay", true},
+		{"ci-bot", "dockerhub", true},
+		{"bob", "dockerhub", false},
+	} {
+		if got := f.auth.Permitted(as(tc.user), tc.upstream); got != tc.want {
+			t.Errorf("Permitted(%q, %q) = %v, want %v", tc.user, tc.upstream, got, tc.want)
+		}
+	}
+	// A reload that restricts a renamed upstream applies at once.
+	users := f.auth.state.Load().users
+	if err := f.auth.SetPolicy(Policy{Users: users, Upstreams: map[string][]string{"vendor2": {"alice"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if f.auth.Permitted(as("bob"), "vendor2") || !f.auth.Permitted(as("bob"), "vendor") {
+		t.Error("Permitted does not follow the reloaded policy")
+	}
+}

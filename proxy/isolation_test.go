@@ -661,7 +661,7 @@ func TestReferrersAreSharedAndCached(t *testing.T) {
 
 func TestReferrersCacheIsBounded(t *testing.T) {
 	t.Parallel()
-	c := referrersCache{max: 1000}
+	c := memo[referrersAnswer]{max: 1000, size: func(a referrersAnswer) int { return len(a.body) }}
 	exp := time.Now().Add(time.Hour)
 	for i := range 100 {
 		c.put(fmt.Sprint(i), referrersAnswer{body: make([]byte, 90)}, exp)
@@ -717,5 +717,33 @@ func TestPermitIsAskedWithTheRoutedUpstream(t *testing.T) {
 	defer mu.Unlock()
 	if fmt.Sprint(asked) != "[vendor vendor hub]" {
 		t.Fatalf("Permit asked for %v", asked)
+	}
+}
+
+// TestNarrowClientTagIsRememberedForItsAcceptOnly: a client that takes only
+// image manifests is answered from memory within the tag TTL, not by a HEAD
+// upstream per pull, and its answer reaches no client with another Accept.
+func TestNarrowClientTagIsRememberedForItsAcceptOnly(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, true)
+	img, _ := random.Image(1024, 1)
+	d := o.push(t, "library/app:1", img)
+	e := newEnv(t, o)
+	o.reset()
+	for range 3 {
+		resp, _ := e.get(t, "/v2/app/manifests/1", "Accept", mediaOCIManifest)
+		if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != d.String() {
+			t.Fatalf("narrow client: %d", resp.StatusCode)
+		}
+	}
+	if n := o.count(http.MethodHead, "/v2/library/app/manifests/1"); n != 1 {
+		t.Fatalf("3 narrow pulls within the TTL made %d HEADs, want 1", n)
+	}
+	if _, err := e.meta.Tag(t.Context(), "hub/library/app", "1"); err == nil {
+		t.Fatal("a narrow client's answer was recorded as the tag's")
+	}
+	e.get(t, "/v2/app/manifests/1", "Accept", mediaDockerV2+","+mediaOCIManifest)
+	if n := o.count(http.MethodHead, "/v2/library/app/manifests/1"); n != 2 {
+		t.Fatalf("a client with another Accept list was answered from the narrow memory (%d HEADs)", n)
 	}
 }

@@ -260,6 +260,18 @@ func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, acce
 			return m, nil
 		}
 	}
+	// What the tag gave clients with this very Accept list, when that was
+	// not the tag's answer for everyone.
+	narrow := key + "\x00" + tag + "\x00" + acceptKey(accept)
+	nd, nfresh, nok := digest.Digest(""), false, false
+	if !known {
+		nd, nfresh, nok = p.narrowTags.get(narrow, p.now())
+		if nfresh {
+			if m, err := p.manifestByDigest(ctx, rq, nd); err == nil {
+				return m, nil
+			}
+		}
+	}
 	v, err := p.shared(ctx, "tag\x00"+key+"\x00"+tag+"\x00"+strings.Join(accept, ","), func() (any, error) {
 		lctx, cancel := p.detached(ctx, lookupTimeout)
 		defer cancel()
@@ -272,8 +284,11 @@ func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, acce
 		return desc, nil
 	})
 	if err != nil {
-		if known && offline(err) {
+		switch {
+		case known && offline(err):
 			return p.staleManifest(ctx, rq, tag, tr.Digest, err)
+		case nok && offline(err):
+			return p.staleManifest(ctx, rq, tag, nd, err)
 		}
 		return repoManifest{}, err
 	}
@@ -299,8 +314,17 @@ func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, acce
 			p.log.LogAttrs(ctx, slog.LevelError, "recording tag failed", slog.String("repository", key),
 				slog.String("tag", tag), slog.String("error", err.Error()))
 		}
+	} else {
+		p.narrowTags.put(narrow, m.rec.Digest, p.now().Add(rq.tagTTL))
 	}
 	return m, nil
+}
+
+// acceptKey names an Accept list whatever its order.
+func acceptKey(accept []string) string {
+	sorted := slices.Clone(accept)
+	slices.Sort(sorted)
+	return strings.Join(sorted, ",")
 }
 
 // everyClientGets reports whether an upstream's answer of mediaType to a

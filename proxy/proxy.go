@@ -158,9 +158,16 @@ type Proxy struct {
 	// found full.
 	full fullVolume
 
-	fills     fillSet
-	flights   singleflight.Group
-	referrers referrersCache
+	fills   fillSet
+	flights singleflight.Group
+	// referrers keeps recent referrers answers, so a burst of pulls (every
+	// node verifying one image's signatures) asks the upstream once per
+	// tag TTL, and lists already seen are served while it is down.
+	referrers memo[referrersAnswer]
+	// narrowTags keeps what a tag resolved to for clients that take only
+	// some manifest types: an answer that is not the tag's for everyone,
+	// so it is kept apart from the tag records, per Accept list.
+	narrowTags memo[digest.Digest]
 
 	// ctx is the parent of work detached from clients (fills, shared
 	// lookups); cancel ends it at Close.
@@ -227,6 +234,8 @@ func New(o Options) (*Proxy, error) {
 		p.now = time.Now
 	}
 	p.fills.m = map[fillKey]*fill{}
+	p.referrers = memo[referrersAnswer]{max: 32 << 20, size: func(a referrersAnswer) int { return len(a.body) }}
+	p.narrowTags = memo[digest.Digest]{max: 4 << 20, size: func(d digest.Digest) int { return len(d) }}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.Reload(o.Router, o.Registries, o.TagTTL, o.DefaultTagTTL)
 	return p, nil

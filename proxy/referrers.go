@@ -9,8 +9,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -145,61 +143,4 @@ func filterArtifactType(ms []json.RawMessage, artifactType string) []json.RawMes
 		}
 	}
 	return out
-}
-
-// referrersCache keeps recent referrers answers so that a burst of pulls
-// (every node verifying the same image's signatures) asks the upstream once
-// per tag TTL, and so that lists already seen are served while the upstream
-// is down. It is bounded by total bytes; the oldest entries go first.
-type referrersCache struct {
-	mu    sync.Mutex
-	m     map[string]referrersEntry
-	order []string // insertion order, for eviction
-	bytes int
-	max   int
-}
-
-type referrersEntry struct {
-	ans     referrersAnswer
-	expires time.Time
-}
-
-// maxReferrersCacheBytes bounds the referrers cache's memory.
-const maxReferrersCacheBytes = 32 << 20
-
-func (c *referrersCache) get(key string, now time.Time) (ans referrersAnswer, fresh, ok bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.m[key]
-	return e.ans, ok && now.Before(e.expires), ok
-}
-
-func (c *referrersCache) put(key string, ans referrersAnswer, expires time.Time) {
-	size := len(key) + len(ans.body)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.max == 0 {
-		c.max = maxReferrersCacheBytes
-	}
-	if size > c.max/8 {
-		return // one huge list must not flush everything else
-	}
-	if c.m == nil {
-		c.m = map[string]referrersEntry{}
-	}
-	if old, ok := c.m[key]; ok {
-		c.bytes -= len(key) + len(old.ans.body)
-	} else {
-		c.order = append(c.order, key)
-	}
-	c.m[key] = referrersEntry{ans, expires}
-	c.bytes += size
-	for c.bytes > c.max && len(c.order) > 0 {
-		k := c.order[0]
-		c.order = c.order[1:]
-		if e, ok := c.m[k]; ok {
-			c.bytes -= len(k) + len(e.ans.body)
-			delete(c.m, k)
-		}
-	}
 }

@@ -434,7 +434,14 @@ func (p *Proxy) downloadManifest(ctx context.Context, rq *request, d digest.Dige
 	mt := servedMediaType(desc.MediaType, data)
 	rec := metadata.ManifestRecord{Digest: d, MediaType: mt, Body: data}
 	link := metadata.Link{Flags: metadata.Confirmed, MediaType: mt}
-	if err := p.meta.PutManifest(ctx, key, rec, link); err != nil {
+	var admit []metadata.BlobLink
+	if !p.governs(rq) {
+		// No policy applies here, so serving admits: record that with the
+		// manifest, one commit instead of two on the cold path.
+		link.Flags |= metadata.Admitted
+		admit = referencedBlobs(mt, data)
+	}
+	if err := p.meta.PutManifest(ctx, key, rec, link, admit...); err != nil {
 		err = p.noSpace(ctx, rq, fmt.Errorf("storing manifest %s of %s: %w", d, key, err))
 		if !errors.Is(err, storage.ErrNoSpace) {
 			return repoManifest{}, err

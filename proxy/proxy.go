@@ -54,7 +54,7 @@ type Metadata interface {
 	// RepoManifest returns a cached manifest with the repository's link to
 	// it; the record is set when only the link is missing.
 	RepoManifest(ctx context.Context, repo string, d digest.Digest) (metadata.ManifestRecord, metadata.Link, error)
-	PutManifest(ctx context.Context, repo string, rec metadata.ManifestRecord, link metadata.Link) error
+	PutManifest(ctx context.Context, repo string, rec metadata.ManifestRecord, link metadata.Link, admit ...metadata.BlobLink) error
 	ManifestLink(ctx context.Context, repo string, d digest.Digest) (metadata.Link, error)
 	LinkManifest(ctx context.Context, repo string, d digest.Digest, l metadata.Link) error
 	AdmitManifest(ctx context.Context, repo string, d digest.Digest, blobs []metadata.BlobLink) error

@@ -228,25 +228,45 @@ func (db *DB) AdmitManifest(ctx context.Context, repo string, d digest.Digest, b
 	if err != nil {
 		return err
 	}
-	keys := make([][]byte, len(blobs))
-	for i, b := range blobs {
-		if keys[i], err = refKey(repo, b.Digest); err != nil {
-			return err
-		}
-		if b.Size < 0 {
-			return fmt.Errorf("metadata: link of %s in %s: negative size %d", b.Digest, repo, b.Size)
-		}
+	keys, err := admissionKeys(repo, blobs)
+	if err != nil {
+		return err
 	}
 	return db.batch(ctx, func(tx *bolt.Tx) error {
-		links := tx.Bucket(bucketBlobLinks)
-		for i, b := range blobs {
-			// A declaration never replaces a size already known.
-			if err := mergeLink(links, keys[i], Link{Flags: Admitted | (b.Flags &^ Confirmed), Size: b.Size}, false); err != nil {
-				return err
-			}
+		if err := admitBlobs(tx, keys, blobs); err != nil {
+			return err
 		}
 		return mergeLink(tx.Bucket(bucketManifestLinks), mkey, Link{Flags: Admitted}, false)
 	})
+}
+
+// admissionKeys checks the blobs an admitted manifest lists and returns
+// their link keys in repo.
+func admissionKeys(repo string, blobs []BlobLink) ([][]byte, error) {
+	keys := make([][]byte, len(blobs))
+	for i, b := range blobs {
+		var err error
+		if keys[i], err = refKey(repo, b.Digest); err != nil {
+			return nil, err
+		}
+		if b.Size < 0 {
+			return nil, fmt.Errorf("metadata: link of %s in %s: negative size %d", b.Digest, repo, b.Size)
+		}
+	}
+	return keys, nil
+}
+
+// admitBlobs gives each blob link the Admitted flag and its declared size.
+// Admission confirms nothing, and a declaration never replaces a size
+// already known.
+func admitBlobs(tx *bolt.Tx, keys [][]byte, blobs []BlobLink) error {
+	links := tx.Bucket(bucketBlobLinks)
+	for i, b := range blobs {
+		if err := mergeLink(links, keys[i], Link{Flags: Admitted | (b.Flags &^ Confirmed), Size: b.Size}, false); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // migrateLinks moves schema 1's single links bucket, which did not say what

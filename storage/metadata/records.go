@@ -120,9 +120,12 @@ func (db *DB) Manifest(ctx context.Context, d digest.Digest) (ManifestRecord, er
 	return rec, err
 }
 
-// PutManifest stores a manifest and merges link into repo's link of it. The
-// body must hash to rec.Digest.
-func (db *DB) PutManifest(ctx context.Context, repo string, rec ManifestRecord, link Link) error {
+// PutManifest stores a manifest and merges link into repo's link of it.
+// When link carries Admitted, the blobs given are admitted as AdmitManifest
+// would, in the same transaction: one commit on the cold path of a pull
+// where the manifest is admitted as it is fetched. The body must hash to
+// rec.Digest.
+func (db *DB) PutManifest(ctx context.Context, repo string, rec ManifestRecord, link Link, admit ...BlobLink) error {
 	key, err := refKey(repo, rec.Digest)
 	if err != nil {
 		return err
@@ -134,12 +137,22 @@ func (db *DB) PutManifest(ctx context.Context, repo string, rec ManifestRecord, 
 	if err := verify.Bytes(rec.Digest, rec.Body); err != nil {
 		return fmt.Errorf("metadata: manifest for %s: %w", repo, err)
 	}
+	if !link.Has(Admitted) {
+		admit = nil
+	}
+	keys, err := admissionKeys(repo, admit)
+	if err != nil {
+		return err
+	}
 	if link.Size == 0 {
 		link.Size = int64(len(rec.Body))
 	}
 	val := encodeManifest(rec)
 	return db.update(ctx, func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketManifests).Put([]byte(rec.Digest), val); err != nil {
+			return err
+		}
+		if err := admitBlobs(tx, keys, admit); err != nil {
 			return err
 		}
 		return mergeLink(tx.Bucket(bucketManifestLinks), key, link, false)

@@ -22,7 +22,7 @@ type store interface {
 	PutTag(ctx context.Context, repo, tag string, rec TagRecord) error
 	Tags(ctx context.Context, repo string) ([]string, error)
 	Manifest(ctx context.Context, d digest.Digest) (ManifestRecord, error)
-	PutManifest(ctx context.Context, repo string, rec ManifestRecord, link Link) error
+	PutManifest(ctx context.Context, repo string, rec ManifestRecord, link Link, admit ...BlobLink) error
 	RepoManifest(ctx context.Context, repo string, d digest.Digest) (ManifestRecord, Link, error)
 	ManifestLink(ctx context.Context, repo string, d digest.Digest) (Link, error)
 	LinkManifest(ctx context.Context, repo string, d digest.Digest, l Link) error
@@ -137,6 +137,35 @@ func testStore(t *testing.T, open func(t *testing.T) store) {
 		}
 		if got, err := s.Manifest(ctx, empty.Digest); err != nil || len(got.Body) != 0 || got.MediaType != "" {
 			t.Fatalf("empty manifest = %+v, %v", got, err)
+		}
+	})
+
+	t.Run("a manifest admitted as it is stored", func(t *testing.T) {
+		t.Parallel()
+		s := open(t)
+		defer s.Close()
+		ctx := t.Context()
+		const repo = "quay/app"
+		m := manifest(`{"schemaVersion":2,"layers":[{"digest":"y"}]}`)
+		layer := digest.FromString("layer y")
+		// Without Admitted on the manifest's link, nothing is admitted.
+		if err := s.PutManifest(ctx, repo, m, Link{Flags: Confirmed}, BlobLink{Digest: layer, Size: 9}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.BlobLink(ctx, repo, layer); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("a blob was admitted by a manifest that was not: %v", err)
+		}
+		if err := s.PutManifest(ctx, repo, m, Link{Flags: Confirmed | Admitted}, BlobLink{Digest: layer, Size: 9}); err != nil {
+			t.Fatal(err)
+		}
+		if l, err := s.BlobLink(ctx, repo, layer); err != nil || !l.Has(Admitted) || l.Has(Confirmed) || l.Size != 9 {
+			t.Fatalf("blob after an admitting PutManifest = %+v, %v", l, err)
+		}
+		if l, _ := s.ManifestLink(ctx, repo, m.Digest); !l.Has(Admitted | Confirmed) {
+			t.Fatalf("manifest link = %+v, want admitted and confirmed", l)
+		}
+		if err := s.PutManifest(ctx, repo, m, Link{Flags: Admitted}, BlobLink{Digest: "sha256:nope", Size: 1}); err == nil {
+			t.Fatal("PutManifest admitted an invalid digest")
 		}
 	})
 

@@ -311,16 +311,18 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	if err := spool.Verify(); err != nil {
 		return fmt.Errorf("blob %s from upstream %s: %w", f.digest, up, err)
 	}
+	f.update(func() { f.verified = true })
 	// The repository's upstream has served the blob: link it confirmed
-	// before any client sees the last byte, so that a pull that ended is
-	// never followed by one that asks the upstream again (or fails while it
-	// is down) because the commit was still being acknowledged. A link
-	// without a committed blob only sends the next request upstream.
+	// before the blob becomes visible in the store. Until the commit below
+	// the fill stays in the fill set, so a request arriving after a pull
+	// ended reads along it; after the commit it finds the link. Either way
+	// it never asks the upstream again (or fails while it is down). The
+	// link's fsync waits behind the spool's dirty pages on the same disk,
+	// which is why it comes after the last byte is released, not before.
 	if err := p.meta.LinkBlobs(ctx, rq.route.Key(), metadata.BlobLink{Digest: f.digest, Size: vr.n, Flags: metadata.Confirmed, UpstreamSize: true}); err != nil {
 		p.log.LogAttrs(ctx, slog.LevelError, "linking blob failed", slog.String("digest", f.digest.String()),
 			slog.String("error", err.Error()))
 	}
-	f.update(func() { f.verified = true })
 	_, commitSpan := p.span(ctx, "verify.commit")
 	err = p.blobs.Commit(ctx, f.digest, spool)
 	endChild(commitSpan, err)

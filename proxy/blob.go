@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"time"
@@ -119,6 +120,12 @@ func (p *Proxy) confirmBlob(ctx context.Context, rq *request, d digest.Digest, s
 		return nil
 	}
 	key := rq.route.Key()
+	recent := key + "\x00" + d.String()
+	if announced, fresh, _ := p.confirmed.get(recent, p.now()); fresh && (size < 0 || announced < 0 || announced == size) {
+		// Confirmed a moment ago; the link is on its way to disk.
+		link.Flags |= metadata.Confirmed
+		return nil
+	}
 	flight := "confirm-blob\x00" + key + "\x00" + d.String() + "\x00" + strconv.FormatInt(size, 10)
 	_, err := p.shared(ctx, flight, func() (any, error) {
 		lctx, cancel := p.detached(ctx, lookupTimeout)
@@ -133,19 +140,41 @@ func (p *Proxy) confirmBlob(ctx context.Context, rq *request, d digest.Digest, s
 			return nil, fmt.Errorf("upstream %s answered for blob %s in %s with %d bytes, but the blob is %d: %w",
 				rq.route.Upstream.Name, d, rq.route.Repo, announced, size, upstream.ErrNotFound)
 		}
-		err = p.meta.LinkBlobs(lctx, key, metadata.BlobLink{Digest: d, Size: max(announced, 0), Flags: metadata.Confirmed, UpstreamSize: true})
-		if errors.Is(err, storage.ErrNoSpace) {
-			// The upstream vouched; a full volume only keeps that from
-			// being remembered, and the next request asks again.
-			return nil, nil
-		}
-		return nil, err
+		// The answer is remembered in memory at once and written in the
+		// background: the write's fsync can wait behind other pulls' dirty
+		// pages, and this request need not. Should it fail, the next
+		// request simply asks the upstream again.
+		p.confirmed.put(recent, announced, p.now().Add(confirmMemory))
+		p.persist(rq, "linking confirmed blob", func(ctx context.Context) error {
+			return p.meta.LinkBlobs(ctx, key, metadata.BlobLink{Digest: d, Size: max(announced, 0), Flags: metadata.Confirmed, UpstreamSize: true})
+		})
+		return nil, nil
 	})
 	if err != nil {
 		return withNotFound(err, CodeBlobUnknown)
 	}
 	link.Flags |= metadata.Confirmed
 	return nil
+}
+
+// confirmMemory is how long an upstream's confirmation is kept in memory
+// while its link is written: far longer than any write takes.
+const confirmMemory = time.Minute
+
+// persist runs a metadata write detached from the request, tracked so that
+// Close waits for it. A full volume only keeps the write from being
+// remembered; anything else is logged.
+func (p *Proxy) persist(rq *request, what string, write func(context.Context) error) {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		ctx, cancel := context.WithTimeout(p.ctx, lookupTimeout)
+		defer cancel()
+		if err := write(ctx); err != nil && !errors.Is(err, storage.ErrNoSpace) {
+			p.log.LogAttrs(ctx, slog.LevelError, what+" failed", slog.String("repository", rq.route.Key()),
+				slog.String("error", err.Error()))
+		}
+	}()
 }
 
 // headUpstreamBlob answers a HEAD for a blob airlock does not hold with the

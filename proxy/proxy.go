@@ -168,6 +168,10 @@ type Proxy struct {
 	// some manifest types: an answer that is not the tag's for everyone,
 	// so it is kept apart from the tag records, per Accept list.
 	narrowTags memo[digest.Digest]
+	// confirmed holds the upstream confirmations of blobs whose links are
+	// still being written, by repository and digest, with the size the
+	// upstream announced.
+	confirmed memo[int64]
 
 	// ctx is the parent of work detached from clients (fills, shared
 	// lookups); cancel ends it at Close.
@@ -236,6 +240,7 @@ func New(o Options) (*Proxy, error) {
 	p.fills.m = map[fillKey]*fill{}
 	p.referrers = memo[referrersAnswer]{max: 32 << 20, size: func(a referrersAnswer) int { return len(a.body) }}
 	p.narrowTags = memo[digest.Digest]{max: 4 << 20, size: func(d digest.Digest) int { return len(d) }}
+	p.confirmed = memo[int64]{max: 4 << 20, size: func(int64) int { return 8 }}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.Reload(o.Router, o.Registries, o.TagTTL, o.DefaultTagTTL)
 	return p, nil

@@ -188,6 +188,11 @@ type repoManifest struct {
 // not this upstream's.
 func (p *Proxy) manifestByDigest(ctx context.Context, rq *request, d digest.Digest) (repoManifest, error) {
 	key := rq.route.Key()
+	if m, fresh, _ := p.storing.get(key+"\x00"+d.String(), p.now()); fresh {
+		// Fetched a moment ago and still being written.
+		rq.cache = "hit"
+		return m, nil
+	}
 	_, span := p.span(ctx, "cache.manifest")
 	rec, link, err := p.meta.RepoManifest(ctx, key, d)
 	span.End()
@@ -253,6 +258,11 @@ func (p *Proxy) confirmManifest(ctx context.Context, rq *request, rec metadata.M
 func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, accept []string) (repoManifest, error) {
 	key := rq.route.Key()
 	tr, terr := p.meta.Tag(ctx, key, tag)
+	if terr != nil {
+		if rec, _, ok := p.tagging.get(key+"\x00"+tag, p.now()); ok {
+			tr, terr = rec, nil // resolved a moment ago, still being written
+		}
+	}
 	known := terr == nil && acceptable(tr.MediaType, accept)
 	if known && p.now().Sub(tr.Resolved) < rq.tagTTL {
 		m, err := p.manifestByDigest(ctx, rq, tr.Digest)
@@ -308,12 +318,18 @@ func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, acce
 		return m, err
 	}
 	if everyClientGets(m.rec.MediaType, accept) {
-		if err := p.meta.PutTag(ctx, key, tag, metadata.TagRecord{
-			Digest: m.rec.Digest, MediaType: m.rec.MediaType, Size: int64(len(m.rec.Body)), Resolved: p.now(),
-		}); err != nil {
-			p.log.LogAttrs(ctx, slog.LevelError, "recording tag failed", slog.String("repository", key),
-				slog.String("tag", tag), slog.String("error", err.Error()))
-		}
+		// Written in the background like the manifest, and kept in memory
+		// meanwhile.
+		rec := metadata.TagRecord{Digest: m.rec.Digest, MediaType: m.rec.MediaType, Size: int64(len(m.rec.Body)), Resolved: p.now()}
+		pending := key + "\x00" + tag
+		p.tagging.put(pending, rec, p.now().Add(storingMemory))
+		p.persist(rq, "recording tag "+tag, func(ctx context.Context) error {
+			err := p.meta.PutTag(ctx, key, tag, rec)
+			if err == nil {
+				p.tagging.forget(pending)
+			}
+			return err
+		})
 	} else {
 		p.narrowTags.put(narrow, m.rec.Digest, p.now().Add(rq.tagTTL))
 	}
@@ -437,20 +453,32 @@ func (p *Proxy) downloadManifest(ctx context.Context, rq *request, d digest.Dige
 	var admit []metadata.BlobLink
 	if !p.governs(rq) {
 		// No policy applies here, so serving admits: record that with the
-		// manifest, one commit instead of two on the cold path.
+		// manifest, in one commit.
 		link.Flags |= metadata.Admitted
 		admit = referencedBlobs(mt, data)
 	}
-	if err := p.meta.PutManifest(ctx, key, rec, link, admit...); err != nil {
-		err = p.noSpace(ctx, rq, fmt.Errorf("storing manifest %s of %s: %w", d, key, err))
-		if !errors.Is(err, storage.ErrNoSpace) {
-			return repoManifest{}, err
+	// The manifest is verified: it is served now and written in the
+	// background, kept in memory meanwhile. The write's fsync can wait
+	// behind the dirty pages of other pulls' blobs on the same disk for
+	// longer than the whole pull takes otherwise.
+	m := repoManifest{rec: rec, link: link}
+	pending := key + "\x00" + d.String()
+	p.storing.put(pending, m, p.now().Add(storingMemory))
+	p.persist(rq, "storing manifest", func(ctx context.Context) error {
+		err := p.meta.PutManifest(ctx, key, rec, link, admit...)
+		if err == nil {
+			p.storing.forget(pending)
 		}
-		// The index shares the full cache volume: the manifest is verified,
-		// so it is served, only not kept.
-	}
-	return repoManifest{rec: rec, link: link}, nil
+		// The index shares a full cache volume: the manifest was served,
+		// only not kept.
+		return p.noSpace(ctx, rq, err)
+	})
+	return m, nil
 }
+
+// storingMemory is how long a fetched manifest is served from memory while
+// it is written: far longer than any write takes.
+const storingMemory = time.Minute
 
 // servedMediaType is the Content-Type a manifest is served with: the media
 // type its body declares, which the digest fixes for every upstream alike;

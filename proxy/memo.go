@@ -57,3 +57,15 @@ func (c *memo[V]) put(key string, v V, expires time.Time) {
 		}
 	}
 }
+
+// forget drops key, once what it stood in for is stored.
+func (c *memo[V]) forget(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[key]; ok {
+		c.bytes -= len(key) + c.size(e.v)
+		delete(c.m, key)
+		// Its place in order stays until eviction passes it: put only
+		// appends keys it does not hold, so no key is listed twice live.
+	}
+}

@@ -172,6 +172,11 @@ type Proxy struct {
 	// still being written, by repository and digest, with the size the
 	// upstream announced.
 	confirmed memo[int64]
+	// storing holds manifests just fetched, by repository and digest,
+	// while they are written.
+	storing memo[repoManifest]
+	// tagging holds tag records just resolved, while they are written.
+	tagging memo[metadata.TagRecord]
 
 	// ctx is the parent of work detached from clients (fills, shared
 	// lookups); cancel ends it at Close.
@@ -241,6 +246,8 @@ func New(o Options) (*Proxy, error) {
 	p.referrers = memo[referrersAnswer]{max: 32 << 20, size: func(a referrersAnswer) int { return len(a.body) }}
 	p.narrowTags = memo[digest.Digest]{max: 4 << 20, size: func(d digest.Digest) int { return len(d) }}
 	p.confirmed = memo[int64]{max: 4 << 20, size: func(int64) int { return 8 }}
+	p.tagging = memo[metadata.TagRecord]{max: 4 << 20, size: func(metadata.TagRecord) int { return 128 }}
+	p.storing = memo[repoManifest]{max: 64 << 20, size: func(m repoManifest) int { return len(m.rec.Body) }}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.Reload(o.Router, o.Registries, o.TagTTL, o.DefaultTagTTL)
 	return p, nil

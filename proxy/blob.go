@@ -90,6 +90,13 @@ func (p *Proxy) blobLink(ctx context.Context, rq *request, d digest.Digest) (met
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return link, fmt.Errorf("checking blob %s in %s: %w", d, key, err)
 	}
+	if link.Size == 0 {
+		// A manifest fetched a moment ago may have declared it, in a write
+		// still on its way to disk.
+		if size, _, ok := p.declaring.get(key+"\x00"+d.String(), p.now()); ok {
+			link.Size = size
+		}
+	}
 	if !link.Has(metadata.Admitted) && p.governs(rq) {
 		return link, &Error{Status: http.StatusForbidden, Code: CodeDenied,
 			Message: fmt.Sprintf("blob %s is not part of an image admitted in %s: pull the image by its tag or manifest digest first", d, key)}

@@ -135,6 +135,18 @@ func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, decl
 		// so it serves any: the digest decides.
 		f = p.fills.m[fillKey{k.upstream, d, 0, ""}]
 	}
+	if f == nil && declared == 0 && !private {
+		// Nothing was declared here (or the declaration is still being
+		// written): any shared fill of this upstream will do. Should it
+		// fail on its own declaration before a byte, a reader from another
+		// repository falls back to a private fill.
+		for fk, running := range p.fills.m {
+			if fk.upstream == k.upstream && fk.digest == d && fk.private == "" {
+				f = running
+				break
+			}
+		}
+	}
 	if f != nil {
 		f.mu.Lock()
 		f.refs++

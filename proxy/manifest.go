@@ -363,6 +363,10 @@ func everyClientGets(mediaType string, accept []string) bool {
 // served: confirming anything else would need the upstream.
 func (p *Proxy) staleManifest(ctx context.Context, rq *request, tag string, d digest.Digest, cause error) (repoManifest, error) {
 	key := rq.route.Key()
+	if m, _, ok := p.storing.get(key+"\x00"+d.String(), p.now()); ok {
+		p.staleServe(ctx, rq, "tag "+tag, cause)
+		return m, nil
+	}
 	rec, link, err := p.meta.RepoManifest(ctx, key, d)
 	if err != nil || !link.Has(metadata.Confirmed) {
 		return repoManifest{}, cause
@@ -464,10 +468,17 @@ func (p *Proxy) downloadManifest(ctx context.Context, rq *request, d digest.Dige
 	m := repoManifest{rec: rec, link: link}
 	pending := key + "\x00" + d.String()
 	p.storing.put(pending, m, p.now().Add(storingMemory))
+	for _, b := range admit {
+		// The sizes it declares bound the fills of its blobs at once.
+		p.declaring.put(key+"\x00"+b.Digest.String(), b.Size, p.now().Add(storingMemory))
+	}
 	p.persist(rq, "storing manifest", func(ctx context.Context) error {
 		err := p.meta.PutManifest(ctx, key, rec, link, admit...)
 		if err == nil {
 			p.storing.forget(pending)
+			for _, b := range admit {
+				p.declaring.forget(key + "\x00" + b.Digest.String())
+			}
 		}
 		// The index shares a full cache volume: the manifest was served,
 		// only not kept.

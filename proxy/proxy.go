@@ -175,6 +175,8 @@ type Proxy struct {
 	// storing holds manifests just fetched, by repository and digest,
 	// while they are written.
 	storing memo[repoManifest]
+	// declaring holds the blob sizes declared by manifests in storing.
+	declaring memo[int64]
 	// tagging holds tag records just resolved, while they are written.
 	tagging memo[metadata.TagRecord]
 
@@ -246,6 +248,7 @@ func New(o Options) (*Proxy, error) {
 	p.referrers = memo[referrersAnswer]{max: 32 << 20, size: func(a referrersAnswer) int { return len(a.body) }}
 	p.narrowTags = memo[digest.Digest]{max: 4 << 20, size: func(d digest.Digest) int { return len(d) }}
 	p.confirmed = memo[int64]{max: 4 << 20, size: func(int64) int { return 8 }}
+	p.declaring = memo[int64]{max: 8 << 20, size: func(int64) int { return 8 }}
 	p.tagging = memo[metadata.TagRecord]{max: 4 << 20, size: func(metadata.TagRecord) int { return 128 }}
 	p.storing = memo[repoManifest]{max: 64 << 20, size: func(m repoManifest) int { return len(m.rec.Body) }}
 	p.ctx, p.cancel = context.WithCancel(context.Background())

@@ -111,15 +111,14 @@ func TestPullAuthHTTP(t *testing.T) {
 	}
 	e2eMustGet(t, http.StatusOK, e.al.URL+"/v2/library/app/manifests/v1", "Authorization", bob, "Accept", manifestAccept)
 
-	// Each request's log line names who pulled.
-	users := map[string]bool{}
-	for _, l := range e.al.LogsContaining(`"msg":"request"`) {
-		if u, ok := l.Fields["user"].(string); ok {
-			users[u] = true
+	// Each request's log line names who pulled. A line is written once its
+	// response is out, so wait for it rather than read at once.
+	for _, user := range []string{"alice", "bob"} {
+		if _, err := e.al.WaitLog(t.Context(), func(l airlocktest.LogLine) bool {
+			return l.Fields["msg"] == "request" && l.Fields["user"] == user
+		}); err != nil {
+			t.Errorf("no request log line names user %s: %v", user, err)
 		}
-	}
-	if !users["alice"] || !users["bob"] {
-		t.Errorf("request log lines name users %v, want alice and bob", users)
 	}
 
 	start := e.al.LogsContaining("airlock serving")

@@ -519,6 +519,14 @@ func TestFillsAreLogged(t *testing.T) {
 	missing := digest.FromString("missing").String()
 	before := strings.Count(e.logText(), "\n")
 	e.get(t, "/v2/app/blobs/"+missing)
+	// The request's line is written after its response, and the fill ends
+	// on its own goroutine: wait for both before counting.
+	waitFor(t, func() bool {
+		e.proxy.fills.mu.Lock()
+		running := len(e.proxy.fills.m)
+		e.proxy.fills.mu.Unlock()
+		return running == 0 && strings.Contains(e.logText(), `"path":"/v2/app/blobs/`+missing)
+	})
 	lines := strings.Split(strings.TrimSpace(e.logText()), "\n")[before:]
 	n := 0
 	for _, l := range lines {

@@ -1,0 +1,108 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/random"
+
+	"github.com/airlock-registry/airlock/storage/metadata"
+)
+
+// stalledMeta holds every PutManifest until release is closed, as a
+// metadata volume behind a long fsync does.
+type stalledMeta struct {
+	Metadata
+	release chan struct{}
+	waiting atomic.Int64
+}
+
+func (s *stalledMeta) PutManifest(ctx context.Context, repo string, rec metadata.ManifestRecord, link metadata.Link, admit ...metadata.BlobLink) error {
+	s.waiting.Add(1)
+	select {
+	case <-s.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return s.Metadata.PutManifest(ctx, repo, rec, link, admit...)
+}
+
+// TestBackgroundWritesAreBounded: a burst of distinct manifests while the
+// metadata volume is slow must not turn into one parked goroutine (holding
+// a manifest body) per request: past a bound, a request writes its own
+// manifest, as it did before writes went to the background.
+func TestBackgroundWritesAreBounded(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, true)
+	const n = 6
+	digests := make([]string, n)
+	for i := range n {
+		img, _ := random.Image(64, 1)
+		digests[i] = o.push(t, fmt.Sprintf("library/app:%d", i), img).String()
+	}
+	e := newEnv(t, o)
+	stalled := &stalledMeta{Metadata: e.meta, release: make(chan struct{})}
+	e.proxy.meta = stalled
+	e.proxy.writes = make(chan struct{}, 2)
+
+	var done atomic.Int64
+	var wg sync.WaitGroup
+	codes := make([]int, n)
+	for i, d := range digests {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, e.srv.URL+"/v2/app/manifests/"+d, nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err == nil {
+				codes[i] = resp.StatusCode
+				resp.Body.Close()
+			}
+			done.Add(1)
+		}()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for stalled.waiting.Load() < n && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if w := stalled.waiting.Load(); w != n {
+		close(stalled.release)
+		wg.Wait()
+		t.Fatalf("%d of %d manifest writes began", w, n)
+	}
+	time.Sleep(50 * time.Millisecond) // let any answered request finish
+	answered := done.Load()
+	close(stalled.release)
+	wg.Wait()
+	if answered > 2 {
+		t.Errorf("%d requests were answered while their writes were parked, bound 2: background writes are unbounded", answered)
+	}
+	for i, c := range codes {
+		if c != http.StatusOK {
+			t.Errorf("manifest %d: status %d", i, c)
+		}
+	}
+}
+
+// TestNoBackgroundWriteAfterClose: a handler still running when Close
+// returns (a drain that timed out) must not start a write the closed
+// metadata store would refuse, nor grow the WaitGroup Close waits on.
+func TestNoBackgroundWriteAfterClose(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, newOrigin(t, false))
+	if err := e.proxy.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var ran atomic.Bool
+	rq := &request{route: Route{Upstream: &Upstream{Name: "hub"}, Repo: "library/app"}}
+	e.proxy.persist(rq, "test write", func(context.Context) error { ran.Store(true); return nil })
+	e.proxy.wg.Wait()
+	if ran.Load() {
+		t.Fatal("a background write ran after Close")
+	}
+}

@@ -136,12 +136,14 @@ func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, decl
 		f = p.fills.m[fillKey{k.upstream, d, 0, ""}]
 	}
 	if f == nil && declared == 0 && !private {
-		// Nothing was declared here (or the declaration is still being
-		// written): any shared fill of this upstream will do. Should it
-		// fail on its own declaration before a byte, a reader from another
-		// repository falls back to a private fill.
+		// Nothing is known of the size here: this repository's own fill,
+		// bound by its own declaration, will do. Not another repository's
+		// bound by that one's: any manifest on the upstream can declare a
+		// wrong size for a popular layer, and a fill from an upstream that
+		// sends no length fails on it only after streaming the declared
+		// bytes, breaking every reader mid-transfer.
 		for fk, running := range p.fills.m {
-			if fk.upstream == k.upstream && fk.digest == d && fk.private == "" {
+			if fk.upstream == k.upstream && fk.digest == d && fk.private == "" && running.key == rq.route.Key() {
 				f = running
 				break
 			}

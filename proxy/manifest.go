@@ -258,10 +258,10 @@ func (p *Proxy) confirmManifest(ctx context.Context, rq *request, rec metadata.M
 func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, accept []string) (repoManifest, error) {
 	key := rq.route.Key()
 	tr, terr := p.meta.Tag(ctx, key, tag)
-	if terr != nil {
-		if rec, _, ok := p.tagging.get(key+"\x00"+tag, p.now()); ok {
-			tr, terr = rec, nil // resolved a moment ago, still being written
-		}
+	if rec, _, ok := p.tagging.get(key+"\x00"+tag, p.now()); ok && (terr != nil || rec.Resolved.After(tr.Resolved)) {
+		// Resolved a moment ago and still being written: newer than any
+		// record on disk, which may be the one this answer replaces.
+		tr, terr = rec, nil
 	}
 	known := terr == nil && acceptable(tr.MediaType, accept)
 	if known && p.now().Sub(tr.Resolved) < rq.tagTTL {

@@ -106,3 +106,48 @@ func TestNoBackgroundWriteAfterClose(t *testing.T) {
 		t.Fatal("a background write ran after Close")
 	}
 }
+
+// stalledTags holds every PutTag until release is closed.
+type stalledTags struct {
+	Metadata
+	release chan struct{}
+}
+
+func (s *stalledTags) PutTag(ctx context.Context, repo, tag string, rec metadata.TagRecord) error {
+	select {
+	case <-s.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return s.Metadata.PutTag(ctx, repo, tag, rec)
+}
+
+// TestPendingTagRecordOutranksTheStoredOne: a tag resolved again after its
+// TTL is served from the new answer while that is written, not from the
+// older record still on disk, which would send every pull in the meantime
+// upstream again (or, were the upstream down, serve the older digest).
+func TestPendingTagRecordOutranksTheStoredOne(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, true)
+	img, _ := random.Image(64, 1)
+	o.push(t, "library/app:1", img)
+	e := newEnv(t, o)
+	if resp, _ := e.get(t, "/v2/app/manifests/1"); resp.StatusCode != 200 {
+		t.Fatalf("first pull: %d", resp.StatusCode)
+	}
+	settle(t, e)
+	later := e.now.Load().Add(2 * time.Minute) // past the tag TTL
+	e.now.Store(&later)
+	stalled := &stalledTags{Metadata: e.meta, release: make(chan struct{})}
+	e.proxy.meta = stalled
+	defer close(stalled.release)
+	o.reset()
+	for i := range 3 {
+		if resp, _ := e.get(t, "/v2/app/manifests/1"); resp.StatusCode != 200 {
+			t.Fatalf("pull %d: %d", i, resp.StatusCode)
+		}
+	}
+	if n := o.count(http.MethodHead, "/v2/library/app/manifests/1"); n != 1 {
+		t.Fatalf("3 pulls after the TTL made %d HEADs while the new tag record was written, want 1", n)
+	}
+}

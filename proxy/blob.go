@@ -41,6 +41,10 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 		// along a running fill, or asks the upstream, but starts no transfer.
 		f, leader := p.joinFill(r.Context(), rq, d, link.Size, r.Method != http.MethodHead, private)
 		if f == nil {
+			if r.Method != http.MethodHead {
+				return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, RetryAfter: time.Second,
+					Message: "airlock is shutting down; retry shortly"}
+			}
 			return p.headUpstreamBlob(w, r, rq, d)
 		}
 		// serveFill aborts a broken transfer by panicking with

@@ -119,9 +119,9 @@ func (f *fill) release() {
 }
 
 // joinFill returns the running fill for d, starting one if there is none
-// and start is set (otherwise f is nil); leader reports that this request
-// started it. ctx only lends the fill its trace. The caller must release
-// the fill.
+// and start is set (otherwise, or after Close, f is nil); leader reports
+// that this request started it. ctx only lends the fill its trace. The
+// caller must release the fill.
 func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, declared int64, start, private bool) (f *fill, leader bool) {
 	k := fillKey{rq.route.Upstream.Name, d, declared, ""}
 	if private {
@@ -157,14 +157,15 @@ func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, decl
 		p.metrics.coalesced(f.upstream)
 		return f, false
 	}
-	if !start {
+	if !start || !p.track() {
+		// After Close no fill starts: its WaitGroup is no longer waited on,
+		// and the stores are being closed.
 		return nil, false
 	}
 	f = &fill{digest: d, upstream: rq.route.Upstream.Name, key: rq.route.Key(), declared: declared,
 		setKey: k, wake: make(chan struct{}), size: -1, refs: 2}
 	p.fills.m[k] = f
-	p.wg.Add(1)
-	go p.runFill(ctx, f, rq)
+	go p.runFill(ctx, f, rq) // counted by track
 	return f, true
 }
 

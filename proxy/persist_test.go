@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -149,5 +150,29 @@ func TestPendingTagRecordOutranksTheStoredOne(t *testing.T) {
 	}
 	if n := o.count(http.MethodHead, "/v2/library/app/manifests/1"); n != 1 {
 		t.Fatalf("3 pulls after the TTL made %d HEADs while the new tag record was written, want 1", n)
+	}
+}
+
+// TestNoFillAfterClose: a blob request still being handled after Close
+// (a drain that timed out) starts no fill, whose goroutine Close would no
+// longer wait for, and gets a clear answer to retry.
+func TestNoFillAfterClose(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, false)
+	img, _ := random.Image(1024, 1)
+	o.push(t, "library/app:1", img)
+	layers, _ := img.Layers()
+	ld, _ := layers[0].Digest()
+	e := newEnv(t, o)
+	if err := e.proxy.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	o.reset()
+	resp, body := e.get(t, "/v2/app/blobs/"+ld.String())
+	if resp.StatusCode != http.StatusServiceUnavailable || ociCode(t, body) != CodeUnavailable || !strings.Contains(string(body), "shutting down") {
+		t.Fatalf("blob after Close: %d %s", resp.StatusCode, body)
+	}
+	if n := o.total(); n != 0 {
+		t.Fatalf("a request after Close went upstream: %v", o.counts)
 	}
 }

@@ -469,8 +469,10 @@ func (p *Proxy) downloadManifest(ctx context.Context, rq *request, d digest.Dige
 	pending := key + "\x00" + d.String()
 	p.storing.put(pending, m, p.now().Add(storingMemory))
 	for _, b := range admit {
-		// The sizes it declares bound the fills of its blobs at once.
-		p.declaring.put(key+"\x00"+b.Digest.String(), b.Size, p.now().Add(storingMemory))
+		// The sizes it declares bound the fills of its blobs at once. The
+		// first declaration stands, as in the store, where a declaration
+		// never replaces a size already known.
+		p.declaring.add(key+"\x00"+b.Digest.String(), b.Size, p.now(), p.now().Add(storingMemory))
 	}
 	p.persist(rq, "storing manifest", func(ctx context.Context) error {
 		err := p.meta.PutManifest(ctx, key, rec, link, admit...)

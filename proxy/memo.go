@@ -43,9 +43,25 @@ func (c *memo[V]) get(key string, now time.Time) (v V, fresh, ok bool) {
 }
 
 func (c *memo[V]) put(key string, v V, expires time.Time) {
-	size := len(key) + c.size(v)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.set(key, v, expires)
+}
+
+// add puts v for key unless a fresh entry holds it already: the first
+// answer stands until it expires or is forgotten.
+func (c *memo[V]) add(key string, v V, now, expires time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[key]; ok && now.Before(e.expires) {
+		return
+	}
+	c.set(key, v, expires)
+}
+
+// set puts v for key; c.mu must be held.
+func (c *memo[V]) set(key string, v V, expires time.Time) {
+	size := len(key) + c.size(v)
 	// Whatever was kept for key is no longer the answer.
 	c.drop(key)
 	if size > c.max/8 {

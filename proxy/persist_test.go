@@ -176,3 +176,32 @@ func TestNoFillAfterClose(t *testing.T) {
 		t.Fatalf("a request after Close went upstream: %v", o.counts)
 	}
 }
+
+// TestFirstDeclarationStandsInMemoryAsOnDisk: two manifests in one
+// repository declare different sizes for a layer. The store keeps the
+// first declaration (a declaration never replaces a size known); while the
+// writes are on their way, memory must say the same, or a fill is bound by
+// a size the store contradicts a moment later, and a pull that joins
+// neither fails.
+func TestFirstDeclarationStandsInMemoryAsOnDisk(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, true)
+	img, _ := random.Image(64<<10, 1)
+	o.push(t, "library/app:1", img)
+	ld, want := layerOf(t, img, 0)
+	cfg, _ := img.ConfigName()
+	putManifest(t, o, "library/app", "liar", mediaOCIManifest, hostileManifest(t, cfg, ld.String()))
+	e := newEnv(t, o)
+	stalled := &stalledMeta{Metadata: e.meta, release: make(chan struct{})}
+	e.proxy.meta = stalled
+	defer close(stalled.release)
+	for _, path := range []string{"/v2/library/app/manifests/liar", "/v2/library/app/manifests/1"} {
+		if resp, _ := e.get(t, path); resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d", path, resp.StatusCode)
+		}
+	}
+	size, _, ok := e.proxy.declaring.get("hub/library/app\x00"+ld.String(), e.proxy.now())
+	if !ok || size == int64(len(want)) {
+		t.Fatalf("declared size in memory = %d (%v); want the first manifest's, not the later one's %d", size, ok, len(want))
+	}
+}

@@ -324,9 +324,20 @@ func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, acce
 		pending := key + "\x00" + tag
 		p.tagging.put(pending, rec, p.now().Add(storingMemory))
 		p.persist(rq, "recording tag "+tag, func(ctx context.Context) error {
+			// Two resolutions of one tag can be on their way at once (a
+			// short TTL, a slow volume); their writes must not land out of
+			// order. Under the tag's lock, a record no longer the latest
+			// in memory is not written: a newer one was resolved and is
+			// written after it, or was already.
+			mu := p.tagLock(pending)
+			mu.Lock()
+			defer mu.Unlock()
+			if cur, _, ok := p.tagging.get(pending, p.now()); !ok || cur != rec {
+				return nil
+			}
 			err := p.meta.PutTag(ctx, key, tag, rec)
 			if err == nil {
-				p.tagging.forget(pending)
+				p.tagging.forgetIf(pending, func(cur metadata.TagRecord) bool { return cur == rec })
 			}
 			return err
 		})

@@ -92,6 +92,17 @@ func (c *memo[V]) forget(key string) {
 	c.sweep()
 }
 
+// forgetIf drops key when its entry is still the one match recognises,
+// not one put since.
+func (c *memo[V]) forgetIf(key string, match func(V) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[key]; ok && match(e.v) {
+		c.drop(key)
+		c.sweep()
+	}
+}
+
 // drop removes key's entry and its bytes; its place in order goes stale.
 func (c *memo[V]) drop(key string) {
 	if e, ok := c.m[key]; ok {

@@ -205,3 +205,77 @@ func TestFirstDeclarationStandsInMemoryAsOnDisk(t *testing.T) {
 		t.Fatalf("declared size in memory = %d (%v); want the first manifest's, not the later one's %d", size, ok, len(want))
 	}
 }
+
+// orderedTags holds each PutTag on a gate of its own, in arrival order.
+type orderedTags struct {
+	Metadata
+	mu    sync.Mutex
+	gates []chan struct{}
+	done  []chan struct{}
+}
+
+func (s *orderedTags) PutTag(ctx context.Context, repo, tag string, rec metadata.TagRecord) error {
+	s.mu.Lock()
+	gate, done := make(chan struct{}), make(chan struct{})
+	s.gates, s.done = append(s.gates, gate), append(s.done, done)
+	s.mu.Unlock()
+	defer close(done)
+	select {
+	case <-gate:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return s.Metadata.PutTag(ctx, repo, tag, rec)
+}
+
+func (s *orderedTags) arrived() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.gates)
+}
+
+// TestOlderTagWriteNeverLandsLast: a tag resolved twice while the first
+// record is still being written (a slow volume, a short TTL) must end on
+// disk with the newer answer, whatever order the writes reach the store.
+func TestOlderTagWriteNeverLandsLast(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, true)
+	img1, _ := random.Image(64, 1)
+	o.push(t, "library/app:1", img1)
+	e := newEnv(t, o)
+	tags := &orderedTags{Metadata: e.meta}
+	e.proxy.meta = tags
+	if resp, _ := e.get(t, "/v2/app/manifests/1"); resp.StatusCode != 200 {
+		t.Fatalf("first pull: %d", resp.StatusCode)
+	}
+	waitFor(t, func() bool { return tags.arrived() == 1 })
+	img2, _ := random.Image(64, 1)
+	newer := o.push(t, "library/app:1", img2) // the tag moves upstream
+	later := e.now.Load().Add(2 * time.Minute)
+	e.now.Store(&later)
+	if resp, _ := e.get(t, "/v2/app/manifests/1"); resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != newer.String() {
+		t.Fatalf("pull after the tag moved: %d %s", resp.StatusCode, resp.Header.Get("Docker-Content-Digest"))
+	}
+	time.Sleep(100 * time.Millisecond) // let the second write reach the store, if it would
+	tags.mu.Lock()
+	gates, done := tags.gates, tags.done
+	tags.mu.Unlock()
+	if len(gates) == 2 {
+		// Both wait: the newer lands first, then the older.
+		close(gates[1])
+		<-done[1]
+		close(gates[0])
+		<-done[0]
+	} else {
+		close(gates[0])
+		waitFor(t, func() bool { return tags.arrived() == 2 })
+		tags.mu.Lock()
+		close(tags.gates[1])
+		tags.mu.Unlock()
+	}
+	settle(t, e)
+	rec, err := e.meta.Tag(t.Context(), "hub/library/app", "1")
+	if err != nil || rec.Digest.String() != newer.String() {
+		t.Fatalf("tag on disk = %s (%v), want the newer answer %s", rec.Digest, err, newer)
+	}
+}

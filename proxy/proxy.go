@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"log/slog"
 	"net/http"
@@ -179,6 +180,8 @@ type Proxy struct {
 	declaring memo[int64]
 	// tagging holds tag records just resolved, while they are written.
 	tagging memo[metadata.TagRecord]
+	// tagLocks order the writes of one tag's records (see tagLock).
+	tagLocks [64]sync.Mutex
 
 	// ctx is the parent of work detached from clients (fills, shared
 	// lookups); cancel ends it at Close.
@@ -196,6 +199,15 @@ type Proxy struct {
 // maxBackgroundWrites bounds the metadata writes (manifests, tags, links)
 // a burst of pulls may leave waiting for the volume.
 const maxBackgroundWrites = 64
+
+// tagLock returns the lock that orders the writes of the tag record under
+// key: one of a fixed few, so that writes of different tags rarely wait on
+// each other and memory does not grow with the tags seen.
+func (p *Proxy) tagLock(key string) *sync.Mutex {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	return &p.tagLocks[h.Sum32()%uint32(len(p.tagLocks))]
+}
 
 // track counts one piece of background work for Close to wait for; it
 // reports false once Close began, when nothing new may start: a WaitGroup

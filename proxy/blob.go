@@ -169,8 +169,9 @@ func (p *Proxy) confirmBlob(ctx context.Context, rq *request, d digest.Digest, s
 }
 
 // confirmMemory is how long an upstream's confirmation is kept in memory
-// while its link is written: far longer than any write takes.
-const confirmMemory = time.Minute
+// while its link is written: longer than a background write may take (see
+// persist), so that memory never lapses before the write lands.
+const confirmMemory = lookupTimeout + time.Minute
 
 // persist runs a metadata write detached from the request, tracked so that
 // Close waits for it. A full volume only keeps the write from being

@@ -501,8 +501,9 @@ func (p *Proxy) downloadManifest(ctx context.Context, rq *request, d digest.Dige
 }
 
 // storingMemory is how long a fetched manifest is served from memory while
-// it is written: far longer than any write takes.
-const storingMemory = time.Minute
+// it is written: longer than a background write may take (see persist), so
+// that memory never lapses before the write lands.
+const storingMemory = lookupTimeout + time.Minute
 
 // servedMediaType is the Content-Type a manifest is served with: the media
 // type its body declares, which the digest fixes for every upstream alike;

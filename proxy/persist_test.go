@@ -279,3 +279,30 @@ func TestOlderTagWriteNeverLandsLast(t *testing.T) {
 		t.Fatalf("tag on disk = %s (%v), want the newer answer %s", rec.Digest, err, newer)
 	}
 }
+
+// TestManifestIsRememberedAsLongAsItsWriteMayTake: a manifest whose write
+// is still waiting for the volume is served from memory for as long as the
+// write may take, not fetched again (and written twice) in the meantime.
+func TestManifestIsRememberedAsLongAsItsWriteMayTake(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, true)
+	img, _ := random.Image(64, 1)
+	d := o.push(t, "library/app:1", img)
+	e := newEnv(t, o)
+	stalled := &stalledMeta{Metadata: e.meta, release: make(chan struct{})}
+	e.proxy.meta = stalled
+	defer close(stalled.release)
+	path := "/v2/app/manifests/" + d.String()
+	if resp, _ := e.get(t, path); resp.StatusCode != 200 {
+		t.Fatalf("first pull: %d", resp.StatusCode)
+	}
+	later := e.now.Load().Add(lookupTimeout - time.Second) // the write may still be running
+	e.now.Store(&later)
+	o.reset()
+	if resp, _ := e.get(t, path); resp.StatusCode != 200 {
+		t.Fatalf("second pull: %d", resp.StatusCode)
+	}
+	if n := o.total(); n != 0 {
+		t.Fatalf("a manifest still being written was fetched again: %v", o.counts)
+	}
+}

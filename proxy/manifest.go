@@ -138,7 +138,17 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rq *reques
 		// The first time this manifest is served here, the blobs it lists
 		// become readable in this repository (once its upstream confirms
 		// each). Later hits find the flag and write nothing.
-		if err := p.meta.AdmitManifest(ctx, rt.Key(), rec.Digest, referencedBlobs(rec.MediaType, rec.Body)); err != nil {
+		err := p.meta.AdmitManifest(ctx, rt.Key(), rec.Digest, referencedBlobs(rec.MediaType, rec.Body))
+		if err == nil {
+			// A manifest still being written is served from memory: it
+			// must say the admission is done too, or every pull until the
+			// write lands admits it again.
+			p.storing.change(rt.Key()+"\x00"+rec.Digest.String(), func(m repoManifest) repoManifest {
+				m.link.Flags |= metadata.Admitted
+				return m
+			})
+		}
+		if err != nil {
 			err = p.noSpace(ctx, rq, fmt.Errorf("recording the blobs of %s@%s: %w", rt.Key(), rec.Digest, err))
 			// Where no policy applies the record only saves work; under a
 			// policy it is what makes the blobs readable, so a full volume

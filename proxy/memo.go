@@ -92,6 +92,17 @@ func (c *memo[V]) forget(key string) {
 	c.sweep()
 }
 
+// change replaces key's value with change(v) when key is held, keeping
+// its expiry and place; change must not alter the value's size.
+func (c *memo[V]) change(key string, change func(V) V) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[key]; ok {
+		e.v = change(e.v)
+		c.m[key] = e
+	}
+}
+
 // forgetIf drops key when its entry is still the one match recognises,
 // not one put since.
 func (c *memo[V]) forgetIf(key string, match func(V) bool) {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
@@ -304,5 +305,39 @@ func TestManifestIsRememberedAsLongAsItsWriteMayTake(t *testing.T) {
 	}
 	if n := o.total(); n != 0 {
 		t.Fatalf("a manifest still being written was fetched again: %v", o.counts)
+	}
+}
+
+// countingAdmits counts AdmitManifest calls.
+type countingAdmits struct {
+	*stalledMeta
+	admits atomic.Int64
+}
+
+func (c *countingAdmits) AdmitManifest(ctx context.Context, repo string, d digest.Digest, blobs []metadata.BlobLink) error {
+	c.admits.Add(1)
+	return c.stalledMeta.AdmitManifest(ctx, repo, d, blobs)
+}
+
+// TestGovernedManifestIsAdmittedOnceWhileWritten: under a policy, a
+// manifest admitted while its write is still on its way is not admitted
+// again (a synchronous metadata commit) by every pull in the meantime.
+func TestGovernedManifestIsAdmittedOnceWhileWritten(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, true)
+	img, _ := random.Image(64, 1)
+	d := o.push(t, "library/app:1", img)
+	e := newEnv(t, o)
+	e.proxy.gate = &denyGate{prefix: "library/"}
+	meta := &countingAdmits{stalledMeta: &stalledMeta{Metadata: e.meta, release: make(chan struct{})}}
+	e.proxy.meta = meta
+	defer close(meta.release)
+	for range 3 {
+		if resp, _ := e.get(t, "/v2/library/app/manifests/"+d.String()); resp.StatusCode != 200 {
+			t.Fatalf("pull: %d", resp.StatusCode)
+		}
+	}
+	if n := meta.admits.Load(); n != 1 {
+		t.Fatalf("3 pulls of one manifest admitted it %d times, want 1", n)
 	}
 }

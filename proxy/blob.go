@@ -41,6 +41,10 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 		// along a running fill, or asks the upstream, but starts no transfer.
 		f, leader := p.joinFill(r.Context(), rq, d, link.Size, r.Method != http.MethodHead, private)
 		if f == nil {
+			if r.Method != http.MethodHead {
+				return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, RetryAfter: time.Second,
+					Message: "airlock is shutting down; retry shortly"}
+			}
 			return p.headUpstreamBlob(w, r, rq, d)
 		}
 		// serveFill aborts a broken transfer by panicking with
@@ -165,22 +169,42 @@ func (p *Proxy) confirmBlob(ctx context.Context, rq *request, d digest.Digest, s
 }
 
 // confirmMemory is how long an upstream's confirmation is kept in memory
-// while its link is written: far longer than any write takes.
-const confirmMemory = time.Minute
+// while its link is written: longer than a background write may take (see
+// persist), so that memory never lapses before the write lands.
+const confirmMemory = lookupTimeout + time.Minute
 
 // persist runs a metadata write detached from the request, tracked so that
 // Close waits for it. A full volume only keeps the write from being
-// remembered; anything else is logged.
+// remembered; anything else is logged. At most cap(p.writes) writes wait
+// in the background: past that (a burst of distinct manifests on a slow
+// volume) the caller writes its own, so neither goroutines nor the bodies
+// they hold pile up faster than the volume commits. After Close the write
+// is dropped: the metadata store is being closed, and a lost background
+// write only means the next request asks the upstream again.
 func (p *Proxy) persist(rq *request, what string, write func(context.Context) error) {
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
+	run := func() {
 		ctx, cancel := context.WithTimeout(p.ctx, lookupTimeout)
 		defer cancel()
 		if err := write(ctx); err != nil && !errors.Is(err, storage.ErrNoSpace) {
 			p.log.LogAttrs(ctx, slog.LevelError, what+" failed", slog.String("repository", rq.route.Key()),
 				slog.String("error", err.Error()))
 		}
+	}
+	if !p.track() {
+		return
+	}
+	defer p.wg.Done()
+	select {
+	case p.writes <- struct{}{}:
+	default:
+		run()
+		return
+	}
+	p.wg.Add(1) // for the goroutine; the caller's count is dropped on return
+	go func() {
+		defer p.wg.Done()
+		defer func() { <-p.writes }()
+		run()
 	}()
 }
 

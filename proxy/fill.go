@@ -119,9 +119,9 @@ func (f *fill) release() {
 }
 
 // joinFill returns the running fill for d, starting one if there is none
-// and start is set (otherwise f is nil); leader reports that this request
-// started it. ctx only lends the fill its trace. The caller must release
-// the fill.
+// and start is set (otherwise, or after Close, f is nil); leader reports
+// that this request started it. ctx only lends the fill its trace. The
+// caller must release the fill.
 func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, declared int64, start, private bool) (f *fill, leader bool) {
 	k := fillKey{rq.route.Upstream.Name, d, declared, ""}
 	if private {
@@ -136,12 +136,14 @@ func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, decl
 		f = p.fills.m[fillKey{k.upstream, d, 0, ""}]
 	}
 	if f == nil && declared == 0 && !private {
-		// Nothing was declared here (or the declaration is still being
-		// written): any shared fill of this upstream will do. Should it
-		// fail on its own declaration before a byte, a reader from another
-		// repository falls back to a private fill.
+		// Nothing is known of the size here: this repository's own fill,
+		// bound by its own declaration, will do. Not another repository's
+		// bound by that one's: any manifest on the upstream can declare a
+		// wrong size for a popular layer, and a fill from an upstream that
+		// sends no length fails on it only after streaming the declared
+		// bytes, breaking every reader mid-transfer.
 		for fk, running := range p.fills.m {
-			if fk.upstream == k.upstream && fk.digest == d && fk.private == "" {
+			if fk.upstream == k.upstream && fk.digest == d && fk.private == "" && running.key == rq.route.Key() {
 				f = running
 				break
 			}
@@ -155,14 +157,15 @@ func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, decl
 		p.metrics.coalesced(f.upstream)
 		return f, false
 	}
-	if !start {
+	if !start || !p.track() {
+		// After Close no fill starts: its WaitGroup is no longer waited on,
+		// and the stores are being closed.
 		return nil, false
 	}
 	f = &fill{digest: d, upstream: rq.route.Upstream.Name, key: rq.route.Key(), declared: declared,
 		setKey: k, wake: make(chan struct{}), size: -1, refs: 2}
 	p.fills.m[k] = f
-	p.wg.Add(1)
-	go p.runFill(ctx, f, rq)
+	go p.runFill(ctx, f, rq) // counted by track
 	return f, true
 }
 

@@ -138,7 +138,17 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rq *reques
 		// The first time this manifest is served here, the blobs it lists
 		// become readable in this repository (once its upstream confirms
 		// each). Later hits find the flag and write nothing.
-		if err := p.meta.AdmitManifest(ctx, rt.Key(), rec.Digest, referencedBlobs(rec.MediaType, rec.Body)); err != nil {
+		err := p.meta.AdmitManifest(ctx, rt.Key(), rec.Digest, referencedBlobs(rec.MediaType, rec.Body))
+		if err == nil {
+			// A manifest still being written is served from memory: it
+			// must say the admission is done too, or every pull until the
+			// write lands admits it again.
+			p.storing.change(rt.Key()+"\x00"+rec.Digest.String(), func(m repoManifest) repoManifest {
+				m.link.Flags |= metadata.Admitted
+				return m
+			})
+		}
+		if err != nil {
 			err = p.noSpace(ctx, rq, fmt.Errorf("recording the blobs of %s@%s: %w", rt.Key(), rec.Digest, err))
 			// Where no policy applies the record only saves work; under a
 			// policy it is what makes the blobs readable, so a full volume
@@ -258,10 +268,10 @@ func (p *Proxy) confirmManifest(ctx context.Context, rq *request, rec metadata.M
 func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, accept []string) (repoManifest, error) {
 	key := rq.route.Key()
 	tr, terr := p.meta.Tag(ctx, key, tag)
-	if terr != nil {
-		if rec, _, ok := p.tagging.get(key+"\x00"+tag, p.now()); ok {
-			tr, terr = rec, nil // resolved a moment ago, still being written
-		}
+	if rec, _, ok := p.tagging.get(key+"\x00"+tag, p.now()); ok && (terr != nil || rec.Resolved.After(tr.Resolved)) {
+		// Resolved a moment ago and still being written: newer than any
+		// record on disk, which may be the one this answer replaces.
+		tr, terr = rec, nil
 	}
 	known := terr == nil && acceptable(tr.MediaType, accept)
 	if known && p.now().Sub(tr.Resolved) < rq.tagTTL {
@@ -324,9 +334,20 @@ func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, acce
 		pending := key + "\x00" + tag
 		p.tagging.put(pending, rec, p.now().Add(storingMemory))
 		p.persist(rq, "recording tag "+tag, func(ctx context.Context) error {
+			// Two resolutions of one tag can be on their way at once (a
+			// short TTL, a slow volume); their writes must not land out of
+			// order. Under the tag's lock, a record no longer the latest
+			// in memory is not written: a newer one was resolved and is
+			// written after it, or was already.
+			mu := p.tagLock(pending)
+			mu.Lock()
+			defer mu.Unlock()
+			if cur, _, ok := p.tagging.get(pending, p.now()); !ok || cur != rec {
+				return nil
+			}
 			err := p.meta.PutTag(ctx, key, tag, rec)
 			if err == nil {
-				p.tagging.forget(pending)
+				p.tagging.forgetIf(pending, func(cur metadata.TagRecord) bool { return cur == rec })
 			}
 			return err
 		})
@@ -469,8 +490,10 @@ func (p *Proxy) downloadManifest(ctx context.Context, rq *request, d digest.Dige
 	pending := key + "\x00" + d.String()
 	p.storing.put(pending, m, p.now().Add(storingMemory))
 	for _, b := range admit {
-		// The sizes it declares bound the fills of its blobs at once.
-		p.declaring.put(key+"\x00"+b.Digest.String(), b.Size, p.now().Add(storingMemory))
+		// The sizes it declares bound the fills of its blobs at once. The
+		// first declaration stands, as in the store, where a declaration
+		// never replaces a size already known.
+		p.declaring.add(key+"\x00"+b.Digest.String(), b.Size, p.now(), p.now().Add(storingMemory))
 	}
 	p.persist(rq, "storing manifest", func(ctx context.Context) error {
 		err := p.meta.PutManifest(ctx, key, rec, link, admit...)
@@ -488,8 +511,9 @@ func (p *Proxy) downloadManifest(ctx context.Context, rq *request, d digest.Dige
 }
 
 // storingMemory is how long a fetched manifest is served from memory while
-// it is written: far longer than any write takes.
-const storingMemory = time.Minute
+// it is written: longer than a background write may take (see persist), so
+// that memory never lapses before the write lands.
+const storingMemory = lookupTimeout + time.Minute
 
 // servedMediaType is the Content-Type a manifest is served with: the media
 // type its body declares, which the digest fixes for every upstream alike;

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"log/slog"
 	"net/http"
@@ -179,12 +180,47 @@ type Proxy struct {
 	declaring memo[int64]
 	// tagging holds tag records just resolved, while they are written.
 	tagging memo[metadata.TagRecord]
+	// tagLocks order the writes of one tag's records (see tagLock).
+	tagLocks [64]sync.Mutex
 
 	// ctx is the parent of work detached from clients (fills, shared
 	// lookups); cancel ends it at Close.
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// closing guards wg.Add against Close's Wait: once closed is set no
+	// new background work starts (see track).
+	closing sync.Mutex
+	closed  bool
+	// writes bounds the metadata writes waiting in the background.
+	writes chan struct{}
+}
+
+// maxBackgroundWrites bounds the metadata writes (manifests, tags, links)
+// a burst of pulls may leave waiting for the volume.
+const maxBackgroundWrites = 64
+
+// tagLock returns the lock that orders the writes of the tag record under
+// key: one of a fixed few, so that writes of different tags rarely wait on
+// each other and memory does not grow with the tags seen.
+func (p *Proxy) tagLock(key string) *sync.Mutex {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	return &p.tagLocks[h.Sum32()%uint32(len(p.tagLocks))]
+}
+
+// track counts one piece of background work for Close to wait for; it
+// reports false once Close began, when nothing new may start: a WaitGroup
+// must not grow while it is waited on, and the metadata store is closed
+// after Close returns.
+func (p *Proxy) track() bool {
+	p.closing.Lock()
+	defer p.closing.Unlock()
+	if p.closed {
+		return false
+	}
+	p.wg.Add(1)
+	return true
 }
 
 // table is everything a configuration reload replaces at once.
@@ -251,6 +287,7 @@ func New(o Options) (*Proxy, error) {
 	p.declaring = memo[int64]{max: 8 << 20, size: func(int64) int { return 8 }}
 	p.tagging = memo[metadata.TagRecord]{max: 4 << 20, size: func(metadata.TagRecord) int { return 128 }}
 	p.storing = memo[repoManifest]{max: 64 << 20, size: func(m repoManifest) int { return len(m.rec.Body) }}
+	p.writes = make(chan struct{}, maxBackgroundWrites)
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.Reload(o.Router, o.Registries, o.TagTTL, o.DefaultTagTTL)
 	return p, nil
@@ -262,8 +299,12 @@ func (p *Proxy) Reload(rt *Router, regs map[string]Registry, ttl map[string]time
 	p.table.Store(&table{router: rt, registries: regs, tagTTL: ttl, defaultTagTTL: def})
 }
 
-// Close waits for running fills until ctx ends, then cancels the rest.
+// Close waits for running fills and background metadata writes until ctx
+// ends, then cancels the rest. No background work starts after Close.
 func (p *Proxy) Close(ctx context.Context) error {
+	p.closing.Lock()
+	p.closed = true
+	p.closing.Unlock()
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
 	select {

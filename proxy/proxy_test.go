@@ -321,6 +321,7 @@ func TestManifestByTagCachedWithinTTL(t *testing.T) {
 	}
 
 	// After the TTL the tag is checked with one HEAD; the manifest is not re-fetched.
+	settle(t, e) // the clock jump must not outrun the background writes
 	later := time.Now().Add(2 * time.Minute)
 	e.now.Store(&later)
 	o.reset()
@@ -526,6 +527,7 @@ func TestOfflineServesCachedContent(t *testing.T) {
 	e.get(t, "/v2/app/blobs/"+ld.String())
 
 	o.down.Store(true)
+	settle(t, e)                       // the clock jump must not outrun the background writes
 	later := time.Now().Add(time.Hour) // the tag's TTL has passed
 	e.now.Store(&later)
 	for _, path := range []string{"/v2/app/manifests/1", "/v2/app/manifests/" + d.String()} {
@@ -724,5 +726,24 @@ func TestStoredBlobStaysInItsRepository(t *testing.T) {
 	}
 	if n := o.count("HEAD", "/v2/library/b/blobs/"+ld.String()); n != 1 || o.total() != 1 {
 		t.Fatalf("upstream saw %v; want exactly one HEAD, then the link serves", o.counts)
+	}
+}
+
+// settle waits until the metadata writes that requests left to the
+// background have landed, for tests that go on to read the store (or a
+// path that reads only the store) rather than the proxy's memory. Taking
+// every slot of the write bound orders this after each write's end.
+func settle(t *testing.T, e *env) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for range cap(e.proxy.writes) {
+		select {
+		case e.proxy.writes <- struct{}{}:
+		case <-timeout:
+			t.Fatal("background metadata writes never landed")
+		}
+	}
+	for range cap(e.proxy.writes) {
+		<-e.proxy.writes
 	}
 }

@@ -135,6 +135,7 @@ func TestStaleTagSurvivesUnfetchableNewDigest(t *testing.T) {
 
 	img2, _ := random.Image(512, 1)
 	o.push(t, "library/app:1", img2) // the tag moves upstream
+	settle(t, e)                     // the clock jump must not outrun the background writes
 	later := time.Now().Add(2 * time.Minute)
 	e.now.Store(&later)
 	limitGets.Store(true)
@@ -219,6 +220,7 @@ func TestTagMediaTypeParametersKeepCacheAndStaleServe(t *testing.T) {
 		t.Errorf("a pull within the tag TTL asked the upstream: %v", o.counts)
 	}
 	o.down.Store(true)
+	settle(t, e) // the clock jump must not outrun the background writes
 	later := time.Now().Add(2 * time.Minute)
 	e.now.Store(&later)
 	if resp, body := e.get(t, "/v2/app/manifests/1", "Accept", accept); resp.StatusCode != 200 || !bytes.Equal(body, raw) {

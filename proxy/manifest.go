@@ -2,14 +2,11 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"mime"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -39,66 +36,6 @@ const (
 // allManifestTypes is sent upstream when fetching by digest: the bytes are
 // fixed by the digest, so any type is acceptable.
 var allManifestTypes = []string{mediaOCIIndex, mediaOCIManifest, mediaDockerList, mediaDockerV2}
-
-// maxAcceptTypes bounds how many media types one request's Accept headers
-// may name; registries know a handful, and clients send at most a dozen.
-const maxAcceptTypes = 64
-
-// parseAccept collects the media types of all Accept headers, without
-// parameters, in order and without repeats. It is linear in the header's
-// length and keeps at most maxAcceptTypes types: the header is untrusted
-// and arrives before any authentication.
-func parseAccept(h http.Header) []string {
-	var out []string
-	seen := map[string]struct{}{}
-	for _, v := range h.Values("Accept") {
-		for part := range strings.SplitSeq(v, ",") {
-			if len(out) == maxAcceptTypes {
-				return out
-			}
-			mt, _, _ := strings.Cut(part, ";")
-			mt = strings.ToLower(strings.TrimSpace(mt))
-			if !validMediaType(mt) {
-				continue
-			}
-			if _, dup := seen[mt]; dup {
-				continue
-			}
-			seen[mt] = struct{}{}
-			out = append(out, mt)
-		}
-	}
-	return out
-}
-
-// validMediaType reports whether mt is a "type/subtype" of token
-// characters, the only shape an Accept entry can usefully have here.
-func validMediaType(mt string) bool {
-	typ, sub, ok := strings.Cut(mt, "/")
-	return ok && isToken(typ) && isToken(sub)
-}
-
-func isToken(s string) bool {
-	if s == "" || len(s) > 127 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte("()<>@,;:\\\"/[]?={}", c) >= 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// acceptable reports whether a client with this Accept list takes mediaType.
-// No Accept at all means the client takes whatever the registry has.
-func acceptable(mediaType string, accept []string) bool {
-	if len(accept) == 0 || mediaType == "" {
-		return true
-	}
-	return slices.Contains(accept, mediaType) || slices.Contains(accept, "*/*")
-}
 
 func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rq *request) error {
 	ctx := r.Context()
@@ -357,28 +294,6 @@ func (p *Proxy) manifestByTag(ctx context.Context, rq *request, tag string, acce
 	return m, nil
 }
 
-// acceptKey names an Accept list whatever its order.
-func acceptKey(accept []string) string {
-	sorted := slices.Clone(accept)
-	slices.Sort(sorted)
-	return strings.Join(sorted, ",")
-}
-
-// everyClientGets reports whether an upstream's answer of mediaType to a
-// client with this Accept list is what any client would get for the tag, so
-// it may be recorded as the tag's. An index is the tag's whatever the
-// client took. An image manifest is, only if the client would have taken
-// either kind of index: a client that takes no OCI index (or no Docker
-// list) may have been handed one platform's manifest of a multi-platform
-// tag.
-func everyClientGets(mediaType string, accept []string) bool {
-	switch mediaType {
-	case mediaOCIIndex, mediaDockerList:
-		return true
-	}
-	return acceptable(mediaOCIIndex, accept) && acceptable(mediaDockerList, accept)
-}
-
 // staleManifest serves the last known mapping of tag while the upstream
 // cannot answer. Only what this repository's upstream vouched for is
 // served: confirming anything else would need the upstream.
@@ -514,104 +429,3 @@ func (p *Proxy) downloadManifest(ctx context.Context, rq *request, d digest.Dige
 // it is written: longer than a background write may take (see persist), so
 // that memory never lapses before the write lands.
 const storingMemory = lookupTimeout + time.Minute
-
-// servedMediaType is the Content-Type a manifest is served with: the media
-// type its body declares, which the digest fixes for every upstream alike;
-// else what the repository's own upstream sent (never another upstream's:
-// that is why the result is kept on the repository's link); else a guess
-// from the body's shape.
-func servedMediaType(contentType string, body []byte) string {
-	var m struct {
-		SchemaVersion int             `json:"schemaVersion"`
-		MediaType     string          `json:"mediaType"`
-		Manifests     json.RawMessage `json:"manifests"`
-		Config        json.RawMessage `json:"config"`
-		Signatures    json.RawMessage `json:"signatures"`
-	}
-	parsed := json.Unmarshal(body, &m) == nil
-	if parsed && validMediaType(m.MediaType) {
-		return m.MediaType
-	}
-	if mt, _, err := mime.ParseMediaType(contentType); err == nil && validMediaType(mt) &&
-		mt != mediaOctetStream && mt != "application/json" && mt != "text/plain" && mt != "text/html" {
-		return mt
-	}
-	switch {
-	case parsed && m.SchemaVersion == 1 && m.Signatures != nil:
-		return mediaDockerV1
-	case parsed && m.SchemaVersion == 1:
-		return mediaDockerV1JSON
-	case parsed && m.Manifests != nil:
-		return mediaOCIIndex
-	}
-	return mediaOCIManifest
-}
-
-type blobRef struct {
-	Digest digest.Digest `json:"digest"`
-	Size   int64         `json:"size"`
-}
-
-// Media types whose blobs are not a config and layers.
-const (
-	mediaDockerV1JSON = "application/vnd.docker.distribution.manifest.v1+json"
-	mediaOCIArtifact  = "application/vnd.oci.artifact.manifest.v1+json"
-)
-
-// referencedBlobs lists, with their declared sizes, the blobs a manifest of
-// the given (served) media type references: an image manifest's config and
-// layers, a schema 1 manifest's fsLayers, an artifact manifest's blobs. An
-// index references manifests, not blobs, and yields nothing. Only the
-// fields of the manifest's own type count: the gate judged the manifest as
-// that type, so a layer smuggled into a field of another type (an index
-// with "layers", an image manifest with "fsLayers") must not be admitted
-// with it. References airlock cannot serve (an algorithm other than sha256
-// and sha512, a malformed digest) are left out: a client asking for them
-// gets a clear error at the blob endpoint, and the manifest itself is
-// still served.
-func referencedBlobs(mediaType string, body []byte) []metadata.BlobLink {
-	var out []blobRef
-	switch mediaType {
-	case mediaOCIIndex, mediaDockerList:
-		return nil
-	case mediaDockerV1, mediaDockerV1JSON:
-		var m struct {
-			FSL []struct {
-				BlobSum digest.Digest `json:"blobSum"`
-			} `json:"fsLayers"`
-		}
-		if json.Unmarshal(body, &m) != nil {
-			return nil
-		}
-		for _, l := range m.FSL {
-			out = append(out, blobRef{Digest: l.BlobSum}) // schema 1 gives no sizes
-		}
-	case mediaOCIArtifact:
-		var m struct {
-			Blobs []blobRef `json:"blobs"`
-		}
-		if json.Unmarshal(body, &m) != nil {
-			return nil
-		}
-		out = m.Blobs
-	default:
-		var m struct {
-			Config *blobRef  `json:"config"`
-			Layers []blobRef `json:"layers"`
-		}
-		if json.Unmarshal(body, &m) != nil {
-			return nil
-		}
-		if m.Config != nil {
-			out = append(out, *m.Config)
-		}
-		out = append(out, m.Layers...)
-	}
-	valid := make([]metadata.BlobLink, 0, len(out))
-	for _, b := range out {
-		if verify.Check(b.Digest) == nil && b.Size >= 0 {
-			valid = append(valid, metadata.BlobLink{Digest: b.Digest, Size: b.Size})
-		}
-	}
-	return valid
-}

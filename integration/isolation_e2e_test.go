@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -174,4 +175,46 @@ func requestAuthz(rs []upstreamtest.Request) string {
 		b.WriteString(r.Authorization)
 	}
 	return b.String()
+}
+
+// TestRepointedUpstreamConfirmsAgain: an operator points the upstream name
+// "vendor" at another registry and reloads. What the previous registry
+// vouched for is not served as the new one's: a cached manifest and layer
+// it does not hold are refused, and a tag the old registry resolved is
+// resolved again.
+func TestRepointedUpstreamConfirmsAgain(t *testing.T) {
+	t.Parallel()
+	before, after := upstreamtest.New(t, upstreamtest.Options{}), upstreamtest.New(t, upstreamtest.Options{})
+	img := before.PushImage(t, "team/app", "v1", 64<<10, 1)
+	moved := after.PushImage(t, "team/app", "v1", 64<<10, 1) // the same tag, other content
+	al := e2eStart(t, airlocktest.Config{Upstreams: []airlocktest.Upstream{
+		{Name: "vendor", URL: before.URL, Retry: airlocktest.FastRetry()},
+	}})
+	base := al.URL + "/v2/vendor/team/app"
+	e2ePullHTTP(t, before, base, "v1", img)
+
+	raw, err := os.ReadFile(al.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(al.ConfigPath, bytes.ReplaceAll(raw, []byte(before.URL), []byte(after.URL)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := al.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := al.WaitLog(t.Context(), func(l airlocktest.LogLine) bool { return l.Msg() == "configuration reloaded" }); err != nil {
+		t.Fatal(err)
+	}
+	if len(al.LogsContaining("now points at another registry")) == 0 {
+		t.Error("the reload did not say the upstream moved")
+	}
+	for _, path := range []string{"/manifests/" + img.Digest.String(), "/blobs/" + img.Layers[0].String()} {
+		r, err := e2eGet(t.Context(), base+path, "Accept", manifestAccept)
+		if err != nil || r.Status != http.StatusNotFound {
+			t.Errorf("GET %s after the upstream moved: %d %v; want 404 from the registry that answers now", path, r.Status, err)
+		}
+	}
+	// The tag is the new registry's, within the old tag TTL.
+	e2ePullHTTP(t, after, base, "v1", moved)
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"strings"
 	"sync"
 	"time"
 )
@@ -89,6 +90,18 @@ func (c *memo[V]) forget(key string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.drop(key)
+	c.sweep()
+}
+
+// forgetPrefix drops every key that starts with prefix.
+func (c *memo[V]) forgetPrefix(prefix string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for key := range c.m {
+		if strings.HasPrefix(key, prefix) {
+			c.drop(key)
+		}
+	}
 	c.sweep()
 }
 

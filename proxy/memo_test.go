@@ -72,3 +72,21 @@ func TestMemoOversizedAnswerReplacesTheOld(t *testing.T) {
 		t.Fatalf("bytes = %d, want 0", c.bytes)
 	}
 }
+
+func TestMemoForgetPrefix(t *testing.T) {
+	t.Parallel()
+	c := memo[int64]{max: 1 << 20, size: func(int64) int { return 8 }}
+	exp := time.Now().Add(time.Hour)
+	for _, k := range []string{"vendor/a\x00x", "vendor/b\x00y", "vendorx/a\x00x", "hub/library/a\x00x"} {
+		c.put(k, 1, exp)
+	}
+	c.forgetPrefix("vendor/")
+	for k, want := range map[string]bool{"vendor/a\x00x": false, "vendor/b\x00y": false, "vendorx/a\x00x": true, "hub/library/a\x00x": true} {
+		if _, _, ok := c.get(k, time.Now()); ok != want {
+			t.Errorf("%q held = %v after forgetting vendor/, want %v", k, ok, want)
+		}
+	}
+	if want := (len("vendorx/a\x00x") + 8) + (len("hub/library/a\x00x") + 8); c.bytes != want {
+		t.Errorf("bytes = %d after forgetting, want %d", c.bytes, want)
+	}
+}

@@ -299,6 +299,20 @@ func (p *Proxy) Reload(rt *Router, regs map[string]Registry, ttl map[string]time
 	p.table.Store(&table{router: rt, registries: regs, tagTTL: ttl, defaultTagTTL: def})
 }
 
+// Forget drops what the proxy holds in memory on the word of an upstream:
+// its confirmations, manifests and tags still being written, referrers
+// lists and narrow tag answers. Call it when the name stands for another
+// registry after a reload (see metadata's Reidentify).
+func (p *Proxy) Forget(upstream string) {
+	prefix := upstream + "/"
+	p.confirmed.forgetPrefix(prefix)
+	p.storing.forgetPrefix(prefix)
+	p.declaring.forgetPrefix(prefix)
+	p.tagging.forgetPrefix(prefix)
+	p.narrowTags.forgetPrefix(prefix)
+	p.referrers.forgetPrefix(prefix)
+}
+
 // Close waits for running fills and background metadata writes until ctx
 // ends, then cancels the rest. No background work starts after Close.
 func (p *Proxy) Close(ctx context.Context) error {

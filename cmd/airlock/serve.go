@@ -179,7 +179,32 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 		g.meta.Close()
 		return nil, err
 	}
+	if err := g.reidentify(ctx, cfg); err != nil {
+		g.meta.Close()
+		return nil, err
+	}
 	return g, nil
+}
+
+// reidentify tells the metadata index what each upstream name stands for.
+// Where a name now points at another registry, what the previous one
+// vouched for (confirmed links, tags, and the proxy's memory of them) is
+// withdrawn, to be confirmed again by the registry that answers now.
+func (g *gateway) reidentify(ctx context.Context, cfg *config.Config) error {
+	ids := make(map[string]string, len(cfg.Upstreams))
+	for _, u := range cfg.Upstreams {
+		ids[u.Name] = strings.TrimRight(u.URL, "/")
+	}
+	changed, err := g.meta.Reidentify(ctx, ids)
+	if err != nil {
+		return fmt.Errorf("recording the upstreams' identities: %w", err)
+	}
+	for _, name := range changed {
+		g.proxy.Forget(name)
+		g.log.Warn("upstream now points at another registry: what the previous one confirmed is confirmed again on next use",
+			slog.String("upstream", name))
+	}
+	return nil
 }
 
 // reconcile gives the metadata index a use of every stored blob that a
@@ -451,6 +476,10 @@ func (g *gateway) reload(path string) {
 		err = g.auth.SetPolicy(policy)
 	}
 	if err != nil {
+		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
+		return
+	}
+	if err := g.reidentify(context.Background(), cfg); err != nil {
 		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
 		return
 	}

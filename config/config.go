@@ -2,8 +2,6 @@ package config
 
 import (
 	"log/slog"
-
-	"go.yaml.in/yaml/v3"
 )
 
 // Config is the whole of airlock's configuration. The zero value is not
@@ -51,10 +49,14 @@ type Config struct {
 	// is required.
 	Upstreams []Upstream `yaml:"upstreams"`
 
-	// Policies is reserved for admission gates. Entries are kept as YAML
-	// nodes, positions included, so the code that gives them meaning can
-	// decode them strictly and report errors by line. Default: none.
-	Policies []yaml.Node `yaml:"policies"`
+	// Policies decide which images are served: every policy whose match
+	// covers a repository must pass for an image there to be approved.
+	// Repositories no policy matches are served as they are. Default: none.
+	Policies []Policy `yaml:"policies"`
+
+	// Alerts send state changes (quarantined, blocked, released, ...) to
+	// webhooks. Default: none.
+	Alerts Alerts `yaml:"alerts"`
 }
 
 // TLS is a certificate and key for a listener. Both files are PEM and both
@@ -137,10 +139,11 @@ type Admin struct {
 	// loopback only, so exposing it is a deliberate act.
 	Listen string `yaml:"listen"`
 
-	// TokenFile holds the bearer token that authorizes changing requests.
-	// It is read when needed, so a rotated Secret takes effect without a
-	// restart. Default "": only read-only endpoints (health, metrics) are
-	// served.
+	// TokenFile holds the admin API's bearer tokens, one per line, as
+	// "token" or "name:token" (the name is what the audit log records as
+	// the actor). It is re-read when it changes, so a rotated Secret takes
+	// effect without a restart. Default "": the admin API answers 401 to
+	// everything but /healthz, /readyz and /metrics.
 	TokenFile string `yaml:"tokenFile"`
 }
 

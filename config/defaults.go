@@ -65,6 +65,9 @@ func (c *Config) ApplyDefaults() {
 	setDefault(&c.Log.Level, LevelInfo)
 	setDefault(&c.Log.Format, FormatJSON)
 	setDefault(&c.Shutdown.DrainTimeout, defaultDrainTimeout)
+	for i := range c.Policies {
+		setDefault(&c.Policies[i].Mode, ModeEnforce)
+	}
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		// A trailing slash would double up when paths are appended.

@@ -103,6 +103,16 @@ func (c *Config) hostProblems() []error {
 		u.Auth.checkHost(&p, key+".auth")
 	}
 	c.Auth.checkHost(&p)
+	for i, pol := range c.Policies {
+		if pol.Pins != "" {
+			p.readFile(fmt.Sprintf("policies[%d].pins", i), pol.Pins)
+		}
+	}
+	for i, w := range c.Alerts.Webhooks {
+		if w.SecretFile != "" {
+			p.secretFile(fmt.Sprintf("alerts.webhooks[%d].secretFile", i), w.SecretFile)
+		}
+	}
 	return p
 }
 

@@ -19,7 +19,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"case typo", "cache:\n  tagTtl: 1m\n" + ok,
 			[]string{`airlock.yaml:2: unknown key "tagTtl" in cache (did you mean "tagTTL"?)`}},
 		{"unrelated key lists known keys", "colour: blue\n" + ok,
-			[]string{`airlock.yaml:1: unknown key "colour"; known keys are admin, auth, cache, listen, log, policies, shutdown, storage, tls, tracing, upstreams`}},
+			[]string{`airlock.yaml:1: unknown key "colour"; known keys are admin, alerts, auth, cache, listen, log, policies, shutdown, storage, tls, tracing, upstreams`}},
 		{"key in upstream item", ok + "    mirror: true\n",
 			[]string{`airlock.yaml:4: unknown key "mirror" in upstreams[0]; known keys are`}},
 		{"key in nested struct", ok + "    auth:\n      usernamefile: /u\n      token: x\n",
@@ -142,33 +142,48 @@ func TestDuplicateKeyNotAlsoMissing(t *testing.T) {
 	}
 }
 
-func TestPoliciesKeptAsNodes(t *testing.T) {
+func TestPolicies(t *testing.T) {
 	t.Parallel()
-	c, err := Parse("p.yaml", []byte(`
-upstreams: [{name: hub, url: "https://hub.example"}]
-policies:
-  - name: signed
-    require: [cosign]
-  - plain string
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(c.Policies) != 2 {
-		t.Fatalf("got %d policies, want 2", len(c.Policies))
-	}
-	var first struct {
-		Name    string   `yaml:"name"`
-		Require []string `yaml:"require"`
-	}
-	if err := c.Policies[0].Decode(&first); err != nil || first.Name != "signed" || len(first.Require) != 1 {
-		t.Errorf("policies[0] decoded to %+v, %v", first, err)
-	}
-	if c.Policies[0].Line != 4 {
-		t.Errorf("policies[0] line = %d, want 4 (positions kept for later errors)", c.Policies[0].Line)
-	}
-	if c.Policies[1].Value != "plain string" {
-		t.Errorf("policies[1] = %q", c.Policies[1].Value)
+	const up = "upstreams: [{name: hub, url: \"https://hub.example\"}]\n"
+	for _, tc := range []struct {
+		name, yaml string
+		errs       []string
+	}{
+		{"valid, mode defaults to enforce", "policies: [{name: pinned, match: [\"hub/*\"], pins: /p.txt}]", nil},
+		{"audit mode", "policies: [{name: pinned, match: [\"hub/*\"], mode: audit, pins: /p.txt}]", nil},
+		{"missing name and match", "policies: [{pins: /p.txt}]", []string{"policies[0].name: required", "policies[0].match: required"}},
+		{"duplicate name", "policies: [{name: a, match: [x], pins: /p}, {name: a, match: [y], pins: /p}]", []string{"policies[1].name: \"a\" is used by another policy"}},
+		{"bad mode", "policies: [{name: a, match: [x], pins: /p, mode: warn}]", []string{"policies[0].mode: unknown mode \"warn\""}},
+		{"glob with a tag", "policies: [{name: a, match: [\"hub/x:1\"], pins: /p}]", []string{"policies[0].match[0]: \"hub/x:1\" contains"}},
+		{"no check", "policies: [{name: a, match: [x]}]", []string{"policies[0]: has no check"}},
+		{"unknown key", "policies: [{name: a, match: [x], pins: /p, require: [cosign]}]", []string{"unknown key \"require\""}},
+		{"webhook", "alerts: {webhooks: [{url: \"http://127.0.0.1:9/hook\", events: [image.quarantined]}]}", nil},
+		{"bad webhook", "alerts: {webhooks: [{url: \"ftp://x\"}, {url: \"http://h/\", events: [image.deleted]}]}",
+			[]string{"alerts.webhooks[0].url: \"ftp://x\" is not an http or https URL", "alerts.webhooks[1].events[0]: unknown event \"image.deleted\""}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := Parse("p.yaml", []byte(up+tc.yaml+"\n"))
+			if len(tc.errs) == 0 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, p := range c.Policies {
+					if p.Mode != ModeEnforce && p.Mode != ModeAudit {
+						t.Errorf("mode = %q after defaults", p.Mode)
+					}
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("no error, want %q", tc.errs)
+			}
+			for _, want := range tc.errs {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q\nlacks %q", err, want)
+				}
+			}
+		})
 	}
 }
 

@@ -87,6 +87,8 @@ func (c *Config) problems() []error {
 	}
 	c.checkUpstreams(&p)
 	c.Auth.check(&p, c.Upstreams)
+	c.checkPolicies(&p)
+	c.checkAlerts(&p)
 	return p
 }
 

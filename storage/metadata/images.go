@@ -1,0 +1,259 @@
+package metadata
+
+import (
+	"context"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Reason types: what kind of check or person put an image in its state.
+const (
+	ReasonSignature     = "signature"
+	ReasonVulnerability = "vulnerability"
+	ReasonPolicy        = "policy"
+	ReasonManual        = "manual"
+)
+
+// Reason says why an image has its state. Type and Message are always set;
+// the other fields carry the detail a check has (which policy, which tag,
+// which key, which CVE) so that the admin API and console can show it
+// without parsing the message.
+type Reason struct {
+	Type    string `json:"type"`
+	Message string `json:"message"`
+	// Policy names the policy that produced the reason.
+	Policy string `json:"policy,omitempty"`
+	// Mode is "audit" when the policy only records its finding: the image
+	// is served anyway.
+	Mode string `json:"mode,omitempty"`
+	// Tag is the tag the image was pulled by when the finding is about it.
+	Tag string `json:"tag,omitempty"`
+	// Actor is who gave a manual reason.
+	Actor string `json:"actor,omitempty"`
+	// Signature detail.
+	KeyID    string `json:"keyId,omitempty"`
+	Identity string `json:"identity,omitempty"`
+	// Vulnerability detail.
+	ID        string `json:"id,omitempty"`
+	Package   string `json:"package,omitempty"`
+	Installed string `json:"installed,omitempty"`
+	Fixed     string `json:"fixed,omitempty"`
+	Severity  string `json:"severity,omitempty"`
+	// Expires is the end of a release or waiver the reason describes.
+	Expires *time.Time `json:"expires,omitempty"`
+}
+
+// Verdict is what the policies concluded about an image, before any admin
+// override: approved, quarantined or pending, with the reasons. An image no
+// policy matches is approved with no reasons.
+type Verdict struct {
+	State   State    `json:"state"`
+	Reasons []Reason `json:"reasons,omitempty"`
+	// Policies names the policies that matched.
+	Policies  []string  `json:"policies,omitempty"`
+	DecidedAt time.Time `json:"decidedAt"`
+}
+
+// Override actions.
+const (
+	ActionRelease = "release"
+	ActionBlock   = "block"
+)
+
+// Override is an admin's decision about one image, which wins over the
+// verdict: a block always, a release until it expires.
+type Override struct {
+	Action string    `json:"action"` // ActionRelease or ActionBlock
+	By     string    `json:"by"`
+	Reason string    `json:"reason"`
+	At     time.Time `json:"at"`
+	// Expires ends a release; zero means never.
+	Expires time.Time `json:"expires,omitzero"`
+}
+
+// Platform is one manifest an image index lists.
+type Platform struct {
+	Digest       digest.Digest `json:"digest"`
+	MediaType    string        `json:"mediaType,omitempty"`
+	OS           string        `json:"os,omitempty"`
+	Architecture string        `json:"architecture,omitempty"`
+	Variant      string        `json:"variant,omitempty"`
+	// Fetched is set once a client pulled this platform's manifest.
+	Fetched bool `json:"fetched,omitempty"`
+}
+
+// Image is one manifest airlock has served or refused in one repository,
+// with its state. Repository is "<upstream>/<repository>".
+type Image struct {
+	Repository string        `json:"repository"`
+	Digest     digest.Digest `json:"digest"`
+	MediaType  string        `json:"mediaType,omitempty"`
+	// State is the effective state: the verdict, unless an override
+	// decides (see the gate).
+	State   State    `json:"state"`
+	Reasons []Reason `json:"reasons"`
+	Verdict Verdict  `json:"verdict"`
+	// Override is the admin decision in force, if any.
+	Override *Override `json:"override,omitempty"`
+	// Tags are the tags that last resolved to this image here.
+	Tags []string `json:"tags"`
+	// Platforms are the manifests an index lists; empty for a manifest.
+	Platforms  []Platform `json:"platforms,omitempty"`
+	FirstSeen  time.Time  `json:"firstSeen"`
+	UpdatedAt  time.Time  `json:"updatedAt"`
+	LastPulled time.Time  `json:"lastPulled,omitzero"`
+	Pulls      int64      `json:"pulls"`
+}
+
+// Change describes an update to an image for its audit record and alerts.
+// The store writes an audit record when the image's state changes or when
+// Action is set, and queues Deliveries, all in the transaction that writes
+// the image.
+type Change struct {
+	// Actor is who changed it: "admin:<name>", "policy", "expiry", ...
+	Actor string
+	// Action names what was done (ActionRelease, "decide", "rescan",
+	// "expire", "delete", ...).
+	Action string
+	// Reason is the admin's or the system's explanation, in a sentence.
+	Reason string
+	// Expires is a release's end, for the record.
+	Expires time.Time
+	// Deliveries are alerts to send once the change is committed; the
+	// store assigns their Seq and fills Event.Audit with the new audit
+	// record's hash.
+	Deliveries []Delivery
+}
+
+// AuditRecord is one entry of the append-only, hash-chained audit log.
+// Hash is the SHA-256 (hex, "sha256:" prefixed) of the record's canonical
+// JSON encoding with Hash empty; Prev is the Hash of the record before it
+// ("" for the first). Seq counts from 1 without gaps.
+type AuditRecord struct {
+	Seq        uint64        `json:"seq"`
+	Time       time.Time     `json:"time"`
+	Actor      string        `json:"actor"`
+	Action     string        `json:"action"`
+	Repository string        `json:"repository"`
+	Digest     digest.Digest `json:"digest"`
+	From       State         `json:"from"`
+	To         State         `json:"to"`
+	Reason     string        `json:"reason,omitempty"`
+	Reasons    []Reason      `json:"reasons,omitempty"`
+	Expires    time.Time     `json:"expires,omitzero"`
+	Prev       string        `json:"prev"`
+	Hash       string        `json:"hash"`
+}
+
+// AuditCheck is the result of checking the audit chain.
+type AuditCheck struct {
+	Records uint64 `json:"records"`
+	// Head is the hash of the last record.
+	Head string `json:"head"`
+	// OK is false when a record was edited, removed or inserted; Problem
+	// then says which, and BrokenAt is the first seq that does not check.
+	OK       bool   `json:"ok"`
+	BrokenAt uint64 `json:"brokenAt,omitempty"`
+	Problem  string `json:"problem,omitempty"`
+}
+
+// Event is the JSON body of an alert.
+type Event struct {
+	// ID is unique per event (the outbox seq, as a string, prefixed with
+	// the store's identity so that two stores never collide).
+	ID         string        `json:"id"`
+	Type       string        `json:"type"` // image.quarantined, image.blocked, image.released, image.release_expired, scan.failed ...
+	Time       time.Time     `json:"time"`
+	Repository string        `json:"repository"`
+	Digest     digest.Digest `json:"digest"`
+	From       State         `json:"from,omitempty"`
+	State      State         `json:"state"`
+	Reasons    []Reason      `json:"reasons,omitempty"`
+	Actor      string        `json:"actor,omitempty"`
+	Reason     string        `json:"reason,omitempty"`
+	Expires    time.Time     `json:"expires,omitzero"`
+	Tags       []string      `json:"tags,omitempty"`
+	// Audit is the hash of the audit record of the change, so a receiver
+	// holds an anchor of the chain.
+	Audit string `json:"audit,omitempty"`
+}
+
+// Delivery is one event for one alert target, kept in the outbox until it
+// is delivered or given up.
+type Delivery struct {
+	Seq         uint64    `json:"seq"`
+	Target      string    `json:"target"`
+	Event       Event     `json:"event"`
+	Attempts    int       `json:"attempts"`
+	NextAttempt time.Time `json:"nextAttempt"`
+	LastError   string    `json:"lastError,omitempty"`
+}
+
+// ImageQuery selects images. Empty fields match everything.
+type ImageQuery struct {
+	State State
+	// Upstream is the upstream name (the first path element).
+	Upstream string
+	// Repository is exact: "<upstream>/<repository>".
+	Repository string
+	// Limit bounds the answer; 0 means 100, more than 1000 means 1000.
+	Limit int
+	// After continues a listing: the Next of the previous page.
+	After string
+}
+
+// ImagePage is one page of images in key order (repository, then digest).
+type ImagePage struct {
+	Images []Image
+	// Next is set when more images follow; pass it as ImageQuery.After.
+	Next string
+}
+
+// PullStat is what happened to an image since the last flush.
+type PullStat struct {
+	Repository string
+	Digest     digest.Digest
+	Pulls      int64
+	Last       time.Time
+	// Platforms are child manifests pulled through this image.
+	Platforms []digest.Digest
+}
+
+// ImageStore keeps images' states, the audit log and the alert outbox. Every
+// implementation passes metadatatest.RunImageStore unchanged.
+type ImageStore interface {
+	// Image returns one image, or an error wrapping storage.ErrNotFound.
+	Image(ctx context.Context, repo string, d digest.Digest) (Image, error)
+	// Images lists images in key order.
+	Images(ctx context.Context, q ImageQuery) (ImagePage, error)
+	// EachImage calls fn for every image in key order (the gate loads its
+	// cache with it at start); an error from fn stops the walk.
+	EachImage(ctx context.Context, fn func(Image) error) error
+	// UpdateImage reads the image (a new one has Repository and Digest
+	// set and a zero FirstSeen), lets fn change it, and writes it with its
+	// audit record and deliveries in one transaction. fn may run more
+	// than once; an error from it aborts with nothing written. now stamps
+	// UpdatedAt, FirstSeen of a new image and the audit record.
+	UpdateImage(ctx context.Context, repo string, d digest.Digest, now time.Time, fn func(img *Image) (Change, error)) (Image, error)
+	// DeleteImage removes the image record, with an audit record of the
+	// change (To is StateNone), in one transaction. Deleting an unknown
+	// image is an error wrapping storage.ErrNotFound.
+	DeleteImage(ctx context.Context, repo string, d digest.Digest, now time.Time, c Change) error
+	// RecordPulls adds pull counts and last-pulled times and marks
+	// platforms fetched; images not in the store are skipped.
+	RecordPulls(ctx context.Context, stats []PullStat) error
+
+	// Audit returns up to limit records with Seq > after, in order.
+	Audit(ctx context.Context, after uint64, limit int) ([]AuditRecord, error)
+	// VerifyAudit checks the whole chain against the stored head.
+	VerifyAudit(ctx context.Context) (AuditCheck, error)
+
+	// DueDeliveries returns up to limit deliveries whose NextAttempt is
+	// not after now, oldest first.
+	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]Delivery, error)
+	// Delivered removes a delivery from the outbox.
+	Delivered(ctx context.Context, seq uint64) error
+	// RetryDelivery records a failed attempt and when to try again.
+	RetryDelivery(ctx context.Context, seq uint64, next time.Time, lastErr string) error
+}

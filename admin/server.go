@@ -1,0 +1,212 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/storage/metadata"
+)
+
+// Store is what the API reads: images and the audit log. It never writes
+// through it; changes go through the [Decider].
+type Store interface {
+	Image(ctx context.Context, repo string, d digest.Digest) (metadata.Image, error)
+	Images(ctx context.Context, q metadata.ImageQuery) (metadata.ImagePage, error)
+	Audit(ctx context.Context, after uint64, limit int) ([]metadata.AuditRecord, error)
+	VerifyAudit(ctx context.Context) (metadata.AuditCheck, error)
+}
+
+// Decider carries out an admin's decisions (the gate). It checks them
+// against the image's state, writes the state with its audit record, and
+// answers with errors wrapping storage.ErrNotFound (404), gate.ErrConflict
+// (409) or gate.ErrInvalid (400).
+type Decider interface {
+	Release(ctx context.Context, repo string, d digest.Digest, actor, reason string, expires time.Time) (metadata.Image, error)
+	Block(ctx context.Context, repo string, d digest.Digest, actor, reason string) (metadata.Image, error)
+	Unblock(ctx context.Context, repo string, d digest.Digest, actor, reason string) (metadata.Image, error)
+	Rescan(ctx context.Context, repo string, d digest.Digest, actor string) (metadata.Image, error)
+	Delete(ctx context.Context, repo string, d digest.Digest, actor, reason string) error
+}
+
+// Tags resolves a tag to the digest it last resolved to, for
+// `images show <repo>:<tag>`. *metadata.DB implements it.
+type Tags interface {
+	Tag(ctx context.Context, repo, tag string) (metadata.TagRecord, error)
+}
+
+// Cache says how many bytes of an image (its manifests and the blobs they
+// reference) the cache holds.
+type Cache interface {
+	CachedBytes(ctx context.Context, repo string, d digest.Digest) (int64, error)
+}
+
+// Options configure a [Server]. Store and Decider are required.
+type Options struct {
+	Store   Store
+	Decider Decider
+	// Tags resolves tags in image references; nil refuses references by
+	// tag with a message asking for the digest.
+	Tags Tags
+	// Cache, when set, adds "cachedBytes" to every image.
+	Cache Cache
+	// TokenFile is admin.tokenFile. Empty disables the API: every request
+	// is answered 401 with a message saying so.
+	TokenFile string
+	// Logger receives a line per change and per refused authentication;
+	// nil discards them.
+	Logger *slog.Logger
+	// Now is the clock for expiries; nil means time.Now.
+	Now func() time.Time
+}
+
+// Server serves the admin API under /api/v1/. Mount it with
+// mux.Handle("/api/v1/", srv).
+type Server struct {
+	store   Store
+	decider Decider
+	tags    Tags
+	cache   Cache
+	tokens  *tokenFile // nil when admin.tokenFile is not set
+	log     *slog.Logger
+	now     func() time.Time
+}
+
+// New returns a Server. It does not read the token file: that happens on
+// each request (cheaply, when unchanged), so the API starts even while the
+// Secret is still being mounted and says what is wrong when asked.
+func New(o Options) (*Server, error) {
+	if o.Store == nil || o.Decider == nil {
+		return nil, errors.New("admin: Options.Store and Options.Decider are required")
+	}
+	s := &Server{store: o.Store, decider: o.Decider, tags: o.Tags, cache: o.Cache, log: o.Logger, now: o.Now}
+	if o.TokenFile != "" {
+		s.tokens = &tokenFile{path: o.TokenFile}
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	return s, nil
+}
+
+// Prefix is the path the API is served under.
+const Prefix = "/api/v1/"
+
+// ServeHTTP authenticates the request, then routes it. Authentication comes
+// first so that an unauthenticated client learns nothing, not even which
+// paths exist.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	actor, err := s.authenticate(r.Header.Get("Authorization"))
+	if err != nil {
+		e, _ := asAPIError(err)
+		s.log.LogAttrs(r.Context(), slog.LevelWarn, "admin API request refused",
+			slog.String("method", r.Method), slog.String("path", r.URL.Path),
+			slog.String("remote", r.RemoteAddr), slog.String("error", e.Error()))
+		writeError(w, e)
+		return
+	}
+	if err := s.route(w, r, actor); err != nil {
+		s.fail(w, r, actor, err)
+	}
+}
+
+// fail writes err, classifying errors that are not already API errors.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, actor string, err error) {
+	e := classify(err)
+	if e.Code == CodeInternal || e.Code == CodeUnavailable {
+		s.log.LogAttrs(r.Context(), slog.LevelError, "admin API request failed",
+			slog.String("actor", actor), slog.String("method", r.Method),
+			slog.String("path", r.URL.Path), slog.String("error", err.Error()))
+	}
+	writeError(w, e)
+}
+
+// route dispatches on the path below Prefix.
+func (s *Server) route(w http.ResponseWriter, r *http.Request, actor string) error {
+	rest, ok := strings.CutPrefix(r.URL.Path, Prefix)
+	if !ok {
+		return errorf(CodeNotFound, "no admin API endpoint at %q; the API is under %s", r.URL.Path, Prefix)
+	}
+	switch {
+	case rest == "images":
+		if err := allow(r, http.MethodGet); err != nil {
+			return err
+		}
+		return s.listImages(w, r)
+	case strings.HasPrefix(rest, "images/"):
+		return s.routeImage(w, r, actor, strings.TrimPrefix(rest, "images/"))
+	case rest == "audit":
+		if err := allow(r, http.MethodGet); err != nil {
+			return err
+		}
+		return s.listAudit(w, r)
+	case rest == "audit/verify":
+		if err := allow(r, http.MethodGet); err != nil {
+			return err
+		}
+		return s.verifyAudit(w, r)
+	}
+	return errorf(CodeNotFound, "no admin API endpoint at %q; see /api/v1/images and /api/v1/audit", r.URL.Path)
+}
+
+// actions are the changes POSTed to an image's path.
+var actions = map[string]bool{"release": true, "block": true, "unblock": true, "rescan": true}
+
+// routeImage handles /api/v1/images/<ref>[/<action>].
+func (s *Server) routeImage(w http.ResponseWriter, r *http.Request, actor, path string) error {
+	refText, action := path, ""
+	if at := strings.IndexByte(path, '@'); at >= 0 {
+		// A digest holds no '/', so one after the '@' starts the action.
+		if slash := strings.IndexByte(path[at:], '/'); slash >= 0 {
+			refText, action = path[:at+slash], path[at+slash+1:]
+		}
+	} else if i := strings.LastIndexByte(path, '/'); i >= 0 && actions[path[i+1:]] {
+		return errorf(CodeInvalid, "%s needs the image's digest, not a tag: POST %simages/<repository>@<digest>/%s",
+			path[i+1:], Prefix, path[i+1:])
+	}
+	if action != "" {
+		if !actions[action] {
+			return errorf(CodeNotFound, "no image action %q; the actions are release, block, unblock and rescan", action)
+		}
+		if err := allow(r, http.MethodPost); err != nil {
+			return err
+		}
+		ref, err := ParseDigestReference(refText)
+		if err != nil {
+			return &apiError{Code: CodeInvalid, Message: err.Error()}
+		}
+		return s.change(w, r, actor, action, ref)
+	}
+	switch r.Method {
+	case http.MethodGet:
+		ref, err := ParseReference(refText)
+		if err != nil {
+			return &apiError{Code: CodeInvalid, Message: err.Error()}
+		}
+		return s.showImage(w, r, ref)
+	case http.MethodDelete:
+		ref, err := ParseDigestReference(refText)
+		if err != nil {
+			return &apiError{Code: CodeInvalid, Message: err.Error()}
+		}
+		return s.change(w, r, actor, "delete", ref)
+	}
+	return &apiError{Code: CodeMethodNotAllowed, Allow: "GET, DELETE",
+		Message: "an image answers GET and DELETE; changes are POSTed to <image>/release, /block, /unblock or /rescan"}
+}
+
+func allow(r *http.Request, method string) error {
+	if r.Method == method {
+		return nil
+	}
+	return &apiError{Code: CodeMethodNotAllowed, Allow: method,
+		Message: r.Method + " is not allowed on " + r.URL.Path + "; use " + method}
+}

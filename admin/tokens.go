@@ -1,0 +1,215 @@
+package admin
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+)
+
+// maxTokenFile bounds the token file: it holds a few lines, and reading an
+// unbounded file on every change would let a mistake (pointing it at a log)
+// cost every request.
+const maxTokenFile = 1 << 20
+
+// tokenNameRE is what a token's name may be: it ends up in the audit log as
+// "admin:<name>", so it is one plain word.
+var tokenNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$`)
+
+// tokenEntry is one accepted token: only its hash is kept, so that
+// comparisons are over equal lengths and the token itself is never held
+// longer than the parse.
+type tokenEntry struct {
+	sum   [sha256.Size]byte
+	actor string
+}
+
+// tokenFile is admin.tokenFile, re-read when it changes. A stat per request
+// is the price of rotation without restarts; it is a fraction of the
+// request's own cost.
+type tokenFile struct {
+	path string
+
+	mu      sync.Mutex
+	info    fs.FileInfo // of the version parsed, nil before the first read
+	entries []tokenEntry
+}
+
+// tokenFileError is a token file that cannot be used: unreadable or
+// malformed. Requests then fail with 503 rather than 401, since no token
+// would help. Public is what an unauthenticated client may read (the
+// problem, not the path or the OS's words); the log gets Error().
+type tokenFileError struct {
+	path   string
+	public string
+	err    error
+}
+
+func (e *tokenFileError) Error() string {
+	return fmt.Sprintf("admin.tokenFile %s: %v", e.path, e.err)
+}
+
+func (e *tokenFileError) Unwrap() error { return e.err }
+
+// current returns the tokens the file holds now, re-reading it if its
+// identity, size or modification time changed.
+func (t *tokenFile) current() ([]tokenEntry, error) {
+	info, err := os.Stat(t.path)
+	if err != nil {
+		return nil, &tokenFileError{path: t.path, public: "it cannot be read", err: err}
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.info != nil && sameVersion(t.info, info) {
+		return t.entries, nil
+	}
+	entries, err := readTokenFile(t.path)
+	if err != nil {
+		// Keep nothing from an older version: the file was changed on
+		// purpose, perhaps to revoke a token.
+		t.info, t.entries = nil, nil
+		return nil, err
+	}
+	t.info, t.entries = info, entries
+	return entries, nil
+}
+
+// sameVersion reports whether a and b are the same file unchanged. A
+// Kubernetes Secret update swaps a symlink, which os.Stat follows, so a
+// rotation shows up as another file.
+func sameVersion(a, b fs.FileInfo) bool {
+	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
+}
+
+func readTokenFile(path string) ([]tokenEntry, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, &tokenFileError{path: path, public: "it cannot be read", err: err}
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
+	if err != nil {
+		return nil, &tokenFileError{path: path, public: "it cannot be read", err: err}
+	}
+	if len(data) > maxTokenFile {
+		err := fmt.Errorf("larger than %d bytes; it should hold one token per line", maxTokenFile)
+		return nil, &tokenFileError{path: path, public: "it is " + err.Error(), err: err}
+	}
+	entries, err := parseTokens(data)
+	if err != nil {
+		return nil, &tokenFileError{path: path, public: err.Error(), err: err}
+	}
+	return entries, nil
+}
+
+// parseTokens parses "token" and "name:token" lines; blank lines and lines
+// starting with # are skipped. Errors name the line, never its content.
+func parseTokens(data []byte) ([]tokenEntry, error) {
+	var entries []tokenEntry
+	seen := map[[sha256.Size]byte]int{}
+	names := map[string]int{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 0, 4096), maxTokenFile)
+	for line := 1; sc.Scan(); line++ {
+		text := strings.TrimSpace(sc.Text())
+		if text == "" || strings.HasPrefix(text, "#") {
+			continue
+		}
+		name, token, named := strings.Cut(text, ":")
+		if !named {
+			name, token = "", text
+		}
+		name, token = strings.TrimSpace(name), strings.TrimSpace(token)
+		switch {
+		case named && !tokenNameRE.MatchString(name):
+			return nil, fmt.Errorf("line %d: the name before ':' must be a word of letters, digits and . _ @ + - (at most 64)", line)
+		case token == "":
+			return nil, fmt.Errorf("line %d: no token after the name", line)
+		case strings.ContainsAny(token, " \t"):
+			return nil, fmt.Errorf("line %d: a token cannot contain spaces; write \"token\" or \"name:token\"", line)
+		}
+		e := tokenEntry{sum: sha256.Sum256([]byte(token))}
+		if named {
+			e.actor = "admin:" + name
+			if prev, dup := names[name]; dup {
+				return nil, fmt.Errorf("line %d: the name %q is already used on line %d; give each token its own name", line, name, prev)
+			}
+			names[name] = line
+		} else {
+			e.actor = "admin:token-" + hex.EncodeToString(e.sum[:4])
+		}
+		if prev, dup := seen[e.sum]; dup {
+			return nil, fmt.Errorf("line %d: the same token is on line %d; each token must identify one actor", line, prev)
+		}
+		seen[e.sum] = line
+		entries = append(entries, e)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return entries, nil
+}
+
+// match returns the actor of token among entries. Every entry is compared,
+// in constant time, so the answer's timing says nothing about which entry
+// came close.
+func match(entries []tokenEntry, token string) (string, bool) {
+	sum := sha256.Sum256([]byte(token))
+	actor, found := "", 0
+	for i := range entries {
+		eq := subtle.ConstantTimeCompare(sum[:], entries[i].sum[:])
+		if eq == 1 {
+			actor = entries[i].actor
+		}
+		found |= eq
+	}
+	return actor, found == 1
+}
+
+// bearer extracts the token of an "Authorization: Bearer <token>" header.
+func bearer(header string) (string, bool) {
+	scheme, token, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	token = strings.TrimSpace(token)
+	return token, token != ""
+}
+
+// authenticate returns the actor a request's Authorization header names.
+func (s *Server) authenticate(header string) (string, error) {
+	if s.tokens == nil {
+		return "", errorf(CodeUnauthorized, "the admin API is disabled: admin.tokenFile is not set in airlock's configuration; "+
+			"set it to a file of tokens (\"name:token\" per line) and restart")
+	}
+	entries, err := s.tokens.current()
+	if err != nil {
+		public := "it cannot be used"
+		if te, ok := errors.AsType[*tokenFileError](err); ok {
+			public = te.public
+		}
+		return "", &apiError{Code: CodeUnavailable, Err: err,
+			Message: "admin.tokenFile cannot be used: " + public + "; the airlock log has the details. Nothing was changed."}
+	}
+	if len(entries) == 0 {
+		return "", errorf(CodeUnauthorized, "admin.tokenFile holds no tokens; add a line \"name:token\" to it")
+	}
+	token, ok := bearer(header)
+	if !ok {
+		return "", errorf(CodeUnauthorized, "authentication required: send \"Authorization: Bearer <token>\" with a token from admin.tokenFile")
+	}
+	actor, ok := match(entries, token)
+	if !ok {
+		return "", errorf(CodeUnauthorized, "the bearer token is not one of admin.tokenFile's tokens")
+	}
+	return actor, nil
+}

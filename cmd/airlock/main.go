@@ -31,5 +31,7 @@ func newRootCommand() *cobra.Command {
 	}
 	root.SetVersionTemplate("airlock {{.Version}}\n")
 	root.AddCommand(newServeCommand(), newConfigCommand(), newVersionCommand(info))
+	root.AddCommand(newQuarantineCommand(), newImagesCommand(), newReleaseCommand(), newBlockCommand(),
+		newUnblockCommand(), newRescanCommand(), newAuditCommand())
 	return root
 }

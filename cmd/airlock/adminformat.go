@@ -28,15 +28,23 @@ func writeJSONTo(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// shortDigest is enough of a digest to tell images apart in a table, in
-// the form people paste into searches: "sha256:1a2b3c4d5e6f".
+// shortDigest is enough of a digest to tell images apart in a table: 12
+// hex digits, as `docker images` shows image IDs, with the algorithm only
+// when it is not sha256. The full digest is in -o wide, -o json and
+// `images show`.
 func shortDigest(d fmt.Stringer) string {
 	s := d.String()
 	alg, hex, ok := strings.Cut(s, ":")
-	if !ok || len(hex) <= 12 {
+	if !ok {
 		return s
 	}
-	return alg + ":" + hex[:12]
+	if len(hex) > 12 {
+		hex = hex[:12]
+	}
+	if alg == "sha256" {
+		return hex
+	}
+	return alg + ":" + hex
 }
 
 // truncate shortens s to at most n characters, marking the cut with "…".
@@ -125,31 +133,97 @@ func tagList(tags []string) string {
 	return strings.Join(tags, ",")
 }
 
-// fitTable writes rows under header, truncating the last column so that
-// the table fits width; the others are cut to their max first.
-func fitTable(w io.Writer, header []string, max []int, rows [][]string, width int) error {
-	widths := make([]int, len(header))
-	for i, h := range header {
-		widths[i] = utf8.RuneCountInString(h)
+// column describes one table column for fitTable.
+type column struct {
+	header string
+	// min is how narrow the column may be cut when the table is too wide;
+	// 0 means never cut.
+	min int
+	// middle cuts in the middle rather than at the end: repository names
+	// differ at their end and are recognised by their start.
+	middle bool
+	// overflow, for the last column, is never cut: the others are fitted
+	// as if it took min, and it runs on past width when it must.
+	overflow bool
+}
+
+// fitTable writes rows under the columns' headers, aligned, cutting the
+// columns that allow it (the widest first) until the table fits width.
+// The last column is never padded, so a line is only as long as it must be.
+func fitTable(w io.Writer, cols []column, rows [][]string, width int) error {
+	widths := make([]int, len(cols))
+	for i, c := range cols {
+		widths[i] = utf8.RuneCountInString(c.header)
 	}
 	for _, row := range rows {
-		for i := range row[:len(row)-1] {
-			row[i] = truncate(row[i], max[i])
-			widths[i] = maxInt(widths[i], utf8.RuneCountInString(row[i]))
+		for i, cell := range row {
+			widths[i] = maxInt(widths[i], utf8.RuneCountInString(cell))
 		}
 	}
-	last := width
-	for _, wd := range widths[:len(widths)-1] {
-		last -= wd + colGap
+	for i, c := range cols {
+		if c.overflow && widths[i] > c.min {
+			widths[i] = c.min
+		}
 	}
-	last = maxInt(last, 16)
+	total := colGap * (len(cols) - 1)
+	for _, wd := range widths {
+		total += wd
+	}
+	for total > width {
+		widest, slack := -1, 0
+		for i, c := range cols {
+			if c.min > 0 && !c.overflow && widths[i]-c.min > slack {
+				widest, slack = i, widths[i]-c.min
+			}
+		}
+		if widest < 0 {
+			break // every column is at its minimum: wider than width it is
+		}
+		widths[widest]--
+		total--
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, colGap, ' ', 0)
+	header := make([]string, len(cols))
+	for i, c := range cols {
+		header[i] = c.header
+	}
 	fmt.Fprintln(tw, strings.Join(header, "\t"))
 	for _, row := range rows {
-		row[len(row)-1] = truncate(row[len(row)-1], last)
+		for i, c := range cols {
+			if c.overflow {
+				continue
+			}
+			if c.middle {
+				row[i] = truncateMiddle(row[i], widths[i])
+			} else {
+				row[i] = truncate(row[i], widths[i])
+			}
+		}
 		fmt.Fprintln(tw, strings.Join(row, "\t"))
 	}
 	return tw.Flush()
+}
+
+// truncateMiddle shortens s to n characters by cutting out its middle,
+// keeping more of the end, which tells repositories apart. In
+// "repository@digest" only the repository is cut.
+func truncateMiddle(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	if at := strings.LastIndexByte(s, '@'); at > 0 {
+		suffix := s[at:]
+		if keep := n - utf8.RuneCountInString(suffix); keep >= 5 {
+			return truncateMiddle(s[:at], keep) + suffix
+		}
+	}
+	if n < 5 {
+		return truncate(s, n)
+	}
+	head := (n - 1) / 3
+	tail := n - 1 - head
+	return string(r[:head]) + "…" + string(r[len(r)-tail:])
 }
 
 func maxInt(a, b int) int {
@@ -161,14 +235,14 @@ func maxInt(a, b int) int {
 
 // writeImageTable is the table of quarantine list and images list.
 func writeImageTable(w io.Writer, images []admin.Image, now time.Time, width int) error {
-	header := []string{"REPOSITORY", "DIGEST", "TAGS", "STATE", "UPDATED", "REASON"}
-	max := []int{36, 19, 20, 11, 10, 0}
+	cols := []column{{header: "REPOSITORY", min: 20, middle: true}, {header: "DIGEST"}, {header: "TAGS", min: 10},
+		{header: "STATE"}, {header: "UPDATED"}, {header: "REASON", min: 24}}
 	rows := make([][]string, 0, len(images))
 	for _, img := range images {
 		rows = append(rows, []string{img.Repository, shortDigest(img.Digest), tagList(img.Tags),
 			string(img.State), since(img.UpdatedAt, now), firstReason(img.Reasons)})
 	}
-	return fitTable(w, header, max, rows, width)
+	return fitTable(w, cols, rows, width)
 }
 
 // writeImagesWide is images list -o wide: what the cache holds, with full
@@ -327,13 +401,15 @@ func stateName(s metadata.State, none string) string {
 	return string(s)
 }
 
-// writeAuditTable is the audit verb's table, oldest first.
+// writeAuditTable is the audit verb's table, oldest first. The reason is
+// printed whole: the log is the record of why, and a cut reason hides it.
+// The other columns are fitted to leave it 20 columns within width.
 func writeAuditTable(w io.Writer, recs []metadata.AuditRecord, width int) error {
-	header := []string{"TIME", "ACTOR", "ACTION", "IMAGE", "FROM→TO", "REASON"}
-	max := []int{20, 20, 10, 44, 24, 0}
+	cols := []column{{header: "TIME"}, {header: "ACTOR", min: 12}, {header: "ACTION"}, {header: "IMAGE", min: 28, middle: true},
+		{header: "FROM→TO"}, {header: "REASON", min: 20, overflow: true}}
 	rows := make([][]string, 0, len(recs))
 	for _, r := range recs {
-		image := truncate(r.Repository, 44-20) + "@" + strings.TrimPrefix(shortDigest(r.Digest), "sha256:")
+		image := r.Repository + "@" + shortDigest(r.Digest)
 		reason := oneLine(r.Reason)
 		if reason == "" && len(r.Reasons) > 0 {
 			reason = firstReason(r.Reasons)
@@ -344,10 +420,10 @@ func writeAuditTable(w io.Writer, recs []metadata.AuditRecord, width int) error 
 		if !r.Expires.IsZero() {
 			reason += " (until " + r.Expires.UTC().Format(time.DateOnly) + ")"
 		}
-		rows = append(rows, []string{r.Time.UTC().Format("2006-01-02 15:04:05"), r.Actor, r.Action, image,
+		rows = append(rows, []string{r.Time.UTC().Format("2006-01-02 15:04"), r.Actor, r.Action, image,
 			stateName(r.From, "new") + "→" + stateName(r.To, "deleted"), reason})
 	}
-	return fitTable(w, header, max, rows, width)
+	return fitTable(w, cols, rows, width)
 }
 
 func writeAuditCheck(w io.Writer, c metadata.AuditCheck) {

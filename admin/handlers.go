@@ -7,9 +7,14 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/gate"
 	"github.com/airlock-registry/airlock/storage"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
@@ -114,18 +119,10 @@ func parseLimit(s string) (int, error) {
 func (s *Server) showImage(w http.ResponseWriter, r *http.Request, ref Reference) error {
 	d := ref.Digest
 	if d == "" {
-		if s.tags == nil {
-			return errorf(CodeInvalid, "this server cannot resolve tags; name the image by digest, %s@sha256:<hex>", ref.Repository)
-		}
-		rec, err := s.tags.Tag(r.Context(), ref.Repository, ref.Tag)
-		if errors.Is(err, storage.ErrNotFound) {
-			return errorf(CodeNotFound, "no tag %s: airlock has not resolved it; `airlock images list --repository %s` lists the images it knows",
-				ref, ref.Repository)
-		}
-		if err != nil {
+		var err error
+		if d, err = s.resolveTag(r.Context(), ref); err != nil {
 			return err
 		}
-		d = rec.Digest
 	}
 	img, err := s.store.Image(r.Context(), ref.Repository, d)
 	if errors.Is(err, storage.ErrNotFound) {
@@ -136,6 +133,43 @@ func (s *Server) showImage(w http.ResponseWriter, r *http.Request, ref Reference
 	}
 	writeJSON(w, http.StatusOK, s.present(r.Context(), img))
 	return nil
+}
+
+// resolveTag finds the digest ref's tag last resolved to: the tag record
+// when there is one, else the image whose tags name it (the gate records
+// those as it decides, before the tag record's own write lands).
+func (s *Server) resolveTag(ctx context.Context, ref Reference) (digest.Digest, error) {
+	if s.tags != nil {
+		rec, err := s.tags.Tag(ctx, ref.Repository, ref.Tag)
+		if err == nil {
+			return rec.Digest, nil
+		}
+		if !errors.Is(err, storage.ErrNotFound) {
+			return "", err
+		}
+	}
+	var found *metadata.Image
+	q := metadata.ImageQuery{Repository: ref.Repository, Limit: maxLimit}
+	for {
+		page, err := s.store.Images(ctx, q)
+		if err != nil {
+			return "", err
+		}
+		for i, img := range page.Images {
+			if slices.Contains(img.Tags, ref.Tag) && (found == nil || img.UpdatedAt.After(found.UpdatedAt)) {
+				found = &page.Images[i]
+			}
+		}
+		if page.Next == "" || page.Next == q.After {
+			break
+		}
+		q.After = page.Next
+	}
+	if found == nil {
+		return "", errorf(CodeNotFound, "no tag %s: airlock has not resolved it; `airlock images list --repository %s` lists the images it knows",
+			ref, ref.Repository)
+	}
+	return found.Digest, nil
 }
 
 // present makes the API's view of an image.
@@ -174,7 +208,7 @@ func (s *Server) change(w http.ResponseWriter, r *http.Request, actor, action st
 	var expires time.Time
 	switch action {
 	case "release", "block", "unblock":
-		if req.Reason == "" {
+		if strings.TrimSpace(req.Reason) == "" {
 			return errorf(CodeInvalid, "%s needs a reason: say why, for the audit log", action)
 		}
 	case "rescan":
@@ -305,6 +339,10 @@ func classify(err error) *apiError {
 	switch {
 	case errors.Is(err, storage.ErrNotFound):
 		return &apiError{Code: CodeNotFound, Message: err.Error(), Err: err}
+	case errors.Is(err, gate.ErrConflict):
+		return &apiError{Code: CodeConflict, Message: strings.TrimPrefix(err.Error(), gate.ErrConflict.Error()+": "), Err: err}
+	case errors.Is(err, gate.ErrInvalid):
+		return &apiError{Code: CodeInvalid, Message: strings.TrimPrefix(err.Error(), gate.ErrInvalid.Error()+": "), Err: err}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return &apiError{Code: CodeUnavailable, Message: "the request was cancelled or timed out before it finished", Err: err}
 	}

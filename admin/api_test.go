@@ -184,6 +184,11 @@ func TestAdminAPIUnauthorized(t *testing.T) {
 		}
 	}
 	f.unchanged(before, "unauthenticated requests")
+	logs := f.Logs()
+	if !strings.Contains(logs, "admin API request refused") || strings.Contains(logs, admintest.AliceToken[:10]) ||
+		strings.Contains(logs, "not-a-token") {
+		t.Fatalf("the log should record refusals and never a token:\n%s", logs)
+	}
 }
 
 // TestAdminAPITokenFileProblems covers an API without admin.tokenFile and
@@ -359,6 +364,21 @@ func TestAdminAPIReleaseBlockAudit(t *testing.T) {
 		t.Fatalf("release record: %+v", recs[2])
 	}
 
+	// The log has each change with its actor, and no token.
+	logs := f.Logs()
+	for _, want := range []string{
+		`msg="admin change" actor=admin:alice action=release repository=hcl/vendor/app digest=` + string(f.unpinned) +
+			` reason="vendor confirmed the build"`,
+		`msg="admin change" actor=` + unnamed + ` action=block`,
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the log lacks %s:\n%s", want, logs)
+		}
+	}
+	if strings.Contains(logs, admintest.AliceToken) || strings.Contains(logs, admintest.UnnamedToken) {
+		t.Errorf("the log holds a token:\n%s", logs)
+	}
+
 	var check metadata.AuditCheck
 	f.ok("GET", "/api/v1/audit/verify", "", &check)
 	if !check.OK || check.Records != uint64(len(recs)) || check.Head != recs[len(recs)-1].Hash {
@@ -424,6 +444,9 @@ func TestAdminAPIRefusals(t *testing.T) {
 		}
 	}
 	f.unchanged(before, "refused requests")
+	if logs := f.Logs(); !strings.Contains(logs, `msg="admin change refused" actor=admin:alice method=POST path=/api/v1/images/`+f.unpRef+"/release status=400") {
+		t.Errorf("refused changes are not logged with their actor:\n%s", logs)
+	}
 }
 
 // TestAdminAPIListFiltersAndPages lists across pages and filters by

@@ -57,6 +57,19 @@ func (e *APIError) Error() string { return e.Message }
 // down, or --server names the wrong address.
 var ErrUnreachable = errors.New("admin API unreachable")
 
+type unreachableError struct {
+	server string
+	err    error
+}
+
+func (e *unreachableError) Error() string {
+	return fmt.Sprintf("cannot reach airlock's admin API at %s: %v; is airlock running, and is that its admin.listen address? "+
+		"Set --server or AIRLOCK_SERVER", e.server, e.err)
+}
+
+func (e *unreachableError) Unwrap() error        { return e.err }
+func (e *unreachableError) Is(target error) bool { return target == ErrUnreachable }
+
 // do sends a request to path (below the API prefix) with query and body,
 // and decodes a 2xx JSON answer into out (when out is not nil).
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, body, out any) error {
@@ -85,9 +98,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("%w: cannot reach airlock's admin API at %s: %v; "+
-			"is airlock running, and is that its admin.listen address? Set --server or AIRLOCK_SERVER",
-			ErrUnreachable, c.base, unwrapURLError(err))
+		return &unreachableError{server: c.base.String(), err: unwrapURLError(err)}
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))

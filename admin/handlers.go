@@ -226,6 +226,9 @@ func (s *Server) change(w http.ResponseWriter, r *http.Request, actor, action st
 		}
 	}
 	img, err := s.apply(r.Context(), actor, action, ref, req.Reason, expires)
+	if err != nil {
+		return err // ServeHTTP logs it with the actor
+	}
 	attrs := []slog.Attr{
 		slog.String("actor", actor), slog.String("action", action),
 		slog.String("repository", ref.Repository), slog.String("digest", string(ref.Digest)),
@@ -233,12 +236,6 @@ func (s *Server) change(w http.ResponseWriter, r *http.Request, actor, action st
 	}
 	if !expires.IsZero() {
 		attrs = append(attrs, slog.Time("expires", expires))
-	}
-	if err != nil {
-		e := classify(err)
-		attrs = append(attrs, slog.Int("status", e.Code.Status()), slog.String("error", err.Error()))
-		s.log.LogAttrs(r.Context(), slog.LevelWarn, "admin change refused", attrs...)
-		return e
 	}
 	if action == "delete" {
 		s.log.LogAttrs(r.Context(), slog.LevelInfo, "admin change", attrs...)
@@ -340,11 +337,21 @@ func classify(err error) *apiError {
 	case errors.Is(err, storage.ErrNotFound):
 		return &apiError{Code: CodeNotFound, Message: err.Error(), Err: err}
 	case errors.Is(err, gate.ErrConflict):
-		return &apiError{Code: CodeConflict, Message: strings.TrimPrefix(err.Error(), gate.ErrConflict.Error()+": "), Err: err}
+		return &apiError{Code: CodeConflict, Message: after(err.Error(), gate.ErrConflict), Err: err}
 	case errors.Is(err, gate.ErrInvalid):
-		return &apiError{Code: CodeInvalid, Message: strings.TrimPrefix(err.Error(), gate.ErrInvalid.Error()+": "), Err: err}
+		return &apiError{Code: CodeInvalid, Message: after(err.Error(), gate.ErrInvalid), Err: err}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return &apiError{Code: CodeUnavailable, Message: "the request was cancelled or timed out before it finished", Err: err}
 	}
 	return &apiError{Code: CodeInternal, Message: "internal error; see the airlock log", Err: err}
+}
+
+// after is the part of msg after the sentinel's own text: the gate writes
+// "updating image X: conflict: X is blocked (...)", and the sentence after
+// the class is the one an admin needs; it names the image again.
+func after(msg string, sentinel error) string {
+	if _, rest, ok := strings.Cut(msg, sentinel.Error()+": "); ok && rest != "" {
+		return rest
+	}
+	return msg
 }

@@ -50,8 +50,8 @@ type Cache interface {
 type Options struct {
 	Store   Store
 	Decider Decider
-	// Tags resolves tags in image references; nil refuses references by
-	// tag with a message asking for the digest.
+	// Tags resolves tags in image references from the tag records; nil
+	// (or a tag record not written yet) falls back to the images' own tags.
 	Tags Tags
 	// Cache, when set, adds "cachedBytes" to every image.
 	Cache Cache
@@ -118,13 +118,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// fail writes err, classifying errors that are not already API errors.
+// fail writes err, classifying errors that are not already API errors. A
+// refused change is logged with its actor, as a change is: the log shows
+// who tried what, not only who did it.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, actor string, err error) {
 	e := classify(err)
-	if e.Code == CodeInternal || e.Code == CodeUnavailable {
-		s.log.LogAttrs(r.Context(), slog.LevelError, "admin API request failed",
-			slog.String("actor", actor), slog.String("method", r.Method),
-			slog.String("path", r.URL.Path), slog.String("error", err.Error()))
+	attrs := []slog.Attr{slog.String("actor", actor), slog.String("method", r.Method),
+		slog.String("path", r.URL.Path), slog.Int("status", e.Code.Status()), slog.String("error", err.Error())}
+	switch {
+	case e.Code == CodeInternal || e.Code == CodeUnavailable:
+		s.log.LogAttrs(r.Context(), slog.LevelError, "admin API request failed", attrs...)
+	case r.Method != http.MethodGet && r.Method != http.MethodHead:
+		s.log.LogAttrs(r.Context(), slog.LevelWarn, "admin change refused", attrs...)
 	}
 	writeError(w, e)
 }

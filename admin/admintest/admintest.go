@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -65,6 +66,27 @@ type Harness struct {
 	t        testing.TB
 	registry swap
 	admin    swap
+	logs     lockedBuffer
+}
+
+// lockedBuffer collects the admin API's log lines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf = append(b.buf, p...)
+	return len(p), nil
+}
+
+// Logs returns what the admin API logged so far (slog text lines).
+func (h *Harness) Logs() string {
+	h.logs.mu.Lock()
+	defer h.logs.mu.Unlock()
+	return string(h.logs.buf)
 }
 
 // Clock is a settable clock.
@@ -165,7 +187,7 @@ func (h *Harness) start() {
 	}
 	c.p = h.Proxy
 	srv, err := admin.New(admin.Options{Store: h.Meta, Decider: h.Gate, Tags: h.Meta, Cache: h.Proxy,
-		TokenFile: h.TokenFile, Now: h.Clock.Now})
+		TokenFile: h.TokenFile, Now: h.Clock.Now, Logger: slog.New(slog.NewTextHandler(&h.logs, nil))})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -329,7 +329,11 @@ func writeImage(w io.Writer, img admin.Image, now time.Time) error {
 	if len(img.Reasons) > 0 {
 		fmt.Fprintln(w, "Reasons:")
 		for _, r := range img.Reasons {
-			fmt.Fprintf(w, "  - %s: %s%s\n", r.Type, reasonText(r), reasonDetail(r))
+			msg := reasonText(r)
+			if !strings.HasPrefix(strings.ToLower(msg), r.Type) {
+				msg = r.Type + ": " + msg
+			}
+			fmt.Fprintf(w, "  - %s%s\n", msg, reasonDetail(r))
 		}
 	}
 	if len(img.Platforms) > 0 {
@@ -356,12 +360,12 @@ func writeImage(w io.Writer, img admin.Image, now time.Time) error {
 	return nil
 }
 
-// reasonDetail lists a reason's detail fields that its message may not
-// spell out.
+// reasonDetail lists the reason's detail fields that its message does not
+// already spell out.
 func reasonDetail(r metadata.Reason) string {
 	var parts []string
 	add := func(k, v string) {
-		if v != "" {
+		if v != "" && !strings.Contains(r.Message, k+" "+v) {
 			parts = append(parts, k+" "+v)
 		}
 	}
@@ -420,7 +424,7 @@ func writeAuditTable(w io.Writer, recs []metadata.AuditRecord, width int) error 
 		if !r.Expires.IsZero() {
 			reason += " (until " + r.Expires.UTC().Format(time.DateOnly) + ")"
 		}
-		rows = append(rows, []string{r.Time.UTC().Format("2006-01-02 15:04"), r.Actor, r.Action, image,
+		rows = append(rows, []string{r.Time.UTC().Format("2006-01-02 15:04"), r.Actor, orDash(r.Action), image,
 			stateName(r.From, "new") + "→" + stateName(r.To, "deleted"), reason})
 	}
 	return fitTable(w, cols, rows, width)

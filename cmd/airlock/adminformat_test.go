@@ -136,7 +136,7 @@ func TestCLIImageShow(t *testing.T) {
 		"Tags:       1.25\n",
 		"Cached:     5.0 MiB\n",
 		"Pulls:      3, last 2026-11-30 11:00:00 UTC (1h ago)\n",
-		"  - policy: digest not pinned for tag 1.25 [policy hcl-pinned, tag 1.25]\n",
+		"  - policy: digest not pinned for tag 1.25 [policy hcl-pinned]\n",
 		"linux/amd64     sha256:" + strings.Repeat("a", 64) + "  fetched\n",
 		"linux/arm64/v8  sha256:",
 		"To let it through: airlock release dockerhub/library/nginx@" + string(img.Digest) + " --reason TEXT",

@@ -85,6 +85,13 @@ func (r *Router) SetConfig(a config.Alerts) error {
 	return nil
 }
 
+// Replace makes r route as next does. A reload builds next with NewRouter
+// first, so that a secret it cannot read refuses the reload before anything
+// else changes, then calls Replace once the reload goes ahead.
+func (r *Router) Replace(next *Router) {
+	r.hooks.Store(next.hooks.Load())
+}
+
 // Route returns one delivery per webhook subscribed to ev.Type, each due
 // from ev.Time, for the store to queue with the change that caused ev. It
 // does no I/O and is cheap: the gate calls it inside a state change.

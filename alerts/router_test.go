@@ -93,6 +93,17 @@ func TestRouterSecrets(t *testing.T) {
 			t.Errorf("%s: after a refused SetConfig, Route gives %+v, want the webhook in force", tt.name, got)
 		}
 	}
+	next, err := alerts.NewRouter(config.Alerts{Webhooks: []config.Webhook{{URL: "http://127.0.0.1:1/c", Events: []string{config.EventBlocked}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Replace(next)
+	if got := r.Route(metadata.Event{Type: config.EventBlocked}); len(got) != 1 || got[0].Target != "http://127.0.0.1:1/c" {
+		t.Errorf("after Replace, Route gives %+v, want the new webhook", got)
+	}
+	if got := r.Route(metadata.Event{Type: config.EventReleased}); len(got) != 0 {
+		t.Errorf("after Replace, Route gives %+v for an event the new webhook does not take", got)
+	}
 	for _, bad := range []string{"", "ftp://127.0.0.1/x", "http://"} {
 		if _, err := alerts.NewRouter(config.Alerts{Webhooks: []config.Webhook{{URL: bad}}}); err == nil {
 			t.Errorf("NewRouter accepted webhook URL %q", bad)

@@ -59,14 +59,17 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rq *reques
 	rec := m.rec
 	if p.gate != nil {
 		dec, err := p.gate.Admit(ctx, Subject{Upstream: rt.Upstream.Name, Repository: rt.Repo, Tag: tag,
-			Digest: rec.Digest, MediaType: rec.MediaType, Body: rec.Body})
+			Digest: rec.Digest, MediaType: rec.MediaType, Body: rec.Body, Head: r.Method == http.MethodHead})
 		if err != nil {
 			return fmt.Errorf("gate for %s@%s: %w", rt.Key(), rec.Digest, err)
 		}
 		if !dec.Allow {
-			msg := fmt.Sprintf("%s@%s is not approved", rt.Key(), rec.Digest)
-			if len(dec.Reasons) > 0 {
-				msg += ": " + strings.Join(dec.Reasons, "; ")
+			msg := dec.Message
+			if msg == "" {
+				msg = fmt.Sprintf("%s@%s is not approved", rt.Key(), rec.Digest)
+				if len(dec.Reasons) > 0 {
+					msg += ": " + strings.Join(dec.Reasons, "; ")
+				}
 			}
 			return &Error{Status: http.StatusForbidden, Code: CodeDenied, Message: msg, RetryAfter: dec.RetryAfter}
 		}

@@ -110,3 +110,26 @@ func referencedBlobs(mediaType string, body []byte) []metadata.BlobLink {
 	}
 	return valid
 }
+
+// childManifests lists the manifests an index of the given (served) media
+// type names; any other manifest names none.
+func childManifests(mediaType string, body []byte) []digest.Digest {
+	if mediaType != mediaOCIIndex && mediaType != mediaDockerList {
+		return nil
+	}
+	var idx struct {
+		Manifests []struct {
+			Digest digest.Digest `json:"digest"`
+		} `json:"manifests"`
+	}
+	if json.Unmarshal(body, &idx) != nil {
+		return nil
+	}
+	out := make([]digest.Digest, 0, len(idx.Manifests))
+	for _, m := range idx.Manifests {
+		if verify.Check(m.Digest) == nil {
+			out = append(out, m.Digest)
+		}
+	}
+	return out
+}

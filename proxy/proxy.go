@@ -73,11 +73,16 @@ type Subject struct {
 	Digest    digest.Digest
 	MediaType string
 	Body      []byte
+	// Head is set for a HEAD request: a lookup, not a pull.
+	Head bool
 }
 
 // Decision is a Gate's verdict on a Subject.
 type Decision struct {
 	Allow bool
+	// Message is the refusal as the client sees it, a whole sentence;
+	// when empty, one is made from Reasons.
+	Message string
 	// Reasons explain a refusal to the client and in the log.
 	Reasons []string
 	// RetryAfter asks the client to come back later (a pending scan).

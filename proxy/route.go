@@ -337,3 +337,15 @@ func (rt *Router) Route(ep Endpoint, query url.Values) (Route, error) {
 
 // Key is the repository's identity in the metadata store: "<upstream>/<repo>".
 func (r Route) Key() string { return r.Upstream.Name + "/" + r.Repo }
+
+// Known reports whether key ("<upstream>/<repository>", as Route.Key gives
+// it) names a repository the router serves: a configured upstream and a
+// valid name on its allow-list.
+func (rt *Router) Known(key string) bool {
+	name, repo, ok := strings.Cut(key, "/")
+	u := rt.byName[name]
+	if !ok || u == nil || validateName(repo) != nil {
+		return false
+	}
+	return u.Allowed == nil || u.Allowed(repo)
+}

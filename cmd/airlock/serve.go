@@ -21,12 +21,15 @@ import (
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
 	"github.com/airlock-registry/airlock/config"
+	"github.com/airlock-registry/airlock/gate"
+	"github.com/airlock-registry/airlock/policy"
 	"github.com/airlock-registry/airlock/proxy"
 	"github.com/airlock-registry/airlock/proxy/pullauth"
 	"github.com/airlock-registry/airlock/proxy/upstream"
@@ -43,7 +46,8 @@ func newServeCommand() *cobra.Command {
 		Long: "Run the registry gateway. Without --config it runs the embedded default: the registry API on 127.0.0.1:5000\n" +
 			"(loopback only, as it has no client authentication), the admin API on 127.0.0.1:5001, Docker Hub (default),\n" +
 			"gcr.io and quay.io upstreams, data in ./airlock-data.\n" +
-			"SIGHUP reloads upstreams, credentials, allow-lists, the auth section, cache.tagTTL, cache.maxSize, log.level and shutdown\n" +
+			"SIGHUP reloads upstreams, credentials, allow-lists, the auth section, policies and their pin files, cache.tagTTL,\n" +
+			"cache.maxSize, log.level and shutdown\n" +
 			"from --config, and logs a warning for each changed key that needs a restart; SIGTERM drains in-flight pulls and exits.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -82,6 +86,7 @@ type gateway struct {
 	meta    *metadata.DB
 	blobs   *storage.Blobs
 	proxy   *proxy.Proxy
+	gate    *gate.Gate
 	metrics *proxy.Metrics
 	promReg *prometheus.Registry
 	ready   atomic.Bool
@@ -148,7 +153,22 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 		return nil, err
 	}
 	g.stopTracing = stopTracing
+	policies, err := compilePolicies(cfg)
+	if err != nil {
+		g.meta.Close()
+		return nil, err
+	}
+	// The gate withdraws and deletes content through the proxy, which asks
+	// the gate before serving: content is bound once both exist.
+	content := &lazyContent{}
+	g.gate, err = gate.New(ctx, gate.Options{Store: g.meta, Content: content, Policies: policies,
+		KnownRepository: content.Known, Logger: log.With(slog.String("component", "gate")), Registerer: g.promReg})
+	if err != nil {
+		g.meta.Close()
+		return nil, err
+	}
 	g.proxy, err = proxy.New(proxy.Options{
+		Gate:   g.gate,
 		Tracer: tracer,
 		Router: rt, Registries: regs, TagTTL: ttls, DefaultTagTTL: cfg.Cache.TagTTL.Std(),
 		Blobs: blobs, Meta: g.meta, Logger: log, Metrics: g.metrics,
@@ -171,6 +191,7 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 		g.meta.Close()
 		return nil, err
 	}
+	content.p = g.proxy
 	if g.policy, err = pullPolicy(cfg.Auth); err == nil {
 		g.auth, err = pullauth.New(pullauth.Options{Next: g.proxy, Resolver: g.proxy, Policy: g.policy,
 			Logger: log.With(slog.String("component", "pullauth")), Registerer: g.promReg})
@@ -377,6 +398,11 @@ func (g *gateway) run(ctx context.Context, configPath string) error {
 		g.reconcile(evictCtx)
 		g.evictor.Run(evictCtx, g.cfg.Cache.EvictInterval.Std())
 	}()
+	gateDone := make(chan struct{})
+	go func() {
+		defer close(gateDone)
+		g.gate.Run(evictCtx)
+	}()
 	g.ready.Store(true)
 	access, open := pullAccess(g.cfg.Auth, g.policy, regLn.Addr())
 	g.log.Info("airlock serving", slog.String("version", g.build.Version), slog.String("commit", g.build.CommitLabel()),
@@ -423,6 +449,7 @@ loop:
 	adminSrv.Close()
 	stopEvict()
 	<-evictDone
+	<-gateDone
 	if err := g.stopTracing(drain); err != nil {
 		g.log.Warn("flushing trace spans failed", slog.String("error", err.Error()))
 	}
@@ -479,11 +506,24 @@ func (g *gateway) reload(path string) {
 		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
 		return
 	}
+	policies, err := compilePolicies(cfg)
+	if err != nil {
+		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
+		return
+	}
 	if err := g.reidentify(context.Background(), cfg); err != nil {
 		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
 		return
 	}
 	g.proxy.Reload(rt, regs, ttls, cfg.Cache.TagTTL.Std())
+	// Pin files are read again even when the configuration is unchanged:
+	// editing them and sending SIGHUP is how pins are updated.
+	if n, err := g.gate.SetPolicies(context.Background(), policies); err != nil {
+		g.log.Error("deciding images again under the reloaded policies failed; the rest are decided on their next pull",
+			slog.String("error", err.Error()))
+	} else if n > 0 {
+		g.log.Info("images changed state under the reloaded policies", slog.Int("images", n))
+	}
 	g.evictor.SetMaxBytes(cfg.Cache.MaxSize.Bytes())
 	if g.logLevel != nil {
 		g.logLevel.Set(cfg.Log.SlogLevel())
@@ -513,10 +553,10 @@ func (g *gateway) reload(path string) {
 // reloadable reports whether reload applies a change of key to the
 // running gateway (auth: its htpasswd file is re-read on every reload, changed
 // or not). Everything else (listen, tls, storage, admin, log.format,
-// tracing, cache.maxManifestBytes, cache.evictInterval, policies, and any
-// key added without being listed here) is read once at start.
+// tracing, cache.maxManifestBytes, cache.evictInterval, and any key added
+// without being listed here) is read once at start.
 func reloadable(key string) bool {
-	for _, live := range []string{"upstreams", "auth", "cache.tagTTL", "cache.maxSize", "log.level", "shutdown"} {
+	for _, live := range []string{"upstreams", "auth", "cache.tagTTL", "cache.maxSize", "log.level", "shutdown", "policies"} {
 		if key == live || strings.HasPrefix(key, live+".") || strings.HasPrefix(key, live+"[") {
 			return true
 		}
@@ -555,3 +595,47 @@ func (g *gateway) adminHandler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g.promReg, promhttp.HandlerOpts{}))
 	return mux
 }
+
+// compilePolicies reads the pin files of cfg's policies and compiles them.
+func compilePolicies(cfg *config.Config) (*policy.Set, error) {
+	set, err := policy.Compile(cfg.Policies, func(path string) ([]byte, error) {
+		return readLimited(path, maxPinFileBytes)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("policies: %w", err)
+	}
+	return set, nil
+}
+
+// maxPinFileBytes bounds a pin file: a million pins of ~80 bytes.
+const maxPinFileBytes = 100 << 20
+
+// readLimited reads at most limit bytes of path, refusing a larger file.
+func readLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
+	}
+	return data, nil
+}
+
+// lazyContent lets the gate reach the proxy, which is built after it.
+type lazyContent struct{ p *proxy.Proxy }
+
+func (c *lazyContent) Withdraw(ctx context.Context, repo string, d digest.Digest, servable func(digest.Digest) bool) error {
+	return c.p.Withdraw(ctx, repo, d, servable)
+}
+
+func (c *lazyContent) Remove(ctx context.Context, repo string, d digest.Digest) error {
+	return c.p.Remove(ctx, repo, d)
+}
+
+func (c *lazyContent) Known(repo string) bool { return c.p != nil && c.p.Known(repo) }

@@ -2,6 +2,8 @@ package metadata
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -29,12 +31,18 @@ var (
 	bucketManifestLinks = []byte("manifestlinks") // repo \x00 digest  -> link (links.go)
 	bucketLegacyLinks   = []byte("links")         // schema 1: repo \x00 digest -> size (uvarint)
 	bucketAccess        = []byte("access")        // repo \x00 digest  -> unix nanoseconds (8 bytes)
-	bucketStates        = []byte("states")        // repo \x00 digest  -> state record (JSON)
+	bucketLegacyStates  = []byte("states")        // before images: repo \x00 digest -> state record (JSON); dropped at open
 	bucketLastUse       = []byte("lastuse")       // digest            -> unix nanoseconds (8 bytes), latest in any repo
+	bucketImages        = []byte("images")        // repo \x00 digest  -> Image (JSON)
+	bucketAudit         = []byte("audit")         // seq (8 bytes, big endian) -> AuditRecord (JSON)
+	bucketOutbox        = []byte("outbox")        // seq (8 bytes, big endian) -> Delivery (JSON)
 
-	keySchema = []byte("schema")
+	keySchema    = []byte("schema")
+	keyStoreID   = []byte("storeid")   // random identity of this file, prefixes event IDs
+	keyAuditHead = []byte("audithead") // seq (8 bytes, big endian) then the hash of the last audit record
 
-	dataBuckets = [][]byte{bucketTags, bucketManifests, bucketBlobLinks, bucketManifestLinks, bucketAccess, bucketStates, bucketLastUse}
+	dataBuckets = [][]byte{bucketTags, bucketManifests, bucketBlobLinks, bucketManifestLinks, bucketAccess, bucketLastUse,
+		bucketImages, bucketAudit, bucketOutbox}
 )
 
 const (
@@ -45,6 +53,8 @@ const (
 // DB is the bbolt metadata index. It is safe for concurrent use.
 type DB struct {
 	bolt *bolt.DB
+	// id is the store's identity (see keyStoreID), read once at open.
+	id string
 
 	mu      sync.Mutex
 	pending map[string]int64 // access key -> unix nanoseconds, not yet written
@@ -83,8 +93,14 @@ func open(path string, flushEvery time.Duration) (*DB, error) {
 		bdb.Close()
 		return nil, fmt.Errorf("metadata: %s: %w", path, err)
 	}
+	var id string
+	if err := bdb.View(func(tx *bolt.Tx) error { id = string(tx.Bucket(bucketMeta).Get(keyStoreID)); return nil }); err != nil {
+		bdb.Close()
+		return nil, fmt.Errorf("metadata: %s: %w", path, err)
+	}
 	db := &DB{
 		bolt:       bdb,
+		id:         id,
 		pending:    make(map[string]int64),
 		pendingUse: make(map[digest.Digest]int64),
 		stop:       make(chan struct{}),
@@ -125,6 +141,16 @@ func initSchema(tx *bolt.Tx) error {
 			return err
 		}
 	}
+	if err := ensureStoreID(meta); err != nil {
+		return err
+	}
+	// The states bucket held the gate's decisions before images did; no
+	// release wrote it, so there is nothing to carry over.
+	if tx.Bucket(bucketLegacyStates) != nil {
+		if err := tx.DeleteBucket(bucketLegacyStates); err != nil {
+			return err
+		}
+	}
 	if migrate {
 		if err := migrateLinks(tx); err != nil {
 			return fmt.Errorf("migrating links from schema 1: %w", err)
@@ -135,6 +161,23 @@ func initSchema(tx *bolt.Tx) error {
 	}
 	return nil
 }
+
+// ensureStoreID gives a file its identity the first time it is opened.
+// Event IDs are "<id>-<outbox seq>", so that two stores (a restored backup
+// beside a new file, two replicas) never send two events under one ID.
+func ensureStoreID(meta *bolt.Bucket) error {
+	if len(meta.Get(keyStoreID)) > 0 {
+		return nil
+	}
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return fmt.Errorf("creating the store identity: %w", err)
+	}
+	return meta.Put(keyStoreID, []byte(hex.EncodeToString(b[:])))
+}
+
+// ID returns the store's identity, a random string created with the file.
+func (db *DB) ID() string { return db.id }
 
 // Close writes pending access times, stops the background loop and closes
 // the file. Later calls return the first call's result.

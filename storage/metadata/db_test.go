@@ -49,7 +49,13 @@ func TestReopenPersists(t *testing.T) {
 		db.PutTag(ctx, "dockerhub/library/redis", "7", TagRecord{Digest: m.Digest, Size: 17}),
 		db.PutManifest(ctx, "dockerhub/library/redis", m, Link{Flags: Confirmed}),
 		db.LinkBlobs(ctx, "dockerhub/library/redis", BlobLink{Digest: d, Size: 99, Flags: Confirmed | Admitted}),
-		db.SetState(ctx, "dockerhub/library/redis", m.Digest, StateRecord{State: StateApproved, By: "policy"}),
+		func() error {
+			_, err := db.UpdateImage(ctx, "dockerhub/library/redis", m.Digest, time.Now(), func(img *Image) (Change, error) {
+				img.State = StateApproved
+				return Change{Actor: "policy"}, nil
+			})
+			return err
+		}(),
 		db.Close(),
 	}
 	for i, err := range steps {
@@ -72,8 +78,11 @@ func TestReopenPersists(t *testing.T) {
 	if l, err := db.BlobLink(ctx, "dockerhub/library/redis", d); err != nil || !l.Has(Confirmed|Admitted) || l.Size != 99 {
 		t.Errorf("link after reopen = %+v, %v", l, err)
 	}
-	if rec, err := db.State(ctx, "dockerhub/library/redis", m.Digest); err != nil || rec.State != StateApproved {
-		t.Errorf("state after reopen = %+v, %v", rec, err)
+	if img, err := db.Image(ctx, "dockerhub/library/redis", m.Digest); err != nil || img.State != StateApproved {
+		t.Errorf("image after reopen = %+v, %v", img, err)
+	}
+	if check, err := db.VerifyAudit(ctx); err != nil || !check.OK || check.Records != 1 {
+		t.Errorf("audit after reopen = %+v, %v; want one record that verifies", check, err)
 	}
 }
 
@@ -194,7 +203,7 @@ func TestOpenAddsLastUseToOlderFile(t *testing.T) {
 	err = raw.Update(func(tx *bolt.Tx) error {
 		meta, _ := tx.CreateBucket(bucketMeta)
 		meta.Put(keySchema, []byte("1"))
-		for _, name := range [][]byte{bucketTags, bucketManifests, bucketLegacyLinks, bucketAccess, bucketStates} {
+		for _, name := range [][]byte{bucketTags, bucketManifests, bucketLegacyLinks, bucketAccess, bucketLegacyStates} {
 			if _, err := tx.CreateBucket(name); err != nil {
 				return err
 			}
@@ -225,6 +234,21 @@ func TestOpenAddsLastUseToOlderFile(t *testing.T) {
 		t.Fatalf("Open of a file without the last-use bucket: %v", err)
 	}
 	defer db.Close()
+	err = db.bolt.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketLegacyStates) != nil {
+			return errors.New("the old states bucket is still there")
+		}
+		if tx.Bucket(bucketImages) == nil || tx.Bucket(bucketAudit) == nil || tx.Bucket(bucketOutbox) == nil {
+			return errors.New("the image, audit or outbox bucket is missing")
+		}
+		if len(tx.Bucket(bucketMeta).Get(keyStoreID)) == 0 {
+			return errors.New("the file has no store identity")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
 	for _, tt := range []struct {
 		d    digest.Digest
 		want time.Time
@@ -251,7 +275,7 @@ func TestOpenMigratesSchema1Links(t *testing.T) {
 	err = raw.Update(func(tx *bolt.Tx) error {
 		meta, _ := tx.CreateBucket(bucketMeta)
 		meta.Put(keySchema, []byte("1"))
-		for _, name := range [][]byte{bucketTags, bucketManifests, bucketLegacyLinks, bucketAccess, bucketStates, bucketLastUse} {
+		for _, name := range [][]byte{bucketTags, bucketManifests, bucketLegacyLinks, bucketAccess, bucketLegacyStates, bucketLastUse} {
 			if _, err := tx.CreateBucket(name); err != nil {
 				return err
 			}

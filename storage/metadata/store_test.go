@@ -32,8 +32,6 @@ type store interface {
 	Touch(repo string, d digest.Digest)
 	Accessed(ctx context.Context, repo string, d digest.Digest) (time.Time, error)
 	LastUse(ctx context.Context, d digest.Digest) (time.Time, error)
-	State(ctx context.Context, repo string, d digest.Digest) (StateRecord, error)
-	SetState(ctx context.Context, repo string, d digest.Digest, rec StateRecord) error
 	Close() error
 }
 
@@ -263,7 +261,6 @@ func testStore(t *testing.T, open func(t *testing.T) store) {
 			{"bad digest in tag", s.PutTag(ctx, "a/b", "t", TagRecord{Digest: "sha256:nope"})},
 			{"bad digest link", s.LinkBlobs(ctx, "a/b", BlobLink{Digest: "sha256:../../x", Size: 1})},
 			{"negative size", s.LinkBlobs(ctx, "a/b", BlobLink{Digest: d, Size: -1})},
-			{"unknown state", s.SetState(ctx, "a/b", d, StateRecord{State: "maybe"})},
 		}
 		for _, c := range checks {
 			if c.err == nil {
@@ -289,37 +286,6 @@ func testStore(t *testing.T, open func(t *testing.T) store) {
 		}
 		if _, err := s.ManifestLink(ctx, "dockerhub/library/alpine", d); !errors.Is(err, storage.ErrNotFound) {
 			t.Fatalf("a blob link reads as a manifest link: %v", err)
-		}
-	})
-
-	t.Run("states", func(t *testing.T) {
-		t.Parallel()
-		s := open(t)
-		defer s.Close()
-		ctx := t.Context()
-		const repo = "vendor/app"
-		d := digest.FromString("image")
-		if rec, err := s.State(ctx, repo, d); err != nil || rec.State != StateNone {
-			t.Fatalf("State of undecided image = %+v, %v; want StateNone", rec, err)
-		}
-		want := StateRecord{State: StateQuarantined, Reasons: []string{"CVE-2024-0001 critical", "unsigned"},
-			Updated: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC), By: "policy"}
-		if err := s.SetState(ctx, repo, d, want); err != nil {
-			t.Fatal(err)
-		}
-		got, err := s.State(ctx, repo, d)
-		if err != nil || got.State != want.State || !slices.Equal(got.Reasons, want.Reasons) ||
-			!got.Updated.Equal(want.Updated) || got.By != want.By {
-			t.Fatalf("State = %+v, %v; want %+v", got, err, want)
-		}
-		if err := s.SetState(ctx, repo, d, StateRecord{State: StateReleased, By: "alice"}); err != nil {
-			t.Fatal(err)
-		}
-		if got, _ := s.State(ctx, repo, d); got.State != StateReleased || got.By != "alice" || len(got.Reasons) != 0 {
-			t.Fatalf("State after release = %+v", got)
-		}
-		if got, _ := s.State(ctx, "vendor/other", d); got.State != StateNone {
-			t.Fatalf("state leaked to another repository: %+v", got)
 		}
 	})
 
@@ -388,7 +354,6 @@ func testStore(t *testing.T, open func(t *testing.T) store) {
 						s.LinkBlobs(ctx, repo, BlobLink{Digest: d, Size: int64(i), Flags: Confirmed}),
 						s.PutTag(ctx, repo, fmt.Sprintf("w%d-%d", w, i), TagRecord{Digest: d, Size: int64(i)}),
 						s.PutManifest(ctx, repo, m, Link{Flags: Confirmed}),
-						s.SetState(ctx, repo, d, StateRecord{State: StatePending}),
 					} {
 						if err != nil {
 							errs <- err

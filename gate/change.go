@@ -1,0 +1,250 @@
+package gate
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/config"
+	"github.com/airlock-registry/airlock/policy"
+	"github.com/airlock-registry/airlock/proxy"
+	"github.com/airlock-registry/airlock/storage/metadata"
+)
+
+// Actors the gate records for its own changes.
+const (
+	actorPolicy = "policy"
+	actorExpiry = "expiry"
+)
+
+// observe decides an image seen for the first time, or under a tag not yet
+// known to resolve to it, and records the result. A tag that resolved to
+// another digest before is taken from that image, which is decided again
+// without it.
+func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now time.Time) (*metadata.Image, error) {
+	g.write.Lock()
+	defer g.write.Unlock()
+	set := g.policies.Load()
+	img, err := g.change(ctx, repo, s.Digest, now, func(img *metadata.Image) (metadata.Change, error) {
+		if img.FirstSeen.IsZero() {
+			img.MediaType = s.MediaType
+			img.Platforms = platforms(s.Body)
+		}
+		if s.Tag != "" && !slices.Contains(img.Tags, s.Tag) {
+			img.Tags = append(img.Tags, s.Tag)
+			slices.Sort(img.Tags)
+		}
+		decide(set, img, s.Tag, now)
+		return metadata.Change{Actor: actorPolicy}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if s.Tag == "" {
+		return img, nil
+	}
+	g.mu.RLock()
+	prev, moved := g.tags[repo+":"+s.Tag], false
+	if prev != "" && prev != s.Digest && g.images[imageKey(repo, prev)] != nil {
+		moved = true
+	}
+	g.mu.RUnlock()
+	if moved {
+		_, err := g.change(ctx, repo, prev, now, func(old *metadata.Image) (metadata.Change, error) {
+			old.Tags = slices.DeleteFunc(old.Tags, func(t string) bool { return t == s.Tag })
+			decide(set, old, "", now)
+			return metadata.Change{Actor: actorPolicy, Reason: fmt.Sprintf("tag %s now resolves to %s", s.Tag, s.Digest)}, nil
+		})
+		if err != nil {
+			g.log.LogAttrs(ctx, slog.LevelWarn, "recording that a tag moved failed", slog.String("image", imageKey(repo, prev)),
+				slog.String("tag", s.Tag), slog.String("error", err.Error()))
+		}
+	}
+	g.mu.Lock()
+	g.tags[repo+":"+s.Tag] = s.Digest
+	g.mu.Unlock()
+	return img, nil
+}
+
+// decide sets img's verdict under set and its state and reasons under its
+// override, at now. tag, when set, is the tag being pulled: pins name it
+// first.
+func decide(set *policy.Set, img *metadata.Image, tag string, now time.Time) {
+	tags := img.Tags
+	if tag != "" {
+		tags = append([]string{tag}, slices.DeleteFunc(slices.Clone(img.Tags), func(t string) bool { return t == tag })...)
+	}
+	img.Verdict = set.Evaluate(policy.Subject{Repository: img.Repository, Digest: img.Digest, Tags: tags}, now)
+	img.State, img.Reasons = policy.Effective(img.Verdict, img.Override, now)
+}
+
+// change applies fn to the stored image and to memory, adds the alerts of
+// the resulting transition, and withdraws the image's blobs when it stopped
+// being servable. Callers hold g.write.
+func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now time.Time, fn func(img *metadata.Image) (metadata.Change, error)) (*metadata.Image, error) {
+	var (
+		from        metadata.State
+		wasServable bool
+		actor       string
+	)
+	img, err := g.store.UpdateImage(ctx, repo, d, now, func(img *metadata.Image) (metadata.Change, error) {
+		from = img.State
+		wasServable = !img.FirstSeen.IsZero() && servable(img, now)
+		c, err := fn(img)
+		if err != nil {
+			return c, err
+		}
+		actor = c.Actor
+		if ev := eventType(from, img, c.Actor); ev != "" {
+			c.Deliveries = g.route(eventFor(ev, from, img, c, now))
+		}
+		return c, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	stored := &img
+	g.mu.Lock()
+	g.remember(stored)
+	g.mu.Unlock()
+	if img.State != from {
+		g.metrics.transition(img.State, byOf(actor))
+		for _, r := range img.Reasons {
+			if r.Policy != "" {
+				g.metrics.finding(r.Policy, r.Mode)
+			}
+		}
+		g.log.LogAttrs(ctx, slog.LevelInfo, "image state changed", slog.String("image", imageKey(repo, d)),
+			slog.String("from", string(from)), slog.String("to", string(img.State)), slog.String("reason", summary(stored)))
+	}
+	if wasServable && !servable(stored, now) {
+		g.withdraw(ctx, stored)
+	}
+	return stored, nil
+}
+
+// withdraw makes img's blobs, and its platforms' where no servable image
+// lists them, unreadable in its repository.
+func (g *Gate) withdraw(ctx context.Context, img *metadata.Image) {
+	servableHere := func(d digest.Digest) bool {
+		now := g.now()
+		g.mu.RLock()
+		defer g.mu.RUnlock()
+		key := imageKey(img.Repository, d)
+		if i := g.images[key]; i != nil && servable(i, now) {
+			return true
+		}
+		p := g.parentLocked(key, now)
+		return p != nil && servable(p, now)
+	}
+	digests := []digest.Digest{img.Digest}
+	for _, p := range img.Platforms {
+		digests = append(digests, p.Digest)
+	}
+	for _, d := range digests {
+		if servableHere(d) {
+			continue
+		}
+		if err := g.content.Withdraw(ctx, img.Repository, d, servableHere); err != nil {
+			g.log.LogAttrs(ctx, slog.LevelError, "withdrawing the blobs of an image that may no longer be served failed; they stay readable by digest until it is retried",
+				slog.String("image", imageKey(img.Repository, d)), slog.String("error", err.Error()))
+		}
+	}
+}
+
+// eventType is the alert a transition of img from from raises, or "".
+func eventType(from metadata.State, img *metadata.Image, actor string) string {
+	if img.State == from {
+		return ""
+	}
+	switch img.State {
+	case metadata.StateQuarantined:
+		if from == metadata.StateReleased && actor == actorExpiry {
+			return config.EventReleaseExpired
+		}
+		return config.EventQuarantined
+	case metadata.StateBlocked:
+		return config.EventBlocked
+	case metadata.StateReleased:
+		return config.EventReleased
+	}
+	if from == metadata.StateReleased && actor == actorExpiry {
+		return config.EventReleaseExpired
+	}
+	return ""
+}
+
+func eventFor(typ string, from metadata.State, img *metadata.Image, c metadata.Change, now time.Time) metadata.Event {
+	return metadata.Event{Type: typ, Time: now, Repository: img.Repository, Digest: img.Digest, From: from,
+		State: img.State, Reasons: img.Reasons, Actor: c.Actor, Reason: c.Reason, Expires: c.Expires,
+		Tags: slices.Clone(img.Tags)}
+}
+
+func (g *Gate) route(ev metadata.Event) []metadata.Delivery {
+	b := g.alerts.Load()
+	if b == nil || b.r == nil {
+		return nil
+	}
+	return b.r.Route(ev)
+}
+
+// byOf names who made a transition, for the metric: an admin, the expiry
+// of a release, or policy.
+func byOf(actor string) string {
+	switch {
+	case strings.HasPrefix(actor, "admin"):
+		return "admin"
+	case actor == actorExpiry:
+		return "expiry"
+	}
+	return "policy"
+}
+
+// SetAlerts replaces the alert router (on reload).
+func (g *Gate) SetAlerts(r Router) { g.alerts.Store(&routerBox{r}) }
+
+// SetPolicies replaces the policies and decides again every image whose
+// verdict they change, recording each transition. It returns how many
+// images changed state.
+func (g *Gate) SetPolicies(ctx context.Context, set *policy.Set) (int, error) {
+	g.write.Lock()
+	defer g.write.Unlock()
+	g.policies.Store(set)
+	now := g.now()
+	g.mu.RLock()
+	var todo []*metadata.Image
+	for _, img := range g.images {
+		next := *img
+		decide(set, &next, "", now)
+		if next.State != img.State || !sameReasons(next.Reasons, img.Reasons) {
+			todo = append(todo, img)
+		}
+	}
+	g.mu.RUnlock()
+	changed := 0
+	for _, img := range todo {
+		before := img.State
+		after, err := g.change(ctx, img.Repository, img.Digest, now, func(cur *metadata.Image) (metadata.Change, error) {
+			decide(set, cur, "", now)
+			return metadata.Change{Actor: actorPolicy, Action: "redecide", Reason: "the policies changed"}, nil
+		})
+		if err != nil {
+			return changed, fmt.Errorf("deciding %s again under the new policies: %w", imageKey(img.Repository, img.Digest), err)
+		}
+		if after.State != before {
+			changed++
+		}
+	}
+	return changed, nil
+}
+
+func sameReasons(a, b []metadata.Reason) bool {
+	return slices.EqualFunc(a, b, func(x, y metadata.Reason) bool {
+		return x.Type == y.Type && x.Message == y.Message && x.Policy == y.Policy && x.Mode == y.Mode && x.Tag == y.Tag
+	})
+}

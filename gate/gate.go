@@ -1,0 +1,407 @@
+// Package gate decides whether an image may be served: it joins the
+// policies' verdicts, the admins' overrides and the clock into each image's
+// state, keeps every state in memory so that a warm pull pays a map lookup
+// for its decision, and records every change, with its audit record and
+// alerts, in the image store.
+//
+// The gate implements proxy.Gate and proxy.Governor. A repository is
+// governed when a policy matches it or an admin blocked an image in it:
+// there a blob is readable only through a servable manifest that lists it,
+// and when a manifest stops being servable (blocked, quarantined again, a
+// release expired) the gate asks the content index to withdraw its blobs.
+package gate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/airlock-registry/airlock/config"
+	"github.com/airlock-registry/airlock/policy"
+	"github.com/airlock-registry/airlock/proxy"
+	"github.com/airlock-registry/airlock/storage/metadata"
+)
+
+// Errors of the admin operations, besides storage.ErrNotFound.
+var (
+	// ErrConflict means the operation does not apply to the image's
+	// current state (releasing an approved or blocked image).
+	ErrConflict = errors.New("conflict")
+	// ErrInvalid means the request itself is wrong (no reason, an expiry
+	// in the past).
+	ErrInvalid = errors.New("invalid request")
+)
+
+// Store is what the gate keeps its states in (*metadata.DB implements it).
+type Store interface {
+	EachImage(ctx context.Context, fn func(metadata.Image) error) error
+	UpdateImage(ctx context.Context, repo string, d digest.Digest, now time.Time, fn func(img *metadata.Image) (metadata.Change, error)) (metadata.Image, error)
+	DeleteImage(ctx context.Context, repo string, d digest.Digest, now time.Time, c metadata.Change) error
+	RecordPulls(ctx context.Context, stats []metadata.PullStat) error
+}
+
+// Content is the cached content behind the states (the proxy implements
+// it).
+type Content interface {
+	// Withdraw makes the blobs of repo@d unreadable in repo, except those
+	// that a manifest there for which servable is true still lists.
+	Withdraw(ctx context.Context, repo string, d digest.Digest, servable func(digest.Digest) bool) error
+	// Remove deletes the cached manifest repo@d and what only it used.
+	Remove(ctx context.Context, repo string, d digest.Digest) error
+}
+
+// Router turns an event into the deliveries of the alerts that want it.
+type Router interface {
+	Route(ev metadata.Event) []metadata.Delivery
+}
+
+// Options configure a Gate.
+type Options struct {
+	Store    Store
+	Content  Content
+	Policies *policy.Set
+	// Alerts routes events to webhooks; nil sends none.
+	Alerts Router
+	// Delivered is called after a change queued deliveries (to wake the
+	// deliverer); nil does nothing.
+	Delivered func()
+	// KnownRepository reports whether repo ("<upstream>/<repository>") is
+	// one airlock serves; a block on any other is refused. nil accepts all.
+	KnownRepository func(repo string) bool
+	// PendingRetry is the Retry-After of a pull refused while checks run;
+	// 0 means 15s.
+	PendingRetry time.Duration
+	Now          func() time.Time
+	Logger       *slog.Logger
+	Registerer   prometheus.Registerer
+}
+
+// Gate is the admission gate. It is safe for concurrent use.
+type Gate struct {
+	store     Store
+	content   Content
+	known     func(string) bool
+	delivered func()
+	retry     time.Duration
+	now       func() time.Time
+	log       *slog.Logger
+	metrics   *metrics
+
+	policies atomic.Pointer[policy.Set]
+	alerts   atomic.Pointer[routerBox]
+
+	// write serialises state changes: they are rare, and one at a time
+	// keeps memory and store in the same order.
+	write sync.Mutex
+
+	mu sync.RWMutex
+	// images holds every image by key (repository "@" digest).
+	images map[string]*metadata.Image
+	// tags maps "repository:tag" to the digest it last resolved to.
+	tags map[string]digest.Digest
+	// parents maps a platform manifest's key to the keys of the indexes
+	// that list it.
+	parents map[string][]string
+	// overrides counts the images with a block per repository: a block
+	// governs its repository even where no policy does.
+	blocks map[string]int
+
+	statsMu sync.Mutex
+	stats   map[string]*metadata.PullStat
+}
+
+type routerBox struct{ r Router }
+
+// New loads every image's state from the store.
+func New(ctx context.Context, o Options) (*Gate, error) {
+	if o.Store == nil || o.Content == nil {
+		return nil, errors.New("gate: Store and Content are required")
+	}
+	g := &Gate{
+		store: o.Store, content: o.Content, known: o.KnownRepository, delivered: o.Delivered,
+		retry: o.PendingRetry, now: o.Now, log: o.Logger,
+		images: map[string]*metadata.Image{}, tags: map[string]digest.Digest{},
+		parents: map[string][]string{}, blocks: map[string]int{}, stats: map[string]*metadata.PullStat{},
+	}
+	if g.retry <= 0 {
+		g.retry = 15 * time.Second
+	}
+	if g.now == nil {
+		g.now = time.Now
+	}
+	if g.log == nil {
+		g.log = slog.New(slog.DiscardHandler)
+	}
+	if g.delivered == nil {
+		g.delivered = func() {}
+	}
+	g.policies.Store(o.Policies)
+	g.alerts.Store(&routerBox{o.Alerts})
+	err := o.Store.EachImage(ctx, func(img metadata.Image) error {
+		g.remember(&img)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gate: loading image states: %w", err)
+	}
+	g.metrics = newMetrics(g, o.Registerer)
+	return g, nil
+}
+
+func imageKey(repo string, d digest.Digest) string { return repo + "@" + d.String() }
+
+// remember puts img in memory, replacing what was there, with its tags,
+// platforms and block. Callers hold mu for writing (New runs alone).
+func (g *Gate) remember(img *metadata.Image) {
+	key := imageKey(img.Repository, img.Digest)
+	if old := g.images[key]; old != nil {
+		g.forgetLocked(old)
+	}
+	g.images[key] = img
+	for _, t := range img.Tags {
+		g.tags[img.Repository+":"+t] = img.Digest
+	}
+	for _, p := range img.Platforms {
+		ck := imageKey(img.Repository, p.Digest)
+		if !slices.Contains(g.parents[ck], key) {
+			g.parents[ck] = append(g.parents[ck], key)
+		}
+	}
+	if img.Override != nil && img.Override.Action == metadata.ActionBlock {
+		g.blocks[img.Repository]++
+	}
+}
+
+// forgetLocked undoes remember for img, except its tags, which the image
+// now holding them replaced.
+func (g *Gate) forgetLocked(img *metadata.Image) {
+	key := imageKey(img.Repository, img.Digest)
+	delete(g.images, key)
+	for _, t := range img.Tags {
+		if g.tags[img.Repository+":"+t] == img.Digest {
+			delete(g.tags, img.Repository+":"+t)
+		}
+	}
+	for _, p := range img.Platforms {
+		ck := imageKey(img.Repository, p.Digest)
+		ps := slices.DeleteFunc(g.parents[ck], func(k string) bool { return k == key })
+		if len(ps) == 0 {
+			delete(g.parents, ck)
+		} else {
+			g.parents[ck] = ps
+		}
+	}
+	if img.Override != nil && img.Override.Action == metadata.ActionBlock {
+		if g.blocks[img.Repository]--; g.blocks[img.Repository] <= 0 {
+			delete(g.blocks, img.Repository)
+		}
+	}
+}
+
+// Governs reports whether the gate holds blobs in upstream/repo to its
+// manifests: a policy matches the repository, or an image there is blocked.
+func (g *Gate) Governs(upstream, repo string) bool {
+	name := upstream + "/" + repo
+	if g.policies.Load().Governs(name) {
+		return true
+	}
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return g.blocks[name] > 0
+}
+
+// Admit decides whether the manifest s may be served. A known image costs
+// a map lookup; the first sight of an image, or of a tag resolving to it,
+// is decided and recorded before the answer.
+func (g *Gate) Admit(ctx context.Context, s proxy.Subject) (proxy.Decision, error) {
+	repo := s.Upstream + "/" + s.Repository
+	key := imageKey(repo, s.Digest)
+	now := g.now()
+	g.mu.RLock()
+	img := g.images[key]
+	known := img != nil && (s.Tag == "" || g.tags[repo+":"+s.Tag] == s.Digest)
+	var parent *metadata.Image
+	if s.Tag == "" && (img == nil || !servable(img, now)) {
+		parent = g.parentLocked(key, now)
+	}
+	g.mu.RUnlock()
+
+	switch {
+	case parent != nil && servable(parent, now):
+		// A platform of a servable index is served with it.
+		g.count(parent, s.Digest, s.Head, now)
+		g.metrics.decision("allow")
+		return proxy.Decision{Allow: true}, nil
+	case known:
+		return g.answer(img, s.Head, now), nil
+	case img == nil && parent != nil:
+		// A platform of an index that may not be served.
+		g.metrics.decision("deny")
+		return proxy.Decision{Message: fmt.Sprintf("%s@%s is a platform of %s@%s, which is %s: %s. %s",
+			repo, s.Digest, repo, parent.Digest, stateOf(parent, now), summary(parent), showHint(parent))}, nil
+	}
+	img, err := g.observe(ctx, repo, s, now)
+	if err != nil {
+		if !g.policies.Load().Governs(repo) {
+			// Where no policy applies airlock serves as a plain cache
+			// would; a store that cannot record the state (a full volume)
+			// must not stop that.
+			g.log.LogAttrs(ctx, slog.LevelWarn, "recording an image's state failed; serving it, as no policy applies",
+				slog.String("image", key), slog.String("error", err.Error()))
+			return proxy.Decision{Allow: true}, nil
+		}
+		return proxy.Decision{}, err
+	}
+	return g.answer(img, s.Head, now), nil
+}
+
+// parentLocked returns a servable index that lists key, else any index
+// that does, else nil. Callers hold mu.
+func (g *Gate) parentLocked(key string, now time.Time) *metadata.Image {
+	var any *metadata.Image
+	for _, pk := range g.parents[key] {
+		if p := g.images[pk]; p != nil {
+			if servable(p, now) {
+				return p
+			}
+			any = p
+		}
+	}
+	return any
+}
+
+// answer turns img's state into the proxy's decision.
+func (g *Gate) answer(img *metadata.Image, head bool, now time.Time) proxy.Decision {
+	st := stateOf(img, now)
+	switch st {
+	case metadata.StateApproved, metadata.StateReleased:
+		g.count(img, "", head, now)
+		g.metrics.decision("allow")
+		return proxy.Decision{Allow: true}
+	case metadata.StatePending:
+		g.metrics.decision("pending")
+		return proxy.Decision{RetryAfter: g.retry, Reasons: reasonTexts(img.Reasons),
+			Message: fmt.Sprintf("%s@%s is being checked: %s; retry shortly", img.Repository, img.Digest, summary(img))}
+	}
+	g.metrics.decision("deny")
+	msg := fmt.Sprintf("%s@%s is %s: %s. %s", img.Repository, img.Digest, st, summary(img), showHint(img))
+	if st == metadata.StateQuarantined && img.State == metadata.StateReleased {
+		msg = fmt.Sprintf("%s@%s is quarantined: its release ended at %s (%s). %s", img.Repository, img.Digest,
+			img.Override.Expires.UTC().Format(time.RFC3339), summary(img), showHint(img))
+	}
+	return proxy.Decision{Message: msg, Reasons: reasonTexts(img.Reasons)}
+}
+
+// stateOf is img's state at now: a release that has ended no longer
+// counts, even before the expiry is recorded.
+func stateOf(img *metadata.Image, now time.Time) metadata.State {
+	if img.State == metadata.StateReleased && policy.Expired(img.Override, now) {
+		st, _ := policy.Effective(img.Verdict, nil, now)
+		return st
+	}
+	return img.State
+}
+
+func servable(img *metadata.Image, now time.Time) bool { return policy.Servable(stateOf(img, now)) }
+
+// summary is img's reasons in one line.
+func summary(img *metadata.Image) string {
+	var parts []string
+	for _, r := range img.Reasons {
+		if r.Mode == config.ModeAudit {
+			continue
+		}
+		parts = append(parts, r.Message)
+	}
+	if len(parts) == 0 {
+		return "no reason was recorded"
+	}
+	if len(parts) > 3 {
+		parts = append(parts[:3], fmt.Sprintf("and %d more", len(parts)-3))
+	}
+	return joinSentences(parts)
+}
+
+func joinSentences(parts []string) string {
+	out := ""
+	for i, p := range parts {
+		if i > 0 {
+			out += "; "
+		}
+		out += p
+	}
+	return out
+}
+
+func showHint(img *metadata.Image) string {
+	return fmt.Sprintf("An admin can see why with: airlock images show %s@%s", img.Repository, img.Digest)
+}
+
+func reasonTexts(rs []metadata.Reason) []string {
+	out := make([]string, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, r.Message)
+	}
+	return out
+}
+
+// count notes a pull of img (through its platform p, when set) for the
+// next flush; a HEAD is a lookup, not a pull.
+func (g *Gate) count(img *metadata.Image, p digest.Digest, head bool, now time.Time) {
+	if head {
+		return
+	}
+	key := imageKey(img.Repository, img.Digest)
+	g.statsMu.Lock()
+	st := g.stats[key]
+	if st == nil {
+		st = &metadata.PullStat{Repository: img.Repository, Digest: img.Digest}
+		g.stats[key] = st
+	}
+	if p == "" {
+		st.Pulls++
+	} else if !slices.Contains(st.Platforms, p) {
+		st.Platforms = append(st.Platforms, p)
+	}
+	st.Last = now
+	g.statsMu.Unlock()
+}
+
+// platforms lists the manifests an index body names.
+func platforms(body []byte) []metadata.Platform {
+	var idx struct {
+		Manifests []struct {
+			Digest    digest.Digest `json:"digest"`
+			MediaType string        `json:"mediaType"`
+			Platform  *struct {
+				OS           string `json:"os"`
+				Architecture string `json:"architecture"`
+				Variant      string `json:"variant"`
+			} `json:"platform"`
+		} `json:"manifests"`
+	}
+	if json.Unmarshal(body, &idx) != nil {
+		return nil
+	}
+	var out []metadata.Platform
+	for _, m := range idx.Manifests {
+		if m.Digest.Validate() != nil {
+			continue
+		}
+		p := metadata.Platform{Digest: m.Digest, MediaType: m.MediaType}
+		if m.Platform != nil {
+			p.OS, p.Architecture, p.Variant = m.Platform.OS, m.Platform.Architecture, m.Platform.Variant
+		}
+		out = append(out, p)
+	}
+	return out
+}

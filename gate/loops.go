@@ -1,0 +1,97 @@
+package gate
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/airlock-registry/airlock/storage/metadata"
+)
+
+// Intervals of the background work.
+const (
+	expiryEvery = time.Second
+	flushEvery  = 10 * time.Second
+)
+
+// Run ends releases when they expire and writes pull counts, until ctx
+// ends; then it writes the last counts.
+func (g *Gate) Run(ctx context.Context) {
+	expiry := time.NewTicker(expiryEvery)
+	defer expiry.Stop()
+	flush := time.NewTicker(flushEvery)
+	defer flush.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			g.Flush(context.WithoutCancel(ctx))
+			return
+		case <-expiry.C:
+			g.ExpireReleases(ctx)
+		case <-flush.C:
+			g.Flush(ctx)
+		}
+	}
+}
+
+// ExpireReleases ends every release whose time has come: the image gets
+// its verdict's state again (quarantined, as a rule), with an audit record
+// and an alert. It returns how many ended.
+func (g *Gate) ExpireReleases(ctx context.Context) int {
+	now := g.now()
+	g.mu.RLock()
+	var due []*metadata.Image
+	for _, img := range g.images {
+		if img.Override != nil && img.Override.Action == metadata.ActionRelease && !img.Override.Expires.IsZero() &&
+			!now.Before(img.Override.Expires) {
+			due = append(due, img)
+		}
+	}
+	g.mu.RUnlock()
+	if len(due) == 0 {
+		return 0
+	}
+	g.write.Lock()
+	defer g.write.Unlock()
+	set := g.policies.Load()
+	n := 0
+	for _, img := range due {
+		o := *img.Override
+		_, err := g.change(ctx, img.Repository, img.Digest, now, func(cur *metadata.Image) (metadata.Change, error) {
+			if cur.Override == nil || cur.Override.Action != metadata.ActionRelease || now.Before(cur.Override.Expires) {
+				return metadata.Change{}, nil // renewed or lifted meanwhile
+			}
+			cur.Override = nil
+			decide(set, cur, "", now)
+			return metadata.Change{Actor: actorExpiry, Action: "expire", Expires: o.Expires,
+				Reason: fmt.Sprintf("the release by %s (%s) ended at %s", o.By, o.Reason, o.Expires.UTC().Format(time.RFC3339))}, nil
+		})
+		if err != nil {
+			g.log.LogAttrs(ctx, slog.LevelError, "ending an expired release failed; pulls are refused meanwhile, and it is retried",
+				slog.String("image", imageKey(img.Repository, img.Digest)), slog.String("error", err.Error()))
+			continue
+		}
+		n++
+	}
+	return n
+}
+
+// Flush writes the pull counts gathered since the last flush.
+func (g *Gate) Flush(ctx context.Context) {
+	g.statsMu.Lock()
+	stats := make([]metadata.PullStat, 0, len(g.stats))
+	for _, st := range g.stats {
+		stats = append(stats, *st)
+	}
+	clear(g.stats)
+	g.statsMu.Unlock()
+	if len(stats) == 0 {
+		return
+	}
+	// The store keeps the counts; memory keeps only what decisions need.
+	if err := g.store.RecordPulls(ctx, stats); err != nil {
+		g.log.LogAttrs(ctx, slog.LevelWarn, "recording pull counts failed; those counts are lost",
+			slog.Int("images", len(stats)), slog.String("error", err.Error()))
+	}
+}

@@ -3,6 +3,7 @@ package alerts
 import (
 	"cmp"
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/airlock-registry/airlock/storage"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
@@ -25,12 +27,13 @@ const (
 	DefaultMaxAttempts  = 200
 )
 
-// scanLimit bounds the deliveries one poll reads. The outbox is read whole
-// each poll (it is empty or nearly so while receivers answer), so that a
-// receiver with a long backlog cannot hide the others' events behind its
-// own; beyond scanLimit pending deliveries it can, until the backlog drains
-// or is given up.
-const scanLimit = 10000
+// scanLimit bounds the deliveries one poll reads: the most the bbolt
+// store answers at once. The outbox is read whole each poll (it is empty
+// or nearly so while receivers answer), so that a receiver with a backlog
+// cannot hide the others' events behind its own; beyond scanLimit pending
+// deliveries it can, until the backlog drains or is given up, and the
+// pending gauge stops there.
+const scanLimit = 1000
 
 // scanHorizon is how far ahead a poll looks to count what is pending:
 // further than any retry is ever scheduled.
@@ -359,7 +362,7 @@ func (d *Deliverer) drop(ctx context.Context, del metadata.Delivery, why, name s
 		name = "a removed webhook"
 	}
 	d.log.Error("alert delivery dropped: "+why, d.attrs(name, del)...)
-	if err := d.outbox.Delivered(ctx, del.Seq); err != nil {
+	if err := d.outbox.Delivered(ctx, del.Seq); err != nil && !errors.Is(err, storage.ErrNotFound) {
 		d.log.Error("removing a dropped alert delivery failed", d.attrs(name, del, slog.String("error", err.Error()))...)
 		return
 	}

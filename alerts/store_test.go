@@ -1,12 +1,7 @@
 package alerts_test
 
-// TEMPORARY in-memory outbox until *metadata.DB implements ImageStore.
-
 import (
-	"context"
-	"slices"
-	"strconv"
-	"sync"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,73 +9,40 @@ import (
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
-type memStore struct {
-	mu   sync.Mutex
-	seq  uint64
-	list []metadata.Delivery
-}
-
-var mems = map[string]*memStore{}
-var memsMu sync.Mutex
-
-func openStore(t *testing.T, dir string) *memStore {
-	memsMu.Lock()
-	defer memsMu.Unlock()
-	if m, ok := mems[dir]; ok {
-		return m
+// openStore opens the bbolt store in dir, as airlock does, and closes it
+// when the test ends (closeStore may do it first).
+func openStore(t *testing.T, dir string) *metadata.DB {
+	t.Helper()
+	db, err := metadata.Open(filepath.Join(dir, "metadata.db"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	m := &memStore{}
-	mems[dir] = m
-	return m
+	t.Cleanup(func() { db.Close() })
+	return db
 }
 
-func closeStore(t *testing.T, s *memStore) {}
-
-func (m *memStore) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]metadata.Delivery, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []metadata.Delivery
-	for _, d := range m.list {
-		if !d.NextAttempt.After(now) && len(out) < limit {
-			out = append(out, d)
-		}
+func closeStore(t *testing.T, db *metadata.DB) {
+	t.Helper()
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
 	}
-	return out, nil
-}
-
-func (m *memStore) Delivered(ctx context.Context, seq uint64) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.list = slices.DeleteFunc(m.list, func(d metadata.Delivery) bool { return d.Seq == seq })
-	return nil
-}
-
-func (m *memStore) RetryDelivery(ctx context.Context, seq uint64, next time.Time, lastErr string) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for i := range m.list {
-		if m.list[i].Seq == seq {
-			m.list[i].Attempts++
-			m.list[i].NextAttempt = next
-			m.list[i].LastError = lastErr
-		}
-	}
-	return nil
 }
 
 // queue writes a state change of ev's image with the deliveries r routes
-// for ev, as the gate does, and returns how many were queued.
-func queue(t *testing.T, s *memStore, r *alerts.Router, ev metadata.Event) int {
+// for ev, as the gate does: one transaction, which also assigns each
+// delivery its seq and the event its id and audit hash. It returns how
+// many deliveries were queued.
+func queue(t *testing.T, db *metadata.DB, r *alerts.Router, ev metadata.Event) int {
 	t.Helper()
-	ds := r.Route(ev)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, d := range ds {
-		s.seq++
-		d.Seq = s.seq
-		d.Event.ID = "mem-" + strconv.FormatUint(s.seq, 10)
-		d.Event.Audit = "sha256:0000"
-		s.list = append(s.list, d)
+	deliveries := r.Route(ev)
+	_, err := db.UpdateImage(t.Context(), ev.Repository, ev.Digest, time.Now(), func(img *metadata.Image) (metadata.Change, error) {
+		img.State = ev.State
+		img.Reasons = ev.Reasons
+		img.Tags = ev.Tags
+		return metadata.Change{Actor: ev.Actor, Action: "decide", Reason: "test change", Deliveries: deliveries}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	return len(ds)
+	return len(deliveries)
 }

@@ -40,11 +40,10 @@ var airlockSeries = map[string]series{
 	"airlock_cache_evicted_bytes_total":         {},
 	"airlock_alert_deliveries_total":            {labels: []string{"result"}},
 	"airlock_alert_outbox_pending":              {},
-	// The gate's series, with the names and labels the issue fixes.
-	"airlock_images":                  {labels: []string{"state"}},
-	"airlock_gate_decisions_total":    {labels: []string{"decision"}},
-	"airlock_image_transitions_total": {labels: []string{"to", "by"}},
-	"airlock_policy_findings_total":   {labels: []string{"policy", "mode"}},
+	"airlock_images":                            {labels: []string{"state"}},
+	"airlock_gate_decisions_total":              {labels: []string{"decision"}},
+	"airlock_image_transitions_total":           {labels: []string{"to", "by"}},
+	"airlock_policy_findings_total":             {labels: []string{"policy", "mode"}},
 }
 
 // otherSeries come from the Go and process collectors airlock registers,

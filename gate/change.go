@@ -91,6 +91,7 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 		from        metadata.State
 		wasServable bool
 		actor       string
+		queued      bool
 	)
 	img, err := g.store.UpdateImage(ctx, repo, d, now, func(img *metadata.Image) (metadata.Change, error) {
 		from = img.State
@@ -103,10 +104,15 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 		if ev := eventType(from, img, c.Actor); ev != "" {
 			c.Deliveries = g.route(eventFor(ev, from, img, c, now))
 		}
+		queued = len(c.Deliveries) > 0
 		return c, nil
 	})
 	if err != nil {
 		return nil, err
+	}
+	if queued {
+		// Committed: the deliverer sends them now, not at its next poll.
+		g.delivered()
 	}
 	stored := &img
 	g.mu.Lock()

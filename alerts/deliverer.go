@@ -94,14 +94,17 @@ type Options struct {
 // Deliverer sends the outbox's deliveries to their webhooks. Run does the
 // work; the other methods are safe to call from any goroutine.
 type Deliverer struct {
-	outbox    Outbox
-	router    *Router
-	client    *http.Client
-	o         Options
-	log       *slog.Logger
-	metrics   metrics
-	nudged    chan struct{}
-	userAgent string
+	outbox Outbox
+	router *Router
+	client *http.Client
+	// ownTransport: the transport is the one New made, whose idle
+	// connections Run closes when it returns.
+	ownTransport bool
+	o            Options
+	log          *slog.Logger
+	metrics      metrics
+	nudged       chan struct{}
+	userAgent    string
 
 	wg sync.WaitGroup // workers
 
@@ -143,7 +146,8 @@ func New(o Options) *Deliverer {
 		log = slog.New(slog.DiscardHandler)
 	}
 	rt := o.Transport
-	if rt == nil {
+	own := rt == nil
+	if own {
 		rt = http.DefaultTransport.(*http.Transport).Clone()
 	}
 	return &Deliverer{
@@ -156,14 +160,15 @@ func New(o Options) *Deliverer {
 			// nobody configured.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		o:         o,
-		log:       log,
-		metrics:   newMetrics(o.Registerer, log),
-		nudged:    make(chan struct{}, 1),
-		userAgent: cmp.Or(o.UserAgent, "airlock"),
-		inflight:  map[uint64]bool{},
-		finished:  map[uint64]bool{},
-		targets:   map[string]*target{},
+		ownTransport: own,
+		o:            o,
+		log:          log,
+		metrics:      newMetrics(o.Registerer, log),
+		nudged:       make(chan struct{}, 1),
+		userAgent:    cmp.Or(o.UserAgent, "airlock"),
+		inflight:     map[uint64]bool{},
+		finished:     map[uint64]bool{},
+		targets:      map[string]*target{},
 	}
 }
 
@@ -179,8 +184,12 @@ func (d *Deliverer) Nudge() {
 
 // Run delivers until ctx ends, reading the outbox at once, then every
 // PollInterval and when nudged. It returns once every request in progress
-// has ended.
+// has ended and its outcome is recorded, so the store may be closed then.
+// Call it once.
 func (d *Deliverer) Run(ctx context.Context) {
+	if d.ownTransport {
+		defer d.client.CloseIdleConnections()
+	}
 	defer d.wg.Wait()
 	t := time.NewTicker(d.o.PollInterval)
 	defer t.Stop()

@@ -31,7 +31,7 @@ func (db *DB) Touch(repo string, d digest.Digest) {
 	now := time.Now().UnixNano()
 	db.mu.Lock()
 	defer db.mu.Unlock()
-	if db.closed {
+	if db.closed || db.readOnly {
 		return
 	}
 	if _, ok := db.pending[string(key)]; !ok && len(db.pending) >= maxPending {

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -99,6 +100,9 @@ func appendAudit(tx *bolt.Tx, r AuditRecord) (AuditRecord, error) {
 func (db *DB) Audit(ctx context.Context, after uint64, limit int) ([]AuditRecord, error) {
 	limit = pageLimit(limit, maxAuditPage)
 	out := []AuditRecord{}
+	if after == math.MaxUint64 {
+		return out, nil // after+1 would wrap to the start
+	}
 	err := db.view(ctx, func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketAudit).Cursor()
 		for k, v := c.Seek(seqKey(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {

@@ -62,6 +62,8 @@ type DB struct {
 	// latest use of each blob, not yet written to bucketLastUse.
 	pendingUse map[digest.Digest]int64
 	closed     bool
+	// readOnly is set by OpenReadOnly: Touch records nothing.
+	readOnly bool
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -79,12 +81,9 @@ func open(path string, flushEvery time.Duration) (*DB, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("metadata: creating directory for %s: %w", path, err)
 	}
-	bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("metadata: %s is locked by another process (is another airlock running on this data directory?): %w", path, err)
-	}
+	bdb, err := openBolt(path, &bolt.Options{Timeout: lockTimeout})
 	if err != nil {
-		return nil, fmt.Errorf("metadata: opening %s: %w", path, err)
+		return nil, err
 	}
 	// A lone writer in a Batch waits MaxBatchDelay before its commit; the
 	// default 10ms would sit on the cold path of every pull.
@@ -107,6 +106,62 @@ func open(path string, flushEvery time.Duration) (*DB, error) {
 		done:       make(chan struct{}),
 	}
 	go db.flushLoop(flushEvery)
+	return db, nil
+}
+
+func openBolt(path string, o *bolt.Options) (*bolt.DB, error) {
+	bdb, err := bolt.Open(path, 0o600, o)
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("metadata: %s is locked by another process (is another airlock running on this data directory?): %w", path, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("metadata: opening %s: %w", path, err)
+	}
+	return bdb, nil
+}
+
+// OpenReadOnly opens an existing index for reading only, for tools that
+// inspect a stopped store (airlock audit verify --data DIR). It shares the
+// file lock with other readers but not with a running airlock, which holds
+// it exclusively: while one runs, OpenReadOnly fails after five seconds
+// saying the file is locked. It refuses a file this release would have to
+// upgrade first. Touch is ignored and every write fails.
+func OpenReadOnly(path string) (*DB, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("metadata: no index at %s (is that the data directory?): %w", path, err)
+	}
+	bdb, err := openBolt(path, &bolt.Options{Timeout: lockTimeout, ReadOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	var id string
+	err = bdb.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil || string(meta.Get(keySchema)) != strconv.Itoa(schemaVersion) {
+			return errors.New("it was written by another airlock release: open it with that release, or start this one on it once to upgrade it")
+		}
+		for _, name := range dataBuckets {
+			if tx.Bucket(name) == nil {
+				return fmt.Errorf("it has no %s bucket yet: start airlock on it once to upgrade it", name)
+			}
+		}
+		id = string(meta.Get(keyStoreID))
+		return nil
+	})
+	if err != nil {
+		bdb.Close()
+		return nil, fmt.Errorf("metadata: %s: %w", path, err)
+	}
+	db := &DB{
+		bolt:       bdb,
+		id:         id,
+		readOnly:   true,
+		pending:    make(map[string]int64),
+		pendingUse: make(map[digest.Digest]int64),
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
+	}
+	close(db.done) // no flush loop: there is nothing to write
 	return db, nil
 }
 

@@ -1,6 +1,7 @@
 package metadata
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -406,5 +407,75 @@ func BenchmarkManifest(b *testing.B) {
 		if _, err := db.Manifest(ctx, m.Digest); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestOpenReadOnly checks a stopped store offline, as airlock audit verify
+// --data does: reads work, writes fail, the file is unchanged.
+func TestOpenReadOnly(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "airlock.db")
+	db, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := digest.FromString("app")
+	for _, s := range []State{StateQuarantined, StateReleased} {
+		if _, err := db.UpdateImage(ctx, "vendor/app", d, time.Now(), func(img *Image) (Change, error) {
+			img.State = s
+			return Change{Actor: "admin:alice"}, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id := db.ID()
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(path)
+
+	ro, err := OpenReadOnly(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if check, err := ro.VerifyAudit(ctx); err != nil || !check.OK || check.Records != 2 {
+		t.Errorf("VerifyAudit read-only = %+v, %v; want 2 records that verify", check, err)
+	}
+	if img, err := ro.Image(ctx, "vendor/app", d); err != nil || img.State != StateReleased {
+		t.Errorf("Image read-only = %+v, %v", img, err)
+	}
+	if ro.ID() != id || id == "" {
+		t.Errorf("read-only ID %q, want the store's %q", ro.ID(), id)
+	}
+	if _, err := ro.UpdateImage(ctx, "vendor/app", d, time.Now(), func(img *Image) (Change, error) {
+		img.State = StateBlocked
+		return Change{}, nil
+	}); err == nil {
+		t.Errorf("UpdateImage on a read-only store succeeded")
+	}
+	ro.Touch("vendor/app", d)
+	if err := ro.Close(); err != nil {
+		t.Errorf("Close of a read-only store: %v", err)
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Errorf("the read-only open changed the file")
+	}
+
+	if _, err := OpenReadOnly(filepath.Join(t.TempDir(), "none.db")); err == nil || !strings.Contains(err.Error(), "no index at") {
+		t.Errorf("OpenReadOnly of a missing file = %v; want it to say there is no index", err)
+	}
+	old := filepath.Join(t.TempDir(), "old.db")
+	raw, err := bolt.Open(old, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Update(func(tx *bolt.Tx) error {
+		meta, _ := tx.CreateBucket(bucketMeta)
+		return meta.Put(keySchema, []byte("2"))
+	})
+	raw.Close()
+	if _, err := OpenReadOnly(old); err == nil || !strings.Contains(err.Error(), "upgrade") {
+		t.Errorf("OpenReadOnly of a file without the new buckets = %v; want it to say to upgrade", err)
 	}
 }

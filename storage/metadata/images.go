@@ -128,8 +128,8 @@ type Change struct {
 
 // AuditRecord is one entry of the append-only, hash-chained audit log.
 // Hash is the SHA-256 (hex, "sha256:" prefixed) of the record's canonical
-// JSON encoding with Hash empty; Prev is the Hash of the record before it
-// ("" for the first). Seq counts from 1 without gaps.
+// JSON encoding with Hash empty (see [AuditHash]); Prev is the Hash of the
+// record before it ("" for the first). Seq counts from 1 without gaps.
 type AuditRecord struct {
 	Seq        uint64        `json:"seq"`
 	Time       time.Time     `json:"time"`
@@ -244,7 +244,8 @@ type ImageStore interface {
 	// platforms fetched; images not in the store are skipped.
 	RecordPulls(ctx context.Context, stats []PullStat) error
 
-	// Audit returns up to limit records with Seq > after, in order.
+	// Audit returns up to limit records with Seq > after, in order; limit
+	// 0 means 100, more than 1000 means 1000.
 	Audit(ctx context.Context, after uint64, limit int) ([]AuditRecord, error)
 	// VerifyAudit checks the whole chain against the stored head.
 	VerifyAudit(ctx context.Context) (AuditCheck, error)
@@ -252,8 +253,11 @@ type ImageStore interface {
 	// DueDeliveries returns up to limit deliveries whose NextAttempt is
 	// not after now, oldest first.
 	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]Delivery, error)
-	// Delivered removes a delivery from the outbox.
+	// Delivered removes a delivery from the outbox; an unknown seq is an
+	// error wrapping storage.ErrNotFound.
 	Delivered(ctx context.Context, seq uint64) error
-	// RetryDelivery records a failed attempt and when to try again.
+	// RetryDelivery records a failed attempt (Attempts+1, LastError) and
+	// when to try again; an unknown seq is an error wrapping
+	// storage.ErrNotFound.
 	RetryDelivery(ctx context.Context, seq uint64, next time.Time, lastErr string) error
 }

@@ -87,10 +87,23 @@ func canonicalImage(img Image) Image {
 	img.Reasons = canonicalReasons(img.Reasons)
 	img.Verdict.Reasons = canonicalReasons(img.Verdict.Reasons)
 	img.FirstSeen, img.UpdatedAt = img.FirstSeen.UTC(), img.UpdatedAt.UTC()
-	if !img.LastPulled.IsZero() {
-		img.LastPulled = img.LastPulled.UTC()
+	img.LastPulled = utcUnlessZero(img.LastPulled)
+	img.Verdict.DecidedAt = utcUnlessZero(img.Verdict.DecidedAt)
+	if img.Override != nil {
+		o := *img.Override
+		o.At, o.Expires = utcUnlessZero(o.At), utcUnlessZero(o.Expires)
+		img.Override = &o
 	}
 	return img
+}
+
+// utcUnlessZero puts t in UTC but leaves the zero time the zero value, so
+// that comparing with time.Time{} keeps working.
+func utcUnlessZero(t time.Time) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	return t.UTC()
 }
 
 // checkImage refuses what fn must not leave behind.

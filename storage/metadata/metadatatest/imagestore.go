@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -331,6 +332,9 @@ func testAuditChain(t *testing.T, s metadata.ImageStore) {
 	}
 	if page, err := s.Audit(ctx, 25, 5); err != nil || len(page) != 0 {
 		t.Errorf("Audit past the end = %+v, %v; want nothing", page, err)
+	}
+	if page, err := s.Audit(ctx, math.MaxUint64, 5); err != nil || len(page) != 0 {
+		t.Errorf("Audit after the largest seq = %d records, %v; want nothing", len(page), err)
 	}
 	if page, err := s.Audit(ctx, 0, 0); err != nil || len(page) != 25 {
 		t.Errorf("Audit with limit 0 = %d records, %v; want the default page (all 25)", len(page), err)

@@ -95,7 +95,9 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 	)
 	img, err := g.store.UpdateImage(ctx, repo, d, now, func(img *metadata.Image) (metadata.Change, error) {
 		from = img.State
-		wasServable = !img.FirstSeen.IsZero() && servable(img, now)
+		// The stored state, expired release or not: what was admitted
+		// under it must be withdrawn.
+		wasServable = !img.FirstSeen.IsZero() && policy.Servable(img.State)
 		c, err := fn(img)
 		if err != nil {
 			return c, err

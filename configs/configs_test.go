@@ -600,7 +600,7 @@ func TestAlertRules(t *testing.T) {
 			}
 		}
 	}
-	alerts := map[string]bool{}
+	alerts := map[string]*rule{}
 	for _, g := range rf.Groups {
 		for _, r := range g.Rules {
 			name := r.Alert + r.Record
@@ -613,7 +613,7 @@ func TestAlertRules(t *testing.T) {
 				}
 			}
 			if r.Alert != "" {
-				alerts[r.Alert] = true
+				alerts[r.Alert] = &r
 				if !slices.Contains([]string{"critical", "warning", "info"}, r.Labels["severity"]) {
 					t.Errorf("%s: severity %q, want critical, warning or info", name, r.Labels["severity"])
 				}
@@ -627,9 +627,20 @@ func TestAlertRules(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"AirlockUpstreamDown", "AirlockDockerHubRateLimitLow", "AirlockDigestMismatch",
-		"AirlockCacheDiskNearlyFull", "AirlockErrorBudgetBurnFast", "AirlockManifestLatencyHigh"} {
-		if !alerts[want] {
+		"AirlockCacheDiskNearlyFull", "AirlockErrorBudgetBurnFast", "AirlockManifestLatencyHigh",
+		"AirlockImageQuarantined", "AirlockAlertDeliveryFailing"} {
+		if alerts[want] == nil {
 			t.Errorf("no %s alert", want)
+		}
+	}
+	// Whoever gets the quarantine alert learns the command that shows
+	// what was refused and why.
+	if q := alerts["AirlockImageQuarantined"]; q != nil {
+		if !strings.Contains(q.Annotations["summary"], "`airlock quarantine list`") {
+			t.Errorf("AirlockImageQuarantined's summary does not tell the admin to run airlock quarantine list: %q", q.Annotations["summary"])
+		}
+		if !strings.Contains(q.Expr, `to="quarantined"`) || !strings.Contains(q.Expr, "airlock_image_transitions_total") {
+			t.Errorf("AirlockImageQuarantined does not count transitions to quarantined: %s", q.Expr)
 		}
 	}
 }

@@ -1,13 +1,19 @@
 package configs_test
 
 import (
+	"context"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/airlock-registry/airlock/alerts"
+	"github.com/airlock-registry/airlock/gate"
 	"github.com/airlock-registry/airlock/proxy"
 	"github.com/airlock-registry/airlock/storage/evict"
+	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
 // TestCheckExpr shows that the expression check rejects what it is there to
@@ -57,13 +63,23 @@ func (c *collectors) MustRegister(xs ...prometheus.Collector) {
 func (c *collectors) Unregister(prometheus.Collector) bool { return false }
 
 // TestKnownSeriesMatchProxy keeps airlockSeries equal to the series the
-// proxy and the cache evictor register, so a renamed metric or label fails
-// here, not on a dashboard that silently shows nothing.
+// proxy, the cache evictor, the alert deliverer and the gate register, so
+// a renamed metric or label fails here, not on a dashboard that silently
+// shows nothing.
 func TestKnownSeriesMatchProxy(t *testing.T) {
 	t.Parallel()
 	var reg collectors
 	proxy.NewMetrics(&reg)
 	evict.New(evict.Options{Registerer: &reg})
+	alerts.New(alerts.Options{Registerer: &reg})
+	db, err := metadata.Open(filepath.Join(t.TempDir(), "metadata.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if _, err := gate.New(t.Context(), gate.Options{Store: db, Content: noContent{}, Registerer: &reg}); err != nil {
+		t.Fatal(err)
+	}
 	got := map[string]series{}
 	for _, c := range reg.list {
 		_, histogram := c.(*prometheus.HistogramVec)
@@ -77,7 +93,7 @@ func TestKnownSeriesMatchProxy(t *testing.T) {
 	for name, want := range airlockSeries {
 		g, ok := got[name]
 		if !ok {
-			t.Errorf("%s is used by the shipped configs but neither the proxy nor the evictor registers it", name)
+			t.Errorf("%s is used by the shipped configs but airlock does not register it", name)
 			continue
 		}
 		if strings.Join(g.labels, ",") != strings.Join(want.labels, ",") || g.histogram != want.histogram {
@@ -91,6 +107,15 @@ func TestKnownSeriesMatchProxy(t *testing.T) {
 		}
 	}
 }
+
+// noContent stands for the proxy's cached content, which a gate over an
+// empty store never touches.
+type noContent struct{}
+
+func (noContent) Withdraw(context.Context, string, digest.Digest, func(digest.Digest) bool) error {
+	return nil
+}
+func (noContent) Remove(context.Context, string, digest.Digest) error { return nil }
 
 // describe reads name and variable labels from a descriptor's String
 // form, the only public view of them.

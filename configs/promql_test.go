@@ -15,7 +15,8 @@ type series struct {
 }
 
 // airlockSeries are airlock's own metrics. TestKnownSeriesMatchProxy keeps
-// this table equal to what the proxy and the cache evictor register.
+// this table equal to what the proxy, the cache evictor, the alert
+// deliverer and the gate register.
 var airlockSeries = map[string]series{
 	"airlock_http_requests_total":               {labels: []string{"upstream", "kind", "method", "code"}},
 	"airlock_http_request_duration_seconds":     {labels: []string{"kind", "method"}, histogram: true},
@@ -37,6 +38,12 @@ var airlockSeries = map[string]series{
 	"airlock_cache_index_bytes":                 {},
 	"airlock_cache_evictions_total":             {},
 	"airlock_cache_evicted_bytes_total":         {},
+	"airlock_alert_deliveries_total":            {labels: []string{"result"}},
+	"airlock_alert_outbox_pending":              {},
+	"airlock_images":                            {labels: []string{"state"}},
+	"airlock_gate_decisions_total":              {labels: []string{"decision"}},
+	"airlock_image_transitions_total":           {labels: []string{"to", "by"}},
+	"airlock_policy_findings_total":             {labels: []string{"policy", "mode"}},
 }
 
 // otherSeries come from the Go and process collectors airlock registers,

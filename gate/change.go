@@ -91,10 +91,13 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 		from        metadata.State
 		wasServable bool
 		actor       string
+		queued      bool
 	)
 	img, err := g.store.UpdateImage(ctx, repo, d, now, func(img *metadata.Image) (metadata.Change, error) {
 		from = img.State
-		wasServable = !img.FirstSeen.IsZero() && servable(img, now)
+		// The stored state, expired release or not: what was admitted
+		// under it must be withdrawn.
+		wasServable = !img.FirstSeen.IsZero() && policy.Servable(img.State)
 		c, err := fn(img)
 		if err != nil {
 			return c, err
@@ -103,10 +106,15 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 		if ev := eventType(from, img, c.Actor); ev != "" {
 			c.Deliveries = g.route(eventFor(ev, from, img, c, now))
 		}
+		queued = len(c.Deliveries) > 0
 		return c, nil
 	})
 	if err != nil {
 		return nil, err
+	}
+	if queued {
+		// Committed: the deliverer sends them now, not at its next poll.
+		g.delivered()
 	}
 	stored := &img
 	g.mu.Lock()

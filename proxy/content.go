@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -125,6 +126,9 @@ func (p *Proxy) Remove(ctx context.Context, repo string, d digest.Digest) error 
 }
 
 func (p *Proxy) remove(ctx context.Context, ix contentIndex, repo string, d digest.Digest, children bool) error {
+	if err := p.settle(ctx, repo, d); err != nil {
+		return err
+	}
 	rec, link, err := p.meta.RepoManifest(ctx, repo, d)
 	if errors.Is(err, storage.ErrNotFound) {
 		_, err = ix.UnlinkImage(ctx, repo, d, nil) // tags may still name it
@@ -174,7 +178,7 @@ func (p *Proxy) remove(ctx context.Context, ix contentIndex, repo string, d dige
 // platforms' manifests and every blob they list that is stored, each
 // counted once.
 func (p *Proxy) CachedBytes(ctx context.Context, repo string, d digest.Digest) (int64, error) {
-	rec, link, err := p.meta.RepoManifest(ctx, repo, d)
+	rec, link, err := p.repoManifest(ctx, repo, d)
 	if errors.Is(err, storage.ErrNotFound) {
 		return 0, nil
 	}
@@ -185,7 +189,7 @@ func (p *Proxy) CachedBytes(ctx context.Context, repo string, d digest.Digest) (
 	mt := mediaTypeOf(rec, link)
 	blobs := referencedBlobs(mt, rec.Body)
 	for _, c := range childManifests(mt, rec.Body) {
-		crec, clink, err := p.meta.RepoManifest(ctx, repo, c)
+		crec, clink, err := p.repoManifest(ctx, repo, c)
 		if err != nil {
 			continue
 		}
@@ -208,3 +212,30 @@ func (p *Proxy) CachedBytes(ctx context.Context, repo string, d digest.Digest) (
 // Known reports whether repo ("<upstream>/<repository>") is a repository
 // the running configuration serves.
 func (p *Proxy) Known(repo string) bool { return p.table.Load().router.Known(repo) }
+
+// repoManifest is the manifest repo@d as stored, or as fetched a moment ago
+// and still being written.
+func (p *Proxy) repoManifest(ctx context.Context, repo string, d digest.Digest) (metadata.ManifestRecord, metadata.Link, error) {
+	if m, _, ok := p.storing.get(repo+"\x00"+d.String(), p.now()); ok {
+		return m.rec, m.link, nil
+	}
+	return p.meta.RepoManifest(ctx, repo, d)
+}
+
+// settle waits for a background write of the manifest repo@d to land, so
+// that what is removed is not written back a moment later.
+func (p *Proxy) settle(ctx context.Context, repo string, d digest.Digest) error {
+	key := repo + "\x00" + d.String()
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
+	for {
+		if _, _, ok := p.storing.get(key, p.now()); !ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("manifest %s@%s is still being written; try again: %w", repo, d, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}

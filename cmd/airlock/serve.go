@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
+	"github.com/airlock-registry/airlock/alerts"
 	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/gate"
 	"github.com/airlock-registry/airlock/policy"
@@ -46,7 +47,8 @@ func newServeCommand() *cobra.Command {
 		Long: "Run the registry gateway. Without --config it runs the embedded default: the registry API on 127.0.0.1:5000\n" +
 			"(loopback only, as it has no client authentication), the admin API on 127.0.0.1:5001, Docker Hub (default),\n" +
 			"gcr.io and quay.io upstreams, data in ./airlock-data.\n" +
-			"SIGHUP reloads upstreams, credentials, allow-lists, the auth section, policies and their pin files, cache.tagTTL,\n" +
+			"SIGHUP reloads upstreams, credentials, allow-lists, the auth section, policies and their pin files, alerts and\n" +
+			"their secrets, cache.tagTTL,\n" +
 			"cache.maxSize, log.level and shutdown\n" +
 			"from --config, and logs a warning for each changed key that needs a restart; SIGTERM drains in-flight pulls and exits.",
 		Args: cobra.NoArgs,
@@ -81,15 +83,19 @@ func newLogger(format string, level slog.Leveler, w io.Writer) *slog.Logger {
 
 // gateway is one running airlock: its stores, its proxy and its listeners.
 type gateway struct {
-	cfg     *config.Config
-	log     *slog.Logger
-	meta    *metadata.DB
-	blobs   *storage.Blobs
-	proxy   *proxy.Proxy
-	gate    *gate.Gate
-	metrics *proxy.Metrics
-	promReg *prometheus.Registry
-	ready   atomic.Bool
+	cfg   *config.Config
+	log   *slog.Logger
+	meta  *metadata.DB
+	blobs *storage.Blobs
+	proxy *proxy.Proxy
+	gate  *gate.Gate
+	// alerts routes the gate's events to webhooks (reload replaces its
+	// table); deliverer sends them from the outbox.
+	alerts    *alerts.Router
+	deliverer *alerts.Deliverer
+	metrics   *proxy.Metrics
+	promReg   *prometheus.Registry
+	ready     atomic.Bool
 	// stopTracing flushes spans at exit.
 	stopTracing func(context.Context) error
 	evictor     *evict.Evictor
@@ -158,10 +164,17 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 		g.meta.Close()
 		return nil, err
 	}
+	if g.alerts, err = alerts.NewRouter(cfg.Alerts); err != nil {
+		g.meta.Close()
+		return nil, err
+	}
+	g.deliverer = alerts.New(alerts.Options{Outbox: g.meta, Router: g.alerts, UserAgent: "airlock/" + g.build.Version,
+		Logger: log.With(slog.String("component", "alerts")), Registerer: g.promReg})
 	// The gate withdraws and deletes content through the proxy, which asks
 	// the gate before serving: content is bound once both exist.
 	content := &lazyContent{}
 	g.gate, err = gate.New(ctx, gate.Options{Store: g.meta, Content: content, Policies: policies,
+		Alerts: g.alerts, Delivered: g.deliverer.Nudge,
 		KnownRepository: content.Known, Logger: log.With(slog.String("component", "gate")), Registerer: g.promReg})
 	if err != nil {
 		g.meta.Close()
@@ -403,6 +416,11 @@ func (g *gateway) run(ctx context.Context, configPath string) error {
 		defer close(gateDone)
 		g.gate.Run(evictCtx)
 	}()
+	alertsDone := make(chan struct{})
+	go func() {
+		defer close(alertsDone)
+		g.deliverer.Run(evictCtx)
+	}()
 	g.ready.Store(true)
 	access, open := pullAccess(g.cfg.Auth, g.policy, regLn.Addr())
 	g.log.Info("airlock serving", slog.String("version", g.build.Version), slog.String("commit", g.build.CommitLabel()),
@@ -450,6 +468,7 @@ loop:
 	stopEvict()
 	<-evictDone
 	<-gateDone
+	<-alertsDone
 	if err := g.stopTracing(drain); err != nil {
 		g.log.Warn("flushing trace spans failed", slog.String("error", err.Error()))
 	}
@@ -511,11 +530,21 @@ func (g *gateway) reload(path string) {
 		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
 		return
 	}
+	// Webhook secrets are read again here, so that one that cannot be
+	// read refuses the reload before anything changes.
+	nextAlerts, err := alerts.NewRouter(cfg.Alerts)
+	if err != nil {
+		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
+		return
+	}
 	if err := g.reidentify(context.Background(), cfg); err != nil {
 		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
 		return
 	}
 	g.proxy.Reload(rt, regs, ttls, cfg.Cache.TagTTL.Std())
+	// Before the policies, so that what they decide again alerts the
+	// webhooks now configured.
+	g.alerts.Replace(nextAlerts)
 	// Pin files are read again even when the configuration is unchanged:
 	// editing them and sending SIGHUP is how pins are updated.
 	if n, err := g.gate.SetPolicies(context.Background(), policies); err != nil {
@@ -556,7 +585,7 @@ func (g *gateway) reload(path string) {
 // tracing, cache.maxManifestBytes, cache.evictInterval, and any key added
 // without being listed here) is read once at start.
 func reloadable(key string) bool {
-	for _, live := range []string{"upstreams", "auth", "cache.tagTTL", "cache.maxSize", "log.level", "shutdown", "policies"} {
+	for _, live := range []string{"upstreams", "auth", "cache.tagTTL", "cache.maxSize", "log.level", "shutdown", "policies", "alerts"} {
 		if key == live || strings.HasPrefix(key, live+".") || strings.HasPrefix(key, live+"[") {
 			return true
 		}

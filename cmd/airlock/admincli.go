@@ -227,8 +227,9 @@ func newImagesDeleteCommand(conn *adminConn) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "delete REPOSITORY@DIGEST",
 		Short: "Remove an image's record, its cached manifest and the blobs nothing else references",
-		Long: "Remove an image from airlock: its state, its cached manifest and the blobs no other\n" +
-			"cached manifest references. The next pull fetches and checks it again. Audited.",
+		Long: "Remove an image's cached manifest and the blobs no other cached manifest references,\n" +
+			"and forget its state, so that the next pull fetches and checks it again. An image an\n" +
+			"admin decided about keeps its record: a block outlives the deletion. Audited.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ref, err := admin.ParseDigestReference(args[0])

@@ -325,3 +325,27 @@ func TestCLIRefusals(t *testing.T) {
 		t.Fatalf("the quarantined image pulls with %d after refused commands", got)
 	}
 }
+
+// TestCLIImagesDelete removes a cached image: the next show does not find
+// it, and the audit log records who deleted it and why.
+func TestCLIImagesDelete(t *testing.T) {
+	t.Parallel()
+	f := newCLIFixture(t)
+	r := f.ok("images", "delete", f.unpinnedRf, "--reason", "not wanted here")
+	if r.stdout != "deleted "+f.unpinnedRf+"\n" {
+		t.Fatalf("images delete printed: %s", r)
+	}
+	r = cli(t, nil, append([]string{"images", "show", f.unpinnedRf}, f.flags...)...)
+	if r.code == 0 || !strings.Contains(r.stderr, "has not seen") {
+		t.Fatalf("images show after delete: %s", r)
+	}
+	r = f.ok("audit", "-o", "json")
+	var recs []metadata.AuditRecord
+	if err := json.Unmarshal([]byte(r.stdout), &recs); err != nil || len(recs) == 0 {
+		t.Fatalf("audit -o json: %v\n%s", err, r.stdout)
+	}
+	last := recs[len(recs)-1]
+	if last.Action != "delete" || last.Actor != "admin:alice" || last.Reason != "not wanted here" || last.Digest != f.unpinned {
+		t.Fatalf("last audit record: %+v", last)
+	}
+}

@@ -168,8 +168,12 @@ func (c *Client) Images(ctx context.Context, q metadata.ImageQuery) (ImageList, 
 	return list, err
 }
 
-// AllImages follows the pages of a listing to its end.
+// AllImages follows the pages of a listing to its end, in the largest
+// pages the server gives unless q.Limit says otherwise.
 func (c *Client) AllImages(ctx context.Context, q metadata.ImageQuery) ([]Image, error) {
+	if q.Limit == 0 {
+		q.Limit = maxLimit
+	}
 	all := []Image{}
 	for {
 		page, err := c.Images(ctx, q)

@@ -29,6 +29,9 @@ const (
 type adminConn struct {
 	server    string
 	tokenFile string
+
+	// token is what client read, for explain.
+	token string
 }
 
 func (a *adminConn) register(fs *pflag.FlagSet) {
@@ -47,6 +50,7 @@ func (a *adminConn) client() (*admin.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.token = token
 	// The timeout covers a delete, which removes blobs; the command's
 	// context (Ctrl-C) ends any request sooner.
 	return admin.NewClient(server, token, &http.Client{Timeout: 5 * time.Minute})
@@ -84,12 +88,16 @@ func readToken(path string) (string, error) {
 
 // explain adds what the person at the CLI can do about an error.
 func explain(err error, conn *adminConn) error {
-	var apiErr *admin.APIError
-	if errors.As(err, &apiErr) && apiErr.Code == admin.CodeUnauthorized {
-		path := firstSet(conn.tokenFile, os.Getenv(envTokenFile))
-		return fmt.Errorf("%s (token from %s; the file must hold the token alone on its first line, as in the server's admin.tokenFile after \"name:\")", apiErr.Message, path)
+	apiErr, ok := errors.AsType[*admin.APIError](err)
+	if !ok || apiErr.Code != admin.CodeUnauthorized {
+		return err
 	}
-	return err
+	msg := apiErr.Message + " (token read from " + firstSet(conn.tokenFile, os.Getenv(envTokenFile)) + ")"
+	if strings.Contains(conn.token, ":") {
+		// Likely a line copied from the server's file, name and all.
+		msg += "; if that line is \"name:token\" as in admin.tokenFile, put the token alone on its first line"
+	}
+	return errors.New(msg)
 }
 
 // output checks an -o value against the formats a command prints.

@@ -100,7 +100,7 @@ func explain(err error, conn *adminConn) error {
 	return errors.New(msg)
 }
 
-// output checks an -o value against the formats a command prints.
+// checkOutput checks an -o value against the formats a command prints.
 func checkOutput(o string, formats ...string) error {
 	for _, f := range formats {
 		if o == f {

@@ -34,6 +34,16 @@ var cliBinary struct {
 	out  []byte
 }
 
+// TestMain removes the binary airlockBinary built. Tests of this package
+// that need the binary call airlockBinary rather than build their own.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if cliBinary.path != "" {
+		os.RemoveAll(filepath.Dir(cliBinary.path))
+	}
+	os.Exit(code)
+}
+
 // airlockBinary builds airlock once per test run.
 func airlockBinary(t *testing.T) string {
 	t.Helper()

@@ -39,8 +39,9 @@ func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now ti
 			img.Tags = append(img.Tags, s.Tag)
 			slices.Sort(img.Tags)
 		}
+		from := img.State
 		decide(set, img, s.Tag, now)
-		return metadata.Change{Actor: actorPolicy}, nil
+		return metadata.Change{Actor: actorPolicy, Action: decided(from, img)}, nil
 	})
 	if err != nil {
 		return nil, err
@@ -57,8 +58,10 @@ func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now ti
 	if moved {
 		_, err := g.change(ctx, repo, prev, now, func(old *metadata.Image) (metadata.Change, error) {
 			old.Tags = slices.DeleteFunc(old.Tags, func(t string) bool { return t == s.Tag })
+			from := old.State
 			decide(set, old, "", now)
-			return metadata.Change{Actor: actorPolicy, Reason: fmt.Sprintf("tag %s now resolves to %s", s.Tag, s.Digest)}, nil
+			return metadata.Change{Actor: actorPolicy, Action: decided(from, old),
+				Reason: fmt.Sprintf("tag %s now resolves to %s", s.Tag, s.Digest)}, nil
 		})
 		if err != nil {
 			g.log.LogAttrs(ctx, slog.LevelWarn, "recording that a tag moved failed", slog.String("image", imageKey(repo, prev)),
@@ -69,6 +72,15 @@ func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now ti
 	g.tags[repo+":"+s.Tag] = s.Digest
 	g.mu.Unlock()
 	return img, nil
+}
+
+// decided is the audit action of a policy decision that moved img from
+// from: "decide" when its state changed, "" (no record) otherwise.
+func decided(from metadata.State, img *metadata.Image) string {
+	if img.State != from {
+		return "decide"
+	}
+	return ""
 }
 
 // decide sets img's verdict under set and its state and reasons under its

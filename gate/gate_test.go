@@ -309,8 +309,8 @@ func TestQuarantineReleaseExpireBlock(t *testing.T) {
 		got = append(got, r.Actor+" "+r.Action+" "+string(r.From)+">"+string(r.To))
 	}
 	want := []string{
-		"policy  >approved", "policy  >quarantined", "admin:ann release quarantined>released",
-		"policy  >quarantined", "expiry expire released>quarantined",
+		"policy decide >approved", "policy decide >quarantined", "admin:ann release quarantined>released",
+		"policy decide >quarantined", "expiry expire released>quarantined",
 		"admin:bob block approved>blocked", "admin:bob unblock blocked>approved",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {

@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
+	"github.com/airlock-registry/airlock/admin"
 	"github.com/airlock-registry/airlock/alerts"
 	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/gate"
@@ -392,7 +393,13 @@ func (g *gateway) run(ctx context.Context, configPath string) error {
 	}
 	regSrv := &http.Server{Handler: g.registryHandler(), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)}
-	adminSrv := &http.Server{Handler: g.adminHandler(), ReadHeaderTimeout: 10 * time.Second,
+	adminMux, err := g.adminHandler()
+	if err != nil {
+		regLn.Close()
+		adminLn.Close()
+		return err
+	}
+	adminSrv := &http.Server{Handler: adminMux, ReadHeaderTimeout: 10 * time.Second,
 		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)}
 
 	errc := make(chan error, 2)
@@ -617,12 +624,18 @@ func (g *gateway) registryHandler() http.Handler {
 	return mux
 }
 
-func (g *gateway) adminHandler() http.Handler {
+func (g *gateway) adminHandler() (http.Handler, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", g.health)
 	mux.HandleFunc("GET /readyz", g.readiness)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g.promReg, promhttp.HandlerOpts{}))
-	return mux
+	api, err := admin.New(admin.Options{Store: g.meta, Decider: g.gate, Tags: g.meta, Cache: g.proxy,
+		TokenFile: g.cfg.Admin.TokenFile, Logger: g.log.With(slog.String("component", "admin"))})
+	if err != nil {
+		return nil, err
+	}
+	mux.Handle(admin.Prefix, api)
+	return mux, nil
 }
 
 // compilePolicies reads the pin files of cfg's policies and compiles them.

@@ -105,11 +105,19 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 		actor       string
 		queued      bool
 	)
+	// A platform served through its index has no record of its own, but
+	// its blobs were admitted all the same: a first record that refuses
+	// it (a block) must withdraw them too.
+	key := imageKey(repo, d)
+	g.mu.RLock()
+	p := g.parentLocked(key, now)
+	viaIndex := g.images[key] == nil && p != nil && servable(p, now)
+	g.mu.RUnlock()
 	img, err := g.store.UpdateImage(ctx, repo, d, now, func(img *metadata.Image) (metadata.Change, error) {
 		from = img.State
 		// The stored state, expired release or not: what was admitted
 		// under it must be withdrawn.
-		wasServable = !img.FirstSeen.IsZero() && policy.Servable(img.State)
+		wasServable = !img.FirstSeen.IsZero() && policy.Servable(img.State) || img.FirstSeen.IsZero() && viaIndex
 		c, err := fn(img)
 		if err != nil {
 			return c, err
@@ -156,8 +164,12 @@ func (g *Gate) withdraw(ctx context.Context, img *metadata.Image) {
 		g.mu.RLock()
 		defer g.mu.RUnlock()
 		key := imageKey(img.Repository, d)
-		if i := g.images[key]; i != nil && servable(i, now) {
+		i := g.images[key]
+		if i != nil && servable(i, now) {
 			return true
+		}
+		if blocked(i) {
+			return false // not even through a servable index
 		}
 		p := g.parentLocked(key, now)
 		return p != nil && servable(p, now)

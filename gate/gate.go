@@ -230,7 +230,9 @@ func (g *Gate) Admit(ctx context.Context, s proxy.Subject) (proxy.Decision, erro
 	img := g.images[key]
 	known := img != nil && (s.Tag == "" || g.tags[repo+":"+s.Tag] == s.Digest)
 	var parent *metadata.Image
-	if s.Tag == "" && (img == nil || !servable(img, now)) {
+	if s.Tag == "" && (img == nil || !servable(img, now)) && !blocked(img) {
+		// A platform is served with its index, unless an admin blocked
+		// the platform itself: a block wins over any approval.
 		parent = g.parentLocked(key, now)
 	}
 	g.mu.RUnlock()
@@ -312,6 +314,11 @@ func stateOf(img *metadata.Image, now time.Time) metadata.State {
 }
 
 func servable(img *metadata.Image, now time.Time) bool { return policy.Servable(stateOf(img, now)) }
+
+// blocked reports whether an admin blocked img (nil: not seen).
+func blocked(img *metadata.Image) bool {
+	return img != nil && img.Override != nil && img.Override.Action == metadata.ActionBlock
+}
 
 // summary is img's reasons in one line.
 func summary(img *metadata.Image) string {

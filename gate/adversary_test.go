@@ -35,3 +35,25 @@ func TestBlockedPlatformOfApprovedIndex(t *testing.T) {
 	h.wantStatus(manifestPath(repo, amd.Digest.String()), http.StatusOK)
 	h.wantStatus(blobPath(repo, amd.Layers[0]), http.StatusOK)
 }
+
+// An index blocked before anyone pulled it still holds its platforms once
+// it is seen: the refused pull of the index records what it lists.
+func TestIndexBlockedBeforeFirstPullHoldsItsPlatforms(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	idx := up.PushIndex(t, "team/multi", "1", 256, 1)
+	h := newHarness(t, up, t.TempDir(), "")
+	const repo = "hub/team/multi"
+	arm, _ := idx.Image("arm64")
+
+	if _, err := h.gate.Block(t.Context(), repo, digest.Digest(idx.Digest.String()), "admin:bob", "known bad release"); err != nil {
+		t.Fatal(err)
+	}
+	h.wantStatus(manifestPath(repo, idx.Digest.String()), http.StatusForbidden, "is blocked")
+	if img := h.image(repo, idx.Digest); len(img.Platforms) != 2 {
+		t.Fatalf("the refused index's platforms were not recorded: %+v", img.Platforms)
+	}
+	h.wantStatus(manifestPath(repo, arm.Digest.String()), http.StatusForbidden, "is a platform of", "blocked")
+	h.wantStatus(blobPath(repo, arm.Layers[0]), http.StatusForbidden, "DENIED")
+	h.wantStatus(manifestPath(repo, "1"), http.StatusForbidden, "is blocked")
+}

@@ -31,7 +31,9 @@ func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now ti
 	defer g.write.Unlock()
 	set := g.policies.Load()
 	img, err := g.change(ctx, repo, s.Digest, now, func(img *metadata.Image) (metadata.Change, error) {
-		if img.FirstSeen.IsZero() {
+		if img.MediaType == "" {
+			// First sight of the content (the record may be older: a
+			// block placed before anyone pulled it).
 			img.MediaType = s.MediaType
 			img.Platforms = platforms(s.Body)
 		}

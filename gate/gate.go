@@ -228,7 +228,9 @@ func (g *Gate) Admit(ctx context.Context, s proxy.Subject) (proxy.Decision, erro
 	now := g.now()
 	g.mu.RLock()
 	img := g.images[key]
-	known := img != nil && (s.Tag == "" || g.tags[repo+":"+s.Tag] == s.Digest)
+	// An image recorded before its content was seen (blocked ahead of
+	// its first pull) is observed once, to record what an index lists.
+	known := img != nil && img.MediaType != "" && (s.Tag == "" || g.tags[repo+":"+s.Tag] == s.Digest)
 	var parent *metadata.Image
 	if s.Tag == "" && (img == nil || !servable(img, now)) && !blocked(img) {
 		// A platform is served with its index, unless an admin blocked

@@ -1,12 +1,19 @@
 package gate_test
 
 import (
+	"context"
 	"net/http"
+	"net/http/httptest"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/airlock-registry/airlock/gate"
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
+	"github.com/airlock-registry/airlock/proxy"
+	"github.com/airlock-registry/airlock/proxy/upstream"
 )
 
 // A block on one platform of an index wins over the index's approval: the
@@ -56,4 +63,66 @@ func TestIndexBlockedBeforeFirstPullHoldsItsPlatforms(t *testing.T) {
 	h.wantStatus(manifestPath(repo, arm.Digest.String()), http.StatusForbidden, "is a platform of", "blocked")
 	h.wantStatus(blobPath(repo, arm.Layers[0]), http.StatusForbidden, "DENIED")
 	h.wantStatus(manifestPath(repo, "1"), http.StatusForbidden, "is blocked")
+}
+
+// blockAfterAdmit is the gate, but the first time it allows want it blocks
+// it before answering: the block lands between the proxy's decision and
+// its recording of the manifest's blobs, as an admin's block can while a
+// first pull is being served.
+type blockAfterAdmit struct {
+	*gate.Gate
+	repo string
+	want digest.Digest
+	once sync.Once
+	err  error
+}
+
+func (b *blockAfterAdmit) Admit(ctx context.Context, s proxy.Subject) (proxy.Decision, error) {
+	dec, err := b.Gate.Admit(ctx, s)
+	if err == nil && dec.Allow && s.Digest == b.want {
+		b.once.Do(func() { _, b.err = b.Gate.Block(ctx, b.repo, b.want, "admin:bob", "pulled during an incident") })
+	}
+	return dec, err
+}
+
+// A block that lands while the first pull of an image is being served
+// must not leave its layers readable: the proxy's recording of the blobs
+// comes after the gate withdrew them.
+func TestBlockDuringFirstServeLeavesNoBlobReadable(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	app := up.PushImage(t, "vendor/app", "1.0", 256, 1)
+	h := newHarness(t, up, t.TempDir(), app.Digest.String()+"\n")
+	const repo = "hcl/vendor/app"
+	race := &blockAfterAdmit{Gate: h.gate, repo: repo, want: digest.Digest(app.Digest.String())}
+	rt, err := proxy.NewRouter([]proxy.Upstream{{Name: "hcl"}, {Name: "hub", Default: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := upstream.New(upstream.Options{Name: "hcl", URL: up.URL, MaxAttempts: 1, IdleTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := proxy.New(proxy.Options{Router: rt, Registries: map[string]proxy.Registry{"hcl": r}, DefaultTagTTL: time.Minute,
+		Blobs: h.blobs, Meta: h.meta, Gate: race})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Pulls go through this proxy; the gate withdraws through the
+	// harness's, on the same store.
+	srv, orig := httptest.NewServer(p), h.srv
+	h.srv = srv
+	t.Cleanup(func() {
+		srv.Close()
+		_ = p.Close(context.Background())
+		h.srv = orig
+	})
+
+	// The pull that raced the block was allowed; what follows is not.
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusOK)
+	if race.err != nil {
+		t.Fatal(race.err)
+	}
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "is blocked")
+	h.wantStatus(blobPath(repo, app.Layers[0]), http.StatusForbidden, "DENIED")
 }

@@ -161,21 +161,7 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 // withdraw makes img's blobs, and its platforms' where no servable image
 // lists them, unreadable in its repository.
 func (g *Gate) withdraw(ctx context.Context, img *metadata.Image) {
-	servableHere := func(d digest.Digest) bool {
-		now := g.now()
-		g.mu.RLock()
-		defer g.mu.RUnlock()
-		key := imageKey(img.Repository, d)
-		i := g.images[key]
-		if i != nil && servable(i, now) {
-			return true
-		}
-		if blocked(i) {
-			return false // not even through a servable index
-		}
-		p := g.parentLocked(key, now)
-		return p != nil && servable(p, now)
-	}
+	servableHere := func(d digest.Digest) bool { return g.servableIn(img.Repository, d) }
 	digests := []digest.Digest{img.Digest}
 	for _, p := range img.Platforms {
 		digests = append(digests, p.Digest)
@@ -189,6 +175,30 @@ func (g *Gate) withdraw(ctx context.Context, img *metadata.Image) {
 				slog.String("image", imageKey(img.Repository, d)), slog.String("error", err.Error()))
 		}
 	}
+}
+
+// Servable reports whether the manifest d may be served in upstream/repo
+// now, deciding nothing: its image is servable, or it is a platform of a
+// servable index and not blocked itself. A manifest the gate has not seen
+// is not servable. It implements proxy.Rechecker.
+func (g *Gate) Servable(upstream, repo string, d digest.Digest) bool {
+	return g.servableIn(upstream+"/"+repo, d)
+}
+
+func (g *Gate) servableIn(repo string, d digest.Digest) bool {
+	now := g.now()
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	key := imageKey(repo, d)
+	i := g.images[key]
+	if i != nil && servable(i, now) {
+		return true
+	}
+	if blocked(i) {
+		return false // not even through a servable index
+	}
+	p := g.parentLocked(key, now)
+	return p != nil && servable(p, now)
 }
 
 // eventType is the alert a transition of img from from raises, or "".

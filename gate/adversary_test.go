@@ -126,3 +126,34 @@ func TestBlockDuringFirstServeLeavesNoBlobReadable(t *testing.T) {
 	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "is blocked")
 	h.wantStatus(blobPath(repo, app.Layers[0]), http.StatusForbidden, "DENIED")
 }
+
+// Only an index lists platforms. An image manifest that carries a
+// "manifests" field of its own (a hostile upstream's) must not make the
+// digests it names servable once an admin releases the manifest itself.
+func TestImageManifestListsNoPlatforms(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	h := newHarness(t, up, t.TempDir(), "")
+	ctx := t.Context()
+	other := digest.FromString("an unpinned image the upstream wants through")
+	body := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",` +
+		`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"` + digest.FromString("c").String() + `","size":1},` +
+		`"layers":[],"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"` + other.String() + `","size":2}]}`)
+	trojan := digest.FromBytes(body)
+	s := proxy.Subject{Upstream: "hcl", Repository: "vendor/app", Digest: trojan,
+		MediaType: "application/vnd.oci.image.manifest.v1+json", Body: body}
+	if dec, err := h.gate.Admit(ctx, s); err != nil || dec.Allow {
+		t.Fatalf("unpinned manifest: %+v, %v", dec, err)
+	}
+	if _, err := h.gate.Release(ctx, "hcl/vendor/app", trojan, "admin:ann", "looked at it: one image", time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if img, err := h.meta.Image(ctx, "hcl/vendor/app", trojan); err != nil || len(img.Platforms) != 0 {
+		t.Errorf("an image manifest was recorded with platforms %+v (%v)", img.Platforms, err)
+	}
+	dec, err := h.gate.Admit(ctx, proxy.Subject{Upstream: "hcl", Repository: "vendor/app", Digest: other,
+		MediaType: "application/vnd.oci.image.manifest.v1+json", Body: []byte(`{}`)})
+	if err != nil || dec.Allow {
+		t.Fatalf("a digest named by a released image manifest was let through: %+v, %v", dec, err)
+	}
+}

@@ -35,7 +35,7 @@ func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now ti
 			// First sight of the content (the record may be older: a
 			// block placed before anyone pulled it).
 			img.MediaType = s.MediaType
-			img.Platforms = platforms(s.Body)
+			img.Platforms = platforms(s.MediaType, s.Body)
 		}
 		if s.Tag != "" && !slices.Contains(img.Tags, s.Tag) {
 			img.Tags = append(img.Tags, s.Tag)

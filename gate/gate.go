@@ -157,6 +157,12 @@ func New(ctx context.Context, o Options) (*Gate, error) {
 	return g, nil
 }
 
+// The index media types, as the proxy reports them in Subject.MediaType.
+const (
+	mediaOCIIndex   = "application/vnd.oci.image.index.v1+json"
+	mediaDockerList = "application/vnd.docker.distribution.manifest.list.v2+json"
+)
+
 func imageKey(repo string, d digest.Digest) string { return repo + "@" + d.String() }
 
 // remember puts img in memory, replacing what was there, with its tags,
@@ -385,8 +391,14 @@ func (g *Gate) count(img *metadata.Image, p digest.Digest, head bool, now time.T
 	g.statsMu.Unlock()
 }
 
-// platforms lists the manifests an index body names.
-func platforms(body []byte) []metadata.Platform {
+// platforms lists the manifests an index names. Only an index lists
+// platforms: any other manifest that carries a "manifests" field (an
+// upstream's invention) lists none, or releasing it would let through
+// whatever it names.
+func platforms(mediaType string, body []byte) []metadata.Platform {
+	if mediaType != mediaOCIIndex && mediaType != mediaDockerList {
+		return nil
+	}
 	var idx struct {
 		Manifests []struct {
 			Digest    digest.Digest `json:"digest"`

@@ -1,10 +1,17 @@
 package admin_test
 
 import (
+	"context"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/airlock-registry/airlock/admin"
 	"github.com/airlock-registry/airlock/admin/admintest"
+	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
 // An expiry past year 9999 cannot be written as JSON: accepting it would
@@ -22,4 +29,34 @@ func TestAdminAPIExpiryBeyondYear9999(t *testing.T) {
 	f.unchanged(before, "expiries beyond year 9999")
 	// The last day that can be written still works.
 	f.ok("POST", img, `{"reason":"x","expires":"9999-12-30"}`, nil)
+}
+
+// A server that answers garbage cursors (alternating, so never the one
+// just sent) must not keep the client paging, and growing its listing,
+// forever.
+func TestClientAllImagesStopsOnCursorLoop(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := calls.Add(1)
+		next := "a"
+		if r.URL.Query().Get("after") == "a" {
+			next = "b"
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"images":[{"repository":"hub/x","digest":"sha256:%064d","state":"approved"}],"next":%q}`, n, next)
+	}))
+	t.Cleanup(srv.Close)
+	c, err := admin.NewClient(srv.URL, "t", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := c.AllImages(ctx, metadata.ImageQuery{}); err == nil || ctx.Err() != nil {
+		t.Fatalf("AllImages over a cursor loop = %v (after %d pages), want an error saying the server repeats itself", err, calls.Load())
+	}
+	if n := calls.Load(); n > 3 {
+		t.Errorf("the client asked for %d pages of a two-page loop", n)
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
 	"github.com/airlock-registry/airlock/proxy"
 	"github.com/airlock-registry/airlock/proxy/upstream"
+	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
 // A block on one platform of an index wins over the index's approval: the
@@ -155,5 +156,52 @@ func TestImageManifestListsNoPlatforms(t *testing.T) {
 		MediaType: "application/vnd.oci.image.manifest.v1+json", Body: []byte(`{}`)})
 	if err != nil || dec.Allow {
 		t.Fatalf("a digest named by a released image manifest was let through: %+v, %v", dec, err)
+	}
+}
+
+// A crash (kill -9) between the commit of a block and the withdrawal of
+// the image's blobs leaves a store whose image is blocked and whose blob
+// links still say admitted. After the restart the gate must finish the
+// withdrawal, not leave the layers readable by digest for good.
+func TestRestartFinishesAWithdrawalACrashInterrupted(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	app := up.PushImage(t, "vendor/app", "1.0", 256, 1)
+	dir := t.TempDir()
+	pins := app.Digest.String() + "\n"
+	h := newHarness(t, up, dir, pins)
+	const repo = "hcl/vendor/app"
+	d := digest.Digest(app.Digest.String())
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusOK)
+	h.wantStatus(blobPath(repo, app.Layers[0]), http.StatusOK)
+
+	// What the gate's block commits, and then the crash: no withdrawal.
+	now := h.clock.Now()
+	_, err := h.meta.UpdateImage(t.Context(), repo, d, now, func(img *metadata.Image) (metadata.Change, error) {
+		img.Override = &metadata.Override{Action: metadata.ActionBlock, By: "admin:bob", Reason: "incident", At: now}
+		img.State = metadata.StateBlocked
+		return metadata.Change{Actor: "admin:bob", Action: metadata.ActionBlock, Reason: "incident"}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.close()
+
+	h2 := newHarness(t, up, dir, pins)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { h2.gate.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	h2.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "is blocked")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		status, _ := h2.get(blobPath(repo, app.Layers[0]))
+		if status == http.StatusForbidden {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the layer of a blocked image is still served (%d) after the restart", status)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

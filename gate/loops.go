@@ -18,6 +18,7 @@ const (
 // Run ends releases when they expire and writes pull counts, until ctx
 // ends; then it writes the last counts.
 func (g *Gate) Run(ctx context.Context) {
+	g.withdrawRefused(ctx)
 	expiry := time.NewTicker(expiryEvery)
 	defer expiry.Stop()
 	flush := time.NewTicker(flushEvery)
@@ -75,6 +76,30 @@ func (g *Gate) ExpireReleases(ctx context.Context) int {
 		n++
 	}
 	return n
+}
+
+// withdrawRefused withdraws the blobs of every image that may not be
+// served. A state change commits before its withdrawal runs, so a crash
+// in between leaves blobs readable under a refused image; this finishes
+// such withdrawals after a restart. For an image whose withdrawal is done
+// it costs one read: the content index skips a manifest no longer
+// admitted.
+func (g *Gate) withdrawRefused(ctx context.Context) {
+	now := g.now()
+	g.mu.RLock()
+	var refused []*metadata.Image
+	for _, img := range g.images {
+		if !servable(img, now) {
+			refused = append(refused, img)
+		}
+	}
+	g.mu.RUnlock()
+	for _, img := range refused {
+		if ctx.Err() != nil {
+			return
+		}
+		g.withdraw(ctx, img)
+	}
 }
 
 // Flush writes the pull counts gathered since the last flush.

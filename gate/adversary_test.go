@@ -205,3 +205,76 @@ func TestRestartFinishesAWithdrawalACrashInterrupted(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// slowManifestWrites is the metadata store, with the background write of
+// one manifest held until release is closed: a slow volume.
+type slowManifestWrites struct {
+	*metadata.DB
+	hold    digest.Digest
+	release chan struct{}
+	landed  chan struct{}
+}
+
+func (s *slowManifestWrites) PutManifest(ctx context.Context, repo string, rec metadata.ManifestRecord, link metadata.Link, admit ...metadata.BlobLink) error {
+	if rec.Digest != s.hold {
+		return s.DB.PutManifest(ctx, repo, rec, link, admit...)
+	}
+	<-s.release
+	err := s.DB.PutManifest(ctx, repo, rec, link, admit...)
+	close(s.landed)
+	return err
+}
+
+// Where no policy applies, a manifest's blobs are admitted by its
+// background write. A block that lands before that write finds nothing
+// to withdraw; the write must not then make the layers of the blocked
+// image readable.
+func TestBlockBeforeBackgroundWriteLandsLeavesNoBlobReadable(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	app := up.PushImage(t, "team/tool", "1", 256, 1)
+	h := newHarness(t, up, t.TempDir(), "")
+	const repo = "hub/team/tool"
+	d := digest.Digest(app.Digest.String())
+	slow := &slowManifestWrites{DB: h.meta, hold: d, release: make(chan struct{}), landed: make(chan struct{})}
+	rt, err := proxy.NewRouter([]proxy.Upstream{{Name: "hcl"}, {Name: "hub", Default: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := upstream.New(upstream.Options{Name: "hub", URL: up.URL, MaxAttempts: 1, IdleTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := proxy.New(proxy.Options{Router: rt, Registries: map[string]proxy.Registry{"hub": r}, DefaultTagTTL: time.Minute,
+		Blobs: h.blobs, Meta: slow, Gate: h.gate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, orig := httptest.NewServer(p), h.srv
+	h.srv = srv
+	t.Cleanup(func() {
+		srv.Close()
+		_ = p.Close(context.Background())
+		h.srv = orig
+	})
+
+	h.wantStatus(manifestPath(repo, "1"), http.StatusOK)
+	// The gate withdraws through the harness's proxy; the store has
+	// nothing of the image yet.
+	if _, err := h.gate.Block(t.Context(), repo, d, "admin:bob", "incident"); err != nil {
+		t.Fatal(err)
+	}
+	close(slow.release)
+	<-slow.landed
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		status, _ := h.get(blobPath(repo, app.Layers[0]))
+		if status == http.StatusForbidden {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the layer of a blocked image is served (%d) after its manifest's write landed", status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -442,6 +442,12 @@ func (p *Proxy) downloadManifest(ctx context.Context, rq *request, d digest.Dige
 			for _, b := range admit {
 				p.declaring.forget(key + "\x00" + b.Digest.String())
 			}
+			if len(admit) > 0 && p.governs(rq) {
+				// The repository became governed since (an admin's block,
+				// a policy reloaded): the gate's withdrawal may have found
+				// nothing yet to withdraw.
+				p.recheck(ctx, rq, d)
+			}
 		}
 		// The index shares a full cache volume: the manifest was served,
 		// only not kept.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -58,5 +59,34 @@ func TestClientAllImagesStopsOnCursorLoop(t *testing.T) {
 	}
 	if n := calls.Load(); n > 3 {
 		t.Errorf("the client asked for %d pages of a two-page loop", n)
+	}
+}
+
+// A token file saved by a Windows editor starts with a byte order mark and
+// ends its lines with CRLF. Neither is part of a name or a token: without
+// this, a named first line is "malformed" (the API answers 503) and an
+// unnamed one is a token nobody can send.
+func TestTokenFileWithByteOrderMark(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	for name, content := range map[string]string{
+		"named":   "\ufeffalice:" + admintest.AliceToken + "\r\n",
+		"unnamed": "\ufeff" + admintest.AliceToken + "\r\n",
+	} {
+		path := f.Dir + "/bom-tokens-" + name
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		srv, err := admin.New(admin.Options{Store: f.Meta, Decider: f.Gate, TokenFile: path})
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := httptest.NewRequestWithContext(t.Context(), "GET", "/api/v1/audit", nil)
+		req.Header.Set("Authorization", "Bearer "+admintest.AliceToken)
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			t.Errorf("%s token after a BOM: %d %s", name, rec.Code, rec.Body)
+		}
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -276,5 +278,56 @@ func TestBlockBeforeBackgroundWriteLandsLeavesNoBlobReadable(t *testing.T) {
 			t.Fatalf("the layer of a blocked image is served (%d) after its manifest's write landed", status)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// An upstream may serve an index that lists as many manifests as 4 MiB
+// holds (~45000; the test pulls 30000). Pulling its platforms one by one, and writing down
+// which were fetched, must cost time in proportion to them, not to their
+// square: the counts are kept under a lock every pull takes, and written
+// in a transaction every change waits for.
+func TestHugeIndexPlatformPullsStayLinear(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	h := newHarness(t, up, t.TempDir(), "")
+	ctx := t.Context()
+	const n = 30000
+	var b strings.Builder
+	b.WriteString(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[`)
+	children := make([]digest.Digest, n)
+	for i := range n {
+		children[i] = digest.FromString(strconv.Itoa(i))
+		if i > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString(`{"digest":"` + children[i].String() + `"}`)
+	}
+	b.WriteString("]}")
+	body := []byte(b.String())
+	const index = "application/vnd.oci.image.index.v1+json"
+	idx := digest.FromBytes(body)
+	if dec, err := h.gate.Admit(ctx, proxy.Subject{Upstream: "hub", Repository: "x/y", Digest: idx, MediaType: index, Body: body}); err != nil || !dec.Allow {
+		t.Fatalf("index: %+v, %v", dec, err)
+	}
+	start := time.Now()
+	for _, c := range children {
+		dec, err := h.gate.Admit(ctx, proxy.Subject{Upstream: "hub", Repository: "x/y", Digest: c,
+			MediaType: "application/vnd.oci.image.manifest.v1+json", Body: []byte("{}")})
+		if err != nil || !dec.Allow {
+			t.Fatalf("platform %s: %+v, %v", c, dec, err)
+		}
+	}
+	h.gate.Flush(ctx)
+	if took := time.Since(start); took > 15*time.Second {
+		t.Errorf("%d platform pulls and their flush took %v", n, took)
+	}
+	img, err := h.meta.Image(ctx, "hub/x/y", idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range img.Platforms {
+		if !p.Fetched {
+			t.Fatalf("platform %s was pulled but is not marked fetched", p.Digest)
+		}
 	}
 }

@@ -116,7 +116,14 @@ type Gate struct {
 	blocks map[string]int
 
 	statsMu sync.Mutex
-	stats   map[string]*metadata.PullStat
+	stats   map[string]*pullCount
+}
+
+// pullCount is an image's pulls since the last flush, with the platforms
+// pulled through it as a set: an index may list tens of thousands.
+type pullCount struct {
+	stat      metadata.PullStat
+	platforms map[digest.Digest]bool
 }
 
 type routerBox struct{ r Router }
@@ -130,7 +137,7 @@ func New(ctx context.Context, o Options) (*Gate, error) {
 		store: o.Store, content: o.Content, known: o.KnownRepository, delivered: o.Delivered,
 		retry: o.PendingRetry, now: o.Now, log: o.Logger,
 		images: map[string]*metadata.Image{}, tags: map[string]digest.Digest{},
-		parents: map[string][]string{}, blocks: map[string]int{}, stats: map[string]*metadata.PullStat{},
+		parents: map[string][]string{}, blocks: map[string]int{}, stats: map[string]*pullCount{},
 	}
 	if g.retry <= 0 {
 		g.retry = 15 * time.Second
@@ -377,17 +384,21 @@ func (g *Gate) count(img *metadata.Image, p digest.Digest, head bool, now time.T
 	}
 	key := imageKey(img.Repository, img.Digest)
 	g.statsMu.Lock()
-	st := g.stats[key]
-	if st == nil {
-		st = &metadata.PullStat{Repository: img.Repository, Digest: img.Digest}
-		g.stats[key] = st
+	c := g.stats[key]
+	if c == nil {
+		c = &pullCount{stat: metadata.PullStat{Repository: img.Repository, Digest: img.Digest}}
+		g.stats[key] = c
 	}
 	if p == "" {
-		st.Pulls++
-	} else if !slices.Contains(st.Platforms, p) {
-		st.Platforms = append(st.Platforms, p)
+		c.stat.Pulls++
+	} else if !c.platforms[p] {
+		if c.platforms == nil {
+			c.platforms = map[digest.Digest]bool{}
+		}
+		c.platforms[p] = true
+		c.stat.Platforms = append(c.stat.Platforms, p)
 	}
-	st.Last = now
+	c.stat.Last = now
 	g.statsMu.Unlock()
 }
 

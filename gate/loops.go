@@ -106,8 +106,8 @@ func (g *Gate) withdrawRefused(ctx context.Context) {
 func (g *Gate) Flush(ctx context.Context) {
 	g.statsMu.Lock()
 	stats := make([]metadata.PullStat, 0, len(g.stats))
-	for _, st := range g.stats {
-		stats = append(stats, *st)
+	for _, c := range g.stats {
+		stats = append(stats, c.stat)
 	}
 	clear(g.stats)
 	g.statsMu.Unlock()

@@ -2,11 +2,15 @@ package gate_test
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -328,6 +332,92 @@ func TestHugeIndexPlatformPullsStayLinear(t *testing.T) {
 	for _, p := range img.Platforms {
 		if !p.Fetched {
 			t.Fatalf("platform %s was pulled but is not marked fetched", p.Digest)
+		}
+	}
+}
+
+// failOnce is the store, failing the first write of one kind of change.
+type failOnce struct {
+	*metadata.DB
+	action string
+	failed atomic.Bool
+}
+
+func (f *failOnce) UpdateImage(ctx context.Context, repo string, d digest.Digest, now time.Time, fn func(img *metadata.Image) (metadata.Change, error)) (metadata.Image, error) {
+	return f.DB.UpdateImage(ctx, repo, d, now, func(img *metadata.Image) (metadata.Change, error) {
+		c, err := fn(img)
+		if err == nil && c.Action == f.action && f.failed.CompareAndSwap(false, true) {
+			return c, errors.New("injected: the volume is full")
+		}
+		return c, err
+	})
+}
+
+// A reload whose re-decision fails for one image (a full volume) must not
+// leave the other images under the old policies, nor that one for good:
+// known images are answered from memory and not decided again on a pull.
+func TestPolicyReloadSurvivesAFailedWrite(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	h := newHarness(t, up, t.TempDir(), "")
+	ctx := t.Context()
+	var ds []digest.Digest
+	var pins string
+	for i := range 5 {
+		d := digest.FromString("image " + strconv.Itoa(i))
+		ds = append(ds, d)
+		pins += d.String() + "\n"
+	}
+	if err := os.WriteFile(h.pins, []byte(pins), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	store := &failOnce{DB: h.meta, action: "redecide"}
+	g, err := gate.New(ctx, gate.Options{Store: store, Content: &content{p: h.proxy}, Policies: h.policies(), Now: h.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admit := func(d digest.Digest) proxy.Decision {
+		t.Helper()
+		dec, err := g.Admit(ctx, proxy.Subject{Upstream: "hcl", Repository: "vendor/app", Digest: d,
+			MediaType: "application/vnd.oci.image.manifest.v1+json", Body: []byte("{}")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dec
+	}
+	for _, d := range ds {
+		if !admit(d).Allow {
+			t.Fatalf("pinned %s refused", d)
+		}
+	}
+	// Unpin them all.
+	if err := os.WriteFile(h.pins, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.SetPolicies(ctx, h.policies()); err == nil {
+		t.Fatal("SetPolicies hid the failed write")
+	}
+	allowed := 0
+	for _, d := range ds {
+		if admit(d).Allow {
+			allowed++
+		}
+	}
+	if allowed != 1 {
+		t.Errorf("after a reload that failed for one image, %d unpinned images are still served, want only that one", allowed)
+	}
+	// The background loop decides it again.
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { g.Run(runCtx); close(done) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(10 * time.Second)
+	for d := range slices.Values(ds) {
+		for admit(d).Allow {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s is still served under the old pins", d)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
 }

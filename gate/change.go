@@ -254,11 +254,14 @@ func (g *Gate) SetAlerts(r Router) { g.alerts.Store(&routerBox{r}) }
 
 // SetPolicies replaces the policies and decides again every image whose
 // verdict they change, recording each transition. It returns how many
-// images changed state.
+// images changed state. An image whose change cannot be written keeps its
+// state until Run decides it again: known images are answered from memory,
+// so their next pull would not.
 func (g *Gate) SetPolicies(ctx context.Context, set *policy.Set) (int, error) {
 	g.write.Lock()
 	defer g.write.Unlock()
 	g.policies.Store(set)
+	g.undecided.Store(false)
 	now := g.now()
 	g.mu.RLock()
 	var todo []*metadata.Image
@@ -270,7 +273,8 @@ func (g *Gate) SetPolicies(ctx context.Context, set *policy.Set) (int, error) {
 		}
 	}
 	g.mu.RUnlock()
-	changed := 0
+	changed, failed := 0, 0
+	var first error
 	for _, img := range todo {
 		before := img.State
 		after, err := g.change(ctx, img.Repository, img.Digest, now, func(cur *metadata.Image) (metadata.Change, error) {
@@ -278,11 +282,20 @@ func (g *Gate) SetPolicies(ctx context.Context, set *policy.Set) (int, error) {
 			return metadata.Change{Actor: actorPolicy, Action: "redecide", Reason: "the policies changed"}, nil
 		})
 		if err != nil {
-			return changed, fmt.Errorf("deciding %s again under the new policies: %w", imageKey(img.Repository, img.Digest), err)
+			// The others are decided all the same; this one is retried.
+			failed++
+			if first == nil {
+				first = fmt.Errorf("deciding %s again under the new policies: %w", imageKey(img.Repository, img.Digest), err)
+			}
+			continue
 		}
 		if after.State != before {
 			changed++
 		}
+	}
+	if first != nil {
+		g.undecided.Store(true)
+		return changed, fmt.Errorf("%d of %d images keep their state until it is retried; the first: %w", failed, len(todo), first)
 	}
 	return changed, nil
 }

@@ -98,6 +98,9 @@ type Gate struct {
 
 	policies atomic.Pointer[policy.Set]
 	alerts   atomic.Pointer[routerBox]
+	// undecided is set when SetPolicies could not record some image's
+	// new state; Run retries.
+	undecided atomic.Bool
 
 	// write serialises state changes: they are rare, and one at a time
 	// keeps memory and store in the same order.

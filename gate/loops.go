@@ -30,6 +30,7 @@ func (g *Gate) Run(ctx context.Context) {
 			return
 		case <-expiry.C:
 			g.ExpireReleases(ctx)
+			g.retryPolicies(ctx)
 		case <-flush.C:
 			g.Flush(ctx)
 		}
@@ -76,6 +77,19 @@ func (g *Gate) ExpireReleases(ctx context.Context) int {
 		n++
 	}
 	return n
+}
+
+// retryPolicies decides again the images a SetPolicies could not record.
+func (g *Gate) retryPolicies(ctx context.Context) {
+	if !g.undecided.Load() {
+		return
+	}
+	if n, err := g.SetPolicies(ctx, g.policies.Load()); err != nil {
+		g.log.LogAttrs(ctx, slog.LevelError, "deciding images again under the policies failed; retrying",
+			slog.String("error", err.Error()))
+	} else if n > 0 {
+		g.log.LogAttrs(ctx, slog.LevelInfo, "images changed state under the policies on a retry", slog.Int("images", n))
+	}
 }
 
 // withdrawRefused withdraws the blobs of every image that may not be

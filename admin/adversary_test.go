@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -89,4 +90,57 @@ func TestTokenFileWithByteOrderMark(t *testing.T) {
 			t.Errorf("%s token after a BOM: %d %s", name, rec.Code, rec.Body)
 		}
 	}
+}
+
+// References that try to reach another image or repository through path
+// tricks are refused, and nothing changes. (Paths with "..", "." or "//"
+// segments are answered by the mux with a 307 to their clean form, which
+// names the same image as the CLI would write it: not a trick.)
+func TestAdminAPIPathTricks(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	before := f.snapshot()
+	d := string(f.unpinned)
+	post := func(path, token string) int {
+		t.Helper()
+		req, err := http.NewRequestWithContext(t.Context(), "POST", f.Admin.URL, strings.NewReader(`{"reason":"x"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.URL.Opaque = path // sent as written: no cleaning by the client
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, path := range []string{
+		"/api/v1/images/hcl%2Fvendor%2F..%2Fapp@" + d + "/release",
+		"/api/v1/images/hcl/vendor%252Fapp@" + d + "/release",
+		"/api/v1/images/HCL/vendor/app@" + d + "/release",
+		"/api/v1/images/hcl/vendor/app@" + strings.ToUpper(d) + "/release",
+		"/api/v1/images/hcl/" + strings.Repeat("a/", 200) + "app@" + d + "/release",
+		"/api/v1/images/hcl/vendor/app@" + d + "/release/extra",
+		"/api/v1/images/hcl/vendor/app@" + d + "%00/release",
+		"/api/v1/images/hcl/vendor/app@" + d + "@" + d + "/release",
+	} {
+		if status := post(path, admintest.AliceToken); status/100 == 2 {
+			t.Errorf("POST %s = %d, want a refusal", path, status)
+		}
+	}
+	// Redirected to their clean form, unclean paths still need a token.
+	for _, path := range []string{
+		"/api/v1/images/hcl/vendor/../vendor/app@" + d + "/release",
+		"/api/v1/images/hcl//vendor/app@" + d + "/release",
+		"/api/v1/../v1/images/hcl/vendor/app@" + d + "/release",
+	} {
+		if status := post(path, ""); status != http.StatusUnauthorized {
+			t.Errorf("POST %s without a token = %d, want 401", path, status)
+		}
+	}
+	f.unchanged(before, "path tricks")
 }

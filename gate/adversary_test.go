@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,8 +17,10 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/gate"
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
+	"github.com/airlock-registry/airlock/policy"
 	"github.com/airlock-registry/airlock/proxy"
 	"github.com/airlock-registry/airlock/proxy/upstream"
 	"github.com/airlock-registry/airlock/storage/metadata"
@@ -464,5 +467,39 @@ func TestConcurrentAdminChangesKeepAuditAndMemoryConsistent(t *testing.T) {
 	}
 	if h.gate.Governs("hub", "team/tool") {
 		t.Error("the repository is still governed after every block was lifted")
+	}
+}
+
+// A policy added on reload that covers a repository pulled so far as a
+// plain cache: what it refuses loses its layers there, platforms of an
+// index included, though they were admitted when nothing governed it.
+func TestPolicyAddedOnReloadWithdrawsWhatWasAdmitted(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	idx := up.PushIndex(t, "team/multi", "1", 256, 1)
+	app := up.PushImage(t, "team/app", "1", 256, 1)
+	h := newHarness(t, up, t.TempDir(), "")
+	arm, _ := idx.Image("arm64")
+	for _, p := range []string{manifestPath("hub/team/multi", "1"), manifestPath("hub/team/multi", arm.Digest.String()),
+		blobPath("hub/team/multi", arm.Layers[0]), manifestPath("hub/team/app", "1"), blobPath("hub/team/app", app.Layers[0])} {
+		h.wantStatus(p, http.StatusOK)
+	}
+	empty := filepath.Join(t.TempDir(), "none.txt")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pols := append([]config.Policy(nil), pinPolicy...)
+	pols[0].Pins = h.pins
+	pols = append(pols, config.Policy{Name: "hub-team", Match: []string{"hub/team/*"}, Mode: config.ModeEnforce, Pins: empty})
+	set, err := policy.Compile(pols, os.ReadFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := h.gate.SetPolicies(t.Context(), set); err != nil || n != 2 {
+		t.Fatalf("SetPolicies = %d, %v; want 2 images changed", n, err)
+	}
+	for _, p := range []string{manifestPath("hub/team/multi", arm.Digest.String()), blobPath("hub/team/multi", arm.Layers[0]),
+		blobPath("hub/team/app", app.Layers[0])} {
+		h.wantStatus(p, http.StatusForbidden, "DENIED")
 	}
 }

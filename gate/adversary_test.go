@@ -503,3 +503,37 @@ func TestPolicyAddedOnReloadWithdrawsWhatWasAdmitted(t *testing.T) {
 		h.wantStatus(p, http.StatusForbidden, "DENIED")
 	}
 }
+
+// A release ends exactly at its expiry, for the image and for the
+// platforms of a released index, before the expiry is recorded; a renewal
+// before then keeps it going.
+func TestReleaseEndsExactlyAtItsExpiry(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	idx := up.PushIndex(t, "vendor/multi", "3.0", 256, 1)
+	h := newHarness(t, up, t.TempDir(), "")
+	const repo = "hcl/vendor/multi"
+	arm, _ := idx.Image("arm64")
+	d := digest.Digest(idx.Digest.String())
+	h.wantStatus(manifestPath(repo, "3.0"), http.StatusForbidden, "is quarantined")
+	end := h.clock.Now().Add(time.Hour)
+	if _, err := h.gate.Release(t.Context(), repo, d, "admin:ann", "vendor hotfix", end); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.advance(time.Hour - time.Nanosecond)
+	h.wantStatus(manifestPath(repo, "3.0"), http.StatusOK)
+	h.wantStatus(manifestPath(repo, arm.Digest.String()), http.StatusOK)
+	// Renewed a nanosecond before its end.
+	if _, err := h.gate.Release(t.Context(), repo, d, "admin:ann", "still needed", end.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.advance(time.Hour)
+	h.wantStatus(manifestPath(repo, idx.Digest.String()), http.StatusOK)
+	h.clock.advance(time.Nanosecond) // exactly the renewed end
+	h.wantStatus(manifestPath(repo, idx.Digest.String()), http.StatusForbidden, "release ended")
+	h.wantStatus(manifestPath(repo, arm.Digest.String()), http.StatusForbidden, "is a platform of")
+	if n := h.gate.ExpireReleases(t.Context()); n != 1 {
+		t.Fatalf("ExpireReleases = %d, want 1", n)
+	}
+	h.wantStatus(blobPath(repo, arm.Layers[0]), http.StatusForbidden, "DENIED")
+}

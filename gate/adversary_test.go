@@ -537,3 +537,36 @@ func TestReleaseEndsExactlyAtItsExpiry(t *testing.T) {
 	}
 	h.wantStatus(blobPath(repo, arm.Layers[0]), http.StatusForbidden, "DENIED")
 }
+
+// HEAD is refused as GET is, for a refused image and for its layers, and
+// an unprefixed name routed to the default upstream reaches the same
+// repository, and the same refusal, as the path prefix. (?ns= routing is
+// checked against the keys in proxy's TestKnownAgreesWithRouteKeys.)
+func TestHeadAndDefaultRoutingAreGatedAlike(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	app := up.PushImage(t, "team/tool", "1", 256, 1)
+	h := newHarness(t, up, t.TempDir(), "")
+	const repo = "hub/team/tool"
+	h.wantStatus(manifestPath(repo, "1"), http.StatusOK)
+	h.wantStatus(blobPath(repo, app.Layers[0]), http.StatusOK)
+	if _, err := h.gate.Block(t.Context(), repo, digest.Digest(app.Digest.String()), "admin:bob", "incident"); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{manifestPath(repo, "1"), manifestPath(repo, app.Digest.String()), blobPath(repo, app.Layers[0]),
+		// hub is the default upstream: the unprefixed name is the same repository.
+		manifestPath("team/tool", "1"), blobPath("team/tool", app.Layers[0])} {
+		for _, method := range []string{http.MethodHead, http.MethodGet} {
+			req, _ := http.NewRequestWithContext(t.Context(), method, h.srv.URL+p, nil)
+			req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusForbidden {
+				t.Errorf("%s %s = %d, want 403", method, p, resp.StatusCode)
+			}
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/airlock-registry/airlock/config"
@@ -569,4 +570,57 @@ func TestHeadAndDefaultRoutingAreGatedAlike(t *testing.T) {
 			}
 		}
 	}
+}
+
+// When an admin moves a tag pin to a new release (latest: A -> B), the old
+// release stays pinned under its own tag (1.0 -> A) and must keep being
+// served as 1.0. Airlock's memory that latest resolved to A is stale by
+// the pins' own word; it must not quarantine A. A pull of latest that
+// still gets A (an upstream rolling back) is refused.
+func TestMovingOneTagPinKeepsTheOldReleaseServedUnderItsOwnTag(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	a, b := digest.FromString("release 1.0"), digest.FromString("release 1.1")
+	const repo = "hcl/vendor/app"
+	h := newHarness(t, up, t.TempDir(), repo+":1.0 "+a.String()+"\n"+repo+":latest "+a.String()+"\n")
+	ctx := t.Context()
+	admit := func(d digest.Digest, tag string) proxy.Decision {
+		t.Helper()
+		dec, err := h.gate.Admit(ctx, proxy.Subject{Upstream: "hcl", Repository: "vendor/app", Digest: d, Tag: tag,
+			MediaType: "application/vnd.oci.image.manifest.v1+json", Body: []byte("{}")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dec
+	}
+	if !admit(a, "1.0").Allow || !admit(a, "latest").Allow {
+		t.Fatal("the pinned release is refused")
+	}
+	if err := os.WriteFile(h.pins, []byte(repo+":1.0 "+a.String()+"\n"+repo+":latest "+b.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.gate.SetPolicies(ctx, h.policies()); err != nil {
+		t.Fatal(err)
+	}
+	if dec := admit(a, "1.0"); !dec.Allow {
+		t.Errorf("1.0, still pinned to its digest, is refused after latest moved on: %s", dec.Message)
+	}
+	if img := h.image(repo, mustHash(t, a)); img.State != metadata.StateApproved {
+		t.Errorf("the 1.0 image is %s: %+v", img.State, img.Reasons)
+	}
+	if !admit(b, "latest").Allow {
+		t.Error("the new latest is refused")
+	}
+	if dec := admit(a, "latest"); dec.Allow {
+		t.Error("latest rolled back to the old release is served")
+	}
+}
+
+func mustHash(t *testing.T, d digest.Digest) v1.Hash {
+	t.Helper()
+	h, err := v1.NewHash(d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }

@@ -89,6 +89,15 @@ func decided(from metadata.State, img *metadata.Image) string {
 // override, at now. tag, when set, is the tag being pulled: pins name it
 // first.
 func decide(set *policy.Set, img *metadata.Image, tag string, now time.Time) {
+	// A tag the pins now give to other digests has moved on; airlock only
+	// learns that from a pull of it. Kept, it would refuse the image for
+	// a tag nobody pulls it by any more, under every other tag too (an
+	// old release, still pinned as 1.0, when latest moves on). The tag
+	// being pulled stays: that pull is judged by it.
+	// (A copy: img may be a copy of an image in memory, sharing its tags.)
+	img.Tags = slices.DeleteFunc(slices.Clone(img.Tags), func(t string) bool {
+		return t != tag && set.TagMoved(img.Repository, img.Digest, t)
+	})
 	tags := img.Tags
 	if tag != "" {
 		tags = append([]string{tag}, slices.DeleteFunc(slices.Clone(img.Tags), func(t string) bool { return t == tag })...)

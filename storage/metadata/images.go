@@ -148,6 +148,8 @@ type AuditRecord struct {
 
 // AuditCheck is the result of checking the audit chain.
 type AuditCheck struct {
+	// Records is how many records, from the first, chain correctly: the
+	// whole log when OK, those before the break otherwise.
 	Records uint64 `json:"records"`
 	// Head is the hash of the last record.
 	Head string `json:"head"`

@@ -1,10 +1,15 @@
 package notation_test
 
 import (
+	"bytes"
 	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -113,14 +118,23 @@ func TestVerify(t *testing.T) {
 			wantErr: "the Notation signature does not verify: its envelope was altered after signing",
 		},
 		{
-			name: "expired certificate", sig: expiredPKI.SignAt(t, image, notation.MediaTypeJWS, now.Add(-36*time.Hour)),
+			name: "expired certificate", sig: expiredPKI.SignAt(t, image, notation.MediaTypeJWS, now.Add(-36*time.Hour), 0),
 			trustStore: []string{expiredCA}, identities: []string{"*"},
 			wantErr: "the Notation signature's certificate " + wantID + " expired on",
 		},
 		{
-			name: "expired certificate COSE", sig: expiredPKI.SignAt(t, image, notation.MediaTypeCOSE, now.Add(-36*time.Hour)),
+			name: "expired certificate COSE", sig: expiredPKI.SignAt(t, image, notation.MediaTypeCOSE, now.Add(-36*time.Hour), 0),
 			trustStore: []string{expiredCA}, identities: []string{expiredPKI.Identity()},
 			wantErr: "and no trusted timestamp shows it signed while valid",
+		},
+		{
+			name: "expired signature", sig: signer.SignAt(t, image, notation.MediaTypeJWS, now.Add(-30*time.Minute), 10*time.Minute),
+			trustStore: []string{signerCA}, identities: []string{"*"},
+			wantErr: "the Notation signature has expired: digital signature has expired on",
+		},
+		{
+			name: "signature not yet expired", sig: signer.SignAt(t, image, notation.MediaTypeCOSE, now.Add(-30*time.Minute), time.Hour),
+			trustStore: []string{signerCA}, identities: []string{signer.Identity()},
 		},
 		{
 			name: "timestamp required but absent", sig: signer.Sign(t, image, notation.MediaTypeJWS),
@@ -251,5 +265,50 @@ func TestNewRefusesBadTrust(t *testing.T) {
 				t.Fatalf("New error %v, want one containing %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestVerifyStaysOffline signs with a certificate that names an OCSP
+// responder and a CRL distribution point on a loopback server, and checks
+// that verification, passing or failing, never asks them.
+func TestVerifyStaysOffline(t *testing.T) {
+	t.Parallel()
+	var asked atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		http.Error(w, "no", http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(srv.Close)
+	p := notationtest.NewPKI(t, notationtest.PKIOptions{RevocationURL: srv.URL})
+	if len(p.Leaf.OCSPServer) == 0 || len(p.Leaf.CRLDistributionPoints) == 0 {
+		t.Fatal("the signing certificate names no revocation service")
+	}
+	ca := writeFile(t, t.TempDir(), "ca.pem", p.CAPEM())
+	var logged bytes.Buffer
+	v, err := notation.New(config.NotationTrust{TrustStore: []string{ca}, TimestampStore: []string{ca}, TrustedIdentities: []string{p.Identity()}}, os.ReadFile,
+		notation.WithLogger(slog.New(slog.NewTextHandler(&logged, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logged.String(), "Notation certificate revocation is not checked") {
+		t.Fatalf("New did not log that revocation is not checked; logged %q", logged.String())
+	}
+	noTSA, err := notation.New(config.NotationTrust{TrustStore: []string{ca}, TrustedIdentities: []string{p.Identity()}}, os.ReadFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mt := range []string{notation.MediaTypeJWS, notation.MediaTypeCOSE} {
+		sig := p.Sign(t, image, mt)
+		if _, err := noTSA.Verify(t.Context(), sig.Envelope, mt, image); err != nil {
+			t.Fatalf("%s: %v", mt, err)
+		}
+		// The timestamp store makes a timestamp mandatory: this one fails
+		// after the chain and identity checks, where revocation would come.
+		if _, err := v.Verify(t.Context(), sig.Envelope, mt, image); err == nil {
+			t.Fatalf("%s: verified without the required timestamp", mt)
+		}
+	}
+	if n := asked.Load(); n != 0 {
+		t.Fatalf("verification made %d requests to the revocation service", n)
 	}
 }

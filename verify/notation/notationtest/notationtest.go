@@ -9,7 +9,6 @@
 package notationtest
 
 import (
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -53,6 +52,10 @@ type PKIOptions struct {
 	NotBefore, NotAfter time.Time
 	// CAName is the CA's common name; "airlock test CA" when empty.
 	CAName string
+	// RevocationURL, when set, is written into the signing certificate as
+	// its OCSP responder and CRL distribution point, so a test can watch
+	// that verification never asks it.
+	RevocationURL string
 }
 
 // DefaultSubject is the signing certificate's subject when PKIOptions
@@ -98,6 +101,10 @@ func NewPKI(tb testing.TB, opts PKIOptions) *PKI {
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
 		BasicConstraintsValid: true,
+	}
+	if opts.RevocationURL != "" {
+		leafTmpl.OCSPServer = []string{opts.RevocationURL + "/ocsp"}
+		leafTmpl.CRLDistributionPoints = []string{opts.RevocationURL + "/crl"}
 	}
 	p.Leaf = issue(tb, leafTmpl, p.CA, p.LeafKey.Public(), p.CAKey)
 	return p
@@ -150,7 +157,7 @@ func (p *PKI) Sign(tb testing.TB, subject ocispec.Descriptor, mediaType string) 
 	if err != nil {
 		tb.Fatalf("notation signer: %v", err)
 	}
-	env, _, err := s.Sign(context.WithoutCancel(tb.Context()), subject, notation.SignerSignOptions{SignatureMediaType: mediaType})
+	env, _, err := s.Sign(tb.Context(), subject, notation.SignerSignOptions{SignatureMediaType: mediaType})
 	if err != nil {
 		tb.Fatalf("notation sign %s: %v", subject.Digest, err)
 	}
@@ -158,10 +165,11 @@ func (p *PKI) Sign(tb testing.TB, subject ocispec.Descriptor, mediaType string) 
 }
 
 // SignAt signs subject as Sign does but with the signing time at, which
-// notation-go's signer always sets to now: it makes envelopes signed while
-// a now-expired certificate was valid. The envelope is built the way the
-// signer builds it, with notation-core-go.
-func (p *PKI) SignAt(tb testing.TB, subject ocispec.Descriptor, mediaType string, at time.Time) Signature {
+// notation-go's signer always sets to now, and, when validFor is not zero,
+// a signature expiry validFor after at: it makes envelopes signed while a
+// now-expired certificate was valid, and envelopes that have expired. The
+// envelope is built the way the signer builds it, with notation-core-go.
+func (p *PKI) SignAt(tb testing.TB, subject ocispec.Descriptor, mediaType string, at time.Time, validFor time.Duration) Signature {
 	tb.Helper()
 	chain := []*x509.Certificate{p.Leaf, p.CA}
 	local, err := signature.NewLocalSigner(chain, p.LeafKey)
@@ -178,13 +186,17 @@ func (p *PKI) SignAt(tb testing.TB, subject ocispec.Descriptor, mediaType string
 	if err != nil {
 		tb.Fatalf("envelope %s: %v", mediaType, err)
 	}
-	env, err := envelope.Sign(&signature.SignRequest{
+	req := &signature.SignRequest{
 		Payload:       signature.Payload{ContentType: "application/vnd.cncf.notary.payload.v1+json", Content: payload},
 		Signer:        local,
 		SigningTime:   at,
 		SigningScheme: signature.SigningSchemeX509,
 		SigningAgent:  "airlock-notationtest",
-	})
+	}
+	if validFor != 0 {
+		req.Expiry = at.Add(validFor)
+	}
+	env, err := envelope.Sign(req)
 	if err != nil {
 		tb.Fatalf("sign %s at %s: %v", subject.Digest, at, err)
 	}

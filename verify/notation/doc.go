@@ -22,8 +22,10 @@
 //   - A signature counts only for the exact descriptor it signs (digest,
 //     size and media type): a valid signature of another image is refused.
 //   - When timestampStore is set, every signature must carry an RFC 3161
-//     timestamp that chains to it, as notation requires; without it,
-//     signatures are checked against the time of verification.
+//     timestamp that chains to it, as notation requires, and a signature
+//     made while its certificate was valid stays valid after the
+//     certificate expires. Without it, the certificates must be valid at
+//     the time of verification.
 //
 // A Verifier is safe for concurrent use; it reads its trust material once,
 // in New.

@@ -156,6 +156,14 @@ func explain(o *notation.VerificationOutcome, err error, mediaType string, subje
 			return fmt.Errorf("the Notation signature's certificate %s expired on %s, and no trusted timestamp shows it signed while valid (%w)",
 				c.Subject, c.NotAfter.UTC().Format(time.RFC3339), failed.Error)
 		}
+		// notation's errors are plain strings here; its wording picks the
+		// sentence, and anything else falls through to the general one.
+		switch msg := failed.Error.Error(); {
+		case strings.Contains(msg, "no timestamp countersignature"):
+			return fmt.Errorf("the Notation signature carries no timestamp, which the policy requires since it lists a timestampStore (%w)", failed.Error)
+		case strings.Contains(msg, "failed to verify the timestamp countersignature"):
+			return fmt.Errorf("the Notation signature's timestamp does not chain to the policy's timestampStore (%w)", failed.Error)
+		}
 		return fmt.Errorf("the Notation signature's signing time or timestamp is not trusted: %w", failed.Error)
 	}
 	return fmt.Errorf("the Notation signature fails its %s check: %w", failed.Type, failed.Error)

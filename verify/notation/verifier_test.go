@@ -46,8 +46,15 @@ func TestVerify(t *testing.T) {
 	now := time.Now()
 	expiredPKI := notationtest.NewPKI(t, notationtest.PKIOptions{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)})
 
+	tsa, otherTSA := notationtest.NewTSA(t), notationtest.NewTSA(t)
+	pastTSA := notationtest.NewTSA(t)
+	pastTSA.At = now.Add(-36 * time.Hour)
+
 	dir := t.TempDir()
 	signerCA := writeFile(t, dir, "signer-ca.pem", signer.CAPEM())
+	tsaRoot := writeFile(t, dir, "tsa.pem", tsa.RootPEM())
+	pastTSARoot := writeFile(t, dir, "past-tsa.pem", pastTSA.RootPEM())
+	otherTSARoot := writeFile(t, dir, "other-tsa.pem", otherTSA.RootPEM())
 	otherCA := writeFile(t, dir, "other-ca.pem", other.CAPEM())
 	expiredCA := writeFile(t, dir, "expired-ca.pem", expiredPKI.CAPEM())
 	wantID := "CN=release,O=Airlock Test,ST=WA,C=US"
@@ -118,28 +125,54 @@ func TestVerify(t *testing.T) {
 			wantErr: "the Notation signature does not verify: its envelope was altered after signing",
 		},
 		{
-			name: "expired certificate", sig: expiredPKI.SignAt(t, image, notation.MediaTypeJWS, now.Add(-36*time.Hour), 0),
+			name: "expired certificate", sig: expiredPKI.SignWith(t, image, notation.MediaTypeJWS, notationtest.SignOptions{At: now.Add(-36 * time.Hour)}),
 			trustStore: []string{expiredCA}, identities: []string{"*"},
 			wantErr: "the Notation signature's certificate " + wantID + " expired on",
 		},
 		{
-			name: "expired certificate COSE", sig: expiredPKI.SignAt(t, image, notation.MediaTypeCOSE, now.Add(-36*time.Hour), 0),
+			name: "expired certificate COSE", sig: expiredPKI.SignWith(t, image, notation.MediaTypeCOSE, notationtest.SignOptions{At: now.Add(-36 * time.Hour)}),
 			trustStore: []string{expiredCA}, identities: []string{expiredPKI.Identity()},
 			wantErr: "and no trusted timestamp shows it signed while valid",
 		},
 		{
-			name: "expired signature", sig: signer.SignAt(t, image, notation.MediaTypeJWS, now.Add(-30*time.Minute), 10*time.Minute),
+			name: "expired signature", sig: signer.SignWith(t, image, notation.MediaTypeJWS, notationtest.SignOptions{At: now.Add(-30 * time.Minute), ValidFor: 10 * time.Minute}),
 			trustStore: []string{signerCA}, identities: []string{"*"},
 			wantErr: "the Notation signature has expired: digital signature has expired on",
 		},
 		{
-			name: "signature not yet expired", sig: signer.SignAt(t, image, notation.MediaTypeCOSE, now.Add(-30*time.Minute), time.Hour),
+			name: "signature not yet expired", sig: signer.SignWith(t, image, notation.MediaTypeCOSE, notationtest.SignOptions{At: now.Add(-30 * time.Minute), ValidFor: time.Hour}),
 			trustStore: []string{signerCA}, identities: []string{signer.Identity()},
 		},
 		{
 			name: "timestamp required but absent", sig: signer.Sign(t, image, notation.MediaTypeJWS),
 			trustStore: []string{signerCA}, tsaStore: []string{otherCA}, identities: []string{"*"},
-			wantErr: "the Notation signature's signing time or timestamp is not trusted: no timestamp countersignature was found",
+			wantErr: "the Notation signature carries no timestamp, which the policy requires since it lists a timestampStore",
+		},
+		{
+			name: "timestamped JWS", sig: signer.SignWith(t, image, notation.MediaTypeJWS, notationtest.SignOptions{TSA: tsa}),
+			trustStore: []string{signerCA}, tsaStore: []string{tsaRoot}, identities: []string{signer.Identity()},
+		},
+		{
+			name: "timestamped COSE", sig: signer.SignWith(t, image, notation.MediaTypeCOSE, notationtest.SignOptions{TSA: tsa}),
+			trustStore: []string{signerCA}, tsaStore: []string{otherTSARoot, tsaRoot}, identities: []string{"*"},
+		},
+		{
+			name: "timestamp outlives the certificate", sig: expiredPKI.SignWith(t, image, notation.MediaTypeJWS, notationtest.SignOptions{At: now.Add(-36 * time.Hour), TSA: pastTSA}),
+			trustStore: []string{expiredCA}, tsaStore: []string{pastTSARoot}, identities: []string{expiredPKI.Identity()},
+		},
+		{
+			name: "timestamp outlives the certificate COSE", sig: expiredPKI.SignWith(t, image, notation.MediaTypeCOSE, notationtest.SignOptions{At: now.Add(-36 * time.Hour), TSA: pastTSA}),
+			trustStore: []string{expiredCA}, tsaStore: []string{pastTSARoot}, identities: []string{"*"},
+		},
+		{
+			name: "timestamp of an untrusted TSA", sig: signer.SignWith(t, image, notation.MediaTypeJWS, notationtest.SignOptions{TSA: tsa}),
+			trustStore: []string{signerCA}, tsaStore: []string{otherTSARoot}, identities: []string{"*"},
+			wantErr: "the Notation signature's timestamp does not chain to the policy's timestampStore",
+		},
+		{
+			name: "timestamp after the certificate expired", sig: expiredPKI.SignWith(t, image, notation.MediaTypeCOSE, notationtest.SignOptions{At: now.Add(-36 * time.Hour), TSA: tsa}),
+			trustStore: []string{expiredCA}, tsaStore: []string{tsaRoot}, identities: []string{"*"},
+			wantErr: "the Notation signature's certificate " + wantID + " expired on",
 		},
 		{
 			name: "garbage JWS", sig: signer.Sign(t, image, notation.MediaTypeJWS),

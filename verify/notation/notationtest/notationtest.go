@@ -164,13 +164,27 @@ func (p *PKI) Sign(tb testing.TB, subject ocispec.Descriptor, mediaType string) 
 	return Signature{Envelope: env, MediaType: mediaType, Subject: subject, CAPEM: p.CAPEM(), Chain: chain}
 }
 
-// SignAt signs subject as Sign does but with the signing time at, which
-// notation-go's signer always sets to now, and, when validFor is not zero,
-// a signature expiry validFor after at: it makes envelopes signed while a
-// now-expired certificate was valid, and envelopes that have expired. The
-// envelope is built the way the signer builds it, with notation-core-go.
-func (p *PKI) SignAt(tb testing.TB, subject ocispec.Descriptor, mediaType string, at time.Time, validFor time.Duration) Signature {
+// SignOptions shape an envelope beyond what notation-go's signer offers.
+type SignOptions struct {
+	// At is the signing time; now when zero. notation-go's signer always
+	// signs now: At in the past makes envelopes signed while a now-expired
+	// certificate was valid.
+	At time.Time
+	// ValidFor sets the signature's expiry ValidFor after At; no expiry
+	// when zero.
+	ValidFor time.Duration
+	// TSA, when set, countersigns the signature with an RFC 3161
+	// timestamp.
+	TSA *TSA
+}
+
+// SignWith signs subject as Sign does, with opts. The envelope is built
+// the way notation-go's signer builds it, with notation-core-go.
+func (p *PKI) SignWith(tb testing.TB, subject ocispec.Descriptor, mediaType string, opts SignOptions) Signature {
 	tb.Helper()
+	if opts.At.IsZero() {
+		opts.At = time.Now()
+	}
 	chain := []*x509.Certificate{p.Leaf, p.CA}
 	local, err := signature.NewLocalSigner(chain, p.LeafKey)
 	if err != nil {
@@ -189,16 +203,19 @@ func (p *PKI) SignAt(tb testing.TB, subject ocispec.Descriptor, mediaType string
 	req := &signature.SignRequest{
 		Payload:       signature.Payload{ContentType: "application/vnd.cncf.notary.payload.v1+json", Content: payload},
 		Signer:        local,
-		SigningTime:   at,
+		SigningTime:   opts.At,
 		SigningScheme: signature.SigningSchemeX509,
 		SigningAgent:  "airlock-notationtest",
 	}
-	if validFor != 0 {
-		req.Expiry = at.Add(validFor)
+	if opts.ValidFor != 0 {
+		req.Expiry = opts.At.Add(opts.ValidFor)
 	}
-	env, err := envelope.Sign(req)
+	if opts.TSA != nil {
+		req.Timestamper, req.TSARootCAs = opts.TSA, opts.TSA.Roots()
+	}
+	env, err := envelope.Sign(req.WithContext(tb.Context()))
 	if err != nil {
-		tb.Fatalf("sign %s at %s: %v", subject.Digest, at, err)
+		tb.Fatalf("sign %s at %s: %v", subject.Digest, opts.At, err)
 	}
 	return Signature{Envelope: env, MediaType: mediaType, Subject: subject, CAPEM: p.CAPEM(), Chain: chain}
 }

@@ -92,6 +92,11 @@ func New(cfg config.NotationTrust, read func(path string) ([]byte, error), opts 
 // and identities, and that it signs exactly subject (digest, size, media
 // type). It returns the signing certificate's subject as the identity that
 // verified.
+//
+// subject is the manifest as served: its digest, its size in bytes and the
+// media type it is served with (a Docker manifest's media type for a
+// Docker image), since Notation signs all three. Bounding the size of
+// envelope is the caller's business; Verify reads it whole.
 func (v *Verifier) Verify(ctx context.Context, envelope []byte, envelopeMediaType string, subject ocispec.Descriptor) (string, error) {
 	if envelopeMediaType != MediaTypeJWS && envelopeMediaType != MediaTypeCOSE {
 		return "", fmt.Errorf("the Notation signature has media type %q; Notation envelopes are %s or %s", envelopeMediaType, MediaTypeJWS, MediaTypeCOSE)

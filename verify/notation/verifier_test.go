@@ -30,7 +30,7 @@ var image = ocispec.Descriptor{
 
 // writeFile writes b into dir and returns its path, so that trust stores
 // are read from disk through os.ReadFile as in production.
-func writeFile(t *testing.T, dir, name string, b []byte) string {
+func writeFile(t testing.TB, dir, name string, b []byte) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
 	if err := os.WriteFile(p, b, 0o600); err != nil {

@@ -122,6 +122,9 @@ func (f *Fetcher) serve(w *memoryWriter, req *http.Request) (err error) {
 				panic(v)
 			}
 			err = fmt.Errorf("reading %s: the transfer was aborted", req.URL.Path)
+			if w.over {
+				err = fmt.Errorf("reading %s: larger than %d bytes", req.URL.Path, w.max)
+			}
 		}
 	}()
 	f.p.ServeHTTP(w, req)

@@ -36,6 +36,22 @@ func TestPercentile(t *testing.T) {
 	}
 }
 
+// TestSpreadPairsRounds checks that taking medians leaves the per-round
+// values in round order, so that the spread pairs the two contenders of
+// the same round: here airlock was 2× slower in round 1 and 2× faster in
+// round 2, which sorted pairs would hide as 1.00–1.00×.
+func TestSpreadPairsRounds(t *testing.T) {
+	t.Parallel()
+	a := []time.Duration{2, 1}
+	b := []time.Duration{1, 2}
+	if m, n := median(a), medianFloat(durations(b)); m != 1 || n != 1 {
+		t.Fatalf("medians %v and %v, want 1 and 1", m, n)
+	}
+	if got, want := roundSpread(durations(a), durations(b)), "0.50–2.00×"; got != want {
+		t.Fatalf("spread after taking medians = %q, want %q", got, want)
+	}
+}
+
 // TestOriginServesCountsAndThrottles pulls a seeded image from the origin
 // and checks what the scenarios rely on: correct bytes, one counted GET per
 // blob, ended transfers, and a throttle that really slows a response.

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -115,6 +116,12 @@ func render(s settings, rows []row, h hostInfo, took time.Duration) string {
 	b.WriteString("Contenders, all on loopback: **airlock** as its own process; **distribution** v3.1.2 in proxy mode " +
 		"(filesystem storage, in-process); **direct** pulls from the origin registry; the **ceiling**, a bare " +
 		"`http.ServeContent` of an `*os.File` with the same bytes, as its own process.\n\n")
+	if slices.ContainsFunc(rows, func(r row) bool { return r.id == "11" }) {
+		b.WriteString("Scenario 11 compares airlock with itself: the pulls of scenarios 2 and 3 through an upstream that a " +
+			"pin policy governs (the image pinned for its tag) and through one that no policy matches, both served by " +
+			"the same process from the same origin and timed in the same rounds, request by request in turn. A warm " +
+			"pull's decision is a map lookup of the image's state, which the pull without a policy makes too.\n\n")
+	}
 	b.WriteString("| # | scenario | airlock | distribution | direct | ceiling | airlock ratio | goal | result |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {

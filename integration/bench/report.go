@@ -120,7 +120,8 @@ func render(s settings, rows []row, h hostInfo, took time.Duration) string {
 		b.WriteString("Scenario 11 compares airlock with itself: the pulls of scenarios 2 and 3 through an upstream that a " +
 			"pin policy governs (the image pinned for its tag) and through one that no policy matches, both served by " +
 			"the same process from the same origin and timed in the same rounds, request by request in turn. A warm " +
-			"pull's decision is a map lookup of the image's state, which the pull without a policy makes too.\n\n")
+			"pull's decision is a map lookup of the image's state, which the pull without a policy makes too. Its " +
+			"percentiles are of all rounds' requests together, not medians of rounds.\n\n")
 	}
 	b.WriteString("| # | scenario | airlock | distribution | direct | ceiling | airlock ratio | goal | result |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")

@@ -72,6 +72,9 @@ func TestOriginServesCountsAndThrottles(t *testing.T) {
 		t.Fatalf("pull from the origin: %v", err)
 	}
 	for _, b := range img.Blobs {
+		// The client has the whole body before the origin's handler
+		// returns and counts the GET as ended.
+		o.waitBlobIdle(b.Digest, 10*time.Second)
 		if started, ended, full := o.blobState(b.Digest); started != 1 || ended != 1 || full != 1 {
 			t.Fatalf("blob %s: %d GETs started, %d ended, %d whole; want 1, 1, 1", b.Digest, started, ended, full)
 		}

@@ -288,6 +288,8 @@ func TestNewRefusesBadTrust(t *testing.T) {
 		{"no trust store", config.NotationTrust{TrustedIdentities: []string{"*"}}, "the Notation trust store is empty"},
 		{"no identities", config.NotationTrust{TrustStore: []string{ca}}, "the Notation trusted identities are empty"},
 		{"identity without prefix", config.NotationTrust{TrustStore: []string{ca}, TrustedIdentities: []string{"CN=release"}}, "the Notation trust policy is not valid"},
+		// Notation demands C, ST and O in every x509.subject identity.
+		{"identity without ST", config.NotationTrust{TrustStore: []string{ca}, TrustedIdentities: []string{"x509.subject: C=US, O=MetalLB, CN=release"}}, `has no mandatory RDN attribute for "ST"`},
 		{"identity that is not a DN", config.NotationTrust{TrustStore: []string{ca}, TrustedIdentities: []string{"x509.subject: release"}}, "the Notation trust policy is not valid"},
 	}
 	for _, tc := range cases {

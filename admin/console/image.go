@@ -188,6 +188,9 @@ func (c *Console) showImage(w http.ResponseWriter, r *http.Request, v *view, ref
 	d := imageData{Image: img, Ref: ref.String(), URL: imageURL(img.Repository, img.Digest), Form: form,
 		Facts: c.facts(ctx, img)}
 	for _, rs := range img.Reasons {
+		if rs.Type == metadata.ReasonManual && img.Override != nil && rs.Actor == img.Override.By {
+			continue // the override's own card says it, with its end
+		}
 		switch rs.Type {
 		case metadata.ReasonSignature:
 			d.Signature = append(d.Signature, rs)

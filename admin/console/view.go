@@ -46,6 +46,9 @@ func (c *Console) funcs() template.FuncMap {
 		"actionVerb":  actionVerb,
 		"stateOf":     func(s metadata.State) string { return stateWord(s) },
 		"add":         func(a, b int) int { return a + b },
+		"fromWord":    func(s metadata.State) string { return cmpOr(string(s), "new") },
+		"toWord":      func(s metadata.State) string { return cmpOr(string(s), "deleted") },
+		"recordReason": recordReason,
 	}
 }
 
@@ -211,4 +214,20 @@ func actionVerb(action string) string {
 		return "Rescan"
 	}
 	return action
+}
+
+// recordReason is what an audit record says about why: its reason, or for
+// a policy's decision the findings it recorded.
+func recordReason(r metadata.AuditRecord) string {
+	if r.Reason != "" && (r.Action != "decide" || len(r.Reasons) == 0) {
+		return r.Reason
+	}
+	var parts []string
+	for _, rs := range r.Reasons {
+		parts = append(parts, rs.Message)
+	}
+	if len(parts) == 0 {
+		return r.Reason
+	}
+	return strings.Join(parts, "; ")
 }

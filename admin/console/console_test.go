@@ -2,7 +2,6 @@ package console_test
 
 import (
 	"context"
-	"crypto/tls"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -196,5 +195,5 @@ func wantStatus(t *testing.T, what string, a answer, status int, contains ...str
 
 func imagePath(repo string, d digest.Digest) string { return "/ui/images/" + repo + "@" + d.String() }
 
-// tlsConfig keeps the linter quiet about the test server's client.
-var _ = tls.VersionTLS12
+
+func digestOf(d interface{ String() string }) digest.Digest { return digest.Digest(d.String()) }

@@ -195,5 +195,4 @@ func wantStatus(t *testing.T, what string, a answer, status int, contains ...str
 
 func imagePath(repo string, d digest.Digest) string { return "/ui/images/" + repo + "@" + d.String() }
 
-
 func digestOf(d interface{ String() string }) digest.Digest { return digest.Digest(d.String()) }

@@ -213,7 +213,7 @@ func TestBrowser(t *testing.T) {
 		t.Fatalf("the findings table reads %q", vulns)
 	}
 	shoot("image-findings")
-	do("narrow", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2)),
+	do("narrow", chromedp.EmulateViewport(390, 844),
 		chromedp.Navigate(imageLoc), chromedp.WaitVisible(chromedp.CSS("#state")))
 	shoot("image-narrow")
 

@@ -79,6 +79,7 @@ type Console struct {
 	now       func() time.Time
 
 	sessions *sessions
+	throttle throttle
 	pages    map[string]*template.Template
 	static   http.Handler
 	// assets maps a static file's name to its URL with a content hash,

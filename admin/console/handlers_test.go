@@ -100,6 +100,29 @@ func mustURL(t *testing.T, s string) *url.URL {
 	return u
 }
 
+// TestSignInThrottled: after five failed sign-ins within a minute the
+// address must wait, even with the right token.
+func TestSignInThrottled(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	b := f.browser()
+	csrf := csrfOf(t, b.get("/ui/login").body)
+	for range 5 {
+		a := b.post("/ui/login", url.Values{"csrf": {csrf}, "token": {"guess"}})
+		wantStatus(t, "wrong token", a, http.StatusUnauthorized, "not one of")
+		csrf = csrfOf(t, a.body)
+	}
+	a := b.post("/ui/login", url.Values{"csrf": {csrf}, "token": {admintest.AliceToken}})
+	wantStatus(t, "sign-in after five failures", a, http.StatusTooManyRequests, "Too many failed sign-ins")
+	if a.header.Get("Retry-After") == "" {
+		t.Fatal("no Retry-After")
+	}
+	f.h.Clock.Advance(61 * time.Second)
+	if a := b.post("/ui/login", url.Values{"csrf": {csrfOf(t, a.body)}, "token": {admintest.AliceToken}}); a.status != http.StatusSeeOther {
+		t.Fatalf("sign-in a minute later = %d", a.status)
+	}
+}
+
 // TestSecureCookieUnderTLS: over TLS the session cookie is Secure.
 func TestSecureCookieUnderTLS(t *testing.T) {
 	t.Parallel()

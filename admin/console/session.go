@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -237,9 +238,21 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 			c.loginForm(w, r, http.StatusForbidden, next, "The sign-in form expired or did not come from this page. Try again.")
 			return
 		}
+		client, now := clientOf(r.RemoteAddr), c.now()
+		if wait, ok := c.throttle.blocked(client, now); ok {
+			c.log.LogAttrs(r.Context(), slog.LevelWarn, "console sign-in refused: too many failed attempts",
+				slog.String("remote", r.RemoteAddr))
+			w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
+			c.loginForm(w, r, http.StatusTooManyRequests, next,
+				"Too many failed sign-ins from your address; wait a minute and try again.")
+			return
+		}
 		cred, err := c.tokens.Check(r.PostFormValue("token"))
 		if err != nil {
 			status, msg := admin.Describe(err)
+			if status == http.StatusUnauthorized {
+				c.throttle.failed(client, now)
+			}
 			c.log.LogAttrs(r.Context(), slog.LevelWarn, "console sign-in refused",
 				slog.String("remote", r.RemoteAddr), slog.String("error", err.Error()))
 			c.loginForm(w, r, status, next, msg)

@@ -7,19 +7,19 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/airlock-registry/airlock/admin/admintest"
 	"github.com/airlock-registry/airlock/admin/console"
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
-	"github.com/airlock-registry/airlock/proxy"
-	"github.com/airlock-registry/airlock/proxy/upstream"
+	"github.com/airlock-registry/airlock/storage"
+	"github.com/airlock-registry/airlock/storage/evict"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
@@ -41,7 +41,6 @@ type fixture struct {
 	approved    digest.Digest
 	quarantined digest.Digest
 	scanned     digest.Digest
-	metrics     *proxy.Metrics
 }
 
 func newFixture(t *testing.T, tlsServer bool) *fixture {
@@ -55,13 +54,31 @@ func newFixture(t *testing.T, tlsServer bool) *fixture {
 	f := &fixture{t: t, h: h, approved: digest.Digest(pinned.Digest.String()), quarantined: digest.Digest(unpinned.Digest.String())}
 	f.scanned = f.seedScanned()
 
-	reg := prometheus.NewRegistry()
-	f.metrics = proxy.NewMetrics(reg)
-	f.metrics.ObserveUpstream(upstream.Event{Upstream: "hcl", Op: "manifest", Status: 200,
-		Header: http.Header{"Ratelimit-Remaining": {"97;w=21600"}}})
-	f.metrics.ObserveUpstream(upstream.Event{Upstream: "hub", Op: "blob", Status: 503})
+	// A second pull of the approved tag is a cache hit, and one of its
+	// layers lands in the cache; a sweep measures it, as serve's evictor
+	// does.
+	h.MustPull(appRepo, "1.0", http.StatusOK)
+	f.getBlob(appRepo, pinned.Layers[0].String())
+	blobs, err := storage.NewFilesystem(filepath.Join(h.Dir, "blobs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := evict.New(evict.Options{Blobs: blobs, Registerer: h.Metrics})
+	// The layer is committed just after it is served.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		res, err := ev.Sweep(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Blobs > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the layer pulled was not committed to the cache within 5s")
+		}
+	}
 	c, err := console.New(console.Options{Store: h.Meta, Decider: h.Gate, TokenFile: h.TokenFile, Cache: h.Proxy,
-		Manifests: h.Meta, Denials: h.Gate.RecentDenials, Stats: console.StatsFrom(reg), Now: h.Clock.Now})
+		Manifests: h.Meta, Denials: h.Gate.RecentDenials, Stats: console.StatsFrom(h.Metrics), Now: h.Clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,6 +91,19 @@ func newFixture(t *testing.T, tlsServer bool) *fixture {
 	}
 	t.Cleanup(f.srv.Close)
 	return f
+}
+
+// getBlob reads a blob through the registry port, as a pull does.
+func (f *fixture) getBlob(repo, d string) {
+	f.t.Helper()
+	resp, err := http.Get(f.h.Registry.URL + "/v2/" + repo + "/blobs/" + d)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil || resp.StatusCode != http.StatusOK {
+		f.t.Fatalf("GET blob %s@%s = %d, %v", repo, d, resp.StatusCode, err)
+	}
 }
 
 // seedScanned writes an image with signature and vulnerability reasons.

@@ -1,6 +1,7 @@
 package console_test
 
 import (
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -9,8 +10,12 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/airlock-registry/airlock/admin/admintest"
+	"github.com/airlock-registry/airlock/admin/console"
+	"github.com/airlock-registry/airlock/proxy"
+	"github.com/airlock-registry/airlock/proxy/upstream"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
@@ -305,9 +310,13 @@ func TestPages(t *testing.T) {
 	a := b.get("/ui/")
 	wantStatus(t, "overview", a, http.StatusOK, "Images by state", "Newly quarantined, last 24 h",
 		"hcl/vendor/app:1.1", // the refused pull
-		"97 pulls left",      // hcl's rate-limit headroom
-		"failing",            // hub's only round trip failed
+		`<td class="repo">hcl</td><td class="health-healthy">healthy</td>`,
+		"(at the last eviction sweep)",                                // the cache's size, measured
+		"25.0 % <span class=\"muted small\">of 4 lookups since start", // one hit: the second pull of 1.0
 		`href="/ui/images?state=quarantined"`)
+	if strings.Contains(a.body, "<dd>0 B <span") {
+		t.Fatal("the overview shows an empty cache; the sweep measured a layer")
+	}
 	csp := a.header.Get("Content-Security-Policy")
 	if !strings.Contains(csp, "default-src 'none'") || !strings.Contains(csp, "script-src 'self'") ||
 		a.header.Get("X-Frame-Options") != "DENY" || a.header.Get("Cache-Control") != "no-store" {
@@ -342,6 +351,43 @@ func TestPages(t *testing.T) {
 	static := b.get("/ui/static/console.css")
 	if static.status != http.StatusOK || !strings.HasPrefix(static.header.Get("Content-Type"), "text/css") {
 		t.Fatalf("stylesheet = %d %s", static.status, static.header.Get("Content-Type"))
+	}
+}
+
+// TestStatsFrom: the overview's figures come from the proxy's own series.
+func TestStatsFrom(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	m := proxy.NewMetrics(reg)
+	stats := console.StatsFrom(reg)
+	s, err := stats(t.Context())
+	if err != nil || len(s.Upstreams) != 0 || s.Cache.SizeKnown || s.Cache.Lookups != 0 {
+		t.Fatalf("before any traffic: %+v, %v", s, err)
+	}
+	for range 19 {
+		m.ObserveUpstream(upstream.Event{Upstream: "dockerhub", Op: "blob", Status: 200,
+			Header: http.Header{"Ratelimit-Remaining": {"97;w=21600"}}})
+	}
+	m.ObserveUpstream(upstream.Event{Upstream: "dockerhub", Op: "manifest", Status: 429})
+	m.ObserveUpstream(upstream.Event{Upstream: "quay", Op: "manifest", Err: io.ErrUnexpectedEOF})
+	if s, err = stats(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		name            string
+		requests, fails float64
+		health          string
+		rate            bool
+	}{{"dockerhub", 20, 1, "degraded", true}, {"quay", 1, 1, "failing", false}}
+	if len(s.Upstreams) != len(want) {
+		t.Fatalf("upstreams = %+v", s.Upstreams)
+	}
+	for i, w := range want {
+		u := s.Upstreams[i]
+		if u.Name != w.name || u.Requests != w.requests || u.Errors != w.fails || u.Health() != w.health ||
+			u.RateLimitKnown != w.rate || (w.rate && u.RateLimitRemaining != 97) {
+			t.Errorf("upstream %d = %+v (%s); want %+v", i, u, u.Health(), w)
+		}
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/airlock-registry/airlock/admin"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
@@ -23,12 +25,16 @@ func isAction(a string) bool {
 
 type confirmData struct {
 	Ref, URL, Action, Verb string
+	Repository             string
+	Digest                 digest.Digest
 	Image                  metadata.Image
 	Reason, Expires        string
 	Until                  time.Time
 }
 
-func (d confirmData) title() string { return "Confirm: " + strings.ToLower(d.Verb) + " " + d.Ref }
+func (d confirmData) title() string {
+	return "Confirm: " + strings.ToLower(d.Verb) + " " + d.Repository + "@" + shortDigest(d.Digest)
+}
 
 // act checks an action's form; without confirm=yes it asks for
 // confirmation, with it it carries the action out through the decider and
@@ -55,6 +61,7 @@ func (c *Console) act(w http.ResponseWriter, r *http.Request, v *view, ref admin
 			return c.showImage(w, r, v, ref, http.StatusNotFound, form)
 		}
 		c.render(w, r, http.StatusOK, "confirm", v, confirmData{Ref: ref.String(), URL: imageURL(ref.Repository, ref.Digest),
+			Repository: ref.Repository, Digest: ref.Digest,
 			Action: action, Verb: actionVerb(action), Image: img, Reason: form.Reason, Expires: form.Expires, Until: until})
 		return nil
 	}

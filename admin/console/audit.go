@@ -125,7 +125,7 @@ func (f auditFilter) match(r metadata.AuditRecord) bool {
 }
 
 // auditActions are the actions the filter offers.
-var auditActions = []string{"decide", "release", "block", "unblock", "rescan", "expire", "delete"}
+var auditActions = []string{"decide", "redecide", "release", "block", "unblock", "rescan", "expire", "delete"}
 
 type auditData struct {
 	Filter    auditFilter

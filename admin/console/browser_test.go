@@ -209,7 +209,7 @@ func TestBrowser(t *testing.T) {
 
 	// The other pages at the size of a phone, and an image with findings.
 	do("findings", chromedp.Navigate(base+imagePath(vulnRepo, f.scanned)), chromedp.WaitVisible(chromedp.CSS("#state")))
-	if vulns := text("table"); !strings.Contains(vulns, "CVE-2026-12345") {
+	if vulns := text("#vulns"); !strings.Contains(vulns, "CVE-2026-12345") {
 		t.Fatalf("the findings table reads %q", vulns)
 	}
 	shoot("image-findings")

@@ -122,7 +122,9 @@ func (f *fixture) seedScanned() digest.Digest {
 				ID: "GHSA-abcd-efgh-ijkl", Package: "zlib", Installed: "1.2.13", Severity: "high", Expires: &waiver},
 		}
 		img.Verdict = metadata.Verdict{State: metadata.StateQuarantined, Reasons: img.Reasons,
-			Policies: []string{"signed-by-vendor", "no-critical"}, DecidedAt: f.h.Clock.Now()}
+			Policies: []string{"signed-by-vendor", "no-critical"}, DecidedAt: f.h.Clock.Now(),
+			Signatures: []metadata.SignatureEvidence{{Policy: "signed-by-vendor", Hash: "sha256:0f1e", Verified: false,
+				Message: "2 signatures found; none verifies with key vendor-release-2026", Examined: 2, CheckedAt: f.h.Clock.Now()}}}
 		return metadata.Change{Actor: "policy", Action: "decide", Reason: "checks finished"}, nil
 	})
 	if err != nil {

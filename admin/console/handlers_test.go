@@ -340,6 +340,7 @@ func TestPages(t *testing.T) {
 		`href="https://nvd.nist.gov/vuln/detail/CVE-2026-12345"`, `href="https://github.com/advisories/GHSA-abcd-efgh-ijkl"`,
 		"openssl", "3.0.11-1", "3.0.15-1", "critical", "no fix", "vendor-release-2026",
 		"https://github.com/vendor/app/.github/workflows/release.yml@refs/tags/v2.4", "signed-by-vendor",
+		"Signature checks", "not verified", "none verifies with key vendor-release-2026",
 		f.h.Clock.Now().Add(72*time.Hour).Format("2006-01-02 15:04:05 UTC"))
 
 	a = b.get(imagePath(appRepo, f.approved))

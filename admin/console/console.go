@@ -1,6 +1,7 @@
 package console
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"embed"
@@ -302,7 +303,7 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, nam
 	if v != nil && v.sess != nil && status < 400 {
 		p.Flash = c.sessions.takeFlash(v.sess)
 	}
-	var buf strings.Builder
+	var buf bytes.Buffer
 	if err := t.Execute(&buf, p); err != nil {
 		c.log.LogAttrs(r.Context(), slog.LevelError, "console page failed to render",
 			slog.String("page", name), slog.String("error", err.Error()))
@@ -314,7 +315,7 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, nam
 	h.Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	if r.Method != http.MethodHead {
-		_, _ = w.Write([]byte(buf.String()))
+		_, _ = buf.WriteTo(w)
 	}
 }
 

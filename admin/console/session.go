@@ -147,18 +147,13 @@ func (s *sessions) takeFlash(sess *session) *flash {
 }
 
 // setCookie writes a cookie only the console's pages send back: HttpOnly,
-// SameSite=Strict, Secure over TLS.
-func setCookie(w http.ResponseWriter, r *http.Request, name, value string, expires time.Time) {
+// SameSite=Strict, Secure over TLS. It lives for maxAge; an empty value
+// deletes it.
+func setCookie(w http.ResponseWriter, r *http.Request, name, value string, maxAge time.Duration) {
 	c := &http.Cookie{Name: name, Value: value, Path: Prefix, HttpOnly: true, Secure: r.TLS != nil,
-		SameSite: http.SameSiteStrictMode}
-	if value == "" {
-		c.MaxAge = -1
-	} else {
-		c.Expires = expires
-		c.MaxAge = int(time.Until(expires).Seconds())
-		if c.MaxAge <= 0 {
-			c.MaxAge = 1
-		}
+		SameSite: http.SameSiteStrictMode, MaxAge: -1}
+	if value != "" {
+		c.MaxAge = max(1, int(maxAge.Seconds()))
 	}
 	http.SetCookie(w, c)
 }
@@ -186,7 +181,7 @@ func (c *Console) session(w http.ResponseWriter, r *http.Request) (*session, boo
 		return sess, true
 	}
 	if id != "" {
-		setCookie(w, r, sessionCookie, "", time.Time{})
+		setCookie(w, r, sessionCookie, "", 0)
 	}
 	if r.Method == http.MethodGet || r.Method == http.MethodHead {
 		http.Redirect(w, r, Prefix+"login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
@@ -259,8 +254,8 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		id, sess := c.sessions.create(cred, c.now())
-		setCookie(w, r, sessionCookie, id, sess.expires)
-		setCookie(w, r, loginCookie, "", time.Time{})
+		setCookie(w, r, sessionCookie, id, sess.expires.Sub(sess.created))
+		setCookie(w, r, loginCookie, "", 0)
 		c.log.LogAttrs(r.Context(), slog.LevelInfo, "console sign-in", slog.String("actor", cred.Actor),
 			slog.String("remote", r.RemoteAddr))
 		http.Redirect(w, r, next, http.StatusSeeOther)
@@ -271,7 +266,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 
 func (c *Console) loginForm(w http.ResponseWriter, r *http.Request, status int, next, msg string) {
 	token := randomToken()
-	setCookie(w, r, loginCookie, token, c.now().Add(loginTTL))
+	setCookie(w, r, loginCookie, token, loginTTL)
 	c.render(w, r, status, "login", nil, loginData{CSRF: token, Next: next, Message: msg})
 }
 
@@ -304,7 +299,7 @@ func (c *Console) logout(w http.ResponseWriter, r *http.Request, v *view) {
 	if ck, err := r.Cookie(sessionCookie); err == nil {
 		c.sessions.end(ck.Value)
 	}
-	setCookie(w, r, sessionCookie, "", time.Time{})
+	setCookie(w, r, sessionCookie, "", 0)
 	c.log.LogAttrs(r.Context(), slog.LevelInfo, "console sign-out", slog.String("actor", v.sess.cred.Actor))
 	http.Redirect(w, r, Prefix+"login", http.StatusSeeOther)
 }

@@ -122,6 +122,9 @@ type Gate struct {
 
 	statsMu sync.Mutex
 	stats   map[string]*metadata.PullStat
+
+	// recent remembers the last refusals for the console (recent.go).
+	recent recentDenials
 }
 
 type routerBox struct{ r Router }
@@ -224,10 +227,10 @@ func (g *Gate) Governs(upstream, repo string) bool {
 	return g.blocks[name] > 0
 }
 
-// Admit decides whether the manifest s may be served. A known image costs
+// admit decides whether the manifest s may be served. A known image costs
 // a map lookup; the first sight of an image, or of a tag resolving to it,
 // is decided and recorded before the answer.
-func (g *Gate) Admit(ctx context.Context, s proxy.Subject) (proxy.Decision, error) {
+func (g *Gate) admit(ctx context.Context, s proxy.Subject) (proxy.Decision, error) {
 	repo := s.Upstream + "/" + s.Repository
 	key := imageKey(repo, s.Digest)
 	now := g.now()

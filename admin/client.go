@@ -175,15 +175,23 @@ func (c *Client) AllImages(ctx context.Context, q metadata.ImageQuery) ([]Image,
 		q.Limit = maxLimit
 	}
 	all := []Image{}
+	// A cursor seen before means the server pages in a loop (a bug, or
+	// not airlock): following it would never end.
+	seen := map[string]bool{q.After: true}
 	for {
 		page, err := c.Images(ctx, q)
 		if err != nil {
 			return nil, err
 		}
 		all = append(all, page.Images...)
-		if page.Next == "" || page.Next == q.After {
+		if page.Next == "" {
 			return all, nil
 		}
+		if seen[page.Next] {
+			return nil, fmt.Errorf("the server at %s answered page %d of the image list with a cursor it gave before; "+
+				"the listing would never end (is that airlock's admin listener?)", c.base, len(seen))
+		}
+		seen[page.Next] = true
 		q.After = page.Next
 	}
 }

@@ -26,6 +26,10 @@ func ParseExpiry(s string, now time.Time) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, err
 	}
+	if t.UTC().Year() > 9999 {
+		// RFC 3339, and so the store's JSON, ends with year 9999.
+		return time.Time{}, fmt.Errorf("expiry %q is after year 9999; give an earlier date, or none for a release that never expires", s)
+	}
 	if !t.After(now) {
 		return time.Time{}, fmt.Errorf("expiry %q is in the past (%s, now is %s); give a later date",
 			s, t.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))

@@ -117,6 +117,9 @@ func parseTokens(data []byte) ([]tokenEntry, error) {
 	var entries []tokenEntry
 	seen := map[[sha256.Size]byte]int{}
 	names := map[string]int{}
+	// A Windows editor starts the file with a byte order mark: no part of
+	// the first name or token.
+	data = bytes.TrimPrefix(data, []byte("\ufeff"))
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 0, 4096), maxTokenFile)
 	for line := 1; sc.Scan(); line++ {

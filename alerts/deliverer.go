@@ -30,10 +30,18 @@ const (
 // scanLimit bounds the deliveries one poll reads: the most the bbolt
 // store answers at once. The outbox is read whole each poll (it is empty
 // or nearly so while receivers answer), so that a receiver with a backlog
-// cannot hide the others' events behind its own; beyond scanLimit pending
-// deliveries it can, until the backlog drains or is given up, and the
-// pending gauge stops there.
+// cannot hide the others' events behind its own; from an outbox that
+// bounds each target's share (fairOutbox) that holds beyond scanLimit
+// pending deliveries too. The pending gauge stops at what one read holds.
 const scanLimit = 1000
+
+// fairOutbox is an Outbox that can bound each target's share of one read
+// (*metadata.DB is one). With it, a receiver down long enough to have more
+// than scanLimit pending deliveries no longer hides the others' behind its
+// own: each target gets an equal share of the read.
+type fairOutbox interface {
+	DueDeliveriesPerTarget(ctx context.Context, now time.Time, perTarget, limit int) ([]metadata.Delivery, error)
+}
 
 // scanHorizon is how far ahead a poll looks to count what is pending:
 // further than any retry is ever scheduled.
@@ -130,6 +138,9 @@ type target struct {
 	// failures counts consecutive failures, so that the backoff grows per
 	// receiver even when the oldest delivery changes.
 	failures int
+	// more is set when the last read held a full share of t's
+	// deliveries: others wait in the outbox.
+	more bool
 }
 
 // New returns a Deliverer with o's defaults filled in, and registers its
@@ -211,7 +222,19 @@ func (d *Deliverer) poll(ctx context.Context) {
 	clear(d.finished)
 	d.mu.Unlock()
 	now := time.Now()
-	all, err := d.outbox.DueDeliveries(ctx, now.Add(scanHorizon), scanLimit)
+	var (
+		all       []metadata.Delivery
+		err       error
+		perTarget int
+	)
+	if fo, ok := d.outbox.(fairOutbox); ok {
+		// One share more than there are webhooks: deliveries of removed
+		// ones are dropped a share per poll.
+		perTarget = max(1, scanLimit/(d.router.len()+1))
+		all, err = fo.DueDeliveriesPerTarget(ctx, now.Add(scanHorizon), perTarget, scanLimit)
+	} else {
+		all, err = d.outbox.DueDeliveries(ctx, now.Add(scanHorizon), scanLimit)
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			d.log.Warn("reading the alert outbox failed; trying again at the next poll", slog.String("error", err.Error()))
@@ -223,6 +246,16 @@ func (d *Deliverer) poll(ctx context.Context) {
 	// target's events wait while its oldest is scheduled for a retry, so
 	// a receiver sees them in order, across restarts too.
 	slices.SortFunc(all, func(a, b metadata.Delivery) int { return cmp.Compare(a.Seq, b.Seq) })
+	// A target whose share of the read was full has more waiting: its
+	// worker asks for another read once it sent these, not a poll later.
+	full := map[string]bool{}
+	if perTarget > 0 {
+		shares := map[string]int{}
+		for _, del := range all {
+			shares[del.Target]++
+			full[del.Target] = shares[del.Target] >= perTarget
+		}
+	}
 	waiting := map[string]bool{}
 	for _, del := range all {
 		d.mu.Lock()
@@ -242,7 +275,7 @@ func (d *Deliverer) poll(ctx context.Context) {
 		case del.NextAttempt.After(now):
 			waiting[del.Target] = true
 		default:
-			d.dispatch(ctx, del, now)
+			d.dispatch(ctx, del, now, full[del.Target])
 		}
 	}
 	d.metrics.pending.Set(float64(pending))
@@ -256,7 +289,7 @@ func (d *Deliverer) tooOld(del metadata.Delivery, now time.Time) bool {
 
 // dispatch queues del on its target's worker, starting the worker if it is
 // idle, unless the target is waiting out a failure.
-func (d *Deliverer) dispatch(ctx context.Context, del metadata.Delivery, now time.Time) {
+func (d *Deliverer) dispatch(ctx context.Context, del metadata.Delivery, now time.Time, more bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	t := d.targets[del.Target]
@@ -269,6 +302,7 @@ func (d *Deliverer) dispatch(ctx context.Context, del metadata.Delivery, now tim
 	}
 	d.inflight[del.Seq] = true
 	t.queue = append(t.queue, del)
+	t.more = t.more || more
 	if !t.running {
 		t.running = true
 		d.wg.Add(1)
@@ -283,8 +317,12 @@ func (d *Deliverer) work(ctx context.Context, t *target) {
 	for {
 		d.mu.Lock()
 		if len(t.queue) == 0 || ctx.Err() != nil {
+			more := t.more && len(t.queue) == 0
 			d.release(t)
 			d.mu.Unlock()
+			if more {
+				d.Nudge()
+			}
 			return
 		}
 		del := t.queue[0]
@@ -317,6 +355,7 @@ func (d *Deliverer) release(t *target) {
 	}
 	t.queue = nil
 	t.running = false
+	t.more = false
 }
 
 // deliver makes one attempt at del and records its outcome in the outbox.

@@ -108,6 +108,9 @@ func (r *Router) Route(ev metadata.Event) []metadata.Delivery {
 	return out
 }
 
+// len is the number of webhooks configured.
+func (r *Router) len() int { return len(r.hooks.Load().list) }
+
 // webhook returns the webhook configured for target, if it still is.
 func (r *Router) webhook(target string) (*webhook, bool) {
 	h, ok := r.hooks.Load().byURL[target]

@@ -13,7 +13,7 @@ storage: {path: /data}
 upstreams:
   - {name: hub, url: https://hub.example, default: true}
   - {name: quay, url: https://quay.io}
-policies: [{name: signed, match: [x], pins: /p}]
+policies: [{name: signed, match: [hub/x], pins: /p}]
 `
 	parse := func(t *testing.T, doc string) *Config {
 		t.Helper()
@@ -29,7 +29,7 @@ policies: [{name: signed, match: [x], pins: /p}]
 	}{
 		{"same", base, nil},
 		// Positions are not content: moving lines changes nothing.
-		{"reordered and commented", "# moved\npolicies: [{name: signed, match: [x], pins: /p}]\n" + base[:len(base)-len("policies: [{name: signed, match: [x], pins: /p}]\n")], nil},
+		{"reordered and commented", "# moved\npolicies: [{name: signed, match: [hub/x], pins: /p}]\n" + base[:len(base)-len("policies: [{name: signed, match: [hub/x], pins: /p}]\n")], nil},
 		{"listen and log level", base + "log: {level: debug}\n", []string{"log.level"}},
 		{"nested key", `
 listen: 127.0.0.1:6000
@@ -37,14 +37,14 @@ storage: {path: /data, parameters: {rootdirectory: /blobs}}
 upstreams:
   - {name: hub, url: https://hub.example, default: true, repositories: [library/*]}
   - {name: quay, url: https://quay.io}
-policies: [{name: signed, match: [x], pins: /p}]
+policies: [{name: signed, match: [hub/x], pins: /p}]
 `, []string{"listen", "storage.parameters", "upstreams[0].repositories"}},
 		{"list length", `
 listen: 127.0.0.1:5000
 storage: {path: /data}
 upstreams:
   - {name: hub, url: https://hub.example, default: true}
-policies: [{name: unsigned, match: [x], pins: /p}]
+policies: [{name: unsigned, match: [hub/x], pins: /p}]
 `, []string{"upstreams", "policies[0].name"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

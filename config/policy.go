@@ -60,7 +60,11 @@ func (c *Config) checkPolicies(p *problems) {
 			p.add(key+".match", "required; list globs over <upstream>/<repository> such as \"hcl/*\"")
 		}
 		for j, m := range pol.Match {
-			if err := CheckGlob(m); err != nil {
+			err := CheckGlob(m)
+			if err == nil {
+				err = c.checkGlobReach(m)
+			}
+			if err != nil {
 				p.add(fmt.Sprintf("%s.match[%d]", key, j), "%v", err)
 			}
 		}
@@ -87,6 +91,54 @@ func CheckGlob(m string) error {
 		return fmt.Errorf("%q contains a space, '@' or ':'; a glob matches <upstream>/<repository> only, never a tag or digest", m)
 	}
 	return nil
+}
+
+// checkGlobReach refuses a glob that can match no repository airlock
+// serves: the policy would govern nothing, and every image it was written
+// for would be served unchecked without a word.
+func (c *Config) checkGlobReach(m string) error {
+	if strings.ToLower(m) != m {
+		return fmt.Errorf("%q has uppercase letters; repositories are <upstream>/<repository> in lowercase, so it matches none", m)
+	}
+	lit := m
+	if i := strings.IndexAny(m, "*?"); i >= 0 {
+		lit = m[:i]
+	}
+	name, rest, named := strings.Cut(lit, "/")
+	if !named {
+		if lit == m {
+			return fmt.Errorf("%q names no repository; write <upstream>/<repository>, e.g. %q", m, m+"/*")
+		}
+		for i := range c.Upstreams {
+			if strings.HasPrefix(c.Upstreams[i].Name, lit) {
+				return nil
+			}
+		}
+		return fmt.Errorf("%q matches no repository: no upstream name starts with %q", m, lit)
+	}
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		if u.Name != name {
+			continue
+		}
+		if lit == m && !strings.Contains(rest, "/") && dockerHub(u) {
+			return fmt.Errorf("%q matches no repository: upstream %s serves Docker Hub, where %s is %s/library/%s", m, name, rest, name, rest)
+		}
+		return nil
+	}
+	return fmt.Errorf("%q matches no repository: %q is not an upstream name (globs are over <upstream>/<repository>)", m, name)
+}
+
+// dockerHub reports whether u serves Docker Hub, whose one-component
+// names are library/<name>.
+func dockerHub(u *Upstream) bool {
+	for _, h := range append([]string{u.Host()}, u.Aliases...) {
+		switch strings.ToLower(h) {
+		case "docker.io", "registry-1.docker.io", "index.docker.io":
+			return true
+		}
+	}
+	return false
 }
 
 // Alerts configures where state changes are reported.

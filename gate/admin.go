@@ -44,7 +44,11 @@ func (g *Gate) Block(ctx context.Context, repo string, d digest.Digest, actor, r
 		return metadata.Image{}, err
 	}
 	if g.known != nil && !g.known(repo) {
-		return metadata.Image{}, fmt.Errorf("repository %s is not served by airlock (check the upstream name and its allowed repositories): %w", repo, storage.ErrNotFound)
+		hint := "check the upstream name and its allowed repositories"
+		if strings.Count(repo, "/") == 1 {
+			hint += "; Docker Hub's official images are <upstream>/library/<name>"
+		}
+		return metadata.Image{}, fmt.Errorf("repository %s is not served by airlock (%s): %w", repo, hint, storage.ErrNotFound)
 	}
 	now := g.now()
 	return g.adminChange(ctx, repo, d, now, false, func(img *metadata.Image) error {

@@ -2,7 +2,6 @@ package gate
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -48,9 +47,11 @@ func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now ti
 	g.write.Lock()
 	defer g.write.Unlock()
 	img, err := g.change(ctx, repo, s.Digest, now, func(img *metadata.Image) (metadata.Change, error) {
-		if img.FirstSeen.IsZero() {
+		if img.MediaType == "" {
+			// First sight of the content (the record may be older: a
+			// block placed before anyone pulled it).
 			img.MediaType = s.MediaType
-			img.Platforms = platforms(s.Body)
+			img.Platforms = platforms(s.MediaType, s.Body)
 		}
 		if artifact != "" {
 			img.Artifact = artifact
@@ -133,11 +134,19 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 		actor       string
 		queued      bool
 	)
+	// A platform served through its index has no record of its own, but
+	// its blobs were admitted all the same: a first record that refuses
+	// it (a block) must withdraw them too.
+	key := imageKey(repo, d)
+	g.mu.RLock()
+	p := g.parentLocked(key, now)
+	viaIndex := g.images[key] == nil && p != nil && servable(p, now)
+	g.mu.RUnlock()
 	img, err := g.store.UpdateImage(ctx, repo, d, now, func(img *metadata.Image) (metadata.Change, error) {
 		from = img.State
 		// The stored state, expired release or not: what was admitted
 		// under it must be withdrawn.
-		wasServable = !img.FirstSeen.IsZero() && policy.Servable(img.State)
+		wasServable = !img.FirstSeen.IsZero() && policy.Servable(img.State) || img.FirstSeen.IsZero() && viaIndex
 		c, err := fn(img)
 		if err != nil {
 			return c, err
@@ -179,17 +188,7 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 // withdraw makes img's blobs, and its platforms' where no servable image
 // lists them, unreadable in its repository.
 func (g *Gate) withdraw(ctx context.Context, img *metadata.Image) {
-	servableHere := func(d digest.Digest) bool {
-		now := g.now()
-		g.mu.RLock()
-		defer g.mu.RUnlock()
-		key := imageKey(img.Repository, d)
-		if i := g.images[key]; i != nil && servable(i, now) {
-			return true
-		}
-		p := g.parentLocked(key, now)
-		return p != nil && servable(p, now)
-	}
+	servableHere := func(d digest.Digest) bool { return g.servableIn(img.Repository, d) }
 	digests := []digest.Digest{img.Digest}
 	for _, p := range img.Platforms {
 		digests = append(digests, p.Digest)
@@ -203,6 +202,30 @@ func (g *Gate) withdraw(ctx context.Context, img *metadata.Image) {
 				slog.String("image", imageKey(img.Repository, d)), slog.String("error", err.Error()))
 		}
 	}
+}
+
+// Servable reports whether the manifest d may be served in upstream/repo
+// now, deciding nothing: its image is servable, or it is a platform of a
+// servable index and not blocked itself. A manifest the gate has not seen
+// is not servable. It implements proxy.Rechecker.
+func (g *Gate) Servable(upstream, repo string, d digest.Digest) bool {
+	return g.servableIn(upstream+"/"+repo, d)
+}
+
+func (g *Gate) servableIn(repo string, d digest.Digest) bool {
+	now := g.now()
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	key := imageKey(repo, d)
+	i := g.images[key]
+	if i != nil && servable(i, now) {
+		return true
+	}
+	if blocked(i) {
+		return false // not even through a servable index
+	}
+	p := g.parentLocked(key, now)
+	return p != nil && servable(p, now)
 }
 
 // eventType is the alert a transition of img from from raises, or "".
@@ -259,10 +282,12 @@ func (g *Gate) SetAlerts(r Router) { g.alerts.Store(&routerBox{r}) }
 // SetPolicies replaces the policies and decides again every image whose
 // verdict they change, recording each transition; signatures are checked
 // again where the trust material changed. It returns how many images
-// changed state. An image whose signatures cannot be checked now keeps its
-// state, and the error names it.
+// changed state. An image whose signatures cannot be checked now, or whose
+// change cannot be written, keeps its state until Run decides it again:
+// known images are answered from memory, so their next pull would not.
 func (g *Gate) SetPolicies(ctx context.Context, set *policy.Set) (int, error) {
 	g.policies.Store(set)
+	g.undecided.Store(false)
 	now := g.now()
 	g.mu.RLock()
 	all := make([]*metadata.Image, 0, len(g.images))
@@ -270,14 +295,20 @@ func (g *Gate) SetPolicies(ctx context.Context, set *policy.Set) (int, error) {
 		all = append(all, img)
 	}
 	g.mu.RUnlock()
-	changed := 0
-	var errs []error
+	changed, failed := 0, 0
+	var first error
+	fail := func(err error) {
+		failed++
+		if first == nil {
+			first = err
+		}
+	}
 	for _, img := range all {
 		sigs := img.Verdict.Signatures
 		if img.Artifact == "" {
 			fresh, err := g.gather(ctx, set, img.Repository, img.Digest, img.MediaType, sigs)
 			if err != nil {
-				errs = append(errs, err)
+				fail(err)
 				continue
 			}
 			sigs = fresh
@@ -299,14 +330,19 @@ func (g *Gate) SetPolicies(ctx context.Context, set *policy.Set) (int, error) {
 		})
 		g.write.Unlock()
 		if err != nil {
-			errs = append(errs, fmt.Errorf("deciding %s again under the new policies: %w", imageKey(img.Repository, img.Digest), err))
+			// The others are decided all the same; this one is retried.
+			fail(fmt.Errorf("deciding %s again under the new policies: %w", imageKey(img.Repository, img.Digest), err))
 			continue
 		}
 		if after.State != before {
 			changed++
 		}
 	}
-	return changed, errors.Join(errs...)
+	if first != nil {
+		g.undecided.Store(true)
+		return changed, fmt.Errorf("%d of %d images keep their state until it is retried; the first: %w", failed, len(all), first)
+	}
+	return changed, nil
 }
 
 func sameEvidence(a, b []metadata.SignatureEvidence) bool {

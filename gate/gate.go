@@ -103,6 +103,9 @@ type Gate struct {
 
 	policies atomic.Pointer[policy.Set]
 	alerts   atomic.Pointer[routerBox]
+	// undecided is set when SetPolicies could not record some image's
+	// new state; Run retries.
+	undecided atomic.Bool
 
 	// write serialises state changes: they are rare, and one at a time
 	// keeps memory and store in the same order.
@@ -121,10 +124,17 @@ type Gate struct {
 	blocks map[string]int
 
 	statsMu sync.Mutex
-	stats   map[string]*metadata.PullStat
+	stats   map[string]*pullCount
 
 	// recent remembers the last refusals for the console (recent.go).
 	recent recentDenials
+}
+
+// pullCount is an image's pulls since the last flush, with the platforms
+// pulled through it as a set: an index may list tens of thousands.
+type pullCount struct {
+	stat      metadata.PullStat
+	platforms map[digest.Digest]bool
 }
 
 type routerBox struct{ r Router }
@@ -138,7 +148,7 @@ func New(ctx context.Context, o Options) (*Gate, error) {
 		store: o.Store, content: o.Content, known: o.KnownRepository, delivered: o.Delivered, verify: o.Verify,
 		retry: o.PendingRetry, now: o.Now, log: o.Logger,
 		images: map[string]*metadata.Image{}, tags: map[string]digest.Digest{},
-		parents: map[string][]string{}, blocks: map[string]int{}, stats: map[string]*metadata.PullStat{},
+		parents: map[string][]string{}, blocks: map[string]int{}, stats: map[string]*pullCount{},
 	}
 	if g.retry <= 0 {
 		g.retry = 15 * time.Second
@@ -164,6 +174,12 @@ func New(ctx context.Context, o Options) (*Gate, error) {
 	g.metrics = newMetrics(g, o.Registerer)
 	return g, nil
 }
+
+// The index media types, as the proxy reports them in Subject.MediaType.
+const (
+	mediaOCIIndex   = "application/vnd.oci.image.index.v1+json"
+	mediaDockerList = "application/vnd.docker.distribution.manifest.list.v2+json"
+)
 
 func imageKey(repo string, d digest.Digest) string { return repo + "@" + d.String() }
 
@@ -236,9 +252,13 @@ func (g *Gate) admit(ctx context.Context, s proxy.Subject) (proxy.Decision, erro
 	now := g.now()
 	g.mu.RLock()
 	img := g.images[key]
-	known := img != nil && (s.Tag == "" || g.tags[repo+":"+s.Tag] == s.Digest)
+	// An image recorded before its content was seen (blocked ahead of
+	// its first pull) is observed once, to record what an index lists.
+	known := img != nil && img.MediaType != "" && (s.Tag == "" || g.tags[repo+":"+s.Tag] == s.Digest)
 	var parent *metadata.Image
-	if s.Tag == "" && (img == nil || !servable(img, now)) {
+	if s.Tag == "" && (img == nil || !servable(img, now)) && !blocked(img) {
+		// A platform is served with its index, unless an admin blocked
+		// the platform itself: a block wins over any approval.
 		parent = g.parentLocked(key, now)
 	}
 	g.mu.RUnlock()
@@ -334,6 +354,11 @@ func stateOf(img *metadata.Image, now time.Time) metadata.State {
 
 func servable(img *metadata.Image, now time.Time) bool { return policy.Servable(stateOf(img, now)) }
 
+// blocked reports whether an admin blocked img (nil: not seen).
+func blocked(img *metadata.Image) bool {
+	return img != nil && img.Override != nil && img.Override.Action == metadata.ActionBlock
+}
+
 // summary is img's reasons in one line.
 func summary(img *metadata.Image) string {
 	var parts []string
@@ -383,22 +408,32 @@ func (g *Gate) count(img *metadata.Image, p digest.Digest, head bool, now time.T
 	}
 	key := imageKey(img.Repository, img.Digest)
 	g.statsMu.Lock()
-	st := g.stats[key]
-	if st == nil {
-		st = &metadata.PullStat{Repository: img.Repository, Digest: img.Digest}
-		g.stats[key] = st
+	c := g.stats[key]
+	if c == nil {
+		c = &pullCount{stat: metadata.PullStat{Repository: img.Repository, Digest: img.Digest}}
+		g.stats[key] = c
 	}
 	if p == "" {
-		st.Pulls++
-	} else if !slices.Contains(st.Platforms, p) {
-		st.Platforms = append(st.Platforms, p)
+		c.stat.Pulls++
+	} else if !c.platforms[p] {
+		if c.platforms == nil {
+			c.platforms = map[digest.Digest]bool{}
+		}
+		c.platforms[p] = true
+		c.stat.Platforms = append(c.stat.Platforms, p)
 	}
-	st.Last = now
+	c.stat.Last = now
 	g.statsMu.Unlock()
 }
 
-// platforms lists the manifests an index body names.
-func platforms(body []byte) []metadata.Platform {
+// platforms lists the manifests an index names. Only an index lists
+// platforms: any other manifest that carries a "manifests" field (an
+// upstream's invention) lists none, or releasing it would let through
+// whatever it names.
+func platforms(mediaType string, body []byte) []metadata.Platform {
+	if mediaType != mediaOCIIndex && mediaType != mediaDockerList {
+		return nil
+	}
 	var idx struct {
 		Manifests []struct {
 			Digest    digest.Digest `json:"digest"`

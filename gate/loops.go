@@ -18,6 +18,7 @@ const (
 // Run ends releases when they expire and writes pull counts, until ctx
 // ends; then it writes the last counts.
 func (g *Gate) Run(ctx context.Context) {
+	g.withdrawRefused(ctx)
 	expiry := time.NewTicker(expiryEvery)
 	defer expiry.Stop()
 	flush := time.NewTicker(flushEvery)
@@ -29,6 +30,7 @@ func (g *Gate) Run(ctx context.Context) {
 			return
 		case <-expiry.C:
 			g.ExpireReleases(ctx)
+			g.retryPolicies(ctx)
 		case <-flush.C:
 			g.Flush(ctx)
 		}
@@ -77,12 +79,49 @@ func (g *Gate) ExpireReleases(ctx context.Context) int {
 	return n
 }
 
+// retryPolicies decides again the images a SetPolicies could not record.
+func (g *Gate) retryPolicies(ctx context.Context) {
+	if !g.undecided.Load() {
+		return
+	}
+	if n, err := g.SetPolicies(ctx, g.policies.Load()); err != nil {
+		g.log.LogAttrs(ctx, slog.LevelError, "deciding images again under the policies failed; retrying",
+			slog.String("error", err.Error()))
+	} else if n > 0 {
+		g.log.LogAttrs(ctx, slog.LevelInfo, "images changed state under the policies on a retry", slog.Int("images", n))
+	}
+}
+
+// withdrawRefused withdraws the blobs of every image that may not be
+// served. A state change commits before its withdrawal runs, so a crash
+// in between leaves blobs readable under a refused image; this finishes
+// such withdrawals after a restart. For an image whose withdrawal is done
+// it costs one read: the content index skips a manifest no longer
+// admitted.
+func (g *Gate) withdrawRefused(ctx context.Context) {
+	now := g.now()
+	g.mu.RLock()
+	var refused []*metadata.Image
+	for _, img := range g.images {
+		if !servable(img, now) {
+			refused = append(refused, img)
+		}
+	}
+	g.mu.RUnlock()
+	for _, img := range refused {
+		if ctx.Err() != nil {
+			return
+		}
+		g.withdraw(ctx, img)
+	}
+}
+
 // Flush writes the pull counts gathered since the last flush.
 func (g *Gate) Flush(ctx context.Context) {
 	g.statsMu.Lock()
 	stats := make([]metadata.PullStat, 0, len(g.stats))
-	for _, st := range g.stats {
-		stats = append(stats, *st)
+	for _, c := range g.stats {
+		stats = append(stats, c.stat)
 	}
 	clear(g.stats)
 	g.statsMu.Unlock()

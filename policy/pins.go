@@ -30,6 +30,9 @@ const maxPinLine = 4096
 // line and what is wrong with it.
 func ParsePins(name string, data []byte) (*Pins, error) {
 	p := &Pins{any: map[digest.Digest]bool{}, repo: map[string]map[digest.Digest]bool{}, tag: map[string][]digest.Digest{}}
+	// Editors on Windows start a UTF-8 file with a byte order mark; it is
+	// no part of the first line.
+	data = bytes.TrimPrefix(data, []byte("\ufeff"))
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 0, 256), maxPinLine)
 	for n := 1; sc.Scan(); n++ {

@@ -54,6 +54,12 @@ func (p *Proxy) Withdraw(ctx context.Context, repo string, d digest.Digest, serv
 	if err != nil {
 		return fmt.Errorf("reading manifest %s@%s: %w", repo, d, err)
 	}
+	if !link.Has(metadata.Admitted) {
+		// Never admitted here, or withdrawn already: the admission and its
+		// withdrawal each write the manifest's flag with its blobs' in one
+		// transaction, so none of its blobs is readable through it.
+		return nil
+	}
 	keep, err := p.listedBlobs(ctx, ix, repo, func(other digest.Digest, l metadata.Link) bool {
 		return other != d && l.Has(metadata.Admitted) && servable(other)
 	})

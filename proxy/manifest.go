@@ -87,6 +87,7 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rq *reques
 				m.link.Flags |= metadata.Admitted
 				return m
 			})
+			p.recheck(ctx, rq, rec.Digest)
 		}
 		if err != nil {
 			err = p.noSpace(ctx, rq, fmt.Errorf("recording the blobs of %s@%s: %w", rt.Key(), rec.Digest, err))
@@ -113,6 +114,27 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rq *reques
 	}
 	_, err = w.Write(rec.Body)
 	return err
+}
+
+// recheck withdraws what admitting d in the request's repository made
+// readable if the gate stopped allowing d meanwhile: its own withdrawal
+// may have run before the admission was written. The gate changes memory
+// before it withdraws, and this asks after writing, so one of the two
+// sees the other.
+func (p *Proxy) recheck(ctx context.Context, rq *request, d digest.Digest) {
+	rc, ok := p.gate.(Rechecker)
+	if !ok {
+		return
+	}
+	up, repo := rq.route.Upstream.Name, rq.route.Repo
+	if rc.Servable(up, repo, d) {
+		return
+	}
+	servable := func(o digest.Digest) bool { return rc.Servable(up, repo, o) }
+	if err := p.Withdraw(context.WithoutCancel(ctx), rq.route.Key(), d, servable); err != nil {
+		p.log.LogAttrs(ctx, slog.LevelError, "withdrawing the blobs of a manifest refused while it was served failed",
+			slog.String("repository", rq.route.Key()), slog.String("digest", d.String()), slog.String("error", err.Error()))
+	}
 }
 
 // withNotFound makes an upstream "not found" answer carry the right OCI code.
@@ -419,6 +441,12 @@ func (p *Proxy) downloadManifest(ctx context.Context, rq *request, d digest.Dige
 			p.storing.forget(pending)
 			for _, b := range admit {
 				p.declaring.forget(key + "\x00" + b.Digest.String())
+			}
+			if len(admit) > 0 && p.governs(rq) {
+				// The repository became governed since (an admin's block,
+				// a policy reloaded): the gate's withdrawal may have found
+				// nothing yet to withdraw.
+				p.recheck(ctx, rq, d)
 			}
 		}
 		// The index shares a full cache volume: the manifest was served,

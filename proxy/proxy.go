@@ -104,6 +104,16 @@ type Governor interface {
 	Governs(upstream, repo string) bool
 }
 
+// Rechecker is implemented by a Gate whose answers change while a pull is
+// served (an admin's block, a release ending). A manifest's blobs are
+// recorded as readable after the Gate allowed it; the Gate may have
+// withdrawn them in between, so the proxy asks again, without deciding
+// anything, once the record is written, and withdraws them itself if the
+// manifest stopped being servable.
+type Rechecker interface {
+	Servable(upstream, repo string, d digest.Digest) bool
+}
+
 // Options configure a Proxy.
 type Options struct {
 	Router *Router

@@ -340,11 +340,13 @@ func (r Route) Key() string { return r.Upstream.Name + "/" + r.Repo }
 
 // Known reports whether key ("<upstream>/<repository>", as Route.Key gives
 // it) names a repository the router serves: a configured upstream and a
-// valid name on its allow-list.
+// valid name on its allow-list. On a Docker Hub-style upstream a
+// one-component name is not a key: requests for it route to
+// "library/<name>", so a decision recorded under it would apply to nothing.
 func (rt *Router) Known(key string) bool {
 	name, repo, ok := strings.Cut(key, "/")
 	u := rt.byName[name]
-	if !ok || u == nil || validateName(repo) != nil {
+	if !ok || u == nil || validateName(repo) != nil || u.Library && !strings.Contains(repo, "/") {
 		return false
 	}
 	return u.Allowed == nil || u.Allowed(repo)

@@ -140,6 +140,9 @@ func TestBrowser(t *testing.T) {
 	do("search", chromedp.Navigate(base+"/ui/images"), chromedp.WaitVisible(chromedp.CSS("#q")),
 		chromedp.SendKeys(chromedp.CSS("#q"), appRepo+":1.1"),
 		chromedp.Click(chromedp.CSS("form.filters button[type=submit]")),
+		// The unfiltered list is visible too: wait for the page the search
+		// loads, whose search box carries the query as its value attribute.
+		chromedp.WaitVisible(chromedp.CSS(`#q[value="`+appRepo+`:1.1"]`)),
 		chromedp.WaitVisible(chromedp.CSS("table a.repo")))
 	if rows := text("tbody"); !strings.Contains(rows, "quarantined") || strings.Contains(rows, "approved") {
 		t.Fatalf("searching %s:1.1 lists %q; want the quarantined image only", appRepo, rows)

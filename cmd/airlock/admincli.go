@@ -75,7 +75,8 @@ func readToken(path string) (string, error) {
 	sc := bufio.NewScanner(f)
 	var token string
 	if sc.Scan() {
-		token = strings.TrimSpace(sc.Text())
+		// Without the byte order mark a Windows editor may put first.
+		token = strings.TrimSpace(strings.TrimPrefix(sc.Text(), "\ufeff"))
 	}
 	if err := sc.Err(); err != nil {
 		return "", fmt.Errorf("reading the admin token from %s: %w", path, err)

@@ -556,7 +556,7 @@ func (g *gateway) reload(path string) {
 	// Pin files are read again even when the configuration is unchanged:
 	// editing them and sending SIGHUP is how pins are updated.
 	if n, err := g.gate.SetPolicies(context.Background(), policies); err != nil {
-		g.log.Error("deciding images again under the reloaded policies failed; the rest are decided on their next pull",
+		g.log.Error("deciding some images again under the reloaded policies failed; they keep their state until a retry, every second, succeeds",
 			slog.String("error", err.Error()))
 	} else if n > 0 {
 		g.log.Info("images changed state under the reloaded policies", slog.Int("images", n))

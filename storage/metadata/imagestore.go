@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -370,9 +369,17 @@ func (db *DB) RecordPulls(ctx context.Context, stats []PullStat) error {
 			if s.Last.After(img.LastPulled) {
 				img.LastPulled = s.Last
 			}
-			for j := range img.Platforms {
-				if slices.Contains(s.Platforms, img.Platforms[j].Digest) {
-					img.Platforms[j].Fetched = true
+			if len(s.Platforms) > 0 {
+				// A set: an index may list tens of thousands, and this
+				// runs inside the write transaction.
+				pulled := make(map[digest.Digest]bool, len(s.Platforms))
+				for _, p := range s.Platforms {
+					pulled[p] = true
+				}
+				for j := range img.Platforms {
+					if pulled[img.Platforms[j].Digest] {
+						img.Platforms[j].Fetched = true
+					}
 				}
 			}
 			if _, err := putImage(tx, keys[i], img); err != nil {

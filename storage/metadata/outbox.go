@@ -77,8 +77,21 @@ func getDelivery(out *bolt.Bucket, seq uint64) (Delivery, error) {
 // repository's events in the order they happened unless one is retried.
 // limit 0 means 100; more than 1000 means 1000.
 func (db *DB) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]Delivery, error) {
+	return db.dueDeliveries(ctx, now, 0, limit)
+}
+
+// DueDeliveriesPerTarget is DueDeliveries with at most perTarget
+// deliveries for any one target (0: no bound): a receiver that has been
+// down for long, with more pending than one answer holds, cannot fill it
+// and hide the deliveries of the receivers that answer.
+func (db *DB) DueDeliveriesPerTarget(ctx context.Context, now time.Time, perTarget, limit int) ([]Delivery, error) {
+	return db.dueDeliveries(ctx, now, perTarget, limit)
+}
+
+func (db *DB) dueDeliveries(ctx context.Context, now time.Time, perTarget, limit int) ([]Delivery, error) {
 	limit = pageLimit(limit, maxDuePage)
 	due := []Delivery{}
+	per := map[string]int{}
 	err := db.view(ctx, func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketOutbox).Cursor()
 		// The outbox holds what is not delivered yet: a short walk unless
@@ -89,9 +102,11 @@ func (db *DB) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]De
 			if err := json.Unmarshal(v, &d); err != nil {
 				return fmt.Errorf("delivery %d is corrupt: %w", binary.BigEndian.Uint64(k), err)
 			}
-			if !d.NextAttempt.After(now) {
-				due = append(due, d)
+			if d.NextAttempt.After(now) || perTarget > 0 && per[d.Target] >= perTarget {
+				continue
 			}
+			per[d.Target]++
+			due = append(due, d)
 		}
 		return nil
 	})

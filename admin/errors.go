@@ -111,3 +111,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func asAPIError(err error) (*apiError, bool) {
 	return errors.AsType[*apiError](err)
 }
+
+// Describe returns the HTTP status and the sentence the API answers err
+// with: an error of this package, or one of the gate's (storage.ErrNotFound
+// 404, gate.ErrConflict 409, gate.ErrInvalid 400). The console shows the
+// same sentences the CLI prints.
+func Describe(err error) (status int, message string) {
+	e := classify(err)
+	return e.Code.Status(), e.Message
+}

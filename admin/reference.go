@@ -114,3 +114,10 @@ func checkUpstream(name string) error {
 	}
 	return nil
 }
+
+// CheckRepository checks a repository name as the API's filters take it,
+// "<upstream>/<repository>"; its error says what is wrong.
+func CheckRepository(repo string) error { return checkRepository(repo) }
+
+// CheckUpstream checks an upstream name, one path component.
+func CheckUpstream(name string) error { return checkUpstream(name) }

@@ -72,7 +72,7 @@ type Server struct {
 	decider Decider
 	tags    Tags
 	cache   Cache
-	tokens  *tokenFile // nil when admin.tokenFile is not set
+	tokens  *Tokens
 	log     *slog.Logger
 	now     func() time.Time
 }
@@ -84,10 +84,8 @@ func New(o Options) (*Server, error) {
 	if o.Store == nil || o.Decider == nil {
 		return nil, errors.New("admin: Options.Store and Options.Decider are required")
 	}
-	s := &Server{store: o.Store, decider: o.Decider, tags: o.Tags, cache: o.Cache, log: o.Logger, now: o.Now}
-	if o.TokenFile != "" {
-		s.tokens = &tokenFile{path: o.TokenFile}
-	}
+	s := &Server{store: o.Store, decider: o.Decider, tags: o.Tags, cache: o.Cache, log: o.Logger, now: o.Now,
+		tokens: NewTokens(o.TokenFile)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}

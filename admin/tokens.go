@@ -188,31 +188,109 @@ func bearer(header string) (string, bool) {
 	return token, token != ""
 }
 
-// authenticate returns the actor a request's Authorization header names.
-func (s *Server) authenticate(header string) (string, error) {
-	if s.tokens == nil {
-		return "", errorf(CodeUnauthorized, "the admin API is disabled: admin.tokenFile is not set in airlock's configuration; "+
+// Tokens checks tokens against admin.tokenFile, re-reading the file when
+// it changes. The API and the console both sign in with it, so a token
+// works (or is revoked) in both at once. It is safe for concurrent use.
+type Tokens struct {
+	file *tokenFile // nil when admin.tokenFile is not set
+}
+
+// NewTokens returns the Tokens of the file at path. An empty path means
+// admin.tokenFile is not set: every token is refused with a message saying
+// so. The file is not read until a token is checked.
+func NewTokens(path string) *Tokens {
+	if path == "" {
+		return &Tokens{}
+	}
+	return &Tokens{file: &tokenFile{path: path}}
+}
+
+// Credential is a token that was checked: the actor it names and the
+// token's hash, enough to ask later whether the file still holds it
+// ([Tokens.Recheck]), never enough to sign in with.
+type Credential struct {
+	// Actor is what the audit log records: "admin:<name>", or
+	// "admin:token-<hash>" for an unnamed token.
+	Actor string
+	sum   [sha256.Size]byte
+}
+
+// Check returns the credential of token. Its error is an API error:
+// [Describe] gives its status (401, or 503 when the file cannot be used)
+// and the sentence to show, which never contains a token or the file's
+// content.
+func (t *Tokens) Check(token string) (Credential, error) {
+	entries, err := t.entries()
+	if err != nil {
+		return Credential{}, err
+	}
+	token = strings.TrimSpace(token)
+	if token == "" {
+		return Credential{}, errorf(CodeUnauthorized, "authentication required: give a token from admin.tokenFile")
+	}
+	actor, ok := match(entries, token)
+	if !ok {
+		return Credential{}, errorf(CodeUnauthorized, "the token is not one of admin.tokenFile's tokens")
+	}
+	return Credential{Actor: actor, sum: sha256.Sum256([]byte(token))}, nil
+}
+
+// Recheck reports, as Check does, whether the token behind c is still in
+// the file under the same actor: a session signed in with a token ends
+// when the token is removed or renamed.
+func (t *Tokens) Recheck(c Credential) error {
+	entries, err := t.entries()
+	if err != nil {
+		return err
+	}
+	found := 0
+	for i := range entries {
+		eq := subtle.ConstantTimeCompare(c.sum[:], entries[i].sum[:])
+		if eq == 1 && entries[i].actor != c.Actor {
+			eq = 0
+		}
+		found |= eq
+	}
+	if found != 1 {
+		return errorf(CodeUnauthorized, "the token this session signed in with is no longer in admin.tokenFile; sign in again")
+	}
+	return nil
+}
+
+// entries returns the tokens of the file now, or the API error saying why
+// none can be accepted.
+func (t *Tokens) entries() ([]tokenEntry, error) {
+	if t.file == nil {
+		return nil, errorf(CodeUnauthorized, "the admin API is disabled: admin.tokenFile is not set in airlock's configuration; "+
 			"set it to a file of tokens (\"name:token\" per line) and restart")
 	}
-	entries, err := s.tokens.current()
+	entries, err := t.file.current()
 	if err != nil {
 		public := "it cannot be used"
 		if te, ok := errors.AsType[*tokenFileError](err); ok {
 			public = te.public
 		}
-		return "", &apiError{Code: CodeUnavailable, Err: err,
+		return nil, &apiError{Code: CodeUnavailable, Err: err,
 			Message: "admin.tokenFile cannot be used: " + public + "; the airlock log has the details. Nothing was changed."}
 	}
 	if len(entries) == 0 {
-		return "", errorf(CodeUnauthorized, "admin.tokenFile holds no tokens; add a line \"name:token\" to it")
+		return nil, errorf(CodeUnauthorized, "admin.tokenFile holds no tokens; add a line \"name:token\" to it")
+	}
+	return entries, nil
+}
+
+// authenticate returns the actor a request's Authorization header names.
+func (s *Server) authenticate(header string) (string, error) {
+	if _, err := s.tokens.entries(); err != nil {
+		return "", err
 	}
 	token, ok := bearer(header)
 	if !ok {
 		return "", errorf(CodeUnauthorized, "authentication required: send \"Authorization: Bearer <token>\" with a token from admin.tokenFile")
 	}
-	actor, ok := match(entries, token)
-	if !ok {
+	c, err := s.tokens.Check(token)
+	if err != nil {
 		return "", errorf(CodeUnauthorized, "the bearer token is not one of admin.tokenFile's tokens")
 	}
-	return actor, nil
+	return c.Actor, nil
 }

@@ -106,7 +106,7 @@ func TestAdminTokenFileReload(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s := &Server{tokens: &tokenFile{path: path}}
+	s := &Server{tokens: NewTokens(path)}
 	auth := func(token string) (string, Code) {
 		actor, err := s.authenticate("Bearer " + token)
 		if err != nil {
@@ -156,5 +156,48 @@ func TestAdminTokenFileReload(t *testing.T) {
 	write("carol:tok-carol\n", t0.Add(4*time.Second))
 	if actor, _ := auth("tok-carol"); actor != "admin:carol" {
 		t.Fatalf("after repair: actor %q", actor)
+	}
+}
+
+// TestCredentialRecheck: a credential outlives neither its token's removal
+// nor a change of the name it is filed under, and Describe gives the
+// sentence to show without the token.
+func TestCredentialRecheck(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "tokens")
+	write := func(body string, mtime time.Time) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(path, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t0 := time.Now().Add(-time.Hour)
+	write("alice:tok-alice\nbob:tok-bob\n", t0)
+	tokens := NewTokens(path)
+	c, err := tokens.Check("tok-alice")
+	if err != nil || c.Actor != "admin:alice" {
+		t.Fatalf("Check(tok-alice) = %+v, %v", c, err)
+	}
+	if err := tokens.Recheck(c); err != nil {
+		t.Fatalf("Recheck right after Check: %v", err)
+	}
+	if _, err := tokens.Check("tok-mallory"); err == nil {
+		t.Fatal("Check accepted a token the file does not hold")
+	} else if status, msg := Describe(err); status != 401 || strings.Contains(msg, "tok-") {
+		t.Fatalf("Describe = %d %q; want 401 without a token", status, msg)
+	}
+	write("carol:tok-alice\nbob:tok-bob\n", t0.Add(time.Minute))
+	if err := tokens.Recheck(c); err == nil {
+		t.Fatal("Recheck accepted a token now filed under another name")
+	}
+	write("bob:tok-bob\n", t0.Add(2*time.Minute))
+	if err := tokens.Recheck(c); err == nil {
+		t.Fatal("Recheck accepted a removed token")
+	}
+	if _, err := NewTokens("").Check("tok-bob"); err == nil {
+		t.Fatal("Check accepted a token with no token file")
 	}
 }

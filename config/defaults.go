@@ -67,6 +67,9 @@ func (c *Config) ApplyDefaults() {
 	setDefault(&c.Shutdown.DrainTimeout, defaultDrainTimeout)
 	for i := range c.Policies {
 		setDefault(&c.Policies[i].Mode, ModeEnforce)
+		if c.Policies[i].Signature != nil {
+			c.Policies[i].Signature.applyDefaults()
+		}
 	}
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 )
 
@@ -106,6 +108,12 @@ func (c *Config) hostProblems() []error {
 	for i, pol := range c.Policies {
 		if pol.Pins != "" {
 			p.readFile(fmt.Sprintf("policies[%d].pins", i), pol.Pins)
+		}
+		if pol.Signature != nil {
+			files := pol.Signature.files(fmt.Sprintf("policies[%d].signature", i))
+			for _, k := range slices.Sorted(maps.Keys(files)) {
+				p.readFile(k, files[k])
+			}
 		}
 	}
 	for i, w := range c.Alerts.Webhooks {

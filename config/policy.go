@@ -35,6 +35,8 @@ type Policy struct {
 	// tag may resolve to. Blank lines and lines starting with # are
 	// ignored. Re-read on SIGHUP. Default "": no pin check.
 	Pins string `yaml:"pins"`
+	// Signature requires a verified signature. Default: none.
+	Signature *Signature `yaml:"signature"`
 }
 
 // policyNamePattern keeps names usable as metric labels and in sentences.
@@ -71,8 +73,11 @@ func (c *Config) checkPolicies(p *problems) {
 		default:
 			p.add(key+".mode", "unknown mode %q; use enforce or audit", pol.Mode)
 		}
-		if pol.Pins == "" {
-			p.add(key, "has no check; set pins (a file of allowed digests)")
+		if pol.Pins == "" && pol.Signature == nil {
+			p.add(key, "has no check; set pins (a file of allowed digests) or signature")
+		}
+		if pol.Signature != nil {
+			pol.Signature.check(p, key+".signature")
 		}
 	}
 }

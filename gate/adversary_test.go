@@ -492,7 +492,7 @@ func TestPolicyAddedOnReloadWithdrawsWhatWasAdmitted(t *testing.T) {
 	pols := append([]config.Policy(nil), pinPolicy...)
 	pols[0].Pins = h.pins
 	pols = append(pols, config.Policy{Name: "hub-team", Match: []string{"hub/team/*"}, Mode: config.ModeEnforce, Pins: empty})
-	set, err := policy.Compile(pols, os.ReadFile)
+	set, err := policy.Compile(pols, os.ReadFile, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Runs every check a change must pass: formatting, vet, the race-enabled
 # test suite (including end-to-end tests with containerd, dockerd and
-# skopeo) and a short run of every fuzz target. Installs the client
-# programs the end-to-end tests drive when they are missing. Exits non-zero
+# skopeo, and the admin console's in a headless chromium) and a short run
+# of every fuzz target. Installs the client programs the end-to-end tests
+# drive when they are missing. Exits non-zero
 # on the first failure. Meant to run as root on Debian 12 with Go.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Packages whose programs the integration tests run, as "program:package".
-needs=(containerd:containerd ctr:containerd dockerd:docker.io docker:docker.io skopeo:skopeo runc:runc)
+needs=(containerd:containerd ctr:containerd dockerd:docker.io docker:docker.io skopeo:skopeo runc:runc chromium:chromium)
 missing=()
 for pair in "${needs[@]}"; do
 	command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
@@ -32,7 +33,7 @@ if ((${#missing[@]})); then
 	fi
 	apt-get update -qq
 	# Install the whole set: a partial install can leave versions mismatched.
-	apt-get install -y -qq containerd docker.io skopeo runc >/dev/null
+	apt-get install -y -qq containerd docker.io skopeo runc chromium >/dev/null
 	if [[ -n $made_policy ]]; then
 		rm -f "$policy"
 		trap - EXIT

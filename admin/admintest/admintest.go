@@ -60,13 +60,17 @@ type Harness struct {
 	TokenFile string
 	// Clock is the time of the gate and the admin API.
 	Clock *Clock
+	// Metrics holds the proxy's series (upstream round trips, cache
+	// lookups), as serve registers them; they survive a Restart.
+	Metrics *prometheus.Registry
 	// Dir is the harness's temporary directory.
 	Dir string
 
-	t        testing.TB
-	registry swap
-	admin    swap
-	logs     lockedBuffer
+	t            testing.TB
+	proxyMetrics *proxy.Metrics
+	registry     swap
+	admin        swap
+	logs         lockedBuffer
 }
 
 // lockedBuffer collects the admin API's log lines.
@@ -126,7 +130,8 @@ func New(tb testing.TB, up *upstreamtest.Upstream, pins string) *Harness {
 	tb.Helper()
 	dir := tb.TempDir()
 	h := &Harness{Upstream: up, Dir: dir, t: tb, TokenFile: filepath.Join(dir, "admin-tokens"),
-		Clock: &Clock{now: time.Now().UTC().Truncate(time.Second)}}
+		Clock: &Clock{now: time.Now().UTC().Truncate(time.Second)}, Metrics: prometheus.NewRegistry()}
+	h.proxyMetrics = proxy.NewMetrics(h.Metrics)
 	write(tb, h.TokenFile, "# admins\nalice:"+AliceToken+"\n"+UnnamedToken+"\n")
 	write(tb, filepath.Join(dir, "pins.txt"), pins)
 	h.start()
@@ -151,7 +156,7 @@ func (s *swap) set(h http.Handler)                               { s.h.Store(&h)
 func (h *Harness) start() {
 	tb := h.t
 	set, err := policy.Compile([]config.Policy{{Name: "hcl-pinned", Match: []string{"hcl/*"}, Mode: config.ModeEnforce,
-		Pins: filepath.Join(h.Dir, "pins.txt")}}, os.ReadFile)
+		Pins: filepath.Join(h.Dir, "pins.txt")}}, os.ReadFile, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -164,7 +169,8 @@ func (h *Harness) start() {
 	}
 	regs := map[string]proxy.Registry{}
 	for _, name := range []string{"hcl", "hub"} {
-		r, err := upstream.New(upstream.Options{Name: name, URL: h.Upstream.URL, MaxAttempts: 1, IdleTimeout: 5 * time.Second})
+		r, err := upstream.New(upstream.Options{Name: name, URL: h.Upstream.URL, MaxAttempts: 1, IdleTimeout: 5 * time.Second,
+			Observe: h.proxyMetrics.ObserveUpstream})
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -181,7 +187,7 @@ func (h *Harness) start() {
 		tb.Fatal(err)
 	}
 	h.Proxy, err = proxy.New(proxy.Options{Router: rt, Registries: regs, DefaultTagTTL: time.Minute, Blobs: blobs,
-		Meta: h.Meta, Gate: h.Gate})
+		Meta: h.Meta, Gate: h.Gate, Metrics: h.proxyMetrics})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -435,7 +435,12 @@ func writeAuditCheck(w io.Writer, c metadata.AuditCheck) {
 		fmt.Fprintf(w, "audit log OK: %d records, head %s\n", c.Records, orDash(c.Head))
 		return
 	}
-	fmt.Fprintf(w, "audit log BROKEN at record %d of %d: %s\n", c.BrokenAt, c.Records, c.Problem)
+	// Records counts the records whose chain checks, not the log's
+	// length: "BROKEN at record 5 of 4" would read as nonsense.
+	fmt.Fprintf(w, "audit log BROKEN at record %d: %s\n", c.BrokenAt, c.Problem)
+	if c.Records > 0 {
+		fmt.Fprintf(w, "records 1 to %d are chained correctly, up to hash %s\n", c.Records, c.Head)
+	}
 }
 
 func orDash(s string) string {

@@ -195,8 +195,14 @@ func TestCLIAuditCheckText(t *testing.T) {
 	t.Parallel()
 	var out bytes.Buffer
 	writeAuditCheck(&out, metadata.AuditCheck{Records: 7, Head: "sha256:abc", OK: true})
-	writeAuditCheck(&out, metadata.AuditCheck{Records: 7, Head: "sha256:abc", BrokenAt: 4, Problem: "record 4's hash does not match its content"})
-	want := "audit log OK: 7 records, head sha256:abc\naudit log BROKEN at record 4 of 7: record 4's hash does not match its content\n"
+	// A broken check counts the records before the break (3), as the
+	// store reports it; the break is not "record 4 of 3".
+	writeAuditCheck(&out, metadata.AuditCheck{Records: 3, Head: "sha256:abc", BrokenAt: 4, Problem: "record 4 was edited: its hash does not match its content"})
+	writeAuditCheck(&out, metadata.AuditCheck{BrokenAt: 1, Problem: "record 1 is missing: it was deleted"})
+	want := "audit log OK: 7 records, head sha256:abc\n" +
+		"audit log BROKEN at record 4: record 4 was edited: its hash does not match its content\n" +
+		"records 1 to 3 are chained correctly, up to hash sha256:abc\n" +
+		"audit log BROKEN at record 1: record 1 is missing: it was deleted\n"
 	if out.String() != want {
 		t.Fatalf("got:\n%s\nwant:\n%s", out.String(), want)
 	}

@@ -17,7 +17,7 @@ func newConfigCommand() *cobra.Command {
 		Short: "Validate a configuration file and explain what is wrong",
 		Long: "Validate a configuration file as serve and SIGHUP do, and list every problem with its line and key.\n" +
 			"Besides the file itself this checks what it names on this machine: the listen hosts, TLS, CA and\n" +
-			"credentials files, admin.tokenFile and a writable storage.path. Use --static where those are not\n" +
+			"credentials files, admin.tokenFile, pin files, webhook secrets and a writable storage.path. Use --static where those are not\n" +
 			"present, as in CI.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -28,6 +28,12 @@ func newConfigCommand() *cobra.Command {
 			cfg, err := config.Open(path, scope)
 			if err != nil {
 				return err
+			}
+			if !static {
+				// The pin files parse, as serve and SIGHUP will read them.
+				if _, err := compilePolicies(cfg); err != nil {
+					return err
+				}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: valid (%d upstreams)\n", displayPath(path), len(cfg.Upstreams))
 			return nil

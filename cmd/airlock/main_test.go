@@ -53,6 +53,12 @@ upstreams:
 		{"bad url", []string{"config", "check", "--config", write("url.yaml", "upstreams:\n  - {name: a, url: 'ftp://x'}\n")},
 			"", []string{"upstreams[0].url"}},
 		{"missing file", []string{"config", "check", "--config", filepath.Join(dir, "absent.yaml")}, "", []string{"absent.yaml"}},
+		{"pin file that does not parse", []string{"config", "check", "--config", write("pins.yaml",
+			"upstreams: [{name: hcl, url: 'https://hcl.example'}]\npolicies: [{name: p, match: ['hcl/*'], pins: "+
+				write("pins.txt", "# ok\nsha256:123\n")+"}]\n")}, "", []string{"policies[0] (p)", "pins.txt:2", "not a digest"}},
+		{"pin file missing", []string{"config", "check", "--config", write("nopins.yaml",
+			"upstreams: [{name: hcl, url: 'https://hcl.example'}]\npolicies: [{name: p, match: ['hcl/*'], pins: "+
+				filepath.Join(dir, "absent.txt")+"}]\n")}, "", []string{"policies[0].pins", "absent.txt"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

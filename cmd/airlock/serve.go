@@ -28,6 +28,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/airlock-registry/airlock/admin"
+	"github.com/airlock-registry/airlock/admin/console"
 	"github.com/airlock-registry/airlock/alerts"
 	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/gate"
@@ -635,6 +636,13 @@ func (g *gateway) adminHandler() (http.Handler, error) {
 		return nil, err
 	}
 	mux.Handle(admin.Prefix, api)
+	ui, err := console.New(console.Options{Store: g.meta, Decider: g.gate, TokenFile: g.cfg.Admin.TokenFile,
+		Cache: g.proxy, Manifests: g.meta, Denials: g.gate.RecentDenials, Stats: console.StatsFrom(g.promReg),
+		Logger: g.log.With(slog.String("component", "console"))})
+	if err != nil {
+		return nil, err
+	}
+	mux.Handle(console.Prefix, ui)
 	return mux, nil
 }
 
@@ -642,7 +650,7 @@ func (g *gateway) adminHandler() (http.Handler, error) {
 func compilePolicies(cfg *config.Config) (*policy.Set, error) {
 	set, err := policy.Compile(cfg.Policies, func(path string) ([]byte, error) {
 		return readLimited(path, maxPinFileBytes)
-	})
+	}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("policies: %w", err)
 	}

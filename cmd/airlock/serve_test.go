@@ -28,6 +28,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/airlock-registry/airlock/config"
+	"github.com/airlock-registry/airlock/integration/upstreamtest"
 )
 
 // TestServeTLSBothWays runs the gateway with an HTTPS registry listener and
@@ -398,4 +399,77 @@ func runGateway(t *testing.T, path string) *syncBuffer {
 		}
 	})
 	return logs
+}
+
+// TestReloadRedecidesUnderPins: SIGHUP reads the pin files again, even
+// with the configuration unchanged, and decides the images they cover
+// again; a pin file that does not parse refuses the reload and the running
+// policies stay.
+func TestReloadRedecidesUnderPins(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	img := up.PushImage(t, "vendor/app", "1", 256, 1)
+	dir := t.TempDir()
+	pins := filepath.Join(dir, "pins.txt")
+	if err := os.WriteFile(pins, []byte("# nothing pinned yet\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "airlock.yaml")
+	body := `
+listen: "127.0.0.1:0"
+admin: {listen: "127.0.0.1:0"}
+storage: {path: "` + filepath.Join(dir, "data") + `"}
+upstreams:
+  - {name: hcl, url: "` + up.URL + `"}
+policies:
+  - {name: hcl-pinned, match: ["hcl/*"], pins: "` + pins + `"}
+`
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	g, err := newGateway(t.Context(), cfg, newLogger(config.FormatJSON, slog.LevelInfo, &logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.meta.Close()
+	srv := httptest.NewServer(g.registryHandler())
+	defer srv.Close()
+	pull := func() int {
+		t.Helper()
+		resp, err := http.Get(srv.URL + "/v2/hcl/vendor/app/manifests/1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := pull(); got != http.StatusForbidden {
+		t.Fatalf("unpinned pull = %d, want 403", got)
+	}
+	if err := os.WriteFile(pins, []byte("hcl/vendor/app:1 "+img.Digest.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g.reload(path)
+	if got := pull(); got != http.StatusOK {
+		t.Fatalf("pull after pinning and SIGHUP = %d, want 200; log:\n%s", got, logs.String())
+	}
+	if !strings.Contains(logs.String(), `"msg":"images changed state under the reloaded policies","images":1`) {
+		t.Errorf("no line about the re-decided image:\n%s", logs.String())
+	}
+	if err := os.WriteFile(pins, []byte("sha256:nonsense\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs.Reset()
+	g.reload(path)
+	if !strings.Contains(logs.String(), "configuration reload refused") || !strings.Contains(logs.String(), "pins.txt:1") {
+		t.Errorf("a broken pin file was not refused:\n%s", logs.String())
+	}
+	if got := pull(); got != http.StatusOK {
+		t.Errorf("pull after a refused reload = %d, want 200 (the running policies stay)", got)
+	}
 }

@@ -68,6 +68,7 @@ func (b *Binary) Start(tb testing.TB, cfg Config) *Airlock {
 	f.Upstreams = cfg.Upstreams
 	f.Tracing = cfg.Tracing
 	f.Auth = cfg.PullAuth
+	f.Policies, f.Alerts, f.Admin.TokenFile = cfg.Policies, cfg.Alerts, cfg.AdminTokenFile
 	f.Shutdown.ReadyDelay = cfg.ReadyDelay
 	f.Cache.MaxSize, f.Cache.EvictInterval = cfg.MaxSize, cfg.EvictInterval
 	f.Cache.MaxBlobSize = cfg.MaxBlobSize

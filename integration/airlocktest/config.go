@@ -18,6 +18,33 @@ type Config struct {
 	// PullAuth is the auth section (client authentication); nil leaves
 	// pulls open.
 	PullAuth *PullAuth
+	// Policies is the policies section; empty approves every image.
+	Policies []Policy
+	// AdminTokenFile is admin.tokenFile; empty leaves the admin API
+	// answering 401.
+	AdminTokenFile string
+	// Alerts is the alerts section; nil sends no webhooks.
+	Alerts *Alerts
+}
+
+// Policy is one entry of the policies list.
+type Policy struct {
+	Name  string   `yaml:"name"`
+	Match []string `yaml:"match"`
+	Mode  string   `yaml:"mode,omitempty"`
+	Pins  string   `yaml:"pins,omitempty"`
+}
+
+// Alerts is airlock's alerts section.
+type Alerts struct {
+	Webhooks []Webhook `yaml:"webhooks"`
+}
+
+// Webhook is one entry of alerts.webhooks.
+type Webhook struct {
+	URL        string   `yaml:"url"`
+	SecretFile string   `yaml:"secretFile,omitempty"`
+	Events     []string `yaml:"events,omitempty"`
 }
 
 // PullAuth is airlock's auth section.
@@ -69,7 +96,8 @@ type file struct {
 		Path string `yaml:"path"`
 	} `yaml:"storage"`
 	Admin struct {
-		Listen string `yaml:"listen"`
+		Listen    string `yaml:"listen"`
+		TokenFile string `yaml:"tokenFile,omitempty"`
 	} `yaml:"admin"`
 	Cache struct {
 		TagTTL        string `yaml:"tagTTL"`
@@ -82,6 +110,8 @@ type file struct {
 		Format string `yaml:"format"`
 	} `yaml:"log"`
 	Upstreams []Upstream `yaml:"upstreams"`
+	Policies  []Policy   `yaml:"policies,omitempty"`
+	Alerts    *Alerts    `yaml:"alerts,omitempty"`
 	Auth      *PullAuth  `yaml:"auth,omitempty"`
 	Tracing   *Tracing   `yaml:"tracing,omitempty"`
 	Shutdown  struct {

@@ -53,7 +53,35 @@ type Verdict struct {
 	// Policies names the policies that matched.
 	Policies  []string  `json:"policies,omitempty"`
 	DecidedAt time.Time `json:"decidedAt"`
+	// Signatures are the signature checks' results, per policy, kept so
+	// that a decision made again under the same trust material reuses
+	// them instead of verifying again.
+	Signatures []SignatureEvidence `json:"signatures,omitempty"`
 }
+
+// SignatureEvidence is what checking an image's signatures against one
+// policy's trust material found.
+type SignatureEvidence struct {
+	Policy string `json:"policy"`
+	// Hash identifies the trust material and settings the check ran with.
+	Hash     string `json:"hash"`
+	Verified bool   `json:"verified"`
+	// Kind is how the accepted signature was made: "key", "keyless" or
+	// "notation"; empty when none verified.
+	Kind string `json:"kind,omitempty"`
+	// KeyID names the key (a fingerprint) or certificate that verified.
+	KeyID string `json:"keyId,omitempty"`
+	// Identity is the keyless or Notation identity that verified.
+	Identity string `json:"identity,omitempty"`
+	// Message says why nothing verified, in a sentence, or what did.
+	Message string `json:"message"`
+	// Examined counts the signature artifacts looked at.
+	Examined  int       `json:"examined"`
+	CheckedAt time.Time `json:"checkedAt"`
+}
+
+// ArtifactSignature marks an Image that is a signature or attestation.
+const ArtifactSignature = "signature"
 
 // Override actions.
 const (
@@ -99,11 +127,16 @@ type Image struct {
 	// Tags are the tags that last resolved to this image here.
 	Tags []string `json:"tags"`
 	// Platforms are the manifests an index lists; empty for a manifest.
-	Platforms  []Platform `json:"platforms,omitempty"`
-	FirstSeen  time.Time  `json:"firstSeen"`
-	UpdatedAt  time.Time  `json:"updatedAt"`
-	LastPulled time.Time  `json:"lastPulled,omitzero"`
-	Pulls      int64      `json:"pulls"`
+	Platforms []Platform `json:"platforms,omitempty"`
+	// Artifact is ArtifactSignature for a signature or attestation
+	// artifact: policies do not apply to those (they cannot be run, and
+	// verifiers in the cluster must be able to read them), and it is
+	// approved on sight.
+	Artifact   string    `json:"artifact,omitempty"`
+	FirstSeen  time.Time `json:"firstSeen"`
+	UpdatedAt  time.Time `json:"updatedAt"`
+	LastPulled time.Time `json:"lastPulled,omitzero"`
+	Pulls      int64     `json:"pulls"`
 }
 
 // Change describes an update to an image for its audit record and alerts.
@@ -148,6 +181,8 @@ type AuditRecord struct {
 
 // AuditCheck is the result of checking the audit chain.
 type AuditCheck struct {
+	// Records is how many records, from the first, chain correctly: the
+	// whole log when OK, those before the break otherwise.
 	Records uint64 `json:"records"`
 	// Head is the hash of the last record.
 	Head string `json:"head"`

@@ -1,0 +1,45 @@
+// Package signature verifies an image's signatures against one policy's
+// trust material: cosign key-based and keyless signatures from the tag
+// scheme ("sha256-<hex>.sig", simple-signing payloads with their
+// certificate, chain, Rekor bundle and RFC 3161 annotations), cosign v3
+// Sigstore bundles from the referrers API (or its "sha256-<hex>" fallback
+// tag), and Notary Project signatures. Everything is checked offline,
+// against keys, a trusted root and trust stores read from disk.
+//
+// A signature counts only when it names the exact digest being verified:
+// a valid signature copied from another image is refused, and an
+// attestation is not a signature.
+package signature
+
+import (
+	"context"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Fetcher reads from the registry the image came from. airlock's proxy
+// implements it over its own cache, so signature artifacts are fetched
+// once, verified as every other manifest and blob, and served to clients
+// later from the cache.
+type Fetcher interface {
+	// Manifest fetches a manifest of the image's repository by tag or
+	// digest: its body, media type and digest. An absent one is an error
+	// wrapping ErrNotFound.
+	Manifest(ctx context.Context, ref string) (body []byte, mediaType string, d digest.Digest, err error)
+	// Blob fetches a blob of the repository, refusing one larger than max
+	// bytes.
+	Blob(ctx context.Context, d digest.Digest, max int64) ([]byte, error)
+	// Referrers lists the manifests whose subject is d (the OCI referrers
+	// API, or its tag-schema fallback), only those of artifactType when it
+	// is set.
+	Referrers(ctx context.Context, d digest.Digest, artifactType string) ([]ocispec.Descriptor, error)
+}
+
+// ErrNotFound is wrapped by a Fetcher's errors for what the registry does
+// not hold.
+var ErrNotFound = errNotFound{}
+
+type errNotFound struct{}
+
+func (errNotFound) Error() string { return "not found" }

@@ -15,7 +15,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/airlock-registry/airlock/config"
@@ -623,4 +629,64 @@ func mustHash(t *testing.T, d digest.Digest) v1.Hash {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// pushFakeSignature publishes, under a cosign-style tag, a "signature"
+// artifact whose one layer is the bytes of layer (a DSSE envelope by its
+// media type only), as a hostile upstream could, and returns its digest.
+func pushFakeSignature(t *testing.T, up *upstreamtest.Upstream, repo string, layer v1.Hash) digest.Digest {
+	t.Helper()
+	l := static.NewLayer(up.Blob(t, layer), types.MediaType("application/vnd.dsse.envelope.v1+json"))
+	img, err := mutate.AppendLayers(empty.Image, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img = mutate.ConfigMediaType(mutate.MediaType(img, types.OCIManifestSchema1), types.OCIConfigJSON)
+	ref, err := name.ParseReference(up.Host+"/"+repo+":sha256-"+strings.Repeat("a", 64)+".att", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return digest.Digest(d.String())
+}
+
+// A signature artifact is approved on sight, but its blobs are the
+// upstream's choice: one that lists a quarantined image's layer must not
+// make it readable, whichever of the two was pulled first.
+func TestSignatureArtifactCannotCarryAQuarantinedLayer(t *testing.T) {
+	t.Parallel()
+	const repo = "hcl/vendor/app"
+	t.Run("quarantined first", func(t *testing.T) {
+		t.Parallel()
+		up := upstreamtest.New(t, upstreamtest.Options{})
+		q := up.PushImage(t, "vendor/app", "evil", 256, 1)
+		h := newHarness(t, up, t.TempDir(), "")
+		h.wantStatus(manifestPath(repo, "evil"), http.StatusForbidden, "is quarantined")
+		sig := pushFakeSignature(t, up, "vendor/app", q.Layers[0])
+		h.wantStatus(manifestPath(repo, sig.String()), http.StatusOK)
+		h.wantStatus(blobPath(repo, q.Layers[0]), http.StatusForbidden, "DENIED")
+		h.wantStatus(manifestPath(repo, sig.String()), http.StatusOK)
+		h.wantStatus(blobPath(repo, q.Layers[0]), http.StatusForbidden, "DENIED")
+	})
+	t.Run("artifact first", func(t *testing.T) {
+		t.Parallel()
+		up := upstreamtest.New(t, upstreamtest.Options{})
+		q := up.PushImage(t, "vendor/app", "evil", 256, 1)
+		sig := pushFakeSignature(t, up, "vendor/app", q.Layers[0])
+		h := newHarness(t, up, t.TempDir(), "")
+		h.wantStatus(manifestPath(repo, sig.String()), http.StatusOK)
+		h.wantStatus(manifestPath(repo, "evil"), http.StatusForbidden, "is quarantined")
+		// The image is refused after the artifact admitted the layer: the
+		// withdrawal does not count the artifact's claim on it.
+		if _, err := h.gate.Block(t.Context(), repo, digest.Digest(q.Digest.String()), "admin:bob", "evil"); err != nil {
+			t.Fatal(err)
+		}
+		h.wantStatus(blobPath(repo, q.Layers[0]), http.StatusForbidden, "DENIED")
+	})
 }

@@ -684,6 +684,10 @@ func (c *lazyContent) Withdraw(ctx context.Context, repo string, d digest.Digest
 	return c.p.Withdraw(ctx, repo, d, servable)
 }
 
+func (c *lazyContent) Admitted(ctx context.Context, repo string, d digest.Digest) bool {
+	return c.p.Admitted(ctx, repo, d)
+}
+
 func (c *lazyContent) Remove(ctx context.Context, repo string, d digest.Digest) error {
 	return c.p.Remove(ctx, repo, d)
 }

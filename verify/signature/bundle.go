@@ -15,11 +15,7 @@ import (
 )
 
 // checkBundleArtifact checks one cosign v3 Sigstore bundle referrer.
-func (s *session) checkBundleArtifact(ctx context.Context, desc ocispec.Descriptor) error {
-	m, err := s.manifest(ctx, desc.Digest.String(), desc.Size)
-	if err != nil || m == nil {
-		return err
-	}
+func (s *session) checkBundleArtifact(ctx context.Context, desc ocispec.Descriptor, m *ocispec.Manifest) error {
 	var layer *ocispec.Descriptor
 	for i := range m.Layers {
 		if strings.HasPrefix(m.Layers[i].MediaType, "application/vnd.dev.sigstore.bundle") {

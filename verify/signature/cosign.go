@@ -164,7 +164,7 @@ func (s *session) checkLegacyKeyless(payload []byte, entity *legacyEntity, certP
 	entity.cert = certs[0]
 	who := certIdentity(certs[0])
 	if len(entity.tlog) == 0 {
-		s.refuse("is a keyless signature (by %s) without a Rekor bundle, which cannot be checked offline", who)
+		s.refuse("is a keyless signature by %s without a Rekor bundle, which cannot be checked offline", who)
 		return
 	}
 	res, ok := s.verifyKeyless(entity, sgverify.WithArtifact(bytes.NewReader(payload)), who)
@@ -214,17 +214,17 @@ func keylessReason(err error, who string) string {
 	case errors.As(err, &idErr):
 		return fmt.Sprintf("is a keyless signature by %s, not an identity the policy trusts", who)
 	case strings.Contains(msg, "failed to verify log inclusion"):
-		return fmt.Sprintf("is a keyless signature (by %s) whose transparency-log entry does not verify against the trusted root (%v)", who, err)
+		return fmt.Sprintf("is a keyless signature by %s whose transparency-log entry does not verify against the trusted root (%v)", who, err)
 	case strings.Contains(msg, "failed to verify leaf certificate"):
-		return fmt.Sprintf("is a keyless signature (by %s) whose certificate does not chain to the trusted root's Fulcio CAs at signing time", who)
+		return fmt.Sprintf("is a keyless signature by %s whose certificate does not chain to the trusted root's Fulcio CAs at signing time", who)
 	case strings.Contains(msg, "signed certificate timestamp"):
-		return fmt.Sprintf("is a keyless signature (by %s) whose certificate lacks a verified certificate-transparency timestamp (%v)", who, err)
+		return fmt.Sprintf("is a keyless signature by %s whose certificate lacks a verified certificate-transparency timestamp (%v)", who, err)
 	case strings.Contains(msg, "failed to verify timestamps"):
-		return fmt.Sprintf("is a keyless signature (by %s) without the verified timestamps the policy requires (%v)", who, err)
+		return fmt.Sprintf("is a keyless signature by %s without the verified timestamps the policy requires (%v)", who, err)
 	case strings.Contains(msg, "failed to verify signature"):
-		return fmt.Sprintf("is a keyless signature (by %s) that does not match what it signs (%v)", who, err)
+		return fmt.Sprintf("is a keyless signature by %s that does not match what it signs (%v)", who, err)
 	}
-	return fmt.Sprintf("is a keyless signature (by %s) that does not verify (%v)", who, err)
+	return fmt.Sprintf("is a keyless signature by %s that does not verify (%v)", who, err)
 }
 
 func (s *session) keylessAcceptance(res *sgverify.VerificationResult, cert *x509.Certificate, what string) acceptance {

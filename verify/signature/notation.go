@@ -16,11 +16,7 @@ const (
 
 // checkNotationArtifact hands one Notary Project signature's envelope to
 // the Notation verifier.
-func (s *session) checkNotationArtifact(ctx context.Context, desc ocispec.Descriptor) error {
-	m, err := s.manifest(ctx, desc.Digest.String(), desc.Size)
-	if err != nil || m == nil {
-		return err
-	}
+func (s *session) checkNotationArtifact(ctx context.Context, desc ocispec.Descriptor, m *ocispec.Manifest) error {
 	var layer *ocispec.Descriptor
 	for i := range m.Layers {
 		if mt := m.Layers[i].MediaType; mt == notationJWS || mt == notationCOSE {

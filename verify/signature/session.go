@@ -226,7 +226,19 @@ func (s *session) referrers(ctx context.Context) error {
 		return fmt.Errorf("listing referrers: %w", err)
 	}
 	for _, desc := range descs {
-		var check func(context.Context, ocispec.Descriptor) error
+		var m *ocispec.Manifest
+		if desc.ArtifactType == "" || desc.ArtifactType == ocispec.MediaTypeEmptyJSON {
+			// Some registries list an artifact's config media type
+			// instead of its artifactType: read the manifest to know.
+			if m, err = s.manifest(ctx, desc.Digest.String(), desc.Size); err != nil {
+				return err
+			}
+			if m == nil {
+				continue
+			}
+			desc.ArtifactType = m.ArtifactType
+		}
+		var check func(context.Context, ocispec.Descriptor, *ocispec.Manifest) error
 		switch {
 		case strings.HasPrefix(desc.ArtifactType, "application/vnd.dev.sigstore.bundle") &&
 			(len(s.v.keys) > 0 || len(s.v.identities) > 0):
@@ -239,7 +251,16 @@ func (s *session) referrers(ctx context.Context) error {
 		if err := s.take(); err != nil {
 			return err
 		}
-		if err := check(ctx, desc); err != nil {
+		if m == nil {
+			if m, err = s.manifest(ctx, desc.Digest.String(), desc.Size); err != nil {
+				return err
+			}
+			if m == nil {
+				s.refuse("is listed among the referrers but missing from the registry")
+				continue
+			}
+		}
+		if err := check(ctx, desc, m); err != nil {
 			return err
 		}
 		if s.done() {
@@ -292,6 +313,9 @@ func (s *session) refusalMessage() string {
 		msg = fmt.Sprintf("%d signatures found, none verified: %s", n, strings.Join(clauses, "; "))
 	}
 	if s.capHit != "" {
+		if len(s.refusals) == 0 {
+			return s.capHit + "; no signature could be checked within it"
+		}
 		msg = s.capHit + "; " + msg
 	}
 	return msg

@@ -39,6 +39,7 @@ var errCap = errors.New("cap reached")
 // session is one Verify call: what was found, what was refused and why,
 // and how much of the caps is left.
 type session struct {
+	ctx         context.Context // for logging only; calls that wait take their own
 	v           *Verifier
 	f           Fetcher
 	subject     digest.Digest
@@ -58,13 +59,15 @@ type acceptance struct {
 	kind, keyID, identity, message string
 }
 
-func (s *session) logf(ctx context.Context, msg string, args ...any) {
-	s.v.log.Log(ctx, slog.LevelDebug, msg, append([]any{"policy", s.v.policy, "digest", s.subject.String()}, args...)...)
+func (s *session) log(msg string, attrs ...slog.Attr) {
+	s.v.log.LogAttrs(s.ctx, slog.LevelDebug, msg, append([]slog.Attr{
+		slog.String("policy", s.v.policy), slog.String("digest", s.subject.String())}, attrs...)...)
 }
 
 // run discovers and checks signatures until one verifies (and every
 // required attestation is found) or none are left.
 func (s *session) run(ctx context.Context) error {
+	s.ctx = ctx
 	steps := []func(context.Context) error{s.legacy}
 	steps = append(steps, s.referrers)
 	for _, step := range steps {
@@ -170,9 +173,11 @@ func (s *session) blob(ctx context.Context, desc ocispec.Descriptor) ([]byte, er
 func (s *session) refuse(format string, args ...any) {
 	r := fmt.Sprintf(format, args...)
 	s.refusals = append(s.refusals, r)
+	s.log("signature refused", slog.String("reason", r))
 }
 
 func (s *session) accept(a acceptance) {
+	s.log("signature verified", slog.String("kind", a.kind), slog.String("keyId", a.keyID), slog.String("identity", a.identity))
 	if s.accepted == nil {
 		s.accepted = &a
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -197,6 +198,30 @@ func TestVerify(t *testing.T) {
 				return cfg, nil
 			},
 			want: func(e *env) want { return want{verified: true, kind: "keyless", examined: 1} },
+		},
+		{
+			name: "keyless signature copied from another image",
+			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
+				st.PushSignatures(t, e.u, repo, e.d, e.vs.SignKeyless(t, ghRepo, ghIssuer, st.Payload(e.u.Host+"/"+repo, e.other)))
+				return e.keyless(t), nil
+			},
+			want: func(e *env) want {
+				return want{message: []string{"it names another image (" + e.other.String() + ")"}, examined: 1}
+			},
+		},
+		{
+			name: "keyless legacy with required timestamp missing",
+			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
+				l := e.vs.SignKeyless(t, ghRepo, ghIssuer, e.payload())
+				delete(l.Annotations, st.AnnotationTimestamp)
+				st.PushSignatures(t, e.u, repo, e.d, l)
+				cfg := e.keyless(t)
+				cfg.Timestamps = 1
+				return cfg, nil
+			},
+			want: func(e *env) want {
+				return want{message: []string{"without the verified timestamps the policy requires"}, examined: 1}
+			},
 		},
 		{
 			name: "keyless by another identity",
@@ -508,6 +533,38 @@ func TestFetchError(t *testing.T) {
 	}
 }
 
+// TestCancelled checks that a cancelled check is an error, not evidence.
+func TestCancelled(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	k := st.NewKey(t, st.ECDSA)
+	st.PushSignatures(t, e.u, repo, e.d, st.SignKey(t, k, e.payload()))
+	v := newVerifier(t, config.Signature{Keys: []string{e.keyFile(t, k)}}, signature.Options{})
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if ev, err := v.Verify(ctx, e.fetcher, e.d, e.subject.MediaType); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Verify with a cancelled context: evidence %+v, error %v; want context.Canceled", ev, err)
+	}
+}
+
+// TestLogsReasons checks that each refused signature is logged with its
+// reason at debug level.
+func TestLogsReasons(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	st.PushSignatures(t, e.u, repo, e.d, st.SignKey(t, st.NewKey(t, st.ECDSA), e.payload()))
+	var buf bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	v := newVerifier(t, config.Signature{Keys: []string{e.keyFile(t, st.NewKey(t, st.ECDSA))}}, signature.Options{Logger: logger})
+	if _, err := v.Verify(t.Context(), e.fetcher, e.d, e.subject.MediaType); err != nil {
+		t.Fatal(err)
+	}
+	if got := buf.String(); !strings.Contains(got, "signature refused") || !strings.Contains(got, "policy=official") ||
+		!strings.Contains(got, e.d.String()) || !strings.Contains(got, "is signed by a key the policy does not list") {
+		t.Fatalf("log %q lacks the refusal", got)
+	}
+}
+
 // TestNew checks that New refuses what it cannot use, naming the file.
 func TestNew(t *testing.T) {
 	t.Parallel()
@@ -528,6 +585,7 @@ func TestNew(t *testing.T) {
 		{"unreadable key", config.Signature{Keys: []string{filepath.Join(dir, "missing.pub")}}, "missing.pub"},
 		{"not a key", config.Signature{Keys: []string{bad}}, "bad.pub is not a PEM public key"},
 		{"not a trusted root", config.Signature{TrustedRoot: badRoot, Keyless: []config.KeylessIdentity{{Issuer: ghIssuer, Subject: ghRepo}}}, "root.json is not a Sigstore trusted root"},
+		{"timestamps without a trusted root", config.Signature{Timestamps: 1}, "timestamps needs trustedRoot"},
 		{"notation without verifier", config.Signature{Notation: &config.NotationTrust{TrustedIdentities: []string{"*"}}}, "no Notation verifier"},
 	}
 	for _, tc := range cases {

@@ -139,6 +139,9 @@ func New(policy string, cfg config.Signature, read func(path string) ([]byte, er
 	if len(cfg.Keyless) > 0 && v.root == nil {
 		return nil, fmt.Errorf("policy %s: keyless identities need trustedRoot", policy)
 	}
+	if cfg.Timestamps > 0 && v.root == nil {
+		return nil, fmt.Errorf("policy %s: timestamps needs trustedRoot, whose timestamp authorities check them", policy)
+	}
 	if cfg.TransparencyLog > 0 && v.root == nil {
 		return nil, fmt.Errorf("policy %s: transparencyLog needs trustedRoot, whose Rekor keys check the log entries", policy)
 	}

@@ -95,7 +95,7 @@ func (s *session) verifyBundleKey(b *bundle.Bundle, artifact sgverify.ArtifactPo
 	}
 	var opts []sgverify.VerifierOption
 	if n := s.v.cfg.TransparencyLog; n > 0 {
-		opts = append(opts, sgverify.WithTransparencyLog(n), sgverify.WithIntegratedTimestamps(1))
+		opts = append(opts, sgverify.WithTransparencyLog(n), sgverify.WithObserverTimestamps(1))
 	}
 	if n := s.v.cfg.Timestamps; n > 0 {
 		opts = append(opts, sgverify.WithSignedTimestamps(n))

@@ -183,7 +183,7 @@ func (s *session) checkLegacyKeyless(payload []byte, entity *legacyEntity, certP
 func (s *session) verifyKeyless(entity sgverify.SignedEntity, artifact sgverify.ArtifactPolicyOption, who string) (*sgverify.VerificationResult, bool) {
 	opts := []sgverify.VerifierOption{
 		sgverify.WithTransparencyLog(atLeastOne(s.v.cfg.TransparencyLog)),
-		sgverify.WithIntegratedTimestamps(1),
+		sgverify.WithObserverTimestamps(1),
 		sgverify.WithSignedCertificateTimestamps(atLeastOne(s.v.cfg.CertificateTransparency)),
 	}
 	if n := s.v.cfg.Timestamps; n > 0 {

@@ -46,7 +46,7 @@ type env struct {
 
 const repo = "acme/app"
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	u := upstreamtest.New(t, upstreamtest.Options{})
 	img := u.PushImage(t, repo, "v1", 256, 1)
@@ -75,22 +75,22 @@ func loopbackOnly() http.RoundTripper {
 
 func (e *env) payload() []byte { return st.Payload(e.u.Host+"/"+repo, e.d) }
 
-func (e *env) keyFile(t *testing.T, k *st.Key) string { return k.WritePublic(t, e.dir) }
+func (e *env) keyFile(t testing.TB, k *st.Key) string { return k.WritePublic(t, e.dir) }
 
-func (e *env) rootFile(t *testing.T, vs *st.VirtualSigstore) string {
+func (e *env) rootFile(t testing.TB, vs *st.VirtualSigstore) string {
 	t.Helper()
 	dir := t.TempDir()
 	return vs.WriteTrustedRoot(t, dir)
 }
 
-func (e *env) keyless(t *testing.T) config.Signature {
+func (e *env) keyless(t testing.TB) config.Signature {
 	return config.Signature{
 		Keyless:     []config.KeylessIdentity{{Issuer: ghIssuer, SubjectRegExp: "^https://github.com/acme/"}},
 		TrustedRoot: e.rootFile(t, e.vs),
 	}
 }
 
-func (e *env) pushBundle(t *testing.T, b []byte, predicate string) ocispec.Descriptor {
+func (e *env) pushBundle(t testing.TB, b []byte, predicate string) ocispec.Descriptor {
 	t.Helper()
 	if predicate == "" {
 		predicate = signature.CosignSignPredicateType
@@ -98,7 +98,7 @@ func (e *env) pushBundle(t *testing.T, b []byte, predicate string) ocispec.Descr
 	return st.PushArtifact(t, e.u, repo, "", st.BundleArtifact(t, e.subject, b, predicate))
 }
 
-func newVerifier(t *testing.T, cfg config.Signature, o signature.Options) *signature.Verifier {
+func newVerifier(t testing.TB, cfg config.Signature, o signature.Options) *signature.Verifier {
 	t.Helper()
 	v, err := signature.New("official", cfg, os.ReadFile, o)
 	if err != nil {

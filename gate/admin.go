@@ -70,10 +70,28 @@ func (g *Gate) Unblock(ctx context.Context, repo string, d digest.Digest, actor,
 	}, metadata.Change{Actor: actor, Action: "unblock", Reason: reason})
 }
 
-// Rescan runs the image's checks again and records the result.
+// Rescan runs the image's checks again, signatures included, and records
+// the result.
 func (g *Gate) Rescan(ctx context.Context, repo string, d digest.Digest, actor string) (metadata.Image, error) {
-	return g.adminChange(ctx, repo, d, g.now(), true, func(*metadata.Image) error { return nil },
-		metadata.Change{Actor: actor, Action: "rescan", Reason: "checks run again on request"})
+	g.mu.RLock()
+	img := g.images[imageKey(repo, d)]
+	g.mu.RUnlock()
+	if img == nil {
+		return metadata.Image{}, fmt.Errorf("airlock has not seen %s: %w", imageKey(repo, d), storage.ErrNotFound)
+	}
+	var sigs []metadata.SignatureEvidence
+	if img.Artifact == "" {
+		var err error
+		if sigs, err = g.gather(ctx, g.policies.Load(), repo, d, img.MediaType, nil); err != nil {
+			return metadata.Image{}, err
+		}
+	}
+	return g.adminChange(ctx, repo, d, g.now(), true, func(cur *metadata.Image) error {
+		if cur.Artifact == "" {
+			cur.Verdict.Signatures = sigs
+		}
+		return nil
+	}, metadata.Change{Actor: actor, Action: "rescan", Reason: "checks run again on request"})
 }
 
 // Delete removes repo@d's cached manifest and the blobs nothing else uses.

@@ -2,6 +2,7 @@ package gate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -27,13 +28,34 @@ const (
 // another digest before is taken from that image, which is decided again
 // without it.
 func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now time.Time) (*metadata.Image, error) {
+	set := g.policies.Load()
+	artifact := signatureArtifact(s.MediaType, s.Body)
+	var sigs []metadata.SignatureEvidence
+	if artifact == "" {
+		g.mu.RLock()
+		var have []metadata.SignatureEvidence
+		if known := g.images[imageKey(repo, s.Digest)]; known != nil {
+			have = known.Verdict.Signatures
+		}
+		g.mu.RUnlock()
+		var err error
+		// Verifying reads the signatures from the upstream: outside the
+		// write lock, so other images are decided meanwhile.
+		if sigs, err = g.gather(ctx, set, repo, s.Digest, s.MediaType, have); err != nil {
+			return nil, err
+		}
+	}
 	g.write.Lock()
 	defer g.write.Unlock()
-	set := g.policies.Load()
 	img, err := g.change(ctx, repo, s.Digest, now, func(img *metadata.Image) (metadata.Change, error) {
 		if img.FirstSeen.IsZero() {
 			img.MediaType = s.MediaType
 			img.Platforms = platforms(s.Body)
+		}
+		if artifact != "" {
+			img.Artifact = artifact
+		} else {
+			img.Verdict.Signatures = sigs
 		}
 		if s.Tag != "" && !slices.Contains(img.Tags, s.Tag) {
 			img.Tags = append(img.Tags, s.Tag)
@@ -83,15 +105,21 @@ func decided(from metadata.State, img *metadata.Image) string {
 	return ""
 }
 
-// decide sets img's verdict under set and its state and reasons under its
-// override, at now. tag, when set, is the tag being pulled: pins name it
-// first.
+// decide sets img's verdict under set, with the signature evidence in its
+// verdict, and its state and reasons under its override, at now. tag, when
+// set, is the tag being pulled: pins name it first. A signature artifact
+// is approved whatever the policies say.
 func decide(set *policy.Set, img *metadata.Image, tag string, now time.Time) {
-	tags := img.Tags
-	if tag != "" {
-		tags = append([]string{tag}, slices.DeleteFunc(slices.Clone(img.Tags), func(t string) bool { return t == tag })...)
+	if img.Artifact != "" {
+		img.Verdict = metadata.Verdict{State: metadata.StateApproved, DecidedAt: now}
+	} else {
+		tags := img.Tags
+		if tag != "" {
+			tags = append([]string{tag}, slices.DeleteFunc(slices.Clone(img.Tags), func(t string) bool { return t == tag })...)
+		}
+		img.Verdict = set.Evaluate(policy.Subject{Repository: img.Repository, Digest: img.Digest, Tags: tags,
+			Signatures: img.Verdict.Signatures}, now)
 	}
-	img.Verdict = set.Evaluate(policy.Subject{Repository: img.Repository, Digest: img.Digest, Tags: tags}, now)
 	img.State, img.Reasons = policy.Effective(img.Verdict, img.Override, now)
 }
 
@@ -229,38 +257,62 @@ func byOf(actor string) string {
 func (g *Gate) SetAlerts(r Router) { g.alerts.Store(&routerBox{r}) }
 
 // SetPolicies replaces the policies and decides again every image whose
-// verdict they change, recording each transition. It returns how many
-// images changed state.
+// verdict they change, recording each transition; signatures are checked
+// again where the trust material changed. It returns how many images
+// changed state. An image whose signatures cannot be checked now keeps its
+// state, and the error names it.
 func (g *Gate) SetPolicies(ctx context.Context, set *policy.Set) (int, error) {
-	g.write.Lock()
-	defer g.write.Unlock()
 	g.policies.Store(set)
 	now := g.now()
 	g.mu.RLock()
-	var todo []*metadata.Image
+	all := make([]*metadata.Image, 0, len(g.images))
 	for _, img := range g.images {
-		next := *img
-		decide(set, &next, "", now)
-		if next.State != img.State || !sameReasons(next.Reasons, img.Reasons) {
-			todo = append(todo, img)
-		}
+		all = append(all, img)
 	}
 	g.mu.RUnlock()
 	changed := 0
-	for _, img := range todo {
+	var errs []error
+	for _, img := range all {
+		sigs := img.Verdict.Signatures
+		if img.Artifact == "" {
+			fresh, err := g.gather(ctx, set, img.Repository, img.Digest, img.MediaType, sigs)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			sigs = fresh
+		}
+		next := *img
+		next.Verdict.Signatures = sigs
+		decide(set, &next, "", now)
+		if next.State == img.State && sameReasons(next.Reasons, img.Reasons) && sameEvidence(next.Verdict.Signatures, img.Verdict.Signatures) {
+			continue
+		}
 		before := img.State
+		g.write.Lock()
 		after, err := g.change(ctx, img.Repository, img.Digest, now, func(cur *metadata.Image) (metadata.Change, error) {
+			if cur.Artifact == "" {
+				cur.Verdict.Signatures = sigs
+			}
 			decide(set, cur, "", now)
 			return metadata.Change{Actor: actorPolicy, Action: "redecide", Reason: "the policies changed"}, nil
 		})
+		g.write.Unlock()
 		if err != nil {
-			return changed, fmt.Errorf("deciding %s again under the new policies: %w", imageKey(img.Repository, img.Digest), err)
+			errs = append(errs, fmt.Errorf("deciding %s again under the new policies: %w", imageKey(img.Repository, img.Digest), err))
+			continue
 		}
 		if after.State != before {
 			changed++
 		}
 	}
-	return changed, nil
+	return changed, errors.Join(errs...)
+}
+
+func sameEvidence(a, b []metadata.SignatureEvidence) bool {
+	return slices.EqualFunc(a, b, func(x, y metadata.SignatureEvidence) bool {
+		return x.Policy == y.Policy && x.Hash == y.Hash && x.Verified == y.Verified
+	})
 }
 
 func sameReasons(a, b []metadata.Reason) bool {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/policy"
@@ -71,6 +72,8 @@ type Options struct {
 	Policies *policy.Set
 	// Alerts routes events to webhooks; nil sends none.
 	Alerts Router
+	// Verify runs signature checks; required when a policy has one.
+	Verify Verify
 	// Delivered is called after a change queued deliveries (to wake the
 	// deliverer); nil does nothing.
 	Delivered func()
@@ -95,6 +98,8 @@ type Gate struct {
 	now       func() time.Time
 	log       *slog.Logger
 	metrics   *metrics
+	verify    Verify
+	flights   singleflight.Group
 
 	policies atomic.Pointer[policy.Set]
 	alerts   atomic.Pointer[routerBox]
@@ -127,7 +132,7 @@ func New(ctx context.Context, o Options) (*Gate, error) {
 		return nil, errors.New("gate: Store and Content are required")
 	}
 	g := &Gate{
-		store: o.Store, content: o.Content, known: o.KnownRepository, delivered: o.Delivered,
+		store: o.Store, content: o.Content, known: o.KnownRepository, delivered: o.Delivered, verify: o.Verify,
 		retry: o.PendingRetry, now: o.Now, log: o.Logger,
 		images: map[string]*metadata.Image{}, tags: map[string]digest.Digest{},
 		parents: map[string][]string{}, blocks: map[string]int{}, stats: map[string]*metadata.PullStat{},
@@ -249,7 +254,20 @@ func (g *Gate) Admit(ctx context.Context, s proxy.Subject) (proxy.Decision, erro
 		return proxy.Decision{Message: fmt.Sprintf("%s@%s is a platform of %s@%s, which is %s: %s. %s",
 			repo, s.Digest, repo, parent.Digest, stateOf(parent, now), summary(parent), showHint(parent))}, nil
 	}
+	if proxy.Internal(ctx) && signatureArtifact(s.MediaType, s.Body) == "" {
+		// airlock reads signatures for itself; an image it meets while
+		// doing so is not judged (and verified) in turn.
+		g.metrics.decision("deny")
+		return proxy.Decision{Message: fmt.Sprintf("%s@%s is not a signature artifact; airlock reads only signatures while verifying", repo, s.Digest)}, nil
+	}
 	img, err := g.observe(ctx, repo, s, now)
+	if isUnchecked(err) {
+		g.metrics.decision("pending")
+		g.log.LogAttrs(ctx, slog.LevelWarn, "signatures could not be checked; the pull is asked to retry",
+			slog.String("image", key), slog.String("error", err.Error()))
+		return proxy.Decision{RetryAfter: g.retry,
+			Message: fmt.Sprintf("%s@%s: its signatures could not be checked yet (%v); retry shortly", repo, s.Digest, err)}, nil
+	}
 	if err != nil {
 		if !g.policies.Load().Governs(repo) {
 			// Where no policy applies airlock serves as a plain cache

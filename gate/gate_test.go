@@ -124,7 +124,7 @@ func (h *harness) policies() *policy.Set {
 	h.t.Helper()
 	pols := append([]config.Policy(nil), pinPolicy...)
 	pols[0].Pins = h.pins
-	set, err := policy.Compile(pols, os.ReadFile)
+	set, err := policy.Compile(pols, os.ReadFile, nil)
 	if err != nil {
 		h.t.Fatal(err)
 	}

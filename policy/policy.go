@@ -15,11 +15,27 @@ import (
 
 // Policy is one compiled policy.
 type Policy struct {
-	Name  string
-	Mode  string
-	match []*regexp.Regexp
-	pins  *Pins
+	Name      string
+	Mode      string
+	match     []*regexp.Regexp
+	pins      *Pins
+	signature SignatureCheck
 }
+
+// SignatureCheck is a policy's compiled signature check
+// (verify/signature's Verifier). Evaluation only compares its Hash with
+// the evidence's: the gate gathers the evidence by running the check.
+type SignatureCheck interface {
+	// Hash identifies the trust material and settings, so evidence found
+	// under other ones is not reused.
+	Hash() string
+}
+
+// Signature returns the policy's signature check, or nil.
+func (p *Policy) Signature() SignatureCheck { return p.signature }
+
+// NewSignatureCheck compiles the signature section of the named policy.
+type NewSignatureCheck func(policy string, cfg config.Signature) (SignatureCheck, error)
 
 // Matches reports whether the policy covers repo ("<upstream>/<repository>").
 func (p *Policy) Matches(repo string) bool {
@@ -38,8 +54,10 @@ type Set struct {
 }
 
 // Compile builds the policies of cfg. read returns a file's content (the
-// pin files); its errors, and a pin file's, name the policy.
-func Compile(cfg []config.Policy, read func(path string) ([]byte, error)) (*Set, error) {
+// pin files); its errors, and a pin file's, name the policy. newCheck
+// compiles signature sections; a policy with one and a nil newCheck is an
+// error.
+func Compile(cfg []config.Policy, read func(path string) ([]byte, error), newCheck NewSignatureCheck) (*Set, error) {
 	s := &Set{}
 	for i, c := range cfg {
 		p := &Policy{Name: c.Name, Mode: c.Mode}
@@ -60,6 +78,15 @@ func Compile(cfg []config.Policy, read func(path string) ([]byte, error)) (*Set,
 			}
 			if p.pins, err = ParsePins(c.Pins, data); err != nil {
 				return nil, fmt.Errorf("policies[%d] (%s): %w", i, c.Name, err)
+			}
+		}
+		if c.Signature != nil {
+			if newCheck == nil {
+				return nil, fmt.Errorf("policies[%d] (%s): signature checks are not available here", i, c.Name)
+			}
+			var err error
+			if p.signature, err = newCheck(c.Name, *c.Signature); err != nil {
+				return nil, fmt.Errorf("policies[%d] (%s): signature: %w", i, c.Name, err)
 			}
 		}
 		s.policies = append(s.policies, p)
@@ -98,17 +125,7 @@ func (s *Set) Len() int {
 }
 
 // Governs reports whether any policy matches repo.
-func (s *Set) Governs(repo string) bool {
-	if s == nil {
-		return false
-	}
-	for _, p := range s.policies {
-		if p.Matches(repo) {
-			return true
-		}
-	}
-	return false
-}
+func (s *Set) Governs(repo string) bool { return len(s.Matching(repo)) > 0 }
 
 // Subject is what a verdict is about.
 type Subject struct {
@@ -118,21 +135,44 @@ type Subject struct {
 	// Tags are the tags that resolve to Digest here, the one being pulled
 	// first.
 	Tags []string
+	// Signatures are the results of the matching policies' signature
+	// checks; a check without a result under its current Hash leaves the
+	// verdict pending.
+	Signatures []metadata.SignatureEvidence
+}
+
+// Matching returns the policies that match repo.
+func (s *Set) Matching(repo string) []*Policy {
+	if s == nil {
+		return nil
+	}
+	var out []*Policy
+	for _, p := range s.policies {
+		if p.Matches(repo) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // Evaluate judges s against every matching policy. The verdict is
-// approved when every enforcing policy passes, quarantined otherwise; its
-// reasons are the findings of every failing policy, enforcing or auditing.
+// approved when every enforcing policy passes, quarantined when one fails,
+// and pending when none fails but a check has no result yet; its reasons
+// are the findings of every failing policy, enforcing or auditing. The
+// signature evidence used is kept in the verdict.
 func (s *Set) Evaluate(sub Subject, now time.Time) metadata.Verdict {
 	v := metadata.Verdict{State: metadata.StateApproved, DecidedAt: now}
-	if s == nil {
-		return v
-	}
-	for _, p := range s.policies {
-		if !p.Matches(sub.Repository) {
-			continue
-		}
+	pending := false
+	for _, p := range s.Matching(sub.Repository) {
 		v.Policies = append(v.Policies, p.Name)
+		if p.signature != nil {
+			ev, ok := evidenceFor(sub.Signatures, p)
+			if ok {
+				v.Signatures = append(v.Signatures, ev)
+			} else if p.Mode != config.ModeAudit {
+				pending = true
+			}
+		}
 		for _, r := range p.findings(sub) {
 			if p.Mode == config.ModeAudit {
 				r.Mode = config.ModeAudit
@@ -142,12 +182,32 @@ func (s *Set) Evaluate(sub Subject, now time.Time) metadata.Verdict {
 			v.Reasons = append(v.Reasons, r)
 		}
 	}
+	if pending && v.State == metadata.StateApproved {
+		v.State = metadata.StatePending
+	}
 	return v
+}
+
+// evidenceFor finds p's signature result in evs, under p's current trust.
+func evidenceFor(evs []metadata.SignatureEvidence, p *Policy) (metadata.SignatureEvidence, bool) {
+	h := p.signature.Hash()
+	for _, ev := range evs {
+		if ev.Policy == p.Name && ev.Hash == h {
+			return ev, true
+		}
+	}
+	return metadata.SignatureEvidence{}, false
 }
 
 // findings are the checks of p that sub fails.
 func (p *Policy) findings(sub Subject) []metadata.Reason {
 	var out []metadata.Reason
+	if p.signature != nil {
+		if ev, ok := evidenceFor(sub.Signatures, p); ok && !ev.Verified {
+			out = append(out, metadata.Reason{Type: metadata.ReasonSignature, Policy: p.Name,
+				KeyID: ev.KeyID, Identity: ev.Identity, Message: fmt.Sprintf("policy %s: %s", p.Name, ev.Message)})
+		}
+	}
 	if p.pins != nil {
 		if msg, tag := p.pins.check(sub.Repository, sub.Digest, sub.Tags); msg != "" {
 			out = append(out, metadata.Reason{Type: metadata.ReasonPolicy, Policy: p.Name, Tag: tag,

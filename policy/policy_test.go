@@ -26,12 +26,18 @@ func compile(t *testing.T, pols []config.Policy, files map[string]string) *Set {
 			return []byte(data), nil
 		}
 		return nil, os.ErrNotExist
-	})
+	}, func(name string, c config.Signature) (SignatureCheck, error) { return hashCheck(c.TrustedRoot), nil })
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
 }
+
+// hashCheck stands for a compiled signature check: evaluation only reads
+// its hash.
+type hashCheck string
+
+func (h hashCheck) Hash() string { return string(h) }
 
 func TestEvaluatePins(t *testing.T) {
 	t.Parallel()
@@ -49,20 +55,20 @@ func TestEvaluatePins(t *testing.T) {
 		tag      string
 		policies []string
 	}{
-		{"bare pin, by digest", Subject{"hcl/app", dA, nil}, metadata.StateApproved, "", "", []string{"hcl-pinned"}},
-		{"bare pin, any repository", Subject{"hcl/team/x", dA, []string{"7"}}, metadata.StateApproved, "", "", []string{"hcl-pinned"}},
-		{"tag pin matches", Subject{"hcl/app", dB, []string{"1.0"}}, metadata.StateApproved, "", "", []string{"hcl-pinned"}},
-		{"second pin of a tag", Subject{"hcl/app", dA, []string{"1.0"}}, metadata.StateApproved, "", "", []string{"hcl-pinned"}},
-		{"pinned for the repository through another tag", Subject{"hcl/app", dB, []string{"2.0"}}, metadata.StateApproved, "", "", []string{"hcl-pinned"}},
-		{"tag pinned elsewhere", Subject{"hcl/other", dB, []string{"2"}}, metadata.StateQuarantined,
+		{"bare pin, by digest", Subject{Repository: "hcl/app", Digest: dA, Tags: nil}, metadata.StateApproved, "", "", []string{"hcl-pinned"}},
+		{"bare pin, any repository", Subject{Repository: "hcl/team/x", Digest: dA, Tags: []string{"7"}}, metadata.StateApproved, "", "", []string{"hcl-pinned"}},
+		{"tag pin matches", Subject{Repository: "hcl/app", Digest: dB, Tags: []string{"1.0"}}, metadata.StateApproved, "", "", []string{"hcl-pinned"}},
+		{"second pin of a tag", Subject{Repository: "hcl/app", Digest: dA, Tags: []string{"1.0"}}, metadata.StateApproved, "", "", []string{"hcl-pinned"}},
+		{"pinned for the repository through another tag", Subject{Repository: "hcl/app", Digest: dB, Tags: []string{"2.0"}}, metadata.StateApproved, "", "", []string{"hcl-pinned"}},
+		{"tag pinned elsewhere", Subject{Repository: "hcl/other", Digest: dB, Tags: []string{"2"}}, metadata.StateQuarantined,
 			"policy hcl-pinned: tag 2 resolved to " + dB.String()[:19] + ", but the pins allow it only " + dC.String()[:19], "2", []string{"hcl-pinned"}},
-		{"pinned in another repository only", Subject{"hcl/x", dC, nil}, metadata.StateQuarantined,
+		{"pinned in another repository only", Subject{Repository: "hcl/x", Digest: dC, Tags: nil}, metadata.StateQuarantined,
 			"policy hcl-pinned: " + dC.String()[:19] + " is not pinned", "", []string{"hcl-pinned"}},
-		{"unpinned by tag", Subject{"hcl/x", dC, []string{"latest"}}, metadata.StateQuarantined,
+		{"unpinned by tag", Subject{Repository: "hcl/x", Digest: dC, Tags: []string{"latest"}}, metadata.StateQuarantined,
 			"policy hcl-pinned: tag latest resolved to " + dC.String()[:19] + ", which is not pinned", "latest", []string{"hcl-pinned"}},
-		{"audit mode records and approves", Subject{"hub/library/nginx", dA, []string{"1"}}, metadata.StateApproved,
+		{"audit mode records and approves", Subject{Repository: "hub/library/nginx", Digest: dA, Tags: []string{"1"}}, metadata.StateApproved,
 			"policy watch: tag 1 resolved to " + dA.String()[:19] + ", which is not pinned", "1", []string{"watch"}},
-		{"no policy matches", Subject{"quay/x", dC, nil}, metadata.StateApproved, "", "", nil},
+		{"no policy matches", Subject{Repository: "quay/x", Digest: dC, Tags: nil}, metadata.StateApproved, "", "", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -125,7 +131,7 @@ func TestParsePinsErrors(t *testing.T) {
 		}
 	}
 	_, err := Compile([]config.Policy{{Name: "p", Match: []string{"x/*"}, Pins: "/missing"}},
-		func(string) ([]byte, error) { return nil, os.ErrNotExist })
+		func(string) ([]byte, error) { return nil, os.ErrNotExist }, nil)
 	if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "policies[0] (p)") {
 		t.Errorf("missing pin file: %v", err)
 	}
@@ -186,5 +192,47 @@ func TestEffective(t *testing.T) {
 			(rs[0].Type != metadata.ReasonManual || !strings.Contains(rs[0].Message, tc.o.Reason) || rs[0].Actor != tc.o.By) {
 			t.Errorf("%s: first reason %+v, want the manual one", tc.name, rs[0])
 		}
+	}
+}
+
+func TestEvaluateSignatures(t *testing.T) {
+	t.Parallel()
+	set := compile(t, []config.Policy{
+		{Name: "signed", Match: []string{"quay/*"}, Mode: config.ModeEnforce, Signature: &config.Signature{TrustedRoot: "root-v1"}},
+		{Name: "watched", Match: []string{"quay/watched/*"}, Mode: config.ModeAudit, Signature: &config.Signature{TrustedRoot: "root-w"}},
+	}, nil)
+	now := time.Now()
+	ok := metadata.SignatureEvidence{Policy: "signed", Hash: "root-v1", Verified: true, Kind: "key", KeyID: "sha256:ab", Message: "verified"}
+	bad := metadata.SignatureEvidence{Policy: "signed", Hash: "root-v1", Message: "no signature found", Identity: "https://github.com/evil"}
+	stale := ok
+	stale.Hash = "root-v0"
+	for _, tc := range []struct {
+		name   string
+		repo   string
+		evs    []metadata.SignatureEvidence
+		state  metadata.State
+		reason string
+	}{
+		{"verified", "quay/app", []metadata.SignatureEvidence{ok}, metadata.StateApproved, ""},
+		{"not verified", "quay/app", []metadata.SignatureEvidence{bad}, metadata.StateQuarantined, "policy signed: no signature found"},
+		{"not checked yet", "quay/app", nil, metadata.StatePending, ""},
+		{"checked under other trust", "quay/app", []metadata.SignatureEvidence{stale}, metadata.StatePending, ""},
+		{"audit policy without evidence does not hold the image", "quay/watched/x", []metadata.SignatureEvidence{ok}, metadata.StateApproved, ""},
+		{"other policy's evidence does not count", "quay/app", []metadata.SignatureEvidence{{Policy: "watched", Hash: "root-v1", Verified: true}}, metadata.StatePending, ""},
+	} {
+		v := set.Evaluate(Subject{Repository: tc.repo, Digest: dA, Signatures: tc.evs}, now)
+		if v.State != tc.state {
+			t.Errorf("%s: state %s, want %s (%+v)", tc.name, v.State, tc.state, v.Reasons)
+		}
+		if tc.reason != "" && (len(v.Reasons) != 1 || v.Reasons[0].Message != tc.reason || v.Reasons[0].Type != metadata.ReasonSignature ||
+			v.Reasons[0].Identity != bad.Identity) {
+			t.Errorf("%s: reasons %+v, want %q", tc.name, v.Reasons, tc.reason)
+		}
+		if tc.state == metadata.StateApproved && tc.repo == "quay/app" && (len(v.Signatures) != 1 || v.Signatures[0] != ok) {
+			t.Errorf("%s: verdict keeps evidence %+v", tc.name, v.Signatures)
+		}
+	}
+	if _, err := Compile([]config.Policy{{Name: "s", Match: []string{"x/*"}, Signature: &config.Signature{}}}, os.ReadFile, nil); err == nil {
+		t.Error("a signature policy compiled without a way to check signatures")
 	}
 }

@@ -414,7 +414,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, rq *request) error
 	if err != nil {
 		return err
 	}
-	if p.permit != nil {
+	if p.permit != nil && !Internal(r.Context()) {
 		if err := p.permit(r.Context(), route.Upstream.Name); err != nil {
 			return err
 		}

@@ -151,7 +151,7 @@ func (s *swap) set(h http.Handler)                               { s.h.Store(&h)
 func (h *Harness) start() {
 	tb := h.t
 	set, err := policy.Compile([]config.Policy{{Name: "hcl-pinned", Match: []string{"hcl/*"}, Mode: config.ModeEnforce,
-		Pins: filepath.Join(h.Dir, "pins.txt")}}, os.ReadFile)
+		Pins: filepath.Join(h.Dir, "pins.txt")}}, os.ReadFile, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}

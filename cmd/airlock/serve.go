@@ -642,7 +642,7 @@ func (g *gateway) adminHandler() (http.Handler, error) {
 func compilePolicies(cfg *config.Config) (*policy.Set, error) {
 	set, err := policy.Compile(cfg.Policies, func(path string) ([]byte, error) {
 		return readLimited(path, maxPinFileBytes)
-	})
+	}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("policies: %w", err)
 	}

@@ -50,7 +50,10 @@ func newBench(ctx context.Context, s settings, dir, bin string) (_ *bench, err e
 		return nil, err
 	}
 	logf("starting airlock, distribution and the ceiling")
-	if b.airlock, b.airlockURL, err = startAirlock(ctx, bin, dir, b.origin.URL); err != nil {
+	// The warm image is the only one pinned, for its tag: scenario 11
+	// pulls it through the policy.
+	pins := []string{fmt.Sprintf("%s/%s:%s %s", pinnedUpstream, b.warm.Repo, b.warm.Tag, b.warm.Digest)}
+	if b.airlock, b.airlockURL, err = startAirlock(ctx, bin, dir, b.origin, pins); err != nil {
 		return nil, err
 	}
 	if b.dist, err = startDistribution(ctx, filepath.Join(dir, "distribution"), b.origin.URL); err != nil {
@@ -109,6 +112,7 @@ func (b *bench) runAll(ctx context.Context) ([]row, error) {
 		{"8: first client hangs up", b.hangUp},
 		{"9: slow clients, memory", b.slowClients},
 		{"10: new repository sharing base layers", b.sharedBase},
+		{"11: warm manifest under a policy", b.warmUnderPolicy},
 	}
 	for i, st := range steps {
 		if b.s.only != "" && !slices.Contains(strings.Split(b.s.only, ","), strconv.Itoa(i+1)) {

@@ -36,6 +36,22 @@ func TestPercentile(t *testing.T) {
 	}
 }
 
+// TestSpreadPairsRounds checks that taking medians leaves the per-round
+// values in round order, so that the spread pairs the two contenders of
+// the same round: here airlock was 2× slower in round 1 and 2× faster in
+// round 2, which sorted pairs would hide as 1.00–1.00×.
+func TestSpreadPairsRounds(t *testing.T) {
+	t.Parallel()
+	a := []time.Duration{2, 1}
+	b := []time.Duration{1, 2}
+	if m, n := median(a), medianFloat(durations(b)); m != 1 || n != 1 {
+		t.Fatalf("medians %v and %v, want 1 and 1", m, n)
+	}
+	if got, want := roundSpread(durations(a), durations(b)), "0.50–2.00×"; got != want {
+		t.Fatalf("spread after taking medians = %q, want %q", got, want)
+	}
+}
+
 // TestOriginServesCountsAndThrottles pulls a seeded image from the origin
 // and checks what the scenarios rely on: correct bytes, one counted GET per
 // blob, ended transfers, and a throttle that really slows a response.
@@ -56,6 +72,9 @@ func TestOriginServesCountsAndThrottles(t *testing.T) {
 		t.Fatalf("pull from the origin: %v", err)
 	}
 	for _, b := range img.Blobs {
+		// The client has the whole body before the origin's handler
+		// returns and counts the GET as ended.
+		o.waitBlobIdle(b.Digest, 10*time.Second)
 		if started, ended, full := o.blobState(b.Digest); started != 1 || ended != 1 || full != 1 {
 			t.Fatalf("blob %s: %d GETs started, %d ended, %d whole; want 1, 1, 1", b.Digest, started, ended, full)
 		}

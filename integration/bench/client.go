@@ -158,26 +158,30 @@ func (c *client) manifest(ctx context.Context, base, repo, ref string) (string, 
 	return "sha256:" + hex.EncodeToString(sum[:]), body, nil
 }
 
-// median of xs; xs is reordered.
+// median of xs.
 func median(xs []time.Duration) time.Duration {
 	return percentile(xs, 50)
 }
 
 // percentile returns the nearest-rank p-th percentile of xs (0 when
-// empty); xs is reordered.
+// empty). It sorts a copy: callers keep per-round values in round order
+// for roundSpread, which pairs them by index.
 func percentile(xs []time.Duration, p float64) time.Duration {
 	if len(xs) == 0 {
 		return 0
 	}
+	xs = slices.Clone(xs)
 	slices.Sort(xs)
 	i := int(float64(len(xs))*p/100+0.999999) - 1
 	return xs[max(0, min(i, len(xs)-1))]
 }
 
+// medianFloat is median for float64s; like percentile it sorts a copy.
 func medianFloat(xs []float64) float64 {
 	if len(xs) == 0 {
 		return 0
 	}
+	xs = slices.Clone(xs)
 	slices.Sort(xs)
 	return xs[(len(xs)-1)/2]
 }

@@ -13,7 +13,9 @@
 //     request and the bytes it sends, and can throttle each response to a
 //     bandwidth, as a distant registry would;
 //   - airlock as its own process (built from ./cmd/airlock), so its CPU time
-//     and resident memory can be read from /proc/<pid>;
+//     and resident memory can be read from /proc/<pid>; the origin is its
+//     default upstream, and, on a second port, upstream "pinned", which a
+//     pin policy governs (scenario 11; no other scenario pulls through it);
 //   - distribution/v3 in proxy mode, in-process, on its own listener, with
 //     filesystem storage, pointed at the same origin;
 //   - a bare http.ServeContent of an *os.File with the blob's bytes, as its

@@ -18,7 +18,11 @@ import (
 // blob transfer has ended.
 type origin struct {
 	URL string
-	srv *http.Server
+	// PinnedURL reaches the same registry on a second port: airlock
+	// refuses two upstreams with one host, and scenario 11 needs a second
+	// upstream name for the same content.
+	PinnedURL string
+	srv       *http.Server
 
 	// rate limits each blob response to this many bytes per second; 0 is
 	// unlimited.
@@ -46,8 +50,14 @@ func startOrigin() (*origin, error) {
 	if err != nil {
 		return nil, err
 	}
+	l2, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
 	o := &origin{
 		URL:       "http://" + l.Addr().String(),
+		PinnedURL: "http://" + l2.Addr().String(),
 		manifests: map[string]manifest{},
 		blobs:     map[string]string{},
 		blobGETs:  map[string]int{},
@@ -57,6 +67,7 @@ func startOrigin() (*origin, error) {
 	}
 	o.srv = &http.Server{Handler: o, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = o.srv.Serve(l) }()
+	go func() { _ = o.srv.Serve(l2) }()
 	return o, nil
 }
 

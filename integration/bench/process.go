@@ -163,8 +163,10 @@ func buildAirlock(ctx context.Context, dir string) (string, error) {
 	return out, nil
 }
 
-// airlockConfig is the YAML airlock is started with: one default upstream,
-// the origin, and a tag TTL longer than the run.
+// airlockConfig is the YAML airlock is started with: the origin as the
+// default upstream, the same origin again as upstream "pinned" under a pin
+// policy (scenario 11), and a tag TTL longer than the run. Every other
+// scenario pulls through the default upstream, which no policy matches.
 const airlockConfig = `listen: %q
 storage:
   path: %q
@@ -178,11 +180,22 @@ upstreams:
   - name: origin
     url: %q
     default: true
+  - name: ` + pinnedUpstream + `
+    url: %q
+policies:
+  - name: bench-pinned
+    match: ["` + pinnedUpstream + `/*"]
+    mode: enforce
+    pins: %q
 `
 
+// pinnedUpstream names the upstream the pin policy governs.
+const pinnedUpstream = "pinned"
+
 // startAirlock writes a configuration under dir and starts bin serve on
-// it, returning once /readyz answers.
-func startAirlock(ctx context.Context, bin, dir, originURL string) (*child, string, error) {
+// it, returning once /readyz answers. pins are the lines of the policy's
+// pin file.
+func startAirlock(ctx context.Context, bin, dir string, o *origin, pins []string) (*child, string, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, "", err
@@ -191,8 +204,12 @@ func startAirlock(ctx context.Context, bin, dir, originURL string) (*child, stri
 	if err != nil {
 		return nil, "", err
 	}
+	pinFile := filepath.Join(dir, "pins.txt")
+	if err := os.WriteFile(pinFile, []byte(strings.Join(pins, "\n")+"\n"), 0o600); err != nil {
+		return nil, "", err
+	}
 	cfgPath := filepath.Join(dir, "airlock.yaml")
-	cfg := fmt.Sprintf(airlockConfig, addr, filepath.Join(dir, "airlock-data"), admin, originURL)
+	cfg := fmt.Sprintf(airlockConfig, addr, filepath.Join(dir, "airlock-data"), admin, o.URL, o.PinnedURL, pinFile)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, "", err
 	}

@@ -80,6 +80,9 @@ type SignatureEvidence struct {
 	CheckedAt time.Time `json:"checkedAt"`
 }
 
+// ArtifactSignature marks an Image that is a signature or attestation.
+const ArtifactSignature = "signature"
+
 // Override actions.
 const (
 	ActionRelease = "release"
@@ -124,7 +127,12 @@ type Image struct {
 	// Tags are the tags that last resolved to this image here.
 	Tags []string `json:"tags"`
 	// Platforms are the manifests an index lists; empty for a manifest.
-	Platforms  []Platform `json:"platforms,omitempty"`
+	Platforms []Platform `json:"platforms,omitempty"`
+	// Artifact is ArtifactSignature for a signature or attestation
+	// artifact: policies do not apply to those (they cannot be run, and
+	// verifiers in the cluster must be able to read them), and it is
+	// approved on sight.
+	Artifact   string     `json:"artifact,omitempty"`
 	FirstSeen  time.Time  `json:"firstSeen"`
 	UpdatedAt  time.Time  `json:"updatedAt"`
 	LastPulled time.Time  `json:"lastPulled,omitzero"`

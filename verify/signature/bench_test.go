@@ -17,11 +17,11 @@ func BenchmarkVerify(b *testing.B) {
 	}{
 		{"key", func(b *testing.B, e *env) config.Signature {
 			k := st.NewKey(b, st.ECDSA)
-			st.PushSignatures(b, e.u, repo, e.d, st.SignKey(b, k, e.payload()))
+			st.PushSignatures(b, e.u, repo, e.d, []st.Layer{st.SignKey(b, k, e.payload())})
 			return config.Signature{Keys: []string{e.keyFile(b, k)}}
 		}},
 		{"keyless-legacy", func(b *testing.B, e *env) config.Signature {
-			st.PushSignatures(b, e.u, repo, e.d, e.vs.SignKeyless(b, ghRepo, ghIssuer, e.payload()))
+			st.PushSignatures(b, e.u, repo, e.d, []st.Layer{e.vs.SignKeyless(b, ghRepo, ghIssuer, e.payload())})
 			return e.keyless(b)
 		}},
 		{"keyless-bundle", func(b *testing.B, e *env) config.Signature {

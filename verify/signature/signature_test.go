@@ -128,7 +128,7 @@ func TestVerify(t *testing.T) {
 			name: "wrong key",
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
 				signer, trusted := st.NewKey(t, st.ECDSA), st.NewKey(t, st.ECDSA)
-				st.PushSignatures(t, e.u, repo, e.d, st.SignKey(t, signer, e.payload()))
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{st.SignKey(t, signer, e.payload())})
 				return config.Signature{Keys: []string{e.keyFile(t, trusted)}}, nil
 			},
 			want: func(e *env) want {
@@ -149,7 +149,7 @@ func TestVerify(t *testing.T) {
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
 				k := st.NewKey(t, st.ECDSA)
 				copied := st.SignKey(t, k, st.Payload(e.u.Host+"/"+repo, e.other))
-				st.PushSignatures(t, e.u, repo, e.d, copied)
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{copied})
 				return config.Signature{Keys: []string{e.keyFile(t, k)}}, nil
 			},
 			want: func(e *env) want {
@@ -160,9 +160,7 @@ func TestVerify(t *testing.T) {
 			name: "two refused signatures",
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
 				k, unknown := st.NewKey(t, st.ECDSA), st.NewKey(t, st.RSA)
-				st.PushSignatures(t, e.u, repo, e.d,
-					st.SignKey(t, unknown, e.payload()),
-					st.SignKey(t, k, st.Payload(e.u.Host+"/"+repo, e.other)))
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{st.SignKey(t, unknown, e.payload()), st.SignKey(t, k, st.Payload(e.u.Host+"/"+repo, e.other))})
 				return config.Signature{Keys: []string{e.keyFile(t, k)}}, nil
 			},
 			want: func(e *env) want {
@@ -182,7 +180,7 @@ func TestVerify(t *testing.T) {
 		{
 			name: "keyless legacy",
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
-				st.PushSignatures(t, e.u, repo, e.d, e.vs.SignKeyless(t, ghRepo, ghIssuer, e.payload()))
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{e.vs.SignKeyless(t, ghRepo, ghIssuer, e.payload())})
 				return e.keyless(t), nil
 			},
 			want: func(e *env) want {
@@ -192,7 +190,7 @@ func TestVerify(t *testing.T) {
 		{
 			name: "keyless legacy with required timestamp",
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
-				st.PushSignatures(t, e.u, repo, e.d, e.vs.SignKeyless(t, ghRepo, ghIssuer, e.payload()))
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{e.vs.SignKeyless(t, ghRepo, ghIssuer, e.payload())})
 				cfg := e.keyless(t)
 				cfg.Timestamps = 1
 				return cfg, nil
@@ -202,7 +200,7 @@ func TestVerify(t *testing.T) {
 		{
 			name: "keyless signature copied from another image",
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
-				st.PushSignatures(t, e.u, repo, e.d, e.vs.SignKeyless(t, ghRepo, ghIssuer, st.Payload(e.u.Host+"/"+repo, e.other)))
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{e.vs.SignKeyless(t, ghRepo, ghIssuer, st.Payload(e.u.Host+"/"+repo, e.other))})
 				return e.keyless(t), nil
 			},
 			want: func(e *env) want {
@@ -214,7 +212,7 @@ func TestVerify(t *testing.T) {
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
 				l := e.vs.SignKeyless(t, ghRepo, ghIssuer, e.payload())
 				delete(l.Annotations, st.AnnotationTimestamp)
-				st.PushSignatures(t, e.u, repo, e.d, l)
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{l})
 				cfg := e.keyless(t)
 				cfg.Timestamps = 1
 				return cfg, nil
@@ -226,7 +224,7 @@ func TestVerify(t *testing.T) {
 		{
 			name: "keyless by another identity",
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
-				st.PushSignatures(t, e.u, repo, e.d, e.vs.SignKeyless(t, "https://github.com/evil/x", ghIssuer, e.payload()))
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{e.vs.SignKeyless(t, "https://github.com/evil/x", ghIssuer, e.payload())})
 				return e.keyless(t), nil
 			},
 			want: func(e *env) want {
@@ -237,7 +235,7 @@ func TestVerify(t *testing.T) {
 			name: "keyless from another root",
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
 				foreign := st.NewVirtualSigstore(t)
-				st.PushSignatures(t, e.u, repo, e.d, foreign.SignKeyless(t, ghRepo, ghIssuer, e.payload()))
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{foreign.SignKeyless(t, ghRepo, ghIssuer, e.payload())})
 				return e.keyless(t), nil
 			},
 			want: func(e *env) want {
@@ -251,7 +249,7 @@ func TestVerify(t *testing.T) {
 				l := foreign.SignKeyless(t, ghRepo, ghIssuer, e.payload())
 				sig := decodeSig(t, l)
 				l.Annotations[st.AnnotationBundle] = e.vs.RekorBundle(t, l.Payload, sig, []byte(l.Annotations[st.AnnotationCertificate]))
-				st.PushSignatures(t, e.u, repo, e.d, l)
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{l})
 				return e.keyless(t), nil
 			},
 			want: func(e *env) want {
@@ -263,7 +261,7 @@ func TestVerify(t *testing.T) {
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
 				l := e.vs.SignKeyless(t, ghRepo, ghIssuer, e.payload())
 				delete(l.Annotations, st.AnnotationBundle)
-				st.PushSignatures(t, e.u, repo, e.d, l)
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{l})
 				return e.keyless(t), nil
 			},
 			want: func(e *env) want {
@@ -274,7 +272,7 @@ func TestVerify(t *testing.T) {
 			name: "key with required log entry missing",
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
 				k := st.NewKey(t, st.ECDSA)
-				st.PushSignatures(t, e.u, repo, e.d, st.SignKey(t, k, e.payload()))
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{st.SignKey(t, k, e.payload())})
 				return config.Signature{Keys: []string{e.keyFile(t, k)}, TransparencyLog: 1, TrustedRoot: e.rootFile(t, e.vs)}, nil
 			},
 			want: func(e *env) want {
@@ -285,7 +283,7 @@ func TestVerify(t *testing.T) {
 			name: "key with required log entry present",
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
 				k := st.NewKey(t, st.ECDSA)
-				st.PushSignatures(t, e.u, repo, e.d, e.vs.SignKeyWithLog(t, k, e.payload()))
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{e.vs.SignKeyWithLog(t, k, e.payload())})
 				return config.Signature{Keys: []string{e.keyFile(t, k)}, TransparencyLog: 1, TrustedRoot: e.rootFile(t, e.vs)}, nil
 			},
 			want: func(e *env) want { return want{verified: true, kind: "key", examined: 1} },
@@ -294,7 +292,7 @@ func TestVerify(t *testing.T) {
 			name: "key with log entry from an untrusted log",
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
 				k := st.NewKey(t, st.ECDSA)
-				st.PushSignatures(t, e.u, repo, e.d, st.NewVirtualSigstore(t).SignKeyWithLog(t, k, e.payload()))
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{st.NewVirtualSigstore(t).SignKeyWithLog(t, k, e.payload())})
 				return config.Signature{Keys: []string{e.keyFile(t, k)}, TransparencyLog: 1, TrustedRoot: e.rootFile(t, e.vs)}, nil
 			},
 			want: func(e *env) want {
@@ -315,7 +313,7 @@ func TestVerify(t *testing.T) {
 			name: "v3 bundle via the fallback tag",
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
 				desc := e.pushBundle(t, e.vs.BundleV3(t, st.BundleOptions{Subject: e.d, Identity: ghRepo, Issuer: ghIssuer}), "")
-				st.PushFallbackIndex(t, e.u, repo, e.d, desc)
+				st.PushFallbackIndex(t, e.u, repo, e.d, []ocispec.Descriptor{desc})
 				f := *e.fetcher
 				f.NoReferrersAPI = true
 				return e.keyless(t), &f
@@ -369,7 +367,7 @@ func TestVerify(t *testing.T) {
 			name: "required attestation present",
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
 				e.pushBundle(t, e.vs.BundleV3(t, st.BundleOptions{Subject: e.d, PredicateType: slsa, Identity: ghRepo, Issuer: ghIssuer}), slsa)
-				st.PushSignatures(t, e.u, repo, e.d, e.vs.SignKeyless(t, ghRepo, ghIssuer, e.payload()))
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{e.vs.SignKeyless(t, ghRepo, ghIssuer, e.payload())})
 				cfg := e.keyless(t)
 				cfg.Attestations = []string{slsa}
 				return cfg, nil
@@ -385,7 +383,7 @@ func TestVerify(t *testing.T) {
 					layers = append(layers, st.SignKey(t, unknown, e.payload()))
 				}
 				layers = append(layers, st.SignKey(t, k, e.payload()))
-				st.PushSignatures(t, e.u, repo, e.d, layers...)
+				st.PushSignatures(t, e.u, repo, e.d, layers)
 				return config.Signature{Keys: []string{e.keyFile(t, k)}, MaxSignatures: 2}, nil
 			},
 			want: func(e *env) want {
@@ -396,7 +394,7 @@ func TestVerify(t *testing.T) {
 			name: "maxBytes",
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
 				k := st.NewKey(t, st.ECDSA)
-				st.PushSignatures(t, e.u, repo, e.d, st.SignKey(t, k, e.payload()))
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{st.SignKey(t, k, e.payload())})
 				return config.Signature{Keys: []string{e.keyFile(t, k)}, MaxBytes: 64}, nil
 			},
 			want: func(e *env) want {
@@ -452,7 +450,7 @@ func keyCase(alg st.Alg) func(t *testing.T, e *env) (config.Signature, *st.Fetch
 	return func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
 		k := st.NewKey(t, alg)
 		other := st.NewKey(t, st.ECDSA)
-		st.PushSignatures(t, e.u, repo, e.d, st.SignKey(t, k, e.payload()))
+		st.PushSignatures(t, e.u, repo, e.d, []st.Layer{st.SignKey(t, k, e.payload())})
 		return config.Signature{Keys: []string{e.keyFile(t, other), e.keyFile(t, k)}}, nil
 	}
 }
@@ -476,7 +474,7 @@ func TestKeyID(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	k := st.NewKey(t, st.Ed25519)
-	st.PushSignatures(t, e.u, repo, e.d, st.SignKey(t, k, e.payload()))
+	st.PushSignatures(t, e.u, repo, e.d, []st.Layer{st.SignKey(t, k, e.payload())})
 	v := newVerifier(t, config.Signature{Keys: []string{e.keyFile(t, k)}}, signature.Options{})
 	ev, err := v.Verify(t.Context(), e.fetcher, e.d, e.subject.MediaType)
 	if err != nil {
@@ -538,7 +536,7 @@ func TestCancelled(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	k := st.NewKey(t, st.ECDSA)
-	st.PushSignatures(t, e.u, repo, e.d, st.SignKey(t, k, e.payload()))
+	st.PushSignatures(t, e.u, repo, e.d, []st.Layer{st.SignKey(t, k, e.payload())})
 	v := newVerifier(t, config.Signature{Keys: []string{e.keyFile(t, k)}}, signature.Options{})
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
@@ -552,7 +550,7 @@ func TestCancelled(t *testing.T) {
 func TestLogsReasons(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	st.PushSignatures(t, e.u, repo, e.d, st.SignKey(t, st.NewKey(t, st.ECDSA), e.payload()))
+	st.PushSignatures(t, e.u, repo, e.d, []st.Layer{st.SignKey(t, st.NewKey(t, st.ECDSA), e.payload())})
 	var buf bytes.Buffer
 	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	v := newVerifier(t, config.Signature{Keys: []string{e.keyFile(t, st.NewKey(t, st.ECDSA))}}, signature.Options{Logger: logger})

@@ -22,5 +22,7 @@
 //
 // Uploads (Push*) are real HTTP requests to the Upstream's registry, so
 // they show up in its request records; call Reset after seeding when a
-// test counts requests. They need a Plain (unauthenticated) Upstream.
+// test counts requests. They authenticate as the Upstream demands: an
+// anonymous token from a DockerHubStyle Upstream's endpoint, or the
+// credentials WithBasicAuth gives for a Basic one.
 package signaturetest

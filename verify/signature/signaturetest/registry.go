@@ -3,6 +3,7 @@ package signaturetest
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,35 +40,73 @@ func LegacyTag(d digest.Digest) string { return d.Algorithm().String() + "-" + d
 // "sha256-<hex>".
 func FallbackTag(d digest.Digest) string { return d.Algorithm().String() + "-" + d.Encoded() }
 
+// PushOption adjusts how the Push helpers authenticate.
+type PushOption func(*pushConfig)
+
+type pushConfig struct{ authorization string }
+
+// WithBasicAuth authenticates pushes to a Basic Upstream.
+func WithBasicAuth(username, password string) PushOption {
+	return func(c *pushConfig) {
+		c.authorization = "Basic " + base64.StdEncoding.EncodeToString([]byte(username+":"+password))
+	}
+}
+
+// pushAuth is the Authorization header pushes to repo carry: a token from
+// a DockerHubStyle Upstream's endpoint (anonymous), Basic credentials
+// from opts, or none.
+func pushAuth(tb testing.TB, u *upstreamtest.Upstream, repo string, opts []PushOption) string {
+	tb.Helper()
+	var c pushConfig
+	for _, o := range opts {
+		o(&c)
+	}
+	if c.authorization != "" || u.TokenURL == "" {
+		return c.authorization
+	}
+	q := url.Values{"service": {"registry.test"}, "scope": {"repository:" + repo + ":pull,push"}}
+	resp := do(tb, http.MethodGet, u.TokenURL+"/token?"+q.Encode(), "", "", nil, http.StatusOK)
+	var tok struct {
+		Token string `json:"token"`
+	}
+	err := json.NewDecoder(resp.Body).Decode(&tok)
+	_ = resp.Body.Close()
+	if err != nil || tok.Token == "" {
+		tb.Fatalf("push token for %s: %v", repo, err)
+	}
+	return "Bearer " + tok.Token
+}
+
 // PushSignatures uploads cosign's signature manifest holding layers to
 // repo's tag for subject ("sha256-<hex>.sig") and returns it.
-func PushSignatures(tb testing.TB, u *upstreamtest.Upstream, repo string, subject digest.Digest, layers ...Layer) Artifact {
+func PushSignatures(tb testing.TB, u *upstreamtest.Upstream, repo string, subject digest.Digest, layers []Layer, opts ...PushOption) Artifact {
 	tb.Helper()
 	a := SignatureManifest(tb, layers...)
-	PushArtifact(tb, u, repo, LegacyTag(subject), a)
+	PushArtifact(tb, u, repo, LegacyTag(subject), a, opts...)
 	return a
 }
 
 // PushArtifact uploads a's blobs and its manifest to repo, under ref (a
 // tag) or, when ref is empty, by digest. A manifest with a subject is
 // listed by the registry's referrers API.
-func PushArtifact(tb testing.TB, u *upstreamtest.Upstream, repo, ref string, a Artifact) ocispec.Descriptor {
+func PushArtifact(tb testing.TB, u *upstreamtest.Upstream, repo, ref string, a Artifact, opts ...PushOption) ocispec.Descriptor {
 	tb.Helper()
+	auth := pushAuth(tb, u, repo, opts)
 	for _, b := range a.Blobs {
-		putBlob(tb, u.URL, repo, b)
+		putBlob(tb, u.URL, repo, auth, b)
 	}
 	desc := a.Descriptor()
 	if ref == "" {
 		ref = desc.Digest.String()
 	}
-	do(tb, http.MethodPut, fmt.Sprintf("%s/v2/%s/manifests/%s", u.URL, repo, ref), a.MediaType, a.Manifest, http.StatusCreated)
+	closeBody(do(tb, http.MethodPut, fmt.Sprintf("%s/v2/%s/manifests/%s", u.URL, repo, ref), auth, a.MediaType, a.Manifest, http.StatusCreated))
 	return desc
 }
 
 // PushFallbackIndex uploads the referrers tag-schema fallback for subject:
 // an index at tag "sha256-<hex>" listing descs, as clients write it for
 // registries without the referrers API.
-func PushFallbackIndex(tb testing.TB, u *upstreamtest.Upstream, repo string, subject digest.Digest, descs ...ocispec.Descriptor) {
+func PushFallbackIndex(tb testing.TB, u *upstreamtest.Upstream, repo string, subject digest.Digest, descs []ocispec.Descriptor, opts ...PushOption) {
 	tb.Helper()
 	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: descs}
 	idx.SchemaVersion = 2
@@ -75,12 +114,14 @@ func PushFallbackIndex(tb testing.TB, u *upstreamtest.Upstream, repo string, sub
 	if err != nil {
 		tb.Fatalf("fallback index: %v", err)
 	}
-	do(tb, http.MethodPut, fmt.Sprintf("%s/v2/%s/manifests/%s", u.URL, repo, FallbackTag(subject)), ocispec.MediaTypeImageIndex, b, http.StatusCreated)
+	auth := pushAuth(tb, u, repo, opts)
+	closeBody(do(tb, http.MethodPut, fmt.Sprintf("%s/v2/%s/manifests/%s", u.URL, repo, FallbackTag(subject)), auth, ocispec.MediaTypeImageIndex, b, http.StatusCreated))
 }
 
-func putBlob(tb testing.TB, base, repo string, b []byte) {
+func putBlob(tb testing.TB, base, repo, auth string, b []byte) {
 	tb.Helper()
-	resp := do(tb, http.MethodPost, fmt.Sprintf("%s/v2/%s/blobs/uploads/", base, repo), "", nil, http.StatusAccepted)
+	resp := do(tb, http.MethodPost, fmt.Sprintf("%s/v2/%s/blobs/uploads/", base, repo), auth, "", nil, http.StatusAccepted)
+	closeBody(resp)
 	loc, err := url.Parse(resp.Header.Get("Location"))
 	if err != nil {
 		tb.Fatalf("upload location: %v", err)
@@ -90,10 +131,13 @@ func putBlob(tb testing.TB, base, repo string, b []byte) {
 	q := u.Query()
 	q.Set("digest", digest.FromBytes(b).String())
 	u.RawQuery = q.Encode()
-	do(tb, http.MethodPut, u.String(), "application/octet-stream", b, http.StatusCreated)
+	closeBody(do(tb, http.MethodPut, u.String(), auth, "application/octet-stream", b, http.StatusCreated))
 }
 
-func do(tb testing.TB, method, target, contentType string, body []byte, want int) *http.Response {
+func closeBody(resp *http.Response) { _ = resp.Body.Close() }
+
+// do sends one request and checks its status. The caller closes the body.
+func do(tb testing.TB, method, target, authorization, contentType string, body []byte, want int) *http.Response {
 	tb.Helper()
 	req, err := http.NewRequestWithContext(tb.Context(), method, target, bytes.NewReader(body))
 	if err != nil {
@@ -102,13 +146,16 @@ func do(tb testing.TB, method, target, contentType string, body []byte, want int
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
+	if authorization != "" {
+		req.Header.Set("Authorization", authorization)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		tb.Fatalf("%s %s: %v", method, target, err)
 	}
-	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	_ = resp.Body.Close()
 	if resp.StatusCode != want {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		_ = resp.Body.Close()
 		tb.Fatalf("%s %s: status %d, want %d: %s", method, target, resp.StatusCode, want, msg)
 	}
 	return resp

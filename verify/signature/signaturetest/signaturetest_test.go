@@ -5,8 +5,10 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/sigstore/sigstore-go/pkg/root"
 
+	"github.com/airlock-registry/airlock/integration/upstreamtest"
 	st "github.com/airlock-registry/airlock/verify/signature/signaturetest"
 )
 
@@ -69,5 +71,35 @@ func TestSignatureManifest(t *testing.T) {
 		len(m.Layers) != 1 || m.Layers[0].MediaType != "application/vnd.dev.cosign.simplesigning.v1+json" ||
 		m.Layers[0].Annotations[st.AnnotationSignature] == "" || len(a.Blobs) != 2 {
 		t.Fatalf("signature manifest %s", a.Manifest)
+	}
+}
+
+// TestPushAuthenticates checks that the Push helpers authenticate as each
+// kind of Upstream demands.
+func TestPushAuthenticates(t *testing.T) {
+	t.Parallel()
+	for _, opts := range []upstreamtest.Options{
+		{Auth: upstreamtest.Plain},
+		{Auth: upstreamtest.Basic, Username: "u", Password: "p"},
+		{Auth: upstreamtest.DockerHubStyle},
+	} {
+		t.Run(opts.Auth.String(), func(t *testing.T) {
+			t.Parallel()
+			u := upstreamtest.New(t, opts)
+			img := u.PushImage(t, "acme/app", "v1", 64, 1)
+			subject := st.Subject(t, img)
+			var push []st.PushOption
+			if opts.Auth == upstreamtest.Basic {
+				push = append(push, st.WithBasicAuth("u", "p"))
+			}
+			k := st.NewKey(t, st.ECDSA)
+			st.PushSignatures(t, u, "acme/app", subject.Digest, []st.Layer{st.SignKey(t, k, st.Payload("r/acme/app", subject.Digest))}, push...)
+			b := st.NewVirtualSigstore(t).BundleV3(t, st.BundleOptions{Subject: subject.Digest, Key: k})
+			desc := st.PushArtifact(t, u, "acme/app", "", st.BundleArtifact(t, subject, b, ""), push...)
+			st.PushFallbackIndex(t, u, "acme/app", subject.Digest, []ocispec.Descriptor{desc}, push...)
+			if v := u.Violations(); len(v) > 0 {
+				t.Fatalf("violations: %v", v)
+			}
+		})
 	}
 }

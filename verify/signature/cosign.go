@@ -255,7 +255,9 @@ func certIdentity(cert *x509.Certificate) string {
 }
 
 // checkPayload checks that a verified simple-signing payload is a
-// signature of exactly the subject digest.
+// signature of exactly the subject digest. The docker-reference is not
+// compared: airlock serves images under its own names, and the digest
+// pins the content whatever the name.
 func (s *session) checkPayload(payload []byte) bool {
 	var p simpleSigning
 	if err := json.Unmarshal(payload, &p); err != nil {

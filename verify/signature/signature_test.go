@@ -257,6 +257,26 @@ func TestVerify(t *testing.T) {
 			},
 		},
 		{
+			name: "keyless certificate without an SCT",
+			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{e.vs.WithoutSCT().SignKeyless(t, ghRepo, ghIssuer, e.payload())})
+				return e.keyless(t), nil
+			},
+			want: func(e *env) want {
+				return want{message: []string{"whose certificate lacks a verified certificate-transparency timestamp"}, examined: 1}
+			},
+		},
+		{
+			name: "v3 bundle whose certificate lacks an SCT",
+			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
+				e.pushBundle(t, e.vs.WithoutSCT().BundleV3(t, st.BundleOptions{Subject: e.d, Identity: ghRepo, Issuer: ghIssuer}), "")
+				return e.keyless(t), nil
+			},
+			want: func(e *env) want {
+				return want{message: []string{"whose certificate lacks a verified certificate-transparency timestamp"}, examined: 1}
+			},
+		},
+		{
 			name: "legacy keyless without a rekor bundle",
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
 				l := e.vs.SignKeyless(t, ghRepo, ghIssuer, e.payload())

@@ -50,6 +50,16 @@ type VirtualSigstore struct {
 	intermediate *ecdsa.PrivateKey
 	ctKey        *ecdsa.PrivateKey
 	ctLogID      [32]byte
+	noSCT        bool
+}
+
+// WithoutSCT returns the same Sigstore issuing certificates without a
+// signed certificate timestamp, as a CA outside certificate
+// transparency would.
+func (vs *VirtualSigstore) WithoutSCT() *VirtualSigstore {
+	c := *vs
+	c.noSCT = true
+	return &c
 }
 
 // NewVirtualSigstore starts a Sigstore whose CAs are valid from five
@@ -167,6 +177,9 @@ func (vs *VirtualSigstore) Certificate(tb testing.TB, identity, issuer string) (
 	}
 	issuerCert := vs.fulcio.Intermediates[0]
 	pre := vs.createCert(tb, template, issuerCert, key)
+	if vs.noSCT {
+		return pre, key
+	}
 
 	// The SCT signs the certificate as it is without the SCT extension,
 	// which is what a verifier rebuilds from the final certificate.

@@ -48,6 +48,10 @@ func (s *session) checkBundle(b *bundle.Bundle) {
 		s.refuse("names another image (%s)", otherSubject(names))
 		return
 	}
+	if predicate != "" && predicate != CosignSignPredicateType {
+		s.attesting = predicate
+		defer func() { s.attesting = "" }()
+	}
 	vc, err := b.VerificationContent()
 	if err != nil {
 		s.refuse("is a Sigstore bundle without a certificate or key (%v)", err)
@@ -83,6 +87,7 @@ func (s *session) checkBundle(b *bundle.Bundle) {
 			s.attestations = map[string]bool{}
 		}
 		s.attestations[predicate] = true
+		s.attesting = ""
 		s.refuse("is an attestation (%s), not a signature", predicate)
 	}
 }
@@ -90,6 +95,13 @@ func (s *session) checkBundle(b *bundle.Bundle) {
 // verifyBundleKey verifies a key-signed bundle against each configured key
 // in turn.
 func (s *session) verifyBundleKey(b *bundle.Bundle, artifact sgverify.ArtifactPolicyOption) (*trustedKey, error) {
+	return s.verifyWithKeys(func(*trustedKey) sgverify.SignedEntity { return b }, artifact)
+}
+
+// verifyWithKeys verifies the key-signed entity that entity returns for
+// each configured key in turn, with the log entries and timestamps the
+// policy requires, and returns the key that verified.
+func (s *session) verifyWithKeys(entity func(*trustedKey) sgverify.SignedEntity, artifact sgverify.ArtifactPolicyOption) (*trustedKey, error) {
 	if len(s.v.keys) == 0 {
 		return nil, fmt.Errorf("is signed with a key, and the policy trusts keyless identities only")
 	}
@@ -114,7 +126,7 @@ func (s *session) verifyBundleKey(b *bundle.Bundle, artifact sgverify.ArtifactPo
 		if err != nil {
 			return nil, fmt.Errorf("could not be checked (%v)", err)
 		}
-		if _, err := verifier.Verify(b, sgverify.NewPolicy(artifact, sgverify.WithKey())); err != nil {
+		if _, err := verifier.Verify(entity(k), sgverify.NewPolicy(artifact, sgverify.WithKey())); err != nil {
 			last = err
 			continue
 		}
@@ -123,7 +135,7 @@ func (s *session) verifyBundleKey(b *bundle.Bundle, artifact sgverify.ArtifactPo
 	if last != nil && strings.Contains(last.Error(), "failed to verify signature") {
 		return nil, fmt.Errorf("is signed by a key the policy does not list")
 	}
-	return nil, fmt.Errorf("is a key-signed Sigstore bundle that does not verify (%v)", last)
+	return nil, fmt.Errorf("is signed with a key but does not verify (%v)", last)
 }
 
 // bundleStatement returns the predicate type and the subject digests (hex)
@@ -134,8 +146,12 @@ func bundleStatement(b *bundle.Bundle) (string, map[string]bool) {
 	if err != nil || env == nil {
 		return "", nil
 	}
-	raw := env.RawEnvelope()
-	payload, err := base64.StdEncoding.DecodeString(raw.Payload)
+	return statementOf(env.RawEnvelope().Payload)
+}
+
+// statementOf reads an in-toto statement from a DSSE payload (base64).
+func statementOf(payloadB64 string) (string, map[string]bool) {
+	payload, err := base64.StdEncoding.DecodeString(payloadB64)
 	if err != nil {
 		return "", nil
 	}

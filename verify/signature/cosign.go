@@ -329,7 +329,7 @@ func legacyTimestamps(annotation string) ([][]byte, error) {
 // a v0.1 bundle would: a message signature over the payload, the
 // certificate or key, the Rekor entry with its promise, and timestamps.
 type legacyEntity struct {
-	sig        *bundle.MessageSignature
+	sig        sgverify.SignatureContent
 	cert       *x509.Certificate
 	key        *trustedKey
 	tlog       []*tlog.Entry

@@ -52,6 +52,10 @@ type session struct {
 	accepted     *acceptance
 	refusals     []string        // one clause per refused signature, "is signed by …"
 	attestations map[string]bool // predicate types of verified attestations
+	// attesting is the predicate type of the attestation being checked,
+	// whose refusals are kept apart in attRefusals.
+	attesting   string
+	attRefusals []string
 }
 
 // acceptance is the signature that verified.
@@ -68,8 +72,7 @@ func (s *session) log(msg string, attrs ...slog.Attr) {
 // required attestation is found) or none are left.
 func (s *session) run(ctx context.Context) error {
 	s.ctx = ctx
-	steps := []func(context.Context) error{s.legacy}
-	steps = append(steps, s.referrers)
+	steps := []func(context.Context) error{s.legacy, s.referrers, s.legacyAttestations}
 	for _, step := range steps {
 		if err := step(ctx); err != nil {
 			if errors.Is(err, errCap) {
@@ -172,6 +175,11 @@ func (s *session) blob(ctx context.Context, desc ocispec.Descriptor) ([]byte, er
 // follows "one" or "it" ("is signed by a key the policy does not list").
 func (s *session) refuse(format string, args ...any) {
 	r := fmt.Sprintf(format, args...)
+	if s.attesting != "" {
+		s.attRefusals = append(s.attRefusals, r)
+		s.log("attestation refused", slog.String("predicateType", s.attesting), slog.String("reason", r))
+		return
+	}
 	s.refusals = append(s.refusals, r)
 	s.log("signature refused", slog.String("reason", r))
 }
@@ -287,6 +295,9 @@ func (s *session) evidence() metadata.SignatureEvidence {
 		e.Kind, e.KeyID, e.Identity = a.kind, a.keyID, a.identity
 		if missing := s.missingAttestations(); len(missing) > 0 {
 			e.Message = fmt.Sprintf("%s, but no verified attestation of type %s was found, which the policy requires", a.message, strings.Join(missing, ", "))
+			if len(s.attRefusals) > 0 {
+				e.Message += " (refused: one " + strings.Join(s.attRefusals, "; one ") + ")"
+			}
 			return e
 		}
 		e.Verified = true

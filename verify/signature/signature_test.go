@@ -395,6 +395,45 @@ func TestVerify(t *testing.T) {
 			want: func(e *env) want { return want{verified: true, kind: "keyless", examined: 2} },
 		},
 		{
+			name: "required attestation in the legacy tag, keyless",
+			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{e.vs.SignKeyless(t, ghRepo, ghIssuer, e.payload())})
+				st.PushAttestations(t, e.u, repo, e.d, []st.Layer{e.vs.AttestKeyless(t, ghRepo, ghIssuer, e.d, slsa)})
+				cfg := e.keyless(t)
+				cfg.Attestations = []string{slsa}
+				return cfg, nil
+			},
+			want: func(e *env) want { return want{verified: true, kind: "keyless", examined: 2} },
+		},
+		{
+			name: "required attestation in the legacy tag, by another identity",
+			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{e.vs.SignKeyless(t, ghRepo, ghIssuer, e.payload())})
+				st.PushAttestations(t, e.u, repo, e.d, []st.Layer{e.vs.AttestKeyless(t, "https://github.com/evil/x", ghIssuer, e.d, slsa)})
+				cfg := e.keyless(t)
+				cfg.Attestations = []string{slsa}
+				return cfg, nil
+			},
+			want: func(e *env) want {
+				return want{kind: "keyless", message: []string{"but no verified attestation of type " + slsa,
+					"(refused: one is a keyless signature by https://github.com/evil/x (issuer " + ghIssuer + "), not an identity the policy trusts)"}, examined: 2}
+			},
+		},
+		{
+			name: "required attestation in the legacy tag, key",
+			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
+				k := st.NewKey(t, st.Ed25519)
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{st.SignKey(t, k, e.payload())})
+				st.PushAttestations(t, e.u, repo, e.d, []st.Layer{
+					st.AttestKey(t, k, e.other, slsa),
+					st.AttestKey(t, st.NewKey(t, st.ECDSA), e.d, slsa),
+					st.AttestKey(t, k, e.d, slsa),
+				})
+				return config.Signature{Keys: []string{e.keyFile(t, k)}, Attestations: []string{slsa}}, nil
+			},
+			want: func(e *env) want { return want{verified: true, kind: "key", examined: 4} },
+		},
+		{
 			name: "maxSignatures",
 			setup: func(t *testing.T, e *env) (config.Signature, *st.Fetcher) {
 				k, unknown := st.NewKey(t, st.ECDSA), st.NewKey(t, st.ECDSA)

@@ -51,6 +51,9 @@ func Payload(ref string, d digest.Digest) []byte {
 // and its annotations. Tests may edit Annotations (drop the Rekor
 // bundle, swap the certificate) before building the manifest.
 type Layer struct {
+	// MediaType defaults to cosign's simple-signing type; attestations
+	// are DSSE envelopes.
+	MediaType   string
 	Payload     []byte
 	Annotations map[string]string
 }
@@ -80,7 +83,7 @@ func (a Artifact) Descriptor() ocispec.Descriptor {
 }
 
 // SignatureManifest builds cosign's signature manifest (the image at tag
-// "sha256-<hex>.sig") holding layers, as cosign builds it: an OCI image
+// "sha256-<hex>.sig", or "sha256-<hex>.att" for attestations) holding layers, as cosign builds it: an OCI image
 // of simple-signing layers on go-containerregistry's empty image.
 func SignatureManifest(tb testing.TB, layers ...Layer) Artifact {
 	tb.Helper()
@@ -89,8 +92,12 @@ func SignatureManifest(tb testing.TB, layers ...Layer) Artifact {
 	a := Artifact{MediaType: string(types.OCIManifestSchema1)}
 	for _, l := range layers {
 		var err error
+		mt := l.MediaType
+		if mt == "" {
+			mt = signature.SimpleSigningMediaType
+		}
 		img, err = mutate.Append(img, mutate.Addendum{
-			Layer:       static.NewLayer(l.Payload, types.MediaType(signature.SimpleSigningMediaType)),
+			Layer:       static.NewLayer(l.Payload, types.MediaType(mt)),
 			Annotations: l.Annotations,
 		})
 		if err != nil {

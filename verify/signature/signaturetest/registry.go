@@ -86,6 +86,15 @@ func PushSignatures(tb testing.TB, u *upstreamtest.Upstream, repo string, subjec
 	return a
 }
 
+// PushAttestations uploads cosign's attestation manifest holding layers
+// (from AttestKeyless or AttestKey) to repo's tag "sha256-<hex>.att".
+func PushAttestations(tb testing.TB, u *upstreamtest.Upstream, repo string, subject digest.Digest, layers []Layer, opts ...PushOption) Artifact {
+	tb.Helper()
+	a := SignatureManifest(tb, layers...)
+	PushArtifact(tb, u, repo, subject.Algorithm().String()+"-"+subject.Encoded()+".att", a, opts...)
+	return a
+}
+
 // PushArtifact uploads a's blobs and its manifest to repo, under ref (a
 // tag) or, when ref is empty, by digest. A manifest with a subject is
 // listed by the registry's referrers API.

@@ -269,7 +269,13 @@ func hashedRekordBody(tb testing.TB, payload, sig, publicPEM []byte) []byte {
 // its signed entry timestamp, integrated now.
 func (vs *VirtualSigstore) RekorBundle(tb testing.TB, payload, sig, publicPEM []byte) string {
 	tb.Helper()
-	body := hashedRekordBody(tb, payload, sig, publicPEM)
+	return vs.rekorBundle(tb, hashedRekordBody(tb, payload, sig, publicPEM))
+}
+
+// rekorBundle logs a canonical entry body and returns cosign's bundle
+// annotation for it.
+func (vs *VirtualSigstore) rekorBundle(tb testing.TB, body []byte) string {
+	tb.Helper()
 	p := tlog.RekorPayload{Body: base64.StdEncoding.EncodeToString(body), IntegratedTime: time.Now().Unix(),
 		LogIndex: 1000, LogID: vs.rekorLogID(tb)}
 	set, err := vs.rekor.RekorSignPayload(p)
@@ -353,15 +359,7 @@ func (vs *VirtualSigstore) BundleV3(tb testing.TB, o BundleOptions) []byte {
 	if o.PredicateType == "" {
 		o.PredicateType = signature.CosignSignPredicateType
 	}
-	statement, err := json.Marshal(map[string]any{
-		"_type":         "https://in-toto.io/Statement/v1",
-		"subject":       []map[string]any{{"name": "image", "digest": map[string]string{o.Subject.Algorithm().String(): o.Subject.Encoded()}}},
-		"predicateType": o.PredicateType,
-		"predicate":     map[string]any{},
-	})
-	if err != nil {
-		tb.Fatalf("statement: %v", err)
-	}
+	statement := Statement(tb, o.Subject, o.PredicateType)
 	const payloadType = "application/vnd.in-toto+json"
 	pae := dsse.PAE(payloadType, statement)
 	var sig []byte
@@ -372,6 +370,7 @@ func (vs *VirtualSigstore) BundleV3(tb testing.TB, o BundleOptions) []byte {
 		var key *ecdsa.PrivateKey
 		cert, key = vs.Certificate(tb, o.Identity, o.Issuer)
 		sum := sha256.Sum256(pae)
+		var err error
 		if sig, err = ecdsa.SignASN1(rand.Reader, key, sum[:]); err != nil {
 			tb.Fatalf("signing: %v", err)
 		}
@@ -403,6 +402,67 @@ func (vs *VirtualSigstore) BundleV3(tb testing.TB, o BundleOptions) []byte {
 		tb.Fatalf("bundle json: %v", err)
 	}
 	return out
+}
+
+// Statement is an in-toto v1 statement of predicateType about subject,
+// with an empty predicate.
+func Statement(tb testing.TB, subject digest.Digest, predicateType string) []byte {
+	tb.Helper()
+	statement, err := json.Marshal(map[string]any{
+		"_type":         "https://in-toto.io/Statement/v1",
+		"subject":       []map[string]any{{"name": "image", "digest": map[string]string{subject.Algorithm().String(): subject.Encoded()}}},
+		"predicateType": predicateType,
+		"predicate":     map[string]any{},
+	})
+	if err != nil {
+		tb.Fatalf("statement: %v", err)
+	}
+	return statement
+}
+
+// AttestKeyless makes a cosign tag-scheme attestation ("sha256-<hex>.att"
+// layer) of predicateType about subject, signed keylessly as `cosign
+// attest` does: a DSSE envelope with the certificate, chain, Rekor bundle
+// and timestamp annotations.
+func (vs *VirtualSigstore) AttestKeyless(tb testing.TB, identity, issuer string, subject digest.Digest, predicateType string) Layer {
+	tb.Helper()
+	statement := Statement(tb, subject, predicateType)
+	const payloadType = "application/vnd.in-toto+json"
+	cert, key := vs.Certificate(tb, identity, issuer)
+	sum := sha256.Sum256(dsse.PAE(payloadType, statement))
+	sig, err := ecdsa.SignASN1(rand.Reader, key, sum[:])
+	if err != nil {
+		tb.Fatalf("signing: %v", err)
+	}
+	env := &dsse.Envelope{PayloadType: payloadType, Payload: base64.StdEncoding.EncodeToString(statement),
+		Signatures: []dsse.Signature{{Sig: base64.StdEncoding.EncodeToString(sig)}}}
+	entry, err := vs.rekor.GenerateTlogEntry(cert, env, sig, time.Now().Unix(), false)
+	if err != nil {
+		tb.Fatalf("rekor entry: %v", err)
+	}
+	certPEM, _ := cryptoutils.MarshalCertificateToPEM(cert)
+	chain, _ := cryptoutils.MarshalCertificatesToPEM([]*x509.Certificate{vs.fulcio.Intermediates[0], vs.fulcio.Root})
+	body, _ := json.Marshal(env)
+	return Layer{MediaType: signature.DSSEMediaType, Payload: body, Annotations: map[string]string{
+		"predicateType":       predicateType,
+		AnnotationSignature:   "",
+		AnnotationCertificate: string(certPEM),
+		AnnotationChain:       string(chain),
+		AnnotationBundle:      vs.rekorBundle(tb, entry.TransparencyLogEntry().CanonicalizedBody),
+	}}
+}
+
+// AttestKey makes a cosign tag-scheme attestation of predicateType about
+// subject signed with k (without a log entry).
+func AttestKey(tb testing.TB, k *Key, subject digest.Digest, predicateType string) Layer {
+	tb.Helper()
+	statement := Statement(tb, subject, predicateType)
+	const payloadType = "application/vnd.in-toto+json"
+	sig := k.Sign(tb, dsse.PAE(payloadType, statement))
+	body, _ := json.Marshal(&dsse.Envelope{PayloadType: payloadType, Payload: base64.StdEncoding.EncodeToString(statement),
+		Signatures: []dsse.Signature{{Sig: base64.StdEncoding.EncodeToString(sig)}}})
+	return Layer{MediaType: signature.DSSEMediaType, Payload: body, Annotations: map[string]string{
+		"predicateType": predicateType, AnnotationSignature: ""}}
 }
 
 // dsseEntry logs a DSSE envelope in the Sigstore's Rekor and returns the

@@ -712,3 +712,35 @@ func TestNotation(t *testing.T) {
 }
 
 func decodeB64(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }
+
+// TestSignedIndex checks the one-call helpers on a multi-platform image:
+// signatures of the index verify for the index digest, and not for a
+// platform manifest it lists (the gate decides what an index's signature
+// covers).
+func TestSignedIndex(t *testing.T) {
+	t.Parallel()
+	u := upstreamtest.New(t, upstreamtest.Options{})
+	x := u.PushIndex(t, repo, "multi", 128, 1)
+	subject := st.IndexSubject(t, x)
+	vs := st.NewVirtualSigstore(t)
+	k := st.NewKey(t, st.RSA)
+	st.PushKeySignature(t, u, repo, subject, k)
+	vs.PushBundle(t, u, repo, subject, st.BundleOptions{Identity: ghRepo, Issuer: ghIssuer})
+	f := &st.Fetcher{Base: u.URL, Repo: repo, Client: &http.Client{Transport: loopbackOnly()}}
+	dir := t.TempDir()
+	for _, cfg := range []config.Signature{
+		{Keys: []string{k.WritePublic(t, dir)}},
+		{Keyless: []config.KeylessIdentity{{Issuer: ghIssuer, Subject: ghRepo}}, TrustedRoot: vs.WriteTrustedRoot(t, dir)},
+	} {
+		v := newVerifier(t, cfg, signature.Options{})
+		ev, err := v.Verify(t.Context(), f, subject.Digest, subject.MediaType)
+		if err != nil || !ev.Verified {
+			t.Fatalf("index: evidence %+v, error %v; want verified", ev, err)
+		}
+		child := x.Images[0]
+		ev, err = v.Verify(t.Context(), f, digest.Digest(child.Digest.String()), "")
+		if err != nil || ev.Verified || !strings.HasPrefix(ev.Message, "no signature found") {
+			t.Fatalf("platform manifest: evidence %+v, error %v; want no signature found", ev, err)
+		}
+	}
+}

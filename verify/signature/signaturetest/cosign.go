@@ -146,6 +146,9 @@ func ReferrerArtifact(tb testing.TB, artifactType string, subject ocispec.Descri
 // subject.
 func BundleArtifact(tb testing.TB, subject ocispec.Descriptor, bundle []byte, predicateType string) Artifact {
 	tb.Helper()
+	if predicateType == "" {
+		predicateType = signature.CosignSignPredicateType
+	}
 	return ReferrerArtifact(tb, signature.BundleArtifactType, subject, signature.BundleArtifactType, bundle, map[string]string{
 		"dev.sigstore.bundle.content":       "dsse-envelope",
 		"dev.sigstore.bundle.predicateType": predicateType,

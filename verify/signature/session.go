@@ -28,7 +28,7 @@ const (
 const (
 	annotationSignature   = "dev.cosignproject.cosign/signature"
 	annotationCertificate = "dev.sigstore.cosign/certificate"
-	annotationChain       = "dev.sigstore.cosign/chain"
+	annotationChain       = "dev.sigstore.cosign/chain" // not read: the trusted root holds the intermediates
 	annotationBundle      = "dev.sigstore.cosign/bundle"
 	annotationTimestamp   = "dev.sigstore.cosign/rfc3161timestamp"
 )
@@ -297,6 +297,9 @@ func (s *session) evidence() metadata.SignatureEvidence {
 			e.Message = fmt.Sprintf("%s, but no verified attestation of type %s was found, which the policy requires", a.message, strings.Join(missing, ", "))
 			if len(s.attRefusals) > 0 {
 				e.Message += " (refused: one " + strings.Join(s.attRefusals, "; one ") + ")"
+			}
+			if s.capHit != "" {
+				e.Message += "; " + s.capHit
 			}
 			return e
 		}

@@ -744,3 +744,28 @@ func TestSignedIndex(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrent checks that one Verifier serves concurrent checks.
+func TestConcurrent(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	k := st.NewKey(t, st.ECDSA)
+	st.PushSignatures(t, e.u, repo, e.d, []st.Layer{st.SignKey(t, k, e.payload()), e.vs.SignKeyless(t, ghRepo, ghIssuer, e.payload())})
+	cfg := e.keyless(t)
+	v := newVerifier(t, cfg, signature.Options{})
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			ev, err := v.Verify(t.Context(), e.fetcher, e.d, e.subject.MediaType)
+			if err == nil && (!ev.Verified || ev.Kind != "keyless") {
+				err = fmt.Errorf("evidence %+v, want verified keyless", ev)
+			}
+			errs <- err
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}

@@ -54,7 +54,9 @@ type Fetcher interface {
 }
 
 // ErrNotFound is wrapped by a Fetcher's errors for what the registry does
-// not hold.
+// not hold. An error with a NotFound() method anywhere in its chain (as
+// containerd's errdefs define them) counts the same, so a Fetcher can say
+// "not found" without importing this package.
 var ErrNotFound = errNotFound{}
 
 type errNotFound struct{}

@@ -2,7 +2,6 @@ package signature
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -53,7 +52,7 @@ func (s *session) checkNotationArtifact(ctx context.Context, desc ocispec.Descri
 // signatures name it (media type, digest and size).
 func (s *session) subjectDescriptor(ctx context.Context) (ocispec.Descriptor, error) {
 	body, mediaType, _, err := s.f.Manifest(ctx, s.subject.String())
-	if errors.Is(err, ErrNotFound) {
+	if isNotFound(err) {
 		return ocispec.Descriptor{}, fmt.Errorf("the image %s itself is not in the registry: %w", s.subject, err)
 	}
 	if err != nil {

@@ -131,7 +131,7 @@ func (s *session) manifest(ctx context.Context, ref string, size int64) (*ocispe
 		}
 	}
 	body, _, _, err := s.f.Manifest(ctx, ref)
-	if errors.Is(err, ErrNotFound) {
+	if isNotFound(err) {
 		return nil, nil
 	}
 	if err != nil {
@@ -157,7 +157,7 @@ func (s *session) blob(ctx context.Context, desc ocispec.Descriptor) ([]byte, er
 		return nil, err
 	}
 	b, err := s.f.Blob(ctx, desc.Digest, desc.Size)
-	if errors.Is(err, ErrNotFound) {
+	if isNotFound(err) {
 		s.refuse("is incomplete: its layer %s is missing from the registry", desc.Digest)
 		return nil, nil
 	}
@@ -232,7 +232,7 @@ func (s *session) legacy(ctx context.Context) error {
 // referrers.
 func (s *session) referrers(ctx context.Context) error {
 	descs, err := s.f.Referrers(ctx, s.subject, "")
-	if errors.Is(err, ErrNotFound) {
+	if isNotFound(err) {
 		return nil
 	}
 	if err != nil {
@@ -338,4 +338,16 @@ func (s *session) refusalMessage() string {
 		msg = s.capHit + "; " + msg
 	}
 	return msg
+}
+
+// isNotFound reports whether err says the registry does not hold what was
+// asked for: it wraps ErrNotFound, or an error with a NotFound method (the
+// convention of containerd's errdefs), so that a Fetcher need not import
+// this package to say so.
+func isNotFound(err error) bool {
+	if errors.Is(err, ErrNotFound) {
+		return true
+	}
+	var nf interface{ NotFound() }
+	return errors.As(err, &nf)
 }

@@ -769,3 +769,42 @@ func TestConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// notFound is a Fetcher's own not-found error, in errdefs' style.
+type notFound struct{ what string }
+
+func (e notFound) Error() string { return e.what + " not found" }
+func (notFound) NotFound()       {}
+
+// ownNotFound is a Fetcher that reports absence with its own error type.
+type ownNotFound struct{ *st.Fetcher }
+
+func (f ownNotFound) Manifest(ctx context.Context, ref string) ([]byte, string, digest.Digest, error) {
+	b, mt, d, err := f.Fetcher.Manifest(ctx, ref)
+	if errors.Is(err, signature.ErrNotFound) {
+		err = fmt.Errorf("manifest: %w", notFound{ref})
+	}
+	return b, mt, d, err
+}
+
+func (f ownNotFound) Referrers(ctx context.Context, d digest.Digest, artifactType string) ([]ocispec.Descriptor, error) {
+	descs, err := f.Fetcher.Referrers(ctx, d, artifactType)
+	if errors.Is(err, signature.ErrNotFound) {
+		err = notFound{"referrers"}
+	}
+	return descs, err
+}
+
+// TestFetcherNotFoundConvention checks that a Fetcher may report absence
+// with any error that has a NotFound method.
+func TestFetcherNotFoundConvention(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	f := *e.fetcher
+	f.NoReferrersAPI = true // no fallback tag either: referrers are not found
+	v := newVerifier(t, config.Signature{Keys: []string{e.keyFile(t, st.NewKey(t, st.ECDSA))}}, signature.Options{})
+	ev, err := v.Verify(t.Context(), ownNotFound{&f}, e.d, e.subject.MediaType)
+	if err != nil || ev.Verified || !strings.HasPrefix(ev.Message, "no signature found") {
+		t.Fatalf("evidence %+v, error %v; want no signature found", ev, err)
+	}
+}

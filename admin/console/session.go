@@ -217,15 +217,18 @@ type loginData struct {
 // bound to a short-lived cookie (double submit), since there is no
 // session yet to bind it to.
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
-	next := safeNext(r.FormValue("next"))
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
-		c.loginForm(w, r, http.StatusOK, next, "")
+		c.loginForm(w, r, http.StatusOK, safeNext(r.URL.Query().Get("next")), "")
 	case http.MethodPost:
+		// Anyone may post this form: its body is bounded before anything
+		// reads it (r.FormValue would read up to 10 MB, or spool a
+		// multipart body to disk).
 		if err := parseForm(w, r); err != nil {
 			c.fail(w, r, nil, err)
 			return
 		}
+		next := safeNext(r.PostFormValue("next"))
 		ck, err := r.Cookie(loginCookie)
 		if err != nil || !checkCSRFValue(r.PostFormValue("csrf"), ck.Value) {
 			c.log.LogAttrs(r.Context(), slog.LevelWarn, "console sign-in refused: CSRF token missing or wrong",
@@ -252,6 +255,12 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 				slog.String("remote", r.RemoteAddr), slog.String("error", err.Error()))
 			c.loginForm(w, r, status, next, msg)
 			return
+		}
+		// The session this browser held, if any, ends: a sign-in never
+		// leaves a replaced id alive (it may have leaked, or be the
+		// previous user's on a shared browser).
+		if old, err := r.Cookie(sessionCookie); err == nil {
+			c.sessions.end(old.Value)
 		}
 		id, sess := c.sessions.create(cred, c.now())
 		setCookie(w, r, sessionCookie, id, sess.expires.Sub(sess.created))

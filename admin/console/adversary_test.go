@@ -1,0 +1,265 @@
+package console_test
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/admin/admintest"
+	"github.com/airlock-registry/airlock/storage/metadata"
+)
+
+// The adversary's tests: what an attacker on the admin network, a
+// malicious upstream or a careless admin can make of the console.
+
+// payload is markup in every context a page could put it: element text,
+// a quoted attribute, an unquoted attribute, a URL.
+const payload = `"'><script>alert(1)</script><img src=x onerror=alert(2)>javascript:alert(3)`
+
+// rawMarkup are what payload leaves in a page that failed to escape it.
+var rawMarkup = []string{"<script>alert", "<img src=x", "onerror=alert(2)>", `href="javascript:`}
+
+func wantEscaped(t *testing.T, what string, a answer) {
+	t.Helper()
+	for _, raw := range rawMarkup {
+		if strings.Contains(a.body, raw) {
+			i := strings.Index(a.body, raw)
+			t.Fatalf("%s: the page carries %q unescaped: …%s…", what, raw, a.body[max(0, i-200):min(len(a.body), i+200)])
+		}
+	}
+}
+
+// TestAdversaryInjection: everything an upstream or a client controls
+// (tags, platforms, media types, reasons, signature and vulnerability
+// fields) and everything an admin types (reasons) reaches the pages as
+// text, never as markup, a script or a link.
+func TestAdversaryInjection(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	b := f.browser()
+	csrf := b.signIn(admintest.AliceToken)
+
+	d := digest.FromString("hostile index")
+	pd := digest.FromString("hostile platform")
+	when := f.h.Clock.Now()
+	_, err := f.h.Meta.UpdateImage(context.Background(), vulnRepo, d, when, func(img *metadata.Image) (metadata.Change, error) {
+		img.State = metadata.StateQuarantined
+		img.MediaType = payload
+		img.Tags = []string{payload, "javascript:alert(4)"}
+		img.Platforms = []metadata.Platform{{Digest: pd, MediaType: payload, OS: payload, Architecture: payload, Variant: payload}}
+		img.Reasons = []metadata.Reason{
+			{Type: metadata.ReasonPolicy, Message: payload, Policy: payload, Tag: payload, Mode: payload, KeyID: payload, Identity: payload, Actor: payload},
+			{Type: metadata.ReasonSignature, Message: payload, Policy: payload, KeyID: payload, Identity: "javascript:alert(5)"},
+			{Type: metadata.ReasonVulnerability, Message: payload, Policy: payload, ID: "javascript:alert(6)", Package: payload,
+				Installed: payload, Fixed: payload, Severity: payload},
+			{Type: metadata.ReasonVulnerability, Message: payload, ID: payload, Severity: `x" style="color:red`},
+		}
+		img.Verdict = metadata.Verdict{State: metadata.StateQuarantined, Policies: []string{payload},
+			Signatures: []metadata.SignatureEvidence{{Policy: payload, Kind: payload, KeyID: payload, Identity: payload, Message: payload}}}
+		return metadata.Change{Actor: "policy", Action: "decide", Reason: payload}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := imagePath(vulnRepo, d)
+	a := b.get(page)
+	wantStatus(t, "hostile image", a, http.StatusOK, "&lt;script&gt;alert(1)&lt;/script&gt;")
+	wantEscaped(t, "hostile image", a)
+	if strings.Contains(a.body, `style="color:red`) || strings.Contains(a.body, "javascript:alert(6)\"") {
+		t.Fatal("a severity or an advisory id broke out of its attribute")
+	}
+
+	// An admin's reason is markup too, in the confirmation, the flash,
+	// the override card, the audit log and the images table.
+	form := url.Values{"csrf": {csrf}, "reason": {payload}}
+	a = b.post(page+"/block", form)
+	wantStatus(t, "confirm a hostile reason", a, http.StatusOK, "Confirm block")
+	wantEscaped(t, "confirm a hostile reason", a)
+	form.Set("confirm", "yes")
+	if a := b.post(page+"/block", form); a.status != http.StatusSeeOther {
+		t.Fatalf("block = %d %.500s", a.status, a.body)
+	}
+	for _, p := range []string{page, "/ui/images", "/ui/images?q=" + url.QueryEscape(payload[:40]), "/ui/audit",
+		"/ui/audit?q=" + url.QueryEscape(payload[:40]) + "&actor=" + url.QueryEscape(payload[:40]), "/ui/"} {
+		a := b.get(p)
+		if a.status != http.StatusOK {
+			t.Fatalf("GET %s = %d %.500s", p, a.status, a.body)
+		}
+		wantEscaped(t, p, a)
+	}
+
+	// What a client sends comes back in error pages and refused forms.
+	for _, p := range []string{
+		"/ui/" + url.PathEscape(payload),
+		"/ui/images?state=" + url.QueryEscape(payload),
+		"/ui/images?sort=" + url.QueryEscape(payload),
+		"/ui/images?page=" + url.QueryEscape(payload),
+		"/ui/audit?action=" + url.QueryEscape(payload),
+		"/ui/audit?before=" + url.QueryEscape(payload),
+		"/ui/images/" + url.PathEscape(payload) + "@" + d.String(),
+		"/ui/login?next=" + url.QueryEscape("/ui/"+payload),
+	} {
+		wantEscaped(t, p, b.get(p))
+	}
+	a = b.post(page+"/unblock", url.Values{"csrf": {csrf}, "reason": {payload}, "expires": {payload}})
+	wantStatus(t, "refused unblock", a, http.StatusBadRequest)
+	wantEscaped(t, "refused unblock", a)
+	a = b.post(imagePath(appRepo, f.quarantined)+"/release", url.Values{"csrf": {csrf}, "reason": {payload}, "expires": {payload}})
+	wantStatus(t, "refused release", a, http.StatusBadRequest, "is not a date")
+	wantEscaped(t, "refused release", a)
+}
+
+// TestAdversaryCSRF: a form carrying another session's token, a cross-site
+// POST carrying this session's, and a GET to an action change nothing.
+func TestAdversaryCSRF(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	victim, attacker := f.browser(), f.browser()
+	victim.signIn(admintest.AliceToken)
+	attackerCSRF := attacker.signIn(admintest.UnnamedToken)
+	page := imagePath(appRepo, f.quarantined)
+	before := len(f.h.Audit())
+
+	form := url.Values{"csrf": {attackerCSRF}, "reason": {"x"}, "confirm": {"yes"}}
+	wantStatus(t, "another session's CSRF token", victim.post(page+"/release", form), http.StatusForbidden, "CSRF")
+	wantStatus(t, "another session's CSRF token on sign-out", victim.post("/ui/logout", url.Values{"csrf": {attackerCSRF}}),
+		http.StatusForbidden, "CSRF")
+
+	victimCSRF := csrfOf(t, victim.get("/ui/images").body)
+	form.Set("csrf", victimCSRF)
+	for _, h := range [][]string{
+		{"Sec-Fetch-Site", "cross-site"},
+		{"Origin", "http://evil.example"},
+	} {
+		a := victim.do(http.MethodPost, page+"/release", form, h...)
+		if a.status != http.StatusForbidden {
+			t.Fatalf("cross-origin POST (%s: %s) = %d; want 403", h[0], h[1], a.status)
+		}
+	}
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete} {
+		if a := victim.do(m, page+"/release?csrf="+victimCSRF+"&reason=x&confirm=yes", nil); a.status != http.StatusMethodNotAllowed {
+			t.Fatalf("%s to an action = %d; want 405", m, a.status)
+		}
+	}
+	if a := victim.get("/ui/logout"); a.status != http.StatusMethodNotAllowed {
+		t.Fatalf("GET /ui/logout = %d; want 405", a.status)
+	}
+	if after := len(f.h.Audit()); after != before {
+		t.Fatalf("forged requests wrote %d audit records", after-before)
+	}
+	if img := f.image(appRepo, f.quarantined); img.State != metadata.StateQuarantined {
+		t.Fatalf("forged requests left the image %s", img.State)
+	}
+	if a := victim.get("/ui/"); a.status != http.StatusOK {
+		t.Fatalf("the victim's session did not survive the forged sign-out: %d", a.status)
+	}
+}
+
+// TestAdversarySignInBodyBounded: the sign-in form, which anyone may post,
+// is read within the same bound as every other form. It used to be read
+// in full (up to net/http's 10 MB, or a multipart body spooled to disk)
+// before the bound applied.
+func TestAdversarySignInBodyBounded(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	b := f.browser()
+	csrf := csrfOf(t, b.get("/ui/login").body)
+	form := url.Values{"csrf": {csrf}, "token": {admintest.AliceToken}, "pad": {strings.Repeat("x", 1<<20)}}
+	a := b.post("/ui/login", form)
+	wantStatus(t, "a 1 MiB sign-in form", a, http.StatusBadRequest, "could not be read")
+	for _, c := range a.header.Values("Set-Cookie") {
+		if strings.HasPrefix(c, "airlock_console=") {
+			t.Fatalf("a 1 MiB sign-in form signed in: %s", c)
+		}
+	}
+}
+
+// TestAdversarySignInEndsPreviousSession: signing in again from a browser
+// ends the session its cookie held, so the id it replaces (which may have
+// leaked, or belong to the previous user of a shared browser) opens
+// nothing.
+func TestAdversarySignInEndsPreviousSession(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	b := f.browser()
+	b.signIn(admintest.AliceToken)
+	u := mustURL(t, f.srv.URL+"/ui/")
+	var old string
+	for _, c := range b.jar.Cookies(u) {
+		if c.Name == "airlock_console" {
+			old = c.Value
+		}
+	}
+	if old == "" {
+		t.Fatal("no session cookie after sign-in")
+	}
+	b.signIn(admintest.UnnamedToken)
+
+	replay := f.browser()
+	replay.jar.SetCookies(u, []*http.Cookie{{Name: "airlock_console", Value: old}})
+	if a := replay.get("/ui/"); a.status != http.StatusSeeOther {
+		t.Fatalf("the session a second sign-in replaced still opens the console: %d", a.status)
+	}
+	wantStatus(t, "the new session", b.get("/ui/"), http.StatusOK, "admin:token-")
+}
+
+// TestAdversarySignInThrottleConcurrent: guesses sent all at once are
+// throttled like guesses sent one after the other: no more than five are
+// checked within the window.
+func TestAdversarySignInThrottleConcurrent(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	b := f.browser()
+	csrf := csrfOf(t, b.get("/ui/login").body)
+	const guesses = 40
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		checked int
+		start   = make(chan struct{})
+	)
+	for range guesses {
+		wg.Go(func() {
+			req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, f.srv.URL+"/ui/login",
+				strings.NewReader(url.Values{"csrf": {csrf}, "token": {"guess"}}.Encode()))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			req.AddCookie(&http.Cookie{Name: "airlock_console_login", Value: csrf})
+			<-start
+			resp, err := (&http.Client{Transport: f.srv.Client().Transport}).Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			switch resp.StatusCode {
+			case http.StatusUnauthorized:
+				checked++
+			case http.StatusTooManyRequests:
+			default:
+				t.Errorf("a guess got %d", resp.StatusCode)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if checked > 5 {
+		t.Fatalf("%d of %d concurrent guesses were checked; at most 5 may be within a minute", checked, guesses)
+	}
+	f.h.Clock.Advance(61 * time.Second)
+	csrf = csrfOf(t, b.get("/ui/login").body)
+	if a := b.post("/ui/login", url.Values{"csrf": {csrf}, "token": {admintest.AliceToken}}); a.status != http.StatusSeeOther {
+		t.Fatalf("sign-in a minute later = %d", a.status)
+	}
+}

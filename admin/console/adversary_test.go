@@ -3,15 +3,19 @@ package console_test
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/airlock-registry/airlock/admin"
 	"github.com/airlock-registry/airlock/admin/admintest"
+	"github.com/airlock-registry/airlock/admin/console"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
@@ -261,5 +265,57 @@ func TestAdversarySignInThrottleConcurrent(t *testing.T) {
 	csrf = csrfOf(t, b.get("/ui/login").body)
 	if a := b.post("/ui/login", url.Values{"csrf": {csrf}, "token": {admintest.AliceToken}}); a.status != http.StatusSeeOther {
 		t.Fatalf("sign-in a minute later = %d", a.status)
+	}
+}
+
+// countingStore counts the whole-table reads in flight.
+type countingStore struct {
+	admin.Store
+	inflight, peak atomic.Int32
+}
+
+func (s *countingStore) Images(ctx context.Context, q metadata.ImageQuery) (metadata.ImagePage, error) {
+	n := s.inflight.Add(1)
+	defer s.inflight.Add(-1)
+	for p := s.peak.Load(); n > p && !s.peak.CompareAndSwap(p, n); p = s.peak.Load() {
+	}
+	time.Sleep(50 * time.Millisecond) // a store with many images
+	return s.Store.Images(ctx, q)
+}
+
+// TestAdversaryScansBounded: the pages that read every image at once
+// (up to 100,000 of them, decoded) are built a few at a time, however many
+// tabs ask for them.
+func TestAdversaryScansBounded(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	store := &countingStore{Store: f.h.Meta}
+	c, err := console.New(console.Options{Store: store, Decider: f.h.Gate, TokenFile: f.h.TokenFile, Now: f.h.Clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(console.Prefix, c)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	f.srv = srv
+	b := f.browser()
+	b.signIn(admintest.AliceToken)
+
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			path := "/ui/images"
+			if i%2 == 0 {
+				path = "/ui/"
+			}
+			if a := b.get(path); a.status != http.StatusOK {
+				t.Errorf("GET %s = %d", path, a.status)
+			}
+		})
+	}
+	wg.Wait()
+	if p := store.peak.Load(); p > 2 {
+		t.Fatalf("%d whole-table reads ran at once; want at most 2", p)
 	}
 }

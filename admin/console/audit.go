@@ -159,6 +159,11 @@ func (c *Console) audit(w http.ResponseWriter, r *http.Request, v *view) error {
 		}
 		d.Before = n
 	}
+	done, err := c.scan(r.Context())
+	if err != nil {
+		return err
+	}
+	defer done()
 	scanned, last, more, err := c.scanBack(r.Context(), d.Before, maxAuditScan, func(rec metadata.AuditRecord) bool {
 		if d.Filter.match(rec) {
 			d.Records = append(d.Records, rec)

@@ -81,8 +81,12 @@ type Console struct {
 
 	sessions *sessions
 	throttle throttle
-	pages    map[string]*template.Template
-	static   http.Handler
+	// scans bounds the pages that read a whole table at once (images,
+	// overview, audit): each holds up to maxScan decoded images or hashes
+	// the whole audit chain, and a few open tabs must not multiply that.
+	scans  chan struct{}
+	pages  map[string]*template.Template
+	static http.Handler
 	// assets maps a static file's name to its URL with a content hash,
 	// so browsers may keep it as long as the binary serves it.
 	assets  map[string]string
@@ -104,6 +108,7 @@ func New(o Options) (*Console, error) {
 		c.now = time.Now
 	}
 	c.sessions = newSessions(o.SessionLifetime, o.IdleTimeout)
+	c.scans = make(chan struct{}, maxScans)
 	static, err := fs.Sub(staticFS, "static")
 	if err != nil {
 		return nil, err
@@ -230,6 +235,21 @@ func (c *Console) get(w http.ResponseWriter, r *http.Request, v *view, page func
 	}
 	if err := page(w, r, v); err != nil {
 		c.fail(w, r, v, err)
+	}
+}
+
+// maxScans is how many whole-table pages are built at once; the others
+// wait their turn.
+const maxScans = 2
+
+// scan waits for a turn to build a whole-table page; call the function it
+// returns when the page is written.
+func (c *Console) scan(ctx context.Context) (func(), error) {
+	select {
+	case c.scans <- struct{}{}:
+		return func() { <-c.scans }, nil
+	case <-ctx.Done():
+		return nil, errorPage(http.StatusServiceUnavailable, "The console is busy building other pages; try again.")
 	}
 }
 

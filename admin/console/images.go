@@ -67,6 +67,11 @@ func (c *Console) images(w http.ResponseWriter, r *http.Request, v *view) error 
 		}
 		d.Page = n
 	}
+	done, err := c.scan(r.Context())
+	if err != nil {
+		return err
+	}
+	defer done()
 	all, truncated, err := c.scanImages(r.Context(), query)
 	if err != nil {
 		return err

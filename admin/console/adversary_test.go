@@ -319,3 +319,27 @@ func TestAdversaryScansBounded(t *testing.T) {
 		t.Fatalf("%d whole-table reads ran at once; want at most 2", p)
 	}
 }
+
+// TestAdversarySecureBehindTLSProxy: behind a reverse proxy that ends TLS
+// (and says so in X-Forwarded-Proto), the session cookie is still Secure,
+// so the browser never sends it over plain HTTP.
+func TestAdversarySecureBehindTLSProxy(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	b := f.browser()
+	login := b.do(http.MethodGet, "/ui/login", nil, "X-Forwarded-Proto", "https")
+	a := b.do(http.MethodPost, "/ui/login", url.Values{"csrf": {csrfOf(t, login.body)}, "token": {admintest.AliceToken}},
+		"X-Forwarded-Proto", "https")
+	if a.status != http.StatusSeeOther {
+		t.Fatalf("sign-in behind a TLS proxy = %d %.300s", a.status, a.body)
+	}
+	var session *http.Cookie
+	for _, c := range (&http.Response{Header: a.header}).Cookies() {
+		if c.Name == "airlock_console" {
+			session = c
+		}
+	}
+	if session == nil || !session.Secure {
+		t.Fatalf("session cookie behind a TLS proxy = %+v; want Secure", session)
+	}
+}

@@ -150,12 +150,20 @@ func (s *sessions) takeFlash(sess *session) *flash {
 // SameSite=Strict, Secure over TLS. It lives for maxAge; an empty value
 // deletes it.
 func setCookie(w http.ResponseWriter, r *http.Request, name, value string, maxAge time.Duration) {
-	c := &http.Cookie{Name: name, Value: value, Path: Prefix, HttpOnly: true, Secure: r.TLS != nil,
+	c := &http.Cookie{Name: name, Value: value, Path: Prefix, HttpOnly: true, Secure: overTLS(r),
 		SameSite: http.SameSiteStrictMode, MaxAge: -1}
 	if value != "" {
 		c.MaxAge = max(1, int(maxAge.Seconds()))
 	}
 	http.SetCookie(w, c)
+}
+
+// overTLS reports whether the browser reached the console over TLS: its
+// own connection, or a reverse proxy's that ends TLS and says so. The
+// header is trusted as far as it goes: all it can do is make a cookie
+// Secure, which costs a client lying about it only its own sign-in.
+func overTLS(r *http.Request) bool {
+	return r.TLS != nil || strings.EqualFold(strings.TrimSpace(r.Header.Get("X-Forwarded-Proto")), "https")
 }
 
 // session returns the request's live session. Without one, a GET is sent

@@ -79,8 +79,9 @@ type Console struct {
 	log       *slog.Logger
 	now       func() time.Time
 
-	sessions *sessions
-	throttle throttle
+	sessions    *sessions
+	throttle    throttle
+	formTimeout time.Duration
 	// scans bounds the pages that read a whole table at once (images,
 	// overview, audit): each holds up to maxScan decoded images or hashes
 	// the whole audit chain, and a few open tabs must not multiply that.
@@ -109,6 +110,7 @@ func New(o Options) (*Console, error) {
 	}
 	c.sessions = newSessions(o.SessionLifetime, o.IdleTimeout)
 	c.scans = make(chan struct{}, maxScans)
+	c.formTimeout = formTimeout
 	static, err := fs.Sub(staticFS, "static")
 	if err != nil {
 		return nil, err

@@ -5,9 +5,11 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +36,10 @@ const (
 	loginTTL = time.Hour
 	// maxForm bounds a form body: a reason is a sentence.
 	maxForm = 64 << 10
+	// formTimeout bounds the time a form body may take to arrive, so a
+	// client that stops sending half-way (anyone may post the sign-in
+	// form) does not hold its request open for ever.
+	formTimeout = 30 * time.Second
 )
 
 // session is one signed-in browser. It holds the token's credential (its
@@ -206,10 +212,25 @@ func checkCSRF(r *http.Request, want string) bool {
 	return got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 }
 
-// parseForm reads a bounded form body.
-func parseForm(w http.ResponseWriter, r *http.Request) error {
+// parseForm reads a form body, bounded in size and time.
+func (c *Console) parseForm(w http.ResponseWriter, r *http.Request) error {
+	// Not every ResponseWriter can set a deadline (a test's recorder);
+	// the size bound still holds. The deadline is lifted once the form is
+	// read: left in place, it would cancel the request's context (net/http
+	// watches the idle connection) during a slow change. It stays when
+	// the form could not be read, since net/http then reads what is left
+	// of the body before answering.
+	rc := http.NewResponseController(w)
+	deadline := rc.SetReadDeadline(time.Now().Add(c.formTimeout)) == nil
 	r.Body = http.MaxBytesReader(w, r.Body, maxForm)
-	if err := r.ParseForm(); err != nil {
+	err := r.ParseForm()
+	if deadline && err == nil {
+		_ = rc.SetReadDeadline(time.Time{})
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return errorPage(http.StatusBadRequest, "The form did not arrive within %v; send it again.", c.formTimeout)
+	}
+	if err != nil {
 		return errorPage(http.StatusBadRequest, "The form could not be read: %v.", err)
 	}
 	return nil
@@ -232,7 +253,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		// Anyone may post this form: its body is bounded before anything
 		// reads it (r.FormValue would read up to 10 MB, or spool a
 		// multipart body to disk).
-		if err := parseForm(w, r); err != nil {
+		if err := c.parseForm(w, r); err != nil {
 			c.fail(w, r, nil, err)
 			return
 		}
@@ -305,7 +326,7 @@ func (c *Console) logout(w http.ResponseWriter, r *http.Request, v *view) {
 		c.methodNotAllowed(w, r, v, "POST")
 		return
 	}
-	if err := parseForm(w, r); err != nil {
+	if err := c.parseForm(w, r); err != nil {
 		c.fail(w, r, v, err)
 		return
 	}

@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -342,4 +343,119 @@ func TestAdversarySecureBehindTLSProxy(t *testing.T) {
 	if session == nil || !session.Secure {
 		t.Fatalf("session cookie behind a TLS proxy = %+v; want Secure", session)
 	}
+}
+
+// TestAdversaryHeld: what the adversary tried that the console already
+// held: image paths that climb out or smuggle another name, a session id
+// chosen by the attacker, a session kept alive past its lifetime, a token
+// in the log, and the headers that keep pages to the browser that asked.
+func TestAdversaryHeld(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	var logs strings.Builder
+	var logMu sync.Mutex
+	c, err := console.New(console.Options{Store: f.h.Meta, Decider: f.h.Gate, TokenFile: f.h.TokenFile, Now: f.h.Clock.Now,
+		Logger: slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(console.Prefix, c)
+	f.srv = httptest.NewServer(mux)
+	t.Cleanup(f.srv.Close)
+
+	// An id the attacker planted is replaced at sign-in.
+	b := f.browser()
+	u := mustURL(t, f.srv.URL+"/ui/")
+	b.jar.SetCookies(u, []*http.Cookie{{Name: "airlock_console", Value: "planted-by-the-attacker", Path: "/ui/"}})
+	b.get("/ui/login")
+	csrfLogin := csrfOf(t, b.get("/ui/login").body)
+	b.post("/ui/login", url.Values{"csrf": {csrfLogin}, "token": {"not-" + admintest.AliceToken}})
+	csrf := b.signIn(admintest.AliceToken)
+	for _, ck := range b.jar.Cookies(u) {
+		if ck.Name == "airlock_console" && ck.Value == "planted-by-the-attacker" {
+			t.Fatal("the planted session id survived sign-in")
+		}
+	}
+
+	d := f.quarantined.String()
+	for _, tc := range []struct {
+		path   string
+		status int
+	}{
+		{"/ui/images/hcl/vendor/../../../audit@" + d, http.StatusTemporaryRedirect}, // the mux cleans it first
+		{"/ui/images/hcl%2Fvendor%2F..%2F..%2Fx@" + d, http.StatusBadRequest},
+		{"/ui/images/hcl/vendor/%2e%2e/app@" + d, http.StatusBadRequest},
+		{"/ui/images/HCL/vendor/app@" + d, http.StatusBadRequest},
+		{"/ui/images/hcl/vendor/app@" + strings.ToUpper(d), http.StatusBadRequest},
+		{"/ui/images/hcl/vendor/app@sha256:" + strings.Repeat("0", 64) + "%00", http.StatusBadRequest},
+		{"/ui/images/hcl//vendor/app@" + d, http.StatusTemporaryRedirect},
+		{"/ui/images/hcl/vendor/app@" + d + "/release/extra", http.StatusNotFound},
+		{"/ui/images/" + strings.Repeat("a/", 400) + "b@" + d, http.StatusBadRequest},
+		{"/ui/images?page=99999999999999999999", http.StatusBadRequest},
+		{"/ui/audit?before=18446744073709551615", http.StatusOK},
+		{"/ui/images?q=" + url.QueryEscape(strings.Repeat("é", 150)), http.StatusBadRequest},
+	} {
+		if a := b.get(tc.path); a.status != tc.status {
+			t.Errorf("GET %s = %d; want %d\n%.300s", tc.path, a.status, tc.status, a.body)
+		}
+	}
+
+	a := b.get(imagePath(appRepo, f.quarantined))
+	for k, want := range map[string]string{
+		"Cache-Control": "no-store", "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+		"Referrer-Policy": "no-referrer",
+		"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; " +
+			"form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+	} {
+		if got := a.header.Get(k); got != want {
+			t.Errorf("%s: %q; want %q", k, got, want)
+		}
+	}
+	for _, p := range []string{"/ui/nope", "/ui/login"} {
+		if a := b.get(p); a.header.Get("Cache-Control") != "no-store" || a.header.Get("Content-Security-Policy") == "" {
+			t.Errorf("GET %s headers = %v", p, a.header)
+		}
+	}
+
+	// A change is recorded under the signed-in token's name.
+	form := url.Values{"csrf": {csrf}, "reason": {"held test"}, "confirm": {"yes"}}
+	if a := b.post(imagePath(appRepo, f.quarantined)+"/block", form); a.status != http.StatusSeeOther {
+		t.Fatalf("block = %d", a.status)
+	}
+	if rec := f.lastAudit(); rec.Actor != "admin:alice" || rec.Action != "block" || rec.Reason != "held test" {
+		t.Fatalf("audit record = %+v", rec)
+	}
+
+	// Activity does not stretch a session past its lifetime.
+	for range 8 {
+		f.h.Clock.Advance(59 * time.Minute)
+		if a := b.get("/ui/audit"); a.status != http.StatusOK {
+			t.Fatalf("a used session ended early: %d", a.status)
+		}
+	}
+	f.h.Clock.Advance(9 * time.Minute)
+	if a := b.get("/ui/"); a.status != http.StatusSeeOther {
+		t.Fatalf("after 8 hours /ui/ = %d; want a redirect to sign in", a.status)
+	}
+
+	logMu.Lock()
+	defer logMu.Unlock()
+	if strings.Contains(logs.String(), admintest.AliceToken) {
+		t.Fatalf("the log holds a token:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), "console sign-in refused") || !strings.Contains(logs.String(), "actor=admin:alice") {
+		t.Fatalf("the log lacks the sign-ins:\n%s", logs.String())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *strings.Builder
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -184,6 +184,7 @@ func (c *Console) audit(w http.ResponseWriter, r *http.Request, v *view) error {
 	} else {
 		d.Check = check
 	}
+	done()
 	c.render(w, r, http.StatusOK, "audit", v, d)
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -244,12 +245,13 @@ func (c *Console) get(w http.ResponseWriter, r *http.Request, v *view, page func
 // wait their turn.
 const maxScans = 2
 
-// scan waits for a turn to build a whole-table page; call the function it
-// returns when the page is written.
+// scan waits for a turn to build a whole-table page. Call the function it
+// returns (once or more) when the page's data are built, before writing
+// it: a client slow to read must not keep the turn.
 func (c *Console) scan(ctx context.Context) (func(), error) {
 	select {
 	case c.scans <- struct{}{}:
-		return func() { <-c.scans }, nil
+		return sync.OnceFunc(func() { <-c.scans }), nil
 	case <-ctx.Done():
 		return nil, errorPage(http.StatusServiceUnavailable, "The console is busy building other pages; try again.")
 	}

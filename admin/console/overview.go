@@ -91,6 +91,7 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, v *view) erro
 		d.HasDenials = true
 		d.Denials = c.denials(deniedListed)
 	}
+	done()
 	c.render(w, r, http.StatusOK, "overview", v, d)
 	return nil
 }

@@ -459,3 +459,30 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// TestAdversaryBidi: text an upstream controls cannot reorder what a page
+// shows with Unicode's bidirectional controls (an identity that reads as
+// another, a tag that hides its end): they are shown as visible marks.
+func TestAdversaryBidi(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	b := f.browser()
+	b.signIn(admintest.AliceToken)
+	d := digest.FromString("bidi image")
+	spoof := "https://github.com/vendor/app\u202e/lmy.esaeler/swolfkrow\u2066\u2069"
+	_, err := f.h.Meta.UpdateImage(context.Background(), vulnRepo, d, f.h.Clock.Now(), func(img *metadata.Image) (metadata.Change, error) {
+		img.State = metadata.StateQuarantined
+		img.Reasons = []metadata.Reason{{Type: metadata.ReasonSignature, Message: "identity " + spoof, Identity: spoof, Policy: "signed"}}
+		return metadata.Change{Actor: "policy", Action: "decide", Reason: "identity " + spoof}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{imagePath(vulnRepo, d), "/ui/images?q=identity", "/ui/audit"} {
+		a := b.get(p)
+		wantStatus(t, p, a, http.StatusOK, "[U+202E]")
+		if strings.ContainsAny(a.body, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c") {
+			t.Fatalf("GET %s: the page carries a bidirectional control", p)
+		}
+	}
+}

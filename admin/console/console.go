@@ -339,9 +339,22 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, nam
 	h.Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	if r.Method != http.MethodHead {
-		_, _ = buf.WriteTo(w)
+		_, _ = bidiControls.WriteString(w, buf.String())
 	}
 }
+
+// bidiControls shows Unicode's bidirectional controls as visible marks.
+// Tags, identities, messages and names come from upstreams and clients,
+// and a right-to-left override in one reorders what a page shows (an
+// identity that reads as another's); the templates themselves use none,
+// so the whole page can be rewritten.
+var bidiControls = func() *strings.Replacer {
+	var pairs []string
+	for _, r := range []rune{0x061C, 0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069} {
+		pairs = append(pairs, string(r), fmt.Sprintf("[U+%04X]", r))
+	}
+	return strings.NewReplacer(pairs...)
+}()
 
 // titler is page data that names its page.
 type titler interface{ title() string }

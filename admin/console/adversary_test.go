@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -484,5 +485,59 @@ func TestAdversaryBidi(t *testing.T) {
 		if strings.ContainsAny(a.body, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c") {
 			t.Fatalf("GET %s: the page carries a bidirectional control", p)
 		}
+	}
+}
+
+// TestAdversarySignOutServerSide: a session id copied before sign-out
+// (from a proxy's log, a stolen cookie) opens nothing afterwards: the
+// session ends in airlock, not only in the browser.
+func TestAdversarySignOutServerSide(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	b := f.browser()
+	csrf := b.signIn(admintest.AliceToken)
+	u := mustURL(t, f.srv.URL+"/ui/")
+	var stolen string
+	for _, c := range b.jar.Cookies(u) {
+		if c.Name == "airlock_console" {
+			stolen = c.Value
+		}
+	}
+	if a := b.post("/ui/logout", url.Values{"csrf": {csrf}}); a.status != http.StatusSeeOther {
+		t.Fatalf("sign-out = %d", a.status)
+	}
+	thief := f.browser()
+	thief.jar.SetCookies(u, []*http.Cookie{{Name: "airlock_console", Value: stolen, Path: "/ui/"}})
+	if a := thief.get("/ui/"); a.status != http.StatusSeeOther {
+		t.Fatalf("a session id copied before sign-out still opens the console: %d", a.status)
+	}
+	wantStatus(t, "a change with a copied session id", thief.post(imagePath(appRepo, f.quarantined)+"/release",
+		url.Values{"csrf": {csrf}, "reason": {"x"}, "confirm": {"yes"}}), http.StatusForbidden, "not signed in")
+}
+
+// TestAdversaryWideIndex: an upstream's index listing thousands of
+// platforms does not make the image page megabytes long: it lists the
+// first hundred and says how many more there are.
+func TestAdversaryWideIndex(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	b := f.browser()
+	b.signIn(admintest.AliceToken)
+	d := digest.FromString("wide index")
+	_, err := f.h.Meta.UpdateImage(context.Background(), vulnRepo, d, f.h.Clock.Now(), func(img *metadata.Image) (metadata.Change, error) {
+		img.State = metadata.StateQuarantined
+		for i := range 2000 {
+			img.Platforms = append(img.Platforms, metadata.Platform{Digest: digest.FromString(strconv.Itoa(i)),
+				OS: "linux", Architecture: "arch" + strconv.Itoa(i)})
+		}
+		return metadata.Change{Actor: "policy", Action: "decide", Reason: "wide"}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := b.get(imagePath(vulnRepo, d))
+	wantStatus(t, "a 2000-platform index", a, http.StatusOK, "linux/arch99<", "And 1900 more the index lists")
+	if strings.Contains(a.body, "linux/arch100<") || len(a.body) > 200<<10 {
+		t.Fatalf("the page lists more than 100 platforms (%d bytes)", len(a.body))
 	}
 }

@@ -541,3 +541,34 @@ func TestAdversaryWideIndex(t *testing.T) {
 		t.Fatalf("the page lists more than 100 platforms (%d bytes)", len(a.body))
 	}
 }
+
+// TestAdversaryManyTags: an image grows a tag for each tag pulled, and
+// whoever can pull can pull thousands; the images table shows five per
+// row and the image page a hundred, each saying how many more.
+func TestAdversaryManyTags(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	b := f.browser()
+	b.signIn(admintest.AliceToken)
+	d := digest.FromString("many tags")
+	_, err := f.h.Meta.UpdateImage(context.Background(), vulnRepo, d, f.h.Clock.Now(), func(img *metadata.Image) (metadata.Change, error) {
+		img.State = metadata.StateQuarantined
+		for i := range 1000 {
+			img.Tags = append(img.Tags, "t"+strconv.Itoa(i))
+		}
+		return metadata.Change{Actor: "policy", Action: "decide", Reason: "many"}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := b.get("/ui/images?q=t999")
+	wantStatus(t, "the images table", a, http.StatusOK, ">t4<", "+995")
+	if strings.Contains(a.body, ">t5<") {
+		t.Fatal("the images table lists more than 5 tags in a row")
+	}
+	a = b.get(imagePath(vulnRepo, d))
+	wantStatus(t, "the image page", a, http.StatusOK, ">t99<", "and 900 more")
+	if strings.Contains(a.body, ">t100<") {
+		t.Fatal("the image page lists more than 100 tags")
+	}
+}

@@ -153,6 +153,14 @@ func TestAdversaryCSRF(t *testing.T) {
 			t.Fatalf("%s to an action = %d; want 405", m, a.status)
 		}
 	}
+	// Login CSRF: another site signing the browser in with its token.
+	fresh := f.browser()
+	loginCSRF := csrfOf(t, fresh.get("/ui/login").body)
+	a := fresh.do(http.MethodPost, "/ui/login", url.Values{"csrf": {loginCSRF}, "token": {admintest.UnnamedToken}},
+		"Sec-Fetch-Site", "cross-site")
+	if a.status != http.StatusForbidden || strings.Contains(strings.Join(a.header.Values("Set-Cookie"), ";"), "airlock_console=") {
+		t.Fatalf("cross-site sign-in = %d %v; want 403 and no session", a.status, a.header.Values("Set-Cookie"))
+	}
 	if a := victim.get("/ui/logout"); a.status != http.StatusMethodNotAllowed {
 		t.Fatalf("GET /ui/logout = %d; want 405", a.status)
 	}

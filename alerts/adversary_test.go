@@ -48,6 +48,9 @@ func TestDeadWebhookBacklogDoesNotStarveOthers(t *testing.T) {
 	start(t, alerts.Options{Outbox: store, Router: router, Registerer: prometheus.NewRegistry(),
 		MinBackoff: time.Minute, MaxBackoff: time.Hour})
 	eventually(t, "the live webhook has its event", func() bool { return len(alive.requests()) == 1 })
+	// The dead one was tried once, meanwhile, and then waits out its
+	// backoff rather than being sent its backlog.
+	eventually(t, "the dead webhook was tried", func() bool { return len(dead.requests()) >= 1 })
 	if n := len(dead.requests()); n != 1 {
 		t.Errorf("the dead webhook got %d requests, want 1 (its first, then backoff)", n)
 	}

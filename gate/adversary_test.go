@@ -15,6 +15,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/airlock-registry/airlock/config"
@@ -502,4 +509,184 @@ func TestPolicyAddedOnReloadWithdrawsWhatWasAdmitted(t *testing.T) {
 		blobPath("hub/team/app", app.Layers[0])} {
 		h.wantStatus(p, http.StatusForbidden, "DENIED")
 	}
+}
+
+// A release ends exactly at its expiry, for the image and for the
+// platforms of a released index, before the expiry is recorded; a renewal
+// before then keeps it going.
+func TestReleaseEndsExactlyAtItsExpiry(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	idx := up.PushIndex(t, "vendor/multi", "3.0", 256, 1)
+	h := newHarness(t, up, t.TempDir(), "")
+	const repo = "hcl/vendor/multi"
+	arm, _ := idx.Image("arm64")
+	d := digest.Digest(idx.Digest.String())
+	h.wantStatus(manifestPath(repo, "3.0"), http.StatusForbidden, "is quarantined")
+	end := h.clock.Now().Add(time.Hour)
+	if _, err := h.gate.Release(t.Context(), repo, d, "admin:ann", "vendor hotfix", end); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.advance(time.Hour - time.Nanosecond)
+	h.wantStatus(manifestPath(repo, "3.0"), http.StatusOK)
+	h.wantStatus(manifestPath(repo, arm.Digest.String()), http.StatusOK)
+	// Renewed a nanosecond before its end.
+	if _, err := h.gate.Release(t.Context(), repo, d, "admin:ann", "still needed", end.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.advance(time.Hour)
+	h.wantStatus(manifestPath(repo, idx.Digest.String()), http.StatusOK)
+	h.clock.advance(time.Nanosecond) // exactly the renewed end
+	h.wantStatus(manifestPath(repo, idx.Digest.String()), http.StatusForbidden, "release ended")
+	h.wantStatus(manifestPath(repo, arm.Digest.String()), http.StatusForbidden, "is a platform of")
+	if n := h.gate.ExpireReleases(t.Context()); n != 1 {
+		t.Fatalf("ExpireReleases = %d, want 1", n)
+	}
+	h.wantStatus(blobPath(repo, arm.Layers[0]), http.StatusForbidden, "DENIED")
+}
+
+// HEAD is refused as GET is, for a refused image and for its layers, and
+// an unprefixed name routed to the default upstream reaches the same
+// repository, and the same refusal, as the path prefix. (?ns= routing is
+// checked against the keys in proxy's TestKnownAgreesWithRouteKeys.)
+func TestHeadAndDefaultRoutingAreGatedAlike(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	app := up.PushImage(t, "team/tool", "1", 256, 1)
+	h := newHarness(t, up, t.TempDir(), "")
+	const repo = "hub/team/tool"
+	h.wantStatus(manifestPath(repo, "1"), http.StatusOK)
+	h.wantStatus(blobPath(repo, app.Layers[0]), http.StatusOK)
+	if _, err := h.gate.Block(t.Context(), repo, digest.Digest(app.Digest.String()), "admin:bob", "incident"); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{manifestPath(repo, "1"), manifestPath(repo, app.Digest.String()), blobPath(repo, app.Layers[0]),
+		// hub is the default upstream: the unprefixed name is the same repository.
+		manifestPath("team/tool", "1"), blobPath("team/tool", app.Layers[0])} {
+		for _, method := range []string{http.MethodHead, http.MethodGet} {
+			req, _ := http.NewRequestWithContext(t.Context(), method, h.srv.URL+p, nil)
+			req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusForbidden {
+				t.Errorf("%s %s = %d, want 403", method, p, resp.StatusCode)
+			}
+		}
+	}
+}
+
+// When an admin moves a tag pin to a new release (latest: A -> B), the old
+// release stays pinned under its own tag (1.0 -> A) and must keep being
+// served as 1.0. Airlock's memory that latest resolved to A is stale by
+// the pins' own word; it must not quarantine A. A pull of latest that
+// still gets A (an upstream rolling back) is refused.
+func TestMovingOneTagPinKeepsTheOldReleaseServedUnderItsOwnTag(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	a, b := digest.FromString("release 1.0"), digest.FromString("release 1.1")
+	const repo = "hcl/vendor/app"
+	h := newHarness(t, up, t.TempDir(), repo+":1.0 "+a.String()+"\n"+repo+":latest "+a.String()+"\n")
+	ctx := t.Context()
+	admit := func(d digest.Digest, tag string) proxy.Decision {
+		t.Helper()
+		dec, err := h.gate.Admit(ctx, proxy.Subject{Upstream: "hcl", Repository: "vendor/app", Digest: d, Tag: tag,
+			MediaType: "application/vnd.oci.image.manifest.v1+json", Body: []byte("{}")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dec
+	}
+	if !admit(a, "1.0").Allow || !admit(a, "latest").Allow {
+		t.Fatal("the pinned release is refused")
+	}
+	if err := os.WriteFile(h.pins, []byte(repo+":1.0 "+a.String()+"\n"+repo+":latest "+b.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.gate.SetPolicies(ctx, h.policies()); err != nil {
+		t.Fatal(err)
+	}
+	if dec := admit(a, "1.0"); !dec.Allow {
+		t.Errorf("1.0, still pinned to its digest, is refused after latest moved on: %s", dec.Message)
+	}
+	if img := h.image(repo, mustHash(t, a)); img.State != metadata.StateApproved {
+		t.Errorf("the 1.0 image is %s: %+v", img.State, img.Reasons)
+	}
+	if !admit(b, "latest").Allow {
+		t.Error("the new latest is refused")
+	}
+	if dec := admit(a, "latest"); dec.Allow {
+		t.Error("latest rolled back to the old release is served")
+	}
+}
+
+func mustHash(t *testing.T, d digest.Digest) v1.Hash {
+	t.Helper()
+	h, err := v1.NewHash(d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// pushFakeSignature publishes, under a cosign-style tag, a "signature"
+// artifact whose one layer is the bytes of layer (a DSSE envelope by its
+// media type only), as a hostile upstream could, and returns its digest.
+func pushFakeSignature(t *testing.T, up *upstreamtest.Upstream, repo string, layer v1.Hash) digest.Digest {
+	t.Helper()
+	l := static.NewLayer(up.Blob(t, layer), types.MediaType("application/vnd.dsse.envelope.v1+json"))
+	img, err := mutate.AppendLayers(empty.Image, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img = mutate.ConfigMediaType(mutate.MediaType(img, types.OCIManifestSchema1), types.OCIConfigJSON)
+	ref, err := name.ParseReference(up.Host+"/"+repo+":sha256-"+strings.Repeat("a", 64)+".att", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return digest.Digest(d.String())
+}
+
+// A signature artifact is approved on sight, but its blobs are the
+// upstream's choice: one that lists a quarantined image's layer must not
+// make it readable, whichever of the two was pulled first.
+func TestSignatureArtifactCannotCarryAQuarantinedLayer(t *testing.T) {
+	t.Parallel()
+	const repo = "hcl/vendor/app"
+	t.Run("quarantined first", func(t *testing.T) {
+		t.Parallel()
+		up := upstreamtest.New(t, upstreamtest.Options{})
+		q := up.PushImage(t, "vendor/app", "evil", 256, 1)
+		h := newHarness(t, up, t.TempDir(), "")
+		h.wantStatus(manifestPath(repo, "evil"), http.StatusForbidden, "is quarantined")
+		sig := pushFakeSignature(t, up, "vendor/app", q.Layers[0])
+		h.wantStatus(manifestPath(repo, sig.String()), http.StatusOK)
+		h.wantStatus(blobPath(repo, q.Layers[0]), http.StatusForbidden, "DENIED")
+		h.wantStatus(manifestPath(repo, sig.String()), http.StatusOK)
+		h.wantStatus(blobPath(repo, q.Layers[0]), http.StatusForbidden, "DENIED")
+	})
+	t.Run("artifact first", func(t *testing.T) {
+		t.Parallel()
+		up := upstreamtest.New(t, upstreamtest.Options{})
+		q := up.PushImage(t, "vendor/app", "evil", 256, 1)
+		sig := pushFakeSignature(t, up, "vendor/app", q.Layers[0])
+		h := newHarness(t, up, t.TempDir(), "")
+		h.wantStatus(manifestPath(repo, sig.String()), http.StatusOK)
+		h.wantStatus(manifestPath(repo, "evil"), http.StatusForbidden, "is quarantined")
+		// The image is refused after the artifact admitted the layer: the
+		// withdrawal does not count the artifact's claim on it.
+		if _, err := h.gate.Block(t.Context(), repo, digest.Digest(q.Digest.String()), "admin:bob", "evil"); err != nil {
+			t.Fatal(err)
+		}
+		h.wantStatus(blobPath(repo, q.Layers[0]), http.StatusForbidden, "DENIED")
+	})
 }

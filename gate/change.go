@@ -111,6 +111,15 @@ func decided(from metadata.State, img *metadata.Image) string {
 // set, is the tag being pulled: pins name it first. A signature artifact
 // is approved whatever the policies say.
 func decide(set *policy.Set, img *metadata.Image, tag string, now time.Time) {
+	// A tag the pins now give to other digests has moved on; airlock only
+	// learns that from a pull of it. Kept, it would refuse the image for
+	// a tag nobody pulls it by any more, under every other tag too (an
+	// old release, still pinned as 1.0, when latest moves on). The tag
+	// being pulled stays: that pull is judged by it.
+	// (A copy: img may be a copy of an image in memory, sharing its tags.)
+	img.Tags = slices.DeleteFunc(slices.Clone(img.Tags), func(t string) bool {
+		return t != tag && set.TagMoved(img.Repository, img.Digest, t)
+	})
 	if img.Artifact != "" {
 		img.Verdict = metadata.Verdict{State: metadata.StateApproved, DecidedAt: now}
 	} else {
@@ -131,6 +140,7 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 	var (
 		from        metadata.State
 		wasServable bool
+		sawContent  bool
 		actor       string
 		queued      bool
 	)
@@ -147,10 +157,12 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 		// The stored state, expired release or not: what was admitted
 		// under it must be withdrawn.
 		wasServable = !img.FirstSeen.IsZero() && policy.Servable(img.State) || img.FirstSeen.IsZero() && viaIndex
+		unseen := img.MediaType == ""
 		c, err := fn(img)
 		if err != nil {
 			return c, err
 		}
+		sawContent = unseen && img.MediaType != ""
 		actor = c.Actor
 		if ev := eventType(from, img, c.Actor); ev != "" {
 			c.Deliveries = g.route(eventFor(ev, from, img, c, now))
@@ -179,7 +191,12 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 		g.log.LogAttrs(ctx, slog.LevelInfo, "image state changed", slog.String("image", imageKey(repo, d)),
 			slog.String("from", string(from)), slog.String("to", string(img.State)), slog.String("reason", summary(stored)))
 	}
-	if wasServable && !servable(stored, now) {
+	g.mu.RLock()
+	artifacts := g.artifacts[repo] > 0
+	g.mu.RUnlock()
+	if !servable(stored, now) && (wasServable || sawContent && artifacts) {
+		// Refused on first sight where signature artifacts are: one may
+		// have listed, and admitted, this image's blobs.
 		g.withdraw(ctx, stored)
 	}
 	return stored, nil
@@ -189,6 +206,10 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 // lists them, unreadable in its repository.
 func (g *Gate) withdraw(ctx context.Context, img *metadata.Image) {
 	servableHere := func(d digest.Digest) bool { return g.servableIn(img.Repository, d) }
+	// A signature artifact is approved on sight, so what it lists keeps
+	// no blob readable: its blobs are the upstream's choice, and could be
+	// the layers of the image withdrawn.
+	keeps := func(d digest.Digest) bool { return servableHere(d) && !g.artifactIn(img.Repository, d) }
 	digests := []digest.Digest{img.Digest}
 	for _, p := range img.Platforms {
 		digests = append(digests, p.Digest)
@@ -197,7 +218,7 @@ func (g *Gate) withdraw(ctx context.Context, img *metadata.Image) {
 		if servableHere(d) {
 			continue
 		}
-		if err := g.content.Withdraw(ctx, img.Repository, d, servableHere); err != nil {
+		if err := g.content.Withdraw(ctx, img.Repository, d, keeps); err != nil {
 			g.log.LogAttrs(ctx, slog.LevelError, "withdrawing the blobs of an image that may no longer be served failed; they stay readable by digest until it is retried",
 				slog.String("image", imageKey(img.Repository, d)), slog.String("error", err.Error()))
 		}
@@ -210,6 +231,20 @@ func (g *Gate) withdraw(ctx context.Context, img *metadata.Image) {
 // is not servable. It implements proxy.Rechecker.
 func (g *Gate) Servable(upstream, repo string, d digest.Digest) bool {
 	return g.servableIn(upstream+"/"+repo, d)
+}
+
+// Artifact reports whether the manifest d in upstream/repo is a signature
+// artifact, approved on sight rather than by the policies. It implements
+// proxy.Rechecker.
+func (g *Gate) Artifact(upstream, repo string, d digest.Digest) bool {
+	return g.artifactIn(upstream+"/"+repo, d)
+}
+
+func (g *Gate) artifactIn(repo string, d digest.Digest) bool {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	i := g.images[imageKey(repo, d)]
+	return i != nil && i.Artifact != ""
 }
 
 func (g *Gate) servableIn(repo string, d digest.Digest) bool {

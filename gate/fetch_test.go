@@ -18,7 +18,6 @@ import (
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
 	"github.com/airlock-registry/airlock/proxy"
 	"github.com/airlock-registry/airlock/storage/metadata"
-	"github.com/airlock-registry/airlock/verify/signature"
 )
 
 // pushSignatureArtifact writes a cosign-style signature manifest (one
@@ -78,7 +77,7 @@ func TestFetcherReadsSignaturesThroughTheCache(t *testing.T) {
 	if _, err := f.Blob(ctx, digest.Digest(m.Layers[0].Digest.String()), 4); err == nil || !strings.Contains(err.Error(), "larger than 4 bytes") {
 		t.Errorf("a blob over the bound: %v", err)
 	}
-	if _, _, _, err := f.Manifest(ctx, "sha256-"+strings.Repeat("0", 64)+".sig"); !errors.Is(err, signature.ErrNotFound) {
+	if _, _, _, err := f.Manifest(ctx, "sha256-"+strings.Repeat("0", 64)+".sig"); !errors.Is(err, proxy.ErrFetchNotFound) {
 		t.Errorf("absent signature tag: %v, want ErrNotFound", err)
 	}
 	rec, err := h.meta.Image(ctx, repo, digest.Digest(sig.String()))

@@ -122,6 +122,10 @@ type Gate struct {
 	// overrides counts the images with a block per repository: a block
 	// governs its repository even where no policy does.
 	blocks map[string]int
+	// artifacts counts the signature artifacts per repository: where there
+	// are some, an image refused on first sight has its blobs withdrawn,
+	// in case an artifact admitted them.
+	artifacts map[string]int
 
 	statsMu sync.Mutex
 	stats   map[string]*pullCount
@@ -148,7 +152,7 @@ func New(ctx context.Context, o Options) (*Gate, error) {
 		store: o.Store, content: o.Content, known: o.KnownRepository, delivered: o.Delivered, verify: o.Verify,
 		retry: o.PendingRetry, now: o.Now, log: o.Logger,
 		images: map[string]*metadata.Image{}, tags: map[string]digest.Digest{},
-		parents: map[string][]string{}, blocks: map[string]int{}, stats: map[string]*pullCount{},
+		parents: map[string][]string{}, blocks: map[string]int{}, artifacts: map[string]int{}, stats: map[string]*pullCount{},
 	}
 	if g.retry <= 0 {
 		g.retry = 15 * time.Second
@@ -203,6 +207,9 @@ func (g *Gate) remember(img *metadata.Image) {
 	if img.Override != nil && img.Override.Action == metadata.ActionBlock {
 		g.blocks[img.Repository]++
 	}
+	if img.Artifact != "" {
+		g.artifacts[img.Repository]++
+	}
 }
 
 // forgetLocked undoes remember for img, except its tags, which the image
@@ -227,6 +234,11 @@ func (g *Gate) forgetLocked(img *metadata.Image) {
 	if img.Override != nil && img.Override.Action == metadata.ActionBlock {
 		if g.blocks[img.Repository]--; g.blocks[img.Repository] <= 0 {
 			delete(g.blocks, img.Repository)
+		}
+	}
+	if img.Artifact != "" {
+		if g.artifacts[img.Repository]--; g.artifacts[img.Repository] <= 0 {
+			delete(g.artifacts, img.Repository)
 		}
 	}
 }

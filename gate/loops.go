@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
@@ -96,24 +98,40 @@ func (g *Gate) retryPolicies(ctx context.Context) {
 // served. A state change commits before its withdrawal runs, so a crash
 // in between leaves blobs readable under a refused image; this finishes
 // such withdrawals after a restart. For an image whose withdrawal is done
-// it costs one read: the content index skips a manifest no longer
-// admitted.
+// it costs one read where the content says what is admitted.
 func (g *Gate) withdrawRefused(ctx context.Context) {
 	now := g.now()
 	g.mu.RLock()
-	var refused []*metadata.Image
+	var refused, settled []*metadata.Image
 	for _, img := range g.images {
-		if !servable(img, now) {
+		switch {
+		case servable(img, now):
+		case g.artifacts[img.Repository] > 0 || len(img.Platforms) > 0:
+			// An artifact, or a platform, may hold its blobs.
 			refused = append(refused, img)
+		default:
+			settled = append(settled, img)
 		}
 	}
 	g.mu.RUnlock()
+	a, _ := g.content.(admissions)
+	for _, img := range settled {
+		if a == nil || a.Admitted(ctx, img.Repository, img.Digest) {
+			refused = append(refused, img)
+		}
+	}
 	for _, img := range refused {
 		if ctx.Err() != nil {
 			return
 		}
 		g.withdraw(ctx, img)
 	}
+}
+
+// admissions is a Content that can say whether a manifest's admission is
+// in force (the proxy can): the sweep then skips what was withdrawn.
+type admissions interface {
+	Admitted(ctx context.Context, repo string, d digest.Digest) bool
 }
 
 // Flush writes the pull counts gathered since the last flush.

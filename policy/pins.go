@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -112,6 +113,12 @@ func (p *Pins) check(repo string, d digest.Digest, tags []string) (msg, tag stri
 		return fmt.Sprintf("tag %s resolved to %s, which is not pinned", tags[0], short(d)), tags[0]
 	}
 	return fmt.Sprintf("%s is not pinned", short(d)), ""
+}
+
+// moved reports whether the pins name tag in repo, and not for d.
+func (p *Pins) moved(repo string, d digest.Digest, tag string) bool {
+	want := p.tag[repo+":"+tag]
+	return len(want) > 0 && !slices.Contains(want, d)
 }
 
 // short abbreviates a digest for a sentence: algorithm and 12 hex digits.

@@ -188,6 +188,23 @@ func (s *Set) Evaluate(sub Subject, now time.Time) metadata.Verdict {
 	return v
 }
 
+// TagMoved reports whether a policy matching repo pins tag to digests
+// other than d: by the pins' word the tag no longer resolves to d, whatever
+// airlock last saw. The gate forgets such a tag on an image when it decides
+// it again without a pull, so that an old release keeps being judged by
+// the pins of its own tags.
+func (s *Set) TagMoved(repo string, d digest.Digest, tag string) bool {
+	if s == nil {
+		return false
+	}
+	for _, p := range s.policies {
+		if p.pins != nil && p.Matches(repo) && p.pins.moved(repo, d, tag) {
+			return true
+		}
+	}
+	return false
+}
+
 // evidenceFor finds p's signature result in evs, under p's current trust.
 func evidenceFor(evs []metadata.SignatureEvidence, p *Policy) (metadata.SignatureEvidence, bool) {
 	h := p.signature.Hash()

@@ -47,18 +47,15 @@ func (p *Proxy) Withdraw(ctx context.Context, repo string, d digest.Digest, serv
 		m.link.Flags &^= metadata.Admitted
 		return m
 	})
-	rec, link, err := p.meta.RepoManifest(ctx, repo, d)
+	// Not only what this manifest admitted: a signature artifact there may
+	// list, and have admitted, its blobs. So a manifest still being
+	// written counts too.
+	rec, link, err := p.repoManifest(ctx, repo, d)
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil // nothing cached, nothing admitted
 	}
 	if err != nil {
 		return fmt.Errorf("reading manifest %s@%s: %w", repo, d, err)
-	}
-	if !link.Has(metadata.Admitted) {
-		// Never admitted here, or withdrawn already: the admission and its
-		// withdrawal each write the manifest's flag with its blobs' in one
-		// transaction, so none of its blobs is readable through it.
-		return nil
 	}
 	keep, err := p.listedBlobs(ctx, ix, repo, func(other digest.Digest, l metadata.Link) bool {
 		return other != d && l.Has(metadata.Admitted) && servable(other)
@@ -73,6 +70,18 @@ func (p *Proxy) Withdraw(ctx context.Context, repo string, d digest.Digest, serv
 		}
 	}
 	return ix.WithdrawManifest(ctx, repo, d, drop)
+}
+
+// Admitted reports whether the manifest repo@d's admission is in force:
+// its blobs were made readable through it and not withdrawn since. An
+// error reads as true, the safe answer for a caller deciding whether to
+// withdraw.
+func (p *Proxy) Admitted(ctx context.Context, repo string, d digest.Digest) bool {
+	_, link, err := p.repoManifest(ctx, repo, d)
+	if errors.Is(err, storage.ErrNotFound) {
+		return false
+	}
+	return err != nil || link.Has(metadata.Admitted)
 }
 
 // listedBlobs returns the blobs listed by the manifests linked in repo that

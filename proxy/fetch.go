@@ -13,7 +13,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/airlock-registry/airlock/verify/signature"
 )
 
 // internalKey marks a request the proxy makes of itself.
@@ -26,9 +25,10 @@ func Internal(ctx context.Context) bool { return ctx.Value(internalKey{}) != nil
 // Fetcher reads one repository through the proxy itself, as a client
 // would: routed, cached, verified and gated like any pull, so signature
 // artifacts are fetched once and later served to clients from the cache.
-// It implements signature.Fetcher. Its requests are marked Internal, skip
+// It implements verify/signature's Fetcher. Its requests are marked Internal, skip
 // client permissions (airlock reads for itself) and are answered in
-// memory, bounded.
+// memory, bounded. What the registry does not hold is an error wrapping
+// ErrFetchNotFound.
 type Fetcher struct {
 	p *Proxy
 	// repo is "<upstream>/<repository>".
@@ -101,7 +101,7 @@ func (f *Fetcher) get(ctx context.Context, path string, q url.Values, max int64)
 	case w.status == http.StatusOK:
 		return w.header, w.body.Bytes(), nil
 	case w.status == http.StatusNotFound:
-		return nil, nil, fmt.Errorf("%s@%s: %w", f.repo, path, signature.ErrNotFound)
+		return nil, nil, fmt.Errorf("%s@%s: %w", f.repo, path, ErrFetchNotFound)
 	}
 	msg := strings.TrimSpace(w.body.String())
 	var oe struct {
@@ -163,3 +163,16 @@ func (w *memoryWriter) Write(b []byte) (int, error) {
 func (w *memoryWriter) Flush() {}
 
 var errTooLarge = errors.New("response larger than the reader accepts")
+
+// ErrFetchNotFound is wrapped by a Fetcher's errors for what the registry
+// does not hold. Its NotFound method is how verify/signature recognises
+// it.
+var ErrFetchNotFound error = notFound{}
+
+type notFound struct{}
+
+func (notFound) Error() string { return "not found" }
+
+// NotFound marks the error as "not found" for packages that do not import
+// this one.
+func (notFound) NotFound() {}

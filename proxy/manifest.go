@@ -128,6 +128,9 @@ func (p *Proxy) recheck(ctx context.Context, rq *request, d digest.Digest) {
 	}
 	up, repo := rq.route.Upstream.Name, rq.route.Repo
 	if rc.Servable(up, repo, d) {
+		if rc.Artifact(up, repo, d) {
+			p.withholdRefusedBlobs(ctx, rq, rc, d)
+		}
 		return
 	}
 	servable := func(o digest.Digest) bool { return rc.Servable(up, repo, o) }
@@ -135,6 +138,63 @@ func (p *Proxy) recheck(ctx context.Context, rq *request, d digest.Digest) {
 		p.log.LogAttrs(ctx, slog.LevelError, "withdrawing the blobs of a manifest refused while it was served failed",
 			slog.String("repository", rq.route.Key()), slog.String("digest", d.String()), slog.String("error", err.Error()))
 	}
+}
+
+// withholdRefusedBlobs withdraws, from the artifact d just admitted, the
+// blobs that a refused manifest in the request's repository lists and no
+// servable image there does: an upstream could otherwise publish a
+// "signature" whose layers are a quarantined image's. Such an artifact is
+// admitted again on its next pull, and withheld again.
+func (p *Proxy) withholdRefusedBlobs(ctx context.Context, rq *request, rc Rechecker, d digest.Digest) {
+	ctx = context.WithoutCancel(ctx)
+	up, repo, key := rq.route.Upstream.Name, rq.route.Repo, rq.route.Key()
+	fail := func(err error) {
+		p.log.LogAttrs(ctx, slog.LevelError, "checking a signature artifact's blobs against refused images failed",
+			slog.String("repository", key), slog.String("digest", d.String()), slog.String("error", err.Error()))
+	}
+	ix, err := p.index()
+	if err != nil {
+		fail(err)
+		return
+	}
+	rec, link, err := p.repoManifest(ctx, key, d)
+	if err != nil {
+		fail(err)
+		return
+	}
+	refused, err := p.listedBlobs(ctx, ix, key, func(o digest.Digest, _ metadata.Link) bool { return o != d && !rc.Servable(up, repo, o) })
+	if err != nil || len(refused) == 0 {
+		if err != nil {
+			fail(err)
+		}
+		return
+	}
+	kept, err := p.listedBlobs(ctx, ix, key, func(o digest.Digest, l metadata.Link) bool {
+		return o != d && l.Has(metadata.Admitted) && rc.Servable(up, repo, o) && !rc.Artifact(up, repo, o)
+	})
+	if err != nil {
+		fail(err)
+		return
+	}
+	var drop []digest.Digest
+	for _, b := range referencedBlobs(mediaTypeOf(rec, link), rec.Body) {
+		if refused[b.Digest] && !kept[b.Digest] {
+			drop = append(drop, b.Digest)
+		}
+	}
+	if len(drop) == 0 {
+		return
+	}
+	p.storing.change(key+"\x00"+d.String(), func(m repoManifest) repoManifest {
+		m.link.Flags &^= metadata.Admitted
+		return m
+	})
+	if err := ix.WithdrawManifest(ctx, key, d, drop); err != nil {
+		fail(err)
+		return
+	}
+	p.log.LogAttrs(ctx, slog.LevelWarn, "a signature artifact lists blobs of refused images; they stay unreadable",
+		slog.String("repository", key), slog.String("digest", d.String()), slog.Int("blobs", len(drop)))
 }
 
 // withNotFound makes an upstream "not found" answer carry the right OCI code.

@@ -110,8 +110,13 @@ type Governor interface {
 // withdrawn them in between, so the proxy asks again, without deciding
 // anything, once the record is written, and withdraws them itself if the
 // manifest stopped being servable.
+//
+// Artifact reports a manifest the Gate serves without the policies' say
+// (a signature artifact): its blobs are the upstream's choice, so none of
+// them that a refused manifest there lists becomes readable through it.
 type Rechecker interface {
 	Servable(upstream, repo string, d digest.Digest) bool
+	Artifact(upstream, repo string, d digest.Digest) bool
 }
 
 // Options configure a Proxy.

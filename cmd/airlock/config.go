@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 
 	"github.com/spf13/cobra"
 
@@ -31,7 +32,7 @@ func newConfigCommand() *cobra.Command {
 			}
 			if !static {
 				// The pin files parse, as serve and SIGHUP will read them.
-				if _, err := compilePolicies(cfg); err != nil {
+				if _, err := compilePolicies(cfg, slog.New(slog.DiscardHandler)); err != nil {
 					return err
 				}
 			}

@@ -39,6 +39,8 @@ import (
 	"github.com/airlock-registry/airlock/storage"
 	"github.com/airlock-registry/airlock/storage/evict"
 	"github.com/airlock-registry/airlock/storage/metadata"
+	"github.com/airlock-registry/airlock/verify/notation"
+	"github.com/airlock-registry/airlock/verify/signature"
 )
 
 func newServeCommand() *cobra.Command {
@@ -161,7 +163,7 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 		return nil, err
 	}
 	g.stopTracing = stopTracing
-	policies, err := compilePolicies(cfg)
+	policies, err := compilePolicies(cfg, log)
 	if err != nil {
 		g.meta.Close()
 		return nil, err
@@ -176,7 +178,7 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 	// the gate before serving: content is bound once both exist.
 	content := &lazyContent{}
 	g.gate, err = gate.New(ctx, gate.Options{Store: g.meta, Content: content, Policies: policies,
-		Alerts: g.alerts, Delivered: g.deliverer.Nudge,
+		Alerts: g.alerts, Delivered: g.deliverer.Nudge, Verify: verifySignatures(content),
 		KnownRepository: content.Known, Logger: log.With(slog.String("component", "gate")), Registerer: g.promReg})
 	if err != nil {
 		g.meta.Close()
@@ -533,7 +535,7 @@ func (g *gateway) reload(path string) {
 		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
 		return
 	}
-	policies, err := compilePolicies(cfg)
+	policies, err := compilePolicies(cfg, g.log)
 	if err != nil {
 		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
 		return
@@ -646,15 +648,37 @@ func (g *gateway) adminHandler() (http.Handler, error) {
 	return mux, nil
 }
 
-// compilePolicies reads the pin files of cfg's policies and compiles them.
-func compilePolicies(cfg *config.Config) (*policy.Set, error) {
-	set, err := policy.Compile(cfg.Policies, func(path string) ([]byte, error) {
-		return readLimited(path, maxPinFileBytes)
-	}, nil)
+// compilePolicies reads the files cfg's policies name (pins, keys, trusted
+// roots, trust stores) and compiles them.
+func compilePolicies(cfg *config.Config, log *slog.Logger) (*policy.Set, error) {
+	read := func(path string) ([]byte, error) { return readLimited(path, maxPinFileBytes) }
+	set, err := policy.Compile(cfg.Policies, read, func(name string, c config.Signature) (policy.SignatureCheck, error) {
+		o := signature.Options{Logger: log.With(slog.String("component", "signature"), slog.String("policy", name))}
+		if c.Notation != nil {
+			nv, err := notation.New(*c.Notation, read, notation.WithLogger(o.Logger))
+			if err != nil {
+				return nil, fmt.Errorf("notation: %w", err)
+			}
+			o.Notation = nv
+		}
+		return signature.New(name, c, read, o)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("policies: %w", err)
 	}
 	return set, nil
+}
+
+// verifySignatures runs a policy's signature check on an image, reading
+// its signatures through airlock's own cache.
+func verifySignatures(content *lazyContent) gate.Verify {
+	return func(ctx context.Context, check policy.SignatureCheck, repo string, d digest.Digest, mediaType string) (metadata.SignatureEvidence, error) {
+		v, ok := check.(*signature.Verifier)
+		if !ok {
+			return metadata.SignatureEvidence{}, fmt.Errorf("policy signature check of type %T cannot run", check)
+		}
+		return v.Verify(ctx, content.p.Fetcher(repo), d, mediaType)
+	}
 }
 
 // maxPinFileBytes bounds a pin file: a million pins of ~80 bytes.
@@ -682,6 +706,10 @@ type lazyContent struct{ p *proxy.Proxy }
 
 func (c *lazyContent) Withdraw(ctx context.Context, repo string, d digest.Digest, servable func(digest.Digest) bool) error {
 	return c.p.Withdraw(ctx, repo, d, servable)
+}
+
+func (c *lazyContent) Admitted(ctx context.Context, repo string, d digest.Digest) bool {
+	return c.p.Admitted(ctx, repo, d)
 }
 
 func (c *lazyContent) Remove(ctx context.Context, repo string, d digest.Digest) error {

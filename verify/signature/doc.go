@@ -9,6 +9,23 @@
 // A signature counts only when it names the exact digest being verified:
 // a valid signature copied from another image is refused, and an
 // attestation is not a signature.
+//
+// A Verifier holds one policy's trust material, read once by New; its
+// Hash changes whenever a setting or a byte of that material does, so
+// recorded evidence can be reused exactly while it still applies.
+// Verify returns evidence whenever it could decide, verified or not,
+// with a sentence a person at `docker pull` understands ("no signature
+// found (looked for sha256-<hex>.sig and OCI referrers)", "1 signature
+// found, not verified: it names another image (sha256:…)"). It returns
+// an error only when it could not decide: the registry failed for a
+// reason other than an absent artifact, or the context ended. A gate
+// should then retry, not quarantine.
+//
+// Discovery is bounded: at most maxSignatures signatures are examined
+// and maxBytes of signature manifests and layers read per image; beyond
+// either, the check stops and says so. Within one policy any listed key
+// or keyless identity suffices; an attestation type the policy requires
+// must also be present, signed by the same trust.
 package signature
 
 import (
@@ -37,7 +54,9 @@ type Fetcher interface {
 }
 
 // ErrNotFound is wrapped by a Fetcher's errors for what the registry does
-// not hold.
+// not hold. An error with a NotFound() method anywhere in its chain (as
+// containerd's errdefs define them) counts the same, so a Fetcher can say
+// "not found" without importing this package.
 var ErrNotFound = errNotFound{}
 
 type errNotFound struct{}

@@ -1,0 +1,65 @@
+package signature
+
+import (
+	"context"
+	"fmt"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Envelope media types of Notary Project signatures.
+const (
+	notationJWS  = "application/jose+json"
+	notationCOSE = "application/cose"
+)
+
+// checkNotationArtifact hands one Notary Project signature's envelope to
+// the Notation verifier.
+func (s *session) checkNotationArtifact(ctx context.Context, desc ocispec.Descriptor, m *ocispec.Manifest) error {
+	var layer *ocispec.Descriptor
+	for i := range m.Layers {
+		if mt := m.Layers[i].MediaType; mt == notationJWS || mt == notationCOSE {
+			layer = &m.Layers[i]
+			break
+		}
+	}
+	if layer == nil {
+		s.refuse("is a Notation signature without a JWS or COSE envelope")
+		return nil
+	}
+	envelope, err := s.blob(ctx, *layer)
+	if err != nil || envelope == nil {
+		return err
+	}
+	subject, err := s.subjectDescriptor(ctx)
+	if err != nil {
+		return err
+	}
+	identity, err := s.v.notation.Verify(ctx, envelope, layer.MediaType, subject)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("checking Notation signature %s: %w", desc.Digest, err)
+		}
+		s.refuse("is a Notation signature that does not verify (%v)", err)
+		return nil
+	}
+	s.accept(acceptance{kind: "notation", identity: identity, keyID: desc.Digest.String(),
+		message: fmt.Sprintf("Notation signature by %s", identity)})
+	return nil
+}
+
+// subjectDescriptor describes the image being verified, as Notation
+// signatures name it (media type, digest and size).
+func (s *session) subjectDescriptor(ctx context.Context) (ocispec.Descriptor, error) {
+	body, mediaType, _, err := s.f.Manifest(ctx, s.subject.String())
+	if isNotFound(err) {
+		return ocispec.Descriptor{}, fmt.Errorf("the image %s itself is not in the registry: %w", s.subject, err)
+	}
+	if err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("fetching the image manifest %s: %w", s.subject, err)
+	}
+	if s.subjectType != "" {
+		mediaType = s.subjectType
+	}
+	return ocispec.Descriptor{MediaType: mediaType, Digest: s.subject, Size: int64(len(body))}, nil
+}

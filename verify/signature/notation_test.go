@@ -1,0 +1,55 @@
+package signature_test
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/airlock-registry/airlock/config"
+	"github.com/airlock-registry/airlock/verify/notation"
+	"github.com/airlock-registry/airlock/verify/notation/notationtest"
+	"github.com/airlock-registry/airlock/verify/signature"
+)
+
+// TestNotationReal checks Notary Project signatures end to end: pushed as
+// `notation sign` pushes them, found among the referrers, and checked by
+// verify/notation against the policy's trust store and identities.
+func TestNotationReal(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name     string
+		identity func(p *notationtest.PKI) string
+		verified bool
+		message  string
+	}{
+		{"trusted identity", func(p *notationtest.PKI) string { return p.Identity() }, true, "Notation signature by CN=release"},
+		{"any identity", func(*notationtest.PKI) string { return "*" }, true, "Notation signature by CN=release"},
+		{"other identity", func(*notationtest.PKI) string { return "x509.subject: C=US, ST=WA, O=Someone Else" }, false,
+			"1 signature found, not verified: it is a Notation signature that does not verify"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			sig, pki := notationtest.Sign(t, e.subject, notation.MediaTypeJWS)
+			notationtest.Push(t, e.u, repo, sig)
+			trust := config.NotationTrust{TrustStore: []string{pki.WriteCA(t)}, TrustedIdentities: []string{tc.identity(pki)}}
+			nv, err := notation.New(trust, os.ReadFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v := newVerifier(t, config.Signature{Notation: &trust}, signature.Options{Notation: nv})
+			ev, err := v.Verify(t.Context(), e.fetcher, e.d, e.subject.MediaType)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("evidence: %+v", ev)
+			if ev.Verified != tc.verified || !strings.Contains(ev.Message, tc.message) || ev.Examined != 1 {
+				t.Fatalf("evidence %+v, want verified=%v and a message containing %q", ev, tc.verified, tc.message)
+			}
+			if want := pki.Leaf.Subject.String(); tc.verified && (ev.Kind != "notation" || ev.Identity != want) {
+				t.Fatalf("evidence %+v, want kind notation by %s", ev, want)
+			}
+		})
+	}
+}

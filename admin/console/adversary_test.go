@@ -580,3 +580,14 @@ func TestAdversaryManyTags(t *testing.T) {
 		t.Fatal("the image page lists more than 100 tags")
 	}
 }
+
+// TestAdversaryAuditBeyondEnd: an audit page asked for records before a
+// number past the newest (an edited or stale URL) shows the newest, not
+// "no record matches".
+func TestAdversaryAuditBeyondEnd(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	b := f.browser()
+	b.signIn(admintest.AliceToken)
+	wantStatus(t, "audit before 1e12", b.get("/ui/audit?before=1000000000000"), http.StatusOK, `<td class="num">1</td>`)
+}

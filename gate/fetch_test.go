@@ -2,8 +2,8 @@ package gate_test
 
 import (
 	"errors"
-	"os"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 

@@ -326,16 +326,21 @@ func (g *Gate) answerFor(ctx context.Context, img *metadata.Image, head bool, no
 		return g.answer(img, head, now)
 	}
 	g.mu.RLock()
-	subject := g.images[imageKey(img.Repository, img.Subject)]
-	parent := g.parentLocked(imageKey(img.Repository, img.Subject), now)
+	signed, ok := g.signedLocked(img)
+	subject := g.images[imageKey(img.Repository, signed)]
+	parent := g.parentLocked(imageKey(img.Repository, signed), now)
 	g.mu.RUnlock()
 	switch {
+	case !ok:
+		g.metrics.decision("deny")
+		return proxy.Decision{Message: fmt.Sprintf("%s@%s is a signature of a chain of more than %d signatures; airlock serves signatures of images only",
+			img.Repository, img.Digest, maxArtifactChain)}
 	case subject != nil && servable(subject, now) && !blocked(subject), parent != nil && servable(parent, now) && !blocked(subject):
 		return g.answer(img, head, now)
 	case subject == nil && parent == nil:
 		g.metrics.decision("deny")
 		return proxy.Decision{Message: fmt.Sprintf("%s@%s is a signature of %s@%s, which airlock has not served; pull that image first",
-			img.Repository, img.Digest, img.Repository, img.Subject)}
+			img.Repository, img.Digest, img.Repository, signed)}
 	}
 	st := metadata.StateBlocked
 	if subject != nil {
@@ -345,7 +350,28 @@ func (g *Gate) answerFor(ctx context.Context, img *metadata.Image, head bool, no
 	}
 	g.metrics.decision("deny")
 	return proxy.Decision{Message: fmt.Sprintf("%s@%s is a signature of %s@%s, which is %s", img.Repository, img.Digest,
-		img.Repository, img.Subject, st)}
+		img.Repository, signed, st)}
+}
+
+// maxArtifactChain bounds how many signature artifacts deep a signature
+// of a signature may sit (a Notation signature of a cosign signature).
+const maxArtifactChain = 4
+
+// signedLocked follows the artifact img's subjects to the image they end
+// at: an artifact is approved on sight, so a signature of a signature is
+// served only while the image at the end of the chain is. It reports
+// false for a chain longer than maxArtifactChain (or a loop, which tags
+// naming each other make). Callers hold mu.
+func (g *Gate) signedLocked(img *metadata.Image) (digest.Digest, bool) {
+	d := img.Subject
+	for range maxArtifactChain {
+		s := g.images[imageKey(img.Repository, d)]
+		if s == nil || s.Artifact == "" {
+			return d, true
+		}
+		d = s.Subject
+	}
+	return "", false
 }
 
 // parentLocked returns a servable index that lists key, else any index

@@ -31,9 +31,9 @@ func (s *session) checkNotationArtifact(ctx context.Context, desc ocispec.Descri
 	if err != nil || envelope == nil {
 		return err
 	}
-	subject, err := s.subjectDescriptor(ctx)
-	if err != nil {
-		return err
+	subject, ok := s.subjectDescriptor(m)
+	if !ok {
+		return nil
 	}
 	identity, err := s.v.notation.Verify(ctx, envelope, layer.MediaType, subject)
 	if err != nil {
@@ -48,18 +48,25 @@ func (s *session) checkNotationArtifact(ctx context.Context, desc ocispec.Descri
 	return nil
 }
 
-// subjectDescriptor describes the image being verified, as Notation
-// signatures name it (media type, digest and size).
-func (s *session) subjectDescriptor(ctx context.Context) (ocispec.Descriptor, error) {
-	body, mediaType, _, err := s.f.Manifest(ctx, s.subject.String())
-	if isNotFound(err) {
-		return ocispec.Descriptor{}, fmt.Errorf("the image %s itself is not in the registry: %w", s.subject, err)
+// subjectDescriptor describes the image being verified as Notation
+// signatures name it (media type, digest and size), from the signature
+// manifest's subject: the digest pins the content, so its size there is
+// the image's or the envelope will not match it. The image itself is not
+// read: airlock is deciding whether it may be, and reads only signatures
+// meanwhile. A signature whose manifest names another subject, or none,
+// is refused.
+func (s *session) subjectDescriptor(m *ocispec.Manifest) (ocispec.Descriptor, bool) {
+	if m.Subject == nil {
+		s.refuse("is a Notation signature whose manifest names no subject")
+		return ocispec.Descriptor{}, false
 	}
-	if err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("fetching the image manifest %s: %w", s.subject, err)
+	if m.Subject.Digest != s.subject {
+		s.refuse("names another image (%s)", m.Subject.Digest)
+		return ocispec.Descriptor{}, false
 	}
-	if s.subjectType != "" {
-		mediaType = s.subjectType
+	mediaType := s.subjectType
+	if mediaType == "" {
+		mediaType = m.Subject.MediaType
 	}
-	return ocispec.Descriptor{MediaType: mediaType, Digest: s.subject, Size: int64(len(body))}, nil
+	return ocispec.Descriptor{MediaType: mediaType, Digest: s.subject, Size: m.Subject.Size}, true
 }

@@ -27,29 +27,41 @@ const (
 // another digest before is taken from that image, which is decided again
 // without it.
 func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now time.Time) (*metadata.Image, error) {
-	set := g.policies.Load()
 	artifact := signatureArtifact(s.MediaType, s.Body)
 	subject := artifactSubject(s.Body, s.Tag)
 	if subject == "" || subject == s.Digest {
 		// A signature of nothing in particular is judged as an image.
 		artifact = ""
 	}
-	var sigs []metadata.SignatureEvidence
-	if artifact == "" {
-		g.mu.RLock()
-		var have []metadata.SignatureEvidence
-		if known := g.images[imageKey(repo, s.Digest)]; known != nil {
-			have = known.Verdict.Signatures
+	var (
+		set  *policy.Set
+		sigs []metadata.SignatureEvidence
+	)
+	for {
+		set = g.policies.Load()
+		if artifact == "" {
+			g.mu.RLock()
+			var have []metadata.SignatureEvidence
+			if known := g.images[imageKey(repo, s.Digest)]; known != nil {
+				have = known.Verdict.Signatures
+			}
+			g.mu.RUnlock()
+			var err error
+			// Verifying reads the signatures from the upstream: outside the
+			// write lock, so other images are decided meanwhile.
+			if sigs, err = g.gather(ctx, set, repo, s.Digest, s.MediaType, have); err != nil {
+				return nil, err
+			}
 		}
-		g.mu.RUnlock()
-		var err error
-		// Verifying reads the signatures from the upstream: outside the
-		// write lock, so other images are decided meanwhile.
-		if sigs, err = g.gather(ctx, set, repo, s.Digest, s.MediaType, have); err != nil {
-			return nil, err
+		g.write.Lock()
+		if g.policies.Load() == set {
+			break
 		}
+		// The policies were replaced while the signatures were checked:
+		// SetPolicies did not see this image, so it is decided under the
+		// new ones here.
+		g.write.Unlock()
 	}
-	g.write.Lock()
 	defer g.write.Unlock()
 	img, err := g.change(ctx, repo, s.Digest, now, func(img *metadata.Image) (metadata.Change, error) {
 		if img.MediaType == "" {
@@ -326,6 +338,10 @@ func (g *Gate) SetAlerts(r Router) { g.alerts.Store(&routerBox{r}) }
 // change cannot be written, keeps its state until Run decides it again:
 // known images are answered from memory, so their next pull would not.
 func (g *Gate) SetPolicies(ctx context.Context, set *policy.Set) (int, error) {
+	// Under the write lock: a first pull records its image either before
+	// this (and it is among those decided again below) or after, under
+	// the new policies (observe checks they are the ones it used).
+	g.write.Lock()
 	g.policies.Store(set)
 	g.undecided.Store(false)
 	now := g.now()
@@ -335,6 +351,7 @@ func (g *Gate) SetPolicies(ctx context.Context, set *policy.Set) (int, error) {
 		all = append(all, img)
 	}
 	g.mu.RUnlock()
+	g.write.Unlock()
 	changed, failed := 0, 0
 	var first error
 	fail := func(err error) {

@@ -48,6 +48,8 @@ type harness struct {
 	clock *clock
 	// verifies counts signature checks run.
 	verifies atomic.Int64
+	// verifying, when set, runs at the start of each signature check.
+	verifying atomic.Pointer[func(d digest.Digest)]
 }
 
 type clock struct {
@@ -112,6 +114,9 @@ func newHarness(t *testing.T, up *upstreamtest.Upstream, dir, pins string) *harn
 		Now: h.clock.Now, Registerer: h.reg, KnownRepository: rt.Known,
 		Verify: func(ctx context.Context, check policy.SignatureCheck, repo string, d digest.Digest, mt string) (metadata.SignatureEvidence, error) {
 			h.verifies.Add(1)
+			if hook := h.verifying.Load(); hook != nil {
+				(*hook)(d)
+			}
 			return check.(*signature.Verifier).Verify(ctx, c.p.Fetcher(repo), d, mt)
 		}})
 	if err != nil {

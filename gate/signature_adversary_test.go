@@ -2,7 +2,14 @@ package gate_test
 
 import (
 	"net/http"
+	"sync"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/config"
+	"github.com/airlock-registry/airlock/storage/metadata"
+	"github.com/airlock-registry/airlock/verify/signature/signaturetest"
 
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
 )
@@ -44,4 +51,48 @@ func TestSignatureArtifactChainServesNothingUnserved(t *testing.T) {
 	h.wantStatus(manifestPath(repo, loopTag), http.StatusForbidden, "chain of more than")
 	h.wantStatus(manifestPath(repo, btag), http.StatusForbidden, "chain of more than")
 	h.wantStatus(blobPath(repo, payload2.Layers[0]), http.StatusForbidden, "DENIED")
+}
+
+// A policy reload while a first pull's signatures are being checked: the
+// image must be decided under the new policies, not recorded under the
+// ones the check started with (an audit policy switched to enforce would
+// otherwise leave an unsigned image approved for good).
+func TestPolicyReloadDuringFirstVerification(t *testing.T) {
+	t.Parallel()
+	const repo = "hcl/vendor/app"
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	key := signaturetest.NewKey(t, signaturetest.ECDSA)
+	unsigned := up.PushImage(t, "vendor/app", "unsigned", 256, 1)
+	dir := t.TempDir()
+	h := newHarness(t, up, dir, "")
+	keys := []string{key.WritePublic(t, dir)}
+	h.signed(config.ModeAudit, keys, nil, "")
+
+	started, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hook := func(d digest.Digest) {
+		if d.String() != unsigned.Digest.String() {
+			return
+		}
+		once.Do(func() {
+			close(started)
+			<-release
+		})
+	}
+	h.verifying.Store(&hook)
+	done := make(chan int)
+	go func() {
+		code, _ := h.get(manifestPath(repo, "unsigned"))
+		done <- code
+	}()
+	<-started
+	h.signed(config.ModeEnforce, keys, nil, "")
+	close(release)
+	if code := <-done; code != http.StatusForbidden {
+		t.Errorf("the pull that straddled the reload got %d, want 403 under the new (enforcing) policy", code)
+	}
+	h.wantStatus(manifestPath(repo, "unsigned"), http.StatusForbidden, "no signature found")
+	if img := h.image(repo, unsigned.Digest); img.State != metadata.StateQuarantined {
+		t.Fatalf("image decided under the old policies: %+v", img)
+	}
 }

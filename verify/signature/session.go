@@ -137,8 +137,10 @@ func (s *session) manifest(ctx context.Context, ref string, size int64) (*ocispe
 	if err != nil {
 		return nil, fmt.Errorf("fetching signature manifest %s: %w", ref, err)
 	}
-	if size <= 0 {
-		if err := s.spend(int64(len(body))); err != nil {
+	// A size the listing claims is reserved before reading; what the
+	// manifest really weighs beyond it is charged after.
+	if extra := int64(len(body)) - max(size, 0); extra > 0 {
+		if err := s.spend(extra); err != nil {
 			return nil, err
 		}
 	}
@@ -240,9 +242,16 @@ func (s *session) referrers(ctx context.Context) error {
 	}
 	for _, desc := range descs {
 		var m *ocispec.Manifest
+		taken := false
 		if desc.ArtifactType == "" || desc.ArtifactType == ocispec.MediaTypeEmptyJSON {
 			// Some registries list an artifact's config media type
 			// instead of its artifactType: read the manifest to know.
+			// Reading it counts against maxSignatures, or a list of
+			// thousands of untyped entries would all be read.
+			if err := s.take(); err != nil {
+				return err
+			}
+			taken = true
 			if m, err = s.manifest(ctx, desc.Digest.String(), desc.Size); err != nil {
 				return err
 			}
@@ -261,8 +270,10 @@ func (s *session) referrers(ctx context.Context) error {
 		default:
 			continue
 		}
-		if err := s.take(); err != nil {
-			return err
+		if !taken {
+			if err := s.take(); err != nil {
+				return err
+			}
 		}
 		if m == nil {
 			if m, err = s.manifest(ctx, desc.Digest.String(), desc.Size); err != nil {

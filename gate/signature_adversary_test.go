@@ -96,3 +96,23 @@ func TestPolicyReloadDuringFirstVerification(t *testing.T) {
 		t.Fatalf("image decided under the old policies: %+v", img)
 	}
 }
+
+// An audit policy serves whatever its signature check finds; a check that
+// cannot run (the upstream sends a corrupt signature) must not turn it
+// into a refusal either.
+func TestAuditPolicyServesWhenSignaturesCannotBeChecked(t *testing.T) {
+	t.Parallel()
+	const repo = "hcl/vendor/app"
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	key := signaturetest.NewKey(t, signaturetest.ECDSA)
+	img := up.PushImage(t, "vendor/app", "flaky", 256, 1)
+	d := digest.Digest(img.Digest.String())
+	a := signaturetest.PushSignatures(t, up, "vendor/app", d,
+		[]signaturetest.Layer{signaturetest.SignKey(t, key, signaturetest.Payload(up.Host+"/vendor/app", d))})
+	up.Tamper(mustHash(t, digest.FromBytes(a.Blobs[0])))
+	dir := t.TempDir()
+	h := newHarness(t, up, dir, "")
+	h.signed(config.ModeAudit, []string{key.WritePublic(t, dir)}, nil, "")
+	h.wantStatus(manifestPath(repo, "flaky"), http.StatusOK)
+	h.wantStatus(blobPath(repo, img.Layers[0]), http.StatusOK)
+}

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/policy"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
@@ -50,7 +52,16 @@ func (g *Gate) gather(ctx context.Context, set *policy.Set, repo string, d diges
 			return g.verify(context.WithoutCancel(ctx), check, repo, d, mediaType)
 		})
 		if err != nil {
-			return nil, errUnchecked{fmt.Errorf("checking the signatures of %s for policy %s: %w", imageKey(repo, d), p.Name, err)}
+			err = fmt.Errorf("checking the signatures of %s for policy %s: %w", imageKey(repo, d), p.Name, err)
+			if p.Mode == config.ModeAudit {
+				// An audit policy never refuses: without evidence it
+				// records no finding, and its check runs again when the
+				// policies are next set.
+				g.log.LogAttrs(ctx, slog.LevelWarn, "signatures could not be checked for an audit policy; serving without its finding",
+					slog.String("image", imageKey(repo, d)), slog.String("error", err.Error()))
+				continue
+			}
+			return nil, errUnchecked{err}
 		}
 		ev := v.(metadata.SignatureEvidence)
 		ev.Policy, ev.Hash = p.Name, hash

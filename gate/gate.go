@@ -83,9 +83,13 @@ type Options struct {
 	// PendingRetry is the Retry-After of a pull refused while checks run;
 	// 0 means 15s.
 	PendingRetry time.Duration
-	Now          func() time.Time
-	Logger       *slog.Logger
-	Registerer   prometheus.Registerer
+	// VerifyTimeout bounds one image's signature check under one policy;
+	// past it the check has not decided, and the pull is asked to retry
+	// (what it read is cached by then). 0 means 1 minute.
+	VerifyTimeout time.Duration
+	Now           func() time.Time
+	Logger        *slog.Logger
+	Registerer    prometheus.Registerer
 }
 
 // Gate is the admission gate. It is safe for concurrent use.
@@ -95,6 +99,7 @@ type Gate struct {
 	known     func(string) bool
 	delivered func()
 	retry     time.Duration
+	verifyFor time.Duration
 	now       func() time.Time
 	log       *slog.Logger
 	metrics   *metrics
@@ -150,12 +155,15 @@ func New(ctx context.Context, o Options) (*Gate, error) {
 	}
 	g := &Gate{
 		store: o.Store, content: o.Content, known: o.KnownRepository, delivered: o.Delivered, verify: o.Verify,
-		retry: o.PendingRetry, now: o.Now, log: o.Logger,
+		retry: o.PendingRetry, verifyFor: o.VerifyTimeout, now: o.Now, log: o.Logger,
 		images: map[string]*metadata.Image{}, tags: map[string]digest.Digest{},
 		parents: map[string][]string{}, blocks: map[string]int{}, artifacts: map[string]int{}, stats: map[string]*pullCount{},
 	}
 	if g.retry <= 0 {
 		g.retry = 15 * time.Second
+	}
+	if g.verifyFor <= 0 {
+		g.verifyFor = time.Minute
 	}
 	if g.now == nil {
 		g.now = time.Now

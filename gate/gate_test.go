@@ -49,7 +49,7 @@ type harness struct {
 	// verifies counts signature checks run.
 	verifies atomic.Int64
 	// verifying, when set, runs at the start of each signature check.
-	verifying atomic.Pointer[func(d digest.Digest)]
+	verifying atomic.Pointer[func(ctx context.Context, d digest.Digest) error]
 }
 
 type clock struct {
@@ -83,6 +83,12 @@ var pinPolicy = []config.Policy{{Name: "hcl-pinned", Match: []string{"hcl/*"}, M
 
 func newHarness(t *testing.T, up *upstreamtest.Upstream, dir, pins string) *harness {
 	t.Helper()
+	return newHarnessWith(t, up, dir, pins, nil)
+}
+
+// newHarnessWith is newHarness with opts changing the gate's options.
+func newHarnessWith(t *testing.T, up *upstreamtest.Upstream, dir, pins string, opts func(*gate.Options)) *harness {
+	t.Helper()
 	h := &harness{t: t, up: up, dir: dir, pins: filepath.Join(dir, "pins.txt"), reg: prometheus.NewRegistry(),
 		clock: &clock{now: time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)}}
 	if err := os.WriteFile(h.pins, []byte(pins), 0o600); err != nil {
@@ -110,15 +116,21 @@ func newHarness(t *testing.T, up *upstreamtest.Upstream, dir, pins string) *harn
 		t.Fatal(err)
 	}
 	c := &content{}
-	h.gate, err = gate.New(t.Context(), gate.Options{Store: h.meta, Content: c, Policies: h.policies(),
+	o := gate.Options{Store: h.meta, Content: c, Policies: h.policies(),
 		Now: h.clock.Now, Registerer: h.reg, KnownRepository: rt.Known,
 		Verify: func(ctx context.Context, check policy.SignatureCheck, repo string, d digest.Digest, mt string) (metadata.SignatureEvidence, error) {
 			h.verifies.Add(1)
 			if hook := h.verifying.Load(); hook != nil {
-				(*hook)(d)
+				if err := (*hook)(ctx, d); err != nil {
+					return metadata.SignatureEvidence{}, err
+				}
 			}
 			return check.(*signature.Verifier).Verify(ctx, c.p.Fetcher(repo), d, mt)
-		}})
+		}}
+	if opts != nil {
+		opts(&o)
+	}
+	h.gate, err = gate.New(t.Context(), o)
 	if err != nil {
 		t.Fatal(err)
 	}

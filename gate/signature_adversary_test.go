@@ -1,13 +1,17 @@
 package gate_test
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/airlock-registry/airlock/config"
+	"github.com/airlock-registry/airlock/gate"
 	"github.com/airlock-registry/airlock/storage/metadata"
 	"github.com/airlock-registry/airlock/verify/signature/signaturetest"
 
@@ -70,14 +74,15 @@ func TestPolicyReloadDuringFirstVerification(t *testing.T) {
 
 	started, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	hook := func(d digest.Digest) {
+	hook := func(_ context.Context, d digest.Digest) error {
 		if d.String() != unsigned.Digest.String() {
-			return
+			return nil
 		}
 		once.Do(func() {
 			close(started)
 			<-release
 		})
+		return nil
 	}
 	h.verifying.Store(&hook)
 	done := make(chan int)
@@ -115,4 +120,35 @@ func TestAuditPolicyServesWhenSignaturesCannotBeChecked(t *testing.T) {
 	h.signed(config.ModeAudit, []string{key.WritePublic(t, dir)}, nil, "")
 	h.wantStatus(manifestPath(repo, "flaky"), http.StatusOK)
 	h.wantStatus(blobPath(repo, img.Layers[0]), http.StatusOK)
+}
+
+// An upstream that stalls while its signatures are read holds neither the
+// pull nor the check for ever: past the gate's bound the pull is asked to
+// retry, and nothing is recorded.
+func TestStalledSignatureCheckIsBounded(t *testing.T) {
+	t.Parallel()
+	const repo = "hcl/vendor/app"
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	key := signaturetest.NewKey(t, signaturetest.ECDSA)
+	img := up.PushImage(t, "vendor/app", "slow", 256, 1)
+	dir := t.TempDir()
+	h := newHarnessWith(t, up, dir, "", func(o *gate.Options) { o.VerifyTimeout = 200 * time.Millisecond })
+	h.signed(config.ModeEnforce, []string{key.WritePublic(t, dir)}, nil, "")
+	stall := func(ctx context.Context, _ digest.Digest) error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Second):
+			return errors.New("the signature check was not bounded")
+		}
+	}
+	h.verifying.Store(&stall)
+	start := time.Now()
+	h.wantStatus(manifestPath(repo, "slow"), http.StatusForbidden, "could not be checked yet", "deadline exceeded")
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("the pull waited %s for a stalled check", took)
+	}
+	if _, err := h.meta.Image(t.Context(), repo, digest.Digest(img.Digest.String())); err == nil {
+		t.Error("an image whose signature check stalled was recorded")
+	}
 }

@@ -49,7 +49,11 @@ func (g *Gate) gather(ctx context.Context, set *policy.Set, repo string, d diges
 		}
 		key := p.Name + "\x00" + hash + "\x00" + imageKey(repo, d)
 		v, err, _ := g.flights.Do(key, func() (any, error) {
-			return g.verify(context.WithoutCancel(ctx), check, repo, d, mediaType)
+			// The check outlives the pull that started it (others may
+			// share it), but not a slow upstream: it is bounded.
+			vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.verifyFor)
+			defer cancel()
+			return g.verify(vctx, check, repo, d, mediaType)
 		})
 		if err != nil {
 			err = fmt.Errorf("checking the signatures of %s for policy %s: %w", imageKey(repo, d), p.Name, err)

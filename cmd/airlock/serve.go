@@ -529,22 +529,23 @@ func (g *gateway) reload(path string) {
 		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
 		return
 	}
-	policy, err := pullPolicy(cfg.Auth)
-	if err == nil {
-		err = g.auth.SetPolicy(policy)
-	}
-	if err != nil {
-		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
-		return
-	}
+	// The policies' files (pins, keys, trusted roots, trust stores) and
+	// the webhook secrets are read before anything changes: one that
+	// cannot be read or parsed refuses the whole reload.
 	policies, err := compilePolicies(cfg, g.log)
 	if err != nil {
 		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
 		return
 	}
-	// Webhook secrets are read again here, so that one that cannot be
-	// read refuses the reload before anything changes.
 	nextAlerts, err := alerts.NewRouter(cfg.Alerts)
+	if err != nil {
+		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
+		return
+	}
+	policy, err := pullPolicy(cfg.Auth)
+	if err == nil {
+		err = g.auth.SetPolicy(policy)
+	}
 	if err != nil {
 		g.log.Error("configuration reload refused; keeping the running configuration", slog.String("error", err.Error()))
 		return

@@ -47,7 +47,10 @@ type Signature struct {
 
 // KeylessIdentity is who a keyless signature must be from: the OIDC
 // issuer and the certificate's subject (an email or a workflow URI),
-// each exact or as a regular expression.
+// each exact or as a regular expression. A regular expression matches
+// anywhere in the value unless anchored with ^ and $, as cosign's do:
+// "@example\.com" also matches "mallory@example.com.evil.test". Anchoring
+// is the writer's business; configs/airlock.example.yaml shows how.
 type KeylessIdentity struct {
 	Issuer        string `yaml:"issuer"`
 	IssuerRegExp  string `yaml:"issuerRegExp"`

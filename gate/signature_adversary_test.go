@@ -152,3 +152,23 @@ func TestStalledSignatureCheckIsBounded(t *testing.T) {
 		t.Error("an image whose signature check stalled was recorded")
 	}
 }
+
+// A platform pulled by digest before its signed index is refused (it is
+// not signed itself), and served with its layers once the index is.
+func TestPlatformPulledBeforeItsSignedIndex(t *testing.T) {
+	t.Parallel()
+	const repo = "hcl/vendor/multi"
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	key := signaturetest.NewKey(t, signaturetest.ECDSA)
+	idx := up.PushIndex(t, "vendor/multi", "1", 128, 1)
+	signaturetest.PushKeySignature(t, up, "vendor/multi", signaturetest.IndexSubject(t, idx), key)
+	dir := t.TempDir()
+	h := newHarness(t, up, dir, "")
+	h.signed(config.ModeEnforce, []string{key.WritePublic(t, dir)}, nil, "")
+	arm, _ := idx.Image("arm64")
+	h.wantStatus(manifestPath(repo, arm.Digest.String()), http.StatusForbidden, "no signature found")
+	h.wantStatus(blobPath(repo, arm.Layers[0]), http.StatusForbidden, "DENIED")
+	h.wantStatus(manifestPath(repo, "1"), http.StatusOK)
+	h.wantStatus(manifestPath(repo, arm.Digest.String()), http.StatusOK)
+	h.wantStatus(blobPath(repo, arm.Layers[0]), http.StatusOK)
+}

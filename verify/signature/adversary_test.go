@@ -75,3 +75,42 @@ func TestReferrersFloodStaysWithinTheCaps(t *testing.T) {
 		})
 	}
 }
+
+// Identity regular expressions match anywhere in the value, as cosign's
+// do: an unanchored one trusts more than it reads as. This pins the
+// behaviour the configuration documents.
+func TestIdentityRegExpAnchoring(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name, issuer, subjectRegExp string
+		verified                    bool
+	}{
+		{"unanchored subject matches a longer address", "", `@example\.com`, true},
+		{"anchored subject does not", "", `^[^@]+@example\.com$`, false},
+		{"unanchored issuer matches a longer URL", `https://issuer\.test`, `^mallory@`, true},
+		{"anchored issuer does not", `^https://issuer\.test$`, `^mallory@`, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			e.pushBundle(t, e.vs.BundleV3(t, st.BundleOptions{Subject: e.d,
+				Identity: "mallory@example.com.evil.test", Issuer: "https://issuer.test.evil.test"}), "")
+			id := config.KeylessIdentity{IssuerRegExp: tc.issuer, SubjectRegExp: tc.subjectRegExp}
+			if id.IssuerRegExp == "" {
+				id.IssuerRegExp = `issuer\.test`
+			}
+			cfg := config.Signature{Keyless: []config.KeylessIdentity{id}, TrustedRoot: e.rootFile(t, e.vs)}
+			ev, err := newVerifier(t, cfg, signature.Options{}).Verify(t.Context(), e.fetcher, e.d, e.subject.MediaType)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ev.Verified != tc.verified {
+				t.Fatalf("evidence %+v, want verified=%v", ev, tc.verified)
+			}
+			if !tc.verified && !strings.Contains(ev.Message, "not an identity the policy trusts") {
+				t.Fatalf("evidence %+v, want a refusal naming the identity", ev)
+			}
+		})
+	}
+}

@@ -2,6 +2,7 @@ package gate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -83,20 +84,34 @@ func (g *Gate) Rescan(ctx context.Context, repo string, d digest.Digest, actor s
 	if img == nil {
 		return metadata.Image{}, fmt.Errorf("airlock has not seen %s: %w", imageKey(repo, d), storage.ErrNotFound)
 	}
-	var sigs []metadata.SignatureEvidence
-	if img.Artifact == "" {
-		var err error
-		if sigs, err = g.gather(ctx, g.policies.Load(), repo, d, img.MediaType, nil); err != nil {
-			return metadata.Image{}, err
+	for {
+		set := g.policies.Load()
+		var sigs []metadata.SignatureEvidence
+		if img.Artifact == "" {
+			var err error
+			if sigs, err = g.gather(ctx, set, repo, d, img.MediaType, nil); err != nil {
+				return metadata.Image{}, err
+			}
+		}
+		rec, err := g.adminChange(ctx, repo, d, g.now(), true, func(cur *metadata.Image) error {
+			if g.policies.Load() != set {
+				// Replaced while the signatures were checked: the
+				// evidence is of the old trust. Check again.
+				return errPoliciesChanged
+			}
+			if cur.Artifact == "" {
+				cur.Verdict.Signatures = sigs
+			}
+			return nil
+		}, metadata.Change{Actor: actor, Action: "rescan", Reason: "checks run again on request"})
+		if !errors.Is(err, errPoliciesChanged) {
+			return rec, err
 		}
 	}
-	return g.adminChange(ctx, repo, d, g.now(), true, func(cur *metadata.Image) error {
-		if cur.Artifact == "" {
-			cur.Verdict.Signatures = sigs
-		}
-		return nil
-	}, metadata.Change{Actor: actor, Action: "rescan", Reason: "checks run again on request"})
 }
+
+// errPoliciesChanged aborts a change decided under policies since replaced.
+var errPoliciesChanged = errors.New("the policies changed while the image was checked")
 
 // Delete removes repo@d's cached manifest and the blobs nothing else uses.
 // An image with an admin decision keeps its record, so that a block

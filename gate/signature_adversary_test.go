@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -171,4 +172,47 @@ func TestPlatformPulledBeforeItsSignedIndex(t *testing.T) {
 	h.wantStatus(manifestPath(repo, "1"), http.StatusOK)
 	h.wantStatus(manifestPath(repo, arm.Digest.String()), http.StatusOK)
 	h.wantStatus(blobPath(repo, arm.Layers[0]), http.StatusOK)
+}
+
+// An admin's rescan that straddles a policy reload records the evidence
+// of the policies in force, not of those its check started under (which
+// the new policies would not find, leaving the image pending for good).
+func TestRescanDuringPolicyReload(t *testing.T) {
+	t.Parallel()
+	const repo = "hcl/vendor/app"
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	k1, k2 := signaturetest.NewKey(t, signaturetest.ECDSA), signaturetest.NewKey(t, signaturetest.ECDSA)
+	img := up.PushImage(t, "vendor/app", "1", 256, 1)
+	signaturetest.PushKeySignature(t, up, "vendor/app", signaturetest.Subject(t, img), k1)
+	dir := t.TempDir()
+	h := newHarness(t, up, dir, "")
+	h.signed(config.ModeEnforce, []string{k1.WritePublic(t, dir)}, nil, "")
+	h.wantStatus(manifestPath(repo, "1"), http.StatusOK)
+
+	started, release := make(chan struct{}), make(chan struct{})
+	var first atomic.Bool
+	hook := func(context.Context, digest.Digest) error {
+		if first.CompareAndSwap(false, true) {
+			close(started)
+			<-release
+		}
+		return nil
+	}
+	h.verifying.Store(&hook)
+	d := digest.Digest(img.Digest.String())
+	done := make(chan error)
+	go func() {
+		_, err := h.gate.Rescan(context.Background(), repo, d, "admin:bob")
+		done <- err
+	}()
+	<-started
+	h.signed(config.ModeEnforce, []string{k2.WritePublic(t, t.TempDir())}, nil, "")
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := h.image(repo, img.Digest); got.State != metadata.StateQuarantined {
+		t.Fatalf("after a rescan across a reload: %s %+v, want quarantined under the new key", got.State, got.Verdict)
+	}
+	h.wantStatus(manifestPath(repo, "1"), http.StatusForbidden, "key the policy does not list")
 }

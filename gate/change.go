@@ -2,6 +2,7 @@ package gate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -379,6 +380,11 @@ func (g *Gate) SetPolicies(ctx context.Context, set *policy.Set) (int, error) {
 		before := img.State
 		g.write.Lock()
 		after, err := g.change(ctx, img.Repository, img.Digest, now, func(cur *metadata.Image) (metadata.Change, error) {
+			if g.policies.Load() != set {
+				// A newer SetPolicies replaced these while this image was
+				// checked; it decides every image itself.
+				return metadata.Change{}, errPoliciesChanged
+			}
 			if cur.Artifact == "" {
 				cur.Verdict.Signatures = sigs
 			}
@@ -386,6 +392,9 @@ func (g *Gate) SetPolicies(ctx context.Context, set *policy.Set) (int, error) {
 			return metadata.Change{Actor: actorPolicy, Action: "redecide", Reason: "the policies changed"}, nil
 		})
 		g.write.Unlock()
+		if errors.Is(err, errPoliciesChanged) {
+			return changed, nil
+		}
 		if err != nil {
 			// The others are decided all the same; this one is retried.
 			fail(fmt.Errorf("deciding %s again under the new policies: %w", imageKey(img.Repository, img.Digest), err))

@@ -216,3 +216,43 @@ func TestRescanDuringPolicyReload(t *testing.T) {
 	}
 	h.wantStatus(manifestPath(repo, "1"), http.StatusForbidden, "key the policy does not list")
 }
+
+// Two reloads in flight (SIGHUP while the gate retries an earlier one):
+// the older must not record its decision over the newer one's.
+func TestOverlappingPolicyReloads(t *testing.T) {
+	t.Parallel()
+	const repo = "hcl/vendor/app"
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	k1, k2 := signaturetest.NewKey(t, signaturetest.ECDSA), signaturetest.NewKey(t, signaturetest.ECDSA)
+	img := up.PushImage(t, "vendor/app", "1", 256, 1)
+	signaturetest.PushKeySignature(t, up, "vendor/app", signaturetest.Subject(t, img), k1)
+	dir := t.TempDir()
+	h := newHarness(t, up, dir, "")
+	h.signed(config.ModeEnforce, []string{k1.WritePublic(t, dir)}, nil, "")
+	h.wantStatus(manifestPath(repo, "1"), http.StatusOK)
+
+	started, release := make(chan struct{}), make(chan struct{})
+	var first atomic.Bool
+	hook := func(context.Context, digest.Digest) error {
+		if first.CompareAndSwap(false, true) {
+			close(started)
+			<-release
+		}
+		return nil
+	}
+	h.verifying.Store(&hook)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.signed(config.ModeEnforce, []string{k2.WritePublic(t, t.TempDir())}, nil, "")
+	}()
+	<-started
+	// The newer reload trusts k1 again (from another file: another hash).
+	h.signed(config.ModeEnforce, []string{k1.WritePublic(t, t.TempDir())}, nil, "")
+	close(release)
+	<-done
+	if got := h.image(repo, img.Digest); got.State != metadata.StateApproved {
+		t.Fatalf("after overlapping reloads: %s %+v, want approved under the newer policies", got.State, got.Verdict)
+	}
+	h.wantStatus(manifestPath(repo, "1"), http.StatusOK)
+}

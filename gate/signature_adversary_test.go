@@ -256,3 +256,28 @@ func TestOverlappingPolicyReloads(t *testing.T) {
 	}
 	h.wantStatus(manifestPath(repo, "1"), http.StatusOK)
 }
+
+// An image that also carries an artifact which is not a signature (an
+// SBOM pushed without an artifactType, which the referrers API then lists
+// by its empty config's media type) is decided by its signatures: the
+// verifier reads that manifest to learn its type, and airlock refusing to
+// hand it over must not leave the image unchecked for ever.
+func TestUntypedNonSignatureReferrer(t *testing.T) {
+	t.Parallel()
+	const repo = "hcl/vendor/app"
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	key := signaturetest.NewKey(t, signaturetest.ECDSA)
+	img := up.PushImage(t, "vendor/app", "1", 256, 1)
+	subject := signaturetest.Subject(t, img)
+	signaturetest.PushArtifact(t, up, "vendor/app", "", signaturetest.ReferrerArtifact(t, "", subject,
+		"application/spdx+json", []byte(`{"spdxVersion":"SPDX-2.3"}`), nil))
+	signaturetest.PushKeySignature(t, up, "vendor/app", subject, key)
+	unsigned := up.PushImage(t, "vendor/app", "2", 256, 1)
+	signaturetest.PushArtifact(t, up, "vendor/app", "", signaturetest.ReferrerArtifact(t, "", signaturetest.Subject(t, unsigned),
+		"application/spdx+json", []byte(`{"spdxVersion":"SPDX-2.3"}`), nil))
+	dir := t.TempDir()
+	h := newHarness(t, up, dir, "")
+	h.signed(config.ModeEnforce, []string{key.WritePublic(t, dir)}, nil, "")
+	h.wantStatus(manifestPath(repo, "1"), http.StatusOK)
+	h.wantStatus(manifestPath(repo, "2"), http.StatusForbidden, "is quarantined", "policy hcl-signed")
+}

@@ -104,10 +104,16 @@ func (f *Fetcher) get(ctx context.Context, path string, q url.Values, max int64)
 	}
 	msg := strings.TrimSpace(w.body.String())
 	var oe struct {
-		Errors []struct{ Message string } `json:"errors"`
+		Errors []struct{ Code, Message string } `json:"errors"`
 	}
 	if json.Unmarshal(w.body.Bytes(), &oe) == nil && len(oe.Errors) > 0 {
 		msg = oe.Errors[0].Message
+		if w.status == http.StatusForbidden && oe.Errors[0].Code == string(CodeDenied) && w.header.Get("Retry-After") == "" {
+			// The gate will not hand it to the verifier (not a signature
+			// artifact, or blocked): for the check it is not there, and
+			// the check decides without it rather than never.
+			return nil, nil, fmt.Errorf("%s@%s: %w: %s", f.repo, path, ErrFetchRefused, msg)
+		}
 	}
 	return nil, nil, fmt.Errorf("reading %s of %s: %d %s", path, f.repo, w.status, msg)
 }
@@ -167,6 +173,20 @@ var errTooLarge = errors.New("response larger than the reader accepts")
 // does not hold. Its NotFound method is how verify/signature recognises
 // it.
 var ErrFetchNotFound error = notFound{}
+
+// ErrFetchRefused is wrapped by a Fetcher's errors for what airlock itself
+// refuses to read while verifying (a manifest that is not a signature
+// artifact, or one an admin blocked). It counts as not found: a check
+// decides without it.
+var ErrFetchRefused error = refused{}
+
+type refused struct{}
+
+func (refused) Error() string { return "refused by airlock" }
+
+// NotFound marks the error as "not found" for packages that do not import
+// this one.
+func (refused) NotFound() {}
 
 type notFound struct{}
 

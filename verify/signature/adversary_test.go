@@ -114,3 +114,94 @@ func TestIdentityRegExpAnchoring(t *testing.T) {
 		})
 	}
 }
+
+// Signatures confused with others: each verifies somewhere, none for this
+// image under this policy.
+func TestSignatureConfusion(t *testing.T) {
+	t.Parallel()
+	const id, iss = "https://github.com/acme/app/.github/workflows/release.yml@refs/heads/main", ghIssuer
+	cases := []struct {
+		name    string
+		setup   func(t *testing.T, e *env) config.Signature
+		message string
+	}{
+		{
+			name: "keyless signature with the Rekor bundle of another",
+			setup: func(t *testing.T, e *env) config.Signature {
+				mine := e.vs.SignKeyless(t, id, iss, e.payload())
+				other := e.vs.SignKeyless(t, id, iss, st.Payload(e.u.Host+"/"+repo, e.other))
+				mine.Annotations[st.AnnotationBundle] = other.Annotations[st.AnnotationBundle]
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{mine})
+				return e.keyless(t)
+			},
+			message: "transparency-log entry does not verify",
+		},
+		{
+			name: "key signature with the Rekor bundle of another, log required",
+			setup: func(t *testing.T, e *env) config.Signature {
+				k := st.NewKey(t, st.ECDSA)
+				mine := e.vs.SignKeyWithLog(t, k, e.payload())
+				other := e.vs.SignKeyWithLog(t, k, st.Payload(e.u.Host+"/"+repo, e.other))
+				mine.Annotations[st.AnnotationBundle] = other.Annotations[st.AnnotationBundle]
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{mine})
+				return config.Signature{Keys: []string{e.keyFile(t, k)}, TrustedRoot: e.rootFile(t, e.vs), TransparencyLog: 1}
+			},
+			message: "transparency-log entry does not verify",
+		},
+		{
+			name: "payload names the digest in upper case",
+			setup: func(t *testing.T, e *env) config.Signature {
+				k := st.NewKey(t, st.ECDSA)
+				upper := digest.Digest("sha256:" + strings.ToUpper(e.d.Encoded()))
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{st.SignKey(t, k, st.Payload(e.u.Host+"/"+repo, upper))})
+				return config.Signature{Keys: []string{e.keyFile(t, k)}}
+			},
+			message: "names another image",
+		},
+		{
+			name: "payload names the image by another algorithm",
+			setup: func(t *testing.T, e *env) config.Signature {
+				k := st.NewKey(t, st.ECDSA)
+				body, _, _, err := e.fetcher.Manifest(t.Context(), e.d.String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{st.SignKey(t, k, st.Payload(e.u.Host+"/"+repo, digest.SHA512.FromBytes(body)))})
+				return config.Signature{Keys: []string{e.keyFile(t, k)}}
+			},
+			message: "names another image (sha512:",
+		},
+		{
+			name: "keyless bundle of another image listed as this one's referrer",
+			setup: func(t *testing.T, e *env) config.Signature {
+				e.pushBundle(t, e.vs.BundleV3(t, st.BundleOptions{Subject: e.other, Identity: id, Issuer: iss}), "")
+				return e.keyless(t)
+			},
+			message: "names another image (" + "sha256:",
+		},
+		{
+			name: "keyless signature from another Sigstore",
+			setup: func(t *testing.T, e *env) config.Signature {
+				other := st.NewVirtualSigstore(t)
+				st.PushSignatures(t, e.u, repo, e.d, []st.Layer{other.SignKeyless(t, id, iss, e.payload())})
+				return e.keyless(t)
+			},
+			message: "is a keyless signature by",
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			cfg := tc.setup(t, e)
+			ev, err := newVerifier(t, cfg, signature.Options{}).Verify(t.Context(), e.fetcher, e.d, e.subject.MediaType)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ev.Verified || !strings.Contains(ev.Message, tc.message) {
+				t.Fatalf("evidence %+v, want a refusal saying %q", ev, tc.message)
+			}
+			t.Logf("%s", ev.Message)
+		})
+	}
+}

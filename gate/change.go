@@ -335,8 +335,9 @@ func (g *Gate) SetAlerts(r Router) { g.alerts.Store(&routerBox{r}) }
 // SetPolicies replaces the policies and decides again every image whose
 // verdict they change, recording each transition; signatures are checked
 // again where the trust material changed. It returns how many images
-// changed state. An image whose signatures cannot be checked now, or whose
-// change cannot be written, keeps its state until Run decides it again:
+// changed state. An image whose signatures cannot be checked now is
+// pending (under an enforcing policy) until Run checks it again; one whose
+// change cannot be written keeps its state until Run decides it again:
 // known images are answered from memory, so their next pull would not.
 func (g *Gate) SetPolicies(ctx context.Context, set *policy.Set) (int, error) {
 	// Under the write lock: a first pull records its image either before
@@ -366,8 +367,13 @@ func (g *Gate) SetPolicies(ctx context.Context, set *policy.Set) (int, error) {
 		if img.Artifact == "" {
 			fresh, err := g.gather(ctx, set, img.Repository, img.Digest, img.MediaType, sigs)
 			if err != nil {
+				// Retried by Run. Meanwhile the image is decided without
+				// the evidence it lacks: an enforcing policy whose trust
+				// changed holds it pending, rather than leaving it served
+				// on the old trust for as long as the upstream (a hostile
+				// one, say) keeps its signatures unreadable.
 				fail(err)
-				continue
+				fresh = sigs
 			}
 			sigs = fresh
 		}
@@ -406,7 +412,7 @@ func (g *Gate) SetPolicies(ctx context.Context, set *policy.Set) (int, error) {
 	}
 	if first != nil {
 		g.undecided.Store(true)
-		return changed, fmt.Errorf("%d of %d images keep their state until it is retried; the first: %w", failed, len(all), first)
+		return changed, fmt.Errorf("%d of %d images wait for a retry (pending if their signatures could not be checked, else in their old state); the first: %w", failed, len(all), first)
 	}
 	return changed, nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,7 +15,9 @@ import (
 
 	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/gate"
+	"github.com/airlock-registry/airlock/policy"
 	"github.com/airlock-registry/airlock/storage/metadata"
+	"github.com/airlock-registry/airlock/verify/signature"
 	"github.com/airlock-registry/airlock/verify/signature/signaturetest"
 
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
@@ -280,4 +284,46 @@ func TestUntypedNonSignatureReferrer(t *testing.T) {
 	h.signed(config.ModeEnforce, []string{key.WritePublic(t, dir)}, nil, "")
 	h.wantStatus(manifestPath(repo, "1"), http.StatusOK)
 	h.wantStatus(manifestPath(repo, "2"), http.StatusForbidden, "is quarantined", "policy hcl-signed")
+}
+
+// A reload that changes the trust (a compromised key removed) while the
+// upstream cannot be read: the images that needed the old key must not
+// stay served until the upstream lets airlock check them again (a hostile
+// one never would). They wait as pending, and are decided once it can.
+func TestTrustChangeFailsClosedWhileSignaturesCannotBeRead(t *testing.T) {
+	t.Parallel()
+	const repo = "hcl/vendor/app"
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	k1, k2 := signaturetest.NewKey(t, signaturetest.ECDSA), signaturetest.NewKey(t, signaturetest.ECDSA)
+	img := up.PushImage(t, "vendor/app", "1", 256, 1)
+	signaturetest.PushKeySignature(t, up, "vendor/app", signaturetest.Subject(t, img), k1)
+	dir := t.TempDir()
+	h := newHarness(t, up, dir, "")
+	h.signed(config.ModeEnforce, []string{k1.WritePublic(t, dir)}, nil, "")
+	h.wantStatus(manifestPath(repo, "1"), http.StatusOK)
+	h.wantStatus(blobPath(repo, img.Layers[0]), http.StatusOK)
+
+	down := func(context.Context, digest.Digest) error { return errors.New("upstream unreachable") }
+	h.verifying.Store(&down)
+	keys := []string{k2.WritePublic(t, t.TempDir())}
+	sig := config.Signature{Keys: keys, MaxSignatures: 16, MaxBytes: 4 << 20}
+	set, err := policy.Compile([]config.Policy{{Name: "hcl-signed", Match: []string{"hcl/*"}, Mode: config.ModeEnforce, Signature: &sig}},
+		os.ReadFile, func(name string, c config.Signature) (policy.SignatureCheck, error) {
+			return signature.New(name, c, os.ReadFile, signature.Options{})
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.gate.SetPolicies(t.Context(), set); err == nil || !strings.Contains(err.Error(), "upstream unreachable") {
+		t.Fatalf("SetPolicies = %v, want the check's failure reported", err)
+	}
+	h.wantStatus(manifestPath(repo, "1"), http.StatusForbidden, "retry shortly")
+	h.wantStatus(blobPath(repo, img.Layers[0]), http.StatusForbidden, "DENIED")
+
+	// Once the signatures can be read, the retry decides it.
+	h.verifying.Store(nil)
+	if _, err := h.gate.SetPolicies(t.Context(), set); err != nil {
+		t.Fatal(err)
+	}
+	h.wantStatus(manifestPath(repo, "1"), http.StatusForbidden, "is quarantined", "key the policy does not list")
 }

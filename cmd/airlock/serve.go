@@ -561,7 +561,7 @@ func (g *gateway) reload(path string) {
 	// Pin files are read again even when the configuration is unchanged:
 	// editing them and sending SIGHUP is how pins are updated.
 	if n, err := g.gate.SetPolicies(context.Background(), policies); err != nil {
-		g.log.Error("deciding some images again under the reloaded policies failed; they keep their state until a retry, every second, succeeds",
+		g.log.Error("deciding some images again under the reloaded policies failed; until a retry, every second, succeeds, those whose signatures could not be checked are pending and the others keep their state",
 			slog.String("error", err.Error()))
 	} else if n > 0 {
 		g.log.Info("images changed state under the reloaded policies", slog.Int("images", n))

@@ -3,8 +3,10 @@ package gate_test
 import (
 	"context"
 	"errors"
+	"math"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +18,7 @@ import (
 	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/gate"
 	"github.com/airlock-registry/airlock/policy"
+	"github.com/airlock-registry/airlock/proxy"
 	"github.com/airlock-registry/airlock/storage/metadata"
 	"github.com/airlock-registry/airlock/verify/signature"
 	"github.com/airlock-registry/airlock/verify/signature/signaturetest"
@@ -326,4 +329,38 @@ func TestTrustChangeFailsClosedWhileSignaturesCannotBeRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.wantStatus(manifestPath(repo, "1"), http.StatusForbidden, "is quarantined", "key the policy does not list")
+}
+
+// A manifest counts as a signature artifact only while its layers are
+// small; sizes that overflow when added up do not make it small.
+func TestSignatureArtifactSizesDoNotOverflow(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	ok := up.PushImage(t, "vendor/app", "ok", 64, 1)
+	h := newHarness(t, up, t.TempDir(), ok.Digest.String()+"\n")
+	h.wantStatus(manifestPath("hcl/vendor/app", "ok"), http.StatusOK)
+	layer := func(size int64) string {
+		return `{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","size":` + strconv.FormatInt(size, 10) +
+			`,"digest":"` + digest.FromString(strconv.FormatInt(size, 10)).String() + `"}`
+	}
+	for _, tc := range []struct {
+		name   string
+		layers []string
+	}{
+		{"one huge layer", []string{layer(1 << 40)}},
+		{"sizes that wrap around", []string{layer(1 << 40), layer(math.MaxInt64 - 1<<40 + 1), layer(math.MaxInt64)}},
+	} {
+		body := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",` +
+			`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","size":2,"digest":"` + digest.FromString("{}").String() + `"},` +
+			`"layers":[` + strings.Join(tc.layers, ",") + `]}`)
+		d := digest.FromBytes(body)
+		dec, err := h.gate.Admit(t.Context(), proxy.Subject{Upstream: "hcl", Repository: "vendor/app", Tag: "sha256-" + ok.Digest.Hex + ".sig",
+			Digest: d, MediaType: "application/vnd.oci.image.manifest.v1+json", Body: body})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dec.Allow || strings.Contains(dec.Message, "is a signature of") {
+			t.Errorf("%s: %+v, want it judged as an image (and refused: it is not pinned)", tc.name, dec)
+		}
+	}
 }

@@ -125,7 +125,8 @@ func signatureArtifact(mediaType string, body []byte) string {
 	}
 	var total int64
 	for _, l := range m.Layers {
-		if !signatureLayerTypes[l.MediaType] || l.Size < 0 {
+		if !signatureLayerTypes[l.MediaType] || l.Size < 0 || l.Size > maxSignatureBytes {
+			// (Bounded one by one, so that the sum cannot wrap around.)
 			return ""
 		}
 		total += l.Size

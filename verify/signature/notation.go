@@ -31,7 +31,7 @@ func (s *session) checkNotationArtifact(ctx context.Context, desc ocispec.Descri
 	if err != nil || envelope == nil {
 		return err
 	}
-	subject, err := s.subjectDescriptor(ctx)
+	subject, err := s.subjectDescriptor(ctx, m)
 	if err != nil {
 		return err
 	}
@@ -49,8 +49,17 @@ func (s *session) checkNotationArtifact(ctx context.Context, desc ocispec.Descri
 }
 
 // subjectDescriptor describes the image being verified, as Notation
-// signatures name it (media type, digest and size).
-func (s *session) subjectDescriptor(ctx context.Context) (ocispec.Descriptor, error) {
+// signatures name it (media type, digest and size). The size comes from
+// the signature manifest's subject when it names the image: airlock's own
+// fetcher does not serve the image while the image is being decided, so
+// reading it here would leave every Notation-signed image undecided. A
+// wrong size there cannot let a signature through, as Notation compares
+// the whole descriptor with the one signed, and the digest is the
+// image's. Without such a subject the image's manifest is read.
+func (s *session) subjectDescriptor(ctx context.Context, m *ocispec.Manifest) (ocispec.Descriptor, error) {
+	if m.Subject != nil && m.Subject.Digest == s.subject && m.Subject.Size > 0 && s.subjectType != "" {
+		return ocispec.Descriptor{MediaType: s.subjectType, Digest: s.subject, Size: m.Subject.Size}, nil
+	}
 	body, mediaType, _, err := s.f.Manifest(ctx, s.subject.String())
 	if isNotFound(err) {
 		return ocispec.Descriptor{}, fmt.Errorf("the image %s itself is not in the registry: %w", s.subject, err)

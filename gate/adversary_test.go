@@ -634,7 +634,7 @@ func mustHash(t *testing.T, d digest.Digest) v1.Hash {
 // pushFakeSignature publishes, under a cosign-style tag, a "signature"
 // artifact whose one layer is the bytes of layer (a DSSE envelope by its
 // media type only), as a hostile upstream could, and returns its digest.
-func pushFakeSignature(t *testing.T, up *upstreamtest.Upstream, repo string, layer v1.Hash) digest.Digest {
+func pushFakeSignature(t *testing.T, up *upstreamtest.Upstream, repo string, layer v1.Hash, subject v1.Hash) (digest.Digest, string) {
 	t.Helper()
 	l := static.NewLayer(up.Blob(t, layer), types.MediaType("application/vnd.dsse.envelope.v1+json"))
 	img, err := mutate.AppendLayers(empty.Image, l)
@@ -642,7 +642,8 @@ func pushFakeSignature(t *testing.T, up *upstreamtest.Upstream, repo string, lay
 		t.Fatal(err)
 	}
 	img = mutate.ConfigMediaType(mutate.MediaType(img, types.OCIManifestSchema1), types.OCIConfigJSON)
-	ref, err := name.ParseReference(up.Host+"/"+repo+":sha256-"+strings.Repeat("a", 64)+".att", name.Insecure)
+	tag := "sha256-" + subject.Hex + ".att"
+	ref, err := name.ParseReference(up.Host+"/"+repo+":"+tag, name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -653,7 +654,7 @@ func pushFakeSignature(t *testing.T, up *upstreamtest.Upstream, repo string, lay
 	if err != nil {
 		t.Fatal(err)
 	}
-	return digest.Digest(d.String())
+	return digest.Digest(d.String()), tag
 }
 
 // A signature artifact is approved on sight, but its blobs are the
@@ -665,28 +666,53 @@ func TestSignatureArtifactCannotCarryAQuarantinedLayer(t *testing.T) {
 	t.Run("quarantined first", func(t *testing.T) {
 		t.Parallel()
 		up := upstreamtest.New(t, upstreamtest.Options{})
+		ok := up.PushImage(t, "vendor/app", "ok", 256, 1)
 		q := up.PushImage(t, "vendor/app", "evil", 256, 1)
-		h := newHarness(t, up, t.TempDir(), "")
+		h := newHarness(t, up, t.TempDir(), ok.Digest.String()+"\n")
+		h.wantStatus(manifestPath(repo, "ok"), http.StatusOK)
 		h.wantStatus(manifestPath(repo, "evil"), http.StatusForbidden, "is quarantined")
-		sig := pushFakeSignature(t, up, "vendor/app", q.Layers[0])
-		h.wantStatus(manifestPath(repo, sig.String()), http.StatusOK)
+		// A "signature" of the approved image that lists the quarantined
+		// image's layer is served, the layer is not.
+		_, tag := pushFakeSignature(t, up, "vendor/app", q.Layers[0], ok.Digest)
+		h.wantStatus(manifestPath(repo, tag), http.StatusOK)
 		h.wantStatus(blobPath(repo, q.Layers[0]), http.StatusForbidden, "DENIED")
-		h.wantStatus(manifestPath(repo, sig.String()), http.StatusOK)
+		h.wantStatus(manifestPath(repo, tag), http.StatusOK)
+		h.wantStatus(blobPath(repo, q.Layers[0]), http.StatusForbidden, "DENIED")
+		// A "signature" of the quarantined image is not served at all.
+		_, qtag := pushFakeSignature(t, up, "vendor/app", q.Layers[0], q.Digest)
+		h.wantStatus(manifestPath(repo, qtag), http.StatusForbidden, "is a signature of", "which is quarantined")
 		h.wantStatus(blobPath(repo, q.Layers[0]), http.StatusForbidden, "DENIED")
 	})
 	t.Run("artifact first", func(t *testing.T) {
 		t.Parallel()
 		up := upstreamtest.New(t, upstreamtest.Options{})
+		ok := up.PushImage(t, "vendor/app", "ok", 256, 1)
 		q := up.PushImage(t, "vendor/app", "evil", 256, 1)
-		sig := pushFakeSignature(t, up, "vendor/app", q.Layers[0])
-		h := newHarness(t, up, t.TempDir(), "")
-		h.wantStatus(manifestPath(repo, sig.String()), http.StatusOK)
-		h.wantStatus(manifestPath(repo, "evil"), http.StatusForbidden, "is quarantined")
+		_, tag := pushFakeSignature(t, up, "vendor/app", q.Layers[0], ok.Digest)
+		h := newHarness(t, up, t.TempDir(), ok.Digest.String()+"\n"+q.Digest.String()+"\n")
+		h.wantStatus(manifestPath(repo, "ok"), http.StatusOK)
+		h.wantStatus(manifestPath(repo, tag), http.StatusOK)
+		h.wantStatus(manifestPath(repo, "evil"), http.StatusOK)
 		// The image is refused after the artifact admitted the layer: the
 		// withdrawal does not count the artifact's claim on it.
 		if _, err := h.gate.Block(t.Context(), repo, digest.Digest(q.Digest.String()), "admin:bob", "evil"); err != nil {
 			t.Fatal(err)
 		}
+		h.wantStatus(blobPath(repo, q.Layers[0]), http.StatusForbidden, "DENIED")
+	})
+	t.Run("signature of nothing served", func(t *testing.T) {
+		t.Parallel()
+		up := upstreamtest.New(t, upstreamtest.Options{})
+		q := up.PushImage(t, "vendor/app", "evil", 256, 1)
+		never := up.PushImage(t, "vendor/app", "never", 64, 1)
+		sig, tag := pushFakeSignature(t, up, "vendor/app", q.Layers[0], never.Digest)
+		h := newHarness(t, up, t.TempDir(), "")
+		// By digest, without the tag naming what it signs, it is an image.
+		h.wantStatus(manifestPath(repo, sig.String()), http.StatusForbidden, "is quarantined")
+		h2 := newHarness(t, up, t.TempDir(), "")
+		h2.wantStatus(manifestPath(repo, tag), http.StatusForbidden, "which airlock has not served")
+		h2.wantStatus(manifestPath(repo, sig.String()), http.StatusForbidden, "which airlock has not served")
+		h2.wantStatus(blobPath(repo, q.Layers[0]), http.StatusForbidden, "DENIED")
 		h.wantStatus(blobPath(repo, q.Layers[0]), http.StatusForbidden, "DENIED")
 	})
 }

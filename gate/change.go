@@ -29,6 +29,11 @@ const (
 func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now time.Time) (*metadata.Image, error) {
 	set := g.policies.Load()
 	artifact := signatureArtifact(s.MediaType, s.Body)
+	subject := artifactSubject(s.Body, s.Tag)
+	if subject == "" || subject == s.Digest {
+		// A signature of nothing in particular is judged as an image.
+		artifact = ""
+	}
 	var sigs []metadata.SignatureEvidence
 	if artifact == "" {
 		g.mu.RLock()
@@ -54,7 +59,7 @@ func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now ti
 			img.Platforms = platforms(s.MediaType, s.Body)
 		}
 		if artifact != "" {
-			img.Artifact = artifact
+			img.Artifact, img.Subject = artifact, subject
 		} else {
 			img.Verdict.Signatures = sigs
 		}

@@ -3,6 +3,7 @@ package gate_test
 import (
 	"errors"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 
@@ -57,6 +58,8 @@ func TestFetcherReadsSignaturesThroughTheCache(t *testing.T) {
 	h := newHarness(t, up, t.TempDir(), "")
 	const repo = "hcl/vendor/app"
 	f := h.proxy.Fetcher(repo)
+	pinned := up.PushImage(t, "vendor/app", "2.0", 256, 1)
+	pinnedSig := pushSignatureArtifact(t, up.Host, "vendor/app", pinned.Digest, `{"critical":{"pinned":true}}`)
 	ctx := t.Context()
 
 	body, mt, d, err := f.Manifest(ctx, "sha256-"+img.Digest.Hex+".sig")
@@ -93,15 +96,29 @@ func TestFetcherReadsSignaturesThroughTheCache(t *testing.T) {
 		t.Error("an image read through the fetcher was recorded")
 	}
 
-	// A client gets the signature from the cache, and the image is still
-	// judged by its policy.
-	gets := up.ManifestGETs("sha256-" + img.Digest.Hex + ".sig")
-	h.wantStatus(manifestPath(repo, "sha256-"+img.Digest.Hex+".sig"), http.StatusOK)
-	h.wantStatus(blobPath(repo, m.Layers[0].Digest), http.StatusOK)
-	if up.ManifestGETs("sha256-"+img.Digest.Hex+".sig") > gets+1 {
+	// A client does not get the signature of an image that is not
+	// served, and the image is still judged by its policy.
+	h.wantStatus(manifestPath(repo, "sha256-"+img.Digest.Hex+".sig"), http.StatusForbidden, "is a signature of", "not served")
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "is quarantined")
+	h.wantStatus(manifestPath(repo, "sha256-"+img.Digest.Hex+".sig"), http.StatusForbidden, "which is quarantined")
+
+	// It gets the signature of a served image from the cache.
+	if err := os.WriteFile(h.pins, []byte(pinned.Digest.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.gate.SetPolicies(ctx, h.policies()); err != nil {
+		t.Fatal(err)
+	}
+	h.wantStatus(manifestPath(repo, "2.0"), http.StatusOK)
+	if _, _, _, err := f.Manifest(ctx, "sha256-"+pinned.Digest.Hex+".sig"); err != nil {
+		t.Fatal(err)
+	}
+	gets := up.ManifestGETs("sha256-" + pinned.Digest.Hex + ".sig")
+	h.wantStatus(manifestPath(repo, "sha256-"+pinned.Digest.Hex+".sig"), http.StatusOK)
+	h.wantStatus(manifestPath(repo, pinnedSig.String()), http.StatusOK)
+	if up.ManifestGETs("sha256-"+pinned.Digest.Hex+".sig") > gets {
 		t.Errorf("the signature was fetched upstream again")
 	}
-	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "is quarantined")
 	if proxy.Internal(t.Context()) {
 		t.Error("a client's context counts as internal")
 	}

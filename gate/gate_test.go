@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"github.com/airlock-registry/airlock/proxy/upstream"
 	"github.com/airlock-registry/airlock/storage"
 	"github.com/airlock-registry/airlock/storage/metadata"
+	"github.com/airlock-registry/airlock/verify/signature"
 )
 
 // harness is a whole pull path: an in-process upstream registry reached
@@ -44,6 +46,8 @@ type harness struct {
 	srv   *httptest.Server
 	reg   *prometheus.Registry
 	clock *clock
+	// verifies counts signature checks run.
+	verifies atomic.Int64
 }
 
 type clock struct {
@@ -105,7 +109,11 @@ func newHarness(t *testing.T, up *upstreamtest.Upstream, dir, pins string) *harn
 	}
 	c := &content{}
 	h.gate, err = gate.New(t.Context(), gate.Options{Store: h.meta, Content: c, Policies: h.policies(),
-		Now: h.clock.Now, Registerer: h.reg, KnownRepository: rt.Known})
+		Now: h.clock.Now, Registerer: h.reg, KnownRepository: rt.Known,
+		Verify: func(ctx context.Context, check policy.SignatureCheck, repo string, d digest.Digest, mt string) (metadata.SignatureEvidence, error) {
+			h.verifies.Add(1)
+			return check.(*signature.Verifier).Verify(ctx, c.p.Fetcher(repo), d, mt)
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,8 +181,8 @@ func (h *harness) wantStatus(path string, want int, contains ...string) {
 }
 
 func trim(s string) string {
-	if len(s) > 600 {
-		return s[:600] + "..."
+	if len(s) > 1600 {
+		return s[:1600] + "..."
 	}
 	return s
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 
@@ -118,6 +119,30 @@ func signatureArtifact(mediaType string, body []byte) string {
 		return ""
 	}
 	return metadata.ArtifactSignature
+}
+
+// artifactSubject is the image a signature artifact signs: its manifest's
+// subject, else the digest its tag-scheme tag names
+// ("sha256-<hex>.sig", ".att", or the referrers fallback "sha256-<hex>").
+// An artifact without one is judged as an image.
+func artifactSubject(body []byte, tag string) digest.Digest {
+	var m struct {
+		Subject *struct {
+			Digest digest.Digest `json:"digest"`
+		} `json:"subject"`
+	}
+	if json.Unmarshal(body, &m) == nil && m.Subject != nil && m.Subject.Digest.Validate() == nil {
+		return m.Subject.Digest
+	}
+	t := strings.TrimSuffix(strings.TrimSuffix(tag, ".sig"), ".att")
+	alg, hex, ok := strings.Cut(t, "-")
+	if !ok {
+		return ""
+	}
+	if d := digest.NewDigestFromEncoded(digest.Algorithm(alg), hex); d.Validate() == nil {
+		return d
+	}
+	return ""
 }
 
 // isUnchecked reports whether err is a signature check that could not run.

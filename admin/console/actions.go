@@ -40,7 +40,7 @@ func (d confirmData) title() string {
 // confirmation, with it it carries the action out through the decider and
 // shows the result on the image page.
 func (c *Console) act(w http.ResponseWriter, r *http.Request, v *view, ref admin.Reference, action string) error {
-	if err := parseForm(w, r); err != nil {
+	if err := c.parseForm(w, r); err != nil {
 		return err
 	}
 	if !checkCSRF(r, v.sess.csrf) {

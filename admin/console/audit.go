@@ -63,13 +63,16 @@ func (c *Console) lastSeq(ctx context.Context) (uint64, error) {
 // returns how many it read, the seq of the last one, and whether older
 // records remain (pass that seq as before to go on).
 func (c *Console) scanBack(ctx context.Context, before uint64, max int, fn func(metadata.AuditRecord) bool) (int, uint64, bool, error) {
-	end := before
-	if end == 0 {
-		last, err := c.lastSeq(ctx)
-		if err != nil {
-			return 0, 0, false, err
-		}
-		end = last + 1
+	// A before beyond the newest record (an edited URL) starts from the
+	// newest: the chunked walk below would otherwise find nothing there
+	// and stop.
+	last, err := c.lastSeq(ctx)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	end := last + 1
+	if before != 0 {
+		end = min(before, end)
 	}
 	read, lastRead := 0, uint64(0)
 	for end > 1 {
@@ -159,6 +162,11 @@ func (c *Console) audit(w http.ResponseWriter, r *http.Request, v *view) error {
 		}
 		d.Before = n
 	}
+	done, err := c.scan(r.Context())
+	if err != nil {
+		return err
+	}
+	defer done()
 	scanned, last, more, err := c.scanBack(r.Context(), d.Before, maxAuditScan, func(rec metadata.AuditRecord) bool {
 		if d.Filter.match(rec) {
 			d.Records = append(d.Records, rec)
@@ -179,6 +187,7 @@ func (c *Console) audit(w http.ResponseWriter, r *http.Request, v *view) error {
 	} else {
 		d.Check = check
 	}
+	done()
 	c.render(w, r, http.StatusOK, "audit", v, d)
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -79,10 +80,15 @@ type Console struct {
 	log       *slog.Logger
 	now       func() time.Time
 
-	sessions *sessions
-	throttle throttle
-	pages    map[string]*template.Template
-	static   http.Handler
+	sessions    *sessions
+	throttle    throttle
+	formTimeout time.Duration
+	// scans bounds the pages that read a whole table at once (images,
+	// overview, audit): each holds up to maxScan decoded images or hashes
+	// the whole audit chain, and a few open tabs must not multiply that.
+	scans  chan struct{}
+	pages  map[string]*template.Template
+	static http.Handler
 	// assets maps a static file's name to its URL with a content hash,
 	// so browsers may keep it as long as the binary serves it.
 	assets  map[string]string
@@ -104,6 +110,8 @@ func New(o Options) (*Console, error) {
 		c.now = time.Now
 	}
 	c.sessions = newSessions(o.SessionLifetime, o.IdleTimeout)
+	c.scans = make(chan struct{}, maxScans)
+	c.formTimeout = formTimeout
 	static, err := fs.Sub(staticFS, "static")
 	if err != nil {
 		return nil, err
@@ -233,6 +241,22 @@ func (c *Console) get(w http.ResponseWriter, r *http.Request, v *view, page func
 	}
 }
 
+// maxScans is how many whole-table pages are built at once; the others
+// wait their turn.
+const maxScans = 2
+
+// scan waits for a turn to build a whole-table page. Call the function it
+// returns (once or more) when the page's data are built, before writing
+// it: a client slow to read must not keep the turn.
+func (c *Console) scan(ctx context.Context) (func(), error) {
+	select {
+	case c.scans <- struct{}{}:
+		return sync.OnceFunc(func() { <-c.scans }), nil
+	case <-ctx.Done():
+		return nil, errorPage(http.StatusServiceUnavailable, "The console is busy building other pages; try again.")
+	}
+}
+
 // pageError is an error a page answers with: a status and a sentence for
 // the person reading it.
 type pageError struct {
@@ -315,9 +339,22 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, nam
 	h.Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	if r.Method != http.MethodHead {
-		_, _ = buf.WriteTo(w)
+		_, _ = bidiControls.WriteString(w, buf.String())
 	}
 }
+
+// bidiControls shows Unicode's bidirectional controls as visible marks.
+// Tags, identities, messages and names come from upstreams and clients,
+// and a right-to-left override in one reorders what a page shows (an
+// identity that reads as another's); the templates themselves use none,
+// so the whole page can be rewritten.
+var bidiControls = func() *strings.Replacer {
+	var pairs []string
+	for _, r := range []rune{0x061C, 0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069} {
+		pairs = append(pairs, string(r), fmt.Sprintf("[U+%04X]", r))
+	}
+	return strings.NewReplacer(pairs...)
+}()
 
 // titler is page data that names its page.
 type titler interface{ title() string }

@@ -144,7 +144,9 @@ type browser struct {
 
 func (f *fixture) browser() *browser {
 	jar, _ := cookiejar.New(nil)
-	c := f.srv.Client()
+	// A copy: srv.Client() is one client per server, and each browser
+	// needs its own cookies.
+	c := new(*f.srv.Client())
 	c.Jar = jar
 	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	return &browser{t: f.t, f: f, c: c, jar: jar}

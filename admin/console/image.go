@@ -18,6 +18,15 @@ import (
 // maxTrailScan bounds the audit records searched for one image's trail.
 const maxTrailScan = 20_000
 
+// maxPlatforms bounds the platforms an image page lists: an index is the
+// upstream's to write, and one of 25,000 entries (4 MiB) would make the
+// page megabytes long and slow to build.
+const maxPlatforms = 100
+
+func shownPlatforms(img metadata.Image) []metadata.Platform {
+	return img.Platforms[:min(len(img.Platforms), maxPlatforms)]
+}
+
 // facts are what an image is, from its cached manifest: its kind, layers
 // and the sizes the manifest declares.
 type facts struct {
@@ -72,7 +81,7 @@ func (c *Console) facts(ctx context.Context, img metadata.Image) *facts {
 	f := &facts{MediaType: cmpOr(rec.MediaType, m.MediaType, img.MediaType)}
 	if len(m.Manifests) > 0 || len(img.Platforms) > 0 {
 		f.Index = true
-		for _, p := range img.Platforms {
+		for _, p := range shownPlatforms(img) {
 			pf := platformFacts{Platform: p}
 			if prec, err := c.manifests.Manifest(ctx, p.Digest); err == nil {
 				var pm manifestShape
@@ -128,12 +137,16 @@ type imageData struct {
 	Signature   []metadata.Reason
 	Vulns       []metadata.Reason
 	Other       []metadata.Reason
-	Trail       []metadata.AuditRecord
-	TrailMore   bool
-	Form        formState
-	CanRelease  bool
-	CanBlock    bool
-	CanUnblock  bool
+	// Platforms are the first maxPlatforms of the index's; MorePlatforms
+	// counts the rest.
+	Platforms     []metadata.Platform
+	MorePlatforms int
+	Trail         []metadata.AuditRecord
+	TrailMore     bool
+	Form          formState
+	CanRelease    bool
+	CanBlock      bool
+	CanUnblock    bool
 }
 
 func (d imageData) title() string { return d.Image.Repository + "@" + shortDigest(d.Image.Digest) }
@@ -186,7 +199,8 @@ func (c *Console) showImage(w http.ResponseWriter, r *http.Request, v *view, ref
 		return err
 	}
 	d := imageData{Image: img, Ref: ref.String(), URL: imageURL(img.Repository, img.Digest), Form: form,
-		Facts: c.facts(ctx, img)}
+		Facts: c.facts(ctx, img), Platforms: shownPlatforms(img)}
+	d.MorePlatforms = len(img.Platforms) - len(d.Platforms)
 	for _, rs := range img.Reasons {
 		if rs.Type == metadata.ReasonManual && img.Override != nil && rs.Actor == img.Override.By {
 			continue // the override's own card says it, with its end

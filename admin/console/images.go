@@ -67,6 +67,11 @@ func (c *Console) images(w http.ResponseWriter, r *http.Request, v *view) error 
 		}
 		d.Page = n
 	}
+	done, err := c.scan(r.Context())
+	if err != nil {
+		return err
+	}
+	defer done()
 	all, truncated, err := c.scanImages(r.Context(), query)
 	if err != nil {
 		return err
@@ -79,7 +84,9 @@ func (c *Console) images(w http.ResponseWriter, r *http.Request, v *view) error 
 	d.Total = len(all)
 	d.Pages = max(1, (d.Total+perPage-1)/perPage)
 	start := min((d.Page-1)*perPage, d.Total)
-	d.Images = all[start:min(start+perPage, d.Total)]
+	// A copy, so that the whole table is garbage while the page is written.
+	d.Images = slices.Clone(all[start:min(start+perPage, d.Total)])
+	done()
 	c.render(w, r, http.StatusOK, "images", v, d)
 	return nil
 }

@@ -39,6 +39,11 @@ type overviewData struct {
 // overview serves the front page.
 func (c *Console) overview(w http.ResponseWriter, r *http.Request, v *view) error {
 	ctx := r.Context()
+	done, err := c.scan(r.Context())
+	if err != nil {
+		return err
+	}
+	defer done()
 	var d overviewData
 	all, truncated, err := c.scanImages(ctx, metadata.ImageQuery{})
 	if err != nil {
@@ -86,6 +91,7 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, v *view) erro
 		d.HasDenials = true
 		d.Denials = c.denials(deniedListed)
 	}
+	done()
 	c.render(w, r, http.StatusOK, "overview", v, d)
 	return nil
 }

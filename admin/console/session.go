@@ -5,9 +5,11 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +36,10 @@ const (
 	loginTTL = time.Hour
 	// maxForm bounds a form body: a reason is a sentence.
 	maxForm = 64 << 10
+	// formTimeout bounds the time a form body may take to arrive, so a
+	// client that stops sending half-way (anyone may post the sign-in
+	// form) does not hold its request open for ever.
+	formTimeout = 30 * time.Second
 )
 
 // session is one signed-in browser. It holds the token's credential (its
@@ -150,12 +156,20 @@ func (s *sessions) takeFlash(sess *session) *flash {
 // SameSite=Strict, Secure over TLS. It lives for maxAge; an empty value
 // deletes it.
 func setCookie(w http.ResponseWriter, r *http.Request, name, value string, maxAge time.Duration) {
-	c := &http.Cookie{Name: name, Value: value, Path: Prefix, HttpOnly: true, Secure: r.TLS != nil,
+	c := &http.Cookie{Name: name, Value: value, Path: Prefix, HttpOnly: true, Secure: overTLS(r),
 		SameSite: http.SameSiteStrictMode, MaxAge: -1}
 	if value != "" {
 		c.MaxAge = max(1, int(maxAge.Seconds()))
 	}
 	http.SetCookie(w, c)
+}
+
+// overTLS reports whether the browser reached the console over TLS: its
+// own connection, or a reverse proxy's that ends TLS and says so. The
+// header is trusted as far as it goes: all it can do is make a cookie
+// Secure, which costs a client lying about it only its own sign-in.
+func overTLS(r *http.Request) bool {
+	return r.TLS != nil || strings.EqualFold(strings.TrimSpace(r.Header.Get("X-Forwarded-Proto")), "https")
 }
 
 // session returns the request's live session. Without one, a GET is sent
@@ -198,10 +212,25 @@ func checkCSRF(r *http.Request, want string) bool {
 	return got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 }
 
-// parseForm reads a bounded form body.
-func parseForm(w http.ResponseWriter, r *http.Request) error {
+// parseForm reads a form body, bounded in size and time.
+func (c *Console) parseForm(w http.ResponseWriter, r *http.Request) error {
+	// Not every ResponseWriter can set a deadline (a test's recorder);
+	// the size bound still holds. The deadline is lifted once the form is
+	// read: left in place, it would cancel the request's context (net/http
+	// watches the idle connection) during a slow change. It stays when
+	// the form could not be read, since net/http then reads what is left
+	// of the body before answering.
+	rc := http.NewResponseController(w)
+	deadline := rc.SetReadDeadline(time.Now().Add(c.formTimeout)) == nil
 	r.Body = http.MaxBytesReader(w, r.Body, maxForm)
-	if err := r.ParseForm(); err != nil {
+	err := r.ParseForm()
+	if deadline && err == nil {
+		_ = rc.SetReadDeadline(time.Time{})
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return errorPage(http.StatusBadRequest, "The form did not arrive within %v; send it again.", c.formTimeout)
+	}
+	if err != nil {
 		return errorPage(http.StatusBadRequest, "The form could not be read: %v.", err)
 	}
 	return nil
@@ -217,15 +246,18 @@ type loginData struct {
 // bound to a short-lived cookie (double submit), since there is no
 // session yet to bind it to.
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
-	next := safeNext(r.FormValue("next"))
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
-		c.loginForm(w, r, http.StatusOK, next, "")
+		c.loginForm(w, r, http.StatusOK, safeNext(r.URL.Query().Get("next")), "")
 	case http.MethodPost:
-		if err := parseForm(w, r); err != nil {
+		// Anyone may post this form: its body is bounded before anything
+		// reads it (r.FormValue would read up to 10 MB, or spool a
+		// multipart body to disk).
+		if err := c.parseForm(w, r); err != nil {
 			c.fail(w, r, nil, err)
 			return
 		}
+		next := safeNext(r.PostFormValue("next"))
 		ck, err := r.Cookie(loginCookie)
 		if err != nil || !checkCSRFValue(r.PostFormValue("csrf"), ck.Value) {
 			c.log.LogAttrs(r.Context(), slog.LevelWarn, "console sign-in refused: CSRF token missing or wrong",
@@ -252,6 +284,12 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 				slog.String("remote", r.RemoteAddr), slog.String("error", err.Error()))
 			c.loginForm(w, r, status, next, msg)
 			return
+		}
+		// The session this browser held, if any, ends: a sign-in never
+		// leaves a replaced id alive (it may have leaked, or be the
+		// previous user's on a shared browser).
+		if old, err := r.Cookie(sessionCookie); err == nil {
+			c.sessions.end(old.Value)
 		}
 		id, sess := c.sessions.create(cred, c.now())
 		setCookie(w, r, sessionCookie, id, sess.expires.Sub(sess.created))
@@ -288,7 +326,7 @@ func (c *Console) logout(w http.ResponseWriter, r *http.Request, v *view) {
 		c.methodNotAllowed(w, r, v, "POST")
 		return
 	}
-	if err := parseForm(w, r); err != nil {
+	if err := c.parseForm(w, r); err != nil {
 		c.fail(w, r, v, err)
 		return
 	}

@@ -2,6 +2,7 @@ package console
 
 import (
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -12,10 +13,16 @@ import (
 // window has passed. Behind a reverse proxy every client shares the
 // proxy's address; the limit then holds for all of them together, which
 // errs on the side of refusing.
+//
+// The table of addresses is bounded. When it is full of addresses that
+// failed within the window, the addresses it cannot hold share one more
+// entry, overflow, and so one limit: filling the table must not buy
+// unthrottled guesses from the next address.
 const (
 	maxFails    = 5
 	failWindow  = time.Minute
 	maxTrackers = 10_000
+	overflow    = "overflow"
 )
 
 type throttle struct {
@@ -23,11 +30,24 @@ type throttle struct {
 	fails map[string][]time.Time
 }
 
+// clientOf is the throttle's key for a remote address: the IPv4 address,
+// or the IPv6 /64, since a host is given a whole /64 and can pick a fresh
+// address in it for every guess.
 func clientOf(remoteAddr string) string {
-	if host, _, err := net.SplitHostPort(remoteAddr); err == nil {
+	host := remoteAddr
+	if h, _, err := net.SplitHostPort(remoteAddr); err == nil {
+		host = h
+	}
+	addr, err := netip.ParseAddr(host)
+	if err != nil {
 		return host
 	}
-	return remoteAddr
+	addr = addr.Unmap()
+	if addr.Is4() {
+		return addr.String()
+	}
+	p, _ := addr.WithZone("").Prefix(64)
+	return p.String()
 }
 
 // blocked reports whether addr must wait, and for how long.
@@ -35,6 +55,10 @@ func (t *throttle) blocked(addr string, now time.Time) (time.Duration, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	recent := t.recentLocked(addr, now)
+	if len(recent) == 0 {
+		// Not in the table: perhaps because it was full.
+		recent = t.recentLocked(overflow, now)
+	}
 	if len(recent) < maxFails {
 		return 0, false
 	}
@@ -55,10 +79,12 @@ func (t *throttle) failed(addr string, now time.Time) {
 			}
 		}
 	}
-	if len(t.fails) >= maxTrackers {
-		return // still full of live entries: nothing more to learn
+	if _, tracked := t.fails[addr]; !tracked && len(t.fails) >= maxTrackers {
+		addr = overflow // still full of live entries
 	}
-	t.fails[addr] = append(t.recentLocked(addr, now), now)
+	fs := append(t.recentLocked(addr, now), now)
+	// Only the latest maxFails decide whether addr must wait.
+	t.fails[addr] = fs[max(0, len(fs)-maxFails):]
 }
 
 // recentLocked is addr's failures within the window, oldest first.

@@ -49,6 +49,9 @@ func (c *Console) funcs() template.FuncMap {
 		"fromWord":     func(s metadata.State) string { return cmpOr(string(s), "new") },
 		"toWord":       func(s metadata.State) string { return cmpOr(string(s), "deleted") },
 		"recordReason": recordReason,
+		// first bounds a list a client or an upstream can grow (an
+		// image's tags: one per tag pulled).
+		"first": func(n int, s []string) []string { return s[:min(n, len(s))] },
 	}
 }
 

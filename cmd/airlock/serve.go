@@ -402,7 +402,9 @@ func (g *gateway) run(ctx context.Context, configPath string) error {
 		adminLn.Close()
 		return err
 	}
-	adminSrv := &http.Server{Handler: adminMux, ReadHeaderTimeout: 10 * time.Second,
+	// Idle keep-alive connections close, so a client cannot hold the admin
+	// listener's connections open; bodies have their own deadlines there.
+	adminSrv := &http.Server{Handler: adminMux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)}
 
 	errc := make(chan error, 2)

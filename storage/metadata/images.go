@@ -132,11 +132,14 @@ type Image struct {
 	// artifact: policies do not apply to those (they cannot be run, and
 	// verifiers in the cluster must be able to read them), and it is
 	// approved on sight.
-	Artifact   string    `json:"artifact,omitempty"`
-	FirstSeen  time.Time `json:"firstSeen"`
-	UpdatedAt  time.Time `json:"updatedAt"`
-	LastPulled time.Time `json:"lastPulled,omitzero"`
-	Pulls      int64     `json:"pulls"`
+	Artifact string `json:"artifact,omitempty"`
+	// Subject is the image a signature artifact signs; it is served to
+	// clients only while that image is.
+	Subject    digest.Digest `json:"subject,omitempty"`
+	FirstSeen  time.Time     `json:"firstSeen"`
+	UpdatedAt  time.Time     `json:"updatedAt"`
+	LastPulled time.Time     `json:"lastPulled,omitzero"`
+	Pulls      int64         `json:"pulls"`
 }
 
 // Change describes an update to an image for its audit record and alerts.

@@ -282,7 +282,7 @@ func (g *Gate) admit(ctx context.Context, s proxy.Subject) (proxy.Decision, erro
 		g.metrics.decision("allow")
 		return proxy.Decision{Allow: true}, nil
 	case known:
-		return g.answerFor(ctx, img, s.Head, now), nil
+		return g.answerFor(ctx, img, s, now), nil
 	case img == nil && parent != nil:
 		// A platform of an index that may not be served.
 		g.metrics.decision("deny")
@@ -314,28 +314,36 @@ func (g *Gate) admit(ctx context.Context, s proxy.Subject) (proxy.Decision, erro
 		}
 		return proxy.Decision{}, err
 	}
-	return g.answerFor(ctx, img, s.Head, now), nil
+	return g.answerFor(ctx, img, s, now), nil
 }
 
 // answerFor is answer, except that a client gets a signature artifact only
 // while the image it signs is servable here: otherwise an upstream could
 // hand out any small blobs as "signatures" of nothing airlock serves.
-// airlock itself reads them while verifying that image.
-func (g *Gate) answerFor(ctx context.Context, img *metadata.Image, head bool, now time.Time) proxy.Decision {
+// airlock itself reads them while verifying that image. The image signed
+// is the one the request names (the manifest's subject, else its
+// "sha256-<hex>.sig" tag), else the one recorded: one signature manifest
+// may sit under the tags of several images (a copied signature), and
+// each tag answers for its own image.
+func (g *Gate) answerFor(ctx context.Context, img *metadata.Image, s proxy.Subject, now time.Time) proxy.Decision {
 	if img.Artifact == "" || proxy.Internal(ctx) {
-		return g.answer(img, head, now)
+		return g.answer(img, s.Head, now)
+	}
+	signed := artifactSubject(s.Body, s.Tag)
+	if signed == "" || signed == s.Digest {
+		signed = img.Subject
 	}
 	g.mu.RLock()
-	subject := g.images[imageKey(img.Repository, img.Subject)]
-	parent := g.parentLocked(imageKey(img.Repository, img.Subject), now)
+	subject := g.images[imageKey(img.Repository, signed)]
+	parent := g.parentLocked(imageKey(img.Repository, signed), now)
 	g.mu.RUnlock()
 	switch {
 	case subject != nil && servable(subject, now) && !blocked(subject), parent != nil && servable(parent, now) && !blocked(subject):
-		return g.answer(img, head, now)
+		return g.answer(img, s.Head, now)
 	case subject == nil && parent == nil:
 		g.metrics.decision("deny")
 		return proxy.Decision{Message: fmt.Sprintf("%s@%s is a signature of %s@%s, which airlock has not served; pull that image first",
-			img.Repository, img.Digest, img.Repository, img.Subject)}
+			img.Repository, img.Digest, img.Repository, signed)}
 	}
 	st := metadata.StateBlocked
 	if subject != nil {
@@ -345,7 +353,7 @@ func (g *Gate) answerFor(ctx context.Context, img *metadata.Image, head bool, no
 	}
 	g.metrics.decision("deny")
 	return proxy.Decision{Message: fmt.Sprintf("%s@%s is a signature of %s@%s, which is %s", img.Repository, img.Digest,
-		img.Repository, img.Subject, st)}
+		img.Repository, signed, st)}
 }
 
 // parentLocked returns a servable index that lists key, else any index

@@ -166,7 +166,14 @@ func TestSignaturePoliciesWithClients(t *testing.T) {
 
 	// Clients (in-cluster verifiers) pull the signature artifacts
 	// themselves through airlock; they need no signature of their own.
+	// The same manifest under the copied image's tag, which airlock has
+	// just read while refusing that image, answers for that image.
 	e.pullArtifact("team/keyed", st.LegacyTag(digest.Digest(keyed.Digest.String())), keyedSig.Manifest)
+	r := e2eMustGet(t, http.StatusForbidden, e.al.URL+"/v2/sig/team/keyed/manifests/"+st.LegacyTag(digest.Digest(copied.Digest.String())),
+		"Accept", ocispec.MediaTypeImageManifest)
+	if !strings.Contains(string(r.Body), "is a signature of sig/team/keyed@"+copied.Digest.String()+", which is quarantined") {
+		t.Errorf("the copied image's signature tag through airlock: %s", r.Body)
+	}
 	skopeo := clients.NewSkopeo(t)
 	raw, err := skopeo.Inspect(ctx, "docker://"+e.al.Host+"/sig/team/keyed:"+st.LegacyTag(digest.Digest(keyed.Digest.String())))
 	if err != nil || raw != string(keyedSig.Manifest) {

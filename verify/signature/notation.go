@@ -31,7 +31,7 @@ func (s *session) checkNotationArtifact(ctx context.Context, desc ocispec.Descri
 	if err != nil || envelope == nil {
 		return err
 	}
-	subject, err := s.subjectDescriptor(ctx)
+	subject, err := s.subjectDescriptor(ctx, m)
 	if err != nil {
 		return err
 	}
@@ -49,17 +49,29 @@ func (s *session) checkNotationArtifact(ctx context.Context, desc ocispec.Descri
 }
 
 // subjectDescriptor describes the image being verified, as Notation
-// signatures name it (media type, digest and size).
-func (s *session) subjectDescriptor(ctx context.Context) (ocispec.Descriptor, error) {
-	body, mediaType, _, err := s.f.Manifest(ctx, s.subject.String())
+// signatures name it (media type, digest and size). The size is the one
+// the signature manifest's subject gives when that names the digest
+// being verified: the digest fixes the content, and airlock's own Fetcher
+// does not serve the image it is verifying (it reads only signatures
+// then), so only a signature manifest without that subject makes this
+// read the image.
+func (s *session) subjectDescriptor(ctx context.Context, m *ocispec.Manifest) (ocispec.Descriptor, error) {
+	mediaType := s.subjectType
+	if m.Subject != nil && m.Subject.Digest == s.subject && m.Subject.Size > 0 {
+		if mediaType == "" {
+			mediaType = m.Subject.MediaType
+		}
+		return ocispec.Descriptor{MediaType: mediaType, Digest: s.subject, Size: m.Subject.Size}, nil
+	}
+	body, fetchedType, _, err := s.f.Manifest(ctx, s.subject.String())
 	if isNotFound(err) {
 		return ocispec.Descriptor{}, fmt.Errorf("the image %s itself is not in the registry: %w", s.subject, err)
 	}
 	if err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("fetching the image manifest %s: %w", s.subject, err)
 	}
-	if s.subjectType != "" {
-		mediaType = s.subjectType
+	if mediaType == "" {
+		mediaType = fetchedType
 	}
 	return ocispec.Descriptor{MediaType: mediaType, Digest: s.subject, Size: int64(len(body))}, nil
 }

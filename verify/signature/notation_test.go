@@ -1,14 +1,19 @@
 package signature_test
 
 import (
+	"context"
+	"errors"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/verify/notation"
 	"github.com/airlock-registry/airlock/verify/notation/notationtest"
 	"github.com/airlock-registry/airlock/verify/signature"
+	st "github.com/airlock-registry/airlock/verify/signature/signaturetest"
 )
 
 // TestNotationReal checks Notary Project signatures end to end: pushed as
@@ -51,5 +56,40 @@ func TestNotationReal(t *testing.T) {
 				t.Fatalf("evidence %+v, want kind notation by %s", ev, want)
 			}
 		})
+	}
+}
+
+// signaturesOnly is a Fetcher that refuses to read the image being
+// verified, as airlock's own Fetcher does: while verifying, it serves
+// only signature artifacts.
+type signaturesOnly struct {
+	*st.Fetcher
+	image digest.Digest
+}
+
+func (f signaturesOnly) Manifest(ctx context.Context, ref string) ([]byte, string, digest.Digest, error) {
+	if ref == f.image.String() {
+		return nil, "", "", errors.New("403 not a signature artifact; airlock reads only signatures while verifying")
+	}
+	return f.Fetcher.Manifest(ctx, ref)
+}
+
+// TestNotationWithoutReadingTheImage checks that a Notation signature
+// verifies through a Fetcher that serves only signatures: the image's
+// size comes from the signature manifest's subject.
+func TestNotationWithoutReadingTheImage(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	sig, pki := notationtest.Sign(t, e.subject, notation.MediaTypeJWS)
+	notationtest.Push(t, e.u, repo, sig)
+	trust := config.NotationTrust{TrustStore: []string{pki.WriteCA(t)}, TrustedIdentities: []string{pki.Identity()}}
+	nv, err := notation.New(trust, os.ReadFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := newVerifier(t, config.Signature{Notation: &trust}, signature.Options{Notation: nv})
+	ev, err := v.Verify(t.Context(), signaturesOnly{e.fetcher, e.d}, e.d, e.subject.MediaType)
+	if err != nil || !ev.Verified || !strings.Contains(ev.Message, "Notation signature by CN=release") {
+		t.Fatalf("evidence %+v, error %v; want a verified Notation signature", ev, err)
 	}
 }

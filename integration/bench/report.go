@@ -123,6 +123,17 @@ func render(s settings, rows []row, h hostInfo, took time.Duration) string {
 			"pull's decision is a map lookup of the image's state, which the pull without a policy makes too. Its " +
 			"percentiles are of all rounds' requests together, not medians of rounds.\n\n")
 	}
+	if slices.ContainsFunc(rows, func(r row) bool { return r.id == "12" }) {
+		b.WriteString("Scenario 12 also compares airlock with itself, through repositories of one upstream that signature " +
+			"policies govern and through ones no policy matches. Cold: the first pull of a fresh image's manifest by tag, " +
+			"which airlock answers only after verifying its signatures offline (cosign with a key, from the signature tag; " +
+			"a keyless cosign v3 bundle, from the referrers, against a trusted_root.json; a Notation JWS signature, from the " +
+			"referrers, against a trust store), beside the first pull of another fresh image without a policy, in turn, the " +
+			"order alternating by round; the signatures are made with the test fixtures of verify/signature and " +
+			"verify/notation and seeded on the origin where a client would push them. Its upstream requests are those the " +
+			"pull under the policy made beyond the pull without one. Warm: the pulls of scenario 11 under the keyless policy, " +
+			"whose decision is kept in memory, so a warm pull does no cryptography.\n\n")
+	}
 	b.WriteString("| # | scenario | airlock | distribution | direct | ceiling | airlock ratio | goal | result |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {

@@ -131,7 +131,8 @@ func render(s settings, rows []row, h hostInfo, took time.Duration) string {
 			"referrers, against a trust store), beside the first pull of another fresh image without a policy, in turn, the " +
 			"order alternating by round; the signatures are made with the test fixtures of verify/signature and " +
 			"verify/notation and seeded on the origin where a client would push them. Its upstream requests are those the " +
-			"pull under the policy made beyond the pull without one. Warm: the pulls of scenario 11 under the keyless policy, " +
+			"pull under the policy made beyond the pull without one; airlock's CPU time is read from /proc in 10 ms ticks, " +
+			"summed over the rounds. Warm: the pulls of scenario 11 under the keyless policy, over three times its rounds, " +
 			"whose decision is kept in memory, so a warm pull does no cryptography.\n\n")
 	}
 	b.WriteString("| # | scenario | airlock | distribution | direct | ceiling | airlock ratio | goal | result |\n")
@@ -209,7 +210,8 @@ var causes = map[string]string{
 	"12": "Only the warm rows have a goal. A warm pull of a signed image makes the same decision as the pull without a " +
 		"policy, the map lookup of the image's recorded state and evidence (`gate.admit`'s known-image branch); " +
 		"signatures are verified only when an image is first seen or its policy's trust material changes. A miss " +
-		"there is noise in the tail: in six runs of scenarios 11 and 12 on this 2-core VM, with load averages of 6–12 " +
-		"from other work, the pooled p99 ratio ranged 0.84–1.08× (the 1.08× in the run with a load average of 12, " +
-		"where scenario 11 missed its wider goal too, at 1.18×), and the one-client p50 stayed within 0.99–1.03×.",
+		"there is noise in the tail: in nine runs of scenarios 11 and 12 on this 2-core VM, with load averages of 6–12 " +
+		"from other work, the pooled p99 ratio ranged 0.84–1.08× with a median of 1.00×, above 1.05× in three (1.050×, " +
+		"and 1.08× twice, at load averages of 8 and 12; in the second scenario 11 missed its wider goal too, at 1.18×), " +
+		"and the one-client p50 stayed within 0.99–1.03×.",
 }

@@ -129,7 +129,8 @@ type fixtureFailure struct{ msg string }
 func (f fixtureFailure) Error() string { return f.msg }
 
 // fixtureTB is the least of a testing.TB the fixtures call: Helper,
-// Fatal(f), Context and TempDir. Any other method is not implemented and
+// Fatal, Fatalf, Context and TempDir, with Errorf and FailNow failing as
+// Fatal does and Logf discarding. Any other method is not implemented and
 // panics through the nil embedded interface, so a fixture that starts to
 // need one fails loudly here.
 type fixtureTB struct {

@@ -15,13 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/airlock-registry/airlock/config"
@@ -636,24 +630,7 @@ func mustHash(t *testing.T, d digest.Digest) v1.Hash {
 // media type only), as a hostile upstream could, and returns its digest.
 func pushFakeSignature(t *testing.T, up *upstreamtest.Upstream, repo string, layer v1.Hash, subject v1.Hash) (digest.Digest, string) {
 	t.Helper()
-	l := static.NewLayer(up.Blob(t, layer), types.MediaType("application/vnd.dsse.envelope.v1+json"))
-	img, err := mutate.AppendLayers(empty.Image, l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img = mutate.ConfigMediaType(mutate.MediaType(img, types.OCIManifestSchema1), types.OCIConfigJSON)
-	tag := "sha256-" + subject.Hex + ".att"
-	ref, err := name.ParseReference(up.Host+"/"+repo+":"+tag, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
-	d, err := img.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, tag := pushArtifact(t, up.Host, repo, "sha256-"+subject.Hex+".att", up.Blob(t, layer), "application/vnd.dsse.envelope.v1+json")
 	return digest.Digest(d.String()), tag
 }
 

@@ -25,13 +25,21 @@ import (
 // simple-signing layer) for target under the tag scheme's tag.
 func pushSignatureArtifact(t *testing.T, host, repo string, target v1.Hash, payload string) v1.Hash {
 	t.Helper()
-	layer := static.NewLayer([]byte(payload), types.MediaType("application/vnd.dev.cosign.simplesigning.v1+json"))
+	d, _ := pushArtifact(t, host, repo, "sha256-"+target.Hex+".sig", []byte(payload), "application/vnd.dev.cosign.simplesigning.v1+json")
+	return d
+}
+
+// pushArtifact writes, under tag, a manifest whose one layer is content of
+// layerType, shaped as cosign shapes its tag-scheme artifacts.
+func pushArtifact(t *testing.T, host, repo, tag string, content []byte, layerType string) (v1.Hash, string) {
+	t.Helper()
+	layer := static.NewLayer(content, types.MediaType(layerType))
 	img, err := mutate.AppendLayers(mutate.MediaType(empty.Image, types.OCIManifestSchema1), layer)
 	if err != nil {
 		t.Fatal(err)
 	}
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	ref, err := name.ParseReference(host+"/"+repo+":sha256-"+target.Hex+".sig", name.Insecure)
+	ref, err := name.ParseReference(host+"/"+repo+":"+tag, name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +50,7 @@ func pushSignatureArtifact(t *testing.T, host, repo string, target v1.Hash, payl
 	if err != nil {
 		t.Fatal(err)
 	}
-	return d
+	return d, tag
 }
 
 // TestFetcherReadsSignaturesThroughTheCache: airlock reads an image's

@@ -290,7 +290,7 @@ func (g *Gate) admit(ctx context.Context, s proxy.Subject) (proxy.Decision, erro
 		g.metrics.decision("allow")
 		return proxy.Decision{Allow: true}, nil
 	case known:
-		return g.answerFor(ctx, img, s.Head, now), nil
+		return g.answerFor(ctx, img, s, now), nil
 	case img == nil && parent != nil:
 		// A platform of an index that may not be served.
 		g.metrics.decision("deny")
@@ -322,19 +322,27 @@ func (g *Gate) admit(ctx context.Context, s proxy.Subject) (proxy.Decision, erro
 		}
 		return proxy.Decision{}, err
 	}
-	return g.answerFor(ctx, img, s.Head, now), nil
+	return g.answerFor(ctx, img, s, now), nil
 }
 
 // answerFor is answer, except that a client gets a signature artifact only
 // while the image it signs is servable here: otherwise an upstream could
 // hand out any small blobs as "signatures" of nothing airlock serves.
-// airlock itself reads them while verifying that image.
-func (g *Gate) answerFor(ctx context.Context, img *metadata.Image, head bool, now time.Time) proxy.Decision {
+// airlock itself reads them while verifying that image. The image signed
+// is the one the request names (the manifest's subject, else its
+// "sha256-<hex>.sig" tag), else the one recorded: one signature manifest
+// may sit under the tags of several images (a copied signature), and
+// each tag answers for its own image.
+func (g *Gate) answerFor(ctx context.Context, img *metadata.Image, s proxy.Subject, now time.Time) proxy.Decision {
 	if img.Artifact == "" || proxy.Internal(ctx) {
-		return g.answer(img, head, now)
+		return g.answer(img, s.Head, now)
+	}
+	signed := artifactSubject(s.Body, s.Tag)
+	if signed == "" || signed == s.Digest {
+		signed = img.Subject
 	}
 	g.mu.RLock()
-	signed, ok := g.signedLocked(img)
+	signed, ok := g.signedLocked(img.Repository, signed)
 	subject := g.images[imageKey(img.Repository, signed)]
 	parent := g.parentLocked(imageKey(img.Repository, signed), now)
 	g.mu.RUnlock()
@@ -344,7 +352,7 @@ func (g *Gate) answerFor(ctx context.Context, img *metadata.Image, head bool, no
 		return proxy.Decision{Message: fmt.Sprintf("%s@%s is a signature of a chain of more than %d signatures; airlock serves signatures of images only",
 			img.Repository, img.Digest, maxArtifactChain)}
 	case subject != nil && servable(subject, now) && !blocked(subject), parent != nil && servable(parent, now) && !blocked(subject):
-		return g.answer(img, head, now)
+		return g.answer(img, s.Head, now)
 	case subject == nil && parent == nil:
 		g.metrics.decision("deny")
 		return proxy.Decision{Message: fmt.Sprintf("%s@%s is a signature of %s@%s, which airlock has not served; pull that image first",
@@ -365,15 +373,14 @@ func (g *Gate) answerFor(ctx context.Context, img *metadata.Image, head bool, no
 // of a signature may sit (a Notation signature of a cosign signature).
 const maxArtifactChain = 4
 
-// signedLocked follows the artifact img's subjects to the image they end
-// at: an artifact is approved on sight, so a signature of a signature is
-// served only while the image at the end of the chain is. It reports
-// false for a chain longer than maxArtifactChain (or a loop, which tags
-// naming each other make). Callers hold mu.
-func (g *Gate) signedLocked(img *metadata.Image) (digest.Digest, bool) {
-	d := img.Subject
+// signedLocked follows the subjects of artifacts in repo from d to the
+// image they end at: an artifact is approved on sight, so a signature of
+// a signature is served only while the image at the end of the chain is.
+// It reports false for a chain longer than maxArtifactChain (or a loop,
+// which tags naming each other make). Callers hold mu.
+func (g *Gate) signedLocked(repo string, d digest.Digest) (digest.Digest, bool) {
 	for range maxArtifactChain {
-		s := g.images[imageKey(img.Repository, d)]
+		s := g.images[imageKey(repo, d)]
 		if s == nil || s.Artifact == "" {
 			return d, true
 		}

@@ -172,3 +172,32 @@ func TestSignaturePolicyAuditModeAndOutage(t *testing.T) {
 		t.Errorf("after a retry: %+v", img)
 	}
 }
+
+// TestCopiedSignatureKeepsTheOriginalServed checks that one signature
+// manifest under the tags of two images (a signature copied onto another
+// image) answers for each tag's own image: a client still gets the signed
+// image's signature after the copy was read, and not the copy.
+func TestCopiedSignatureKeepsTheOriginalServed(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	key := signaturetest.NewKey(t, signaturetest.ECDSA)
+	signed := up.PushImage(t, "vendor/app", "signed", 256, 1)
+	copied := up.PushImage(t, "vendor/app", "copied", 256, 1)
+	sig := signaturetest.SignatureManifest(t, signaturetest.SignKey(t, key,
+		signaturetest.Payload(up.Host+"/vendor/app", digest.Digest(signed.Digest.String()))))
+	signedTag := signaturetest.LegacyTag(digest.Digest(signed.Digest.String()))
+	copiedTag := signaturetest.LegacyTag(digest.Digest(copied.Digest.String()))
+	signaturetest.PushArtifact(t, up, "vendor/app", signedTag, sig)
+	signaturetest.PushArtifact(t, up, "vendor/app", copiedTag, sig)
+
+	dir := t.TempDir()
+	h := newHarness(t, up, dir, "")
+	h.signed(config.ModeEnforce, []string{key.WritePublic(t, dir)}, nil, "")
+	const repo = "hcl/vendor/app"
+	h.wantStatus(manifestPath(repo, "signed"), http.StatusOK)
+	h.wantStatus(manifestPath(repo, "copied"), http.StatusForbidden, "policy hcl-signed", "names another image")
+
+	h.wantStatus(manifestPath(repo, signedTag), http.StatusOK)
+	h.wantStatus(manifestPath(repo, copiedTag), http.StatusForbidden, "is a signature of "+repo+"@"+copied.Digest.String(), "which is quarantined")
+	h.wantStatus(manifestPath(repo, signedTag), http.StatusOK)
+}

@@ -192,6 +192,16 @@ func TestRepointedUpstreamConfirmsAgain(t *testing.T) {
 	}})
 	base := al.URL + "/v2/vendor/team/app"
 	e2ePullHTTP(t, before, base, "v1", img)
+	// The pull's fills record what the registry confirmed just after
+	// serving; the repointing below must come after that, as it would for
+	// any pull finished before an admin edits the configuration.
+	for _, b := range img.Blobs() {
+		if _, err := al.WaitLog(t.Context(), func(l airlocktest.LogLine) bool {
+			return l.Msg() == "blob fill done" && l.Fields["digest"] == b.String()
+		}); err != nil {
+			t.Fatalf("fill of %s: %v", b, err)
+		}
+	}
 
 	raw, err := os.ReadFile(al.ConfigPath)
 	if err != nil {

@@ -29,6 +29,7 @@ type Airlock struct {
 	DataDir, ConfigPath string
 
 	bin string
+	env []string
 	tb  testing.TB
 	log *logBook
 
@@ -52,6 +53,7 @@ func (b *Binary) Start(tb testing.TB, cfg Config) *Airlock {
 		DataDir:    filepath.Join(dir, "data"),
 		ConfigPath: filepath.Join(dir, "airlock.yaml"),
 		bin:        b.Path,
+		env:        cfg.Env,
 		tb:         tb,
 		log:        &logBook{},
 	}
@@ -98,6 +100,9 @@ func (b *Binary) Start(tb testing.TB, cfg Config) *Airlock {
 
 func (a *Airlock) start(ctx context.Context) error {
 	cmd := exec.Command(a.bin, "serve", "--config", a.ConfigPath)
+	if len(a.env) > 0 {
+		cmd.Env = append(os.Environ(), a.env...)
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return err

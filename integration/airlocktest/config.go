@@ -25,6 +25,9 @@ type Config struct {
 	AdminTokenFile string
 	// Alerts is the alerts section; nil sends no webhooks.
 	Alerts *Alerts
+	// Env is added to the environment airlock runs in (e.g. HTTPS_PROXY
+	// pointing at a trap that records any request leaving loopback).
+	Env []string
 }
 
 // Policy is one entry of the policies list.
@@ -33,6 +36,8 @@ type Policy struct {
 	Match []string `yaml:"match"`
 	Mode  string   `yaml:"mode,omitempty"`
 	Pins  string   `yaml:"pins,omitempty"`
+	// Signature is the policy's signature check; nil checks none.
+	Signature *Signature `yaml:"signature,omitempty"`
 }
 
 // Alerts is airlock's alerts section.
@@ -69,6 +74,9 @@ type Upstream struct {
 	Repositories []string `yaml:"repositories,omitempty"`
 	Auth         *Auth    `yaml:"auth,omitempty"`
 	Retry        *Retry   `yaml:"retry,omitempty"`
+	// TagTTL overrides cache.tagTTL for this upstream ("2s"); empty
+	// leaves it unset.
+	TagTTL string `yaml:"tagTTL,omitempty"`
 }
 
 // Auth names the files airlock reads upstream credentials from.

@@ -20,6 +20,8 @@ type bench struct {
 	origin *origin
 	seed   *seeder
 	client *client
+	// signers sign scenario 12's images; airlock trusts their keys.
+	signers *signers
 
 	airlock    *child
 	airlockURL string
@@ -49,11 +51,14 @@ func newBench(ctx context.Context, s settings, dir, bin string) (_ *bench, err e
 	if b.warm, err = b.seed.image("bench/warm", "v1", s.blobMiB*mib, 1); err != nil {
 		return nil, err
 	}
+	if b.signers, err = newSigners(ctx, dir); err != nil {
+		return nil, err
+	}
 	logf("starting airlock, distribution and the ceiling")
 	// The warm image is the only one pinned, for its tag: scenario 11
 	// pulls it through the policy.
 	pins := []string{fmt.Sprintf("%s/%s:%s %s", pinnedUpstream, b.warm.Repo, b.warm.Tag, b.warm.Digest)}
-	if b.airlock, b.airlockURL, err = startAirlock(ctx, bin, dir, b.origin, pins); err != nil {
+	if b.airlock, b.airlockURL, err = startAirlock(ctx, bin, dir, b.origin, pins, b.signers); err != nil {
 		return nil, err
 	}
 	if b.dist, err = startDistribution(ctx, filepath.Join(dir, "distribution"), b.origin.URL); err != nil {
@@ -113,6 +118,7 @@ func (b *bench) runAll(ctx context.Context) ([]row, error) {
 		{"9: slow clients, memory", b.slowClients},
 		{"10: new repository sharing base layers", b.sharedBase},
 		{"11: warm manifest under a policy", b.warmUnderPolicy},
+		{"12: signature verification, cold and warm", b.signaturePolicy},
 	}
 	for i, st := range steps {
 		if b.s.only != "" && !slices.Contains(strings.Split(b.s.only, ","), strconv.Itoa(i+1)) {

@@ -1,6 +1,10 @@
 package main
 
 import (
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strings"
 	"testing"
 	"time"
 )
@@ -88,5 +92,82 @@ func TestOriginServesCountsAndThrottles(t *testing.T) {
 	}
 	if el := time.Since(start); el < 200*time.Millisecond {
 		t.Fatalf("a 256 KiB blob at 1 MiB/s arrived in %v; the throttle does not work", el)
+	}
+}
+
+// TestSignSeedsWhereVerifiersLook signs an image in each of scenario 12's
+// formats through the fixture adapter and checks the origin serves each
+// signature where a verifier looks: cosign's signature tag, or the
+// referrers API with the artifact type of a bundle or a Notation
+// signature.
+func TestSignSeedsWhereVerifiersLook(t *testing.T) {
+	t.Parallel()
+	o, err := startOrigin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(o.close)
+	dir := t.TempDir()
+	sg, err := newSigners(t.Context(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &bench{dir: dir, origin: o, seed: &seeder{dir: dir, origin: o}, client: newClient(), signers: sg}
+	for _, tc := range []struct {
+		kind, artifactType string
+	}{
+		{sigKey, ""},
+		{sigKeyless, "application/vnd.dev.sigstore.bundle.v0.3+json"},
+		{sigNotation, "application/vnd.cncf.notary.signature"},
+	} {
+		img, err := b.seed.image("bench/"+tc.kind+"/test", "v1", 1024, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.sign(t.Context(), tc.kind, img); err != nil {
+			t.Fatalf("%s: %v", tc.kind, err)
+		}
+		if tc.artifactType == "" {
+			tag := "sha256-" + strings.TrimPrefix(img.Digest, "sha256:") + ".sig"
+			if _, _, err := b.client.manifest(t.Context(), o.URL, img.Repo, tag); err != nil {
+				t.Fatalf("%s: signature tag: %v", tc.kind, err)
+			}
+			continue
+		}
+		for _, at := range []string{"", tc.artifactType, "application/other"} {
+			var idx struct {
+				Manifests []referrer `json:"manifests"`
+			}
+			r, err := b.client.http.Get(o.URL + "/v2/" + img.Repo + "/referrers/" + img.Digest + "?artifactType=" + url.QueryEscape(at))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = json.NewDecoder(r.Body).Decode(&idx)
+			r.Body.Close()
+			if err != nil || r.StatusCode != http.StatusOK {
+				t.Fatalf("%s: referrers: HTTP %d, %v", tc.kind, r.StatusCode, err)
+			}
+			want := 1
+			if at == "application/other" {
+				want = 0
+			}
+			if len(idx.Manifests) != want || want == 1 && idx.Manifests[0].ArtifactType != tc.artifactType {
+				t.Fatalf("%s: referrers filtered by %q = %+v, want %d of type %s", tc.kind, at, idx.Manifests, want, tc.artifactType)
+			}
+		}
+	}
+}
+
+// TestFixtureFailureIsAnError checks that a fixture's Fatal ends the
+// fixture with an error instead of ending the benchmark.
+func TestFixtureFailureIsAnError(t *testing.T) {
+	t.Parallel()
+	err := fixtures(t.Context(), t.TempDir(), func(tb testing.TB) {
+		tb.Helper()
+		tb.Fatalf("signing %s failed", "x")
+		t.Error("the fixture went on after Fatalf")
+	})
+	if err == nil || err.Error() != "signing x failed" {
+		t.Fatalf("fixtures returned %v, want the fixture's message", err)
 	}
 }

@@ -16,6 +16,9 @@
 //     and resident memory can be read from /proc/<pid>; the origin is its
 //     default upstream, and, on a second port, upstream "pinned", which a
 //     pin policy governs (scenario 11; no other scenario pulls through it);
+//     signature policies (a key, a keyless identity with a trusted root, a
+//     Notation trust store, all written under the run's directory) govern
+//     its repositories bench/sig-*/ (scenario 12);
 //   - distribution/v3 in proxy mode, in-process, on its own listener, with
 //     filesystem storage, pointed at the same origin;
 //   - a bare http.ServeContent of an *os.File with the blob's bytes, as its

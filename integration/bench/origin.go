@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"maps"
 	"net"
 	"net/http"
@@ -29,8 +30,11 @@ type origin struct {
 	rate atomic.Int64
 
 	mu        sync.Mutex
-	manifests map[string]manifest // "repo:tag" and "digest"
-	blobs     map[string]string   // digest -> file
+	manifests map[string]manifest   // "repo:tag" and "digest"
+	referrers map[string][]referrer // "repo@digest" of the subject
+	trace     []string              // what each request asked for, while tracing
+	tracing   bool
+	blobs     map[string]string // digest -> file
 	requests  int
 	blobGETs  map[string]int // digest -> GETs started
 	blobHEADs map[string]int // digest -> HEADs answered
@@ -43,6 +47,16 @@ type manifest struct {
 	mediaType string
 	digest    string
 	body      []byte
+}
+
+// referrer is one entry of a referrers list: a manifest whose subject is
+// the listed digest, as the OCI referrers API describes it.
+type referrer struct {
+	MediaType    string            `json:"mediaType"`
+	Digest       string            `json:"digest"`
+	Size         int64             `json:"size"`
+	ArtifactType string            `json:"artifactType,omitempty"`
+	Annotations  map[string]string `json:"annotations,omitempty"`
 }
 
 func startOrigin() (*origin, error) {
@@ -59,6 +73,7 @@ func startOrigin() (*origin, error) {
 		URL:       "http://" + l.Addr().String(),
 		PinnedURL: "http://" + l2.Addr().String(),
 		manifests: map[string]manifest{},
+		referrers: map[string][]referrer{},
 		blobs:     map[string]string{},
 		blobGETs:  map[string]int{},
 		blobHEADs: map[string]int{},
@@ -79,11 +94,74 @@ func (o *origin) addBlob(digest, file string) {
 	o.blobs[digest] = file
 }
 
+// addManifest serves m as repo:tag and by digest; with tag "" by digest
+// only, as a pushed signature artifact. A manifest with a subject is
+// listed among the subject's referrers in repo.
 func (o *origin) addManifest(repo, tag string, m manifest) {
+	var parsed struct {
+		ArtifactType string `json:"artifactType"`
+		Config       struct {
+			MediaType string `json:"mediaType"`
+		} `json:"config"`
+		Subject *struct {
+			Digest string `json:"digest"`
+		} `json:"subject"`
+		Annotations map[string]string `json:"annotations"`
+	}
+	_ = json.Unmarshal(m.body, &parsed)
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.manifests[repo+":"+tag] = m
+	if tag != "" {
+		o.manifests[repo+":"+tag] = m
+	}
 	o.manifests[m.digest] = m
+	if parsed.Subject != nil {
+		at := parsed.ArtifactType
+		if at == "" {
+			at = parsed.Config.MediaType // what registries list for an artifact without one
+		}
+		key := repo + "@" + parsed.Subject.Digest
+		o.referrers[key] = append(o.referrers[key], referrer{MediaType: m.mediaType, Digest: m.digest,
+			Size: int64(len(m.body)), ArtifactType: at, Annotations: parsed.Annotations})
+	}
+}
+
+// startTrace begins recording what each request asks for; stopTrace ends
+// it and returns the record.
+func (o *origin) startTrace() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.trace, o.tracing = nil, true
+}
+
+func (o *origin) stopTrace() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.tracing = false
+	return o.trace
+}
+
+// requestKind names what a request asked for, for the trace: "GET
+// manifest by tag", "GET blob", "GET referrers".
+func requestKind(method, path string) string {
+	switch i := strings.LastIndex(path, "/manifests/"); {
+	case i >= 0:
+		ref := path[i+len("/manifests/"):]
+		switch {
+		case strings.HasSuffix(ref, ".sig"):
+			return method + " signature tag"
+		case strings.HasPrefix(ref, "sha256:"):
+			return method + " manifest by digest"
+		case strings.HasPrefix(ref, "sha256-"):
+			return method + " referrers tag"
+		}
+		return method + " manifest by tag"
+	case strings.Contains(path, "/blobs/"):
+		return method + " blob"
+	case strings.Contains(path, "/referrers/"):
+		return method + " referrers"
+	}
+	return method + " " + path
 }
 
 func (o *origin) manifestBytes(digest string) []byte {
@@ -127,10 +205,13 @@ func (o *origin) waitBlobIdle(digest string, timeout time.Duration) bool {
 }
 
 func (o *origin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p := r.URL.Path
 	o.mu.Lock()
 	o.requests++
+	if o.tracing {
+		o.trace = append(o.trace, requestKind(r.Method, p))
+	}
 	o.mu.Unlock()
-	p := r.URL.Path
 	if p == "/v2/" || p == "/v2" {
 		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 		return
@@ -141,6 +222,10 @@ func (o *origin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if i := strings.LastIndex(p, "/blobs/"); strings.HasPrefix(p, "/v2/") && i > 0 {
 		o.serveBlob(w, r, p[i+len("/blobs/"):])
+		return
+	}
+	if i := strings.LastIndex(p, "/referrers/"); strings.HasPrefix(p, "/v2/") && i > 0 {
+		o.serveReferrers(w, r, p[len("/v2/"):i], p[i+len("/referrers/"):])
 		return
 	}
 	http.NotFound(w, r)
@@ -165,6 +250,35 @@ func (o *origin) serveManifest(w http.ResponseWriter, r *http.Request, repo, ref
 		return
 	}
 	_, _ = w.Write(m.body)
+}
+
+// serveReferrers answers the OCI referrers API: an image index of the
+// manifests whose subject is digest in repo (empty when there are none),
+// filtered by artifactType when asked.
+func (o *origin) serveReferrers(w http.ResponseWriter, r *http.Request, repo, digest string) {
+	at := r.URL.Query().Get("artifactType")
+	o.mu.Lock()
+	list := []referrer{}
+	for _, d := range o.referrers[repo+"@"+digest] {
+		if at == "" || d.ArtifactType == at {
+			list = append(list, d)
+		}
+	}
+	o.mu.Unlock()
+	body, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": mediaIndex, "manifests": list})
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	if at != "" {
+		w.Header().Set("OCI-Filters-Applied", "artifactType")
+	}
+	w.Header().Set("Content-Type", mediaIndex)
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	if r.Method == http.MethodHead {
+		return
+	}
+	_, _ = w.Write(body)
 }
 
 func (o *origin) serveBlob(w http.ResponseWriter, r *http.Request, digest string) {

@@ -165,8 +165,10 @@ func buildAirlock(ctx context.Context, dir string) (string, error) {
 
 // airlockConfig is the YAML airlock is started with: the origin as the
 // default upstream, the same origin again as upstream "pinned" under a pin
-// policy (scenario 11), and a tag TTL longer than the run. Every other
-// scenario pulls through the default upstream, which no policy matches.
+// policy (scenario 11), signature policies over origin/bench/<kind>/*
+// (scenario 12), and a tag TTL longer than the run. Every other scenario
+// pulls through repositories of the default upstream that no policy
+// matches.
 const airlockConfig = `listen: %q
 storage:
   path: %q
@@ -187,6 +189,26 @@ policies:
     match: ["` + pinnedUpstream + `/*"]
     mode: enforce
     pins: %q
+  - name: bench-` + sigKey + `
+    match: ["origin/bench/` + sigKey + `/*"]
+    mode: enforce
+    signature:
+      keys: [%q]
+  - name: bench-` + sigKeyless + `
+    match: ["origin/bench/` + sigKeyless + `/*"]
+    mode: enforce
+    signature:
+      keyless:
+        - issuer: "` + keylessIssuer + `"
+          subject: "` + keylessSubject + `"
+      trustedRoot: %q
+  - name: bench-` + sigNotation + `
+    match: ["origin/bench/` + sigNotation + `/*"]
+    mode: enforce
+    signature:
+      notation:
+        trustStore: [%q]
+        trustedIdentities: [%q]
 `
 
 // pinnedUpstream names the upstream the pin policy governs.
@@ -194,8 +216,8 @@ const pinnedUpstream = "pinned"
 
 // startAirlock writes a configuration under dir and starts bin serve on
 // it, returning once /readyz answers. pins are the lines of the policy's
-// pin file.
-func startAirlock(ctx context.Context, bin, dir string, o *origin, pins []string) (*child, string, error) {
+// pin file; sg holds the signature policies' trust material.
+func startAirlock(ctx context.Context, bin, dir string, o *origin, pins []string, sg *signers) (*child, string, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, "", err
@@ -209,7 +231,8 @@ func startAirlock(ctx context.Context, bin, dir string, o *origin, pins []string
 		return nil, "", err
 	}
 	cfgPath := filepath.Join(dir, "airlock.yaml")
-	cfg := fmt.Sprintf(airlockConfig, addr, filepath.Join(dir, "airlock-data"), admin, o.URL, o.PinnedURL, pinFile)
+	cfg := fmt.Sprintf(airlockConfig, addr, filepath.Join(dir, "airlock-data"), admin, o.URL, o.PinnedURL, pinFile,
+		sg.keyPath, sg.rootPath, sg.caPath, sg.pki.Identity())
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, "", err
 	}

@@ -18,6 +18,7 @@ const (
 	mediaManifest = "application/vnd.oci.image.manifest.v1+json"
 	mediaConfig   = "application/vnd.oci.image.config.v1+json"
 	mediaLayer    = "application/vnd.oci.image.layer.v1.tar"
+	mediaIndex    = "application/vnd.oci.image.index.v1+json"
 )
 
 // blob is one seeded blob on disk.
@@ -143,4 +144,19 @@ func (s *seeder) imageOf(repo, tag string, ls []blob) (image, error) {
 	img.Digest = "sha256:" + hex.EncodeToString(sum[:])
 	s.origin.addManifest(repo, tag, manifest{mediaType: mediaManifest, digest: img.Digest, body: body})
 	return img, nil
+}
+
+// artifact seeds a manifest of mediaType with body and its blobs in repo,
+// under tag or, with tag "", by digest only, as a client pushes a
+// signature. It returns the manifest's digest.
+func (s *seeder) artifact(repo, tag, mediaType string, body []byte, blobs [][]byte) (string, error) {
+	for _, b := range blobs {
+		if _, err := s.bytesBlob(b); err != nil {
+			return "", err
+		}
+	}
+	sum := sha256.Sum256(body)
+	d := "sha256:" + hex.EncodeToString(sum[:])
+	s.origin.addManifest(repo, tag, manifest{mediaType: mediaType, digest: d, body: body})
+	return d, nil
 }

@@ -31,9 +31,9 @@ func (s *session) checkNotationArtifact(ctx context.Context, desc ocispec.Descri
 	if err != nil || envelope == nil {
 		return err
 	}
-	subject, ok := s.subjectDescriptor(m)
-	if !ok {
-		return nil
+	subject, err := s.subjectDescriptor(ctx, m)
+	if err != nil {
+		return err
 	}
 	identity, err := s.v.notation.Verify(ctx, envelope, layer.MediaType, subject)
 	if err != nil {
@@ -48,25 +48,27 @@ func (s *session) checkNotationArtifact(ctx context.Context, desc ocispec.Descri
 	return nil
 }
 
-// subjectDescriptor describes the image being verified as Notation
-// signatures name it (media type, digest and size), from the signature
-// manifest's subject: the digest pins the content, so its size there is
-// the image's or the envelope will not match it. The image itself is not
-// read: airlock is deciding whether it may be, and reads only signatures
-// meanwhile. A signature whose manifest names another subject, or none,
-// is refused.
-func (s *session) subjectDescriptor(m *ocispec.Manifest) (ocispec.Descriptor, bool) {
-	if m.Subject == nil {
-		s.refuse("is a Notation signature whose manifest names no subject")
-		return ocispec.Descriptor{}, false
+// subjectDescriptor describes the image being verified, as Notation
+// signatures name it (media type, digest and size). The size comes from
+// the signature manifest's subject when it names the image: airlock's own
+// fetcher does not serve the image while the image is being decided, so
+// reading it here would leave every Notation-signed image undecided. A
+// wrong size there cannot let a signature through, as Notation compares
+// the whole descriptor with the one signed, and the digest is the
+// image's. Without such a subject the image's manifest is read.
+func (s *session) subjectDescriptor(ctx context.Context, m *ocispec.Manifest) (ocispec.Descriptor, error) {
+	if m.Subject != nil && m.Subject.Digest == s.subject && m.Subject.Size > 0 && s.subjectType != "" {
+		return ocispec.Descriptor{MediaType: s.subjectType, Digest: s.subject, Size: m.Subject.Size}, nil
 	}
-	if m.Subject.Digest != s.subject {
-		s.refuse("names another image (%s)", m.Subject.Digest)
-		return ocispec.Descriptor{}, false
+	body, mediaType, _, err := s.f.Manifest(ctx, s.subject.String())
+	if isNotFound(err) {
+		return ocispec.Descriptor{}, fmt.Errorf("the image %s itself is not in the registry: %w", s.subject, err)
 	}
-	mediaType := s.subjectType
-	if mediaType == "" {
-		mediaType = m.Subject.MediaType
+	if err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("fetching the image manifest %s: %w", s.subject, err)
 	}
-	return ocispec.Descriptor{MediaType: mediaType, Digest: s.subject, Size: m.Subject.Size}, true
+	if s.subjectType != "" {
+		mediaType = s.subjectType
+	}
+	return ocispec.Descriptor{MediaType: mediaType, Digest: s.subject, Size: int64(len(body))}, nil
 }

@@ -183,6 +183,10 @@ func New(ctx context.Context, o Options) (*Gate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gate: loading image states: %w", err)
 	}
+	// The states were decided under the policies of the last run; the
+	// files they name (pins, keys, trusted roots) may have changed since.
+	// Run decides every image again under these, as a reload would.
+	g.undecided.Store(len(g.images) > 0)
 	g.metrics = newMetrics(g, o.Registerer)
 	return g, nil
 }

@@ -364,3 +364,62 @@ func TestSignatureArtifactSizesDoNotOverflow(t *testing.T) {
 		}
 	}
 }
+
+// A restart with other trust (a key removed from the file while airlock
+// was down, instead of a SIGHUP) decides the recorded images again: their
+// evidence is of the old trust.
+func TestRestartWithChangedTrustDecidesAgain(t *testing.T) {
+	t.Parallel()
+	const repo = "hcl/vendor/app"
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	k1, k2 := signaturetest.NewKey(t, signaturetest.ECDSA), signaturetest.NewKey(t, signaturetest.ECDSA)
+	img := up.PushImage(t, "vendor/app", "1", 256, 1)
+	signaturetest.PushKeySignature(t, up, "vendor/app", signaturetest.Subject(t, img), k1)
+	dir := t.TempDir()
+	h := newHarness(t, up, dir, "")
+	h.signed(config.ModeEnforce, []string{k1.WritePublic(t, dir)}, nil, "")
+	h.wantStatus(manifestPath(repo, "1"), http.StatusOK)
+
+	sig := config.Signature{Keys: []string{k2.WritePublic(t, t.TempDir())}, MaxSignatures: 16, MaxBytes: 4 << 20}
+	set, err := policy.Compile([]config.Policy{{Name: "hcl-signed", Match: []string{"hcl/*"}, Mode: config.ModeEnforce, Signature: &sig}},
+		os.ReadFile, func(name string, c config.Signature) (policy.SignatureCheck, error) {
+			return signature.New(name, c, os.ReadFile, signature.Options{})
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &content{p: h.proxy}
+	g2, err := gate.New(t.Context(), gate.Options{Store: h.meta, Content: c, Policies: set, Now: h.clock.Now,
+		Verify: func(ctx context.Context, check policy.SignatureCheck, repo string, d digest.Digest, mt string) (metadata.SignatureEvidence, error) {
+			return check.(*signature.Verifier).Verify(ctx, h.proxy.Fetcher(repo), d, mt)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { g2.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	body, _, _, err := h.proxy.Fetcher(repo).Manifest(t.Context(), img.Digest.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		dec, err := g2.Admit(t.Context(), proxy.Subject{Upstream: "hcl", Repository: "vendor/app",
+			Digest: digest.Digest(img.Digest.String()), MediaType: "application/vnd.docker.distribution.manifest.v2+json", Body: body})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !dec.Allow {
+			if !strings.Contains(dec.Message, "key the policy does not list") {
+				t.Fatalf("refused with %q, want the new key's verdict", dec.Message)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("after a restart with the old key removed, the image it signed is still served")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -169,12 +169,15 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 	g.mu.RLock()
 	p := g.parentLocked(key, now)
 	viaIndex := g.images[key] == nil && p != nil && servable(p, now)
+	// An image approved on sight is served before its record lands
+	// (plain.go): what it admitted must be withdrawn as well.
+	provisional := g.images[key] != nil && policy.Servable(g.images[key].State)
 	g.mu.RUnlock()
 	img, err := g.store.UpdateImage(ctx, repo, d, now, func(img *metadata.Image) (metadata.Change, error) {
 		from = img.State
 		// The stored state, expired release or not: what was admitted
 		// under it must be withdrawn.
-		wasServable = !img.FirstSeen.IsZero() && policy.Servable(img.State) || img.FirstSeen.IsZero() && viaIndex
+		wasServable = !img.FirstSeen.IsZero() && policy.Servable(img.State) || img.FirstSeen.IsZero() && (viaIndex || provisional)
 		unseen := img.MediaType == ""
 		c, err := fn(img)
 		if err != nil {

@@ -135,6 +135,11 @@ type Gate struct {
 	statsMu sync.Mutex
 	stats   map[string]*pullCount
 
+	// plainWrites and background track the records of images approved on
+	// sight being written (plain.go).
+	plainWrites chan struct{}
+	background  sync.WaitGroup
+
 	// recent remembers the last refusals for the console (recent.go).
 	recent recentDenials
 }
@@ -157,7 +162,8 @@ func New(ctx context.Context, o Options) (*Gate, error) {
 		store: o.Store, content: o.Content, known: o.KnownRepository, delivered: o.Delivered, verify: o.Verify,
 		retry: o.PendingRetry, verifyFor: o.VerifyTimeout, now: o.Now, log: o.Logger,
 		images: map[string]*metadata.Image{}, tags: map[string]digest.Digest{},
-		parents: map[string][]string{}, blocks: map[string]int{}, artifacts: map[string]int{}, stats: map[string]*pullCount{},
+		plainWrites: make(chan struct{}, maxPlainWrites),
+		parents:     map[string][]string{}, blocks: map[string]int{}, artifacts: map[string]int{}, stats: map[string]*pullCount{},
 	}
 	if g.retry <= 0 {
 		g.retry = 15 * time.Second
@@ -306,6 +312,11 @@ func (g *Gate) admit(ctx context.Context, s proxy.Subject) (proxy.Decision, erro
 		// doing so is not judged (and verified) in turn.
 		g.metrics.decision("deny")
 		return proxy.Decision{Message: fmt.Sprintf("%s@%s is not a signature artifact; airlock reads only signatures while verifying", repo, s.Digest)}, nil
+	}
+	if !g.Governs(s.Upstream, s.Repository) {
+		if img := g.observePlain(repo, s, now); img != nil {
+			return g.answerFor(ctx, img, s, now), nil
+		}
 	}
 	img, err := g.observe(ctx, repo, s, now)
 	if isUnchecked(err) {

@@ -164,6 +164,7 @@ func (h *harness) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = h.proxy.Close(ctx)
+	h.gate.Sync()
 	h.gate.Flush(ctx)
 	h.meta.Close()
 	h.srv = nil
@@ -206,6 +207,7 @@ func trim(s string) string {
 
 func (h *harness) image(repo string, d v1.Hash) metadata.Image {
 	h.t.Helper()
+	h.gate.Sync() // images approved on sight are recorded in the background
 	img, err := h.meta.Image(h.t.Context(), repo, digest.Digest(d.String()))
 	if err != nil {
 		h.t.Fatalf("image %s@%s: %v", repo, d, err)
@@ -215,6 +217,7 @@ func (h *harness) image(repo string, d v1.Hash) metadata.Image {
 
 func (h *harness) audit() []metadata.AuditRecord {
 	h.t.Helper()
+	h.gate.Sync()
 	recs, err := h.meta.Audit(h.t.Context(), 0, 1000)
 	if err != nil {
 		h.t.Fatal(err)

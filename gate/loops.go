@@ -136,6 +136,9 @@ type admissions interface {
 
 // Flush writes the pull counts gathered since the last flush.
 func (g *Gate) Flush(ctx context.Context) {
+	// Counts of images approved on sight are kept once their records
+	// land; the store skips images it does not hold.
+	g.Sync()
 	g.statsMu.Lock()
 	stats := make([]metadata.PullStat, 0, len(g.stats))
 	for _, c := range g.stats {

@@ -291,6 +291,10 @@ type ImageStore interface {
 	// DueDeliveries returns up to limit deliveries whose NextAttempt is
 	// not after now, oldest first.
 	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]Delivery, error)
+	// DueDeliveriesPerTarget is DueDeliveries with at most perTarget
+	// deliveries of any one target (0: no bound), so that a receiver down
+	// for long cannot fill the answer and hide the others' deliveries.
+	DueDeliveriesPerTarget(ctx context.Context, now time.Time, perTarget, limit int) ([]Delivery, error)
 	// Delivered removes a delivery from the outbox; an unknown seq is an
 	// error wrapping storage.ErrNotFound.
 	Delivered(ctx context.Context, seq uint64) error

@@ -659,6 +659,26 @@ func testDueDeliveries(t *testing.T, s metadata.ImageStore) {
 	if err != nil || !slices.Equal(targets(ds), []string{"t0", "t1"}) {
 		t.Errorf("DueDeliveries with limit 2 = %v, %v; want the two oldest", targets(ds), err)
 	}
+
+	// A target with many pending cannot fill an answer bounded per target.
+	mustUpdate(t, s, repo, d, t0, func(img *metadata.Image) (metadata.Change, error) {
+		var ds []metadata.Delivery
+		for range 4 {
+			ds = append(ds, metadata.Delivery{Target: "t0", Event: metadata.Event{Type: "image.blocked"}})
+		}
+		return metadata.Change{Actor: "admin:alice", Action: "rescan", Deliveries: ds}, nil
+	})
+	ds, err = s.DueDeliveriesPerTarget(ctx, later, 2, 5)
+	if err != nil || !slices.Equal(targets(ds), []string{"t0", "t1", "t2", "t3", "t4"}) {
+		t.Errorf("DueDeliveriesPerTarget(2, 5) = %v, %v; want one of t0's beside every other target", targets(ds), err)
+	}
+	ds, err = s.DueDeliveriesPerTarget(ctx, later, 2, 100)
+	if err != nil || !slices.Equal(targets(ds), []string{"t0", "t1", "t2", "t3", "t4", "t0"}) {
+		t.Errorf("DueDeliveriesPerTarget(2, 100) = %v, %v; want at most two of t0's, oldest first", targets(ds), err)
+	}
+	if ds, err = s.DueDeliveriesPerTarget(ctx, later, 0, 100); err != nil || len(ds) != 9 {
+		t.Errorf("DueDeliveriesPerTarget without a bound = %d, %v; want all 9", len(ds), err)
+	}
 }
 
 func testDeliveredRetry(t *testing.T, s metadata.ImageStore) {

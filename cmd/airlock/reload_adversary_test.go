@@ -1,7 +1,6 @@
 package main
 
 import (
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,7 +10,6 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
 )
 
@@ -46,30 +44,10 @@ upstreams:
   - {name: hcl, url: "` + up.URL + `"}
 ` + extra)
 	}
-	if err := os.WriteFile(path, doc(""), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := loadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logs syncBuffer
-	g, err := newGateway(t.Context(), cfg, newLogger(config.FormatJSON, slog.LevelInfo, &logs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.meta.Close()
+	g, logs := gatewayFromFile(t, path, doc(""))
 	srv := httptest.NewServer(g.registryHandler())
 	defer srv.Close()
-	pull := func() int {
-		t.Helper()
-		resp, err := http.Get(srv.URL + "/v2/hcl/vendor/app/manifests/1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
+	pull := func() int { t.Helper(); return pullStatus(t, srv, "/v2/hcl/vendor/app/manifests/1") }
 	if got := pull(); got != http.StatusOK {
 		t.Fatalf("pull before the reload = %d, want 200", got)
 	}

@@ -227,19 +227,7 @@ storage: {path: "` + filepath.Join(dir, "data") + `"}
 upstreams:
   - {name: hub, url: "https://hub.example", auth: {usernameFile: "` + user + `", passwordFile: "` + pass + `"}}
 `
-	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := loadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logs syncBuffer
-	g, err := newGateway(t.Context(), cfg, newLogger(config.FormatJSON, slog.LevelInfo, &logs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.meta.Close()
+	g, logs := gatewayFromFile(t, path, []byte(body))
 	if err := os.Remove(pass); err != nil {
 		t.Fatal(err)
 	}
@@ -424,30 +412,10 @@ upstreams:
 policies:
   - {name: hcl-pinned, match: ["hcl/*"], pins: "` + pins + `"}
 `
-	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := loadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logs syncBuffer
-	g, err := newGateway(t.Context(), cfg, newLogger(config.FormatJSON, slog.LevelInfo, &logs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.meta.Close()
+	g, logs := gatewayFromFile(t, path, []byte(body))
 	srv := httptest.NewServer(g.registryHandler())
 	defer srv.Close()
-	pull := func() int {
-		t.Helper()
-		resp, err := http.Get(srv.URL + "/v2/hcl/vendor/app/manifests/1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
+	pull := func() int { t.Helper(); return pullStatus(t, srv, "/v2/hcl/vendor/app/manifests/1") }
 	if got := pull(); got != http.StatusForbidden {
 		t.Fatalf("unpinned pull = %d, want 403", got)
 	}
@@ -472,4 +440,36 @@ policies:
 	if got := pull(); got != http.StatusOK {
 		t.Errorf("pull after a refused reload = %d, want 200 (the running policies stay)", got)
 	}
+}
+
+// gatewayFromFile writes body to path and builds the gateway serve would
+// from it, logging to the returned buffer; the metadata store is closed
+// when the test ends.
+func gatewayFromFile(t *testing.T, path string, body []byte) (*gateway, *syncBuffer) {
+	t.Helper()
+	if err := os.WriteFile(path, body, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	g, err := newGateway(t.Context(), cfg, newLogger(config.FormatJSON, slog.LevelInfo, logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.meta.Close() })
+	return g, logs
+}
+
+// pullStatus GETs a registry path from srv and returns the status.
+func pullStatus(t *testing.T, srv *httptest.Server, path string) int {
+	t.Helper()
+	resp, err := http.Get(srv.URL + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }

@@ -171,6 +171,10 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 	viaIndex := g.images[key] == nil && p != nil && servable(p, now)
 	// An image approved on sight is served before its record lands
 	// (plain.go): what it admitted must be withdrawn as well.
+	var seen metadata.Image
+	if cur := g.images[key]; cur != nil {
+		seen = metadata.Image{MediaType: cur.MediaType, Platforms: slices.Clone(cur.Platforms), Tags: slices.Clone(cur.Tags)}
+	}
 	provisional := g.images[key] != nil && policy.Servable(g.images[key].State)
 	g.mu.RUnlock()
 	img, err := g.store.UpdateImage(ctx, repo, d, now, func(img *metadata.Image) (metadata.Change, error) {
@@ -178,6 +182,17 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 		// The stored state, expired release or not: what was admitted
 		// under it must be withdrawn.
 		wasServable = !img.FirstSeen.IsZero() && policy.Servable(img.State) || img.FirstSeen.IsZero() && (viaIndex || provisional)
+		if img.FirstSeen.IsZero() && img.MediaType == "" && seen.MediaType != "" {
+			// The first record of an image approved on sight whose own
+			// record has not landed (an admin's block, a reload won the
+			// race, or its write failed): it keeps what memory saw, or
+			// replacing memory with it would forget the index's
+			// platforms, which are then neither refused nor withdrawn.
+			img.MediaType, img.Platforms = seen.MediaType, seen.Platforms
+			if len(img.Tags) == 0 && seen.Tags != nil {
+				img.Tags = seen.Tags
+			}
+		}
 		unseen := img.MediaType == ""
 		c, err := fn(img)
 		if err != nil {

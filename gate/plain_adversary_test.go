@@ -1,0 +1,78 @@
+package gate_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/gate"
+	"github.com/airlock-registry/airlock/integration/upstreamtest"
+	"github.com/airlock-registry/airlock/storage/metadata"
+)
+
+// refusingWrites fails the gate's writes of one image while set: the
+// record of an image approved on sight has not landed (a full volume, or
+// the admin's change won the race to the store).
+type refusingWrites struct {
+	*metadata.DB
+	mu   sync.Mutex
+	fail digest.Digest
+}
+
+func (r *refusingWrites) refuse(d digest.Digest) {
+	r.mu.Lock()
+	r.fail = d
+	r.mu.Unlock()
+}
+
+func (r *refusingWrites) UpdateImage(ctx context.Context, repo string, d digest.Digest, now time.Time,
+	fn func(img *metadata.Image) (metadata.Change, error)) (metadata.Image, error) {
+	r.mu.Lock()
+	fail := r.fail == d
+	r.mu.Unlock()
+	if fail {
+		return metadata.Image{}, errors.New("no space left on device")
+	}
+	return r.DB.UpdateImage(ctx, repo, d, now, fn)
+}
+
+// An index approved on sight in a plain repository serves its platforms
+// before its record lands. An admin's block that reaches the store first
+// writes a record that knows nothing of the index's content: the block
+// must still refuse the platforms and withdraw their layers.
+func TestBlockOfIndexWhoseRecordHasNotLandedHoldsItsPlatforms(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	idx := up.PushIndex(t, "vendor/multi", "2.0", 256, 1)
+	var store *refusingWrites
+	h := newHarnessWith(t, up, t.TempDir(), "", func(o *gate.Options) {
+		store = &refusingWrites{DB: o.Store.(*metadata.DB)}
+		o.Store = store
+	})
+	const repo = "hub/vendor/multi"
+	d := digest.Digest(idx.Digest.String())
+	arm, _ := idx.Image("arm64")
+
+	store.refuse(d)
+	h.wantStatus(manifestPath(repo, "2.0"), http.StatusOK)
+	h.wantStatus(manifestPath(repo, arm.Digest.String()), http.StatusOK)
+	h.wantStatus(blobPath(repo, arm.Layers[0]), http.StatusOK)
+	h.gate.Sync()
+	store.refuse("")
+
+	if _, err := h.gate.Block(t.Context(), repo, d, "admin:bob", "incident"); err != nil {
+		t.Fatal(err)
+	}
+	h.wantStatus(blobPath(repo, arm.Layers[0]), http.StatusForbidden)
+	h.wantStatus(manifestPath(repo, arm.Digest.String()), http.StatusForbidden, "is a platform of", "blocked")
+	img := h.image(repo, idx.Digest)
+	if len(img.Platforms) != 2 || img.MediaType == "" || len(img.Tags) != 1 {
+		t.Errorf("the block's record lost what was seen of the index: media type %q, platforms %+v, tags %v",
+			img.MediaType, img.Platforms, img.Tags)
+	}
+}

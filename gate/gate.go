@@ -139,6 +139,9 @@ type Gate struct {
 	// sight being written (plain.go).
 	plainWrites chan struct{}
 	background  sync.WaitGroup
+	// syncing keeps background.Add off a Wait in progress (Flush runs
+	// Sync while pulls go on).
+	syncing sync.Mutex
 
 	// recent remembers the last refusals for the console (recent.go).
 	recent recentDenials

@@ -28,6 +28,13 @@ func (g *Gate) observePlain(repo string, s proxy.Subject, now time.Time) *metada
 	default:
 		return nil
 	}
+	if !g.syncing.TryLock() {
+		// A Sync is waiting for the records so far, and a WaitGroup must
+		// not be added to from zero while it is waited on: this pull
+		// records its own rather than wait for the Sync.
+		<-g.plainWrites
+		return nil
+	}
 	set := g.policies.Load()
 	key := imageKey(repo, s.Digest)
 	g.mu.Lock()
@@ -50,6 +57,7 @@ func (g *Gate) observePlain(repo string, s proxy.Subject, now time.Time) *metada
 	decide(set, &img, s.Tag, now)
 	if !policySafe(&img) {
 		g.mu.Unlock()
+		g.syncing.Unlock()
 		<-g.plainWrites
 		return nil
 	}
@@ -57,6 +65,7 @@ func (g *Gate) observePlain(repo string, s proxy.Subject, now time.Time) *metada
 	g.mu.Unlock()
 
 	g.background.Add(1)
+	g.syncing.Unlock()
 	go func() {
 		defer g.background.Done()
 		defer func() { <-g.plainWrites }()
@@ -77,4 +86,8 @@ func policySafe(img *metadata.Image) bool {
 }
 
 // Sync waits until the images approved on sight so far are recorded.
-func (g *Gate) Sync() { g.background.Wait() }
+func (g *Gate) Sync() {
+	g.syncing.Lock()
+	defer g.syncing.Unlock()
+	g.background.Wait()
+}

@@ -3,6 +3,7 @@ package gate_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync"
 	"testing"
@@ -74,5 +75,48 @@ func TestBlockOfIndexWhoseRecordHasNotLandedHoldsItsPlatforms(t *testing.T) {
 	if len(img.Platforms) != 2 || img.MediaType == "" || len(img.Tags) != 1 {
 		t.Errorf("the block's record lost what was seen of the index: media type %q, platforms %+v, tags %v",
 			img.MediaType, img.Platforms, img.Tags)
+	}
+}
+
+// The pull counts are flushed every few seconds, and a flush waits for
+// the records of images approved on sight, while other first pulls start
+// more of them: waiting must not race with starting (a WaitGroup that is
+// added to from zero while it is waited on panics, or trips the race
+// detector).
+func TestFlushWhileImagesAreApprovedOnSight(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	const n = 24
+	imgs := make([]upstreamtest.Image, n)
+	for i := range imgs {
+		imgs[i] = up.PushImage(t, "team/many", fmt.Sprintf("v%d", i), 64, 1)
+	}
+	h := newHarness(t, up, t.TempDir(), "")
+	stop := make(chan struct{})
+	flushed := make(chan struct{})
+	go func() {
+		defer close(flushed)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				h.gate.Flush(t.Context())
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for i := range imgs {
+		wg.Go(func() {
+			h.wantStatus(manifestPath("hub/team/many", imgs[i].Digest.String()), http.StatusOK)
+		})
+	}
+	wg.Wait()
+	close(stop)
+	<-flushed
+	for _, img := range imgs {
+		if got := h.image("hub/team/many", img.Digest); got.State != metadata.StateApproved {
+			t.Errorf("%s: %s, want approved", img.Digest, got.State)
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/airlock-registry/airlock/gate"
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
+	"github.com/airlock-registry/airlock/storage"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
@@ -118,5 +119,38 @@ func TestFlushWhileImagesAreApprovedOnSight(t *testing.T) {
 		if got := h.image("hub/team/many", img.Digest); got.State != metadata.StateApproved {
 			t.Errorf("%s: %s, want approved", img.Digest, got.State)
 		}
+	}
+}
+
+// An image approved on sight is listed and served before its record
+// lands, or without one when the write failed; an admin deleting it then
+// must delete it, not be told there is no such image while it is served.
+func TestDeleteOfImageWhoseRecordHasNotLanded(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	app := up.PushImage(t, "team/tool", "1", 64, 1)
+	var store *refusingWrites
+	h := newHarnessWith(t, up, t.TempDir(), "", func(o *gate.Options) {
+		store = &refusingWrites{DB: o.Store.(*metadata.DB)}
+		o.Store = store
+	})
+	const repo = "hub/team/tool"
+	d := digest.Digest(app.Digest.String())
+
+	store.refuse(d)
+	h.wantStatus(manifestPath(repo, "1"), http.StatusOK)
+	h.gate.Sync()
+	store.refuse("")
+	if !h.gate.Servable("hub", "team/tool", d) {
+		t.Fatal("the image approved on sight is not served before its record lands")
+	}
+	if err := h.gate.Delete(t.Context(), repo, d, "admin:bob", "cleanup"); err != nil {
+		t.Fatalf("deleting a served image whose record has not landed: %v", err)
+	}
+	if h.gate.Servable("hub", "team/tool", d) {
+		t.Error("the deleted image is still servable from memory")
+	}
+	if _, err := h.meta.Image(t.Context(), repo, d); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("the deleted image has a record: %v", err)
 	}
 }

@@ -230,12 +230,22 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 	g.mu.RLock()
 	artifacts := g.artifacts[repo] > 0
 	g.mu.RUnlock()
-	if !servable(stored, now) && (wasServable || sawContent && artifacts) {
+	if !servable(stored, now) && (wasServable || sawContent && (artifacts || g.admitted(ctx, repo, d))) {
 		// Refused on first sight where signature artifacts are: one may
-		// have listed, and admitted, this image's blobs.
+		// have listed, and admitted, this image's blobs. Or it was
+		// approved on sight and served, and its record was lost (a crash
+		// before the background write, a failed write) before a policy
+		// came to refuse it: the cache still holds that admission.
 		g.withdraw(ctx, stored)
 	}
 	return stored, nil
+}
+
+// admitted reports whether the cache admitted repo@d's blobs; a Content
+// that cannot tell is taken to have.
+func (g *Gate) admitted(ctx context.Context, repo string, d digest.Digest) bool {
+	a, ok := g.content.(admissions)
+	return !ok || a.Admitted(ctx, repo, d)
 }
 
 // withdraw makes img's blobs, and its platforms' where no servable image

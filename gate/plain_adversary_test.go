@@ -5,14 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/gate"
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
+	"github.com/airlock-registry/airlock/policy"
 	"github.com/airlock-registry/airlock/storage"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
@@ -153,4 +157,44 @@ func TestDeleteOfImageWhoseRecordHasNotLanded(t *testing.T) {
 	if _, err := h.meta.Image(t.Context(), repo, d); !errors.Is(err, storage.ErrNotFound) {
 		t.Errorf("the deleted image has a record: %v", err)
 	}
+}
+
+// A crash (or a failed write) before the record of an image approved on
+// sight lands leaves its layers admitted in the cache and no record of
+// the image. Restarted under a policy that now refuses it, the gate must
+// not leave those layers readable by digest: the refusal on its next
+// sight withdraws what the lost approval admitted.
+func TestRecordLostBeforeAPolicyRefusesTheImage(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	app := up.PushImage(t, "team/app", "1", 256, 1)
+	dir := t.TempDir()
+	const repo = "hub/team/app"
+	d := digest.Digest(app.Digest.String())
+	var store *refusingWrites
+	h := newHarnessWith(t, up, dir, "", func(o *gate.Options) {
+		store = &refusingWrites{DB: o.Store.(*metadata.DB)}
+		o.Store = store
+	})
+	store.refuse(d)
+	h.wantStatus(manifestPath(repo, "1"), http.StatusOK)
+	h.wantStatus(blobPath(repo, app.Layers[0]), http.StatusOK)
+	h.close()
+
+	empty := filepath.Join(t.TempDir(), "none.txt")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h2 := newHarnessWith(t, up, dir, "", func(o *gate.Options) {
+		pols := append([]config.Policy(nil), pinPolicy...)
+		pols[0].Pins = filepath.Join(dir, "pins.txt")
+		pols = append(pols, config.Policy{Name: "hub-team", Match: []string{"hub/team/*"}, Mode: config.ModeEnforce, Pins: empty})
+		set, err := policy.Compile(pols, os.ReadFile, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Policies = set
+	})
+	h2.wantStatus(manifestPath(repo, "1"), http.StatusForbidden, "quarantined")
+	h2.wantStatus(blobPath(repo, app.Layers[0]), http.StatusForbidden, "DENIED")
 }

@@ -35,9 +35,14 @@ func (g *Gate) observePlain(repo string, s proxy.Subject, now time.Time) *metada
 		<-g.plainWrites
 		return nil
 	}
-	set := g.policies.Load()
 	key := imageKey(repo, s.Digest)
 	g.mu.Lock()
+	// Loaded under mu: SetPolicies stores its policies before it lists
+	// the images in memory under mu, so an approval decided under the
+	// policies it replaces is among those it decides again. Loaded
+	// before, it could be missed, and stand under policies that refuse
+	// it should its record fail to land.
+	set := g.policies.Load()
 	var img metadata.Image
 	if cur := g.images[key]; cur != nil {
 		img = *cur

@@ -26,8 +26,9 @@ const (
 // observe decides an image seen for the first time, or under a tag not yet
 // known to resolve to it, and records the result. A tag that resolved to
 // another digest before is taken from that image, which is decided again
-// without it.
-func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now time.Time) (*metadata.Image, error) {
+// without it. was, when set, is the digest the tag resolved to before an
+// approval on sight pointed it at s.Digest in memory (plain.go).
+func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now time.Time, was digest.Digest) (*metadata.Image, error) {
 	artifact := signatureArtifact(s.MediaType, s.Body)
 	subject := artifactSubject(s.Body, s.Tag)
 	if subject == "" || subject == s.Digest {
@@ -92,6 +93,9 @@ func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now ti
 	}
 	g.mu.RLock()
 	prev, moved := g.tags[repo+":"+s.Tag], false
+	if prev == s.Digest && was != "" {
+		prev = was
+	}
 	if prev != "" && prev != s.Digest && g.images[imageKey(repo, prev)] != nil {
 		moved = true
 	}

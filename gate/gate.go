@@ -321,7 +321,7 @@ func (g *Gate) admit(ctx context.Context, s proxy.Subject) (proxy.Decision, erro
 			return g.answerFor(ctx, img, s, now), nil
 		}
 	}
-	img, err := g.observe(ctx, repo, s, now)
+	img, err := g.observe(ctx, repo, s, now, "")
 	if isUnchecked(err) {
 		g.metrics.decision("pending")
 		g.log.LogAttrs(ctx, slog.LevelWarn, "signatures could not be checked; the pull is asked to retry",

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/airlock-registry/airlock/proxy"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
@@ -66,6 +68,12 @@ func (g *Gate) observePlain(repo string, s proxy.Subject, now time.Time) *metada
 		<-g.plainWrites
 		return nil
 	}
+	// The tag's last digest: remembering points the tag at this image,
+	// and the record must still take the tag from that one.
+	var was digest.Digest
+	if s.Tag != "" {
+		was = g.tags[repo+":"+s.Tag]
+	}
 	g.remember(&img)
 	g.mu.Unlock()
 
@@ -76,7 +84,7 @@ func (g *Gate) observePlain(repo string, s proxy.Subject, now time.Time) *metada
 		defer func() { <-g.plainWrites }()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if _, err := g.observe(ctx, repo, s, now); err != nil {
+		if _, err := g.observe(ctx, repo, s, now, was); err != nil {
 			g.log.LogAttrs(ctx, slog.LevelWarn, "recording an image approved on sight failed; it is approved again on its next pull",
 				slog.String("image", key), slog.String("error", err.Error()))
 		}

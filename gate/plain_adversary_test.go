@@ -17,6 +17,7 @@ import (
 	"github.com/airlock-registry/airlock/gate"
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
 	"github.com/airlock-registry/airlock/policy"
+	"github.com/airlock-registry/airlock/proxy"
 	"github.com/airlock-registry/airlock/storage"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
@@ -197,4 +198,29 @@ func TestRecordLostBeforeAPolicyRefusesTheImage(t *testing.T) {
 	})
 	h2.wantStatus(manifestPath(repo, "1"), http.StatusForbidden, "quarantined")
 	h2.wantStatus(blobPath(repo, app.Layers[0]), http.StatusForbidden, "DENIED")
+}
+
+// A tag that moves to another digest in a plain repository is taken from
+// the image it named, as it is where a policy governs: the records must
+// not show both images under it.
+func TestTagMovedInPlainRepositoryLeavesTheOldImage(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	h := newHarness(t, up, t.TempDir(), "")
+	a, b := digest.FromString("release 1.0"), digest.FromString("release 1.1")
+	const repo = "hub/vendor/app"
+	for _, d := range []digest.Digest{a, b} {
+		dec, err := h.gate.Admit(t.Context(), proxy.Subject{Upstream: "hub", Repository: "vendor/app", Digest: d, Tag: "latest",
+			MediaType: "application/vnd.oci.image.manifest.v1+json", Body: []byte("{}")})
+		if err != nil || !dec.Allow {
+			t.Fatalf("%s: %+v, %v", d, dec, err)
+		}
+		h.gate.Sync()
+	}
+	if img := h.image(repo, mustHash(t, a)); len(img.Tags) != 0 {
+		t.Errorf("the image latest moved away from keeps tags %v", img.Tags)
+	}
+	if img := h.image(repo, mustHash(t, b)); len(img.Tags) != 1 || img.Tags[0] != "latest" {
+		t.Errorf("the image latest moved to has tags %v", img.Tags)
+	}
 }

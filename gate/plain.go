@@ -85,6 +85,14 @@ func (g *Gate) observePlain(repo string, s proxy.Subject, now time.Time) *metada
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		if _, err := g.observe(ctx, repo, s, now, was); err != nil {
+			// Kept in memory (a block must still see what it served), but
+			// not known: answered from memory it would never be recorded
+			// (nor listed, nor its pulls counted) until a restart.
+			g.mu.Lock()
+			if g.images[key] == &img {
+				g.unrecorded[key] = true
+			}
+			g.mu.Unlock()
 			g.log.LogAttrs(ctx, slog.LevelWarn, "recording an image approved on sight failed; it is approved again on its next pull",
 				slog.String("image", key), slog.String("error", err.Error()))
 		}

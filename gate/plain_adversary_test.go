@@ -224,3 +224,27 @@ func TestTagMovedInPlainRepositoryLeavesTheOldImage(t *testing.T) {
 		t.Errorf("the image latest moved to has tags %v", img.Tags)
 	}
 }
+
+// A record of an image approved on sight that failed to land is written
+// on the image's next pull, as the log promises: until then the admin API
+// does not list the image, nor does the store keep its pull counts.
+func TestFailedBackgroundRecordIsWrittenOnTheNextPull(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	app := up.PushImage(t, "team/tool", "1", 64, 1)
+	var store *refusingWrites
+	h := newHarnessWith(t, up, t.TempDir(), "", func(o *gate.Options) {
+		store = &refusingWrites{DB: o.Store.(*metadata.DB)}
+		o.Store = store
+	})
+	const repo = "hub/team/tool"
+	d := digest.Digest(app.Digest.String())
+	store.refuse(d)
+	h.wantStatus(manifestPath(repo, "1"), http.StatusOK)
+	h.gate.Sync()
+	store.refuse("")
+	h.wantStatus(manifestPath(repo, "1"), http.StatusOK)
+	if img := h.image(repo, app.Digest); img.State != metadata.StateApproved || len(img.Tags) != 1 {
+		t.Errorf("recorded on the next pull: %s, tags %v", img.State, img.Tags)
+	}
+}

@@ -117,6 +117,9 @@ var errPoliciesChanged = errors.New("the policies changed while the image was ch
 // An image with an admin decision keeps its record, so that a block
 // survives the deletion of what it blocked; any other is forgotten.
 func (g *Gate) Delete(ctx context.Context, repo string, d digest.Digest, actor, reason string) error {
+	// An image approved on sight may have its record on the way (it
+	// would land after the delete and bring the image back): wait for it.
+	g.Sync()
 	g.write.Lock()
 	defer g.write.Unlock()
 	g.mu.RLock()
@@ -135,9 +138,12 @@ func (g *Gate) Delete(ctx context.Context, repo string, d digest.Digest, actor, 
 			return err
 		}
 	} else {
-		if err := g.store.DeleteImage(ctx, repo, d, now, c); err != nil {
+		err := g.store.DeleteImage(ctx, repo, d, now, c)
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return err
 		}
+		// Not found: approved on sight and its record never landed (the
+		// write failed); memory and the cache are all there is to delete.
 		g.mu.Lock()
 		g.forgetLocked(img)
 		g.mu.Unlock()

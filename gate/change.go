@@ -26,8 +26,9 @@ const (
 // observe decides an image seen for the first time, or under a tag not yet
 // known to resolve to it, and records the result. A tag that resolved to
 // another digest before is taken from that image, which is decided again
-// without it.
-func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now time.Time) (*metadata.Image, error) {
+// without it. was, when set, is the digest the tag resolved to before an
+// approval on sight pointed it at s.Digest in memory (plain.go).
+func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now time.Time, was digest.Digest) (*metadata.Image, error) {
 	artifact := signatureArtifact(s.MediaType, s.Body)
 	subject := artifactSubject(s.Body, s.Tag)
 	if subject == "" || subject == s.Digest {
@@ -92,6 +93,9 @@ func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now ti
 	}
 	g.mu.RLock()
 	prev, moved := g.tags[repo+":"+s.Tag], false
+	if prev == s.Digest && was != "" {
+		prev = was
+	}
 	if prev != "" && prev != s.Digest && g.images[imageKey(repo, prev)] != nil {
 		moved = true
 	}
@@ -171,6 +175,10 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 	viaIndex := g.images[key] == nil && p != nil && servable(p, now)
 	// An image approved on sight is served before its record lands
 	// (plain.go): what it admitted must be withdrawn as well.
+	var seen metadata.Image
+	if cur := g.images[key]; cur != nil {
+		seen = metadata.Image{MediaType: cur.MediaType, Platforms: slices.Clone(cur.Platforms), Tags: slices.Clone(cur.Tags)}
+	}
 	provisional := g.images[key] != nil && policy.Servable(g.images[key].State)
 	g.mu.RUnlock()
 	img, err := g.store.UpdateImage(ctx, repo, d, now, func(img *metadata.Image) (metadata.Change, error) {
@@ -178,6 +186,17 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 		// The stored state, expired release or not: what was admitted
 		// under it must be withdrawn.
 		wasServable = !img.FirstSeen.IsZero() && policy.Servable(img.State) || img.FirstSeen.IsZero() && (viaIndex || provisional)
+		if img.FirstSeen.IsZero() && img.MediaType == "" && seen.MediaType != "" {
+			// The first record of an image approved on sight whose own
+			// record has not landed (an admin's block, a reload won the
+			// race, or its write failed): it keeps what memory saw, or
+			// replacing memory with it would forget the index's
+			// platforms, which are then neither refused nor withdrawn.
+			img.MediaType, img.Platforms = seen.MediaType, seen.Platforms
+			if len(img.Tags) == 0 && seen.Tags != nil {
+				img.Tags = seen.Tags
+			}
+		}
 		unseen := img.MediaType == ""
 		c, err := fn(img)
 		if err != nil {
@@ -215,12 +234,22 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 	g.mu.RLock()
 	artifacts := g.artifacts[repo] > 0
 	g.mu.RUnlock()
-	if !servable(stored, now) && (wasServable || sawContent && artifacts) {
+	if !servable(stored, now) && (wasServable || sawContent && (artifacts || g.admitted(ctx, repo, d))) {
 		// Refused on first sight where signature artifacts are: one may
-		// have listed, and admitted, this image's blobs.
+		// have listed, and admitted, this image's blobs. Or it was
+		// approved on sight and served, and its record was lost (a crash
+		// before the background write, a failed write) before a policy
+		// came to refuse it: the cache still holds that admission.
 		g.withdraw(ctx, stored)
 	}
 	return stored, nil
+}
+
+// admitted reports whether the cache admitted repo@d's blobs; a Content
+// that cannot tell is taken to have.
+func (g *Gate) admitted(ctx context.Context, repo string, d digest.Digest) bool {
+	a, ok := g.content.(admissions)
+	return !ok || a.Admitted(ctx, repo, d)
 }
 
 // withdraw makes img's blobs, and its platforms' where no servable image

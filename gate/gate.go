@@ -139,6 +139,13 @@ type Gate struct {
 	// sight being written (plain.go).
 	plainWrites chan struct{}
 	background  sync.WaitGroup
+	// syncing keeps background.Add off a Wait in progress (Flush runs
+	// Sync while pulls go on).
+	syncing sync.Mutex
+
+	// unrecorded holds the keys of images approved on sight whose record
+	// failed to land: their next pull records them (plain.go). Under mu.
+	unrecorded map[string]bool
 
 	// recent remembers the last refusals for the console (recent.go).
 	recent recentDenials
@@ -161,7 +168,7 @@ func New(ctx context.Context, o Options) (*Gate, error) {
 	g := &Gate{
 		store: o.Store, content: o.Content, known: o.KnownRepository, delivered: o.Delivered, verify: o.Verify,
 		retry: o.PendingRetry, verifyFor: o.VerifyTimeout, now: o.Now, log: o.Logger,
-		images: map[string]*metadata.Image{}, tags: map[string]digest.Digest{},
+		images: map[string]*metadata.Image{}, tags: map[string]digest.Digest{}, unrecorded: map[string]bool{},
 		plainWrites: make(chan struct{}, maxPlainWrites),
 		parents:     map[string][]string{}, blocks: map[string]int{}, artifacts: map[string]int{}, stats: map[string]*pullCount{},
 	}
@@ -213,6 +220,7 @@ func (g *Gate) remember(img *metadata.Image) {
 		g.forgetLocked(old)
 	}
 	g.images[key] = img
+	delete(g.unrecorded, key)
 	for _, t := range img.Tags {
 		g.tags[img.Repository+":"+t] = img.Digest
 	}
@@ -235,6 +243,7 @@ func (g *Gate) remember(img *metadata.Image) {
 func (g *Gate) forgetLocked(img *metadata.Image) {
 	key := imageKey(img.Repository, img.Digest)
 	delete(g.images, key)
+	delete(g.unrecorded, key)
 	for _, t := range img.Tags {
 		if g.tags[img.Repository+":"+t] == img.Digest {
 			delete(g.tags, img.Repository+":"+t)
@@ -284,7 +293,7 @@ func (g *Gate) admit(ctx context.Context, s proxy.Subject) (proxy.Decision, erro
 	img := g.images[key]
 	// An image recorded before its content was seen (blocked ahead of
 	// its first pull) is observed once, to record what an index lists.
-	known := img != nil && img.MediaType != "" && (s.Tag == "" || g.tags[repo+":"+s.Tag] == s.Digest)
+	known := img != nil && img.MediaType != "" && (s.Tag == "" || g.tags[repo+":"+s.Tag] == s.Digest) && !g.unrecorded[key]
 	var parent *metadata.Image
 	if s.Tag == "" && (img == nil || !servable(img, now)) && !blocked(img) {
 		// A platform is served with its index, unless an admin blocked
@@ -318,7 +327,7 @@ func (g *Gate) admit(ctx context.Context, s proxy.Subject) (proxy.Decision, erro
 			return g.answerFor(ctx, img, s, now), nil
 		}
 	}
-	img, err := g.observe(ctx, repo, s, now)
+	img, err := g.observe(ctx, repo, s, now, "")
 	if isUnchecked(err) {
 		g.metrics.decision("pending")
 		g.log.LogAttrs(ctx, slog.LevelWarn, "signatures could not be checked; the pull is asked to retry",

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/airlock-registry/airlock/proxy"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
@@ -28,9 +30,21 @@ func (g *Gate) observePlain(repo string, s proxy.Subject, now time.Time) *metada
 	default:
 		return nil
 	}
-	set := g.policies.Load()
+	if !g.syncing.TryLock() {
+		// A Sync is waiting for the records so far, and a WaitGroup must
+		// not be added to from zero while it is waited on: this pull
+		// records its own rather than wait for the Sync.
+		<-g.plainWrites
+		return nil
+	}
 	key := imageKey(repo, s.Digest)
 	g.mu.Lock()
+	// Loaded under mu: SetPolicies stores its policies before it lists
+	// the images in memory under mu, so an approval decided under the
+	// policies it replaces is among those it decides again. Loaded
+	// before, it could be missed, and stand under policies that refuse
+	// it should its record fail to land.
+	set := g.policies.Load()
 	var img metadata.Image
 	if cur := g.images[key]; cur != nil {
 		img = *cur
@@ -50,19 +64,35 @@ func (g *Gate) observePlain(repo string, s proxy.Subject, now time.Time) *metada
 	decide(set, &img, s.Tag, now)
 	if !policySafe(&img) {
 		g.mu.Unlock()
+		g.syncing.Unlock()
 		<-g.plainWrites
 		return nil
+	}
+	// The tag's last digest: remembering points the tag at this image,
+	// and the record must still take the tag from that one.
+	var was digest.Digest
+	if s.Tag != "" {
+		was = g.tags[repo+":"+s.Tag]
 	}
 	g.remember(&img)
 	g.mu.Unlock()
 
 	g.background.Add(1)
+	g.syncing.Unlock()
 	go func() {
 		defer g.background.Done()
 		defer func() { <-g.plainWrites }()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if _, err := g.observe(ctx, repo, s, now); err != nil {
+		if _, err := g.observe(ctx, repo, s, now, was); err != nil {
+			// Kept in memory (a block must still see what it served), but
+			// not known: answered from memory it would never be recorded
+			// (nor listed, nor its pulls counted) until a restart.
+			g.mu.Lock()
+			if g.images[key] == &img {
+				g.unrecorded[key] = true
+			}
+			g.mu.Unlock()
 			g.log.LogAttrs(ctx, slog.LevelWarn, "recording an image approved on sight failed; it is approved again on its next pull",
 				slog.String("image", key), slog.String("error", err.Error()))
 		}
@@ -77,4 +107,8 @@ func policySafe(img *metadata.Image) bool {
 }
 
 // Sync waits until the images approved on sight so far are recorded.
-func (g *Gate) Sync() { g.background.Wait() }
+func (g *Gate) Sync() {
+	g.syncing.Lock()
+	defer g.syncing.Unlock()
+	g.background.Wait()
+}

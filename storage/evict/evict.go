@@ -462,7 +462,13 @@ func (e *Evictor) sweepAndLog(ctx context.Context) {
 	start := e.now()
 	res, err := e.Sweep(ctx)
 	if err != nil && ctx.Err() != nil {
-		return // shutting down
+		// Shutting down: the sweep stopped part way. What it evicted
+		// before it stopped is still worth a line; the rest is not a
+		// failure.
+		if res.Evicted == 0 {
+			return
+		}
+		err = nil
 	}
 	attrs := []any{
 		"blobs", res.Blobs,
@@ -480,6 +486,8 @@ func (e *Evictor) sweepAndLog(ctx context.Context) {
 		e.log.Warn("cache eviction sweep failed", append(attrs, "error", err)...)
 	case res.Evicted > 0:
 		e.log.Info("evicted least recently used blobs", attrs...)
+	case ctx.Err() != nil:
+		// Stopped part way: being over the maximum says nothing.
 	case e.maxBytes.Load() > 0 && res.total() > e.maxBytes.Load():
 		e.log.Warn("cache is over its maximum but every blob left was used within the minimum age (or downloads in progress and the index alone exceed it); raise cache.maxSize or grow the volume",
 			append(attrs, "min_age", e.minAge)...)

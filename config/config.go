@@ -54,6 +54,11 @@ type Config struct {
 	// Repositories no policy matches are served as they are. Default: none.
 	Policies []Policy `yaml:"policies"`
 
+	// Scanner scans images for vulnerabilities with claircore, on
+	// PostgreSQL. Default: off (Database empty); a policy with
+	// vulnerabilities then is an error.
+	Scanner Scanner `yaml:"scanner"`
+
 	// Alerts send state changes (quarantined, blocked, released, ...) to
 	// webhooks. Default: none.
 	Alerts Alerts `yaml:"alerts"`

@@ -37,6 +37,10 @@ type Policy struct {
 	Pins string `yaml:"pins"`
 	// Signature requires a verified signature. Default: none.
 	Signature *Signature `yaml:"signature"`
+	// Vulnerabilities quarantines images whose scan finds vulnerabilities
+	// at or above a severity. Needs the scanner (scanner.database).
+	// Default: none.
+	Vulnerabilities *Vulnerabilities `yaml:"vulnerabilities"`
 }
 
 // policyNamePattern keeps names usable as metric labels and in sentences.

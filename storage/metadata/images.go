@@ -57,6 +57,99 @@ type Verdict struct {
 	// that a decision made again under the same trust material reuses
 	// them instead of verifying again.
 	Signatures []SignatureEvidence `json:"signatures,omitempty"`
+	// Waived are the vulnerability findings a waiver (a policy's allow
+	// list or a VEX statement) let through, with the waiver.
+	Waived []Waived `json:"waived,omitempty"`
+	// Recheck, when set, is when the verdict changes by itself (the
+	// first waiver to end): the gate decides the image again then.
+	Recheck time.Time `json:"recheck,omitzero"`
+}
+
+// Waived is a finding a waiver let through.
+type Waived struct {
+	ID       string `json:"id"`
+	Package  string `json:"package,omitempty"`
+	Severity string `json:"severity,omitempty"`
+	Policy   string `json:"policy"`
+	Reason   string `json:"reason"`
+	// Source is where the waiver is written: "policy" for the policy's
+	// allow list, else the VEX document's path.
+	Source string `json:"source"`
+	// Until is the waiver's end; zero for a VEX statement, which lasts as
+	// long as the document says it.
+	Until time.Time `json:"until,omitzero"`
+}
+
+// Scan states.
+const (
+	// ScanQueued: waiting for a worker.
+	ScanQueued = "queued"
+	// ScanRunning: a worker is indexing and matching it.
+	ScanRunning = "scanning"
+	// ScanDone: Findings are the current result.
+	ScanDone = "done"
+	// ScanFailed: the last attempt failed (Error says why); the scanner
+	// retries until its attempts run out, and an admin's rescan starts
+	// over.
+	ScanFailed = "failed"
+)
+
+// Scan is the vulnerability scan of one manifest's content. It depends on
+// the digest only, so every repository holding the digest shares it.
+type Scan struct {
+	State    string    `json:"state"`
+	Queued   time.Time `json:"queued,omitzero"`
+	Started  time.Time `json:"started,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
+	Attempts int       `json:"attempts,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	// Data identifies the vulnerability data the findings were matched
+	// against; it changes when an update or import brings new data.
+	Data string `json:"data,omitempty"`
+	// Distribution names the operating system found ("Debian GNU/Linux
+	// 12 (bookworm)"); empty when none was recognised.
+	Distribution string `json:"distribution,omitempty"`
+	// Packages counts the packages indexed.
+	Packages int `json:"packages"`
+	// Layers and Size describe the content scanned.
+	Layers int   `json:"layers"`
+	Size   int64 `json:"size"`
+	// Note says why a done scan found nothing to look at (not a container
+	// image: a Helm chart, a WASM module).
+	Note     string    `json:"note,omitempty"`
+	Findings []Finding `json:"findings,omitempty"`
+}
+
+// Severities, normalised, from least to most severe. Unknown is what a
+// source that rates nothing (Alpine's secdb) reports.
+const (
+	SeverityUnknown    = "unknown"
+	SeverityNegligible = "negligible"
+	SeverityLow        = "low"
+	SeverityMedium     = "medium"
+	SeverityHigh       = "high"
+	SeverityCritical   = "critical"
+)
+
+// Finding is one vulnerability affecting one installed package.
+type Finding struct {
+	// ID is the advisory's identifier: a CVE id where there is one, else
+	// the source's (DSA-, ALPINE-, GHSA-).
+	ID        string `json:"id"`
+	Package   string `json:"package"`
+	Installed string `json:"installed"`
+	// Fixed is the first version without it; empty when no fix exists.
+	Fixed string `json:"fixed,omitempty"`
+	// Severity is normalised (Severity* constants); SourceSeverity is
+	// what the source said.
+	Severity       string `json:"severity"`
+	SourceSeverity string `json:"sourceSeverity,omitempty"`
+	// Link is the advisory's address.
+	Link string `json:"link,omitempty"`
+	// Updater names the data source (debian/updater/bookworm).
+	Updater string `json:"updater,omitempty"`
+	// Layer is the layer that installed the package.
+	Layer digest.Digest `json:"layer,omitempty"`
 }
 
 // SignatureEvidence is what checking an image's signatures against one
@@ -135,11 +228,14 @@ type Image struct {
 	Artifact string `json:"artifact,omitempty"`
 	// Subject is the image a signature artifact signs; it is served to
 	// clients only while that image is.
-	Subject    digest.Digest `json:"subject,omitempty"`
-	FirstSeen  time.Time     `json:"firstSeen"`
-	UpdatedAt  time.Time     `json:"updatedAt"`
-	LastPulled time.Time     `json:"lastPulled,omitzero"`
-	Pulls      int64         `json:"pulls"`
+	Subject digest.Digest `json:"subject,omitempty"`
+	// Scan is the vulnerability scan of this digest, when a policy with
+	// vulnerability checks covers the repository.
+	Scan       *Scan     `json:"scan,omitempty"`
+	FirstSeen  time.Time `json:"firstSeen"`
+	UpdatedAt  time.Time `json:"updatedAt"`
+	LastPulled time.Time `json:"lastPulled,omitzero"`
+	Pulls      int64     `json:"pulls"`
 }
 
 // Change describes an update to an image for its audit record and alerts.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check a change must pass: formatting, vet, the race-enabled
 # test suite (including end-to-end tests with containerd, dockerd and
-# skopeo, and the admin console's in a headless chromium) and a short run
+# skopeo, the admin console's in a headless chromium, the scanner's on a
+# private PostgreSQL) and a short run
 # of every fuzz target. Installs the client programs the end-to-end tests
 # drive when they are missing. Exits non-zero
 # on the first failure. Meant to run as root on Debian 12 with Go.
@@ -14,6 +15,9 @@ missing=()
 for pair in "${needs[@]}"; do
 	command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done
+# The scanner's tests start a private PostgreSQL from Debian's versioned
+# directory, which is not on PATH.
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
 if ((${#missing[@]})); then
 	if [[ $(id -u) -ne 0 ]]; then
 		echo "test.sh: missing ${missing[*]} and not root to install them" >&2
@@ -33,7 +37,7 @@ if ((${#missing[@]})); then
 	fi
 	apt-get update -qq
 	# Install the whole set: a partial install can leave versions mismatched.
-	apt-get install -y -qq containerd docker.io skopeo runc chromium >/dev/null
+	apt-get install -y -qq containerd docker.io skopeo runc chromium postgresql >/dev/null
 	if [[ -n $made_policy ]]; then
 		rm -f "$policy"
 		trap - EXIT

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/opencontainers/go-digest"
 	"github.com/quay/claircore"
 	"github.com/quay/claircore/libvuln/driver"
@@ -319,6 +320,9 @@ func (s *Scanner) match(ctx context.Context, ir *claircore.IndexReport) (metadat
 // update operation's reference, empty when there is none.
 func (s *Scanner) dataRef(ctx context.Context) (string, error) {
 	ref, err := s.vuln.LatestUpdateOperation(ctx, driver.VulnerabilityKind)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil // no vulnerability data yet
+	}
 	if err != nil {
 		return "", fmt.Errorf("reading the vulnerability data's version: %w", err)
 	}

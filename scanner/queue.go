@@ -185,7 +185,7 @@ func (s *Scanner) Enqueue(ctx context.Context, j Job) (metadata.Scan, error) {
 			INSERT INTO airlock_scan_jobs (digest, repository, state, queued_at)
 			VALUES ($1, $2, 'queued', $3)
 			ON CONFLICT (digest) DO NOTHING
-			RETURNING `+jobColumns, j.Digest.String(), j.Repository, s.now()))
+			RETURNING `+jobColumns, j.Digest.String(), j.Repository, s.clock()))
 		if errors.Is(err, pgx.ErrNoRows) {
 			row, err = scanJob(tx.QueryRow(ctx, `SELECT `+jobColumns+` FROM airlock_scan_jobs WHERE digest = $1`, j.Digest.String()))
 			if err == nil {
@@ -232,7 +232,7 @@ func (s *Scanner) Rescan(ctx context.Context, j Job) error {
 				fresh = true, queued_at = EXCLUDED.queued_at, started_at = NULL,
 				finished_at = NULL, run_after = clock_timestamp(), lease_owner = NULL,
 				lease_until = NULL, error = ''
-			RETURNING `+jobColumns, j.Digest.String(), j.Repository, s.now()))
+			RETURNING `+jobColumns, j.Digest.String(), j.Repository, s.clock()))
 		if err != nil {
 			return err
 		}
@@ -281,7 +281,7 @@ func (s *Scanner) claim(ctx context.Context) (*job, error) {
 		FROM next WHERE j.digest = next.digest
 		RETURNING j.digest, j.repository, j.state, j.attempts, j.fresh, j.queued_at,
 			j.started_at, j.finished_at, j.error, j.result, next.prev`,
-		s.owner, s.now(), s.tune.lease.Milliseconds()), &prev)
+		s.owner, s.clock(), s.tune.lease.Milliseconds()), &prev)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
@@ -359,6 +359,10 @@ func (s *Scanner) release(ctx context.Context, d digest.Digest) error {
 		d.String(), s.owner)
 	return err
 }
+
+// clock is the time recorded for people: in UTC, to the microsecond
+// PostgreSQL keeps, so what is reported equals what Status reads later.
+func (s *Scanner) clock() time.Time { return s.now().UTC().Truncate(time.Microsecond) }
 
 // nudge wakes a loop waiting on c without blocking.
 func (s *Scanner) nudge(c chan struct{}) {

@@ -128,13 +128,14 @@ func (s *Scanner) process(ctx context.Context, j *job) {
 		// Only a job whose worker kept dying gets here: failures that
 		// return count their attempts below.
 		msg := fmt.Sprintf("the scan was interrupted %d times (its worker stopped before finishing); rescan it to try again", j.attempts-1)
-		if ok, err := s.fail(ctx, j.Digest, msg, s.now()); err == nil && ok {
+		now := s.clock()
+		if ok, err := s.fail(ctx, j.Digest, msg, now); err == nil && ok {
 			s.metrics.scans.WithLabelValues("failed").Inc()
-			s.report(ctx, j.Digest, metadata.Scan{State: metadata.ScanFailed, Queued: j.queued, Finished: s.now(), Attempts: j.attempts, Error: msg})
+			s.report(ctx, j.Digest, metadata.Scan{State: metadata.ScanFailed, Queued: j.queued, Started: *j.started, Finished: now, Attempts: j.attempts, Error: msg})
 		}
 		return
 	}
-	started := s.now()
+	started := *j.started // set by the claim
 	s.report(ctx, j.Digest, metadata.Scan{State: metadata.ScanRunning, Queued: j.queued, Started: started, Attempts: j.attempts})
 
 	scanCtx, cancel := context.WithCancelCause(ctx)
@@ -156,7 +157,7 @@ func (s *Scanner) process(ctx context.Context, j *job) {
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), s.tune.reachable)
 	defer rcancel()
 	if err == nil {
-		sc.Queued, sc.Started, sc.Finished, sc.Attempts = j.queued, started, s.now(), j.attempts
+		sc.Queued, sc.Started, sc.Finished, sc.Attempts = j.queued, started, s.clock(), j.attempts
 		ok, ferr := s.finish(rctx, j.Digest, sc)
 		if ferr != nil || !ok {
 			log.Warn("scanner: could not record a finished scan; it runs again", "err", ferr, "held", ok)
@@ -185,13 +186,14 @@ func (s *Scanner) process(ctx context.Context, j *job) {
 	msg := err.Error()
 	var perm permanentError
 	if j.attempts >= s.cfg.Attempts || errors.As(err, &perm) {
-		if ok, ferr := s.fail(rctx, j.Digest, msg, s.now()); ferr != nil || !ok {
+		now := s.clock()
+		if ok, ferr := s.fail(rctx, j.Digest, msg, now); ferr != nil || !ok {
 			log.Warn("scanner: could not record a failed scan", "err", ferr, "held", ok)
 			return
 		}
 		s.metrics.scans.WithLabelValues("failed").Inc()
 		log.Error("scanner: scan failed", "err", err)
-		s.report(ctx, j.Digest, metadata.Scan{State: metadata.ScanFailed, Queued: j.queued, Started: started, Finished: s.now(), Attempts: j.attempts, Error: msg})
+		s.report(ctx, j.Digest, metadata.Scan{State: metadata.ScanFailed, Queued: j.queued, Started: started, Finished: now, Attempts: j.attempts, Error: msg})
 		return
 	}
 	delay := s.backoff(j.attempts)

@@ -558,3 +558,7 @@ func equalFindings(a, b []metadata.Finding) bool {
 	}
 	return true
 }
+
+func slogTo(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}

@@ -170,8 +170,11 @@ func checkJob(j Job) error {
 // Enqueue asks for j.Digest to be scanned and returns its scan: a new one
 // queued, or the one already known (queued, scanning, done or failed),
 // whichever repository it was asked for; a done scan is shared by every
-// repository holding the digest. Errors wrap ErrUnavailable when the
-// database cannot be reached within a few seconds.
+// repository holding the digest, and a failed one stays failed until
+// Rescan. Content is read through the repository of the first Enqueue.
+// Only a newly queued scan is reported to OnResult (before Enqueue
+// returns). Errors wrap ErrUnavailable when the database cannot be reached
+// within a few seconds.
 func (s *Scanner) Enqueue(ctx context.Context, j Job) (metadata.Scan, error) {
 	if err := checkJob(j); err != nil {
 		return metadata.Scan{}, err
@@ -247,7 +250,8 @@ func (s *Scanner) Rescan(ctx context.Context, j Job) error {
 	return nil
 }
 
-// Status returns the scan of d, or ErrNotScanned.
+// Status returns the scan of d, or ErrNotScanned. Findings are set only
+// when the scan is done: a rescan in progress shows as queued or scanning.
 func (s *Scanner) Status(ctx context.Context, d digest.Digest) (metadata.Scan, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.tune.reachable)
 	defer cancel()

@@ -1,16 +1,3 @@
-// Package scanner finds the vulnerabilities of the images airlock serves.
-// It runs claircore as a library: libindex indexes the packages in each
-// layer, read from airlock's own blob store (nothing is downloaded twice
-// and nothing is asked of the network), and libvuln matches them against
-// vulnerability data that claircore's updaters fetch or `airlock vulndb
-// import` loads. Both keep their state in PostgreSQL, and so does the scan
-// queue: a scan survives a restart, and replicas sharing the database never
-// scan the same manifest twice.
-//
-// A scan depends on the manifest digest only. Its result reaches the gate
-// through Options.OnResult, which decides the image under its policies;
-// when vulnerability data changes, the manifests it affects are matched
-// again and their new results reported the same way.
 package scanner
 
 import (

@@ -1,6 +1,11 @@
 package scanner
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"errors"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // metrics are the scanner's progress, registered on Options.Registerer.
 type metrics struct {
@@ -17,7 +22,9 @@ type metrics struct {
 	refused     prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics makes the scanner's metrics; register adds them to a
+// registry.
+func newMetrics() *metrics {
 	const ns, sub = "airlock", "scanner"
 	buckets := []float64{0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800}
 	m := &metrics{
@@ -44,11 +51,42 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		refused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "indexer_requests_refused_total",
 			Help: "Network requests the indexer attempted and airlock refused (it should make none)."}),
 	}
-	if reg != nil {
-		for _, c := range []prometheus.Collector{m.jobs, m.scans, m.scanSeconds, m.waitSeconds, m.layers,
-			m.layerBytes, m.rechecks, m.rechecked, m.updates, m.lastUpdate, m.refused} {
-			reg.MustRegister(c)
+	return m
+}
+
+// register adds the metrics to reg. A scanner opened again on the same
+// registry (after a failed Open, in a test) takes over the collectors
+// already there.
+func (m *metrics) register(reg prometheus.Registerer) error {
+	if reg == nil {
+		return nil
+	}
+	var err error
+	m.jobs = adopt(reg, m.jobs, &err)
+	m.scans = adopt(reg, m.scans, &err)
+	m.scanSeconds = adopt(reg, m.scanSeconds, &err)
+	m.waitSeconds = adopt(reg, m.waitSeconds, &err)
+	m.layers = adopt(reg, m.layers, &err)
+	m.layerBytes = adopt(reg, m.layerBytes, &err)
+	m.rechecks = adopt(reg, m.rechecks, &err)
+	m.rechecked = adopt(reg, m.rechecked, &err)
+	m.updates = adopt(reg, m.updates, &err)
+	m.lastUpdate = adopt(reg, m.lastUpdate, &err)
+	m.refused = adopt(reg, m.refused, &err)
+	return err
+}
+
+func adopt[C prometheus.Collector](reg prometheus.Registerer, c C, errp *error) C {
+	err := reg.Register(c)
+	if err == nil {
+		return c
+	}
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if ex, ok := are.ExistingCollector.(C); ok {
+			return ex
 		}
 	}
-	return m
+	*errp = errors.Join(*errp, fmt.Errorf("scanner: registering metrics: %w", err))
+	return c
 }

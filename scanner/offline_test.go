@@ -79,7 +79,7 @@ LABEL "com.redhat.component"="ubi9-container" "name"="ubi9" "version"="9.3" "rel
 // TestIndexerClientRefuses checks the indexer's client: a request is
 // refused with a message that says why, counted and logged.
 func TestIndexerClientRefuses(t *testing.T) {
-	m := newMetrics(nil)
+	m := newMetrics()
 	logs := &syncBuffer{}
 	c := refusingClient(m, slogTo(logs))
 	_, err := c.Get("https://search.maven.org/solrsearch/select?q=1")

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -57,6 +58,7 @@ type Scanner struct {
 	arena          *arena
 	metrics        *metrics
 	owner          string // names this process's leases
+	claims         atomic.Int64
 	tune           tuning
 
 	// wake nudges idle workers: a job was queued by this process, or a
@@ -130,7 +132,7 @@ func Open(ctx context.Context, opts Options) (*Scanner, error) {
 	if s.opts.Client == nil {
 		s.opts.Client = &http.Client{}
 	}
-	s.metrics = newMetrics(opts.Registerer)
+	s.metrics = newMetrics()
 
 	s.pool, err = connect(ctx, dsn, cfg.Concurrency)
 	if err != nil {
@@ -172,6 +174,10 @@ func Open(ctx context.Context, opts Options) (*Scanner, error) {
 		if s.updates, err = s.newUpdates(ctx); err != nil {
 			return nil, err
 		}
+	}
+	// Registered last: a failed Open leaves the registry as it was.
+	if err := s.metrics.register(opts.Registerer); err != nil {
+		return nil, err
 	}
 	ok = true
 	return s, nil

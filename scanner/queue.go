@@ -95,8 +95,9 @@ func migrateQueue(ctx context.Context, pool *pgxpool.Pool) error {
 	})
 }
 
-// newOwner names this process's leases: the host, the pid and a random
-// part, so a restarted process never renews its predecessor's lease.
+// newOwner names this process in its leases: the host, the pid and a
+// random part, so a restarted process never renews its predecessor's
+// lease. Each claim adds a sequence number.
 func newOwner() string {
 	host, _ := os.Hostname()
 	var b [6]byte
@@ -120,6 +121,8 @@ type job struct {
 	// prev is the state a claimed job had: "scanning" when its lease ran
 	// out.
 	prev string
+	// lease names the claim that holds the job.
+	lease string
 }
 
 func scanJob(row pgx.Row, extra ...any) (*job, error) {
@@ -268,6 +271,9 @@ func (s *Scanner) Status(ctx context.Context, d digest.Digest) (metadata.Scan, e
 // claim takes the next job due, if any: a queued one whose retry delay
 // passed, or one whose worker's lease ran out.
 func (s *Scanner) claim(ctx context.Context) (*job, error) {
+	// Each claim holds its own lease: two workers of one process must not
+	// mistake each other's lease for their own.
+	lease := fmt.Sprintf("%s/%d", s.owner, s.claims.Add(1))
 	var prev string
 	j, err := scanJob(s.pool.QueryRow(ctx, `
 		WITH next AS (
@@ -285,24 +291,24 @@ func (s *Scanner) claim(ctx context.Context) (*job, error) {
 		FROM next WHERE j.digest = next.digest
 		RETURNING j.digest, j.repository, j.state, j.attempts, j.fresh, j.queued_at,
 			j.started_at, j.finished_at, j.error, j.result, next.prev`,
-		s.owner, s.clock(), s.tune.lease.Milliseconds()), &prev)
+		lease, s.clock(), s.tune.lease.Milliseconds()), &prev)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	j.prev = prev
+	j.prev, j.lease = prev, lease
 	return j, nil
 }
 
 // renew extends the lease on d; false means this process lost it.
-func (s *Scanner) renew(ctx context.Context, d digest.Digest) (bool, error) {
+func (s *Scanner) renew(ctx context.Context, j *job) (bool, error) {
 	tag, err := s.pool.Exec(ctx, `
 		UPDATE airlock_scan_jobs
 		SET lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond'
 		WHERE digest = $1 AND lease_owner = $2 AND state = 'scanning'`,
-		d.String(), s.owner, s.tune.lease.Milliseconds())
+		j.Digest.String(), j.lease, s.tune.lease.Milliseconds())
 	if err != nil {
 		return false, err
 	}
@@ -310,7 +316,7 @@ func (s *Scanner) renew(ctx context.Context, d digest.Digest) (bool, error) {
 }
 
 // finish records a done scan, if this process still holds the job.
-func (s *Scanner) finish(ctx context.Context, d digest.Digest, sc metadata.Scan) (bool, error) {
+func (s *Scanner) finish(ctx context.Context, j *job, sc metadata.Scan) (bool, error) {
 	b, err := json.Marshal(sc)
 	if err != nil {
 		return false, err
@@ -319,7 +325,7 @@ func (s *Scanner) finish(ctx context.Context, d digest.Digest, sc metadata.Scan)
 		UPDATE airlock_scan_jobs SET state = 'done', finished_at = $3, result = $4,
 			error = '', fresh = false, lease_owner = NULL, lease_until = NULL
 		WHERE digest = $1 AND lease_owner = $2 AND state = 'scanning'`,
-		d.String(), s.owner, sc.Finished, b)
+		j.Digest.String(), j.lease, sc.Finished, b)
 	if err != nil {
 		return false, err
 	}
@@ -327,13 +333,13 @@ func (s *Scanner) finish(ctx context.Context, d digest.Digest, sc metadata.Scan)
 }
 
 // retry puts a failed attempt back in the queue after delay.
-func (s *Scanner) retry(ctx context.Context, d digest.Digest, msg string, delay time.Duration) (bool, error) {
+func (s *Scanner) retry(ctx context.Context, j *job, msg string, delay time.Duration) (bool, error) {
 	tag, err := s.pool.Exec(ctx, `
 		UPDATE airlock_scan_jobs SET state = 'queued', error = $3,
 			run_after = clock_timestamp() + $4::bigint * interval '1 millisecond',
 			lease_owner = NULL, lease_until = NULL
 		WHERE digest = $1 AND lease_owner = $2 AND state = 'scanning'`,
-		d.String(), s.owner, msg, delay.Milliseconds())
+		j.Digest.String(), j.lease, msg, delay.Milliseconds())
 	if err != nil {
 		return false, err
 	}
@@ -341,12 +347,12 @@ func (s *Scanner) retry(ctx context.Context, d digest.Digest, msg string, delay 
 }
 
 // fail records a scan that ran out of attempts.
-func (s *Scanner) fail(ctx context.Context, d digest.Digest, msg string, at time.Time) (bool, error) {
+func (s *Scanner) fail(ctx context.Context, j *job, msg string, at time.Time) (bool, error) {
 	tag, err := s.pool.Exec(ctx, `
 		UPDATE airlock_scan_jobs SET state = 'failed', error = $3, finished_at = $4,
 			lease_owner = NULL, lease_until = NULL
 		WHERE digest = $1 AND lease_owner = $2 AND state = 'scanning'`,
-		d.String(), s.owner, msg, at)
+		j.Digest.String(), j.lease, msg, at)
 	if err != nil {
 		return false, err
 	}
@@ -355,12 +361,12 @@ func (s *Scanner) fail(ctx context.Context, d digest.Digest, msg string, at time
 
 // release gives a job back untouched: this process is stopping, and the
 // interrupted attempt does not count.
-func (s *Scanner) release(ctx context.Context, d digest.Digest) error {
+func (s *Scanner) release(ctx context.Context, j *job) error {
 	_, err := s.pool.Exec(ctx, `
 		UPDATE airlock_scan_jobs SET state = 'queued', attempts = greatest(attempts - 1, 0),
 			run_after = clock_timestamp(), lease_owner = NULL, lease_until = NULL
 		WHERE digest = $1 AND lease_owner = $2 AND state = 'scanning'`,
-		d.String(), s.owner)
+		j.Digest.String(), j.lease)
 	return err
 }
 

@@ -511,3 +511,53 @@ func TestOpenErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestRescanWhileScanning supersedes a running scan: its worker finds its
+// lease gone at the next heartbeat, drops what it was doing, and the
+// rescan's scan is the one recorded.
+func TestRescanWhileScanning(t *testing.T) {
+	t.Parallel()
+	content := newContent()
+	e := open(t, "", content)
+	e.importData(t, debianData)
+	e.s.tune.heartbeat = 50 * time.Millisecond
+	d := content.addImage(t, layerOf(t, "gzip", debianFiles(vulnerableSSL...)))
+	inBlob := make(chan struct{})
+	var once sync.Once
+	content.blobHook = func(ctx context.Context, _ digest.Digest) error {
+		first := false
+		once.Do(func() { first = true; close(inBlob) })
+		if first {
+			<-ctx.Done() // the superseded scan hangs until cancelled
+			return context.Cause(ctx)
+		}
+		return nil
+	}
+	e.enqueue(t, d)
+	e.run(t)
+	<-inBlob
+	if err := e.s.Rescan(t.Context(), Job{Repository: "dockerhub/library/test", Digest: d}); err != nil {
+		t.Fatal(err)
+	}
+	sc := e.results.wait(t, d, time.Minute, isDone)
+	if sc.Attempts != 1 || len(sc.Findings) != 1 {
+		t.Errorf("scan %+v", sc)
+	}
+	if got := states(e.results.of(d)); got != "queued scanning queued scanning done" {
+		t.Errorf("reported %q", got)
+	}
+	if !strings.Contains(e.logs.String(), "the job was taken from this worker") {
+		t.Errorf("no log of the superseded scan:\n%s", e.logs)
+	}
+}
+
+func TestReopenOnOneRegistry(t *testing.T) {
+	t.Parallel()
+	e := open(t, "", nil)
+	reg := e.reg
+	e.s.metrics.scans.WithLabelValues("done").Add(3)
+	again := open(t, e.dsn, nil, func(o *Options) { o.Registerer = reg })
+	if n := testutil.ToFloat64(again.s.metrics.scans.WithLabelValues("done")); n != 3 {
+		t.Errorf("the second scanner counts on its own collector: %v", n)
+	}
+}

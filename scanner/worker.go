@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/opencontainers/go-digest"
 	"github.com/quay/claircore"
 	"github.com/quay/claircore/libvuln/driver"
 
@@ -129,7 +128,7 @@ func (s *Scanner) process(ctx context.Context, j *job) {
 		// return count their attempts below.
 		msg := fmt.Sprintf("the scan was interrupted %d times (its worker stopped before finishing); rescan it to try again", j.attempts-1)
 		now := s.clock()
-		if ok, err := s.fail(ctx, j.Digest, msg, now); err == nil && ok {
+		if ok, err := s.fail(ctx, j, msg, now); err == nil && ok {
 			s.metrics.scans.WithLabelValues("failed").Inc()
 			s.report(ctx, j.Digest, metadata.Scan{State: metadata.ScanFailed, Queued: j.queued, Started: *j.started, Finished: now, Attempts: j.attempts, Error: msg})
 		}
@@ -145,7 +144,7 @@ func (s *Scanner) process(ctx context.Context, j *job) {
 	hb := make(chan struct{})
 	go func() {
 		defer close(hb)
-		s.heartbeat(scanCtx, j.Digest, cancel)
+		s.heartbeat(scanCtx, j, cancel)
 	}()
 	t0 := time.Now()
 	sc, err := s.scan(scanCtx, j)
@@ -158,7 +157,7 @@ func (s *Scanner) process(ctx context.Context, j *job) {
 	defer rcancel()
 	if err == nil {
 		sc.Queued, sc.Started, sc.Finished, sc.Attempts = j.queued, started, s.clock(), j.attempts
-		ok, ferr := s.finish(rctx, j.Digest, sc)
+		ok, ferr := s.finish(rctx, j, sc)
 		if ferr != nil || !ok {
 			log.Warn("scanner: could not record a finished scan; it runs again", "err", ferr, "held", ok)
 			return
@@ -171,7 +170,7 @@ func (s *Scanner) process(ctx context.Context, j *job) {
 		return
 	}
 	if ctx.Err() != nil {
-		if err := s.release(rctx, j.Digest); err != nil {
+		if err := s.release(rctx, j); err != nil {
 			log.Warn("scanner: stopping: could not give the job back; it is taken again when its lease ends", "err", err)
 		}
 		return
@@ -187,7 +186,7 @@ func (s *Scanner) process(ctx context.Context, j *job) {
 	var perm permanentError
 	if j.attempts >= s.cfg.Attempts || errors.As(err, &perm) {
 		now := s.clock()
-		if ok, ferr := s.fail(rctx, j.Digest, msg, now); ferr != nil || !ok {
+		if ok, ferr := s.fail(rctx, j, msg, now); ferr != nil || !ok {
 			log.Warn("scanner: could not record a failed scan", "err", ferr, "held", ok)
 			return
 		}
@@ -197,7 +196,7 @@ func (s *Scanner) process(ctx context.Context, j *job) {
 		return
 	}
 	delay := s.backoff(j.attempts)
-	if ok, ferr := s.retry(rctx, j.Digest, msg, delay); ferr != nil || !ok {
+	if ok, ferr := s.retry(rctx, j, msg, delay); ferr != nil || !ok {
 		log.Warn("scanner: could not queue a retry", "err", ferr, "held", ok)
 		return
 	}
@@ -218,7 +217,7 @@ func (s *Scanner) backoff(n int) time.Duration {
 // heartbeat renews the lease until ctx ends. When the lease is lost, or
 // cannot be renewed before it would run out, it cancels the scan: another
 // process may have the job by then.
-func (s *Scanner) heartbeat(ctx context.Context, d digest.Digest, cancel context.CancelCauseFunc) {
+func (s *Scanner) heartbeat(ctx context.Context, j *job, cancel context.CancelCauseFunc) {
 	renewed := time.Now()
 	t := time.NewTicker(s.tune.heartbeat)
 	defer t.Stop()
@@ -229,7 +228,7 @@ func (s *Scanner) heartbeat(ctx context.Context, d digest.Digest, cancel context
 		case <-t.C:
 		}
 		rctx, rcancel := context.WithTimeout(ctx, s.tune.heartbeat)
-		ok, err := s.renew(rctx, d)
+		ok, err := s.renew(rctx, j)
 		rcancel()
 		switch {
 		case ctx.Err() != nil:

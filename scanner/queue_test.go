@@ -561,3 +561,26 @@ func TestReopenOnOneRegistry(t *testing.T) {
 		t.Errorf("the second scanner counts on its own collector: %v", n)
 	}
 }
+
+func TestScanTimeout(t *testing.T) {
+	t.Parallel()
+	content := newContent()
+	content.blobHook = func(ctx context.Context, _ digest.Digest) error {
+		<-ctx.Done() // an upstream that never answers
+		return ctx.Err()
+	}
+	e := open(t, "", content, func(o *Options) {
+		o.Config.Timeout = config.Duration(300 * time.Millisecond)
+		o.Config.Attempts = 1
+	})
+	d := content.addImage(t, layerOf(t, "gzip", debianFiles(vulnerableSSL...)))
+	e.enqueue(t, d)
+	e.run(t)
+	sc := e.results.wait(t, d, time.Minute, func(s metadata.Scan) bool { return s.State == metadata.ScanFailed })
+	if !strings.Contains(sc.Error, "the scan took longer than scanner.timeout (300ms)") {
+		t.Errorf("error %q", sc.Error)
+	}
+	if took := sc.Finished.Sub(sc.Started); took > 10*time.Second {
+		t.Errorf("the scan ran %v", took)
+	}
+}

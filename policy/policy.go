@@ -139,6 +139,8 @@ type Subject struct {
 	// checks; a check without a result under its current Hash leaves the
 	// verdict pending.
 	Signatures []metadata.SignatureEvidence
+	Kind       Kind
+	Scan       *metadata.Scan
 }
 
 // Matching returns the policies that match repo.

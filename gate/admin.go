@@ -9,6 +9,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/airlock-registry/airlock/scanner"
 	"github.com/airlock-registry/airlock/storage"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
@@ -83,6 +84,13 @@ func (g *Gate) Rescan(ctx context.Context, repo string, d digest.Digest, actor s
 	g.mu.RUnlock()
 	if img == nil {
 		return metadata.Image{}, fmt.Errorf("airlock has not seen %s: %w", imageKey(repo, d), storage.ErrNotFound)
+	}
+	if set := g.policies.Load(); g.scanner != nil && needsScan(set, img) {
+		// The new scan's results arrive through ScanResult; until then
+		// the image keeps the state its last scan gave it.
+		if err := g.scanner.Rescan(ctx, scanner.Job{Repository: repo, Digest: d}); err != nil {
+			return metadata.Image{}, fmt.Errorf("queuing a new vulnerability scan of %s: %w", imageKey(repo, d), err)
+		}
 	}
 	for {
 		set := g.policies.Load()

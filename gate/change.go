@@ -28,7 +28,11 @@ const (
 // another digest before is taken from that image, which is decided again
 // without it. was, when set, is the digest the tag resolved to before an
 // approval on sight pointed it at s.Digest in memory (plain.go).
-func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now time.Time, was digest.Digest) (*metadata.Image, error) {
+//
+// via, when set, is the servable index s is pulled through, where a policy
+// checks vulnerabilities: s is recorded as its platform (its signatures
+// and pins are the index's business) and scanned on its own.
+func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now time.Time, was, via digest.Digest) (*metadata.Image, error) {
 	artifact := signatureArtifact(s.MediaType, s.Body)
 	subject := artifactSubject(s.Body, s.Tag)
 	if subject == "" || subject == s.Digest {
@@ -38,10 +42,17 @@ func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now ti
 	var (
 		set  *policy.Set
 		sigs []metadata.SignatureEvidence
+		scan *metadata.Scan
 	)
 	for {
 		set = g.policies.Load()
-		if artifact == "" {
+		scan = nil
+		if artifact == "" && !isIndex(s.MediaType) && set.Scans(repo) {
+			// Queued before the write lock: the scanner reports through
+			// ScanResult, which takes it.
+			scan = g.scanFor(ctx, repo, s.Digest)
+		}
+		if artifact == "" && via == "" {
 			g.mu.RLock()
 			var have []metadata.SignatureEvidence
 			if known := g.images[imageKey(repo, s.Digest)]; known != nil {
@@ -72,10 +83,23 @@ func (g *Gate) observe(ctx context.Context, repo string, s proxy.Subject, now ti
 			img.MediaType = s.MediaType
 			img.Platforms = platforms(s.MediaType, s.Body)
 		}
+		if via != "" && img.Index == "" && artifact == "" {
+			img.Index = via
+		}
 		if artifact != "" {
 			img.Artifact, img.Subject = artifact, subject
-		} else {
+		} else if via == "" {
 			img.Verdict.Signatures = sigs
+		}
+		g.mu.RLock()
+		if known := g.scans[s.Digest]; newerScan(known, scan) {
+			// A result reported while this pull queued the scan.
+			scan = known
+		}
+		g.mu.RUnlock()
+		if scan != nil && newerScan(scan, img.Scan) {
+			cp := *scan
+			img.Scan = &cp
 		}
 		if s.Tag != "" && !slices.Contains(img.Tags, s.Tag) {
 			img.Tags = append(img.Tags, s.Tag)
@@ -150,9 +174,18 @@ func decide(set *policy.Set, img *metadata.Image, tag string, now time.Time) {
 			tags = append([]string{tag}, slices.DeleteFunc(slices.Clone(img.Tags), func(t string) bool { return t == tag })...)
 		}
 		img.Verdict = set.Evaluate(policy.Subject{Repository: img.Repository, Digest: img.Digest, Tags: tags,
-			Signatures: img.Verdict.Signatures}, now)
+			Signatures: img.Verdict.Signatures, Kind: kindOf(img), Scan: img.Scan, Indexes: indexesOf(img)}, now)
 	}
 	img.State, img.Reasons = policy.Effective(img.Verdict, img.Override, now)
+}
+
+// indexesOf is the index a platform recorded on its own was pulled
+// through: statements about the index (VEX) speak for its platforms.
+func indexesOf(img *metadata.Image) []digest.Digest {
+	if img.Index == "" {
+		return nil
+	}
+	return []digest.Digest{img.Index}
 }
 
 // change applies fn to the stored image and to memory, adds the alerts of
@@ -205,7 +238,7 @@ func (g *Gate) change(ctx context.Context, repo string, d digest.Digest, now tim
 		sawContent = unseen && img.MediaType != ""
 		actor = c.Actor
 		if ev := eventType(from, img, c.Actor); ev != "" {
-			c.Deliveries = g.route(eventFor(ev, from, img, c, now))
+			c.Deliveries = append(c.Deliveries, g.route(eventFor(ev, from, img, c, now))...)
 		}
 		queued = len(c.Deliveries) > 0
 		return c, nil
@@ -304,7 +337,15 @@ func (g *Gate) servableIn(repo string, d digest.Digest) bool {
 	key := imageKey(repo, d)
 	i := g.images[key]
 	if i != nil && servable(i, now) {
+		if i.Index != "" {
+			// A platform recorded on its own: only with a servable index.
+			p := g.parentLocked(key, now)
+			return p != nil && servable(p, now)
+		}
 		return true
+	}
+	if i != nil && i.Index != "" {
+		return false // refused on its own (its scan), whatever its index
 	}
 	if blocked(i) {
 		return false // not even through a servable index
@@ -442,6 +483,9 @@ func (g *Gate) SetPolicies(ctx context.Context, set *policy.Set) (int, error) {
 			changed++
 		}
 	}
+	// A policy that checks vulnerabilities may now cover images never
+	// scanned.
+	g.requestScans(ctx)
 	if first != nil {
 		g.undecided.Store(true)
 		return changed, fmt.Errorf("%d of %d images wait for a retry (pending if their signatures could not be checked, else in their old state); the first: %w", failed, len(all), first)

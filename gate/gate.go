@@ -74,6 +74,9 @@ type Options struct {
 	Alerts Router
 	// Verify runs signature checks; required when a policy has one.
 	Verify Verify
+	// Scanner scans images for vulnerabilities; required when a policy
+	// checks them. Its results must reach ScanResult.
+	Scanner Scanner
 	// Delivered is called after a change queued deliveries (to wake the
 	// deliverer); nil does nothing.
 	Delivered func()
@@ -105,6 +108,10 @@ type Gate struct {
 	metrics   *metrics
 	verify    Verify
 	flights   singleflight.Group
+	scanner   Scanner
+	// scannerWarned is when a failure to queue a scan was last logged
+	// at Warn.
+	scannerWarned atomic.Pointer[time.Time]
 
 	policies atomic.Pointer[policy.Set]
 	alerts   atomic.Pointer[routerBox]
@@ -131,6 +138,16 @@ type Gate struct {
 	// are some, an image refused on first sight has its blobs withdrawn,
 	// in case an artifact admitted them.
 	artifacts map[string]int
+	// scans holds the latest scan of every digest scanned: a scan is of
+	// the content, so a digest met in another repository is decided with
+	// it at once.
+	scans map[digest.Digest]*metadata.Scan
+	// kicking holds the digests whose scan kickScan is asking for;
+	// kicks counts its goroutines, which stop once stopped is set.
+	kicking sync.Map
+	kickMu  sync.Mutex
+	kicks   sync.WaitGroup
+	stopped bool
 
 	statsMu sync.Mutex
 	stats   map[string]*pullCount
@@ -166,7 +183,8 @@ func New(ctx context.Context, o Options) (*Gate, error) {
 		return nil, errors.New("gate: Store and Content are required")
 	}
 	g := &Gate{
-		store: o.Store, content: o.Content, known: o.KnownRepository, delivered: o.Delivered, verify: o.Verify,
+		store: o.Store, content: o.Content, known: o.KnownRepository, delivered: o.Delivered, verify: o.Verify, scanner: o.Scanner,
+		scans: map[digest.Digest]*metadata.Scan{},
 		retry: o.PendingRetry, verifyFor: o.VerifyTimeout, now: o.Now, log: o.Logger,
 		images: map[string]*metadata.Image{}, tags: map[string]digest.Digest{}, unrecorded: map[string]bool{},
 		plainWrites: make(chan struct{}, maxPlainWrites),
@@ -236,6 +254,9 @@ func (g *Gate) remember(img *metadata.Image) {
 	if img.Artifact != "" {
 		g.artifacts[img.Repository]++
 	}
+	if img.Scan != nil && newerScan(img.Scan, g.scans[img.Digest]) {
+		g.scans[img.Digest] = img.Scan
+	}
 }
 
 // forgetLocked undoes remember for img, except its tags, which the image
@@ -302,12 +323,21 @@ func (g *Gate) admit(ctx context.Context, s proxy.Subject) (proxy.Decision, erro
 	}
 	g.mu.RUnlock()
 
+	// Where a policy checks vulnerabilities, a platform is scanned and
+	// decided on its own; its index's signature and pins still decide for
+	// it (it gets its own record, which names the index).
+	var via digest.Digest
+	if parent != nil && servable(parent, now) && !isIndex(s.MediaType) && (img == nil || img.Index == "") &&
+		!proxy.Internal(ctx) && g.policies.Load().Scans(repo) {
+		via = parent.Digest
+	}
 	switch {
-	case parent != nil && servable(parent, now):
+	case parent != nil && servable(parent, now) && via == "" && (img == nil || img.Index == ""):
 		// A platform of a servable index is served with it.
 		g.count(parent, s.Digest, s.Head, now)
 		g.metrics.decision("allow")
 		return proxy.Decision{Allow: true}, nil
+	case via != "":
 	case known:
 		return g.answerFor(ctx, img, s, now), nil
 	case img == nil && parent != nil:
@@ -327,7 +357,7 @@ func (g *Gate) admit(ctx context.Context, s proxy.Subject) (proxy.Decision, erro
 			return g.answerFor(ctx, img, s, now), nil
 		}
 	}
-	img, err := g.observe(ctx, repo, s, now, "")
+	img, err := g.observe(ctx, repo, s, now, "", via)
 	if isUnchecked(err) {
 		g.metrics.decision("pending")
 		g.log.LogAttrs(ctx, slog.LevelWarn, "signatures could not be checked; the pull is asked to retry",
@@ -358,6 +388,9 @@ func (g *Gate) admit(ctx context.Context, s proxy.Subject) (proxy.Decision, erro
 // may sit under the tags of several images (a copied signature), and
 // each tag answers for its own image.
 func (g *Gate) answerFor(ctx context.Context, img *metadata.Image, s proxy.Subject, now time.Time) proxy.Decision {
+	if img.Index != "" {
+		return g.answerPlatform(img, s.Head, now)
+	}
 	if img.Artifact == "" || proxy.Internal(ctx) {
 		return g.answer(img, s.Head, now)
 	}
@@ -391,6 +424,27 @@ func (g *Gate) answerFor(ctx context.Context, img *metadata.Image, s proxy.Subje
 	g.metrics.decision("deny")
 	return proxy.Decision{Message: fmt.Sprintf("%s@%s is a signature of %s@%s, which is %s", img.Repository, img.Digest,
 		img.Repository, signed, st)}
+}
+
+// answerPlatform answers for a platform with a record of its own: it is
+// served while it is servable itself and an index listing it is.
+func (g *Gate) answerPlatform(img *metadata.Image, head bool, now time.Time) proxy.Decision {
+	if !servable(img, now) {
+		return g.answer(img, head, now)
+	}
+	g.mu.RLock()
+	parent := g.parentLocked(imageKey(img.Repository, img.Digest), now)
+	g.mu.RUnlock()
+	if parent == nil || !servable(parent, now) {
+		g.metrics.decision("deny")
+		if parent == nil {
+			return proxy.Decision{Message: fmt.Sprintf("%s@%s is a platform of %s@%s, which airlock no longer holds; pull the image by its tag",
+				img.Repository, img.Digest, img.Repository, img.Index)}
+		}
+		return proxy.Decision{Message: fmt.Sprintf("%s@%s is a platform of %s@%s, which is %s: %s. %s",
+			img.Repository, img.Digest, img.Repository, parent.Digest, stateOf(parent, now), summary(parent), showHint(parent))}
+	}
+	return g.answer(img, head, now)
 }
 
 // maxArtifactChain bounds how many signature artifacts deep a signature
@@ -438,8 +492,14 @@ func (g *Gate) answer(img *metadata.Image, head bool, now time.Time) proxy.Decis
 		return proxy.Decision{Allow: true}
 	case metadata.StatePending:
 		g.metrics.decision("pending")
-		return proxy.Decision{RetryAfter: g.retry, Reasons: reasonTexts(img.Reasons),
-			Message: fmt.Sprintf("%s@%s is being checked: %s; retry shortly", img.Repository, img.Digest, summary(img))}
+		msg := g.scanPending(img, now)
+		if img.Scan == nil && msg != "" {
+			g.kickScan(img.Repository, img.Digest)
+		}
+		if msg == "" {
+			msg = fmt.Sprintf("%s@%s is being checked: %s; retry shortly", img.Repository, img.Digest, summary(img))
+		}
+		return proxy.Decision{RetryAfter: g.retry, Reasons: reasonTexts(img.Reasons), Message: msg}
 	}
 	g.metrics.decision("deny")
 	msg := fmt.Sprintf("%s@%s is %s: %s. %s", img.Repository, img.Digest, st, summary(img), showHint(img))

@@ -25,13 +25,20 @@ func (g *Gate) Run(ctx context.Context) {
 	defer expiry.Stop()
 	flush := time.NewTicker(flushEvery)
 	defer flush.Stop()
+	scans := time.NewTicker(requestScansEvery)
+	defer scans.Stop()
+	g.requestScans(ctx)
 	for {
 		select {
 		case <-ctx.Done():
+			g.stopKicks()
 			g.Flush(context.WithoutCancel(ctx))
 			return
+		case <-scans.C:
+			g.requestScans(ctx)
 		case <-expiry.C:
 			g.ExpireReleases(ctx)
+			g.Recheck(ctx)
 			g.retryPolicies(ctx)
 		case <-flush.C:
 			g.Flush(ctx)
@@ -77,6 +84,46 @@ func (g *Gate) ExpireReleases(ctx context.Context) int {
 			continue
 		}
 		n++
+	}
+	return n
+}
+
+// Recheck decides again every image whose verdict changes by itself by
+// now (a waiver ended), and returns how many changed state.
+func (g *Gate) Recheck(ctx context.Context) int {
+	now := g.now()
+	g.mu.RLock()
+	var due []*metadata.Image
+	for _, img := range g.images {
+		if !img.Verdict.Recheck.IsZero() && !now.Before(img.Verdict.Recheck) {
+			due = append(due, img)
+		}
+	}
+	g.mu.RUnlock()
+	if len(due) == 0 {
+		return 0
+	}
+	g.write.Lock()
+	defer g.write.Unlock()
+	set := g.policies.Load()
+	n := 0
+	for _, img := range due {
+		after, err := g.change(ctx, img.Repository, img.Digest, now, func(cur *metadata.Image) (metadata.Change, error) {
+			if cur.Verdict.Recheck.IsZero() || now.Before(cur.Verdict.Recheck) {
+				return metadata.Change{}, nil // decided again meanwhile
+			}
+			from := cur.State
+			decide(set, cur, "", now)
+			return metadata.Change{Actor: actorExpiry, Action: decided(from, cur), Reason: "a waiver ended"}, nil
+		})
+		if err != nil {
+			g.log.LogAttrs(ctx, slog.LevelError, "deciding an image again after a waiver ended failed; it is retried",
+				slog.String("image", imageKey(img.Repository, img.Digest)), slog.String("error", err.Error()))
+			continue
+		}
+		if after.State != img.State {
+			n++
+		}
 	}
 	return n
 }

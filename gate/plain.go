@@ -84,7 +84,7 @@ func (g *Gate) observePlain(repo string, s proxy.Subject, now time.Time) *metada
 		defer func() { <-g.plainWrites }()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if _, err := g.observe(ctx, repo, s, now, was); err != nil {
+		if _, err := g.observe(ctx, repo, s, now, was, ""); err != nil {
 			// Kept in memory (a block must still see what it served), but
 			// not known: answered from memory it would never be recorded
 			// (nor listed, nor its pulls counted) until a restart.

@@ -74,6 +74,19 @@ type fillKey struct {
 	private string
 }
 
+// running reports whether a fill of d is in the set (fetching, or
+// committing what it fetched).
+func (s *fillSet) running(d digest.Digest) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.m {
+		if k.digest == d {
+			return true
+		}
+	}
+	return false
+}
+
 // state is a consistent snapshot of a fill for a reader.
 type fillState struct {
 	started bool

@@ -229,6 +229,11 @@ type Image struct {
 	// Subject is the image a signature artifact signs; it is served to
 	// clients only while that image is.
 	Subject digest.Digest `json:"subject,omitempty"`
+	// Index, on a platform manifest recorded on its own (to be scanned
+	// where a policy checks vulnerabilities), is the index it was first
+	// pulled through: that index's signature and pins decide for it, and
+	// it is served only while an index listing it is.
+	Index digest.Digest `json:"index,omitempty"`
 	// Scan is the vulnerability scan of this digest, when a policy with
 	// vulnerability checks covers the repository.
 	Scan       *Scan     `json:"scan,omitempty"`

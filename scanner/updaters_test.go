@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -161,5 +162,24 @@ func waitMetric(t *testing.T, get func() float64, atLeast float64) {
 			t.Fatalf("metric %v, want at least %v", get(), atLeast)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestOpenWithEverySet builds every updater set without running it: Open
+// asks the network nothing (the updaters fetch only when Run runs them).
+func TestOpenWithEverySet(t *testing.T) {
+	t.Parallel()
+	sets := UpdaterSets()
+	for _, want := range []string{"alpine", "debian", "osv", "rhel-vex", "ubuntu"} {
+		if !slices.Contains(sets, want) {
+			t.Errorf("UpdaterSets() = %v, lacks %s", sets, want)
+		}
+	}
+	e := open(t, "", nil, func(o *Options) { o.Config.Updaters.Sets = sets })
+	if e.s.updates == nil {
+		t.Fatal("no updater manager")
+	}
+	if n := e.guard.refused.Load(); n != 0 {
+		t.Errorf("Open dialed %v", e.guard.hosts())
 	}
 }

@@ -159,14 +159,17 @@ func (s *Scanner) process(ctx context.Context, j *job) {
 		sc.Queued, sc.Started, sc.Finished, sc.Attempts = j.queued, started, s.clock(), j.attempts
 		ok, ferr := s.finish(rctx, j, sc)
 		if ferr != nil || !ok {
-			log.Warn("scanner: could not record a finished scan; it runs again", "err", ferr, "held", ok)
+			// Not held: a rescan superseded it. An error: the lease runs
+			// out and the scan runs again.
+			log.Warn("scanner: could not record a finished scan", "err", ferr, "held", ok)
 			return
 		}
 		s.metrics.scans.WithLabelValues("done").Inc()
 		s.metrics.scanSeconds.Observe(time.Since(t0).Seconds())
 		s.metrics.waitSeconds.Observe(sc.Finished.Sub(j.queued).Seconds())
 		log.Info("scanner: scanned", "findings", len(sc.Findings), "packages", sc.Packages, "distribution", sc.Distribution, "note", sc.Note, "took", time.Since(t0).Round(time.Millisecond))
-		s.report(ctx, j.Digest, sc)
+		// Recorded: report it even if the scanner is stopping now.
+		s.report(context.WithoutCancel(ctx), j.Digest, sc)
 		return
 	}
 	if ctx.Err() != nil {

@@ -55,8 +55,10 @@ type Config struct {
 	Policies []Policy `yaml:"policies"`
 
 	// Scanner scans images for vulnerabilities with claircore, on
-	// PostgreSQL. Default: off (Database empty); a policy with
-	// vulnerabilities then is an error.
+	// PostgreSQL. Default: off (Database and DatabaseFile empty); a
+	// policy with vulnerabilities then is an error, and so is any other
+	// scanner key. Read at start only: a change needs a restart, while
+	// the policies' vulnerability checks are reloaded with the policies.
 	Scanner Scanner `yaml:"scanner"`
 
 	// Alerts send state changes (quarantined, blocked, released, ...) to

@@ -70,7 +70,11 @@ func (c *Config) ApplyDefaults() {
 		if c.Policies[i].Signature != nil {
 			c.Policies[i].Signature.applyDefaults()
 		}
+		if c.Policies[i].Vulnerabilities != nil {
+			c.Policies[i].Vulnerabilities.applyDefaults()
+		}
 	}
+	c.Scanner.applyDefaults()
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		// A trailing slash would double up when paths are appended.

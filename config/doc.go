@@ -9,7 +9,9 @@
 // and an http or https URL, no two upstreams share a URL host, at most one
 // upstream is the default, and each alias belongs to one upstream and is
 // neither another upstream's name nor its URL host, so
-// [Config.UpstreamForHost] is unambiguous. Code that
+// [Config.UpstreamForHost] is unambiguous. A policy with vulnerabilities
+// comes with a scanner (a database), valid severities and waivers that
+// each have an id, an end ([Waiver.Ends] parses) and a reason. Code that
 // receives such a Config need not check these again.
 //
 // Decoding is strict. A key that airlock does not know is an error naming

@@ -115,7 +115,17 @@ func (c *Config) hostProblems() []error {
 				p.readFile(k, files[k])
 			}
 		}
+		if pol.Vulnerabilities != nil {
+			// Parsed when the policies are compiled, which serve, SIGHUP
+			// and config check all do: here only whether they can be read.
+			for j, f := range pol.Vulnerabilities.VEX {
+				if f != "" {
+					p.readable(fmt.Sprintf("policies[%d].vulnerabilities.vex[%d]", i, j), f)
+				}
+			}
+		}
 	}
+	c.Scanner.checkHost(&p)
 	for i, w := range c.Alerts.Webhooks {
 		if w.SecretFile != "" {
 			p.secretFile(fmt.Sprintf("alerts.webhooks[%d].secretFile", i), w.SecretFile)
@@ -179,6 +189,22 @@ func (p *problems) readFile(key, path string) ([]byte, bool) {
 	return data, true
 }
 
+// readable checks that the file configured at key can be opened for
+// reading and is not a directory, without reading it: files such as
+// Red Hat's mapping or a vendor's VEX document are read, and bounded, by
+// the code that parses them.
+func (p *problems) readable(key, path string) {
+	f, err := os.Open(path)
+	if err != nil {
+		p.add(key, "%s", fileProblem(path, err))
+		return
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.IsDir() {
+		p.add(key, "%s is a directory; name the file", path)
+	}
+}
+
 // secretFile checks a file holding one credential or token: readable, not
 // empty and not larger than any credential is.
 func (p *problems) secretFile(key, path string) {
@@ -235,7 +261,7 @@ func (p *problems) writableDir(key, dir string) {
 			reason = pe.Err
 		}
 		if existing == dir {
-			p.add(key, "%s is not writable (%v); airlock keeps its metadata database there", dir, reason)
+			p.add(key, "%s is not writable (%v); airlock writes its files there", dir, reason)
 		} else {
 			p.add(key, "cannot create %s: %s is not writable (%v)", dir, existing, reason)
 		}

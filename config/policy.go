@@ -77,11 +77,14 @@ func (c *Config) checkPolicies(p *problems) {
 		default:
 			p.add(key+".mode", "unknown mode %q; use enforce or audit", pol.Mode)
 		}
-		if pol.Pins == "" && pol.Signature == nil {
-			p.add(key, "has no check; set pins (a file of allowed digests) or signature")
+		if pol.Pins == "" && pol.Signature == nil && pol.Vulnerabilities == nil {
+			p.add(key, "has no check; set pins (a file of allowed digests), signature or vulnerabilities")
 		}
 		if pol.Signature != nil {
 			pol.Signature.check(p, key+".signature")
+		}
+		if pol.Vulnerabilities != nil {
+			pol.Vulnerabilities.check(p, key+".vulnerabilities", c)
 		}
 	}
 }

@@ -88,6 +88,7 @@ func (c *Config) problems() []error {
 	c.checkUpstreams(&p)
 	c.Auth.check(&p, c.Upstreams)
 	c.checkPolicies(&p)
+	c.Scanner.check(&p)
 	c.checkAlerts(&p)
 	return p
 }

@@ -174,9 +174,18 @@ func decide(set *policy.Set, img *metadata.Image, tag string, now time.Time) {
 			tags = append([]string{tag}, slices.DeleteFunc(slices.Clone(img.Tags), func(t string) bool { return t == tag })...)
 		}
 		img.Verdict = set.Evaluate(policy.Subject{Repository: img.Repository, Digest: img.Digest, Tags: tags,
-			Signatures: img.Verdict.Signatures, Kind: kindOf(img), Scan: img.Scan}, now)
+			Signatures: img.Verdict.Signatures, Kind: kindOf(img), Scan: img.Scan, Indexes: indexesOf(img)}, now)
 	}
 	img.State, img.Reasons = policy.Effective(img.Verdict, img.Override, now)
+}
+
+// indexesOf is the index a platform recorded on its own was pulled
+// through: statements about the index (VEX) speak for its platforms.
+func indexesOf(img *metadata.Image) []digest.Digest {
+	if img.Index == "" {
+		return nil
+	}
+	return []digest.Digest{img.Index}
 }
 
 // change applies fn to the stored image and to memory, adds the alerts of

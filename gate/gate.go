@@ -142,6 +142,12 @@ type Gate struct {
 	// the content, so a digest met in another repository is decided with
 	// it at once.
 	scans map[digest.Digest]*metadata.Scan
+	// kicking holds the digests whose scan kickScan is asking for;
+	// kicks counts its goroutines, which stop once stopped is set.
+	kicking sync.Map
+	kickMu  sync.Mutex
+	kicks   sync.WaitGroup
+	stopped bool
 
 	statsMu sync.Mutex
 	stats   map[string]*pullCount
@@ -487,6 +493,9 @@ func (g *Gate) answer(img *metadata.Image, head bool, now time.Time) proxy.Decis
 	case metadata.StatePending:
 		g.metrics.decision("pending")
 		msg := g.scanPending(img, now)
+		if img.Scan == nil && msg != "" {
+			g.kickScan(img.Repository, img.Digest)
+		}
 		if msg == "" {
 			msg = fmt.Sprintf("%s@%s is being checked: %s; retry shortly", img.Repository, img.Digest, summary(img))
 		}

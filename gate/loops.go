@@ -31,6 +31,7 @@ func (g *Gate) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
+			g.stopKicks()
 			g.Flush(context.WithoutCancel(ctx))
 			return
 		case <-scans.C:

@@ -51,7 +51,9 @@ func kindOf(img *metadata.Image) policy.Kind {
 	return policy.KindImage
 }
 
-func isIndex(mediaType string) bool { return mediaType == mediaOCIIndex || mediaType == mediaDockerList }
+func isIndex(mediaType string) bool {
+	return mediaType == mediaOCIIndex || mediaType == mediaDockerList
+}
 
 // needsScan reports whether img's verdict under set depends on a scan of
 // its content.
@@ -205,6 +207,42 @@ func since(now, t time.Time) string {
 		return "a moment"
 	}
 	return now.Sub(t).Round(time.Second).String()
+}
+
+// kickScan asks, in the background, for the scan of an image that waits
+// for one none could be queued for: its pulls are answered from memory, and
+// a scanner that is back should not wait for Run's next round. One request
+// per digest runs at a time.
+func (g *Gate) kickScan(repo string, d digest.Digest) {
+	if g.scanner == nil {
+		return
+	}
+	g.kickMu.Lock()
+	defer g.kickMu.Unlock()
+	if g.stopped {
+		return
+	}
+	if _, busy := g.kicking.LoadOrStore(d, true); busy {
+		return
+	}
+	g.kicks.Add(1)
+	go func() {
+		defer g.kicks.Done()
+		defer g.kicking.Delete(d)
+		ctx := context.Background()
+		if sc := g.scanFor(ctx, repo, d); sc != nil {
+			g.ScanResult(ctx, d, *sc)
+		}
+	}()
+}
+
+// stopKicks waits for the scans kickScan is asking for, and starts no
+// more: the store closes after Run.
+func (g *Gate) stopKicks() {
+	g.kickMu.Lock()
+	g.stopped = true
+	g.kickMu.Unlock()
+	g.kicks.Wait()
 }
 
 // requestScans queues the scans of images that wait for one none could be

@@ -20,6 +20,7 @@ type Policy struct {
 	match     []*regexp.Regexp
 	pins      *Pins
 	signature SignatureCheck
+	vuln      *vulnCheck
 }
 
 // SignatureCheck is a policy's compiled signature check
@@ -53,10 +54,10 @@ type Set struct {
 	policies []*Policy
 }
 
-// Compile builds the policies of cfg. read returns a file's content (the
-// pin files); its errors, and a pin file's, name the policy. newCheck
-// compiles signature sections; a policy with one and a nil newCheck is an
-// error.
+// Compile builds the policies of cfg. read returns a file's content (pin
+// files, VEX documents); its errors, a pin file's and a VEX document's
+// name the policy and the file. newCheck compiles signature sections; a
+// policy with one and a nil newCheck is an error.
 func Compile(cfg []config.Policy, read func(path string) ([]byte, error), newCheck NewSignatureCheck) (*Set, error) {
 	s := &Set{}
 	for i, c := range cfg {
@@ -87,6 +88,12 @@ func Compile(cfg []config.Policy, read func(path string) ([]byte, error), newChe
 			var err error
 			if p.signature, err = newCheck(c.Name, *c.Signature); err != nil {
 				return nil, fmt.Errorf("policies[%d] (%s): signature: %w", i, c.Name, err)
+			}
+		}
+		if c.Vulnerabilities != nil {
+			var err error
+			if p.vuln, err = compileVulnerabilities(*c.Vulnerabilities, read); err != nil {
+				return nil, fmt.Errorf("policies[%d] (%s): vulnerabilities: %w", i, c.Name, err)
 			}
 		}
 		s.policies = append(s.policies, p)
@@ -127,11 +134,46 @@ func (s *Set) Len() int {
 // Governs reports whether any policy matches repo.
 func (s *Set) Governs(repo string) bool { return len(s.Matching(repo)) > 0 }
 
+// Scans reports whether a policy matching repo checks vulnerabilities:
+// an image there needs a scan (its platforms do, for an index) before
+// those policies can pass it.
+func (s *Set) Scans(repo string) bool {
+	for _, p := range s.Matching(repo) {
+		if p.vuln != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// Vulnerabilities reports whether the policy checks vulnerabilities.
+func (p *Policy) Vulnerabilities() bool { return p.vuln != nil }
+
+// Kind is what a Subject's manifest is, which decides the checks that
+// apply to it.
+type Kind string
+
+const (
+	// KindImage is a manifest pulled on its own (by tag or digest): every
+	// check applies, and its content is what a scan looks at.
+	KindImage Kind = ""
+	// KindIndex is an image index: pins and signatures are judged on it;
+	// vulnerability checks do not apply, since each of its platforms is
+	// scanned and judged on its own (as KindPlatform).
+	KindIndex Kind = "index"
+	// KindPlatform is a platform manifest pulled through an index whose
+	// pins and signature were judged on the index: only vulnerability
+	// checks apply.
+	KindPlatform Kind = "platform"
+)
+
 // Subject is what a verdict is about.
 type Subject struct {
 	// Repository is "<upstream>/<repository>".
 	Repository string
 	Digest     digest.Digest
+	// Kind says which checks apply; the zero value is KindImage.
+	Kind Kind
 	// Tags are the tags that resolve to Digest here, the one being pulled
 	// first.
 	Tags []string
@@ -139,8 +181,27 @@ type Subject struct {
 	// checks; a check without a result under its current Hash leaves the
 	// verdict pending.
 	Signatures []metadata.SignatureEvidence
-	Kind       Kind
-	Scan       *metadata.Scan
+	// Scan is the vulnerability scan of Digest, or nil when there is none
+	// yet. A policy with vulnerabilities leaves the verdict pending until
+	// it is done, unless its unscanned is allow.
+	Scan *metadata.Scan
+	// Indexes are, for KindPlatform, the digests of the image indexes it
+	// is pulled through: a VEX statement about an index holds for its
+	// platforms.
+	Indexes []digest.Digest
+}
+
+// judges reports whether one of p's checks applies to a subject of kind
+// k: pins and signatures to images and indexes, vulnerabilities to images
+// and platforms.
+func (p *Policy) judges(k Kind) bool {
+	switch k {
+	case KindIndex:
+		return p.pins != nil || p.signature != nil
+	case KindPlatform:
+		return p.vuln != nil
+	}
+	return true
 }
 
 // Matching returns the policies that match repo.
@@ -157,17 +218,36 @@ func (s *Set) Matching(repo string) []*Policy {
 	return out
 }
 
-// Evaluate judges s against every matching policy. The verdict is
-// approved when every enforcing policy passes, quarantined when one fails,
-// and pending when none fails but a check has no result yet; its reasons
-// are the findings of every failing policy, enforcing or auditing. The
-// signature evidence used is kept in the verdict.
+// Evaluate judges sub against every matching policy whose checks apply
+// to its Kind (those are the verdict's Policies). The verdict is approved
+// when every enforcing policy passes, quarantined when one fails, and
+// pending when none fails but a check has no result yet; its reasons are
+// the findings of every failing policy, enforcing or auditing, each
+// policy's signature and pin findings first, then its vulnerabilities,
+// worst first. The signature evidence used is kept in the verdict, and so
+// are the findings waivers let through, with Recheck set to when the
+// first of those waivers ends.
+//
+// A pending verdict that waits for vulnerability scans carries, as its
+// reasons, one reason per enforcing policy waiting (type vulnerability,
+// no ID): "policy P: vulnerability scan queued" (or "not started yet",
+// "running", "failed after N attempts: ..."), so that the answer to a
+// refused pull says what it waits for. A quarantined verdict does not:
+// its reasons are what refuses it.
+//
+// It reads nothing but its arguments: the same subject, policies and
+// time give the same verdict.
 func (s *Set) Evaluate(sub Subject, now time.Time) metadata.Verdict {
 	v := metadata.Verdict{State: metadata.StateApproved, DecidedAt: now}
 	pending := false
+	var waiting []metadata.Reason
 	for _, p := range s.Matching(sub.Repository) {
+		if !p.judges(sub.Kind) {
+			continue
+		}
 		v.Policies = append(v.Policies, p.Name)
-		if p.signature != nil {
+		reasons := p.findings(sub)
+		if p.signature != nil && sub.Kind != KindPlatform {
 			ev, ok := evidenceFor(sub.Signatures, p)
 			if ok {
 				v.Signatures = append(v.Signatures, ev)
@@ -175,7 +255,19 @@ func (s *Set) Evaluate(sub Subject, now time.Time) metadata.Verdict {
 				pending = true
 			}
 		}
-		for _, r := range p.findings(sub) {
+		if p.vuln != nil && sub.Kind != KindIndex {
+			j := p.vuln.judge(p, &sub, now)
+			if j.waiting != nil {
+				pending = true
+				waiting = append(waiting, *j.waiting)
+			}
+			reasons = append(reasons, j.reasons...)
+			v.Waived = append(v.Waived, j.waived...)
+			if !j.recheck.IsZero() && (v.Recheck.IsZero() || j.recheck.Before(v.Recheck)) {
+				v.Recheck = j.recheck
+			}
+		}
+		for _, r := range reasons {
 			if p.Mode == config.ModeAudit {
 				r.Mode = config.ModeAudit
 			} else {
@@ -186,6 +278,7 @@ func (s *Set) Evaluate(sub Subject, now time.Time) metadata.Verdict {
 	}
 	if pending && v.State == metadata.StateApproved {
 		v.State = metadata.StatePending
+		v.Reasons = append(waiting, v.Reasons...)
 	}
 	return v
 }
@@ -218,8 +311,12 @@ func evidenceFor(evs []metadata.SignatureEvidence, p *Policy) (metadata.Signatur
 	return metadata.SignatureEvidence{}, false
 }
 
-// findings are the checks of p that sub fails.
+// findings are the signature and pin checks of p that sub fails; none
+// for a platform, whose index they were judged on.
 func (p *Policy) findings(sub Subject) []metadata.Reason {
+	if sub.Kind == KindPlatform {
+		return nil
+	}
 	var out []metadata.Reason
 	if p.signature != nil {
 		if ev, ok := evidenceFor(sub.Signatures, p); ok && !ev.Verified {

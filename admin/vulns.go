@@ -205,11 +205,25 @@ func (g *vulnGroup) String() string {
 			}
 		}
 	} else {
-		least, most := g.worst[ids[len(ids)-1]], g.worst[ids[0]]
-		if least == most {
-			s = fmt.Sprintf("%d %s vulnerabilities: ", len(ids), least)
-		} else {
-			s = fmt.Sprintf("%d vulnerabilities ≥ %s: ", len(ids), least)
+		// Unknown sorts last, but the policies count it at a severity of
+		// their own: "≥" speaks of the rated ones only.
+		rated, unrated := "", 0
+		for _, id := range ids {
+			if sev := g.worst[id]; sev == metadata.SeverityUnknown {
+				unrated++
+			} else {
+				rated = sev
+			}
+		}
+		switch {
+		case unrated == len(ids):
+			s = fmt.Sprintf("%d vulnerabilities of unknown severity: ", len(ids))
+		case g.worst[ids[0]] == rated && unrated == 0:
+			s = fmt.Sprintf("%d %s vulnerabilities: ", len(ids), rated)
+		case unrated == 0:
+			s = fmt.Sprintf("%d vulnerabilities ≥ %s: ", len(ids), rated)
+		default:
+			s = fmt.Sprintf("%d vulnerabilities ≥ %s or of unknown severity: ", len(ids), rated)
 		}
 		shown := ids[:min(maxIDs, len(ids))]
 		switch rest := len(ids) - len(shown); rest {

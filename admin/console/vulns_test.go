@@ -92,7 +92,7 @@ func TestVulnerabilityPages(t *testing.T) {
 	f.seed(platform, func(img *metadata.Image) {
 		img.Index = index
 		img.Scan = &metadata.Scan{State: metadata.ScanDone, Finished: now, Packages: 12, Layers: 1, Size: 3 << 20,
-			Distribution: "Alpine Linux v3.20", Note: ""}
+			Distribution: "Alpine Linux v3.20"}
 	})
 	f.seed(queued, func(img *metadata.Image) {
 		img.State = metadata.StatePending

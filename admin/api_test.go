@@ -146,6 +146,7 @@ func TestAdminAPIUnauthorized(t *testing.T) {
 	requests := []struct{ method, path, body string }{
 		{"GET", "/api/v1/images", ""},
 		{"GET", "/api/v1/images/" + f.unpRef, ""},
+		{"GET", "/api/v1/images/" + f.unpRef + "/sbom?format=cyclonedx", ""},
 		{"POST", "/api/v1/images/" + f.unpRef + "/release", release},
 		{"POST", "/api/v1/images/" + f.pinnedRef + "/block", release},
 		{"POST", "/api/v1/images/" + f.unpRef + "/rescan", ""},

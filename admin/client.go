@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net"
 	"net/http"
 	"net/url"
@@ -73,6 +74,22 @@ func (e *unreachableError) Is(target error) bool { return target == ErrUnreachab
 // do sends a request to path (below the API prefix) with query and body,
 // and decodes a 2xx JSON answer into out (when out is not nil).
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, body, out any) error {
+	resp, data, err := c.send(ctx, method, path, query, body, "application/json")
+	if err != nil {
+		return err
+	}
+	if out == nil || resp.StatusCode == http.StatusNoContent {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("the answer of %s %s is not the JSON expected (is %s airlock's admin listener?): %w", method, resp.Request.URL.Path, c.base, err)
+	}
+	return nil
+}
+
+// send sends a request and returns a 2xx answer with its body; any other
+// answer is an error.
+func (c *Client) send(ctx context.Context, method, path string, query url.Values, body any, accept string) (*http.Response, []byte, error) {
 	u := *c.base
 	u.Path = c.base.Path + Prefix + path
 	u.RawQuery = query.Encode()
@@ -80,41 +97,35 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		rd = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Accept", accept)
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return nil, nil, ctx.Err()
 		}
-		return &unreachableError{server: c.base.String(), err: unwrapURLError(err)}
+		return nil, nil, &unreachableError{server: c.base.String(), err: unwrapURLError(err)}
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("reading the answer of %s %s: %w", method, u.Path, err)
+		return nil, nil, fmt.Errorf("reading the answer of %s %s: %w", method, u.Path, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		return decodeError(resp, data)
+		return nil, nil, decodeError(resp, data)
 	}
-	if out == nil || resp.StatusCode == http.StatusNoContent {
-		return nil
-	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("the answer of %s %s is not the JSON expected (is %s airlock's admin listener?): %w", method, u.Path, c.base, err)
-	}
-	return nil
+	return resp, data, nil
 }
 
 // unwrapURLError drops url.Error's "Get "<url>":" prefix, which repeats
@@ -201,6 +212,26 @@ func (c *Client) Image(ctx context.Context, ref Reference) (Image, error) {
 	var img Image
 	err := c.do(ctx, http.MethodGet, imagePath(ref), nil, nil, &img)
 	return img, err
+}
+
+// SBOM returns the SBOM of a scanned image in format (scanner.FormatSPDX
+// or scanner.FormatCycloneDX; empty means SPDX), as the server wrote it.
+func (c *Client) SBOM(ctx context.Context, ref Reference, format string) ([]byte, error) {
+	format, err := SBOMFormat(format)
+	if err != nil {
+		return nil, err
+	}
+	ct, _ := SBOMContentType(format)
+	resp, data, err := c.send(ctx, http.MethodGet, imagePath(ref)+"/"+sbomPath, url.Values{"format": {format}}, nil,
+		ct+", application/json;q=0.5")
+	if err != nil {
+		return nil, err
+	}
+	if got, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); got != ct {
+		return nil, fmt.Errorf("the answer of %s is %q, not an SBOM (%s): is %s airlock's admin listener?",
+			resp.Request.URL.Path, resp.Header.Get("Content-Type"), ct, c.base)
+	}
+	return data, nil
 }
 
 // Release lets a quarantined image through until expires (see

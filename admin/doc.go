@@ -10,6 +10,7 @@
 //
 //	GET    /api/v1/images?state=&upstream=&repository=&limit=&after=
 //	GET    /api/v1/images/<upstream>/<repo>@<digest>      (or :<tag>)
+//	GET    /api/v1/images/<upstream>/<repo>@<digest>/sbom?format=spdx|cyclonedx  (or :<tag>/sbom)
 //	POST   /api/v1/images/<upstream>/<repo>@<digest>/release  {"reason","expires"}
 //	POST   /api/v1/images/<upstream>/<repo>@<digest>/block    {"reason"}
 //	POST   /api/v1/images/<upstream>/<repo>@<digest>/unblock  {"reason"}
@@ -17,6 +18,16 @@
 //	DELETE /api/v1/images/<upstream>/<repo>@<digest>          {"reason"} (optional)
 //	GET    /api/v1/audit?after=&limit=
 //	GET    /api/v1/audit/verify
+//
+// An image carries its vulnerability scan ("scan": state, timing,
+// distribution, packages, findings), the findings a waiver let through
+// ("verdict.waived") and a count of its findings per severity
+// ("vulnerabilities"). The list leaves out scan.findings, which can be
+// thousands per image, and keeps the count; GET one image for all of
+// them. The SBOM is the scan's package index as an SPDX or CycloneDX
+// JSON document (application/spdx+json, application/vnd.cyclonedx+json);
+// an image not scanned answers 404 with a sentence saying why, and a
+// scanner whose database is down 503 with Retry-After.
 //
 // Guarantees:
 //   - Errors are {"errors":[{"code","message"}]} with a 4xx or 5xx status

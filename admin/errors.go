@@ -51,6 +51,8 @@ type apiError struct {
 	Message string
 	// Allow lists the methods a 405 names.
 	Allow string
+	// RetryAfter, in seconds, tells a client of a 503 when to try again.
+	RetryAfter int
 	// Err is the cause, for the log only: clients read Message.
 	Err error
 }
@@ -87,6 +89,9 @@ func writeError(w http.ResponseWriter, e *apiError) {
 	if e.Allow != "" {
 		h.Set("Allow", e.Allow)
 	}
+	if e.RetryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(e.RetryAfter))
+	}
 	writeJSON(w, e.Code.Status(), errorBody{Errors: []errorEntry{{Code: e.Code, Message: e.Message}}})
 }
 
@@ -114,9 +119,14 @@ func asAPIError(err error) (*apiError, bool) {
 
 // Describe returns the HTTP status and the sentence the API answers err
 // with: an error of this package, or one of the gate's (storage.ErrNotFound
-// 404, gate.ErrConflict 409, gate.ErrInvalid 400). The console shows the
-// same sentences the CLI prints.
+// 404, gate.ErrConflict 409, gate.ErrInvalid 400) or the scanner's
+// (scanner.ErrUnavailable 503). The console shows the same sentences the
+// CLI prints.
 func Describe(err error) (status int, message string) {
 	e := classify(err)
 	return e.Code.Status(), e.Message
 }
+
+// RetryAfter is the Retry-After, in seconds, the API sends with err; 0
+// when it sends none.
+func RetryAfter(err error) int { return classify(err).RetryAfter }

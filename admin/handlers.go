@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/airlock-registry/airlock/gate"
+	"github.com/airlock-registry/airlock/scanner"
 	"github.com/airlock-registry/airlock/storage"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
@@ -27,6 +28,10 @@ type Image struct {
 	// cache; absent when the server was not given a Cache or could not
 	// measure it.
 	CachedBytes *int64 `json:"cachedBytes,omitempty"`
+	// Vulnerabilities counts the findings of the image's scan; absent
+	// when it has none. In the image list it stands in for
+	// scan.findings, which only GET of one image carries.
+	Vulnerabilities *VulnerabilitySummary `json:"vulnerabilities,omitempty"`
 }
 
 // ImageList is the answer to GET /api/v1/images.
@@ -91,7 +96,15 @@ func (s *Server) listImages(w http.ResponseWriter, r *http.Request) error {
 	}
 	list := ImageList{Images: make([]Image, 0, len(page.Images)), Next: page.Next}
 	for _, img := range page.Images {
-		list.Images = append(list.Images, s.present(r.Context(), img))
+		out := s.present(r.Context(), img)
+		if out.Scan != nil && out.Scan.Findings != nil {
+			// An image may have thousands of findings; a page of a
+			// thousand images must stay a page.
+			sc := *out.Scan
+			sc.Findings = nil
+			out.Scan = &sc
+		}
+		list.Images = append(list.Images, out)
 	}
 	writeJSON(w, http.StatusOK, list)
 	return nil
@@ -117,17 +130,7 @@ func parseLimit(s string) (int, error) {
 }
 
 func (s *Server) showImage(w http.ResponseWriter, r *http.Request, ref Reference) error {
-	d := ref.Digest
-	if d == "" {
-		var err error
-		if d, err = s.resolveTag(r.Context(), ref); err != nil {
-			return err
-		}
-	}
-	img, err := s.store.Image(r.Context(), ref.Repository, d)
-	if errors.Is(err, storage.ErrNotFound) {
-		return errorf(CodeNotFound, "no image %s@%s: airlock has not seen it", ref.Repository, d)
-	}
+	img, err := s.image(r.Context(), ref)
 	if err != nil {
 		return err
 	}
@@ -180,7 +183,7 @@ func (s *Server) present(ctx context.Context, img metadata.Image) Image {
 	if img.Reasons == nil {
 		img.Reasons = []metadata.Reason{}
 	}
-	out := Image{Image: img}
+	out := Image{Image: img, Vulnerabilities: Summarize(img)}
 	if s.cache != nil {
 		n, err := s.cache.CachedBytes(ctx, img.Repository, img.Digest)
 		switch {
@@ -340,6 +343,10 @@ func classify(err error) *apiError {
 		return &apiError{Code: CodeConflict, Message: after(err.Error(), gate.ErrConflict), Err: err}
 	case errors.Is(err, gate.ErrInvalid):
 		return &apiError{Code: CodeInvalid, Message: after(err.Error(), gate.ErrInvalid), Err: err}
+	case errors.Is(err, scanner.ErrUnavailable):
+		// The cause names the database's address; the log has it.
+		return &apiError{Code: CodeUnavailable, RetryAfter: retryUnavailable, Err: err,
+			Message: "the vulnerability scanner's database cannot be reached; try again shortly (the airlock log says why)"}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return &apiError{Code: CodeUnavailable, Message: "the request was cancelled or timed out before it finished", Err: err}
 	}

@@ -55,6 +55,9 @@ type Options struct {
 	Tags Tags
 	// Cache, when set, adds "cachedBytes" to every image.
 	Cache Cache
+	// SBOMs, when set, serves the SBOM of scanned images; nil (scanning
+	// is off) answers 404 with a sentence saying so.
+	SBOMs SBOMs
 	// TokenFile is admin.tokenFile. Empty disables the API: every request
 	// is answered 401 with a message saying so.
 	TokenFile string
@@ -72,6 +75,7 @@ type Server struct {
 	decider Decider
 	tags    Tags
 	cache   Cache
+	sboms   SBOMs
 	tokens  *Tokens
 	log     *slog.Logger
 	now     func() time.Time
@@ -84,7 +88,7 @@ func New(o Options) (*Server, error) {
 	if o.Store == nil || o.Decider == nil {
 		return nil, errors.New("admin: Options.Store and Options.Decider are required")
 	}
-	s := &Server{store: o.Store, decider: o.Decider, tags: o.Tags, cache: o.Cache, log: o.Logger, now: o.Now,
+	s := &Server{store: o.Store, decider: o.Decider, tags: o.Tags, cache: o.Cache, sboms: o.SBOMs, log: o.Logger, now: o.Now,
 		tokens: NewTokens(o.TokenFile)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -163,21 +167,53 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request, actor string) err
 // actions are the changes POSTed to an image's path.
 var actions = map[string]bool{"release": true, "block": true, "unblock": true, "rescan": true}
 
+// sbomPath is the sub-resource of an image that GETs its SBOM.
+const sbomPath = "sbom"
+
+// splitImagePath splits <ref>[/<action>] after images/. A digest holds no
+// '/', so one after the '@' starts the action; a tag holds none either, so
+// "<repo>:<tag>/sbom" is the SBOM of a tagged image, while "<repo>/sbom"
+// is a repository named sbom.
+func splitImagePath(path string) (refText, action string) {
+	if at := strings.IndexByte(path, '@'); at >= 0 {
+		if slash := strings.IndexByte(path[at:], '/'); slash >= 0 {
+			return path[:at+slash], path[at+slash+1:]
+		}
+		return path, ""
+	}
+	i := strings.LastIndexByte(path, '/')
+	if i < 0 {
+		return path, ""
+	}
+	switch last := path[i+1:]; {
+	case actions[last]:
+		return path[:i], last
+	case last == sbomPath && strings.LastIndexByte(path[:i], ':') > strings.LastIndexByte(path[:i], '/'):
+		return path[:i], last
+	}
+	return path, ""
+}
+
 // routeImage handles /api/v1/images/<ref>[/<action>].
 func (s *Server) routeImage(w http.ResponseWriter, r *http.Request, actor, path string) error {
-	refText, action := path, ""
-	if at := strings.IndexByte(path, '@'); at >= 0 {
-		// A digest holds no '/', so one after the '@' starts the action.
-		if slash := strings.IndexByte(path[at:], '/'); slash >= 0 {
-			refText, action = path[:at+slash], path[at+slash+1:]
+	refText, action := splitImagePath(path)
+	if action == sbomPath {
+		if err := allow(r, http.MethodGet); err != nil {
+			return err
 		}
-	} else if i := strings.LastIndexByte(path, '/'); i >= 0 && actions[path[i+1:]] {
-		return errorf(CodeInvalid, "%s needs the image's digest, not a tag: POST %simages/<repository>@<digest>/%s",
-			path[i+1:], Prefix, path[i+1:])
+		ref, err := ParseReference(refText)
+		if err != nil {
+			return &apiError{Code: CodeInvalid, Message: err.Error()}
+		}
+		return s.sbom(w, r, ref)
 	}
 	if action != "" {
 		if !actions[action] {
-			return errorf(CodeNotFound, "no image action %q; the actions are release, block, unblock and rescan", action)
+			return errorf(CodeNotFound, "no image action %q; the actions are release, block, unblock and rescan, and GET sbom", action)
+		}
+		if !strings.Contains(refText, "@") {
+			return errorf(CodeInvalid, "%s needs the image's digest, not a tag: POST %simages/<repository>@<digest>/%s",
+				action, Prefix, action)
 		}
 		if err := allow(r, http.MethodPost); err != nil {
 			return err

@@ -67,6 +67,7 @@ type Harness struct {
 	Dir string
 
 	t            testing.TB
+	sboms        admin.SBOMs
 	proxyMetrics *proxy.Metrics
 	registry     swap
 	admin        swap
@@ -192,15 +193,27 @@ func (h *Harness) start() {
 		tb.Fatal(err)
 	}
 	c.p = h.Proxy
-	srv, err := admin.New(admin.Options{Store: h.Meta, Decider: h.Gate, Tags: h.Meta, Cache: h.Proxy,
+	h.registry.set(h.Proxy)
+	h.startAdmin()
+}
+
+// startAdmin builds the admin API on the running pieces.
+func (h *Harness) startAdmin() {
+	srv, err := admin.New(admin.Options{Store: h.Meta, Decider: h.Gate, Tags: h.Meta, Cache: h.Proxy, SBOMs: h.sboms,
 		TokenFile: h.TokenFile, Now: h.Clock.Now, Logger: slog.New(slog.NewTextHandler(&h.logs, nil))})
 	if err != nil {
-		tb.Fatal(err)
+		h.t.Fatal(err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle(admin.Prefix, srv)
-	h.registry.set(h.Proxy)
 	h.admin.set(mux)
+}
+
+// UseSBOMs gives the admin API an SBOM source (a harness starts without
+// one, as an airlock with scanning off) from now on, across restarts.
+func (h *Harness) UseSBOMs(s admin.SBOMs) {
+	h.sboms = s
+	h.startAdmin()
 }
 
 // stop drains the proxy's writes and closes the store.

@@ -67,7 +67,19 @@ func TestAdversaryInjection(t *testing.T) {
 			{Type: metadata.ReasonVulnerability, Message: payload, ID: payload, Severity: `x" style="color:red`},
 		}
 		img.Verdict = metadata.Verdict{State: metadata.StateQuarantined, Policies: []string{payload},
-			Signatures: []metadata.SignatureEvidence{{Policy: payload, Kind: payload, KeyID: payload, Identity: payload, Message: payload}}}
+			Signatures: []metadata.SignatureEvidence{{Policy: payload, Kind: payload, KeyID: payload, Identity: payload, Message: payload}},
+			Waived: []metadata.Waived{{ID: "CVE-2026-2", Package: payload, Severity: payload, Policy: payload, Reason: payload, Source: payload,
+				Until: when.Add(time.Hour)}}}
+		// Findings come from vulnerability data: the feeds write their
+		// ids, package names, versions, severities and links.
+		img.Scan = &metadata.Scan{State: metadata.ScanDone, Error: payload, Note: payload, Distribution: payload, Data: payload,
+			Findings: []metadata.Finding{
+				{ID: payload, Package: payload, Installed: payload, Fixed: payload, Severity: payload, SourceSeverity: payload, Link: "javascript:alert(7)"},
+				{ID: "CVE-2026-1", Package: "a", Severity: `high" onmouseover="alert(8)`, Link: `https://x.example/"onmouseover="alert(8)`},
+				{ID: "CVE-2026-2", Package: payload, Severity: "high", Link: "data:text/html,<script>alert(9)</script>"},
+				{ID: "CVE-2026-3", Package: "b", Severity: "low", Link: "//evil.example/advisory"},
+				{ID: "CVE-2026-4", Package: "c", Severity: "low", Link: "https://user:pw@evil.example/"},
+			}}
 		return metadata.Change{Actor: "policy", Action: "decide", Reason: payload}, nil
 	})
 	if err != nil {
@@ -75,10 +87,21 @@ func TestAdversaryInjection(t *testing.T) {
 	}
 	page := imagePath(vulnRepo, d)
 	a := b.get(page)
-	wantStatus(t, "hostile image", a, http.StatusOK, "&lt;script&gt;alert(1)&lt;/script&gt;")
+	wantStatus(t, "hostile image", a, http.StatusOK, "&lt;script&gt;alert(1)&lt;/script&gt;",
+		`href="https://x.example/%22onmouseover=%22alert%288%29"`, // a link is a link, its quotes escaped
+		`href="https://nvd.nist.gov/vuln/detail/CVE-2026-3"`,      // a scheme-relative link is not followed
+		`href="https://nvd.nist.gov/vuln/detail/CVE-2026-4"`)      // nor one with credentials
 	wantEscaped(t, "hostile image", a)
-	if strings.Contains(a.body, `style="color:red`) || strings.Contains(a.body, "javascript:alert(6)\"") {
-		t.Fatal("a severity or an advisory id broke out of its attribute")
+	for _, bad := range []string{`style="color:red`, "javascript:alert(6)\"", "javascript:alert(7)\"", `href="data:`,
+		`" onmouseover`, `"onmouseover`, `href="//evil`, "user:pw@"} {
+		if strings.Contains(a.body, bad) {
+			t.Fatalf("the page carries %q: a severity, an advisory id or a link broke out of its place", bad)
+		}
+	}
+	for _, want := range []string{`class="sev sev-unknown"`} {
+		if !strings.Contains(a.body, want) {
+			t.Fatalf("the page lacks %q: an unknown severity is not shown as such", want)
+		}
 	}
 
 	// An admin's reason is markup too, in the confirmation, the flash,

@@ -47,6 +47,14 @@ func TestBrowser(t *testing.T) {
 	}
 	f.h.Upstream.PushIndex(t, "library/busybox", "latest", 256, 1)
 	f.h.MustPull("hub/library/busybox", "latest", http.StatusOK)
+	// One image waits for its vulnerability scan, and the scanned one's
+	// SBOM can be downloaded.
+	f.seed(digest.FromString("waiting"), func(img *metadata.Image) {
+		img.State = metadata.StatePending
+		img.Tags = []string{"2.5"}
+		img.Scan = &metadata.Scan{State: metadata.ScanQueued, Queued: f.h.Clock.Now().Add(-40 * time.Second)}
+	})
+	f.serveConsole(&sbomSource{docs: map[digest.Digest]string{f.scanned: `"packages":97`}})
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chrome), chromedp.NoSandbox,
 		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 900), chromedp.DisableGPU,
@@ -134,6 +142,9 @@ func TestBrowser(t *testing.T) {
 	if who := text(".who"); !strings.Contains(who, "admin:alice") {
 		t.Fatalf("signed in as %q; want admin:alice", who)
 	}
+	if scans := text("#scans"); !strings.Contains(scans, "1 image pending a scan") {
+		t.Fatalf("the overview's scans read %q", scans)
+	}
 	shoot("overview")
 
 	// Find the quarantined image by search and open it.
@@ -212,8 +223,13 @@ func TestBrowser(t *testing.T) {
 
 	// The other pages at the size of a phone, and an image with findings.
 	do("findings", chromedp.Navigate(base+imagePath(vulnRepo, f.scanned)), chromedp.WaitVisible(chromedp.CSS("#state")))
-	if vulns := text("#vulns"); !strings.Contains(vulns, "CVE-2026-12345") {
+	if vulns := text("#vulns"); !strings.Contains(vulns, "CVE-2026-12345") || !strings.Contains(vulns, "refuses the image") ||
+		!strings.Contains(vulns, "waived by no-critical") {
 		t.Fatalf("the findings table reads %q", vulns)
+	}
+	if scan := text("#scan"); !strings.Contains(scan, "Debian GNU/Linux 12 (bookworm)") || !strings.Contains(scan, "SPDX") ||
+		!strings.Contains(scan, "CycloneDX") {
+		t.Fatalf("the scan reads %q", scan)
 	}
 	shoot("image-findings")
 	do("narrow", chromedp.EmulateViewport(390, 844),

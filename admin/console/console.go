@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -50,6 +51,9 @@ type Options struct {
 	Cache admin.Cache
 	// Manifests gives the image page its layers and sizes.
 	Manifests Manifests
+	// SBOMs, when set, lets the image page offer the SBOM of a scanned
+	// image for download (the scanner; nil when scanning is off).
+	SBOMs admin.SBOMs
 	// Denials lists the latest refused pulls, newest first (the gate's
 	// RecentDenials).
 	Denials func(limit int) []gate.Denial
@@ -75,6 +79,7 @@ type Console struct {
 	tokens    *admin.Tokens
 	cache     admin.Cache
 	manifests Manifests
+	sboms     admin.SBOMs
 	denials   func(int) []gate.Denial
 	stats     func(context.Context) (Stats, error)
 	log       *slog.Logger
@@ -102,7 +107,7 @@ func New(o Options) (*Console, error) {
 		return nil, errors.New("console: Options.Store and Options.Decider are required")
 	}
 	c := &Console{store: o.Store, decider: o.Decider, tokens: admin.NewTokens(o.TokenFile), cache: o.Cache,
-		manifests: o.Manifests, denials: o.Denials, stats: o.Stats, log: o.Logger, now: o.Now}
+		manifests: o.Manifests, sboms: o.SBOMs, denials: o.Denials, stats: o.Stats, log: o.Logger, now: o.Now}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -289,6 +294,9 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, v *view, err erro
 		attrs = append(attrs, slog.String("actor", v.sess.cred.Actor))
 	}
 	c.log.LogAttrs(r.Context(), level, "console request failed", attrs...)
+	if secs := admin.RetryAfter(err); secs > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+	}
 	c.render(w, r, status, "error", v, errorData{Status: status, Title: http.StatusText(status), Message: msg})
 }
 

@@ -106,25 +106,38 @@ func (f *fixture) getBlob(repo, d string) {
 	}
 }
 
-// seedScanned writes an image with signature and vulnerability reasons.
+// seedScanned writes an image with signature and vulnerability reasons
+// and the scan they come from: a critical finding a policy refuses, a high
+// one waived for 72 hours, and a low one below the policy's severity.
 func (f *fixture) seedScanned() digest.Digest {
 	d := digest.FromString("scanned image")
-	waiver := f.h.Clock.Now().Add(72 * time.Hour)
-	_, err := f.h.Meta.UpdateImage(context.Background(), vulnRepo, d, f.h.Clock.Now(), func(img *metadata.Image) (metadata.Change, error) {
+	now := f.h.Clock.Now()
+	waiver := now.Add(72 * time.Hour)
+	_, err := f.h.Meta.UpdateImage(context.Background(), vulnRepo, d, now, func(img *metadata.Image) (metadata.Change, error) {
 		img.State = metadata.StateQuarantined
+		img.MediaType = "application/vnd.oci.image.manifest.v1+json"
 		img.Tags = []string{"2.4"}
+		img.Scan = &metadata.Scan{State: metadata.ScanDone, Queued: now.Add(-time.Minute), Started: now.Add(-50 * time.Second),
+			Finished: now.Add(-20 * time.Second), Attempts: 1, Distribution: "Debian GNU/Linux 12 (bookworm)", Packages: 97,
+			Layers: 3, Size: 30 << 20, Findings: []metadata.Finding{
+				{ID: "CVE-2026-0100", Package: "tar", Installed: "1.34+dfsg-1.2", Fixed: "1.34+dfsg-1.2+deb12u1", Severity: "low"},
+				{ID: "GHSA-abcd-efgh-ijkl", Package: "zlib", Installed: "1.2.13", Severity: "high", SourceSeverity: "HIGH"},
+				{ID: "CVE-2026-12345", Package: "openssl", Installed: "3.0.11-1", Fixed: "3.0.15-1", Severity: "critical",
+					Link: "https://security-tracker.debian.org/tracker/CVE-2026-12345"},
+			}}
 		img.Reasons = []metadata.Reason{
 			{Type: metadata.ReasonSignature, Message: "no signature verifies with the vendor key", Policy: "signed-by-vendor",
 				KeyID: "vendor-release-2026", Identity: "https://github.com/vendor/app/.github/workflows/release.yml@refs/tags/v2.4"},
 			{Type: metadata.ReasonVulnerability, Message: "openssl: buffer overread in X.509 name checks", Policy: "no-critical",
 				ID: "CVE-2026-12345", Package: "openssl", Installed: "3.0.11-1", Fixed: "3.0.15-1", Severity: "critical"},
-			{Type: metadata.ReasonVulnerability, Message: "zlib: integer overflow in inflate", Policy: "no-critical",
-				ID: "GHSA-abcd-efgh-ijkl", Package: "zlib", Installed: "1.2.13", Severity: "high", Expires: &waiver},
 		}
 		img.Verdict = metadata.Verdict{State: metadata.StateQuarantined, Reasons: img.Reasons,
-			Policies: []string{"signed-by-vendor", "no-critical"}, DecidedAt: f.h.Clock.Now(),
+			Policies: []string{"signed-by-vendor", "no-critical"}, DecidedAt: now,
 			Signatures: []metadata.SignatureEvidence{{Policy: "signed-by-vendor", Hash: "sha256:0f1e", Verified: false,
-				Message: "2 signatures found; none verifies with key vendor-release-2026", Examined: 2, CheckedAt: f.h.Clock.Now()}}}
+				Message: "2 signatures found; none verifies with key vendor-release-2026", Examined: 2, CheckedAt: now}},
+			Waived: []metadata.Waived{{ID: "GHSA-abcd-efgh-ijkl", Package: "zlib", Severity: "high", Policy: "no-critical",
+				Reason: "inflate is never called on untrusted input", Source: "policy", Until: waiver}},
+			Recheck: waiver}
 		return metadata.Change{Actor: "policy", Action: "decide", Reason: "checks finished"}, nil
 	})
 	if err != nil {

@@ -5,8 +5,9 @@
 //	GET  /ui/login                      sign in with a token from admin.tokenFile
 //	POST /ui/logout                     sign out
 //	GET  /ui/                           overview: states, new quarantines, cache, upstreams, refused pulls
-//	GET  /ui/images?state=&upstream=&repository=&q=&sort=&page=
+//	GET  /ui/images?state=&upstream=&repository=&scan=&q=&sort=&page=
 //	GET  /ui/images/<upstream>/<repo>@<digest>
+//	GET  /ui/images/<upstream>/<repo>@<digest>/sbom?format=spdx|cyclonedx  (a download; needs Options.SBOMs)
 //	POST /ui/images/<upstream>/<repo>@<digest>/{release,block,unblock,rescan}
 //	GET  /ui/audit?actor=&action=&repository=&q=&before=
 //
@@ -28,6 +29,10 @@
 //     time; the sign-in form carries one bound to a short-lived cookie.
 //     Cross-origin POSTs are refused before that (net/http's
 //     CrossOriginProtection).
+//   - Vulnerability data is the feeds' to write: advisory ids, package
+//     names, versions and links reach the page as text, and a finding's
+//     link only when it is a plain http(s) address (else the advisory
+//     database its id names, or none).
 //   - A change asks for confirmation first (a second POST with confirm=yes)
 //     and shows its result. A page never shows a token: the sign-in field
 //     is never filled back in, and no token is kept after sign-in.

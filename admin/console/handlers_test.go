@@ -328,7 +328,7 @@ func TestPages(t *testing.T) {
 		}
 	}
 
-	wantStatus(t, "images by search", b.get("/ui/images?q=vendor+key"), http.StatusOK, vulnRepo, "2 more)")
+	wantStatus(t, "images by search", b.get("/ui/images?q=vendor+key"), http.StatusOK, vulnRepo, "(&#43;1 more)")
 	if a := b.get("/ui/images?q=vendor+key"); strings.Contains(a.body, `>hcl/vendor/app<`) {
 		t.Fatal("the search matched an image without that text")
 	}
@@ -337,8 +337,14 @@ func TestPages(t *testing.T) {
 
 	a = b.get(imagePath(vulnRepo, f.scanned))
 	wantStatus(t, "findings", a, http.StatusOK,
-		`href="https://nvd.nist.gov/vuln/detail/CVE-2026-12345"`, `href="https://github.com/advisories/GHSA-abcd-efgh-ijkl"`,
+		`href="https://security-tracker.debian.org/tracker/CVE-2026-12345"`, `href="https://github.com/advisories/GHSA-abcd-efgh-ijkl"`,
 		"openssl", "3.0.11-1", "3.0.15-1", "critical", "no fix", "vendor-release-2026",
+		`<h2 id="vulns-h">Vulnerabilities</h2>`, `<span class="badge scan-done">done</span>`, "Debian GNU/Linux 12 (bookworm)",
+		"97 <span class=\"muted small\">in 3 layers, 30.0 MiB", "(waited 10s)", "took 30s",
+		`3 findings: <span class="sev sev-critical">1 critical</span> <span class="sev sev-high">1 high</span> <span class="sev sev-low">1 low</span>; 1 refused by policy; 1 waived.`,
+		"<strong>refuses the image</strong>", "waived by no-critical: inflate is never called on untrusted input",
+		"source: HIGH", `<span class="muted">not refused</span>`,
+		"vulnerability CVE-2026-12345 (critical) in openssl", `href="#vulns-h"`,
 		"https://github.com/vendor/app/.github/workflows/release.yml@refs/tags/v2.4", "signed-by-vendor",
 		"Signature checks", "not verified", "none verifies with key vendor-release-2026",
 		f.h.Clock.Now().Add(72*time.Hour).Format("2006-01-02 15:04:05 UTC"))

@@ -135,8 +135,18 @@ type imageData struct {
 	CachedBytes *int64
 	Facts       *facts
 	Signature   []metadata.Reason
-	Vulns       []metadata.Reason
+	// VulnReasons are the reasons of type vulnerability; the panel of
+	// the scan lists them among its findings when there is a scan.
+	VulnReasons []metadata.Reason
 	Other       []metadata.Reason
+	// Vulns is the Vulnerabilities panel; nil when the image has no scan.
+	Vulns *vulnsData
+	// IndexURL is the page of the index a platform record was pulled
+	// through.
+	IndexURL string
+	// PlatformStates are the states of the platforms listed that have
+	// records (and pages) of their own.
+	PlatformStates map[digest.Digest]metadata.State
 	// Platforms are the first maxPlatforms of the index's; MorePlatforms
 	// counts the rest.
 	Platforms     []metadata.Platform
@@ -168,10 +178,14 @@ func (c *Console) imageRoute(w http.ResponseWriter, r *http.Request, v *view, pa
 		c.fail(w, r, v, errorPage(http.StatusBadRequest, "%v.", err))
 		return
 	}
-	if action == "" {
+	switch action {
+	case "":
 		c.get(w, r, v, func(w http.ResponseWriter, r *http.Request, v *view) error {
 			return c.showImage(w, r, v, ref, http.StatusOK, formState{})
 		})
+		return
+	case "sbom":
+		c.get(w, r, v, func(w http.ResponseWriter, r *http.Request, _ *view) error { return c.sbom(w, r, ref) })
 		return
 	}
 	if !isAction(action) {
@@ -201,6 +215,11 @@ func (c *Console) showImage(w http.ResponseWriter, r *http.Request, v *view, ref
 	d := imageData{Image: img, Ref: ref.String(), URL: imageURL(img.Repository, img.Digest), Form: form,
 		Facts: c.facts(ctx, img), Platforms: shownPlatforms(img)}
 	d.MorePlatforms = len(img.Platforms) - len(d.Platforms)
+	d.Vulns = c.vulns(img)
+	if img.Index != "" {
+		d.IndexURL = imageURL(img.Repository, img.Index)
+	}
+	d.PlatformStates = c.platformStates(ctx, img, d.Platforms)
 	for _, rs := range img.Reasons {
 		if rs.Type == metadata.ReasonManual && img.Override != nil && rs.Actor == img.Override.By {
 			continue // the override's own card says it, with its end
@@ -209,7 +228,7 @@ func (c *Console) showImage(w http.ResponseWriter, r *http.Request, v *view, ref
 		case metadata.ReasonSignature:
 			d.Signature = append(d.Signature, rs)
 		case metadata.ReasonVulnerability:
-			d.Vulns = append(d.Vulns, rs)
+			d.VulnReasons = append(d.VulnReasons, rs)
 		default:
 			d.Other = append(d.Other, rs)
 		}

@@ -35,18 +35,21 @@ var sorts = []struct{ Key, Label string }{
 
 type imagesData struct {
 	State, Upstream, Repository, Q, Sort string
-	Sorts                                []struct{ Key, Label string }
-	Images                               []metadata.Image
-	Total                                int
-	Page, Pages                          int
-	Truncated                            bool
+	// Scan filters by vulnerability scan (see scanFilters).
+	Scan        string
+	Sorts       []struct{ Key, Label string }
+	ScanFilters []struct{ Key, Label string }
+	Images      []metadata.Image
+	Total       int
+	Page, Pages int
+	Truncated   bool
 }
 
 // images serves the images table.
 func (c *Console) images(w http.ResponseWriter, r *http.Request, v *view) error {
 	q := r.URL.Query()
 	d := imagesData{State: q.Get("state"), Upstream: q.Get("upstream"), Repository: q.Get("repository"),
-		Q: strings.TrimSpace(q.Get("q")), Sort: q.Get("sort"), Sorts: sorts, Page: 1}
+		Q: strings.TrimSpace(q.Get("q")), Sort: q.Get("sort"), Scan: q.Get("scan"), Sorts: sorts, ScanFilters: scanFilters, Page: 1}
 	query, err := imageQuery(d.State, d.Upstream, d.Repository)
 	if err != nil {
 		return err
@@ -60,6 +63,9 @@ func (c *Console) images(w http.ResponseWriter, r *http.Request, v *view) error 
 	if !slices.ContainsFunc(sorts, func(s struct{ Key, Label string }) bool { return s.Key == d.Sort }) {
 		return errorPage(http.StatusBadRequest, "Unknown sort %q.", d.Sort)
 	}
+	if d.Scan != "" && !slices.ContainsFunc(scanFilters, func(s struct{ Key, Label string }) bool { return s.Key == d.Scan }) {
+		return errorPage(http.StatusBadRequest, "Unknown scan filter %q; the filters are pending, failed, done and findings.", d.Scan)
+	}
 	if p := q.Get("page"); p != "" {
 		n, err := strconv.Atoi(p)
 		if err != nil || n < 1 || n > maxPageNum {
@@ -72,14 +78,13 @@ func (c *Console) images(w http.ResponseWriter, r *http.Request, v *view) error 
 		return err
 	}
 	defer done()
-	all, truncated, err := c.scanImages(r.Context(), query)
+	all, truncated, err := c.scanImages(r.Context(), query, func(img metadata.Image) bool {
+		return scanMatches(img, d.Scan) && (d.Q == "" || matches(img, d.Q))
+	})
 	if err != nil {
 		return err
 	}
 	d.Truncated = truncated
-	if d.Q != "" {
-		all = slices.DeleteFunc(all, func(img metadata.Image) bool { return !matches(img, d.Q) })
-	}
 	sortImages(all, d.Sort)
 	d.Total = len(all)
 	d.Pages = max(1, (d.Total+perPage-1)/perPage)
@@ -110,18 +115,33 @@ func imageQuery(state, upstream, repository string) (metadata.ImageQuery, error)
 	return q, nil
 }
 
-// scanImages reads every image q selects, up to maxScan.
-func (c *Console) scanImages(ctx context.Context, q metadata.ImageQuery) ([]metadata.Image, bool, error) {
+// scanImages reads every image q selects and keep (nil: all) keeps, of
+// the first maxScan the store lists. The images come without their scan's
+// findings, which can be thousands each: the tables show counts and
+// reasons, and an image's own page reads it whole.
+func (c *Console) scanImages(ctx context.Context, q metadata.ImageQuery, keep func(metadata.Image) bool) ([]metadata.Image, bool, error) {
 	var all []metadata.Image
+	read := 0
 	q.Limit = storePage
 	for {
 		page, err := c.store.Images(ctx, q)
 		if err != nil {
 			return nil, false, err
 		}
-		all = append(all, page.Images...)
-		if len(all) >= maxScan {
-			return all[:maxScan], true, nil
+		for _, img := range page.Images {
+			if read == maxScan {
+				return all, true, nil
+			}
+			read++
+			if keep != nil && !keep(img) {
+				continue
+			}
+			if img.Scan != nil && img.Scan.Findings != nil {
+				sc := *img.Scan
+				sc.Findings = nil
+				img.Scan = &sc
+			}
+			all = append(all, img)
 		}
 		if page.Next == "" || page.Next == q.After {
 			return all, false, nil
@@ -146,6 +166,13 @@ func matches(img metadata.Image, text string) bool {
 	for _, r := range img.Reasons {
 		if has(r.Message) || has(r.Policy) || has(r.ID) || has(r.Package) {
 			return true
+		}
+	}
+	if img.Scan != nil {
+		for _, f := range img.Scan.Findings {
+			if has(f.ID) || has(f.Package) {
+				return true
+			}
 		}
 	}
 	return img.Override != nil && has(img.Override.Reason)

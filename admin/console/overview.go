@@ -34,6 +34,42 @@ type overviewData struct {
 	StatsErr   string
 	Denials    []gate.Denial
 	HasDenials bool
+	// Scans counts the images by the state of their vulnerability scan;
+	// nil when no image has one.
+	Scans *scanCounts
+}
+
+// scanCounts are the overview's vulnerability scan figures.
+type scanCounts struct {
+	// Pending counts the images waiting for a scan: queued or running.
+	Pending, Queued, Running, Failed, Done int
+	// WithFindings counts the scanned images with at least one finding,
+	// Refused those a policy refuses for one.
+	WithFindings, Refused int
+}
+
+func (s *scanCounts) add(img metadata.Image) {
+	switch img.Scan.State {
+	case metadata.ScanQueued:
+		s.Queued++
+		s.Pending++
+	case metadata.ScanRunning:
+		s.Running++
+		s.Pending++
+	case metadata.ScanFailed:
+		s.Failed++
+	case metadata.ScanDone:
+		s.Done++
+	}
+	if len(img.Scan.Findings) > 0 {
+		s.WithFindings++
+	}
+	for _, r := range img.Reasons {
+		if r.Type == metadata.ReasonVulnerability && r.Mode != "audit" {
+			s.Refused++
+			break
+		}
+	}
 }
 
 // overview serves the front page.
@@ -45,9 +81,22 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, v *view) erro
 	}
 	defer done()
 	var d overviewData
-	all, truncated, err := c.scanImages(ctx, metadata.ImageQuery{})
+	// The counts are taken as the store is read, before the findings
+	// are dropped.
+	var scans scanCounts
+	scanned := false
+	all, truncated, err := c.scanImages(ctx, metadata.ImageQuery{}, func(img metadata.Image) bool {
+		if img.Scan != nil {
+			scanned = true
+			scans.add(img)
+		}
+		return true
+	})
 	if err != nil {
 		return err
+	}
+	if scanned {
+		d.Scans = &scans
 	}
 	counts := map[metadata.State]int{}
 	for _, img := range all {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/airlock-registry/airlock/admin"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
@@ -49,6 +50,12 @@ func (c *Console) funcs() template.FuncMap {
 		"fromWord":     func(s metadata.State) string { return cmpOr(string(s), "new") },
 		"toWord":       func(s metadata.State) string { return cmpOr(string(s), "deleted") },
 		"recordReason": recordReason,
+		"findingLink":  findingLink,
+		"sevClass":     sevClass,
+		"scanPending":  scanPending,
+		"duration":     duration,
+		"platformRow":  newPlatformRow,
+		"isIndex":      admin.IsIndex,
 		// first bounds a list a client or an upstream can grow (an
 		// image's tags: one per tag pulled).
 		"first": func(n int, s []string) []string { return s[:min(n, len(s))] },
@@ -154,30 +161,45 @@ func formatBytes(n int64) string {
 }
 
 // summary is an image's reasons in a few words: the first enforced
-// reason's message, cut at a word, and how many more there are.
+// reason's message, cut at a word, and how many more there are. The
+// vulnerabilities count as one reason that names the worst of them.
 func summary(img metadata.Image) string {
-	var first string
-	n := 0
+	var enforced []metadata.Reason
 	for _, r := range img.Reasons {
-		if r.Mode == "audit" {
-			continue
+		if r.Mode != "audit" {
+			enforced = append(enforced, r)
 		}
-		if n == 0 {
-			first = r.Message
-		}
-		n++
 	}
-	if n == 0 {
+	short := admin.ShortReasons(enforced)
+	if len(short) == 0 {
 		if img.Override != nil {
 			return img.Override.Action + " by " + img.Override.By + ": " + cut(img.Override.Reason, 80)
 		}
+		switch {
+		case img.Scan == nil:
+		case img.Scan.State == metadata.ScanQueued:
+			return "waiting for a vulnerability scan"
+		case img.Scan.State == metadata.ScanRunning:
+			return "being scanned for vulnerabilities"
+		case img.Scan.State == metadata.ScanFailed && img.State == metadata.StatePending:
+			return "vulnerability scan failed: " + cut(img.Scan.Error, 60)
+		}
 		return ""
 	}
-	s := cut(first, 80)
-	if n > 1 {
-		s += fmt.Sprintf(" (+%d more)", n-1)
+	s := cut(short[0], 80)
+	if len(short) > 1 {
+		s += fmt.Sprintf(" (+%d more)", len(short)-1)
 	}
 	return s
+}
+
+// duration is the time from a to b, rounded to the second; "" when
+// either is unknown or b is before a.
+func duration(a, b time.Time) string {
+	if a.IsZero() || b.IsZero() || b.Before(a) {
+		return ""
+	}
+	return b.Sub(a).Round(time.Second).String()
 }
 
 func cut(s string, n int) string {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"net/http"
@@ -200,13 +201,29 @@ func newImagesListCommand(conn *adminConn) *cobra.Command {
 }
 
 func newImagesShowCommand(conn *adminConn) *cobra.Command {
-	var output string
+	var output, sbomFormat string
+	var sbom bool
 	cmd := &cobra.Command{
 		Use:   "show REPOSITORY@DIGEST | REPOSITORY:TAG",
-		Short: "Show one image: its state and why, tags, platforms, cache and pulls",
-		Args:  cobra.ExactArgs(1),
+		Short: "Show one image: its state and why, tags, platforms, cache, pulls and vulnerability scan",
+		Long: "Show one image: its state and every reason, tags, platforms, cache and pulls, and its\n" +
+			"vulnerability scan with the findings worst first and the waivers that let some through.\n" +
+			"With --sbom print instead the SBOM of its scanned packages (SPDX, or CycloneDX with\n" +
+			"--sbom-format cyclonedx), as JSON.",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(output, "text", "json"); err != nil {
+				return err
+			}
+			flags := cmd.Flags()
+			if flags.Changed("sbom-format") && !sbom {
+				return errors.New("--sbom-format chooses the format of --sbom; add --sbom")
+			}
+			if sbom && flags.Changed("output") {
+				return errors.New("--sbom prints the SBOM document itself, which is JSON; leave out -o")
+			}
+			format, err := admin.SBOMFormat(sbomFormat)
+			if err != nil {
 				return err
 			}
 			ref, err := admin.ParseReference(args[0])
@@ -215,6 +232,17 @@ func newImagesShowCommand(conn *adminConn) *cobra.Command {
 			}
 			c, err := conn.client()
 			if err != nil {
+				return err
+			}
+			if sbom {
+				doc, err := c.SBOM(cmd.Context(), ref, format)
+				if err != nil {
+					return explain(err, conn)
+				}
+				if !bytes.HasSuffix(doc, []byte("\n")) {
+					doc = append(doc, '\n')
+				}
+				_, err = cmd.OutOrStdout().Write(doc)
 				return err
 			}
 			img, err := c.Image(cmd.Context(), ref)
@@ -228,6 +256,8 @@ func newImagesShowCommand(conn *adminConn) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	cmd.Flags().BoolVar(&sbom, "sbom", false, "print the SBOM of the image's scanned packages instead")
+	cmd.Flags().StringVar(&sbomFormat, "sbom-format", "spdx", "format of --sbom: spdx or cyclonedx")
 	return cmd
 }
 

@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/airlock-registry/airlock/admin/admintest"
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
+	"github.com/airlock-registry/airlock/scanner"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
@@ -357,5 +360,83 @@ func TestCLIImagesDelete(t *testing.T) {
 	last := recs[len(recs)-1]
 	if last.Action != "delete" || last.Actor != "admin:alice" || last.Reason != "not wanted here" || last.Digest != f.unpinned {
 		t.Fatalf("last audit record: %+v", last)
+	}
+}
+
+// cliSBOMs serves a fixed SBOM for one digest, as the scanner does from
+// its index; every other digest is not scanned.
+type cliSBOMs struct{ d digest.Digest }
+
+func (s cliSBOMs) SBOM(_ context.Context, d digest.Digest, format string) ([]byte, error) {
+	if d != s.d {
+		return nil, fmt.Errorf("no index of %s: %w", d, scanner.ErrNotScanned)
+	}
+	return []byte(`{"sbom":"` + format + `"}`), nil
+}
+
+// TestCLIVulnerabilities: images show prints the scan and its findings,
+// --sbom the SBOM in either format, and the lists name the worst
+// advisories; misuse of the flags is refused before the server is asked.
+func TestCLIVulnerabilities(t *testing.T) {
+	t.Parallel()
+	f := newCLIFixture(t)
+	const repo = "hub/team/scanned"
+	img := scannedImage()
+	scanned, queued := digest.FromString("scanned"), digest.FromString("queued")
+	for _, d := range []digest.Digest{scanned, queued} {
+		_, err := f.Meta.UpdateImage(t.Context(), repo, d, f.Clock.Now(), func(rec *metadata.Image) (metadata.Change, error) {
+			rec.State, rec.Tags, rec.Reasons, rec.Verdict = img.State, []string{"2.4"}, img.Reasons, img.Verdict
+			rec.Scan = img.Scan
+			if d == queued {
+				rec.State, rec.Tags, rec.Reasons, rec.Verdict = metadata.StatePending, nil, nil, metadata.Verdict{}
+				rec.Scan = &metadata.Scan{State: metadata.ScanQueued, Queued: f.Clock.Now()}
+			}
+			return metadata.Change{Actor: "scanner", Action: "decide"}, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.UseSBOMs(cliSBOMs{d: scanned})
+	ref := repo + "@" + string(scanned)
+
+	r := f.ok("images", "show", repo+":2.4")
+	for _, want := range []string{"Vulnerability scan:", "Distribution: Debian GNU/Linux 12 (bookworm)",
+		"Findings: 4 (2 critical, 1 high, 1 unknown); 2 refused by policy; 1 waived", "CVE-2026-0001  openssl",
+		"Waived:\n  CVE-2026-0003 (high) in curl: allowed by policy no-critical, until 2027-02-01 00:00:00 UTC"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("images show lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	r = f.ok("images", "show", "-o", "json", ref)
+	var shown map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &shown); err != nil || len(shown["scan"].(map[string]any)["findings"].([]any)) != 4 {
+		t.Fatalf("images show -o json: %v\n%s", err, r.stdout)
+	}
+	if r := f.ok("images", "show", "--sbom", ref); r.stdout != `{"sbom":"spdx"}`+"\n" {
+		t.Fatalf("--sbom printed %q", r.stdout)
+	}
+	if r := f.ok("images", "show", "--sbom", "--sbom-format", "cyclonedx", repo+":2.4"); r.stdout != `{"sbom":"cyclonedx"}`+"\n" {
+		t.Fatalf("--sbom --sbom-format cyclonedx printed %q", r.stdout)
+	}
+	r = f.ok("images", "list", "--repository", repo)
+	if !strings.Contains(r.stdout, "quarantined  ") || !strings.Contains(r.stdout, "2 critical vulnerabilities: CVE-2026-00") {
+		t.Errorf("images list lacks the short form:\n%s", r.stdout)
+	}
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"format without --sbom", []string{"images", "show", "--sbom-format", "cyclonedx", ref}, "--sbom-format chooses the format of --sbom; add --sbom"},
+		{"--sbom with -o", []string{"images", "show", "--sbom", "-o", "json", ref}, "leave out -o"},
+		{"unknown format", []string{"images", "show", "--sbom", "--sbom-format", "swid", ref}, `unknown SBOM format "swid"`},
+		{"not scanned yet", []string{"images", "show", "--sbom", repo + "@" + string(queued)}, "its scan is queued"},
+	} {
+		r := cli(t, nil, append(tc.args, f.flags...)...)
+		if r.code == 0 || !strings.Contains(r.stderr, tc.want) || r.stdout != "" {
+			t.Errorf("%s: want a non-zero exit and %q on stderr; got %s", tc.name, tc.want, r)
+		}
 	}
 }

@@ -106,16 +106,11 @@ func humanBytes(n int64) string {
 }
 
 // firstReason is the reason a table shows: the first, with a count of the
-// others.
+// others; the vulnerabilities, which can be hundreds, count as one reason
+// that names the worst ("3 vulnerabilities ≥ high: CVE-…, CVE-… and 1
+// more").
 func firstReason(reasons []metadata.Reason) string {
-	if len(reasons) == 0 {
-		return "-"
-	}
-	s := reasonText(reasons[0])
-	if len(reasons) > 1 {
-		s += fmt.Sprintf(" (+%d more)", len(reasons)-1)
-	}
-	return s
+	return orDash(admin.ShortReason(reasons))
 }
 
 func reasonText(r metadata.Reason) string {
@@ -301,6 +296,9 @@ func writeImage(w io.Writer, img admin.Image, now time.Time) error {
 	}
 	field("State", string(img.State))
 	field("Tags", tagList(img.Tags))
+	if img.Index != "" {
+		field("Index", img.Repository+"@"+string(img.Index)+" (this platform was pulled through it)")
+	}
 	if o := img.Override; o != nil {
 		s := fmt.Sprintf("%s by %s at %s: %s", o.Action, o.By, stamp(o.At), oneLine(o.Reason))
 		if !o.Expires.IsZero() {
@@ -326,16 +324,7 @@ func writeImage(w io.Writer, img admin.Image, now time.Time) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	if len(img.Reasons) > 0 {
-		fmt.Fprintln(w, "Reasons:")
-		for _, r := range img.Reasons {
-			msg := reasonText(r)
-			if !strings.HasPrefix(strings.ToLower(msg), r.Type) {
-				msg = r.Type + ": " + msg
-			}
-			fmt.Fprintf(w, "  - %s%s\n", msg, reasonDetail(r))
-		}
-	}
+	writeReasons(w, img)
 	if len(img.Platforms) > 0 {
 		fmt.Fprintln(w, "Platforms:")
 		pw := tabwriter.NewWriter(w, 0, 0, colGap, ' ', 0)
@@ -350,7 +339,19 @@ func writeImage(w io.Writer, img admin.Image, now time.Time) error {
 			return err
 		}
 	}
+	if img.Scan != nil {
+		if err := writeScan(w, img.Scan, now); err != nil {
+			return err
+		}
+		if err := writeFindings(w, img); err != nil {
+			return err
+		}
+		writeWaived(w, img.Verdict.Waived, now)
+	}
 	ref := img.Repository + "@" + string(img.Digest)
+	if img.Scan != nil && img.Scan.State == metadata.ScanFailed {
+		fmt.Fprintf(w, "\nTo scan it again: airlock rescan %s\n", ref)
+	}
 	switch img.State {
 	case metadata.StateQuarantined:
 		fmt.Fprintf(w, "\nTo let it through: airlock release %s --reason TEXT [--expires YYYY-MM-DD]\n", ref)
@@ -448,4 +449,205 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// writeReasons lists an image's reasons, one a line with its detail. The
+// vulnerabilities of a policy are one line that names the worst: the
+// findings below list each of them.
+func writeReasons(w io.Writer, img admin.Image) {
+	if len(img.Reasons) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "Reasons:")
+	listed := img.Scan != nil && len(img.Scan.Findings) > 0
+	grouped := map[string]bool{}
+	for _, r := range img.Reasons {
+		if listed && r.Type == metadata.ReasonVulnerability && r.ID != "" {
+			key := r.Policy + "\x00" + r.Mode
+			if grouped[key] {
+				continue
+			}
+			grouped[key] = true
+			var group []metadata.Reason
+			for _, o := range img.Reasons {
+				if o.Type == metadata.ReasonVulnerability && o.ID != "" && o.Policy == r.Policy && o.Mode == r.Mode {
+					group = append(group, o)
+				}
+			}
+			detail := ""
+			if r.Policy != "" {
+				detail = " [policy " + r.Policy + "]"
+			}
+			fmt.Fprintf(w, "  - vulnerability: %s%s (listed under Findings)\n", admin.ShortReason(group), detail)
+			continue
+		}
+		msg := reasonText(r)
+		if !strings.HasPrefix(strings.ToLower(msg), r.Type) {
+			msg = r.Type + ": " + msg
+		}
+		fmt.Fprintf(w, "  - %s%s\n", msg, reasonDetail(r))
+	}
+}
+
+// writeScan is the vulnerability scan's block of images show.
+func writeScan(w io.Writer, s *metadata.Scan, now time.Time) error {
+	fmt.Fprintln(w, "Vulnerability scan:")
+	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
+	field := func(k, v string) { fmt.Fprintf(tw, "  %s:\t%s\n", k, v) }
+	state := s.State
+	if s.Attempts > 1 {
+		state += fmt.Sprintf(" (attempt %d)", s.Attempts)
+	}
+	field("State", state)
+	if !s.Queued.IsZero() {
+		field("Queued", fmt.Sprintf("%s (%s)", stamp(s.Queued), since(s.Queued, now)))
+	}
+	if !s.Started.IsZero() {
+		v := stamp(s.Started)
+		if !s.Queued.IsZero() && !s.Started.Before(s.Queued) {
+			v += " (waited " + s.Started.Sub(s.Queued).Round(time.Second).String() + ")"
+		}
+		field("Started", v)
+	}
+	if !s.Finished.IsZero() {
+		v := fmt.Sprintf("%s (%s", stamp(s.Finished), since(s.Finished, now))
+		if !s.Started.IsZero() && !s.Finished.Before(s.Started) {
+			v += ", took " + s.Finished.Sub(s.Started).Round(time.Second).String()
+		}
+		field("Finished", v+")")
+	}
+	if s.Error != "" {
+		field("Error", oneLine(s.Error))
+	}
+	if s.Note != "" {
+		field("Note", oneLine(s.Note))
+	}
+	if s.State == metadata.ScanDone || s.Packages > 0 || s.Distribution != "" {
+		field("Distribution", orDash(s.Distribution))
+		field("Packages", fmt.Sprintf("%d in %d layers (%s)", s.Packages, s.Layers, humanBytes(s.Size)))
+	}
+	if s.Data != "" {
+		field("Data", s.Data)
+	}
+	return tw.Flush()
+}
+
+// writeFindings lists the findings worst first, a group per severity,
+// each with its versions, what it does to the image and its advisory.
+func writeFindings(w io.Writer, img admin.Image) error {
+	if img.Scan.State != metadata.ScanDone && len(img.Scan.Findings) == 0 {
+		return nil
+	}
+	sum := admin.Summarize(img.Image)
+	if sum.Findings == 0 {
+		fmt.Fprintln(w, "Findings: none")
+		return nil
+	}
+	var counts []string
+	for _, sev := range admin.Severities() {
+		if n := sum.BySeverity[sev]; n > 0 {
+			counts = append(counts, fmt.Sprintf("%d %s", n, sev))
+		}
+	}
+	head := fmt.Sprintf("Findings: %d (%s)", sum.Findings, strings.Join(counts, ", "))
+	if sum.Blocking > 0 {
+		head += fmt.Sprintf("; %d refused by policy", sum.Blocking)
+	}
+	if sum.Waived > 0 {
+		head += fmt.Sprintf("; %d waived", sum.Waived)
+	}
+	fmt.Fprintln(w, head)
+	rows := admin.Findings(img.Image)
+	cells := make([][4]string, len(rows))
+	var widths [4]int
+	for i, f := range rows {
+		fixed := f.Fixed
+		if fixed == "" {
+			fixed = "no fix"
+		}
+		status := ""
+		switch {
+		case f.Blocking:
+			status = "refused"
+		case f.Waiver != nil:
+			status = "waived"
+		}
+		cells[i] = [4]string{oneLine(f.ID), oneLine(f.Package), oneLine(f.Installed) + " → " + oneLine(fixed), status}
+		for j, c := range cells[i] {
+			widths[j] = maxInt(widths[j], utf8.RuneCountInString(c))
+		}
+	}
+	pad := func(s string, n int) string { return s + strings.Repeat(" ", n-utf8.RuneCountInString(s)) }
+	group := ""
+	for i, f := range rows {
+		if sev := severityName(f.Severity); sev != group {
+			group = sev
+			fmt.Fprintf(w, "  %s:\n", group)
+		}
+		c := cells[i]
+		line := "    " + pad(c[0], widths[0]) + "  " + pad(c[1], widths[1]) + "  " + pad(c[2], widths[2])
+		if widths[3] > 0 {
+			line += "  " + pad(c[3], widths[3])
+		}
+		if link := oneLine(f.Link); link != "" {
+			line += "  " + link
+		}
+		fmt.Fprintln(w, strings.TrimRight(line, " "))
+	}
+	return nil
+}
+
+// severityName is a finding's severity as its group is headed.
+func severityName(s string) string {
+	if admin.SeverityRank(s) == 0 {
+		return metadata.SeverityUnknown
+	}
+	return s
+}
+
+// writeWaived lists the findings waivers let through, each with its
+// waiver and its end.
+func writeWaived(w io.Writer, waived []metadata.Waived, now time.Time) {
+	if len(waived) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "Waived:")
+	for _, wv := range waived {
+		s := "  " + oneLine(wv.ID)
+		if wv.Severity != "" {
+			s += " (" + oneLine(wv.Severity) + ")"
+		}
+		if wv.Package != "" {
+			s += " in " + oneLine(wv.Package)
+		}
+		switch wv.Source {
+		case "", "policy":
+			s += ": allowed by policy " + oneLine(wv.Policy)
+		default:
+			s += ": not affected per " + oneLine(wv.Source) + " (policy " + oneLine(wv.Policy) + ")"
+		}
+		if wv.Until.IsZero() {
+			s += ", no end"
+		} else {
+			s += fmt.Sprintf(", until %s (%s)", stamp(wv.Until), until(wv.Until, now))
+		}
+		if wv.Reason != "" {
+			s += ": " + oneLine(wv.Reason)
+		}
+		fmt.Fprintln(w, s)
+	}
+}
+
+// until says how long is left before t.
+func until(t, now time.Time) string {
+	d := t.Sub(now)
+	switch {
+	case d <= 0:
+		return "ended"
+	case d < time.Hour:
+		return "in " + strconv.Itoa(int(d/time.Minute)) + "m"
+	case d < 48*time.Hour:
+		return "in " + strconv.Itoa(int(d/time.Hour)) + "h"
+	}
+	return "in " + strconv.Itoa(int(d/(24*time.Hour))) + "d"
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -205,5 +206,121 @@ func TestCLIAuditCheckText(t *testing.T) {
 		"audit log BROKEN at record 1: record 1 is missing: it was deleted\n"
 	if out.String() != want {
 		t.Fatalf("got:\n%s\nwant:\n%s", out.String(), want)
+	}
+}
+
+// scannedImage is a quarantined image with a finished scan: two critical
+// findings that a policy refuses, one high finding waived until a date,
+// and an unrated one.
+func scannedImage() admin.Image {
+	img := cliImage("dockerhub/library/nginx", "9f8e", metadata.StateQuarantined, []string{"1.27"})
+	img.Index = digest.Digest("sha256:" + strings.Repeat("d", 64))
+	img.Scan = &metadata.Scan{State: metadata.ScanDone, Queued: cliNow.Add(-3 * time.Minute), Started: cliNow.Add(-170 * time.Second),
+		Finished: cliNow.Add(-2 * time.Minute), Attempts: 1, Distribution: "Debian GNU/Linux 12 (bookworm)", Packages: 97, Layers: 3,
+		Size: 30 << 20, Data: "debian/updater/bookworm@2026-11-30",
+		Findings: []metadata.Finding{
+			{ID: "CVE-2026-0003", Package: "curl", Installed: "7.88.1-10", Fixed: "7.88.1-10+deb12u8", Severity: "high",
+				Link: "https://security-tracker.debian.org/tracker/CVE-2026-0003"},
+			{ID: "CVE-2026-0001", Package: "openssl", Installed: "3.0.11-1", Fixed: "3.0.15-1", Severity: "critical",
+				Link: "https://security-tracker.debian.org/tracker/CVE-2026-0001"},
+			{ID: "CVE-2026-0002", Package: "libssl3", Installed: "3.0.11-1", Severity: "critical"},
+			{ID: "CVE-2026-0009", Package: "tar", Installed: "1.34", Fixed: "1.35", Severity: "unknown"},
+		}}
+	for _, f := range img.Scan.Findings[1:3] {
+		img.Reasons = append(img.Reasons, metadata.Reason{Type: metadata.ReasonVulnerability, Policy: "no-critical",
+			Message: f.ID + " (" + f.Severity + ") in " + f.Package, ID: f.ID, Package: f.Package, Installed: f.Installed,
+			Fixed: f.Fixed, Severity: f.Severity})
+	}
+	img.Verdict = metadata.Verdict{State: metadata.StateQuarantined, Reasons: img.Reasons, Policies: []string{"no-critical"},
+		DecidedAt: cliNow.Add(-2 * time.Minute), Waived: []metadata.Waived{{ID: "CVE-2026-0003", Package: "curl", Severity: "high",
+			Policy: "no-critical", Reason: "not reachable: we never call curl", Source: "policy",
+			Until: time.Date(2027, 2, 1, 0, 0, 0, 0, time.UTC)}}}
+	return img
+}
+
+// TestCLIImageShowScan: images show prints the scan, the findings worst
+// first in one group per severity with what each does to the image, and
+// each waiver with its end.
+func TestCLIImageShowScan(t *testing.T) {
+	t.Parallel()
+	img := scannedImage()
+	var out bytes.Buffer
+	if err := writeImage(&out, img, cliNow); err != nil {
+		t.Fatal(err)
+	}
+	s := out.String()
+	for _, want := range []string{
+		"Index:          dockerhub/library/nginx@sha256:" + strings.Repeat("d", 64) + " (this platform was pulled through it)\n",
+		"  - vulnerability: 2 critical vulnerabilities: CVE-2026-0001 and CVE-2026-0002 [policy no-critical] (listed under Findings)\n",
+		"Vulnerability scan:\n",
+		"  State:        done\n",
+		"  Started:      2026-11-30 11:57:10 UTC (waited 10s)\n",
+		"  Finished:     2026-11-30 11:58:00 UTC (2m ago, took 50s)\n",
+		"  Distribution: Debian GNU/Linux 12 (bookworm)\n",
+		"  Packages:     97 in 3 layers (30.0 MiB)\n",
+		"Findings: 4 (2 critical, 1 high, 1 unknown); 2 refused by policy; 1 waived\n",
+		"  critical:\n" +
+			"    CVE-2026-0001  openssl  3.0.11-1 → 3.0.15-1            refused  https://security-tracker.debian.org/tracker/CVE-2026-0001\n" +
+			"    CVE-2026-0002  libssl3  3.0.11-1 → no fix              refused\n" +
+			"  high:\n" +
+			"    CVE-2026-0003  curl     7.88.1-10 → 7.88.1-10+deb12u8  waived   https://security-tracker.debian.org/tracker/CVE-2026-0003\n" +
+			"  unknown:\n" +
+			"    CVE-2026-0009  tar      1.34 → 1.35\n",
+		"Waived:\n  CVE-2026-0003 (high) in curl: allowed by policy no-critical, until 2027-02-01 00:00:00 UTC (in 62d): not reachable: we never call curl\n",
+		"To let it through: airlock release dockerhub/library/nginx@",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("images show lacks %q:\n%s", want, s)
+		}
+	}
+	// Each finding is listed once, in the findings.
+	if n := strings.Count(s, "CVE-2026-0002"); n != 2 {
+		t.Errorf("CVE-2026-0002 appears %d times; want twice (the reason's summary and its finding):\n%s", n, s)
+	}
+
+	// A scan still running, and one that failed.
+	img.Scan = &metadata.Scan{State: metadata.ScanRunning, Queued: cliNow.Add(-time.Minute), Started: cliNow.Add(-30 * time.Second), Attempts: 1}
+	img.Reasons, img.Verdict.Waived = nil, nil
+	out.Reset()
+	if err := writeImage(&out, img, cliNow); err != nil {
+		t.Fatal(err)
+	}
+	if s := out.String(); !strings.Contains(s, "  State:   scanning\n") || strings.Contains(s, "Findings") || strings.Contains(s, "Packages") {
+		t.Errorf("a running scan:\n%s", s)
+	}
+	img.Scan = &metadata.Scan{State: metadata.ScanFailed, Attempts: 5, Error: "layer sha256:77\nis not a tar archive"}
+	out.Reset()
+	if err := writeImage(&out, img, cliNow); err != nil {
+		t.Fatal(err)
+	}
+	if s := out.String(); !strings.Contains(s, "  State: failed (attempt 5)\n  Error: layer sha256:77 is not a tar archive\n") ||
+		!strings.Contains(s, "To scan it again: airlock rescan dockerhub/library/nginx@") {
+		t.Errorf("a failed scan:\n%s", s)
+	}
+}
+
+// TestCLIImageTableVulnerabilities: the table's reason names the worst
+// advisories and counts the rest, in its 100 columns.
+func TestCLIImageTableVulnerabilities(t *testing.T) {
+	t.Parallel()
+	img := scannedImage()
+	for i := range 40 {
+		img.Reasons = append(img.Reasons, metadata.Reason{Type: metadata.ReasonVulnerability, ID: fmt.Sprintf("CVE-2025-%04d", i),
+			Package: "pkg", Severity: "high", Message: "x"})
+	}
+	var out bytes.Buffer
+	if err := writeImageTable(&out, []admin.Image{img}, cliNow, tableWidth); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "quarantined  5m ago   42 vulnerabilities ≥ high: CVE-2…") {
+		t.Errorf("table:\n%s", out.String())
+	}
+	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		if n := utf8.RuneCountInString(l); n > tableWidth {
+			t.Errorf("line of %d columns: %s", n, l)
+		}
+	}
+	if got := firstReason(img.Reasons); got != "42 vulnerabilities ≥ high: CVE-2026-0001, CVE-2026-0002 and 40 more" {
+		t.Errorf("firstReason = %q", got)
 	}
 }

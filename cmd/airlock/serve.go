@@ -103,6 +103,8 @@ type gateway struct {
 	// stopTracing flushes spans at exit.
 	stopTracing func(context.Context) error
 	evictor     *evict.Evictor
+	// scans is the vulnerability scanner; nil when scanning is off.
+	scans *scanService
 
 	// cfg above is what the gateway runs with: what it started with, plus
 	// the shutdown settings of the last reload. loaded is the
@@ -177,8 +179,9 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 	// The gate withdraws and deletes content through the proxy, which asks
 	// the gate before serving: content is bound once both exist.
 	content := &lazyContent{}
+	g.scans = newScanService(cfg, content, log.With(slog.String("component", "scanner")), g.promReg)
 	g.gate, err = gate.New(ctx, gate.Options{Store: g.meta, Content: content, Policies: policies,
-		Alerts: g.alerts, Delivered: g.deliverer.Nudge, Verify: verifySignatures(content),
+		Alerts: g.alerts, Delivered: g.deliverer.Nudge, Verify: verifySignatures(content), Scanner: gateScanner(g.scans),
 		KnownRepository: content.Known, Logger: log.With(slog.String("component", "gate")), Registerer: g.promReg})
 	if err != nil {
 		g.meta.Close()
@@ -209,6 +212,9 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 		return nil, err
 	}
 	content.p = g.proxy
+	if g.scans != nil {
+		g.scans.result = g.gate.ScanResult
+	}
 	if g.policy, err = pullPolicy(cfg.Auth); err == nil {
 		g.auth, err = pullauth.New(pullauth.Options{Next: g.proxy, Resolver: g.proxy, Policy: g.policy,
 			Logger: log.With(slog.String("component", "pullauth")), Registerer: g.promReg})
@@ -433,6 +439,13 @@ func (g *gateway) run(ctx context.Context, configPath string) error {
 		defer close(alertsDone)
 		g.deliverer.Run(evictCtx)
 	}()
+	scansDone := make(chan struct{})
+	go func() {
+		defer close(scansDone)
+		if g.scans != nil {
+			g.scans.run(evictCtx)
+		}
+	}()
 	g.ready.Store(true)
 	access, open := pullAccess(g.cfg.Auth, g.policy, regLn.Addr())
 	g.log.Info("airlock serving", slog.String("version", g.build.Version), slog.String("commit", g.build.CommitLabel()),
@@ -481,6 +494,7 @@ loop:
 	<-evictDone
 	<-gateDone
 	<-alertsDone
+	<-scansDone
 	if err := g.stopTracing(drain); err != nil {
 		g.log.Warn("flushing trace spans failed", slog.String("error", err.Error()))
 	}
@@ -720,3 +734,12 @@ func (c *lazyContent) Remove(ctx context.Context, repo string, d digest.Digest) 
 }
 
 func (c *lazyContent) Known(repo string) bool { return c.p != nil && c.p.Known(repo) }
+
+// Manifest and Blob are the scanner's reads (scanner.Content).
+func (c *lazyContent) Manifest(ctx context.Context, repo string, d digest.Digest) ([]byte, string, error) {
+	return c.p.ScanContent().Manifest(ctx, repo, d)
+}
+
+func (c *lazyContent) Blob(ctx context.Context, repo string, d digest.Digest) (io.ReadCloser, error) {
+	return c.p.ScanContent().Blob(ctx, repo, d)
+}

@@ -95,7 +95,10 @@ func (s *scanService) run(ctx context.Context) {
 	}
 	s.s.Store(sc)
 	s.log.Info("vulnerability scanner started")
-	sc.Run(ctx)
+	if err := sc.Run(ctx); err != nil && ctx.Err() == nil {
+		s.log.Error("the vulnerability scanner stopped; new images under policies that check vulnerabilities are held until airlock restarts",
+			slog.String("error", err.Error()))
+	}
 	closing, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := sc.Close(closing); err != nil {

@@ -649,13 +649,17 @@ func (g *gateway) adminHandler() (http.Handler, error) {
 	mux.HandleFunc("GET /healthz", g.health)
 	mux.HandleFunc("GET /readyz", g.readiness)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g.promReg, promhttp.HandlerOpts{}))
-	api, err := admin.New(admin.Options{Store: g.meta, Decider: g.gate, Tags: g.meta, Cache: g.proxy,
+	var sboms admin.SBOMs
+	if g.scans != nil {
+		sboms = g.scans // left a nil interface when scanning is off
+	}
+	api, err := admin.New(admin.Options{Store: g.meta, Decider: g.gate, Tags: g.meta, Cache: g.proxy, SBOMs: sboms,
 		TokenFile: g.cfg.Admin.TokenFile, Logger: g.log.With(slog.String("component", "admin"))})
 	if err != nil {
 		return nil, err
 	}
 	mux.Handle(admin.Prefix, api)
-	ui, err := console.New(console.Options{Store: g.meta, Decider: g.gate, TokenFile: g.cfg.Admin.TokenFile,
+	ui, err := console.New(console.Options{Store: g.meta, Decider: g.gate, TokenFile: g.cfg.Admin.TokenFile, SBOMs: sboms,
 		Cache: g.proxy, Manifests: g.meta, Denials: g.gate.RecentDenials, Stats: console.StatsFrom(g.promReg),
 		Logger: g.log.With(slog.String("component", "console"))})
 	if err != nil {

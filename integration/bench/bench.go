@@ -20,6 +20,9 @@ type bench struct {
 	origin *origin
 	seed   *seeder
 	client *client
+	// readers read bodies 32 KiB and 1 MiB at a time, as Docker and
+	// containerd do (scenarios 1 and 5).
+	readers []*client
 	// signers sign scenario 12's images; airlock trusts their keys.
 	signers *signers
 
@@ -33,7 +36,7 @@ type bench struct {
 }
 
 func newBench(ctx context.Context, s settings, dir, bin string) (_ *bench, err error) {
-	b := &bench{s: s, dir: dir, client: newClient()}
+	b := &bench{s: s, dir: dir, client: newClient(), readers: []*client{newReader(32 << 10), newReader(1 << 20)}}
 	defer func() {
 		if err != nil {
 			b.close()
@@ -111,7 +114,7 @@ func (b *bench) runAll(ctx context.Context) ([]row, error) {
 		{"2: warm manifest by tag", b.warmTag},
 		{"3: warm manifest by digest", b.warmDigest},
 		{"4: cold image", b.coldImage},
-		{"5: cold layer time to first byte", b.coldTTFB},
+		{"5: cold layer, fast and slow origin", b.coldLayer},
 		{"6: concurrent cold pulls", b.concurrentCold},
 		{"7: joining a slow transfer", b.joinSlow},
 		{"8: first client hangs up", b.hangUp},

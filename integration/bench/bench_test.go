@@ -84,6 +84,22 @@ func TestOriginServesCountsAndThrottles(t *testing.T) {
 		}
 	}
 
+	// The timed pulls check a CRC-32C instead of the digest; it must
+	// catch wrong bytes as well, whatever the read size.
+	for _, rd := range []*client{newReader(32 << 10), newReader(1 << 20)} {
+		l := img.Blobs[1]
+		if _, err := rd.fetchBlobCRC(t.Context(), o.URL, img.Repo, l); err != nil {
+			t.Fatalf("%s: %v", readLabel(rd.readSize), err)
+		}
+		l.CRC++
+		if _, err := rd.fetchBlobCRC(t.Context(), o.URL, img.Repo, l); err == nil {
+			t.Fatalf("%s: a wrong CRC-32C passed the check", readLabel(rd.readSize))
+		}
+	}
+	for _, b := range img.Blobs {
+		o.waitBlobIdle(b.Digest, 10*time.Second)
+	}
+
 	const rate = 1 << 20 // 256 KiB at 1 MiB/s takes about 250 ms
 	o.rate.Store(rate)
 	start := time.Now()

@@ -15,7 +15,8 @@ import (
 // well under five minutes on a 2-core machine.
 type settings struct {
 	rounds     int
-	blobMiB    int64 // scenarios 1, 5 and 9
+	blobMiB    int64 // scenarios 1 and 9
+	coldMiB    int64 // scenario 5
 	clients    int   // scenario 1, many clients
 	layerMiB   int64 // scenarios 4, 6, 7 and 8
 	layers     int   // scenario 4
@@ -30,11 +31,12 @@ func main() {
 	var s settings
 	var serve, serveManifest, listen string
 	flag.IntVar(&s.rounds, "rounds", 3, "timed rounds per scenario and contender; the median is reported")
-	flag.Int64Var(&s.blobMiB, "blob-mib", 256, "size of the large blob in MiB (scenarios 1, 5, 9)")
+	flag.Int64Var(&s.blobMiB, "blob-mib", 256, "size of the large blob in MiB (scenarios 1, 9)")
+	flag.Int64Var(&s.coldMiB, "cold-mib", 128, "size of the cold layer in MiB (scenario 5)")
 	flag.IntVar(&s.clients, "clients", 32, "concurrent clients of the warm blob (scenario 1)")
 	flag.Int64Var(&s.layerMiB, "layer-mib", 16, "layer size in MiB of the cold images (scenarios 4, 6, 7, 8)")
 	flag.IntVar(&s.layers, "layers", 4, "layers per cold image (scenario 4)")
-	flag.Int64Var(&s.rateMiB, "rate-mib", 64, "origin bandwidth per response in MiB/s for cold pulls, like a distant registry (scenarios 4, 6, 7, 8)")
+	flag.Int64Var(&s.rateMiB, "rate-mib", 64, "origin bandwidth per response in MiB/s for cold pulls, like a distant registry (scenarios 4, 5, 6, 7, 8, 10; 4, 5 and 10 also run unthrottled)")
 	flag.IntVar(&s.manifestN, "manifest-requests", 50, "manifest GETs per client per round (scenarios 2, 3)")
 	flag.DurationVar(&s.slowSecond, "slow-for", 3*time.Second, "how long the slow clients read (scenario 9)")
 	flag.StringVar(&s.out, "out", "docs/benchmarks.md", "Markdown file the report is written to (empty: stdout only)")

@@ -42,6 +42,20 @@ func roundSpread(a, b []float64) string {
 	return fmt.Sprintf("%.2f–%.2f×", lo, hi)
 }
 
+// differenceSpread gives the range over rounds of a[i]-b[i], for rows
+// whose goal is a difference, not a ratio.
+func differenceSpread(a, b []time.Duration) string {
+	if len(a) == 0 || len(b) == 0 {
+		return ""
+	}
+	lo, hi := a[0]-b[0], a[0]-b[0]
+	for i := range min(len(a), len(b)) {
+		lo, hi = min(lo, a[i]-b[i]), max(hi, a[i]-b[i])
+	}
+	msf := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	return fmt.Sprintf("%+.1f to %+.1f ms", msf(lo), msf(hi))
+}
+
 // durations converts for roundSpread.
 func durations(ds []time.Duration) []float64 {
 	out := make([]float64, len(ds))
@@ -110,9 +124,11 @@ func render(s settings, rows []row, h hostInfo, took time.Duration) string {
 	fmt.Fprintf(&b, "Produced by `go run ./integration/bench` on %s: %s, %d cores, %s, %s. The run took %v.\n\n",
 		h.date, h.cpu, h.cores, h.os, h.goVer, took.Round(time.Second))
 	fmt.Fprintf(&b, "Settings: %d rounds (median reported), large blob %d MiB, %d clients on the warm blob, "+
-		"cold images of %d × %d MiB layers, origin throttled to %d MiB/s per response for cold image pulls "+
-		"and %d MiB/s for scenarios 7 and 8, %d manifest requests per client per round.\n\n",
-		s.rounds, s.blobMiB, s.clients, s.layers, s.layerMiB, s.rateMiB, max(1, s.rateMiB/4), s.manifestN)
+		"a cold layer of %d MiB, cold images of %d × %d MiB layers, origin throttled to %d MiB/s per response for cold "+
+		"pulls (scenarios 4, 5 and 10 also unthrottled) and %d MiB/s for scenarios 7 and 8, %d manifest requests "+
+		"per client per round. The clients of scenarios 1 and 5 read bodies 32 KiB at a time, as Docker does, and "+
+		"1 MiB at a time, as containerd does; the others 256 KiB.\n\n",
+		s.rounds, s.blobMiB, s.clients, s.coldMiB, s.layers, s.layerMiB, s.rateMiB, max(1, s.rateMiB/4), s.manifestN)
 	b.WriteString("Contenders, all on loopback: **airlock** as its own process; **distribution** v3.1.2 in proxy mode " +
 		"(filesystem storage, in-process); **direct** pulls from the origin registry; the **ceiling**, a bare " +
 		"`http.ServeContent` of an `*os.File` with the same bytes, as its own process.\n\n")

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -26,6 +27,9 @@ type blob struct {
 	Digest string
 	Size   int64
 	Path   string
+	// CRC is the CRC-32C of the content, for checks cheaper than the
+	// digest (fetchBlobCRC).
+	CRC uint32
 }
 
 // image is one seeded image: its tag, manifest digest and blobs (config
@@ -56,7 +60,8 @@ func (s *seeder) blob(size int64) (blob, error) {
 	var key [32]byte
 	key[0], key[1] = byte(s.next), byte(s.next>>8)
 	h := sha256.New()
-	w := bufio.NewWriterSize(io.MultiWriter(f, h), 1<<20)
+	sum := crc32.New(castagnoli)
+	w := bufio.NewWriterSize(io.MultiWriter(f, h, sum), 1<<20)
 	if _, err := io.CopyN(w, rand.NewChaCha8(key), size); err != nil {
 		return blob{}, fmt.Errorf("write seed blob: %w", err)
 	}
@@ -68,7 +73,7 @@ func (s *seeder) blob(size int64) (blob, error) {
 	if err := f.Sync(); err != nil {
 		return blob{}, fmt.Errorf("sync seed blob: %w", err)
 	}
-	b := blob{Digest: "sha256:" + hex.EncodeToString(h.Sum(nil)), Size: size, Path: path}
+	b := blob{Digest: "sha256:" + hex.EncodeToString(h.Sum(nil)), Size: size, Path: path, CRC: sum.Sum32()}
 	s.origin.addBlob(b.Digest, path)
 	return b, nil
 }
@@ -80,7 +85,7 @@ func (s *seeder) bytesBlob(data []byte) (blob, error) {
 		return blob{}, fmt.Errorf("write seed blob: %w", err)
 	}
 	sum := sha256.Sum256(data)
-	b := blob{Digest: "sha256:" + hex.EncodeToString(sum[:]), Size: int64(len(data)), Path: path}
+	b := blob{Digest: "sha256:" + hex.EncodeToString(sum[:]), Size: int64(len(data)), Path: path, CRC: crc32.Checksum(data, castagnoli)}
 	s.origin.addBlob(b.Digest, path)
 	return b, nil
 }

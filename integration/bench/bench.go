@@ -28,6 +28,9 @@ type bench struct {
 
 	airlock    *child
 	airlockURL string
+	// before is the -baseline airlock, nil without one.
+	before     *child
+	beforeURL  string
 	dist       *distributionProxy
 	ceiling    *child
 	ceilingURL string
@@ -64,6 +67,15 @@ func newBench(ctx context.Context, s settings, dir, bin string) (_ *bench, err e
 	if b.airlock, b.airlockURL, err = startAirlock(ctx, bin, dir, b.origin, pins, b.signers); err != nil {
 		return nil, err
 	}
+	if s.baseline != "" {
+		bdir := filepath.Join(dir, "before")
+		if err := os.MkdirAll(bdir, 0o755); err != nil {
+			return nil, err
+		}
+		if b.before, b.beforeURL, err = startAirlock(ctx, s.baseline, bdir, b.origin, pins, b.signers); err != nil {
+			return nil, fmt.Errorf("the baseline airlock: %w", err)
+		}
+	}
 	if b.dist, err = startDistribution(ctx, filepath.Join(dir, "distribution"), b.origin.URL); err != nil {
 		return nil, err
 	}
@@ -79,6 +91,7 @@ func newBench(ctx context.Context, s settings, dir, bin string) (_ *bench, err e
 
 func (b *bench) close() {
 	b.airlock.stop()
+	b.before.stop()
 	b.ceiling.stop()
 	if b.dist != nil {
 		b.dist.close()
@@ -101,6 +114,14 @@ func (b *bench) proxies() []contender {
 
 func (b *bench) withDirect() []contender {
 	return append(b.proxies(), contender{"direct", b.origin.URL, nil})
+}
+
+// withBefore adds the -baseline airlock, if there is one, to cs.
+func (b *bench) withBefore(cs []contender) []contender {
+	if b.before == nil {
+		return cs
+	}
+	return append(cs, contender{beforeColumn, b.beforeURL, b.before})
 }
 
 // runAll runs every scenario in order and returns the table rows.

@@ -25,6 +25,20 @@ type child struct {
 	cmd    *exec.Cmd
 	exited chan struct{}
 	log    string
+	// data is an airlock's storage.path; "" for the ceiling.
+	data string
+}
+
+// stored reports whether the airlock c has committed blob digest to its
+// store: its fills go on after their clients have the last byte, to make
+// the blob durable.
+func (c *child) stored(digest string) bool {
+	algo, hex, ok := strings.Cut(digest, ":")
+	if c.data == "" || !ok || len(hex) < 2 {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(c.data, "blobs", "blobs", algo, hex[:2], hex, "data"))
+	return err == nil
 }
 
 // stop sends SIGTERM and waits, killing after ten seconds.
@@ -231,7 +245,8 @@ func startAirlock(ctx context.Context, bin, dir string, o *origin, pins []string
 		return nil, "", err
 	}
 	cfgPath := filepath.Join(dir, "airlock.yaml")
-	cfg := fmt.Sprintf(airlockConfig, addr, filepath.Join(dir, "airlock-data"), admin, o.URL, o.PinnedURL, pinFile,
+	data := filepath.Join(dir, "airlock-data")
+	cfg := fmt.Sprintf(airlockConfig, addr, data, admin, o.URL, o.PinnedURL, pinFile,
 		sg.keyPath, sg.rootPath, sg.caPath, sg.pki.Identity())
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, "", err
@@ -240,6 +255,7 @@ func startAirlock(ctx context.Context, bin, dir string, o *origin, pins []string
 	if err != nil {
 		return nil, "", err
 	}
+	c.data = data
 	url := "http://" + addr
 	if err := waitHTTP(ctx, c, url+"/readyz", 60*time.Second); err != nil {
 		c.stop()

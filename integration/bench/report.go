@@ -67,6 +67,10 @@ func durations(ds []time.Duration) []float64 {
 
 var columns = []string{"airlock", "distribution", "direct", "ceiling"}
 
+// beforeColumn holds the baseline airlock's measurements (-baseline); the
+// table has the column only when a row does.
+const beforeColumn = "before"
+
 func verdict(met bool) string {
 	if met {
 		return "met"
@@ -151,11 +155,17 @@ func render(s settings, rows []row, h hostInfo, took time.Duration) string {
 			"summed over the rounds. Warm: the pulls of scenario 11 under the keyless policy, over three times its rounds, " +
 			"whose decision is kept in memory, so a warm pull does no cryptography.\n\n")
 	}
-	b.WriteString("| # | scenario | airlock | distribution | direct | ceiling | airlock ratio | goal | result |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
+	cols := columns
+	if slices.ContainsFunc(rows, func(r row) bool { return r.cells[beforeColumn] != "" }) {
+		cols = slices.Insert(slices.Clone(columns), 1, beforeColumn)
+		b.WriteString("The **before** column is airlock built from an earlier commit (`-baseline`), measured in the same " +
+			"rounds as the others, in turn with them.\n\n")
+	}
+	b.WriteString("| # | scenario | " + strings.Join(cols, " | ") + " | airlock ratio | goal | result |\n")
+	b.WriteString("|---|---|" + strings.Repeat("---|", len(cols)) + "---|---|---|\n")
 	for _, r := range rows {
 		fmt.Fprintf(&b, "| %s | %s |", r.id, r.scenario)
-		for _, c := range columns {
+		for _, c := range cols {
 			v := r.cells[c]
 			if v == "" {
 				v = "—"

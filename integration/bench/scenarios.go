@@ -19,20 +19,21 @@ import (
 // reading 32 KiB and 1 MiB at a time.
 func (b *bench) warmBlob(ctx context.Context) ([]row, error) {
 	layer := b.warm.Blobs[1]
-	for _, c := range b.proxies() {
+	for _, c := range b.withBefore(b.proxies()) {
 		if _, err := b.client.fetchBlob(ctx, c.url, b.warm.Repo, layer); err != nil {
 			return nil, fmt.Errorf("warm up %s: %w", c.name, err)
 		}
 		b.origin.waitBlobIdle(layer.Digest, time.Minute)
 	}
 	contenders := append(b.proxies(), contender{"ceiling", b.ceilingURL + "/blob", b.ceiling})
+	contenders = b.withBefore(contenders)
 	url := func(c contender) string {
 		if c.name == "ceiling" {
 			return c.url
 		}
 		return c.url + "/v2/" + b.warm.Repo + "/blobs/" + layer.Digest
 	}
-	if _, err := b.client.fetch(ctx, url(contenders[2]), noCheck); err != nil {
+	if _, err := b.client.fetch(ctx, url(contenders[2]), noCheck); err != nil { // the ceiling
 		return nil, fmt.Errorf("warm up the ceiling: %w", err)
 	}
 	var rows []row
@@ -115,16 +116,22 @@ func (b *bench) warmRounds(ctx context.Context, rd *client, n int, layer blob, c
 		return time.Duration(float64(cpu[name]) / (float64(moved[name]) / (1 << 30)))
 	}
 	ca, cc := perGiB("airlock"), perGiB("ceiling")
+	speedCells := map[string]string{"airlock": mibps(a), "distribution": mibps(d), "ceiling": mibps(ceil)}
+	cpuCells := map[string]string{"airlock": ms(ca), "distribution": "in-process, not measured", "ceiling": ms(cc)}
+	if v := speed[beforeColumn]; v != nil {
+		speedCells[beforeColumn] = mibps(medianFloat(v))
+		cpuCells[beforeColumn] = ms(perGiB(beforeColumn))
+	}
 	return []row{{
 		id: "1", scenario: what + ": throughput",
-		cells:   map[string]string{"airlock": mibps(a), "distribution": mibps(d), "ceiling": mibps(ceil)},
+		cells:   speedCells,
 		ratio:   fmt.Sprintf("%.2f× ceiling, %.2f× distribution", a/ceil, a/d),
 		goal:    "≥ 0.95× ceiling, ≥ distribution",
 		verdict: verdict(a >= 0.95*ceil && a >= d),
 		spread:  roundSpread(speed["airlock"], speed["ceiling"]),
 	}, {
 		id: "1", scenario: what + ": server CPU per GiB",
-		cells:   map[string]string{"airlock": ms(ca), "distribution": "in-process, not measured", "ceiling": ms(cc)},
+		cells:   cpuCells,
 		ratio:   ratio(float64(ca), float64(cc)) + " ceiling",
 		goal:    "≤ 1.1× ceiling",
 		verdict: verdict(float64(ca) <= 1.1*float64(cc)),
@@ -444,14 +451,14 @@ func (b *bench) coldLayer(ctx context.Context) ([]row, error) {
 // one origin rate (MiB/s, 0 for unthrottled) and read size.
 func (b *bench) coldLayerRounds(ctx context.Context, rd *client, rate int64) ([]row, error) {
 	ttfb, total := map[string][]time.Duration{}, map[string][]time.Duration{}
-	var cpu time.Duration
-	var fetched int64
+	cpu := map[string]time.Duration{}
+	fetched := map[string]int64{}
 	for round := range b.s.rounds {
 		l, err := b.seed.blob(b.s.coldMiB * mib)
 		if err != nil {
 			return nil, err
 		}
-		cs := b.withDirect()
+		cs := b.withBefore(b.withDirect())
 		for i := range cs {
 			c := cs[(i+round)%len(cs)]
 			var cpu0 time.Duration
@@ -463,15 +470,20 @@ func (b *bench) coldLayerRounds(ctx context.Context, rd *client, rate int64) ([]
 				return nil, fmt.Errorf("%s: %w", c.name, err)
 			}
 			// The proxies' fills end after their clients' transfers; the
-			// next contender starts once the origin sent the last byte.
+			// next contender starts once the origin sent the last byte and
+			// airlock committed what it fetched, so that neither the
+			// commit's disk writes nor its CPU time land on the next.
 			b.waitIdle([]blob{l})
 			if c.proc != nil {
+				if err := waitFor(time.Minute, func() bool { return c.proc.stored(l.Digest) }); err != nil {
+					return nil, fmt.Errorf("%s did not store blob %s: %w", c.name, l.Digest, err)
+				}
 				cpu1, err := c.proc.cpu()
 				if err != nil {
 					return nil, err
 				}
-				cpu += cpu1 - cpu0
-				fetched += l.Size
+				cpu[c.name] += cpu1 - cpu0
+				fetched[c.name] += l.Size
 			}
 			ttfb[c.name] = append(ttfb[c.name], r.ttfb)
 			total[c.name] = append(total[c.name], r.total)
@@ -486,17 +498,25 @@ func (b *bench) coldLayerRounds(ctx context.Context, rd *client, rate int64) ([]
 	what := fmt.Sprintf("cold %d MiB layer, %s, %s", b.s.coldMiB, origin, readLabel(rd.readSize))
 	a, d, x := median(ttfb["airlock"]), median(ttfb["distribution"]), median(ttfb["direct"])
 	ta, td, tx := median(total["airlock"]), median(total["distribution"]), median(total["direct"])
-	perGiB := time.Duration(float64(cpu) / (float64(fetched) / (1 << 30)))
+	perGiB := func(name string) float64 {
+		return cpu[name].Seconds() / (float64(fetched[name]) / (1 << 30))
+	}
+	ttfbCells := map[string]string{"airlock": ms(a), "distribution": ms(d), "direct": ms(x)}
+	totalCells := map[string]string{"airlock": fmt.Sprintf("%s (%.2f s CPU/GiB)", ms(ta), perGiB("airlock")), "distribution": ms(td), "direct": ms(tx)}
+	if v := ttfb[beforeColumn]; v != nil {
+		ttfbCells[beforeColumn] = ms(median(v))
+		totalCells[beforeColumn] = fmt.Sprintf("%s (%.2f s CPU/GiB)", ms(median(total[beforeColumn])), perGiB(beforeColumn))
+	}
 	return []row{{
 		id: "5", scenario: what + ": time to first byte",
-		cells:   map[string]string{"airlock": ms(a), "distribution": ms(d), "direct": ms(x)},
+		cells:   ttfbCells,
 		ratio:   fmt.Sprintf("%+.1f ms vs direct", float64(a-x)/float64(time.Millisecond)),
 		goal:    "≤ direct + 5 ms",
 		verdict: verdict(a <= x+5*time.Millisecond),
 		spread:  differenceSpread(ttfb["airlock"], ttfb["direct"]),
 	}, {
-		id: "5", scenario: what + ": whole transfer (airlock's CPU per GiB fetched)",
-		cells:   map[string]string{"airlock": fmt.Sprintf("%s (%.2f s CPU/GiB)", ms(ta), perGiB.Seconds()), "distribution": ms(td), "direct": ms(tx)},
+		id: "5", scenario: what + ": whole transfer (CPU per GiB fetched and stored)",
+		cells:   totalCells,
 		ratio:   ratio(float64(ta), float64(tx)) + " direct",
 		goal:    goal,
 		verdict: verdict(float64(ta) <= limit*float64(tx)),
@@ -756,6 +776,18 @@ func (b *bench) slowRead(ctx context.Context, url string) int64 {
 		}
 	}
 	return n
+}
+
+// waitFor polls cond until it holds or timeout passes.
+func waitFor(timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("still waiting after %v", timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return nil
 }
 
 // waitIdle waits for the origin's transfers of blobs to end, so that one

@@ -240,8 +240,6 @@ func (p *Proxy) runFill(from context.Context, f *fill, rq *request) {
 	p.log.LogAttrs(ctx, lvl, "blob fill failed: nothing cached", append(attrs, slog.String("error", err.Error()))...)
 }
 
-const fillChunk = 256 << 10
-
 // fillProgressEvery is how often a long transfer logs how far it got, so an
 // operator can see a slow pull before it ends.
 const fillProgressEvery = 30 * time.Second
@@ -301,34 +299,31 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	f.update(func() { f.started, f.size, f.spool = true, size, spool })
 
 	// The spool hashes what it is given and Commit refuses a mismatch, so
-	// the body is only bounded here, not hashed a second time.
+	// the body is only bounded here, not hashed a second time. Each piece
+	// reaches readers once it is in the spool file; the spool hashes it on
+	// another goroutine meanwhile, and only the last byte waits for the
+	// hash (see snapshot).
 	vr := &lengthReader{r: body, want: -1, max: limit}
 	if f.declared == 0 {
 		vr.want = size
 	}
-	buf := make([]byte, fillChunk)
 	next := time.Now().Add(fillProgressEvery)
-	for {
-		n, rerr := vr.Read(buf)
-		if n > 0 {
-			if _, werr := spool.Write(buf[:n]); werr != nil {
-				return p.noSpace(ctx, rq, fmt.Errorf("writing spool for %s: %w", f.digest, werr))
-			}
-			p.metrics.bytesFrom(up, "upstream", n)
-			f.update(func() { f.written += int64(n) })
-			if now := time.Now(); now.After(next) {
-				next = now.Add(fillProgressEvery)
-				p.log.LogAttrs(ctx, slog.LevelInfo, "blob fill progress", slog.String("upstream", up),
-					slog.String("repository", rq.route.Repo), slog.String("digest", f.digest.String()),
-					slog.Int64("bytes", vr.n), slog.Int64("size", size))
-			}
+	fromUpstream := p.metrics.bytes.WithLabelValues(up, "upstream")
+	var sent int64
+	_, err = spool.Append(upstreamBody{vr, f.digest, up}, func(n int64) {
+		fromUpstream.Add(float64(n - sent))
+		sent = n
+		f.update(func() { f.written = n })
+		if now := time.Now(); now.After(next) {
+			next = now.Add(fillProgressEvery)
+			p.log.LogAttrs(ctx, slog.LevelInfo, "blob fill progress", slog.String("upstream", up),
+				slog.String("repository", rq.route.Repo), slog.String("digest", f.digest.String()),
+				slog.Int64("bytes", n), slog.Int64("size", size))
 		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			return fmt.Errorf("blob %s from upstream %s: %w", f.digest, up, rerr)
-		}
+	})
+	if err != nil {
+		// A full volume is the cache's failure, not the upstream's.
+		return p.noSpace(ctx, rq, err)
 	}
 	if f.declared > 0 && vr.n != f.declared {
 		return fmt.Errorf("blob %s from upstream %s is %d bytes, its manifest declares %d: %w",
@@ -441,6 +436,22 @@ func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error
 		}
 	}
 	return nil
+}
+
+// upstreamBody names the upstream and the blob in its read errors, which
+// the spool passes on as they are.
+type upstreamBody struct {
+	r        io.Reader
+	digest   digest.Digest
+	upstream string
+}
+
+func (u upstreamBody) Read(p []byte) (int, error) {
+	n, err := u.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("blob %s from upstream %s: %w", u.digest, u.upstream, err)
+	}
+	return n, err
 }
 
 // lengthReader fails as soon as a body runs past the length the upstream

@@ -151,11 +151,15 @@ func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, rq *request,
 	return nil
 }
 
+// passChunk is the most an uncached transfer reads from the upstream at a
+// time.
+const passChunk = 256 << 10
+
 // copyHoldingLastByte copies r to w but writes the last byte only after r
 // ended cleanly, so that an error at EOF (a digest mismatch) leaves the
 // receiver one byte short.
 func copyHoldingLastByte(w io.Writer, r io.Reader) error {
-	buf := make([]byte, fillChunk+1)
+	buf := make([]byte, passChunk+1)
 	held := 0 // 0 or 1: a byte kept back at buf[0]
 	for {
 		n, err := r.Read(buf[held:])

@@ -132,7 +132,7 @@ func TestFullCacheVolumeServesWithoutCaching(t *testing.T) {
 // blob never reaches the client whole.
 func TestPassThroughHoldsBackTheLastByte(t *testing.T) {
 	t.Parallel()
-	for _, n := range []int{0, 1, 2, fillChunk, fillChunk + 1, 3*fillChunk + 7} {
+	for _, n := range []int{0, 1, 2, passChunk, passChunk + 1, 3*passChunk + 7} {
 		data := bytes.Repeat([]byte{7}, n)
 		var out bytes.Buffer
 		if err := copyHoldingLastByte(&out, bytes.NewReader(data)); err != nil || !bytes.Equal(out.Bytes(), data) {

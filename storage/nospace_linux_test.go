@@ -123,6 +123,25 @@ func TestNoSpace(t *testing.T) {
 		b.Discard(put(t, b, small, sd))
 	})
 
+	t.Run("append", func(t *testing.T) {
+		t.Parallel()
+		b, err := NewFilesystem(smallVolume(t, volume, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		content, d := randomBlob(t, 2*volume)
+		s, err := b.NewSpool(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = s.Append(bytes.NewReader(content), nil)
+		requireNoSpace(t, "Append", err)
+		if err := b.Discard(s); err != nil {
+			t.Fatal(err)
+		}
+		requireNothingStored(t, b, d)
+	})
+
 	t.Run("reserve", func(t *testing.T) {
 		t.Parallel()
 		b, err := NewFilesystem(smallVolume(t, volume, 0))

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"io"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -112,11 +113,8 @@ func (s *Spool) Reserve(n int64) error {
 // Write appends p to the spool. Only one goroutine may write, and it must be
 // the one that later calls Commit.
 func (s *Spool) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	done := s.committed || s.closed
-	s.mu.Unlock()
-	if done {
-		return 0, fmt.Errorf("spool %s for %s: write after commit, discard or close", s.path, s.digest)
+	if err := s.writable(); err != nil {
+		return 0, err
 	}
 	n, err := s.f.Write(p)
 	s.h.Write(p[:n])
@@ -127,6 +125,94 @@ func (s *Spool) Write(p []byte) (int, error) {
 		return n, fmt.Errorf("spool %s for %s: %w", s.path, s.digest, noSpace(err))
 	}
 	return n, nil
+}
+
+func (s *Spool) writable() error {
+	s.mu.Lock()
+	done := s.committed || s.closed
+	s.mu.Unlock()
+	if done {
+		return fmt.Errorf("spool %s for %s: write after commit, discard or close", s.path, s.digest)
+	}
+	return nil
+}
+
+// Append hands what it read to its hashing goroutine in pieces of
+// appendPiece bytes, appendPieces of them in flight: one being read into
+// and the rest waiting to be hashed. Handing over whole pieces, however
+// little each read brings, keeps the hashing goroutine to one wake-up per
+// piece when the upstream trickles; and a download arrives faster than a
+// core hashes it, so more pieces would only wait longer.
+const (
+	appendPiece  = 256 << 10
+	appendPieces = 4
+)
+
+// Append reads r until io.EOF or an error, appending what it reads to the
+// spool as Write does, and returns the number of bytes appended. It is
+// how a download is spooled at the speed of the link: what each read
+// brings is written to the file and published (Size grows, then written
+// is called with the new size, on Append's goroutine) before it is hashed,
+// by a goroutine of Append's own that works through the bytes in order
+// while the next ones are read and written. Hashing is most of the CPU a
+// download costs; this way it no longer stands between the bytes' arrival
+// and their readers, and it runs on another core than the copying.
+//
+// Append returns once every appended byte is hashed, so Verify and Commit
+// see them all. An error reading r is returned as it is; an error writing
+// the file is wrapped as Write's are. Only the writer may call it.
+func (s *Spool) Append(r io.Reader, written func(size int64)) (int64, error) {
+	if err := s.writable(); err != nil {
+		return 0, err
+	}
+	free := make(chan []byte, appendPieces)
+	for range appendPieces {
+		free <- make([]byte, appendPiece)
+	}
+	full := make(chan []byte, appendPieces)
+	hashed := make(chan struct{})
+	go func() {
+		defer close(hashed)
+		for b := range full {
+			s.h.Write(b)
+			free <- b[:cap(b)] // never blocks: free holds every piece
+		}
+	}()
+	var n int64
+	var err error
+	b, used := <-free, 0
+	for err == nil {
+		m, rerr := r.Read(b[used:])
+		if m > 0 {
+			w, werr := s.f.Write(b[used : used+m])
+			s.size.Add(int64(w))
+			n += int64(w)
+			used += w
+			if werr != nil {
+				err = fmt.Errorf("spool %s for %s: %w", s.path, s.digest, noSpace(werr))
+				break
+			}
+			if written != nil {
+				written(s.size.Load())
+			}
+		}
+		switch {
+		case rerr == io.EOF:
+			err = io.EOF
+		case rerr != nil:
+			err = rerr
+		case used == len(b):
+			full <- b
+			b, used = <-free, 0
+		}
+	}
+	full <- b[:used]
+	close(full)
+	<-hashed
+	if err == io.EOF {
+		err = nil
+	}
+	return n, err
 }
 
 // ReadAt reads written bytes at off. It uses pread and is safe concurrently

@@ -1,0 +1,123 @@
+package storage
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"testing"
+	"testing/iotest"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// trickle returns what r holds in reads of random small sizes, the way a
+// body arrives from a slow upstream.
+type trickle struct {
+	r   io.Reader
+	rnd *rand.Rand
+}
+
+func (t *trickle) Read(p []byte) (int, error) {
+	n := 1 + t.rnd.IntN(70_000)
+	return t.r.Read(p[:min(len(p), n)])
+}
+
+// TestSpoolAppend spools bodies that arrive in every shape through
+// Append and checks that each byte is in the file before it is
+// announced, and that the spool hashed exactly what it wrote.
+func TestSpoolAppend(t *testing.T) {
+	t.Parallel()
+	content, d := randomBlob(t, 3*appendPiece+12_345)
+	for _, tc := range []struct {
+		name string
+		body func() io.Reader
+	}{
+		{"whole", func() io.Reader { return bytes.NewReader(content) }},
+		{"trickle", func() io.Reader { return &trickle{bytes.NewReader(content), rand.New(rand.NewPCG(1, 2))} }},
+		{"half reads", func() io.Reader { return iotest.HalfReader(bytes.NewReader(content)) }},
+		{"data with EOF", func() io.Reader { return iotest.DataErrReader(bytes.NewReader(content)) }},
+		{"one byte", func() io.Reader { return iotest.OneByteReader(bytes.NewReader(content[:5000])) }},
+	} {
+		for _, st := range stores {
+			t.Run(tc.name+"/"+st.name, func(t *testing.T) {
+				t.Parallel()
+				want, wd := content, d
+				if tc.name == "one byte" {
+					want = content[:5000]
+					wd = digest.FromBytes(want)
+				}
+				b := st.open(t)
+				s, err := b.NewSpool(wd)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer b.Discard(s)
+				var last int64
+				n, err := s.Append(tc.body(), func(size int64) {
+					if size <= last {
+						t.Errorf("written(%d) after written(%d)", size, last)
+					}
+					// What is announced must be readable already.
+					got := make([]byte, size-last)
+					if _, err := s.ReadAt(got, last); err != nil || !bytes.Equal(got, want[last:size]) {
+						t.Errorf("bytes %d-%d announced before they are in the file: %v", last, size, err)
+					}
+					last = size
+				})
+				if err != nil || n != int64(len(want)) || s.Size() != n || last != n {
+					t.Fatalf("Append = %d, %v; Size %d, last announced %d; want %d", n, err, s.Size(), last, len(want))
+				}
+				if err := s.Verify(); err != nil {
+					t.Fatalf("Verify after Append: %v", err)
+				}
+				if err := b.Commit(t.Context(), wd, s); err != nil {
+					t.Fatal(err)
+				}
+				r, _, err := b.Open(t.Context(), wd)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer r.Close()
+				if got, err := io.ReadAll(r); err != nil || !bytes.Equal(got, want) {
+					t.Fatalf("stored blob: %d bytes, %v", len(got), err)
+				}
+			})
+		}
+	}
+}
+
+// TestSpoolAppendReadError: a body that fails part-way leaves what came
+// before it spooled and hashed, and the failure is the body's own.
+func TestSpoolAppendReadError(t *testing.T) {
+	t.Parallel()
+	content, _ := randomBlob(t, appendPiece+777)
+	prefix := content[:appendPiece+100]
+	boom := errors.New("connection reset")
+	b := stores[0].open(t)
+	// The spool is for the prefix, so Verify says whether exactly the
+	// bytes before the failure were hashed.
+	s, err := b.NewSpool(digest.FromBytes(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Discard(s)
+	n, err := s.Append(io.MultiReader(bytes.NewReader(prefix), iotest.ErrReader(boom)), nil)
+	if err != boom || n != int64(len(prefix)) || s.Size() != n {
+		t.Fatalf("Append = %d, %v; Size %d; want %d, the body's error", n, err, s.Size(), len(prefix))
+	}
+	if err := s.Verify(); err != nil {
+		t.Fatalf("the bytes before the failure were not hashed as written: %v", err)
+	}
+}
+
+func TestSpoolAppendAfterCommit(t *testing.T) {
+	t.Parallel()
+	b := stores[0].open(t)
+	content, d := randomBlob(t, 1000)
+	s := put(t, b, content, d)
+	defer b.Discard(s)
+	if n, err := s.Append(bytes.NewReader(content), nil); err == nil || n != 0 {
+		t.Fatalf("Append after Commit = %d, %v; want an error", n, err)
+	}
+}

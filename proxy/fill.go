@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -398,6 +399,8 @@ func (f *fill) waitStarted(ctx context.Context) (fillState, error) {
 // error after the first byte means the response must be aborted.
 func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error {
 	flusher, _ := w.(interface{ Flush() })
+	src := f.spoolReader(off)
+	defer src.close()
 	for end < 0 || off < end {
 		s := f.snapshot()
 		if s.err != nil {
@@ -413,7 +416,7 @@ func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error
 			limit = end - 1
 		}
 		if limit > off {
-			n, err := io.Copy(w, io.NewSectionReader(f.spool, off, limit-off))
+			n, err := src.copy(w, off, limit-off)
 			off += n
 			if err != nil {
 				return err
@@ -436,6 +439,46 @@ func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error
 		}
 	}
 	return nil
+}
+
+// spoolReader is one reader's way through a fill's spool. With a handle of
+// its own on the spool file it hands net/http an *os.File, which goes to
+// the socket by sendfile, without passing through user space: on loopback
+// that cut the CPU time of a cold transfer's reader by more than half. A
+// handle of its own because sendfile sends from the handle's position.
+// Without one (no /proc, or out of file descriptors) it reads with ReadAt
+// through the fill's shared handle.
+type spoolReader struct {
+	spool *storage.Spool
+	own   *os.File // positioned where the next copy starts; nil: ReadAt
+}
+
+func (f *fill) spoolReader(off int64) *spoolReader {
+	r := &spoolReader{spool: f.spool}
+	if own, err := f.spool.OpenReader(); err == nil {
+		if _, err := own.Seek(off, io.SeekStart); err == nil {
+			r.own = own
+		} else {
+			own.Close()
+		}
+	}
+	return r
+}
+
+// copy writes n bytes at off to w; off must be where the last copy ended.
+func (r *spoolReader) copy(w io.Writer, off, n int64) (int64, error) {
+	if r.own == nil {
+		return io.Copy(w, io.NewSectionReader(r.spool, off, n))
+	}
+	// A short copy leaves the handle's position after the bytes it sent,
+	// where the next copy, if any, starts.
+	return io.Copy(w, io.LimitReader(r.own, n))
+}
+
+func (r *spoolReader) close() {
+	if r.own != nil {
+		r.own.Close()
+	}
 }
 
 // upstreamBody names the upstream and the blob in its read errors, which

@@ -4,6 +4,9 @@
 // in-memory) at /blobs/<algorithm>/<first two hex>/<hex>/data. A download is
 // written to a [Spool], a local temporary file that concurrent clients can
 // read while it grows, and becomes a blob only through [Blobs.Commit].
+// [Spool.Append] spools a body at the speed of the link: each read is in
+// the file, and readable, before it is hashed, and the hashing runs on a
+// goroutine of its own.
 //
 // Guarantees:
 //   - Anything at a final blob path is whole and verified. Commit is the only
@@ -26,7 +29,9 @@
 //   - On the local fast path (a filesystem driver whose root directory is
 //     known), [Blobs.Open] returns an *os.File so net/http can use sendfile,
 //     and a committed spool stays readable through handles already open on
-//     it, because a rename does not disturb open files.
+//     it, because a rename does not disturb open files. [Spool.OpenReader]
+//     gives each reader of a growing spool a handle of its own (on Linux),
+//     so that it too can be sent with sendfile, from its own position.
 //   - Committing the same digest twice, concurrently or not, is safe: the
 //     content is identical by construction, so whichever lands first wins and
 //     the other spool is dropped.

@@ -221,6 +221,22 @@ func (s *Spool) ReadAt(p []byte, off int64) (int, error) {
 	return s.f.ReadAt(p, off)
 }
 
+// OpenReader returns a read-only handle of the reader's own on the
+// spool's file, positioned at its start: a handle that net/http can pass to
+// sendfile, which reads from the handle's position, so each reader needs
+// its own. It stays valid through Commit and Discard, like the spool's own
+// handle. The caller closes it. Where the file cannot be reopened (no
+// /proc, a system other than Linux) it returns an error and readers use
+// ReadAt instead.
+func (s *Spool) OpenReader() (*os.File, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, fmt.Errorf("spool %s for %s: open after close", s.path, s.digest)
+	}
+	return reopen(s.f)
+}
+
 // Sync flushes written bytes to stable storage. Some filesystems (NFS, and
 // any with delayed allocation under a quota) report a full volume only
 // here, as an error wrapping ErrNoSpace.

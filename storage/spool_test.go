@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 	"testing/iotest"
 
@@ -119,5 +120,90 @@ func TestSpoolAppendAfterCommit(t *testing.T) {
 	defer b.Discard(s)
 	if n, err := s.Append(bytes.NewReader(content), nil); err == nil || n != 0 {
 		t.Fatalf("Append after Commit = %d, %v; want an error", n, err)
+	}
+}
+
+// TestSpoolOpenReader: each reader gets a handle with a position of its
+// own, and handles keep reading the download after its spool was
+// committed (renamed) or discarded (removed).
+func TestSpoolOpenReader(t *testing.T) {
+	t.Parallel()
+	if runtime.GOOS != "linux" {
+		t.Skip("OpenReader reopens through /proc/self/fd")
+	}
+	b := stores[0].open(t)
+	content, d := randomBlob(t, 100_000)
+	s, err := b.NewSpool(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write(content[:50_000]); err != nil {
+		t.Fatal(err)
+	}
+	r1, err := s.OpenReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r1.Close()
+	head := make([]byte, 1000)
+	if _, err := io.ReadFull(r1, head); err != nil || !bytes.Equal(head, content[:1000]) {
+		t.Fatalf("first reader: %v", err)
+	}
+	r2, err := s.OpenReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	if _, err := io.ReadFull(r2, head); err != nil || !bytes.Equal(head, content[:1000]) {
+		t.Fatalf("a second reader does not start at the beginning: %v", err)
+	}
+	// The rest arrives and the spool becomes the blob; both readers go on
+	// where they were.
+	if _, err := s.Write(content[50_000:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(t.Context(), d, s); err != nil {
+		t.Fatal(err)
+	}
+	r3, err := s.OpenReader()
+	if err != nil {
+		t.Fatalf("OpenReader after Commit: %v", err)
+	}
+	defer r3.Close()
+	for i, r := range []io.Reader{r1, r2} {
+		if rest, err := io.ReadAll(r); err != nil || !bytes.Equal(rest, content[1000:]) {
+			t.Fatalf("reader %d after Commit: %d bytes, %v", i+1, len(rest), err)
+		}
+	}
+	if all, err := io.ReadAll(r3); err != nil || !bytes.Equal(all, content) {
+		t.Fatalf("reader opened after Commit: %d bytes, %v", len(all), err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := s.OpenReader(); err == nil {
+		r.Close()
+		t.Fatal("OpenReader after Close succeeded")
+	}
+
+	// A discarded spool: a handle opened before keeps its bytes.
+	other, od := randomBlob(t, 10_000)
+	s2, err := b.NewSpool(od)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s2.Write(other); err != nil {
+		t.Fatal(err)
+	}
+	r4, err := s2.OpenReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r4.Close()
+	if err := b.Discard(s2); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := io.ReadAll(r4); err != nil || !bytes.Equal(got, other) {
+		t.Fatalf("reader of a discarded spool: %d bytes, %v", len(got), err)
 	}
 }

@@ -1,0 +1,122 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/storage"
+)
+
+// TestSlowReaderHoldsNoOther: the clients of a fill each stream the spool
+// at their own pace. One that stops reading (its socket buffers full, its
+// sendfile waiting) holds up neither the fill nor another client, and when
+// it reads on, after the spool became the blob, it still gets every byte.
+func TestSlowReaderHoldsNoOther(t *testing.T) {
+	t.Parallel()
+	o := newBlobOrigin(t)
+	const size = 16 << 20 // well past what the slow client's socket buffers take
+	d := o.add(size, 7)
+	o.mu.Lock()
+	want := o.blobs[d.String()]
+	o.mu.Unlock()
+	p := newBenchProxy(t, &benchOrigin{srv: o.srv})
+	srv := httptest.NewServer(p)
+	t.Cleanup(srv.Close)
+	url := srv.URL + "/v2/library/app/blobs/" + d.String()
+
+	// A receive buffer this small keeps the kernel from taking much of the
+	// blob on the slow client's behalf.
+	small := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	slowClient := &http.Client{Transport: &http.Transport{DialContext: small.DialContext, DisableCompression: true}}
+	t.Cleanup(slowClient.CloseIdleConnections)
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
+	slow, err := slowClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Body.Close()
+	if slow.StatusCode != http.StatusOK {
+		t.Fatalf("slow client: %s", slow.Status)
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	req, _ = http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	fastClient := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	t.Cleanup(fastClient.CloseIdleConnections)
+	fast, err := fastClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(fast.Body)
+	fast.Body.Close()
+	if err != nil || !bytes.Equal(body, want) {
+		t.Fatalf("the fast client, beside one that reads nothing: %d bytes, %v", len(body), err)
+	}
+	// The fill ends too: the slow client does not hold the commit.
+	waitFilled(t, p, d)
+	if _, err := p.blobs.Stat(t.Context(), d); err != nil {
+		t.Fatalf("blob not stored while a client still streams it: %v", err)
+	}
+	body, err = io.ReadAll(slow.Body)
+	if err != nil || !bytes.Equal(body, want) {
+		t.Fatalf("the slow client, reading on after the commit: %d bytes, %v", len(body), err)
+	}
+}
+
+// TestSpoolReaderPaths copies the same ranges through a reader's own
+// handle (sendfile's way) and through ReadAt (the way where the spool
+// cannot be reopened), each range starting where the last one ended.
+func TestSpoolReaderPaths(t *testing.T) {
+	t.Parallel()
+	blobs, err := storage.NewFilesystem(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := bytes.Repeat([]byte("0123456789abcdef"), 20_000)
+	s, err := blobs.NewSpool(digest.FromBytes(content))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blobs.Discard(s)
+	if _, err := s.Write(content); err != nil {
+		t.Fatal(err)
+	}
+	f := &fill{spool: s}
+	const from = 1000
+	for name, r := range map[string]*spoolReader{"own handle": f.spoolReader(from), "ReadAt": {spool: s}} {
+		if (r.own != nil) != (name == "own handle") {
+			t.Fatalf("%s: own handle %v", name, r.own)
+		}
+		var out bytes.Buffer
+		off := int64(from)
+		for _, n := range []int64{1, 4095, 100_000, 0, 150_000} {
+			m, err := r.copy(&out, off, n)
+			if err != nil || m != n {
+				t.Fatalf("%s: copy of %d at %d = %d, %v", name, n, off, m, err)
+			}
+			off += n
+		}
+		r.close()
+		if !bytes.Equal(out.Bytes(), content[from:off]) {
+			t.Fatalf("%s: copied bytes differ from the spool's", name)
+		}
+	}
+}

@@ -253,7 +253,21 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 		return fmt.Errorf("blob %s of %s is declared %d bytes, over the %d byte limit: %w",
 			f.digest, rq.route.Key(), f.declared, p.maxBlob, verify.ErrTooLarge)
 	}
+	// The spool is opened while the upstream answers: creating a file, and
+	// reserving room for a declared size, wait on the volume's journal,
+	// which a busy cache volume holds for tens of milliseconds at times.
+	// The upstream's round trip hides that wait instead of adding to it.
+	opened := make(chan openedSpool, 1)
+	go func() { opened <- p.openSpool(f.digest, f.declared) }()
 	body, size, err := rq.registry.GetBlob(ctx, rq.route.Repo, f.digest)
+	o := <-opened
+	spool := o.spool
+	committed := false
+	defer func() {
+		if spool != nil && !committed {
+			_ = p.blobs.Discard(spool)
+		}
+	}()
 	if err != nil {
 		return err
 	}
@@ -275,16 +289,9 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	p.log.LogAttrs(ctx, slog.LevelInfo, "blob fill started", slog.String("upstream", up),
 		slog.String("repository", rq.route.Repo), slog.String("digest", f.digest.String()),
 		slog.Int64("size", size), slog.Int64("declared", f.declared))
-	spool, err := p.blobs.NewSpool(f.digest)
-	if err != nil {
-		return p.noSpace(ctx, rq, fmt.Errorf("creating spool for %s: %w", f.digest, err))
+	if o.err != nil {
+		return p.noSpace(ctx, rq, fmt.Errorf("creating spool for %s: %w", f.digest, o.err))
 	}
-	committed := false
-	defer func() {
-		if !committed {
-			_ = p.blobs.Discard(spool)
-		}
-	}()
 	if size < 0 && f.declared > 0 {
 		// No Content-Length: the admitted manifest's size is the length
 		// readers announce, and the transfer must match it.
@@ -292,8 +299,13 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	}
 	if size > 0 {
 		// Claim the room now, so a full volume is found before any client
-		// has a byte and can still be served without the cache.
-		if err := spool.Reserve(size); err != nil {
+		// has a byte and can still be served without the cache. A declared
+		// size is claimed already (fillLimit holds the upstream to it).
+		err := o.reserveErr
+		if err == nil {
+			err = spool.Reserve(size)
+		}
+		if err != nil {
 			return p.noRoomFor(ctx, rq, f.digest, size, fmt.Errorf("reserving %d bytes for %s: %w", size, f.digest, err))
 		}
 	}
@@ -359,6 +371,28 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 		f.update(func() { f.size = f.written })
 	}
 	return nil
+}
+
+// openedSpool is a spool opened for a fill, or why it could not be.
+type openedSpool struct {
+	spool *storage.Spool
+	err   error // creating the spool failed; spool is nil
+	// reserveErr is the failure to reserve the declared size.
+	reserveErr error
+}
+
+// openSpool creates the spool for a fill of d and, when the blob's size
+// was declared, reserves room for it.
+func (p *Proxy) openSpool(d digest.Digest, declared int64) openedSpool {
+	s, err := p.blobs.NewSpool(d)
+	if err != nil {
+		return openedSpool{err: err}
+	}
+	o := openedSpool{spool: s}
+	if declared > 0 {
+		o.reserveErr = s.Reserve(declared)
+	}
+	return o
 }
 
 // fillLimit is the most bytes a transfer may bring: the size the

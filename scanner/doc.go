@@ -57,7 +57,12 @@
 // until config.Scanner.Attempts, then recorded failed; Rescan starts over.
 // An image index, or a manifest with no filesystem layers (a Helm chart, a
 // signature), is done at once with a Note and no findings: each platform
-// manifest of an index is scanned on its own.
+// manifest of an index is scanned on its own. What counts as a filesystem
+// layer is what a container runtime would unpack, whatever the manifest's
+// or the config's media type claims: every layer typed under the OCI
+// layer or Docker rootfs prefixes (non-distributable ones included) is
+// scanned, unless the config is an artifact's empty "{}". A Docker schema
+// 1 manifest fails its scan: its layers cannot be told from an image's.
 //
 // # Re-check
 //

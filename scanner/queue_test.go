@@ -116,14 +116,11 @@ func TestNonImageManifests(t *testing.T) {
 			`{"schemaVersion":2,"config":{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":"sha256:` + strings.Repeat("b", 64) + `","size":2},"layers":[{"mediaType":"application/vnd.cncf.helm.chart.content.v1.tar+gzip","digest":"sha256:` + strings.Repeat("c", 64) + `","size":3}]}`,
 			"not a container image (application/vnd.cncf.helm.config.v1+json)"},
 		{"artifact type", "application/vnd.oci.image.manifest.v1+json",
-			`{"schemaVersion":2,"artifactType":"application/vnd.example.sbom","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:` + strings.Repeat("b", 64) + `","size":2},"layers":[` + layer + `]}`,
+			`{"schemaVersion":2,"artifactType":"application/vnd.example.sbom","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"` + emptyConfig.String() + `","size":2},"layers":[` + layer + `]}`,
 			"not a container image (application/vnd.example.sbom)"},
 		{"no layers", "application/vnd.oci.image.manifest.v1+json",
 			`{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:` + strings.Repeat("b", 64) + `","size":2},"layers":[]}`,
 			"no filesystem layers"},
-		{"schema 1", "application/vnd.docker.distribution.manifest.v1+prettyjws",
-			`{"schemaVersion":1,"fsLayers":[]}`,
-			"Docker schema 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

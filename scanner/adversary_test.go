@@ -1,0 +1,139 @@
+package scanner
+
+import (
+	"encoding/json"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/storage/metadata"
+)
+
+// rawImage stores a manifest written by hand, as a hostile upstream would
+// write it: mt is its media type, configMT its config's, and each layer
+// gets the media type layerMTs gives it.
+func (c *fakeContent) rawImage(t testing.TB, mt, configMT string, layerMTs []string, layers ...v1.Layer) digest.Digest {
+	t.Helper()
+	cfg := []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}`)
+	cd := digest.FromBytes(cfg)
+	c.mu.Lock()
+	c.blobs[cd] = cfg
+	c.mu.Unlock()
+	type desc struct {
+		MediaType string        `json:"mediaType"`
+		Digest    digest.Digest `json:"digest"`
+		Size      int64         `json:"size"`
+	}
+	m := struct {
+		SchemaVersion int    `json:"schemaVersion"`
+		MediaType     string `json:"mediaType,omitempty"`
+		Config        desc   `json:"config"`
+		Layers        []desc `json:"layers"`
+	}{SchemaVersion: 2, MediaType: mt, Config: desc{configMT, cd, int64(len(cfg))}}
+	for i, l := range layers {
+		ld, _ := l.Digest()
+		rc, err := l.Compressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(rc)
+		rc.Close()
+		c.mu.Lock()
+		c.blobs[digest.Digest(ld.String())] = b
+		c.mu.Unlock()
+		m.Layers = append(m.Layers, desc{layerMTs[i], digest.Digest(ld.String()), int64(len(b))})
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.putManifest(raw, mt)
+}
+
+// TestManifestShapesDoNotSkipScanning: a hostile upstream shapes the
+// manifest of a vulnerable image so that the scanner finds "nothing to
+// scan" while a container runtime still unpacks and runs its layers.
+// The scan must see the vulnerable package, or fail; never be done with
+// no findings.
+func TestManifestShapesDoNotSkipScanning(t *testing.T) {
+	t.Parallel()
+	e := open(t, "", nil)
+	e.importData(t, debianData)
+	e.run(t)
+	vulnerable := debianFiles(deb{"libssl3", "3.0.11-1~deb12u2", "openssl"})
+	const (
+		ociManifest  = "application/vnd.oci.image.manifest.v1+json"
+		dockerV2     = "application/vnd.docker.distribution.manifest.v2+json"
+		ociConfig    = "application/vnd.oci.image.config.v1+json"
+		dockerConfig = "application/vnd.docker.container.image.v1+json"
+	)
+	base := layerOf(t, "gzip", map[string]string{"README": "base"})
+	tests := []struct {
+		name, mt, configMT string
+		layerMTs           []string
+		comp               string
+	}{
+		// One non-distributable layer made the scanner skip the whole
+		// image; runtimes fetch such a layer from the registry like any.
+		{"a non-distributable layer beside the vulnerable one", ociManifest, ociConfig,
+			[]string{"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+gzip"}, "gzip"},
+		{"the vulnerable layer non-distributable", dockerV2, dockerConfig,
+			[]string{"application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"}, "gzip"},
+		// Docker's uncompressed layer type, which containerd and Docker
+		// unpack (sniffing any compression).
+		{"docker uncompressed layer type", dockerV2, dockerConfig,
+			[]string{"application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.diff.tar"}, "none"},
+		{"docker uncompressed layer type holding gzip", dockerV2, dockerConfig,
+			[]string{"application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.diff.tar"}, "gzip"},
+		// A config media type Docker accepts (old images used it) and
+		// containerd does not look at.
+		{"config typed application/octet-stream", dockerV2, "application/octet-stream",
+			[]string{"application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.diff.tar.gzip"}, "gzip"},
+		{"config type with a parameter", ociManifest, ociConfig + "; charset=utf-8",
+			[]string{"application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+gzip"}, "gzip"},
+		// A layer media type with a parameter, or in upper case.
+		{"layer type with a parameter", ociManifest, ociConfig,
+			[]string{"application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+gzip; x=1"}, "gzip"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := e.content.rawImage(t, tt.mt, tt.configMT, tt.layerMTs, base, layerOf(t, tt.comp, vulnerable))
+			e.enqueue(t, d)
+			sc := e.results.wait(t, d, time.Minute, func(s metadata.Scan) bool {
+				return s.State == metadata.ScanDone || s.State == metadata.ScanFailed
+			})
+			if sc.State == metadata.ScanFailed {
+				return // refused, not waved through
+			}
+			if len(sc.Findings) == 0 || sc.Findings[0].ID != "CVE-2024-5535" {
+				t.Fatalf("scan done with note %q and findings %+v: the vulnerable layer went unscanned", sc.Note, sc.Findings)
+			}
+		})
+	}
+
+	// A schema 1 manifest lists layers clients unpack: it is not done
+	// with nothing found.
+	t.Run("schema 1", func(t *testing.T) {
+		l := layerOf(t, "gzip", vulnerable)
+		ld, _ := l.Digest()
+		rc, _ := l.Compressed()
+		b, _ := io.ReadAll(rc)
+		rc.Close()
+		e.content.mu.Lock()
+		e.content.blobs[digest.Digest(ld.String())] = b
+		e.content.mu.Unlock()
+		raw := `{"schemaVersion":1,"name":"x","tag":"1","architecture":"amd64","fsLayers":[{"blobSum":"` + ld.String() + `"}],"history":[{"v1Compatibility":"{}"}]}`
+		d := e.content.putManifest([]byte(raw), "application/vnd.docker.distribution.manifest.v1+prettyjws")
+		e.enqueue(t, d)
+		sc := e.results.wait(t, d, time.Minute, func(s metadata.Scan) bool {
+			return s.State == metadata.ScanDone || s.State == metadata.ScanFailed
+		})
+		if sc.State != metadata.ScanFailed || !strings.Contains(sc.Error, "schema 1") {
+			t.Fatalf("schema 1 image: scan %s, note %q, error %q; want failed, naming schema 1", sc.State, sc.Note, sc.Error)
+		}
+	})
+}

@@ -142,6 +142,9 @@ type Gate struct {
 	// the content, so a digest met in another repository is decided with
 	// it at once.
 	scans map[digest.Digest]*metadata.Scan
+	// syncedTo is where syncScans goes on through the settled scans; only
+	// Run touches it.
+	syncedTo digest.Digest
 	// kicking holds the digests whose scan kickScan is asking for;
 	// kicks counts its goroutines, which stop once stopped is set.
 	kicking sync.Map

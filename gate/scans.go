@@ -129,12 +129,22 @@ func scanTime(s *metadata.Scan) time.Time {
 // with that digest again: an approved image whose new findings break a
 // policy is quarantined, its blobs withdrawn and an alert sent. It is the
 // scanner's OnResult.
+//
+// A report older than the one the gate holds is dropped: reports come
+// from several goroutines (Enqueue's answer, the workers, the re-check, a
+// poll of the scanner's records) and one may overtake another; a queued
+// state landing after the result would hold the image for a scan that is
+// over, with nothing left to report it.
 func (g *Gate) ScanResult(ctx context.Context, d digest.Digest, scan metadata.Scan) {
 	g.write.Lock()
 	defer g.write.Unlock()
 	s := scan
 	set := g.policies.Load()
 	g.mu.Lock()
+	if cur := g.scans[d]; cur != nil && scanTime(&s).Before(scanTime(cur)) {
+		g.mu.Unlock()
+		return
+	}
 	g.scans[d] = &s
 	var targets []*metadata.Image
 	for _, img := range g.images {
@@ -243,6 +253,70 @@ func (g *Gate) stopKicks() {
 	g.stopped = true
 	g.kickMu.Unlock()
 	g.kicks.Wait()
+}
+
+// scanRecords is a Scanner that can read what it recorded of many digests
+// at once (*scanner.Scanner can). A result reaches ScanResult only in the
+// process that did the work, and only if it runs long enough to report
+// it: another replica's worker or re-check, or a stop between the record
+// and the report, leaves this gate with a stale scan. syncScans reads the
+// records to catch up.
+type scanRecords interface {
+	Scans(ctx context.Context, ds []digest.Digest) (map[digest.Digest]metadata.Scan, error)
+}
+
+// syncScans asks the scanner for the recorded scans of the digests whose
+// scan the gate holds and hands over each that differs: every digest
+// still waiting for its scan, and maxScanRequests of the others in turn
+// (so that a re-check another replica ran reaches this one within a few
+// rounds).
+func (g *Gate) syncScans(ctx context.Context) {
+	rec, ok := g.scanner.(scanRecords)
+	if !ok {
+		return
+	}
+	g.mu.RLock()
+	var waiting, settled []digest.Digest
+	for d, s := range g.scans {
+		if s.State == metadata.ScanQueued || s.State == metadata.ScanRunning {
+			waiting = append(waiting, d)
+		} else {
+			settled = append(settled, d)
+		}
+	}
+	g.mu.RUnlock()
+	slices.Sort(settled)
+	start, _ := slices.BinarySearch(settled, g.syncedTo)
+	settled = settled[start:]
+	if len(settled) > maxScanRequests {
+		settled = settled[:maxScanRequests]
+		g.syncedTo = settled[len(settled)-1] + "\x00"
+	} else {
+		g.syncedTo = "" // round done: start over next time
+	}
+	ask := append(waiting, settled...)
+	if len(ask) == 0 {
+		return
+	}
+	got, err := rec.Scans(ctx, ask)
+	if err != nil {
+		g.warnScanner(ctx, fmt.Sprintf("%d images", len(ask)), err)
+		return
+	}
+	for d, sc := range got {
+		g.mu.RLock()
+		cur := g.scans[d]
+		g.mu.RUnlock()
+		if cur == nil || !sameScan(cur, &sc) {
+			g.ScanResult(ctx, d, sc)
+		}
+	}
+}
+
+// sameScan reports whether a and b are the same report of a scan.
+func sameScan(a, b *metadata.Scan) bool {
+	return a.State == b.State && a.Attempts == b.Attempts && a.Data == b.Data && a.Error == b.Error &&
+		a.Queued.Equal(b.Queued) && a.Started.Equal(b.Started) && a.Finished.Equal(b.Finished)
 }
 
 // requestScans queues the scans of images that wait for one none could be

@@ -1,7 +1,9 @@
 package scanner
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -136,4 +138,63 @@ func TestManifestShapesDoNotSkipScanning(t *testing.T) {
 			t.Fatalf("schema 1 image: scan %s, note %q, error %q; want failed, naming schema 1", sc.State, sc.Note, sc.Error)
 		}
 	})
+}
+
+// TestResultsReadableByOtherProcesses: OnResult fires only in the process
+// that scanned. Another replica's gate, or this one after a restart
+// between the record and the report, reads the records with Scans.
+func TestResultsReadableByOtherProcesses(t *testing.T) {
+	t.Parallel()
+	a := open(t, "", nil)
+	a.importData(t, debianData)
+	a.run(t)
+	d := a.content.addImage(t, layerOf(t, "gzip", debianFiles(deb{"libssl3", "3.0.11-1~deb12u2", "openssl"})))
+	a.enqueue(t, d)
+	want := a.results.wait(t, d, time.Minute, isDone)
+
+	b := open(t, a.dsn, a.content)
+	unknown := digest.FromString("never queued")
+	got, err := b.s.Scans(t.Context(), []digest.Digest{d, unknown})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, ok := got[d]
+	if !ok || len(got) != 1 {
+		t.Fatalf("Scans = %+v, want %s only", got, d)
+	}
+	if sc.State != metadata.ScanDone || !sc.Finished.Equal(want.Finished) || sc.Data != want.Data || !equalFindings(sc.Findings, want.Findings) {
+		t.Fatalf("Scans gave %+v, want the reported %+v", sc, want)
+	}
+	if r := b.results.of(d); len(r) != 0 {
+		t.Fatalf("the other process was reported %+v", r)
+	}
+}
+
+// TestReportsNeverGoBackInTime: the gate drops a report older than the
+// one it holds (reports race each other), so each report of one attempt
+// must be at least as new as the one before, a retry's included.
+func TestReportsNeverGoBackInTime(t *testing.T) {
+	t.Parallel()
+	content := newContent()
+	content.blobHook = func(context.Context, digest.Digest) error {
+		return errors.New("upstream answered 503 for the blob")
+	}
+	e := open(t, "", content, func(o *Options) { o.Config.Attempts = 2 })
+	d := content.addImage(t, layerOf(t, "gzip", debianFiles(deb{"bash", "5.2.15-2+b2", ""})))
+	e.enqueue(t, d)
+	e.run(t)
+	e.results.wait(t, d, time.Minute, func(s metadata.Scan) bool { return s.State == metadata.ScanFailed })
+	var last time.Time
+	for _, s := range e.results.of(d) {
+		at := s.Queued
+		for _, t := range []time.Time{s.Started, s.Finished} {
+			if t.After(at) {
+				at = t
+			}
+		}
+		if at.Before(last) {
+			t.Fatalf("report %s at %s is older than the one before it (%s): %+v", s.State, at, last, e.results.of(d))
+		}
+		last = at
+	}
 }

@@ -268,6 +268,37 @@ func (s *Scanner) Status(ctx context.Context, d digest.Digest) (metadata.Scan, e
 	return row.scan(), nil
 }
 
+// Scans returns the recorded scans of ds, as Status would, in one query;
+// digests never queued are left out. A gate reads them to catch up on
+// results it was not told of: OnResult fires only in the process that did
+// the work (another replica's worker or re-check), and not at all when
+// the process stopped between recording a result and reporting it.
+func (s *Scanner) Scans(ctx context.Context, ds []digest.Digest) (map[digest.Digest]metadata.Scan, error) {
+	keys := make([]string, len(ds))
+	for i, d := range ds {
+		keys[i] = d.String()
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.tune.reachable)
+	defer cancel()
+	rows, err := s.pool.Query(ctx, `SELECT `+jobColumns+` FROM airlock_scan_jobs WHERE digest = ANY($1)`, keys)
+	if err != nil {
+		return nil, fmt.Errorf("scanner: reading %d scans: %w", len(ds), unavailable(err))
+	}
+	defer rows.Close()
+	out := make(map[digest.Digest]metadata.Scan, len(ds))
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, fmt.Errorf("scanner: reading %d scans: %w", len(ds), unavailable(err))
+		}
+		out[j.Digest] = j.scan()
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("scanner: reading %d scans: %w", len(ds), unavailable(err))
+	}
+	return out, nil
+}
+
 // claim takes the next job due, if any: a queued one whose retry delay
 // passed, or one whose worker's lease ran out.
 func (s *Scanner) claim(ctx context.Context) (*job, error) {

@@ -1,0 +1,185 @@
+package gate_test
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/config"
+	"github.com/airlock-registry/airlock/gate"
+	"github.com/airlock-registry/airlock/integration/upstreamtest"
+	"github.com/airlock-registry/airlock/policy"
+	"github.com/airlock-registry/airlock/scanner"
+	"github.com/airlock-registry/airlock/storage/metadata"
+)
+
+// book is a scanner as the queue in PostgreSQL behaves across processes:
+// the scans it records outlive the gate, and a result may be recorded
+// without reaching this gate (another replica's worker or re-check did
+// the work, or airlock stopped between the record and the report).
+type book struct {
+	mu    sync.Mutex
+	scans map[digest.Digest]metadata.Scan
+	now   func() time.Time
+	// during, when set, runs inside Enqueue after the job is recorded,
+	// as the scanner's workers run meanwhile.
+	during func(d digest.Digest)
+}
+
+func (b *book) Enqueue(_ context.Context, j scanner.Job) (metadata.Scan, error) {
+	b.mu.Lock()
+	sc, ok := b.scans[j.Digest]
+	if !ok {
+		sc = metadata.Scan{State: metadata.ScanQueued, Queued: b.now()}
+		b.scans[j.Digest] = sc
+	}
+	during := b.during
+	b.mu.Unlock()
+	if !ok && during != nil {
+		during(j.Digest)
+	}
+	return sc, nil
+}
+
+func (b *book) Rescan(ctx context.Context, j scanner.Job) error { return nil }
+
+// Scans is what the gate asks the scanner for results it may have missed.
+func (b *book) Scans(_ context.Context, ds []digest.Digest) (map[digest.Digest]metadata.Scan, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := map[digest.Digest]metadata.Scan{}
+	for _, d := range ds {
+		if sc, ok := b.scans[d]; ok {
+			out[d] = sc
+		}
+	}
+	return out, nil
+}
+
+func (b *book) record(d digest.Digest, sc metadata.Scan) {
+	b.mu.Lock()
+	b.scans[d] = sc
+	b.mu.Unlock()
+}
+
+func bookHarness(t *testing.T, up *upstreamtest.Upstream, dir string, b *book) *harness {
+	t.Helper()
+	v := config.Vulnerabilities{BlockSeverity: "high"}
+	set, err := policy.Compile([]config.Policy{{Name: "no-high", Match: []string{"hub/*"}, Mode: config.ModeEnforce,
+		Vulnerabilities: &v}}, os.ReadFile, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarnessWith(t, up, dir, "", func(o *gate.Options) {
+		o.Policies = set
+		o.Scanner = b
+	})
+	b.now = h.clock.Now
+	return h
+}
+
+// runGate runs h's background work until the test ends.
+func runGate(t *testing.T, h *harness) {
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { h.gate.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// TestScanResultsRecordedElsewhereReachTheGate: a scan's result is
+// recorded in the scanner's database, but this gate was never told
+// (airlock stopped between the two, or another replica scanned it). After
+// a restart the pending image must get its result, and an approved image
+// whose scan was matched again against new data (elsewhere) must be
+// decided on the new result.
+func TestScanResultsRecordedElsewhereReachTheGate(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	waiting := up.PushImage(t, "vendor/app", "1.0", 512, 1)
+	approved := up.PushImage(t, "vendor/app", "2.0", 512, 1)
+	dir := t.TempDir()
+	b := &book{scans: map[digest.Digest]metadata.Scan{}}
+	h := bookHarness(t, up, dir, b)
+	const repo = "hub/vendor/app"
+	wd, ad := digest.Digest(waiting.Digest.String()), digest.Digest(approved.Digest.String())
+
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "queued for a vulnerability scan")
+	h.wantStatus(manifestPath(repo, "2.0"), http.StatusForbidden, "queued for a vulnerability scan")
+	h.gate.ScanResult(t.Context(), ad, done(h.clock.Now()))
+	h.wantStatus(manifestPath(repo, "2.0"), http.StatusOK)
+
+	// Recorded, never reported to this gate.
+	h.clock.advance(time.Minute)
+	b.record(wd, done(h.clock.Now()))
+	rechecked := done(h.clock.Now(), openssl)
+	h.mustScan(ad, func(s metadata.Scan) {
+		rechecked.Queued, rechecked.Started, rechecked.Finished = s.Queued, s.Started, s.Finished
+	})
+	rechecked.Data = "data-2"
+	b.record(ad, rechecked)
+	h.close()
+
+	h2 := bookHarness(t, up, dir, b)
+	runGate(t, h2)
+	h2.waitState(repo, waiting.Digest, metadata.StateApproved)
+	h2.wantStatus(manifestPath(repo, "1.0"), http.StatusOK)
+	h2.waitState(repo, approved.Digest, metadata.StateQuarantined)
+	h2.wantStatus(manifestPath(repo, "2.0"), http.StatusForbidden, "CVE-2024-5535")
+	// Withdrawn once the change is recorded.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		status, _ := h2.get(blobPath(repo, approved.Layers[0]))
+		if status == http.StatusForbidden {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the layer of the image quarantined on the new result is still served (%d)", status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// mustScan hands fn the scan recorded for repo's image d.
+func (h *harness) mustScan(d digest.Digest, fn func(metadata.Scan)) {
+	h.t.Helper()
+	img, err := h.meta.Image(h.t.Context(), "hub/vendor/app", d)
+	if err != nil || img.Scan == nil {
+		h.t.Fatalf("image %s: scan %+v, %v", d, img.Scan, err)
+	}
+	fn(*img.Scan)
+}
+
+// TestStaleScanReportLosesToNewer: the scanner's worker reports a
+// finished scan while the gate is still handling Enqueue's answer
+// (queued). The older report must not undo the newer: the image would
+// wait for a scan that is over, with nothing left to tell the gate.
+func TestStaleScanReportLosesToNewer(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	app := up.PushImage(t, "vendor/app", "1.0", 512, 1)
+	b := &book{scans: map[digest.Digest]metadata.Scan{}}
+	h := bookHarness(t, up, t.TempDir(), b)
+	const repo = "hub/vendor/app"
+	d := digest.Digest(app.Digest.String())
+
+	// Queued by the pull; a worker finishes it before the gate records
+	// Enqueue's answer.
+	b.during = func(d digest.Digest) {
+		h.clock.advance(time.Second)
+		sc := done(h.clock.Now())
+		b.record(d, sc)
+		h.gate.ScanResult(context.Background(), d, sc)
+	}
+	h.get(manifestPath(repo, "1.0"))
+	h.waitState(repo, app.Digest, metadata.StateApproved)
+	// Enqueue's answer, or the scanner's report of the queued job, comes
+	// in after the result.
+	h.gate.ScanResult(t.Context(), d, metadata.Scan{State: metadata.ScanQueued, Queued: h.clock.Now().Add(-time.Second)})
+	h.waitState(repo, app.Digest, metadata.StateApproved)
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusOK)
+}

@@ -1,6 +1,8 @@
 package scanner
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -197,4 +199,53 @@ func TestReportsNeverGoBackInTime(t *testing.T) {
 		}
 		last = at
 	}
+}
+
+// TestLayerBombRefused: a layer of a few kilobytes that gunzips to
+// gigabytes of zeros must not fill the work directory (the volume the
+// cache lives on, as a rule). Expansion is bounded.
+func TestLayerBombRefused(t *testing.T) {
+	t.Parallel()
+	var bomb bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&bomb, gzip.BestCompression)
+	zeros := make([]byte, 1<<20)
+	for range 16 { // 16 MiB of zeros, in about 16 KiB
+		zw.Write(zeros)
+	}
+	zw.Close()
+	content := newContent()
+	d := digest.FromBytes(bomb.Bytes())
+	content.blobs[d] = bomb.Bytes()
+	dir := t.TempDir()
+	a, err := newArena(dir, content, newMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.expandFloor = 1 << 20 // the 1 GiB floor, scaled down with the bomb
+	f, err := a.fetch(t.Context(), "dockerhub/library/test", d)
+	if err == nil {
+		st, _ := f.Stat()
+		f.Close()
+		t.Fatalf("a %d-byte layer was expanded to %d bytes in the work directory", bomb.Len(), st.Size())
+	}
+	if !strings.Contains(err.Error(), "decompression bomb") {
+		t.Fatalf("error %q does not say why the layer was refused", err)
+	}
+	var perm permanentError
+	if !errors.As(err, &perm) {
+		t.Fatalf("error %v is retried, but a bomb stays one", err)
+	}
+
+	// An ordinary layer expands as it should.
+	l := layerOf(t, "gzip", debianFiles(deb{"bash", "5.2.15-2+b2", ""}))
+	ld, _ := l.Digest()
+	rc, _ := l.Compressed()
+	b, _ := io.ReadAll(rc)
+	rc.Close()
+	content.blobs[digest.Digest(ld.String())] = b
+	f, err = a.fetch(t.Context(), "dockerhub/library/test", digest.Digest(ld.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
 }

@@ -27,7 +27,20 @@ type arena struct {
 	dir     string
 	content Content
 	metrics *metrics
+	// expandFloor is what a layer may always expand to; past it, at most
+	// maxExpansion times its compressed size.
+	expandFloor int64
 }
+
+// A layer's expansion is bounded: a few kilobytes of gzip can hold
+// gigabytes of zeros, and the work directory is on a disk shared with
+// the cache as a rule. Real layers expand 2 to 10 times; one past both
+// bounds is refused as a decompression bomb (the scan fails, the image is
+// held, an admin can release it).
+const (
+	defaultExpandFloor = 1 << 30
+	maxExpansion       = 64
+)
 
 var _ indexer.FetchArena = (*arena)(nil)
 
@@ -35,7 +48,7 @@ func newArena(dir string, c Content, m *metrics) (*arena, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("scanner: work directory: %w", err)
 	}
-	return &arena{dir: dir, content: c, metrics: m}, nil
+	return &arena{dir: dir, content: c, metrics: m, expandFloor: defaultExpandFloor}, nil
 }
 
 // Realizer returns the realizer of one Index call.
@@ -143,7 +156,8 @@ func (a *arena) fetch(ctx context.Context, repo string, d digest.Digest) (*os.Fi
 	}()
 
 	verifier := d.Verifier()
-	br := bufio.NewReaderSize(io.TeeReader(rc, verifier), 64<<10)
+	compressed := &countingReader{r: rc}
+	br := bufio.NewReaderSize(io.TeeReader(compressed, verifier), 64<<10)
 	head, _ := br.Peek(4)
 	var src io.Reader = br
 	switch {
@@ -162,8 +176,13 @@ func (a *arena) fetch(ctx context.Context, repo string, d digest.Digest) (*os.Fi
 		defer zr.Close()
 		src = zr
 	}
-	n, err := io.Copy(f, ctxReader{ctx, src})
+	out := &boundedWriter{w: f, floor: a.expandFloor, in: compressed}
+	n, err := io.Copy(out, ctxReader{ctx, src})
 	if err != nil {
+		if errors.Is(err, errBomb) {
+			return nil, permanent(fmt.Errorf("%w: it expands past %d bytes, more than %d times the %d compressed bytes read",
+				errBomb, out.n, maxExpansion, compressed.n))
+		}
 		return nil, fmt.Errorf("uncompressing: %w", err)
 	}
 	// The decompressor may stop at the end of its stream: read the rest
@@ -190,4 +209,36 @@ func (c ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
+}
+
+var errBomb = errors.New("the layer is refused as a decompression bomb")
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// boundedWriter writes an uncompressed layer until it grows past both
+// floor and maxExpansion times the compressed bytes read so far.
+type boundedWriter struct {
+	w     io.Writer
+	floor int64
+	in    *countingReader
+	n     int64
+}
+
+func (b *boundedWriter) Write(p []byte) (int, error) {
+	if next := b.n + int64(len(p)); next > b.floor && next > maxExpansion*b.in.n {
+		return 0, errBomb
+	}
+	n, err := b.w.Write(p)
+	b.n += int64(n)
+	return n, err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -182,4 +183,34 @@ func TestStaleScanReportLosesToNewer(t *testing.T) {
 	h.gate.ScanResult(t.Context(), d, metadata.Scan{State: metadata.ScanQueued, Queued: h.clock.Now().Add(-time.Second)})
 	h.waitState(repo, app.Digest, metadata.StateApproved)
 	h.wantStatus(manifestPath(repo, "1.0"), http.StatusOK)
+}
+
+// TestInternalReadDoesNotAdmitAnUnscannedPlatform: while verifying
+// signatures airlock reads, by digest, what the upstream's referrers list
+// names. A hostile upstream names a platform of an approved index there:
+// that read must not admit the platform's layers, which a client could
+// then fetch by digest before any scan.
+func TestInternalReadDoesNotAdmitAnUnscannedPlatform(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	idx := up.PushIndex(t, "vendor/multi", "2.0", 512, 1)
+	h, q := vulnHarness(t, up, config.Vulnerabilities{BlockSeverity: "high"})
+	const repo = "hub/vendor/multi"
+	amd, _ := idx.Image("amd64")
+	h.wantStatus(manifestPath(repo, "2.0"), http.StatusOK)
+
+	// What the verifier does with a referrer that names the platform.
+	_, _, _, err := h.proxy.Fetcher(repo).Manifest(t.Context(), amd.Digest.String())
+	if err == nil {
+		t.Error("airlock's own read of an unscanned platform was served")
+	} else if !strings.Contains(err.Error(), "reads only signatures") {
+		t.Errorf("refused for the wrong reason: %v", err)
+	}
+	h.wantStatus(blobPath(repo, amd.Layers[0]), http.StatusForbidden, "DENIED")
+	if n := q.queued(amd.Digest); n != 0 {
+		t.Errorf("airlock's own read queued the platform %d times", n)
+	}
+	// A client's pull of it is scanned as ever.
+	h.wantStatus(manifestPath(repo, amd.Digest.String()), http.StatusForbidden, "queued for a vulnerability scan")
+	h.wantStatus(blobPath(repo, amd.Layers[0]), http.StatusForbidden, "DENIED")
 }

@@ -2,6 +2,7 @@ package gate_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"strings"
@@ -213,4 +214,54 @@ func TestInternalReadDoesNotAdmitAnUnscannedPlatform(t *testing.T) {
 	// A client's pull of it is scanned as ever.
 	h.wantStatus(manifestPath(repo, amd.Digest.String()), http.StatusForbidden, "queued for a vulnerability scan")
 	h.wantStatus(blobPath(repo, amd.Layers[0]), http.StatusForbidden, "DENIED")
+}
+
+// TestReleaseHoldsThroughNewFindings: an admin released an image
+// quarantined for one CVE; new vulnerability data finds a worse one. The
+// release is of the digest until it ends, so it holds, but the new
+// finding must show: in the image's reasons and in the audit log, which
+// is where the one who released it looks.
+func TestReleaseHoldsThroughNewFindings(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	app := up.PushImage(t, "vendor/app", "1.0", 512, 1)
+	h, _ := vulnHarness(t, up, config.Vulnerabilities{BlockSeverity: "high"})
+	const repo = "hub/vendor/app"
+	ctx := t.Context()
+	d := digest.Digest(app.Digest.String())
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "queued")
+	h.gate.ScanResult(ctx, d, done(h.clock.Now(), openssl))
+	if _, err := h.gate.Release(ctx, repo, d, "admin:ann", "not reachable", h.clock.Now().Add(24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusOK)
+	before := len(h.audit())
+
+	worse := metadata.Finding{ID: "CVE-2025-0001", Package: "glibc", Installed: "2.36-9", Fixed: "2.36-10",
+		Severity: metadata.SeverityCritical}
+	h.clock.advance(time.Hour)
+	rematched := done(h.clock.Now(), openssl, worse)
+	rematched.Data = "data-2"
+	h.gate.ScanResult(ctx, d, rematched)
+
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusOK)
+	img := h.image(repo, app.Digest)
+	if img.State != metadata.StateReleased {
+		t.Fatalf("state %s, want the release to hold", img.State)
+	}
+	var named bool
+	for _, r := range img.Reasons {
+		named = named || r.ID == "CVE-2025-0001"
+	}
+	if !named {
+		t.Fatalf("the new finding is not among the reasons: %+v", img.Reasons)
+	}
+	recs := h.audit()
+	if len(recs) == before {
+		t.Fatal("no audit record of the new finding on the released image")
+	}
+	last := recs[len(recs)-1]
+	if last.Actor != "scanner" || last.Digest != d || !strings.Contains(fmt.Sprint(last.Reasons), "CVE-2025-0001") {
+		t.Fatalf("audit record %+v does not show the scanner's new finding", last)
+	}
 }

@@ -160,9 +160,15 @@ func (g *Gate) ScanResult(ctx context.Context, d digest.Digest, scan metadata.Sc
 			cp := s
 			cp.Findings = slices.Clone(s.Findings)
 			cur.Scan = &cp
-			from := cur.State
+			from, reasons := cur.State, cur.Reasons
 			decide(set, cur, "", now)
 			c := metadata.Change{Actor: actorScanner, Action: decided(from, cur), Reason: scanSentence(&cp)}
+			if c.Action == "" && cur.State == metadata.StateReleased && !sameReasons(reasons, cur.Reasons) {
+				// The release holds (it is of the digest, until it ends),
+				// but who released it for some findings must be able to
+				// see that it now serves others.
+				c.Action, c.Reason = "redecide", "findings changed while released: "+c.Reason
+			}
 			if s.State == metadata.ScanFailed && (was == nil || was.State != metadata.ScanFailed) {
 				c.Deliveries = g.route(eventFor(config.EventScanFailed, from, cur, c, now))
 			}

@@ -265,3 +265,27 @@ func TestReleaseHoldsThroughNewFindings(t *testing.T) {
 		t.Fatalf("audit record %+v does not show the scanner's new finding", last)
 	}
 }
+
+// TestPlatformQuarantinedOnNewDataLosesItsLayers: a platform approved by
+// its scan and served with its approved index is quarantined when new data
+// matches it: its layers go, though the index stays servable.
+func TestPlatformQuarantinedOnNewDataLosesItsLayers(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	idx := up.PushIndex(t, "vendor/multi", "2.0", 512, 1)
+	h, _ := vulnHarness(t, up, config.Vulnerabilities{BlockSeverity: "high"})
+	const repo = "hub/vendor/multi"
+	ctx := t.Context()
+	amd, _ := idx.Image("amd64")
+	d := digest.Digest(amd.Digest.String())
+	h.wantStatus(manifestPath(repo, "2.0"), http.StatusOK)
+	h.wantStatus(manifestPath(repo, amd.Digest.String()), http.StatusForbidden, "queued")
+	h.gate.ScanResult(ctx, d, done(h.clock.Now()))
+	h.wantStatus(manifestPath(repo, amd.Digest.String()), http.StatusOK)
+	h.wantStatus(blobPath(repo, amd.Layers[0]), http.StatusOK)
+
+	h.gate.ScanResult(ctx, d, done(h.clock.Now().Add(time.Hour), openssl))
+	h.wantStatus(manifestPath(repo, amd.Digest.String()), http.StatusForbidden, "CVE-2024-5535")
+	h.wantStatus(blobPath(repo, amd.Layers[0]), http.StatusForbidden, "DENIED")
+	h.wantStatus(manifestPath(repo, "2.0"), http.StatusOK)
+}

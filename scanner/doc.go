@@ -10,7 +10,10 @@
 // A scan depends on the manifest digest only. Its result reaches the gate
 // through Options.OnResult, which decides the image under its policies;
 // when vulnerability data changes, the manifests it affects are matched
-// again and their new results reported the same way.
+// again and their new results reported the same way. OnResult fires only
+// in the process that did the work, and not at all if it stops between
+// recording a result and reporting it: a gate reads what it may have
+// missed (another replica's scans and re-checks) with Scans.
 //
 // # Offline
 //

@@ -2,6 +2,7 @@ package gate_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -288,4 +289,71 @@ func TestPlatformQuarantinedOnNewDataLosesItsLayers(t *testing.T) {
 	h.wantStatus(manifestPath(repo, amd.Digest.String()), http.StatusForbidden, "CVE-2024-5535")
 	h.wantStatus(blobPath(repo, amd.Layers[0]), http.StatusForbidden, "DENIED")
 	h.wantStatus(manifestPath(repo, "2.0"), http.StatusOK)
+}
+
+// flakyStore fails the image updates while fail is set.
+type flakyStore struct {
+	gate.Store
+	mu   sync.Mutex
+	fail bool
+}
+
+func (s *flakyStore) UpdateImage(ctx context.Context, repo string, d digest.Digest, now time.Time, fn func(img *metadata.Image) (metadata.Change, error)) (metadata.Image, error) {
+	s.mu.Lock()
+	fail := s.fail
+	s.mu.Unlock()
+	if fail {
+		return metadata.Image{}, errors.New("no space left on device")
+	}
+	return s.Store.UpdateImage(ctx, repo, d, now, fn)
+}
+
+func (s *flakyStore) setFail(v bool) {
+	s.mu.Lock()
+	s.fail = v
+	s.mu.Unlock()
+}
+
+// TestFailedRecordOfAResultIsRetried: the store could not record the
+// result that quarantines an approved image (a full volume). The image
+// must not stay approved until some later result happens to come: the
+// gate catches up from the scanner's record.
+func TestFailedRecordOfAResultIsRetried(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	app := up.PushImage(t, "vendor/app", "1.0", 512, 1)
+	b := &book{scans: map[digest.Digest]metadata.Scan{}}
+	var store *flakyStore
+	v := config.Vulnerabilities{BlockSeverity: "high"}
+	set, err := policy.Compile([]config.Policy{{Name: "no-high", Match: []string{"hub/*"}, Mode: config.ModeEnforce,
+		Vulnerabilities: &v}}, os.ReadFile, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarnessWith(t, up, t.TempDir(), "", func(o *gate.Options) {
+		store = &flakyStore{Store: o.Store}
+		o.Store = store
+		o.Policies = set
+		o.Scanner = b
+	})
+	b.now = h.clock.Now
+	const repo = "hub/vendor/app"
+	d := digest.Digest(app.Digest.String())
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "queued")
+	clean := done(h.clock.Now())
+	b.record(d, clean)
+	h.gate.ScanResult(t.Context(), d, clean)
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusOK)
+
+	rematched := clean
+	rematched.Findings, rematched.Data = []metadata.Finding{openssl}, "data-2"
+	b.record(d, rematched)
+	store.setFail(true)
+	h.gate.ScanResult(t.Context(), d, rematched)
+	store.setFail(false)
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusOK) // not recorded: unchanged
+
+	runGate(t, h)
+	h.waitState(repo, app.Digest, metadata.StateQuarantined)
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "CVE-2024-5535")
 }

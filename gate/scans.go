@@ -272,25 +272,34 @@ type scanRecords interface {
 }
 
 // syncScans asks the scanner for the recorded scans of the digests whose
-// scan the gate holds and hands over each that differs: every digest
-// still waiting for its scan, and maxScanRequests of the others in turn
-// (so that a re-check another replica ran reaches this one within a few
-// rounds).
+// images hold a scan, and hands over each that differs from what an image
+// holds: every digest still waiting for its scan, and maxScanRequests of
+// the others in turn (so that a re-check another replica ran reaches this
+// one within a few rounds). An image whose record of a result failed to be
+// written is decided again the same way.
 func (g *Gate) syncScans(ctx context.Context) {
 	rec, ok := g.scanner.(scanRecords)
 	if !ok {
 		return
 	}
 	g.mu.RLock()
+	held := map[digest.Digest][]metadata.Scan{}
+	for _, img := range g.images {
+		if img.Scan != nil {
+			held[img.Digest] = append(held[img.Digest], *img.Scan)
+		}
+	}
+	g.mu.RUnlock()
 	var waiting, settled []digest.Digest
-	for d, s := range g.scans {
-		if s.State == metadata.ScanQueued || s.State == metadata.ScanRunning {
+	for d, scans := range held {
+		if slices.ContainsFunc(scans, func(s metadata.Scan) bool {
+			return s.State == metadata.ScanQueued || s.State == metadata.ScanRunning
+		}) {
 			waiting = append(waiting, d)
 		} else {
 			settled = append(settled, d)
 		}
 	}
-	g.mu.RUnlock()
 	slices.Sort(settled)
 	start, _ := slices.BinarySearch(settled, g.syncedTo)
 	settled = settled[start:]
@@ -310,10 +319,7 @@ func (g *Gate) syncScans(ctx context.Context) {
 		return
 	}
 	for d, sc := range got {
-		g.mu.RLock()
-		cur := g.scans[d]
-		g.mu.RUnlock()
-		if cur == nil || !sameScan(cur, &sc) {
+		if slices.ContainsFunc(held[d], func(s metadata.Scan) bool { return !sameScan(&s, &sc) }) {
 			g.ScanResult(ctx, d, sc)
 		}
 	}

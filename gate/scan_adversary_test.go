@@ -357,3 +357,56 @@ func TestFailedRecordOfAResultIsRetried(t *testing.T) {
 	h.waitState(repo, app.Digest, metadata.StateQuarantined)
 	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "CVE-2024-5535")
 }
+
+// rescanReporter is the queue, with Rescan reporting the new queued scan
+// as the scanner does (through OnResult, before Rescan returns).
+type rescanReporter struct {
+	*queue
+	h *harness
+}
+
+func (r *rescanReporter) Rescan(ctx context.Context, j scanner.Job) error {
+	r.h.gate.ScanResult(ctx, j.Digest, metadata.Scan{State: metadata.ScanQueued, Queued: r.h.clock.Now()})
+	return nil
+}
+
+// TestRescanKeepsTheStateUntilItsResult: Gate.Rescan promises that the
+// image keeps the state its last scan gave it until the new result. The
+// scanner reports the rescan as queued at once; an approved image must
+// not turn pending, its layers withdrawn, for as long as the scan takes.
+func TestRescanKeepsTheStateUntilItsResult(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	app := up.PushImage(t, "vendor/app", "1.0", 512, 1)
+	q := &queue{}
+	v := config.Vulnerabilities{BlockSeverity: "high"}
+	set, err := policy.Compile([]config.Policy{{Name: "no-high", Match: []string{"hub/*"}, Mode: config.ModeEnforce,
+		Vulnerabilities: &v}}, os.ReadFile, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &rescanReporter{queue: q}
+	h := newHarnessWith(t, up, t.TempDir(), "", func(o *gate.Options) {
+		o.Policies = set
+		o.Scanner = r
+	})
+	r.h, q.now = h, h.clock.Now
+	const repo = "hub/vendor/app"
+	ctx := t.Context()
+	d := digest.Digest(app.Digest.String())
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "queued")
+	h.gate.ScanResult(ctx, d, done(h.clock.Now()))
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusOK)
+
+	h.clock.advance(time.Minute)
+	if _, err := h.gate.Rescan(ctx, repo, d, "admin:ann"); err != nil {
+		t.Fatal(err)
+	}
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusOK)
+	h.wantStatus(blobPath(repo, app.Layers[0]), http.StatusOK)
+
+	// The new result decides.
+	h.clock.advance(time.Minute)
+	h.gate.ScanResult(ctx, d, done(h.clock.Now(), openssl))
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "CVE-2024-5535")
+}

@@ -146,9 +146,15 @@ func (g *Gate) ScanResult(ctx context.Context, d digest.Digest, scan metadata.Sc
 		return
 	}
 	g.scans[d] = &s
+	// A scan queued or running again (a rescan) leaves an image that a
+	// finished scan decided as it is until the new result: Rescan promises
+	// that, and holding an approved image meanwhile would withdraw its
+	// layers for as long as the scan takes.
+	again := s.State == metadata.ScanQueued || s.State == metadata.ScanRunning
 	var targets []*metadata.Image
 	for _, img := range g.images {
-		if img.Digest == d && (img.Scan != nil || needsScan(set, img)) && img.Artifact == "" && kindOf(img) != policy.KindIndex {
+		if img.Digest == d && (img.Scan != nil || needsScan(set, img)) && img.Artifact == "" && kindOf(img) != policy.KindIndex &&
+			!(again && img.Scan != nil && img.Scan.State == metadata.ScanDone) {
 			targets = append(targets, img)
 		}
 	}

@@ -222,7 +222,8 @@ func TestLayerBombRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.expandFloor = 1 << 20 // the 1 GiB floor, scaled down with the bomb
-	f, err := a.fetch(t.Context(), "dockerhub/library/test", d)
+	r := a.Realizer(t.Context()).(*realizer)
+	f, err := r.fetch(t.Context(), "dockerhub/library/test", d)
 	if err == nil {
 		st, _ := f.Stat()
 		f.Close()
@@ -243,9 +244,49 @@ func TestLayerBombRefused(t *testing.T) {
 	b, _ := io.ReadAll(rc)
 	rc.Close()
 	content.blobs[digest.Digest(ld.String())] = b
-	f, err = a.fetch(t.Context(), "dockerhub/library/test", digest.Digest(ld.String()))
+	r = a.Realizer(t.Context()).(*realizer)
+	f, err = r.fetch(t.Context(), "dockerhub/library/test", digest.Digest(ld.String()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
+}
+
+// TestManyLayerBombRefused: the bound holds for a manifest as a whole. A
+// thousand layers, each below the per-layer floor, would otherwise each
+// expand to it: terabytes from a few megabytes.
+func TestManyLayerBombRefused(t *testing.T) {
+	t.Parallel()
+	content := newContent()
+	var ds []digest.Digest
+	zeros := make([]byte, 512<<10)
+	for i := range 8 {
+		var b bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&b, gzip.BestCompression)
+		zw.Write([]byte{byte(i)}) // distinct blobs
+		zw.Write(zeros)
+		zw.Close()
+		d := digest.FromBytes(b.Bytes())
+		content.blobs[d] = b.Bytes()
+		ds = append(ds, d)
+	}
+	a, err := newArena(t.TempDir(), content, newMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.expandFloor = 1 << 20 // each layer is half of it; all eight, four times
+	r := a.Realizer(t.Context()).(*realizer)
+	defer r.Close()
+	var last error
+	for _, d := range ds {
+		f, err := r.fetch(t.Context(), "dockerhub/library/test", d)
+		if err != nil {
+			last = err
+			break
+		}
+		f.Close()
+	}
+	if last == nil || !strings.Contains(last.Error(), "decompression bomb") {
+		t.Fatalf("eight layers expanding to %d bytes in all, from a few kilobytes: %v", 8*len(zeros), last)
+	}
 }

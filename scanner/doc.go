@@ -26,9 +26,10 @@
 // match no repository-scoped advisory). Layers come from Options.Content,
 // compressed as stored; gzip, zstd and plain tar are told apart by their
 // first bytes, checked against their digest, and uncompressed into an
-// unlinked file for as long as claircore reads them. A layer may expand to
-// 1 GiB, or past that to 64 times its compressed size: one that expands
-// further is refused as a decompression bomb, and its scan fails.
+// unlinked file for as long as claircore reads them. The layers of one
+// manifest may expand to 1 GiB in all, or past that to 64 times their
+// compressed size: layers that expand further are refused as a
+// decompression bomb, and the scan fails.
 //
 // Vulnerability data comes from two places. With config.Scanner.Updaters.Sets
 // empty, only from Import (`airlock vulndb import`): claircore's

@@ -124,3 +124,32 @@ func gateScanner(s *scanService) gate.Scanner {
 	}
 	return s
 }
+
+// claircoreLogger is where claircore's logs go: it writes to log/slog's
+// default logger, which airlock points at its own, under
+// component=claircore. claircore reports every layer and manifest at Info;
+// those become Debug, so a scanning airlock's log at Info says what airlock
+// decided, not each step of the library (log.level: debug shows them).
+func claircoreLogger(log *slog.Logger) *slog.Logger {
+	return slog.New(demoted{log.Handler()}).With(slog.String("component", "claircore"))
+}
+
+// demoted lowers records under Warn to Debug.
+type demoted struct{ h slog.Handler }
+
+func (d demoted) Enabled(ctx context.Context, l slog.Level) bool {
+	if l < slog.LevelWarn {
+		l = slog.LevelDebug
+	}
+	return d.h.Enabled(ctx, l)
+}
+
+func (d demoted) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level < slog.LevelWarn {
+		r.Level = slog.LevelDebug
+	}
+	return d.h.Handle(ctx, r)
+}
+
+func (d demoted) WithAttrs(as []slog.Attr) slog.Handler { return demoted{d.h.WithAttrs(as)} }
+func (d demoted) WithGroup(n string) slog.Handler       { return demoted{d.h.WithGroup(n)} }

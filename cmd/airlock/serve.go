@@ -180,6 +180,10 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 	// the gate before serving: content is bound once both exist.
 	content := &lazyContent{}
 	g.scans = newScanService(cfg, content, log.With(slog.String("component", "scanner")), g.promReg)
+	if g.scans != nil {
+		// claircore logs through the default logger only.
+		slog.SetDefault(claircoreLogger(log))
+	}
 	g.gate, err = gate.New(ctx, gate.Options{Store: g.meta, Content: content, Policies: policies,
 		Alerts: g.alerts, Delivered: g.deliverer.Nudge, Verify: verifySignatures(content), Scanner: gateScanner(g.scans),
 		KnownRepository: content.Known, Logger: log.With(slog.String("component", "gate")), Registerer: g.promReg})

@@ -130,18 +130,28 @@ func TestScanResultsRecordedElsewhereReachTheGate(t *testing.T) {
 	h2 := bookHarness(t, up, dir, b)
 	runGate(t, h2)
 	h2.waitState(repo, waiting.Digest, metadata.StateApproved)
-	h2.wantStatus(manifestPath(repo, "1.0"), http.StatusOK)
+	h2.waitStatus(manifestPath(repo, "1.0"), http.StatusOK)
 	h2.waitState(repo, approved.Digest, metadata.StateQuarantined)
-	h2.wantStatus(manifestPath(repo, "2.0"), http.StatusForbidden, "CVE-2024-5535")
-	// Withdrawn once the change is recorded.
+	h2.waitStatus(manifestPath(repo, "2.0"), http.StatusForbidden, "CVE-2024-5535")
+	h2.waitStatus(blobPath(repo, approved.Layers[0]), http.StatusForbidden, "DENIED")
+}
+
+// waitStatus waits for GET path to answer want (a change is recorded
+// before memory and the content follow it).
+func (h *harness) waitStatus(path string, want int, contains ...string) {
+	h.t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		status, _ := h2.get(blobPath(repo, approved.Layers[0]))
-		if status == http.StatusForbidden {
-			break
+		status, body := h.get(path)
+		ok := status == want
+		for _, c := range contains {
+			ok = ok && strings.Contains(body, c)
+		}
+		if ok {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the layer of the image quarantined on the new result is still served (%d)", status)
+			h.t.Fatalf("GET %s = %d %s, want %d with %q", path, status, trim(body), want, contains)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -355,7 +365,7 @@ func TestFailedRecordOfAResultIsRetried(t *testing.T) {
 
 	runGate(t, h)
 	h.waitState(repo, app.Digest, metadata.StateQuarantined)
-	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "CVE-2024-5535")
+	h.waitStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "CVE-2024-5535")
 }
 
 // rescanReporter is the queue, with Rescan reporting the new queued scan

@@ -356,3 +356,38 @@ func TestScanResultLostInACrashIsFetched(t *testing.T) {
 	}
 	h2.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "is quarantined", "CVE-2024-5535")
 }
+
+// TestReloadMovesAWaiversEnd: a reload that shortens a waiver still in
+// force changes neither the state nor the reasons, only when the verdict
+// changes by itself; that end must be the new one.
+func TestReloadMovesAWaiversEnd(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	a := up.PushImage(t, "vendor/app", "1.0", 512, 1)
+	v := config.Vulnerabilities{BlockSeverity: "high",
+		Allow: []config.Waiver{{ID: "CVE-2024-5535", Until: "2027-06-30", Reason: "not reachable"}}}
+	h, _ := vulnHarness(t, up, v)
+	const repo = "hub/vendor/app"
+	ctx := t.Context()
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "queued")
+	h.gate.ScanResult(ctx, digest.Digest(a.Digest.String()), done(h.clock.Now(), openssl))
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusOK)
+
+	v.Allow[0].Until = "2026-12-01"
+	set, err := policy.Compile([]config.Policy{{Name: "no-high", Match: []string{"hub/*", "hcl/*"}, Mode: config.ModeEnforce,
+		Vulnerabilities: &v}}, os.ReadFile, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.gate.SetPolicies(ctx, set); err != nil {
+		t.Fatal(err)
+	}
+	if img := h.image(repo, a.Digest); !img.Verdict.Recheck.Equal(time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)) {
+		t.Fatalf("recheck after the reload: %s, want the new end", img.Verdict.Recheck)
+	}
+	h.clock.advance(48 * time.Hour)
+	if n := h.gate.Recheck(ctx); n != 1 {
+		t.Fatalf("Recheck after the shortened waiver ended changed %d images, want 1", n)
+	}
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "is quarantined")
+}

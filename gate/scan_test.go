@@ -29,6 +29,9 @@ type queue struct {
 	jobs []scanner.Job
 	down bool
 	now  func() time.Time
+	// finished holds the scans the queue answers for digests it already
+	// scanned.
+	finished map[digest.Digest]metadata.Scan
 }
 
 func (q *queue) Enqueue(_ context.Context, j scanner.Job) (metadata.Scan, error) {
@@ -38,6 +41,9 @@ func (q *queue) Enqueue(_ context.Context, j scanner.Job) (metadata.Scan, error)
 		return metadata.Scan{}, fmt.Errorf("%w: connection refused", scanner.ErrUnavailable)
 	}
 	q.jobs = append(q.jobs, j)
+	if sc, ok := q.finished[j.Digest]; ok {
+		return sc, nil
+	}
 	return metadata.Scan{State: metadata.ScanQueued, Queued: q.now()}, nil
 }
 
@@ -67,13 +73,18 @@ func (q *queue) setDown(down bool) {
 // vulnHarness is the harness with one vulnerability policy over hub/*.
 func vulnHarness(t *testing.T, up *upstreamtest.Upstream, v config.Vulnerabilities) (*harness, *queue) {
 	t.Helper()
-	q := &queue{}
+	return vulnHarnessIn(t, up, t.TempDir(), v)
+}
+
+func vulnHarnessIn(t *testing.T, up *upstreamtest.Upstream, dir string, v config.Vulnerabilities) (*harness, *queue) {
+	t.Helper()
+	q := &queue{finished: map[digest.Digest]metadata.Scan{}}
 	set, err := policy.Compile([]config.Policy{{Name: "no-high", Match: []string{"hub/*", "hcl/*"}, Mode: config.ModeEnforce,
 		Vulnerabilities: &v}}, os.ReadFile, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := newHarnessWith(t, up, t.TempDir(), "", func(o *gate.Options) {
+	h := newHarnessWith(t, up, dir, "", func(o *gate.Options) {
 		o.Policies = set
 		o.Scanner = q
 	})
@@ -306,4 +317,42 @@ func (h *harness) waitScan(repo string, d v1.Hash, st string) metadata.Image {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestScanResultLostInACrashIsFetched: the scanner reports a result once,
+// to the process that scanned; one that finished as airlock went down
+// leaves the record "scanning". After the restart the gate asks the
+// scanner how stale scans stand and decides the image.
+func TestScanResultLostInACrashIsFetched(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	a := up.PushImage(t, "vendor/app", "1.0", 512, 1)
+	dir := t.TempDir()
+	v := config.Vulnerabilities{BlockSeverity: "high"}
+	h, _ := vulnHarnessIn(t, up, dir, v)
+	const repo = "hub/vendor/app"
+	d := digest.Digest(a.Digest.String())
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "queued")
+	h.gate.ScanResult(t.Context(), d, metadata.Scan{State: metadata.ScanRunning, Queued: h.clock.Now(), Started: h.clock.Now()})
+	h.close()
+
+	h2, q := vulnHarnessIn(t, up, dir, v)
+	q.finished[d] = done(h2.clock.Now(), openssl)
+	if img := h2.image(repo, a.Digest); img.Scan == nil || img.Scan.State != metadata.ScanRunning {
+		t.Fatalf("record after the restart: %+v", img.Scan)
+	}
+	h2.clock.advance(3 * time.Minute)
+	ctx, cancel := context.WithCancel(t.Context())
+	stopped := make(chan struct{})
+	go func() {
+		h2.gate.Run(ctx)
+		close(stopped)
+	}()
+	img := h2.waitState(repo, a.Digest, metadata.StateQuarantined)
+	cancel()
+	<-stopped
+	if img.Scan == nil || img.Scan.State != metadata.ScanDone || len(img.Reasons) != 1 || img.Reasons[0].ID != "CVE-2024-5535" {
+		t.Fatalf("image after the lost result was fetched: %+v", img)
+	}
+	h2.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "is quarantined", "CVE-2024-5535")
 }

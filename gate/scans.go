@@ -38,6 +38,9 @@ const (
 	requestScansEvery = 30 * time.Second
 	// maxScanRequests bounds the scans queued again per round.
 	maxScanRequests = 256
+	// staleScan is how long a scan may stay queued or running before
+	// requestScans asks the scanner how it stands.
+	staleScan = 2 * time.Minute
 )
 
 // kindOf is what img is to the policies.
@@ -247,26 +250,37 @@ func (g *Gate) stopKicks() {
 
 // requestScans queues the scans of images that wait for one none could be
 // queued for (the scanner was down, or a policy that checks
-// vulnerabilities now covers them).
+// vulnerabilities now covers them), and asks again after scans that have
+// been queued or running for long: the scanner reports a result once, to
+// the process that did the work, so one that finished while this process
+// was going down (its record still says "scanning") is fetched here.
 func (g *Gate) requestScans(ctx context.Context) {
 	if g.scanner == nil {
 		return
 	}
 	set := g.policies.Load()
-	g.mu.RLock()
+	now := g.now()
 	type want struct {
 		repo string
 		d    digest.Digest
+		// have is the scan the record holds (nil: none).
+		have *metadata.Scan
 	}
 	var wants []want
 	seen := map[digest.Digest]bool{}
+	g.mu.RLock()
 	for _, img := range g.images {
 		if len(wants) >= maxScanRequests {
 			break
 		}
-		if img.Scan == nil && !seen[img.Digest] && img.MediaType != "" && needsScan(set, img) {
+		if seen[img.Digest] || img.MediaType == "" || !needsScan(set, img) {
+			continue
+		}
+		unsettled := img.Scan != nil && (img.Scan.State == metadata.ScanQueued || img.Scan.State == metadata.ScanRunning) &&
+			now.Sub(scanTime(img.Scan)) >= staleScan
+		if img.Scan == nil || unsettled {
 			seen[img.Digest] = true
-			wants = append(wants, want{img.Repository, img.Digest})
+			wants = append(wants, want{img.Repository, img.Digest, img.Scan})
 		}
 	}
 	g.mu.RUnlock()
@@ -274,7 +288,21 @@ func (g *Gate) requestScans(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		sc := g.scanFor(ctx, w.repo, w.d)
+		var sc *metadata.Scan
+		if w.have == nil {
+			sc = g.scanFor(ctx, w.repo, w.d)
+		} else {
+			qctx, cancel := context.WithTimeout(ctx, enqueueTimeout)
+			cur, err := g.scanner.Enqueue(qctx, scanner.Job{Repository: w.repo, Digest: w.d})
+			cancel()
+			if err != nil {
+				g.warnScanner(ctx, imageKey(w.repo, w.d), err)
+			} else if cur.State != w.have.State || newerScan(&cur, w.have) {
+				sc = &cur
+			} else {
+				continue // still queued or running: nothing new
+			}
+		}
 		if sc == nil {
 			return // the scanner is down: the next round tries again
 		}

@@ -316,7 +316,10 @@ func (s *Scanner) claim(ctx context.Context) (*job, error) {
 			FOR UPDATE SKIP LOCKED
 		)
 		UPDATE airlock_scan_jobs j SET
-			state = 'scanning', attempts = j.attempts + 1, started_at = $2,
+			-- Never before it was queued: the clock was read as this
+			-- claim was sent, which may be before the Enqueue it finds
+			-- committed, and reports are ordered by their times.
+			state = 'scanning', attempts = j.attempts + 1, started_at = GREATEST($2, j.queued_at),
 			finished_at = NULL, lease_owner = $1,
 			lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond'
 		FROM next WHERE j.digest = next.digest

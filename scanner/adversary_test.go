@@ -14,6 +14,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/airlock-registry/airlock/scanner/scannertest"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
@@ -68,44 +69,44 @@ func TestManifestShapesDoNotSkipScanning(t *testing.T) {
 	e := open(t, "", nil)
 	e.importData(t, debianData)
 	e.run(t)
-	vulnerable := debianFiles(deb{"libssl3", "3.0.11-1~deb12u2", "openssl"})
+	vulnerable := scannertest.DebianFiles(scannertest.Deb{Name: "libssl3", Version: "3.0.11-1~deb12u2", Source: "openssl"})
 	const (
 		ociManifest  = "application/vnd.oci.image.manifest.v1+json"
 		dockerV2     = "application/vnd.docker.distribution.manifest.v2+json"
 		ociConfig    = "application/vnd.oci.image.config.v1+json"
 		dockerConfig = "application/vnd.docker.container.image.v1+json"
 	)
-	base := layerOf(t, "gzip", map[string]string{"README": "base"})
+	base := scannertest.Layer(t, scannertest.Gzip, map[string]string{"README": "base"})
 	tests := []struct {
 		name, mt, configMT string
 		layerMTs           []string
-		comp               string
+		comp               scannertest.Compression
 	}{
 		// One non-distributable layer made the scanner skip the whole
 		// image; runtimes fetch such a layer from the registry like any.
 		{"a non-distributable layer beside the vulnerable one", ociManifest, ociConfig,
-			[]string{"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+gzip"}, "gzip"},
+			[]string{"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+gzip"}, scannertest.Gzip},
 		{"the vulnerable layer non-distributable", dockerV2, dockerConfig,
-			[]string{"application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"}, "gzip"},
+			[]string{"application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"}, scannertest.Gzip},
 		// Docker's uncompressed layer type, which containerd and Docker
 		// unpack (sniffing any compression).
 		{"docker uncompressed layer type", dockerV2, dockerConfig,
-			[]string{"application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.diff.tar"}, "none"},
+			[]string{"application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.diff.tar"}, scannertest.Uncompressed},
 		{"docker uncompressed layer type holding gzip", dockerV2, dockerConfig,
-			[]string{"application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.diff.tar"}, "gzip"},
+			[]string{"application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.diff.tar"}, scannertest.Gzip},
 		// A config media type Docker accepts (old images used it) and
 		// containerd does not look at.
 		{"config typed application/octet-stream", dockerV2, "application/octet-stream",
-			[]string{"application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.diff.tar.gzip"}, "gzip"},
+			[]string{"application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.diff.tar.gzip"}, scannertest.Gzip},
 		{"config type with a parameter", ociManifest, ociConfig + "; charset=utf-8",
-			[]string{"application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+gzip"}, "gzip"},
+			[]string{"application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+gzip"}, scannertest.Gzip},
 		// A layer media type with a parameter, or in upper case.
 		{"layer type with a parameter", ociManifest, ociConfig,
-			[]string{"application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+gzip; x=1"}, "gzip"},
+			[]string{"application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+gzip; x=1"}, scannertest.Gzip},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := e.content.rawImage(t, tt.mt, tt.configMT, tt.layerMTs, base, layerOf(t, tt.comp, vulnerable))
+			d := e.content.rawImage(t, tt.mt, tt.configMT, tt.layerMTs, base, scannertest.Layer(t, tt.comp, vulnerable))
 			e.enqueue(t, d)
 			sc := e.results.wait(t, d, time.Minute, func(s metadata.Scan) bool {
 				return s.State == metadata.ScanDone || s.State == metadata.ScanFailed
@@ -122,7 +123,7 @@ func TestManifestShapesDoNotSkipScanning(t *testing.T) {
 	// A schema 1 manifest lists layers clients unpack: it is not done
 	// with nothing found.
 	t.Run("schema 1", func(t *testing.T) {
-		l := layerOf(t, "gzip", vulnerable)
+		l := scannertest.Layer(t, scannertest.Gzip, vulnerable)
 		ld, _ := l.Digest()
 		rc, _ := l.Compressed()
 		b, _ := io.ReadAll(rc)
@@ -150,7 +151,7 @@ func TestResultsReadableByOtherProcesses(t *testing.T) {
 	a := open(t, "", nil)
 	a.importData(t, debianData)
 	a.run(t)
-	d := a.content.addImage(t, layerOf(t, "gzip", debianFiles(deb{"libssl3", "3.0.11-1~deb12u2", "openssl"})))
+	d := a.content.addImage(t, scannertest.Layer(t, scannertest.Gzip, scannertest.DebianFiles(scannertest.Deb{Name: "libssl3", Version: "3.0.11-1~deb12u2", Source: "openssl"})))
 	a.enqueue(t, d)
 	want := a.results.wait(t, d, time.Minute, isDone)
 
@@ -182,7 +183,7 @@ func TestReportsNeverGoBackInTime(t *testing.T) {
 		return errors.New("upstream answered 503 for the blob")
 	}
 	e := open(t, "", content, func(o *Options) { o.Config.Attempts = 2 })
-	d := content.addImage(t, layerOf(t, "gzip", debianFiles(deb{"bash", "5.2.15-2+b2", ""})))
+	d := content.addImage(t, scannertest.Layer(t, scannertest.Gzip, scannertest.DebianFiles(scannertest.Deb{Name: "bash", Version: "5.2.15-2+b2"})))
 	e.enqueue(t, d)
 	e.run(t)
 	e.results.wait(t, d, time.Minute, func(s metadata.Scan) bool { return s.State == metadata.ScanFailed })
@@ -238,7 +239,7 @@ func TestLayerBombRefused(t *testing.T) {
 	}
 
 	// An ordinary layer expands as it should.
-	l := layerOf(t, "gzip", debianFiles(deb{"bash", "5.2.15-2+b2", ""}))
+	l := scannertest.Layer(t, scannertest.Gzip, scannertest.DebianFiles(scannertest.Deb{Name: "bash", Version: "5.2.15-2+b2"}))
 	ld, _ := l.Digest()
 	rc, _ := l.Compressed()
 	b, _ := io.ReadAll(rc)

@@ -9,17 +9,18 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/quay/claircore"
 
+	"github.com/airlock-registry/airlock/scanner/scannertest"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
 // The Debian data every scan test matches against.
-var debianData = update{
-	updater:     "debian/updater",
-	fingerprint: "v1",
-	vulns: []*claircore.Vulnerability{
-		debVuln("CVE-2024-5535", "openssl", "3.0.14-1~deb12u1", "medium", claircore.High),
-		debVuln("CVE-2023-4039", "gcc-12", "", "low", claircore.Medium),
-		debVuln("CVE-2022-0001", "zlib", "0", "high", claircore.Critical), // "0": not affected
+var debianData = scannertest.Update{
+	Updater:     scannertest.DebianUpdater,
+	Fingerprint: "v1",
+	Vulns: []*claircore.Vulnerability{
+		scannertest.DebianVuln("CVE-2024-5535", "openssl", "3.0.14-1~deb12u1", "medium", claircore.High),
+		scannertest.DebianVuln("CVE-2023-4039", "gcc-12", "", "low", claircore.Medium),
+		scannertest.DebianVuln("CVE-2022-0001", "zlib", "0", "high", claircore.Critical), // "0": not affected
 	},
 }
 
@@ -31,14 +32,14 @@ func TestScanDebian(t *testing.T) {
 
 	tests := []struct {
 		name string
-		comp string
-		pkgs []deb
+		comp scannertest.Compression
+		pkgs []scannertest.Deb
 		want []metadata.Finding
 	}{
 		{
 			name: "vulnerable openssl",
-			comp: "gzip",
-			pkgs: []deb{{"libssl3", "3.0.11-1~deb12u2", "openssl"}, {"bash", "5.2.15-2+b2", ""}},
+			comp: scannertest.Gzip,
+			pkgs: []scannertest.Deb{{Name: "libssl3", Version: "3.0.11-1~deb12u2", Source: "openssl"}, {Name: "bash", Version: "5.2.15-2+b2"}},
 			want: []metadata.Finding{{
 				ID: "CVE-2024-5535", Package: "libssl3", Installed: "3.0.11-1~deb12u2", Fixed: "3.0.14-1~deb12u1",
 				Severity: metadata.SeverityHigh, SourceSeverity: "medium",
@@ -47,13 +48,13 @@ func TestScanDebian(t *testing.T) {
 		},
 		{
 			name: "fixed openssl",
-			comp: "zstd",
-			pkgs: []deb{{"libssl3", "3.0.14-1~deb12u1", "openssl"}, {"bash", "5.2.15-2+b2", ""}},
+			comp: scannertest.Zstd,
+			pkgs: []scannertest.Deb{{Name: "libssl3", Version: "3.0.14-1~deb12u1", Source: "openssl"}, {Name: "bash", Version: "5.2.15-2+b2"}},
 		},
 		{
 			name: "unfixed gcc, unaffected zlib, uncompressed layer",
-			comp: "none",
-			pkgs: []deb{{"libgcc-s1", "12.2.0-14", "gcc-12"}, {"zlib1g", "1:1.2.13.dfsg-1", "zlib"}},
+			comp: scannertest.Uncompressed,
+			pkgs: []scannertest.Deb{{Name: "libgcc-s1", Version: "12.2.0-14", Source: "gcc-12"}, {Name: "zlib1g", Version: "1:1.2.13.dfsg-1", Source: "zlib"}},
 			want: []metadata.Finding{{
 				ID: "CVE-2023-4039", Package: "libgcc-s1", Installed: "12.2.0-14",
 				Severity: metadata.SeverityMedium, SourceSeverity: "low",
@@ -63,7 +64,7 @@ func TestScanDebian(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			layer := layerOf(t, tt.comp, debianFiles(tt.pkgs...))
+			layer := scannertest.Layer(t, tt.comp, scannertest.DebianFiles(tt.pkgs...))
 			d := e.content.addImage(t, layer)
 			ld, _ := layer.Digest()
 			if sc := e.enqueue(t, d); sc.State != metadata.ScanQueued {

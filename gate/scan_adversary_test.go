@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -16,7 +15,6 @@ import (
 	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/gate"
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
-	"github.com/airlock-registry/airlock/policy"
 	"github.com/airlock-registry/airlock/scanner"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
@@ -70,18 +68,10 @@ func (b *book) record(d digest.Digest, sc metadata.Scan) {
 	b.mu.Unlock()
 }
 
+// bookHarness is vulnHarnessIn scanned by b in place of the queue.
 func bookHarness(t *testing.T, up *upstreamtest.Upstream, dir string, b *book) *harness {
 	t.Helper()
-	v := config.Vulnerabilities{BlockSeverity: "high"}
-	set, err := policy.Compile([]config.Policy{{Name: "no-high", Match: []string{"hub/*"}, Mode: config.ModeEnforce,
-		Vulnerabilities: &v}}, os.ReadFile, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := newHarnessWith(t, up, dir, "", func(o *gate.Options) {
-		o.Policies = set
-		o.Scanner = b
-	})
+	h, _ := vulnHarnessIn(t, up, dir, config.Vulnerabilities{BlockSeverity: "high"}, func(o *gate.Options) { o.Scanner = b })
 	b.now = h.clock.Now
 	return h
 }
@@ -120,9 +110,11 @@ func TestScanResultsRecordedElsewhereReachTheGate(t *testing.T) {
 	h.clock.advance(time.Minute)
 	b.record(wd, done(h.clock.Now()))
 	rechecked := done(h.clock.Now(), openssl)
-	h.mustScan(ad, func(s metadata.Scan) {
-		rechecked.Queued, rechecked.Started, rechecked.Finished = s.Queued, s.Started, s.Finished
-	})
+	s := h.image(repo, approved.Digest).Scan
+	if s == nil {
+		t.Fatal("the approved image has no scan")
+	}
+	rechecked.Queued, rechecked.Started, rechecked.Finished = s.Queued, s.Started, s.Finished
 	rechecked.Data = "data-2"
 	b.record(ad, rechecked)
 	h.close()
@@ -155,16 +147,6 @@ func (h *harness) waitStatus(path string, want int, contains ...string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// mustScan hands fn the scan recorded for repo's image d.
-func (h *harness) mustScan(d digest.Digest, fn func(metadata.Scan)) {
-	h.t.Helper()
-	img, err := h.meta.Image(h.t.Context(), "hub/vendor/app", d)
-	if err != nil || img.Scan == nil {
-		h.t.Fatalf("image %s: scan %+v, %v", d, img.Scan, err)
-	}
-	fn(*img.Scan)
 }
 
 // TestStaleScanReportLosesToNewer: the scanner's worker reports a
@@ -334,16 +316,9 @@ func TestFailedRecordOfAResultIsRetried(t *testing.T) {
 	app := up.PushImage(t, "vendor/app", "1.0", 512, 1)
 	b := &book{scans: map[digest.Digest]metadata.Scan{}}
 	var store *flakyStore
-	v := config.Vulnerabilities{BlockSeverity: "high"}
-	set, err := policy.Compile([]config.Policy{{Name: "no-high", Match: []string{"hub/*"}, Mode: config.ModeEnforce,
-		Vulnerabilities: &v}}, os.ReadFile, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := newHarnessWith(t, up, t.TempDir(), "", func(o *gate.Options) {
+	h, _ := vulnHarness(t, up, config.Vulnerabilities{BlockSeverity: "high"}, func(o *gate.Options) {
 		store = &flakyStore{Store: o.Store}
 		o.Store = store
-		o.Policies = set
 		o.Scanner = b
 	})
 	b.now = h.clock.Now
@@ -368,10 +343,10 @@ func TestFailedRecordOfAResultIsRetried(t *testing.T) {
 	h.waitStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "CVE-2024-5535")
 }
 
-// rescanReporter is the queue, with Rescan reporting the new queued scan
-// as the scanner does (through OnResult, before Rescan returns).
+// rescanReporter is a scanner whose Rescan reports the new queued scan as
+// the scanner does (through OnResult, before Rescan returns).
 type rescanReporter struct {
-	*queue
+	gate.Scanner
 	h *harness
 }
 
@@ -388,19 +363,12 @@ func TestRescanKeepsTheStateUntilItsResult(t *testing.T) {
 	t.Parallel()
 	up := upstreamtest.New(t, upstreamtest.Options{})
 	app := up.PushImage(t, "vendor/app", "1.0", 512, 1)
-	q := &queue{}
-	v := config.Vulnerabilities{BlockSeverity: "high"}
-	set, err := policy.Compile([]config.Policy{{Name: "no-high", Match: []string{"hub/*"}, Mode: config.ModeEnforce,
-		Vulnerabilities: &v}}, os.ReadFile, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &rescanReporter{queue: q}
-	h := newHarnessWith(t, up, t.TempDir(), "", func(o *gate.Options) {
-		o.Policies = set
+	r := &rescanReporter{}
+	h, _ := vulnHarness(t, up, config.Vulnerabilities{BlockSeverity: "high"}, func(o *gate.Options) {
+		r.Scanner = o.Scanner
 		o.Scanner = r
 	})
-	r.h, q.now = h, h.clock.Now
+	r.h = h
 	const repo = "hub/vendor/app"
 	ctx := t.Context()
 	d := digest.Digest(app.Digest.String())

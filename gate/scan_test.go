@@ -70,13 +70,16 @@ func (q *queue) setDown(down bool) {
 	q.mu.Unlock()
 }
 
-// vulnHarness is the harness with one vulnerability policy over hub/*.
-func vulnHarness(t *testing.T, up *upstreamtest.Upstream, v config.Vulnerabilities) (*harness, *queue) {
+// vulnHarness is the harness with one vulnerability policy over hub/*
+// and hcl/*, scanned by a queue; opts change the gate's options after
+// (another scanner in place of the queue, a store wrapped).
+func vulnHarness(t *testing.T, up *upstreamtest.Upstream, v config.Vulnerabilities, opts ...func(*gate.Options)) (*harness, *queue) {
 	t.Helper()
-	return vulnHarnessIn(t, up, t.TempDir(), v)
+	return vulnHarnessIn(t, up, t.TempDir(), v, opts...)
 }
 
-func vulnHarnessIn(t *testing.T, up *upstreamtest.Upstream, dir string, v config.Vulnerabilities) (*harness, *queue) {
+// vulnHarnessIn is vulnHarness on the state in dir, as a restart finds it.
+func vulnHarnessIn(t *testing.T, up *upstreamtest.Upstream, dir string, v config.Vulnerabilities, opts ...func(*gate.Options)) (*harness, *queue) {
 	t.Helper()
 	q := &queue{finished: map[digest.Digest]metadata.Scan{}}
 	set, err := policy.Compile([]config.Policy{{Name: "no-high", Match: []string{"hub/*", "hcl/*"}, Mode: config.ModeEnforce,
@@ -87,6 +90,9 @@ func vulnHarnessIn(t *testing.T, up *upstreamtest.Upstream, dir string, v config
 	h := newHarnessWith(t, up, dir, "", func(o *gate.Options) {
 		o.Policies = set
 		o.Scanner = q
+		for _, f := range opts {
+			f(o)
+		}
 	})
 	q.now = h.clock.Now
 	return h, q

@@ -76,14 +76,6 @@ func bookHarness(t *testing.T, up *upstreamtest.Upstream, dir string, b *book) *
 	return h
 }
 
-// runGate runs h's background work until the test ends.
-func runGate(t *testing.T, h *harness) {
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { h.gate.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-}
-
 // TestScanResultsRecordedElsewhereReachTheGate: a scan's result is
 // recorded in the scanner's database, but this gate was never told
 // (airlock stopped between the two, or another replica scanned it). After
@@ -126,27 +118,6 @@ func TestScanResultsRecordedElsewhereReachTheGate(t *testing.T) {
 	h2.waitState(repo, approved.Digest, metadata.StateQuarantined)
 	h2.waitStatus(manifestPath(repo, "2.0"), http.StatusForbidden, "CVE-2024-5535")
 	h2.waitStatus(blobPath(repo, approved.Layers[0]), http.StatusForbidden, "DENIED")
-}
-
-// waitStatus waits for GET path to answer want (a change is recorded
-// before memory and the content follow it).
-func (h *harness) waitStatus(path string, want int, contains ...string) {
-	h.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		status, body := h.get(path)
-		ok := status == want
-		for _, c := range contains {
-			ok = ok && strings.Contains(body, c)
-		}
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("GET %s = %d %s, want %d with %q", path, status, trim(body), want, contains)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // TestStaleScanReportLosesToNewer: the scanner's worker reports a

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -106,21 +107,69 @@ func done(now time.Time, findings ...metadata.Finding) metadata.Scan {
 var openssl = metadata.Finding{ID: "CVE-2024-5535", Package: "openssl", Installed: "3.0.11-1~deb12u2", Fixed: "3.0.14-1~deb12u1",
 	Severity: metadata.SeverityHigh, Link: "https://security-tracker.debian.org/tracker/CVE-2024-5535"}
 
+// eventually polls cond until it holds, and fails the test with cond's
+// account of what it last saw if it does not within five seconds: results
+// and records are handed over in the background.
+func (h *harness) eventually(cond func() (ok bool, saw string)) {
+	h.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ok, saw := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatal(saw)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // waitState waits for the record of repo@d to reach st (a result handed
 // over in the background).
 func (h *harness) waitState(repo string, d v1.Hash, st metadata.State) metadata.Image {
 	h.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		img, err := h.meta.Image(h.t.Context(), repo, digest.Digest(d.String()))
-		if err == nil && img.State == st {
-			return img
+	var img metadata.Image
+	h.eventually(func() (bool, string) {
+		var err error
+		img, err = h.meta.Image(h.t.Context(), repo, digest.Digest(d.String()))
+		return err == nil && img.State == st, fmt.Sprintf("%s@%s: state %s (%v), want %s", repo, d, img.State, err, st)
+	})
+	return img
+}
+
+// waitScan waits for the record of repo@d to carry a scan in state st.
+func (h *harness) waitScan(repo string, d v1.Hash, st string) metadata.Image {
+	h.t.Helper()
+	var img metadata.Image
+	h.eventually(func() (bool, string) {
+		var err error
+		img, err = h.meta.Image(h.t.Context(), repo, digest.Digest(d.String()))
+		return err == nil && img.Scan != nil && img.Scan.State == st, fmt.Sprintf("%s@%s: scan %+v (%v), want %s", repo, d, img.Scan, err, st)
+	})
+	return img
+}
+
+// waitStatus waits for GET path to answer want (a change is recorded
+// before memory and the content follow it).
+func (h *harness) waitStatus(path string, want int, contains ...string) {
+	h.t.Helper()
+	h.eventually(func() (bool, string) {
+		status, body := h.get(path)
+		ok := status == want
+		for _, c := range contains {
+			ok = ok && strings.Contains(body, c)
 		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("%s@%s: state %s (%v), want %s", repo, d, img.State, err, st)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return ok, fmt.Sprintf("GET %s = %d %s, want %d with %q", path, status, trim(body), want, contains)
+	})
+}
+
+// runGate runs h's background work until the test ends.
+func runGate(t *testing.T, h *harness) {
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { h.gate.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
 }
 
 func TestScanDecidesTheImage(t *testing.T) {
@@ -296,32 +345,12 @@ func TestScannerDownHoldsNewImagesOnly(t *testing.T) {
 	// Back: the next pull's refusal asks for the scan in the background.
 	q.setDown(false)
 	h.wantStatus(manifestPath(repo, "2.0"), http.StatusForbidden)
-	deadline := time.Now().Add(5 * time.Second)
-	for q.queued(fresh.Digest) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the held image was not queued once the scanner was back")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	h.eventually(func() (bool, string) {
+		return q.queued(fresh.Digest) != 0, "the held image was not queued once the scanner was back"
+	})
 	img := h.waitScan(repo, fresh.Digest, metadata.ScanQueued)
 	if img.State != metadata.StatePending {
 		t.Fatalf("queued image: %s", img.State)
-	}
-}
-
-// waitScan waits for the record of repo@d to carry a scan in state st.
-func (h *harness) waitScan(repo string, d v1.Hash, st string) metadata.Image {
-	h.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		img, err := h.meta.Image(h.t.Context(), repo, digest.Digest(d.String()))
-		if err == nil && img.Scan != nil && img.Scan.State == st {
-			return img
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("%s@%s: scan %+v (%v), want %s", repo, d, img.Scan, err, st)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -348,15 +377,8 @@ func TestScanResultLostInACrashIsFetched(t *testing.T) {
 		t.Fatalf("record after the restart: %+v", img.Scan)
 	}
 	h2.clock.advance(3 * time.Minute)
-	ctx, cancel := context.WithCancel(t.Context())
-	stopped := make(chan struct{})
-	go func() {
-		h2.gate.Run(ctx)
-		close(stopped)
-	}()
+	runGate(t, h2)
 	img := h2.waitState(repo, a.Digest, metadata.StateQuarantined)
-	cancel()
-	<-stopped
 	if img.Scan == nil || img.Scan.State != metadata.ScanDone || len(img.Reasons) != 1 || img.Reasons[0].ID != "CVE-2024-5535" {
 		t.Fatalf("image after the lost result was fetched: %+v", img)
 	}

@@ -453,7 +453,10 @@ func (g *Gate) SetPolicies(ctx context.Context, set *policy.Set) (int, error) {
 		next := *img
 		next.Verdict.Signatures = sigs
 		decide(set, &next, "", now)
-		if next.State == img.State && sameReasons(next.Reasons, img.Reasons) && sameEvidence(next.Verdict.Signatures, img.Verdict.Signatures) {
+		// Waivers count too: a reload that moves a waiver's end changes
+		// nothing else, and the old end would stand.
+		if next.State == img.State && sameReasons(next.Reasons, img.Reasons) && sameEvidence(next.Verdict.Signatures, img.Verdict.Signatures) &&
+			next.Verdict.Recheck.Equal(img.Verdict.Recheck) && slices.Equal(next.Verdict.Waived, img.Verdict.Waived) {
 			continue
 		}
 		before := img.State

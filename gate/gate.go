@@ -142,6 +142,9 @@ type Gate struct {
 	// the content, so a digest met in another repository is decided with
 	// it at once.
 	scans map[digest.Digest]*metadata.Scan
+	// syncedTo is where syncScans goes on through the settled scans; only
+	// Run touches it.
+	syncedTo digest.Digest
 	// kicking holds the digests whose scan kickScan is asking for;
 	// kicks counts its goroutines, which stop once stopped is set.
 	kicking sync.Map
@@ -327,11 +330,18 @@ func (g *Gate) admit(ctx context.Context, s proxy.Subject) (proxy.Decision, erro
 	// decided on its own; its index's signature and pins still decide for
 	// it (it gets its own record, which names the index).
 	var via digest.Digest
-	if parent != nil && servable(parent, now) && !isIndex(s.MediaType) && (img == nil || img.Index == "") &&
-		!proxy.Internal(ctx) && g.policies.Load().Scans(repo) {
+	scanned := parent != nil && servable(parent, now) && !isIndex(s.MediaType) && (img == nil || img.Index == "") &&
+		g.policies.Load().Scans(repo)
+	if scanned && !proxy.Internal(ctx) {
 		via = parent.Digest
 	}
 	switch {
+	case scanned && proxy.Internal(ctx) && signatureArtifact(s.MediaType, s.Body) == "":
+		// airlock reads, while verifying, what an upstream's referrers
+		// list names: a platform named there is not served with its index
+		// (that would admit its layers before any scan), nor scanned.
+		g.metrics.decision("deny")
+		return proxy.Decision{Message: fmt.Sprintf("%s@%s is not a signature artifact; airlock reads only signatures while verifying", repo, s.Digest)}, nil
 	case parent != nil && servable(parent, now) && via == "" && (img == nil || img.Index == ""):
 		// A platform of a servable index is served with it.
 		g.count(parent, s.Digest, s.Head, now)

@@ -28,6 +28,7 @@ func (g *Gate) Run(ctx context.Context) {
 	scans := time.NewTicker(requestScansEvery)
 	defer scans.Stop()
 	g.requestScans(ctx)
+	g.syncScans(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -36,6 +37,7 @@ func (g *Gate) Run(ctx context.Context) {
 			return
 		case <-scans.C:
 			g.requestScans(ctx)
+			g.syncScans(ctx)
 		case <-expiry.C:
 			g.ExpireReleases(ctx)
 			g.Recheck(ctx)

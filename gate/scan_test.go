@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -29,6 +30,9 @@ type queue struct {
 	jobs []scanner.Job
 	down bool
 	now  func() time.Time
+	// finished holds the scans the queue answers for digests it already
+	// scanned.
+	finished map[digest.Digest]metadata.Scan
 }
 
 func (q *queue) Enqueue(_ context.Context, j scanner.Job) (metadata.Scan, error) {
@@ -38,6 +42,9 @@ func (q *queue) Enqueue(_ context.Context, j scanner.Job) (metadata.Scan, error)
 		return metadata.Scan{}, fmt.Errorf("%w: connection refused", scanner.ErrUnavailable)
 	}
 	q.jobs = append(q.jobs, j)
+	if sc, ok := q.finished[j.Digest]; ok {
+		return sc, nil
+	}
 	return metadata.Scan{State: metadata.ScanQueued, Queued: q.now()}, nil
 }
 
@@ -64,18 +71,29 @@ func (q *queue) setDown(down bool) {
 	q.mu.Unlock()
 }
 
-// vulnHarness is the harness with one vulnerability policy over hub/*.
-func vulnHarness(t *testing.T, up *upstreamtest.Upstream, v config.Vulnerabilities) (*harness, *queue) {
+// vulnHarness is the harness with one vulnerability policy over hub/*
+// and hcl/*, scanned by a queue; opts change the gate's options after
+// (another scanner in place of the queue, a store wrapped).
+func vulnHarness(t *testing.T, up *upstreamtest.Upstream, v config.Vulnerabilities, opts ...func(*gate.Options)) (*harness, *queue) {
 	t.Helper()
-	q := &queue{}
+	return vulnHarnessIn(t, up, t.TempDir(), v, opts...)
+}
+
+// vulnHarnessIn is vulnHarness on the state in dir, as a restart finds it.
+func vulnHarnessIn(t *testing.T, up *upstreamtest.Upstream, dir string, v config.Vulnerabilities, opts ...func(*gate.Options)) (*harness, *queue) {
+	t.Helper()
+	q := &queue{finished: map[digest.Digest]metadata.Scan{}}
 	set, err := policy.Compile([]config.Policy{{Name: "no-high", Match: []string{"hub/*", "hcl/*"}, Mode: config.ModeEnforce,
 		Vulnerabilities: &v}}, os.ReadFile, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := newHarnessWith(t, up, t.TempDir(), "", func(o *gate.Options) {
+	h := newHarnessWith(t, up, dir, "", func(o *gate.Options) {
 		o.Policies = set
 		o.Scanner = q
+		for _, f := range opts {
+			f(o)
+		}
 	})
 	q.now = h.clock.Now
 	return h, q
@@ -89,21 +107,69 @@ func done(now time.Time, findings ...metadata.Finding) metadata.Scan {
 var openssl = metadata.Finding{ID: "CVE-2024-5535", Package: "openssl", Installed: "3.0.11-1~deb12u2", Fixed: "3.0.14-1~deb12u1",
 	Severity: metadata.SeverityHigh, Link: "https://security-tracker.debian.org/tracker/CVE-2024-5535"}
 
+// eventually polls cond until it holds, and fails the test with cond's
+// account of what it last saw if it does not within five seconds: results
+// and records are handed over in the background.
+func (h *harness) eventually(cond func() (ok bool, saw string)) {
+	h.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ok, saw := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatal(saw)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // waitState waits for the record of repo@d to reach st (a result handed
 // over in the background).
 func (h *harness) waitState(repo string, d v1.Hash, st metadata.State) metadata.Image {
 	h.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		img, err := h.meta.Image(h.t.Context(), repo, digest.Digest(d.String()))
-		if err == nil && img.State == st {
-			return img
+	var img metadata.Image
+	h.eventually(func() (bool, string) {
+		var err error
+		img, err = h.meta.Image(h.t.Context(), repo, digest.Digest(d.String()))
+		return err == nil && img.State == st, fmt.Sprintf("%s@%s: state %s (%v), want %s", repo, d, img.State, err, st)
+	})
+	return img
+}
+
+// waitScan waits for the record of repo@d to carry a scan in state st.
+func (h *harness) waitScan(repo string, d v1.Hash, st string) metadata.Image {
+	h.t.Helper()
+	var img metadata.Image
+	h.eventually(func() (bool, string) {
+		var err error
+		img, err = h.meta.Image(h.t.Context(), repo, digest.Digest(d.String()))
+		return err == nil && img.Scan != nil && img.Scan.State == st, fmt.Sprintf("%s@%s: scan %+v (%v), want %s", repo, d, img.Scan, err, st)
+	})
+	return img
+}
+
+// waitStatus waits for GET path to answer want (a change is recorded
+// before memory and the content follow it).
+func (h *harness) waitStatus(path string, want int, contains ...string) {
+	h.t.Helper()
+	h.eventually(func() (bool, string) {
+		status, body := h.get(path)
+		ok := status == want
+		for _, c := range contains {
+			ok = ok && strings.Contains(body, c)
 		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("%s@%s: state %s (%v), want %s", repo, d, img.State, err, st)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return ok, fmt.Sprintf("GET %s = %d %s, want %d with %q", path, status, trim(body), want, contains)
+	})
+}
+
+// runGate runs h's background work until the test ends.
+func runGate(t *testing.T, h *harness) {
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { h.gate.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
 }
 
 func TestScanDecidesTheImage(t *testing.T) {
@@ -279,31 +345,77 @@ func TestScannerDownHoldsNewImagesOnly(t *testing.T) {
 	// Back: the next pull's refusal asks for the scan in the background.
 	q.setDown(false)
 	h.wantStatus(manifestPath(repo, "2.0"), http.StatusForbidden)
-	deadline := time.Now().Add(5 * time.Second)
-	for q.queued(fresh.Digest) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the held image was not queued once the scanner was back")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	h.eventually(func() (bool, string) {
+		return q.queued(fresh.Digest) != 0, "the held image was not queued once the scanner was back"
+	})
 	img := h.waitScan(repo, fresh.Digest, metadata.ScanQueued)
 	if img.State != metadata.StatePending {
 		t.Fatalf("queued image: %s", img.State)
 	}
 }
 
-// waitScan waits for the record of repo@d to carry a scan in state st.
-func (h *harness) waitScan(repo string, d v1.Hash, st string) metadata.Image {
-	h.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		img, err := h.meta.Image(h.t.Context(), repo, digest.Digest(d.String()))
-		if err == nil && img.Scan != nil && img.Scan.State == st {
-			return img
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("%s@%s: scan %+v (%v), want %s", repo, d, img.Scan, err, st)
-		}
-		time.Sleep(10 * time.Millisecond)
+// TestScanResultLostInACrashIsFetched: the scanner reports a result once,
+// to the process that scanned; one that finished as airlock went down
+// leaves the record "scanning". After the restart the gate asks the
+// scanner how stale scans stand and decides the image.
+func TestScanResultLostInACrashIsFetched(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	a := up.PushImage(t, "vendor/app", "1.0", 512, 1)
+	dir := t.TempDir()
+	v := config.Vulnerabilities{BlockSeverity: "high"}
+	h, _ := vulnHarnessIn(t, up, dir, v)
+	const repo = "hub/vendor/app"
+	d := digest.Digest(a.Digest.String())
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "queued")
+	h.gate.ScanResult(t.Context(), d, metadata.Scan{State: metadata.ScanRunning, Queued: h.clock.Now(), Started: h.clock.Now()})
+	h.close()
+
+	h2, q := vulnHarnessIn(t, up, dir, v)
+	q.finished[d] = done(h2.clock.Now(), openssl)
+	if img := h2.image(repo, a.Digest); img.Scan == nil || img.Scan.State != metadata.ScanRunning {
+		t.Fatalf("record after the restart: %+v", img.Scan)
 	}
+	h2.clock.advance(3 * time.Minute)
+	runGate(t, h2)
+	img := h2.waitState(repo, a.Digest, metadata.StateQuarantined)
+	if img.Scan == nil || img.Scan.State != metadata.ScanDone || len(img.Reasons) != 1 || img.Reasons[0].ID != "CVE-2024-5535" {
+		t.Fatalf("image after the lost result was fetched: %+v", img)
+	}
+	h2.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "is quarantined", "CVE-2024-5535")
+}
+
+// TestReloadMovesAWaiversEnd: a reload that shortens a waiver still in
+// force changes neither the state nor the reasons, only when the verdict
+// changes by itself; that end must be the new one.
+func TestReloadMovesAWaiversEnd(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	a := up.PushImage(t, "vendor/app", "1.0", 512, 1)
+	v := config.Vulnerabilities{BlockSeverity: "high",
+		Allow: []config.Waiver{{ID: "CVE-2024-5535", Until: "2027-06-30", Reason: "not reachable"}}}
+	h, _ := vulnHarness(t, up, v)
+	const repo = "hub/vendor/app"
+	ctx := t.Context()
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "queued")
+	h.gate.ScanResult(ctx, digest.Digest(a.Digest.String()), done(h.clock.Now(), openssl))
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusOK)
+
+	v.Allow[0].Until = "2026-12-01"
+	set, err := policy.Compile([]config.Policy{{Name: "no-high", Match: []string{"hub/*", "hcl/*"}, Mode: config.ModeEnforce,
+		Vulnerabilities: &v}}, os.ReadFile, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.gate.SetPolicies(ctx, set); err != nil {
+		t.Fatal(err)
+	}
+	if img := h.image(repo, a.Digest); !img.Verdict.Recheck.Equal(time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)) {
+		t.Fatalf("recheck after the reload: %s, want the new end", img.Verdict.Recheck)
+	}
+	h.clock.advance(48 * time.Hour)
+	if n := h.gate.Recheck(ctx); n != 1 {
+		t.Fatalf("Recheck after the shortened waiver ended changed %d images, want 1", n)
+	}
+	h.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "is quarantined")
 }

@@ -38,6 +38,9 @@ const (
 	requestScansEvery = 30 * time.Second
 	// maxScanRequests bounds the scans queued again per round.
 	maxScanRequests = 256
+	// staleScan is how long a scan may stay queued or running before
+	// requestScans asks the scanner how it stands.
+	staleScan = 2 * time.Minute
 )
 
 // kindOf is what img is to the policies.
@@ -129,16 +132,32 @@ func scanTime(s *metadata.Scan) time.Time {
 // with that digest again: an approved image whose new findings break a
 // policy is quarantined, its blobs withdrawn and an alert sent. It is the
 // scanner's OnResult.
+//
+// A report older than the one the gate holds is dropped: reports come
+// from several goroutines (Enqueue's answer, the workers, the re-check, a
+// poll of the scanner's records) and one may overtake another; a queued
+// state landing after the result would hold the image for a scan that is
+// over, with nothing left to report it.
 func (g *Gate) ScanResult(ctx context.Context, d digest.Digest, scan metadata.Scan) {
 	g.write.Lock()
 	defer g.write.Unlock()
 	s := scan
 	set := g.policies.Load()
 	g.mu.Lock()
+	if cur := g.scans[d]; cur != nil && scanTime(&s).Before(scanTime(cur)) {
+		g.mu.Unlock()
+		return
+	}
 	g.scans[d] = &s
+	// A scan queued or running again (a rescan) leaves an image that a
+	// finished scan decided as it is until the new result: Rescan promises
+	// that, and holding an approved image meanwhile would withdraw its
+	// layers for as long as the scan takes.
+	again := s.State == metadata.ScanQueued || s.State == metadata.ScanRunning
 	var targets []*metadata.Image
 	for _, img := range g.images {
-		if img.Digest == d && (img.Scan != nil || needsScan(set, img)) && img.Artifact == "" && kindOf(img) != policy.KindIndex {
+		if img.Digest == d && (img.Scan != nil || needsScan(set, img)) && img.Artifact == "" && kindOf(img) != policy.KindIndex &&
+			!(again && img.Scan != nil && img.Scan.State == metadata.ScanDone) {
 			targets = append(targets, img)
 		}
 	}
@@ -150,9 +169,15 @@ func (g *Gate) ScanResult(ctx context.Context, d digest.Digest, scan metadata.Sc
 			cp := s
 			cp.Findings = slices.Clone(s.Findings)
 			cur.Scan = &cp
-			from := cur.State
+			from, reasons := cur.State, cur.Reasons
 			decide(set, cur, "", now)
 			c := metadata.Change{Actor: actorScanner, Action: decided(from, cur), Reason: scanSentence(&cp)}
+			if c.Action == "" && cur.State == metadata.StateReleased && !sameReasons(reasons, cur.Reasons) {
+				// The release holds (it is of the digest, until it ends),
+				// but who released it for some findings must be able to
+				// see that it now serves others.
+				c.Action, c.Reason = "redecide", "findings changed while released: "+c.Reason
+			}
 			if s.State == metadata.ScanFailed && (was == nil || was.State != metadata.ScanFailed) {
 				c.Deliveries = g.route(eventFor(config.EventScanFailed, from, cur, c, now))
 			}
@@ -245,28 +270,109 @@ func (g *Gate) stopKicks() {
 	g.kicks.Wait()
 }
 
+// scanRecords is a Scanner that can read what it recorded of many digests
+// at once (*scanner.Scanner can). A result reaches ScanResult only in the
+// process that did the work, and only if it runs long enough to report
+// it: another replica's worker or re-check, or a stop between the record
+// and the report, leaves this gate with a stale scan. syncScans reads the
+// records to catch up.
+type scanRecords interface {
+	Scans(ctx context.Context, ds []digest.Digest) (map[digest.Digest]metadata.Scan, error)
+}
+
+// syncScans asks the scanner for the recorded scans of the digests whose
+// images hold a scan, and hands over each that differs from what an image
+// holds: every digest still waiting for its scan, and maxScanRequests of
+// the others in turn (so that a re-check another replica ran reaches this
+// one within a few rounds). An image whose record of a result failed to be
+// written is decided again the same way.
+func (g *Gate) syncScans(ctx context.Context) {
+	rec, ok := g.scanner.(scanRecords)
+	if !ok {
+		return
+	}
+	g.mu.RLock()
+	held := map[digest.Digest][]metadata.Scan{}
+	for _, img := range g.images {
+		if img.Scan != nil {
+			held[img.Digest] = append(held[img.Digest], *img.Scan)
+		}
+	}
+	g.mu.RUnlock()
+	var waiting, settled []digest.Digest
+	for d, scans := range held {
+		if slices.ContainsFunc(scans, func(s metadata.Scan) bool {
+			return s.State == metadata.ScanQueued || s.State == metadata.ScanRunning
+		}) {
+			waiting = append(waiting, d)
+		} else {
+			settled = append(settled, d)
+		}
+	}
+	slices.Sort(settled)
+	start, _ := slices.BinarySearch(settled, g.syncedTo)
+	settled = settled[start:]
+	if len(settled) > maxScanRequests {
+		settled = settled[:maxScanRequests]
+		g.syncedTo = settled[len(settled)-1] + "\x00"
+	} else {
+		g.syncedTo = "" // round done: start over next time
+	}
+	ask := append(waiting, settled...)
+	if len(ask) == 0 {
+		return
+	}
+	got, err := rec.Scans(ctx, ask)
+	if err != nil {
+		g.warnScanner(ctx, fmt.Sprintf("%d images", len(ask)), err)
+		return
+	}
+	for d, sc := range got {
+		if slices.ContainsFunc(held[d], func(s metadata.Scan) bool { return !sameScan(&s, &sc) }) {
+			g.ScanResult(ctx, d, sc)
+		}
+	}
+}
+
+// sameScan reports whether a and b are the same report of a scan.
+func sameScan(a, b *metadata.Scan) bool {
+	return a.State == b.State && a.Attempts == b.Attempts && a.Data == b.Data && a.Error == b.Error &&
+		a.Queued.Equal(b.Queued) && a.Started.Equal(b.Started) && a.Finished.Equal(b.Finished)
+}
+
 // requestScans queues the scans of images that wait for one none could be
 // queued for (the scanner was down, or a policy that checks
-// vulnerabilities now covers them).
+// vulnerabilities now covers them), and asks again after scans that have
+// been queued or running for long: the scanner reports a result once, to
+// the process that did the work, so one that finished while this process
+// was going down (its record still says "scanning") is fetched here.
 func (g *Gate) requestScans(ctx context.Context) {
 	if g.scanner == nil {
 		return
 	}
 	set := g.policies.Load()
-	g.mu.RLock()
+	now := g.now()
 	type want struct {
 		repo string
 		d    digest.Digest
+		// have is the scan the record holds (nil: none).
+		have *metadata.Scan
 	}
 	var wants []want
 	seen := map[digest.Digest]bool{}
+	g.mu.RLock()
 	for _, img := range g.images {
 		if len(wants) >= maxScanRequests {
 			break
 		}
-		if img.Scan == nil && !seen[img.Digest] && img.MediaType != "" && needsScan(set, img) {
+		if seen[img.Digest] || img.MediaType == "" || !needsScan(set, img) {
+			continue
+		}
+		unsettled := img.Scan != nil && (img.Scan.State == metadata.ScanQueued || img.Scan.State == metadata.ScanRunning) &&
+			now.Sub(scanTime(img.Scan)) >= staleScan
+		if img.Scan == nil || unsettled {
 			seen[img.Digest] = true
-			wants = append(wants, want{img.Repository, img.Digest})
+			wants = append(wants, want{img.Repository, img.Digest, img.Scan})
 		}
 	}
 	g.mu.RUnlock()
@@ -274,7 +380,21 @@ func (g *Gate) requestScans(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		sc := g.scanFor(ctx, w.repo, w.d)
+		var sc *metadata.Scan
+		if w.have == nil {
+			sc = g.scanFor(ctx, w.repo, w.d)
+		} else {
+			qctx, cancel := context.WithTimeout(ctx, enqueueTimeout)
+			cur, err := g.scanner.Enqueue(qctx, scanner.Job{Repository: w.repo, Digest: w.d})
+			cancel()
+			if err != nil {
+				g.warnScanner(ctx, imageKey(w.repo, w.d), err)
+			} else if cur.State != w.have.State || newerScan(&cur, w.have) {
+				sc = &cur
+			} else {
+				continue // still queued or running: nothing new
+			}
+		}
 		if sc == nil {
 			return // the scanner is down: the next round tries again
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/airlock-registry/airlock/integration/airlocktest"
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
+	"github.com/airlock-registry/airlock/internal/pgtest"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -34,6 +35,11 @@ func TestMain(m *testing.M) {
 	e2eBinary, e2eBuildErr = airlocktest.Build(ctx, dir)
 	cancel()
 	code := m.Run()
+	// The PostgreSQL the scanning tests started, if any.
+	if err := pgtest.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "pgtest:", err)
+		code = 1
+	}
 	_ = os.RemoveAll(dir)
 	os.Exit(code)
 }

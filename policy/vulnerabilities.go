@@ -176,8 +176,19 @@ func (v *vulnCheck) judge(p *Policy, sub *Subject, now time.Time) judgement {
 	slices.SortStableFunc(j.waived, func(a, b metadata.Waived) int {
 		return cmp.Or(strings.Compare(a.ID, b.ID), strings.Compare(a.Package, b.Package))
 	})
+	if n := len(j.reasons) - maxVulnReasons; n > 0 {
+		// Reasons travel in every audit record and alert of the image:
+		// an image with thousands of findings (an upstream can make one)
+		// would make each of them megabytes. The worst are kept; the scan
+		// itself keeps every finding.
+		j.reasons = append(j.reasons[:maxVulnReasons:maxVulnReasons], metadata.Reason{Type: metadata.ReasonVulnerability, Policy: p.Name,
+			Message: fmt.Sprintf("policy %s: %d more findings at or above %s; the image's scan lists them all", p.Name, n, v.block)})
+	}
 	return j
 }
+
+// maxVulnReasons bounds the findings one policy gives as reasons.
+const maxVulnReasons = 100
 
 // scanStatus words why a scan has no result, for a pending image's
 // reason (the gate shows it in its 403 answer).

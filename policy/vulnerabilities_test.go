@@ -1,12 +1,15 @@
 package policy
 
 import (
+	"fmt"
 	"os"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/storage/metadata"
@@ -480,5 +483,35 @@ func TestCompileVulnerabilityErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: Compile error %v, want %q", tc.name, err, tc.want)
 		}
+	}
+}
+
+// TestFindingReasonsAreBounded: an image with thousands of findings gives
+// the worst hundred as reasons and one that counts the rest; the reasons
+// travel in every audit record and alert.
+func TestFindingReasonsAreBounded(t *testing.T) {
+	t.Parallel()
+	set, err := Compile([]config.Policy{vulnPolicy("p", config.Vulnerabilities{BlockSeverity: "low"})}, os.ReadFile, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fs []metadata.Finding
+	for i := range 5000 {
+		sev := "low"
+		if i%1000 == 7 {
+			sev = "critical"
+		}
+		fs = append(fs, finding(fmt.Sprintf("CVE-2024-%05d", i), "pkg", sev, "2.0"))
+	}
+	v := set.Evaluate(Subject{Repository: "hub/app", Digest: digest.FromString("many"), Scan: done(fs...)}, now)
+	if v.State != metadata.StateQuarantined || len(v.Reasons) != 101 {
+		t.Fatalf("state %s with %d reasons, want quarantined with 101", v.State, len(v.Reasons))
+	}
+	if v.Reasons[0].Severity != "critical" || v.Reasons[4].Severity != "critical" || v.Reasons[5].Severity != "low" {
+		t.Fatalf("the worst do not come first: %v", messages(v.Reasons[:6]))
+	}
+	last := v.Reasons[100]
+	if last.ID != "" || last.Type != metadata.ReasonVulnerability || last.Message != "policy p: 4900 more findings at or above low; the image's scan lists them all" {
+		t.Fatalf("summary reason: %+v", last)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
@@ -27,7 +28,21 @@ type arena struct {
 	dir     string
 	content Content
 	metrics *metrics
+	// expandFloor is what the layers of one manifest may always expand
+	// to; past it, at most maxExpansion times their compressed size.
+	expandFloor int64
 }
+
+// The expansion of a manifest's layers is bounded, all of them together:
+// a few kilobytes of gzip can hold gigabytes of zeros, a manifest can
+// list a thousand such layers, and the work directory is on a disk shared
+// with the cache as a rule. Real layers expand 2 to 10 times; layers past
+// both bounds are refused as a decompression bomb (the scan fails, the
+// image is held, an admin can release it).
+const (
+	defaultExpandFloor = 1 << 30
+	maxExpansion       = 64
+)
 
 var _ indexer.FetchArena = (*arena)(nil)
 
@@ -35,11 +50,13 @@ func newArena(dir string, c Content, m *metrics) (*arena, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("scanner: work directory: %w", err)
 	}
-	return &arena{dir: dir, content: c, metrics: m}, nil
+	return &arena{dir: dir, content: c, metrics: m, expandFloor: defaultExpandFloor}, nil
 }
 
 // Realizer returns the realizer of one Index call.
-func (a *arena) Realizer(context.Context) indexer.Realizer { return &realizer{a: a} }
+func (a *arena) Realizer(context.Context) indexer.Realizer {
+	return &realizer{a: a, budget: &expansion{floor: a.expandFloor}}
+}
 
 // Close implements indexer.FetchArena; the arena holds nothing between
 // calls.
@@ -56,6 +73,7 @@ func withRepository(ctx context.Context, repo string) context.Context {
 // realizer fetches the layers of one manifest and closes them after.
 type realizer struct {
 	a      *arena
+	budget *expansion
 	mu     sync.Mutex
 	layers []*claircore.Layer
 	files  []*os.File
@@ -80,7 +98,7 @@ func (r *realizer) Realize(ctx context.Context, ls []*claircore.Layer) error {
 			if err != nil {
 				return fmt.Errorf("layer %s: %w", l.Hash, err)
 			}
-			f, err := r.a.fetch(ctx, repo, d)
+			f, err := r.fetch(ctx, repo, d)
 			if err != nil {
 				return fmt.Errorf("layer %s: %w", d, err)
 			}
@@ -113,6 +131,11 @@ func (r *realizer) Close() error {
 	return errors.Join(errs...)
 }
 
+// fetch fetches one layer of the manifest being indexed.
+func (r *realizer) fetch(ctx context.Context, repo string, d digest.Digest) (*os.File, error) {
+	return r.a.fetch(ctx, repo, d, r.budget)
+}
+
 // Compression magic numbers.
 var (
 	gzipMagic = []byte{0x1f, 0x8b}
@@ -121,8 +144,9 @@ var (
 
 // fetch reads blob d of repo, checks its digest and returns its content
 // uncompressed in an unlinked temporary file, positioned anywhere (the
-// caller reads it with ReadAt).
-func (a *arena) fetch(ctx context.Context, repo string, d digest.Digest) (*os.File, error) {
+// caller reads it with ReadAt). What it reads and writes counts against
+// budget.
+func (a *arena) fetch(ctx context.Context, repo string, d digest.Digest, budget *expansion) (*os.File, error) {
 	rc, err := a.content.Blob(ctx, repo, d)
 	if err != nil {
 		return nil, fmt.Errorf("reading the blob: %w", err)
@@ -143,7 +167,8 @@ func (a *arena) fetch(ctx context.Context, repo string, d digest.Digest) (*os.Fi
 	}()
 
 	verifier := d.Verifier()
-	br := bufio.NewReaderSize(io.TeeReader(rc, verifier), 64<<10)
+	compressed := &countingReader{r: rc, n: &budget.compressed}
+	br := bufio.NewReaderSize(io.TeeReader(compressed, verifier), 64<<10)
 	head, _ := br.Peek(4)
 	var src io.Reader = br
 	switch {
@@ -162,8 +187,12 @@ func (a *arena) fetch(ctx context.Context, repo string, d digest.Digest) (*os.Fi
 		defer zr.Close()
 		src = zr
 	}
-	n, err := io.Copy(f, ctxReader{ctx, src})
+	n, err := io.Copy(&boundedWriter{w: f, budget: budget}, ctxReader{ctx, src})
 	if err != nil {
+		if errors.Is(err, errBomb) {
+			return nil, permanent(fmt.Errorf("%w: the manifest's layers expand past %d bytes, more than %d times the %d compressed bytes read",
+				errBomb, budget.expanded.Load(), maxExpansion, budget.compressed.Load()))
+		}
 		return nil, fmt.Errorf("uncompressing: %w", err)
 	}
 	// The decompressor may stop at the end of its stream: read the rest
@@ -190,4 +219,42 @@ func (c ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
+}
+
+var errBomb = errors.New("the layer is refused as a decompression bomb")
+
+// expansion is what the layers of one manifest read and wrote so far;
+// two layers are fetched at once.
+type expansion struct {
+	floor      int64
+	compressed atomic.Int64
+	expanded   atomic.Int64
+}
+
+// countingReader counts the bytes read through it into n.
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// boundedWriter writes an uncompressed layer while the manifest's layers
+// stay within their budget: at most its floor, or maxExpansion times the
+// compressed bytes read so far.
+type boundedWriter struct {
+	w      io.Writer
+	budget *expansion
+}
+
+func (b *boundedWriter) Write(p []byte) (int, error) {
+	next := b.budget.expanded.Add(int64(len(p)))
+	if next > b.budget.floor && next > maxExpansion*b.budget.compressed.Load() {
+		return 0, errBomb
+	}
+	return b.w.Write(p)
 }

@@ -10,25 +10,26 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/quay/claircore"
 
+	"github.com/airlock-registry/airlock/scanner/scannertest"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
 // debian100 is a Debian 12 root with 100 packages, each with a 64 KiB
 // file of incompressible bytes; seed makes the layer unique.
 func debian100(seed uint64) map[string]string {
-	var pkgs []deb
+	var pkgs []scannertest.Deb
 	for i := range 100 {
-		pkgs = append(pkgs, deb{fmt.Sprintf("pkg%03d", i), fmt.Sprintf("1.%d.0-1", i), ""})
+		pkgs = append(pkgs, scannertest.Deb{Name: fmt.Sprintf("pkg%03d", i), Version: fmt.Sprintf("1.%d.0-1", i)})
 	}
-	pkgs[0] = deb{"libssl3", "3.0.11-1~deb12u2", "openssl"}
-	files := debianFiles(pkgs...)
+	pkgs[0] = scannertest.Deb{Name: "libssl3", Version: "3.0.11-1~deb12u2", Source: "openssl"}
+	files := scannertest.DebianFiles(pkgs...)
 	r := rand.New(rand.NewPCG(seed, 100))
 	for _, p := range pkgs {
 		b := make([]byte, 64<<10)
 		for i := range b {
 			b[i] = byte(r.Uint32())
 		}
-		files["usr/lib/"+p.name] = string(b)
+		files["usr/lib/"+p.Name] = string(b)
 	}
 	return files
 }
@@ -38,11 +39,11 @@ func debian100(seed uint64) map[string]string {
 // "shared-base" a new small layer on a base indexed before.
 func BenchmarkScan(b *testing.B) {
 	e := open(b, "", nil)
-	e.importData(b, update{updater: "debian/updater", fingerprint: "bench", vulns: []*claircore.Vulnerability{
-		debVuln("CVE-2024-5535", "openssl", "3.0.14-1~deb12u1", "medium", claircore.High),
+	e.importData(b, scannertest.Update{Updater: scannertest.DebianUpdater, Fingerprint: "bench", Vulns: []*claircore.Vulnerability{
+		scannertest.DebianVuln("CVE-2024-5535", "openssl", "3.0.14-1~deb12u1", "medium", claircore.High),
 	}})
 	e.run(b)
-	base := layerOf(b, "gzip", debian100(1<<40))
+	base := scannertest.Layer(b, scannertest.Gzip, debian100(1<<40))
 	warm := e.content.addImage(b, base)
 	e.enqueue(b, warm)
 	e.results.wait(b, warm, time.Minute, isDone)
@@ -57,9 +58,9 @@ func BenchmarkScan(b *testing.B) {
 				i++
 				var d digest.Digest
 				if mode == "new" {
-					d = e.content.addImage(b, layerOf(b, "gzip", debian100(uint64(i))))
+					d = e.content.addImage(b, scannertest.Layer(b, scannertest.Gzip, debian100(uint64(i))))
 				} else {
-					d = e.content.addImage(b, base, layerOf(b, "gzip", map[string]string{"app/bin": fmt.Sprint(i)}))
+					d = e.content.addImage(b, base, scannertest.Layer(b, scannertest.Gzip, map[string]string{"app/bin": fmt.Sprint(i)}))
 				}
 				b.StartTimer()
 				t0 := time.Now()

@@ -10,7 +10,10 @@
 // A scan depends on the manifest digest only. Its result reaches the gate
 // through Options.OnResult, which decides the image under its policies;
 // when vulnerability data changes, the manifests it affects are matched
-// again and their new results reported the same way.
+// again and their new results reported the same way. OnResult fires only
+// in the process that did the work, and not at all if it stops between
+// recording a result and reporting it: a gate reads what it may have
+// missed (another replica's scans and re-checks) with Scans.
 //
 // # Offline
 //
@@ -23,7 +26,10 @@
 // match no repository-scoped advisory). Layers come from Options.Content,
 // compressed as stored; gzip, zstd and plain tar are told apart by their
 // first bytes, checked against their digest, and uncompressed into an
-// unlinked file for as long as claircore reads them.
+// unlinked file for as long as claircore reads them. The layers of one
+// manifest may expand to 1 GiB in all, or past that to 64 times their
+// compressed size: layers that expand further are refused as a
+// decompression bomb, and the scan fails.
 //
 // Vulnerability data comes from two places. With config.Scanner.Updaters.Sets
 // empty, only from Import (`airlock vulndb import`): claircore's
@@ -57,7 +63,12 @@
 // until config.Scanner.Attempts, then recorded failed; Rescan starts over.
 // An image index, or a manifest with no filesystem layers (a Helm chart, a
 // signature), is done at once with a Note and no findings: each platform
-// manifest of an index is scanned on its own.
+// manifest of an index is scanned on its own. What counts as a filesystem
+// layer is what a container runtime would unpack, whatever the manifest's
+// or the config's media type claims: every layer typed under the OCI
+// layer or Docker rootfs prefixes (non-distributable ones included) is
+// scanned, unless the config is an artifact's empty "{}". A Docker schema
+// 1 manifest fails its scan: its layers cannot be told from an image's.
 //
 // # Re-check
 //

@@ -1,7 +1,6 @@
 package scanner
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -11,32 +10,21 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path"
-	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/compression"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/quay/claircore"
-	"github.com/quay/claircore/libvuln/driver"
-	"github.com/quay/claircore/libvuln/jsonblob"
-	cctypes "github.com/quay/claircore/toolkit/types"
 	"go.uber.org/goleak"
 
 	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/internal/pgtest"
+	"github.com/airlock-registry/airlock/scanner/scannertest"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
@@ -181,13 +169,7 @@ func (c *fakeContent) putManifest(raw []byte, mt string) digest.Digest {
 // addImage stores an OCI image made of layers and returns its digest.
 func (c *fakeContent) addImage(t testing.TB, layers ...v1.Layer) digest.Digest {
 	t.Helper()
-	img, err := mutate.AppendLayers(empty.Image, layers...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img = mutate.MediaType(img, types.OCIManifestSchema1)
-	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	raw, err := img.RawManifest()
+	raw, err := scannertest.Image(t, layers...).RawManifest()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,174 +192,6 @@ func (c *fakeContent) addImage(t testing.TB, layers ...v1.Layer) digest.Digest {
 		c.mu.Unlock()
 	}
 	return c.putManifest(raw, string(types.OCIManifestSchema1))
-}
-
-// tarOf builds a layer's tar from files (path → content), with the parent
-// directories.
-func tarOf(t testing.TB, files map[string]string) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	names := make([]string, 0, len(files))
-	for n := range files {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	dirs := map[string]bool{}
-	mtime := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
-	for _, n := range names {
-		var parents []string
-		for d := path.Dir(n); d != "." && d != "/"; d = path.Dir(d) {
-			parents = append([]string{d}, parents...)
-		}
-		for _, d := range parents {
-			if dirs[d] {
-				continue
-			}
-			dirs[d] = true
-			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: mtime}); err != nil {
-				t.Fatal(err)
-			}
-		}
-		body := files[n]
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: n, Mode: 0o644, Size: int64(len(body)), ModTime: mtime}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.WriteString(tw, body); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
-// layerOf makes a layer of files, compressed as asked: gzip, zstd or none.
-func layerOf(t testing.TB, comp string, files map[string]string) v1.Layer {
-	t.Helper()
-	raw := tarOf(t, files)
-	opener := func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil }
-	var l v1.Layer
-	var err error
-	switch comp {
-	case "gzip":
-		l, err = tarball.LayerFromOpener(opener, tarball.WithMediaType(types.OCILayer))
-	case "zstd":
-		l, err = tarball.LayerFromOpener(opener, tarball.WithCompression(compression.ZStd), tarball.WithMediaType(types.OCILayerZStd))
-	case "none":
-		l = static.NewLayer(raw, types.OCIUncompressedLayer)
-	default:
-		t.Fatalf("unknown compression %q", comp)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
-
-// deb is an installed Debian package.
-type deb struct{ name, version, source string }
-
-const debianOSRelease = `PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"
-NAME="Debian GNU/Linux"
-VERSION_ID="12"
-VERSION="12 (bookworm)"
-VERSION_CODENAME=bookworm
-ID=debian
-HOME_URL="https://www.debian.org/"
-`
-
-// debianFiles is a Debian 12 root with pkgs installed: os-release, the
-// dpkg status database and each package's file list.
-func debianFiles(pkgs ...deb) map[string]string {
-	var status strings.Builder
-	files := map[string]string{"etc/os-release": debianOSRelease}
-	for _, p := range pkgs {
-		fmt.Fprintf(&status, "Package: %s\nStatus: install ok installed\nPriority: optional\nSection: libs\nInstalled-Size: 100\nMaintainer: Debian <debian@example.org>\nArchitecture: amd64\n", p.name)
-		if p.source != "" {
-			fmt.Fprintf(&status, "Source: %s\n", p.source)
-		}
-		fmt.Fprintf(&status, "Version: %s\nDescription: the %s package\n\n", p.version, p.name)
-		files["var/lib/dpkg/info/"+p.name+".list"] = "/.\n/usr\n/usr/lib/" + p.name + "\n"
-		files["usr/lib/"+p.name] = p.name + "\n"
-	}
-	files["var/lib/dpkg/status"] = status.String()
-	return files
-}
-
-// apk is an installed Alpine package.
-type apk struct{ name, version, origin string }
-
-func alpineFiles(pkgs ...apk) map[string]string {
-	var db strings.Builder
-	for _, p := range pkgs {
-		fmt.Fprintf(&db, "C:Q1abcdefghijklmnopqrstuvwxyz0123=\nP:%s\nV:%s\nA:x86_64\nS:100\nI:200\nT:the %s package\nU:https://example.org\nL:MIT\no:%s\nm:Alpine <alpine@example.org>\nt:1700000000\n\n", p.name, p.version, p.name, p.origin)
-	}
-	return map[string]string{
-		"etc/os-release": `NAME="Alpine Linux"
-ID=alpine
-VERSION_ID=3.18.4
-PRETTY_NAME="Alpine Linux v3.18"
-HOME_URL="https://alpinelinux.org/"
-`,
-		"etc/alpine-release":   "3.18.4\n",
-		"lib/apk/db/installed": db.String(),
-	}
-}
-
-// Distributions as claircore's updaters name them.
-var (
-	bookworm = &claircore.Distribution{
-		Name: "Debian GNU/Linux", DID: "debian", VersionID: "12", Version: "12 (bookworm)",
-		VersionCodeName: "bookworm", PrettyName: "Debian GNU/Linux 12 (bookworm)",
-	}
-	alpine318 = &claircore.Distribution{
-		Name: "Alpine Linux", DID: "alpine", VersionID: "3.18", PrettyName: "Alpine Linux v3.18",
-	}
-)
-
-// debVuln is a Debian security tracker record as the debian updater
-// makes it.
-func debVuln(id, srcPkg, fixed, urgency string, sev claircore.Severity) *claircore.Vulnerability {
-	return &claircore.Vulnerability{
-		Updater:            "debian/updater",
-		Name:               id,
-		Description:        id + " in " + srcPkg,
-		Links:              "https://security-tracker.debian.org/tracker/" + id,
-		Severity:           urgency,
-		NormalizedSeverity: sev,
-		Dist:               bookworm,
-		FixedInVersion:     fixed,
-		Package:            &claircore.Package{Name: srcPkg, Kind: cctypes.SourcePackage},
-	}
-}
-
-// update is one updater's data in an export.
-type update struct {
-	updater     string
-	fingerprint string
-	vulns       []*claircore.Vulnerability
-}
-
-// exportOf writes an updater export (the JSON Lines `clairctl
-// export-updaters` writes) with claircore's own encoder.
-func exportOf(t testing.TB, updates ...update) []byte {
-	t.Helper()
-	st, err := jsonblob.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, u := range updates {
-		if _, err := st.UpdateVulnerabilities(context.Background(), u.updater, driver.Fingerprint(u.fingerprint), u.vulns); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var buf bytes.Buffer
-	if err := st.Store(&buf); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
 }
 
 // syncBuffer is a log destination safe for concurrent writers.
@@ -525,9 +339,9 @@ func (e *env) run(t testing.TB) {
 }
 
 // importData loads an export into the scanner's database.
-func (e *env) importData(t testing.TB, updates ...update) ImportResult {
+func (e *env) importData(t testing.TB, updates ...scannertest.Update) ImportResult {
 	t.Helper()
-	res, err := Import(t.Context(), config.Scanner{Database: e.dsn, WorkDir: t.TempDir()}, bytes.NewReader(exportOf(t, updates...)), nil)
+	res, err := Import(t.Context(), config.Scanner{Database: e.dsn, WorkDir: t.TempDir()}, bytes.NewReader(scannertest.Export(t, updates...)), nil)
 	if err != nil {
 		t.Fatalf("Import: %v", err)
 	}

@@ -2,6 +2,7 @@ package scanner
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -10,40 +11,33 @@ import (
 
 // Media types the scanner tells apart.
 const (
-	mtOCIIndex      = "application/vnd.oci.image.index.v1+json"
-	mtDockerList    = "application/vnd.docker.distribution.manifest.list.v2+json"
-	mtOCIManifest   = "application/vnd.oci.image.manifest.v1+json"
-	mtDockerV2      = "application/vnd.docker.distribution.manifest.v2+json"
-	mtDockerV1      = "application/vnd.docker.distribution.manifest.v1+json"
-	mtDockerV1Sig   = "application/vnd.docker.distribution.manifest.v1+prettyjws"
-	mtOCIConfig     = "application/vnd.oci.image.config.v1+json"
-	mtDockerConfig  = "application/vnd.docker.container.image.v1+json"
-	mtDockerLayer   = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-	mtDockerForeign = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+	mtOCIIndex     = "application/vnd.oci.image.index.v1+json"
+	mtDockerList   = "application/vnd.docker.distribution.manifest.list.v2+json"
+	mtOCIManifest  = "application/vnd.oci.image.manifest.v1+json"
+	mtDockerV2     = "application/vnd.docker.distribution.manifest.v2+json"
+	mtDockerV1     = "application/vnd.docker.distribution.manifest.v1+json"
+	mtDockerV1Sig  = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+	mtOCIConfig    = "application/vnd.oci.image.config.v1+json"
+	mtDockerConfig = "application/vnd.docker.container.image.v1+json"
 )
 
-// tarLayer reports whether a layer media type is a filesystem layer, and
-// whether it is one a registry need not distribute (a Windows base layer).
-func tarLayer(mt string) (tar, foreign bool) {
-	switch mt {
-	case mtDockerLayer:
-		return true, false
-	case mtDockerForeign:
-		return true, true
-	}
-	const oci = "application/vnd.oci.image.layer."
-	if !strings.HasPrefix(mt, oci) {
-		return false, false
-	}
-	rest := strings.TrimPrefix(mt, oci)
-	foreign = strings.HasPrefix(rest, "nondistributable.")
-	rest = strings.TrimPrefix(rest, "nondistributable.")
-	switch rest {
-	case "v1.tar", "v1.tar+gzip", "v1.tar+zstd":
-		return true, foreign
-	}
-	return false, false
+// fsLayer reports whether a layer media type is one a container runtime
+// unpacks as a filesystem: containerd and Docker take any type under the
+// OCI layer or Docker rootfs prefixes (uncompressed, gzip, zstd, foreign,
+// non-distributable; Docker compares in lower case and by prefix) and
+// sniff the compression from the bytes. Every such layer is scanned: one
+// skipped would reach clients unscanned. Other layers (a Helm chart's, a
+// signature's) are never unpacked.
+func fsLayer(mt string) bool {
+	mt = strings.ToLower(strings.TrimSpace(mt))
+	return strings.HasPrefix(mt, "application/vnd.oci.image.layer.") ||
+		strings.HasPrefix(mt, "application/vnd.docker.image.rootfs.")
 }
+
+// emptyConfig is the digest of "{}", the config of OCI artifacts (the
+// empty descriptor, and what older clients wrote for artifacts): it
+// declares no root filesystem, so no runtime unpacks what it lists.
+const emptyConfig = digest.Digest("sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")
 
 type descriptor struct {
 	MediaType string        `json:"mediaType"`
@@ -82,28 +76,19 @@ func parseManifest(raw []byte, mediaType string) (image, error) {
 	case mt == mtOCIIndex || mt == mtDockerList || (mt == "" && m.Manifests != nil):
 		return image{note: "an image index: each platform's manifest is scanned on its own"}, nil
 	case mt == mtDockerV1 || mt == mtDockerV1Sig || m.FSLayers != nil:
-		return image{note: "a Docker schema 1 manifest: not scanned (push the image again with a current client)"}, nil
-	case mt != mtOCIManifest && mt != mtDockerV2 && mt != "":
-		return image{note: fmt.Sprintf("not an image manifest (%s): nothing to scan", mt)}, nil
+		// Its layers are unpacked like any image's, and it has no config
+		// to tell an artifact by: refused rather than waved through.
+		return image{}, permanent(errors.New("a Docker schema 1 manifest cannot be scanned; its layers would reach clients unscanned. Push the image again with a current client, or have an admin release it"))
 	}
-	if m.Config == nil {
-		return image{}, permanent(fmt.Errorf("the manifest has no config"))
-	}
-	if m.Config.MediaType != mtOCIConfig && m.Config.MediaType != mtDockerConfig {
-		what := m.ArtifactType
-		if what == "" {
-			what = m.Config.MediaType
-		}
-		return image{note: fmt.Sprintf("not a container image (%s): nothing to scan", what)}, nil
-	}
+	// What decides is the layers, not the manifest's or the config's
+	// media type: runtimes unpack filesystem layers whatever those say
+	// (Docker takes configs typed application/octet-stream, containerd
+	// reads any config), so only a config that declares no filesystem
+	// at all (an artifact's "{}") makes them harmless.
 	var img image
 	for _, l := range m.Layers {
-		tar, foreign := tarLayer(l.MediaType)
-		if !tar {
+		if !fsLayer(l.MediaType) {
 			continue
-		}
-		if foreign {
-			return image{note: "the image has non-distributable layers (a Windows base): not scanned"}, nil
 		}
 		if err := l.Digest.Validate(); err != nil {
 			return image{}, permanent(fmt.Errorf("layer digest %q: %w", l.Digest, err))
@@ -111,10 +96,23 @@ func parseManifest(raw []byte, mediaType string) (image, error) {
 		img.layers = append(img.layers, l)
 		img.size += l.Size
 	}
-	if len(img.layers) == 0 {
-		return image{note: "the image has no filesystem layers: nothing to scan"}, nil
+	artifact := m.Config != nil && m.Config.Digest == emptyConfig
+	if len(img.layers) > 0 && !artifact {
+		return img, nil
 	}
-	return img, nil
+	switch {
+	case mt != mtOCIManifest && mt != mtDockerV2 && mt != "":
+		return image{note: fmt.Sprintf("not an image manifest (%s): nothing to scan", mt)}, nil
+	case m.Config == nil:
+		return image{}, permanent(fmt.Errorf("the manifest has no config"))
+	case m.Config.MediaType != mtOCIConfig && m.Config.MediaType != mtDockerConfig || artifact:
+		what := m.ArtifactType
+		if what == "" {
+			what = m.Config.MediaType
+		}
+		return image{note: fmt.Sprintf("not a container image (%s): nothing to scan", what)}, nil
+	}
+	return image{note: "the image has no filesystem layers: nothing to scan"}, nil
 }
 
 // permanentError is a failure another attempt cannot fix.

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/airlock-registry/airlock/scanner/scannertest"
 )
 
 // jarOf is a jar that names itself in its manifest only: with its API
@@ -40,11 +42,11 @@ func TestIndexingStaysOffline(t *testing.T) {
 	e := open(t, "", nil)
 	e.importData(t, debianData)
 	e.run(t)
-	debian := layerOf(t, "gzip", debianFiles(vulnerableSSL...))
-	java := layerOf(t, "gzip", map[string]string{
+	debian := scannertest.Layer(t, scannertest.Gzip, scannertest.DebianFiles(vulnerableSSL...))
+	java := scannertest.Layer(t, scannertest.Gzip, map[string]string{
 		"opt/app/lib/commons-text-1.9.jar": jarOf(t, "commons-text", "1.9"),
 	})
-	rhel := layerOf(t, "zstd", map[string]string{
+	rhel := scannertest.Layer(t, scannertest.Zstd, map[string]string{
 		"etc/redhat-release": "Red Hat Enterprise Linux release 9.3 (Plow)\n",
 		"root/buildinfo/Dockerfile-ubi9-9.3-1361": `FROM sha256:0
 LABEL "com.redhat.component"="ubi9-container" "name"="ubi9" "version"="9.3" "release"="1361" "architecture"="x86_64"

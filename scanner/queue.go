@@ -268,6 +268,37 @@ func (s *Scanner) Status(ctx context.Context, d digest.Digest) (metadata.Scan, e
 	return row.scan(), nil
 }
 
+// Scans returns the recorded scans of ds, as Status would, in one query;
+// digests never queued are left out. A gate reads them to catch up on
+// results it was not told of: OnResult fires only in the process that did
+// the work (another replica's worker or re-check), and not at all when
+// the process stopped between recording a result and reporting it.
+func (s *Scanner) Scans(ctx context.Context, ds []digest.Digest) (map[digest.Digest]metadata.Scan, error) {
+	keys := make([]string, len(ds))
+	for i, d := range ds {
+		keys[i] = d.String()
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.tune.reachable)
+	defer cancel()
+	rows, err := s.pool.Query(ctx, `SELECT `+jobColumns+` FROM airlock_scan_jobs WHERE digest = ANY($1)`, keys)
+	if err != nil {
+		return nil, fmt.Errorf("scanner: reading %d scans: %w", len(ds), unavailable(err))
+	}
+	defer rows.Close()
+	out := make(map[digest.Digest]metadata.Scan, len(ds))
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, fmt.Errorf("scanner: reading %d scans: %w", len(ds), unavailable(err))
+		}
+		out[j.Digest] = j.scan()
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("scanner: reading %d scans: %w", len(ds), unavailable(err))
+	}
+	return out, nil
+}
+
 // claim takes the next job due, if any: a queued one whose retry delay
 // passed, or one whose worker's lease ran out.
 func (s *Scanner) claim(ctx context.Context) (*job, error) {
@@ -285,7 +316,10 @@ func (s *Scanner) claim(ctx context.Context) (*job, error) {
 			FOR UPDATE SKIP LOCKED
 		)
 		UPDATE airlock_scan_jobs j SET
-			state = 'scanning', attempts = j.attempts + 1, started_at = $2,
+			-- Never before it was queued: the clock was read as this
+			-- claim was sent, which may be before the Enqueue it finds
+			-- committed, and reports are ordered by their times.
+			state = 'scanning', attempts = j.attempts + 1, started_at = GREATEST($2, j.queued_at),
 			finished_at = NULL, lease_owner = $1,
 			lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond'
 		FROM next WHERE j.digest = next.digest

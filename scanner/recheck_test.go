@@ -13,6 +13,7 @@ import (
 	"github.com/quay/claircore"
 
 	"github.com/airlock-registry/airlock/config"
+	"github.com/airlock-registry/airlock/scanner/scannertest"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
@@ -24,9 +25,9 @@ func TestImportRechecks(t *testing.T) {
 	t.Parallel()
 	e := open(t, "", nil)
 	e.run(t)
-	layer := layerOf(t, "gzip", debianFiles(vulnerableSSL...))
+	layer := scannertest.Layer(t, scannertest.Gzip, scannertest.DebianFiles(vulnerableSSL...))
 	d := e.content.addImage(t, layer)
-	other := e.content.addImage(t, layerOf(t, "gzip", debianFiles(deb{"bash", "5.2.15-2+b2", ""})))
+	other := e.content.addImage(t, scannertest.Layer(t, scannertest.Gzip, scannertest.DebianFiles(scannertest.Deb{Name: "bash", Version: "5.2.15-2+b2"})))
 	e.enqueue(t, d)
 	e.enqueue(t, other)
 	first := e.results.wait(t, d, time.Minute, isDone)
@@ -50,8 +51,8 @@ func TestImportRechecks(t *testing.T) {
 
 	// Newer data: the vulnerability is withdrawn (diffed against the
 	// previous update: only the image holding openssl is affected).
-	withdrawn := update{updater: "debian/updater", fingerprint: "v2", vulns: []*claircore.Vulnerability{
-		debVuln("CVE-2023-4039", "gcc-12", "", "low", claircore.Medium),
+	withdrawn := scannertest.Update{Updater: scannertest.DebianUpdater, Fingerprint: "v2", Vulns: []*claircore.Vulnerability{
+		scannertest.DebianVuln("CVE-2023-4039", "gcc-12", "", "low", claircore.Medium),
 	}}
 	res = e.importData(t, withdrawn)
 	if res.Added != 0 || res.Removed != 2 || res.Affected != 1 {
@@ -97,7 +98,7 @@ func TestImportRechecks(t *testing.T) {
 func TestImportCompressed(t *testing.T) {
 	t.Parallel()
 	e := open(t, "", nil)
-	raw := exportOf(t, debianData)
+	raw := scannertest.Export(t, debianData)
 	var gz, zs bytes.Buffer
 	zw := gzip.NewWriter(&gz)
 	zw.Write(raw)
@@ -122,10 +123,10 @@ func TestImportCompressed(t *testing.T) {
 func TestImportMalformed(t *testing.T) {
 	t.Parallel()
 	e := open(t, "", nil)
-	good := string(exportOf(t, debianData))
+	good := string(scannertest.Export(t, debianData))
 	lines := strings.SplitAfter(strings.TrimSpace(good), "\n")
-	other := strings.TrimSpace(string(exportOf(t, update{updater: "alpine-main-v3.18-updater", fingerprint: "a",
-		vulns: []*claircore.Vulnerability{{Updater: "alpine-main-v3.18-updater", Name: "CVE-1", Package: &claircore.Package{Name: "x"}, Dist: alpine318}}})))
+	other := strings.TrimSpace(string(scannertest.Export(t, scannertest.Update{Updater: scannertest.AlpineUpdater, Fingerprint: "a",
+		Vulns: []*claircore.Vulnerability{{Updater: scannertest.AlpineUpdater, Name: "CVE-1", Package: &claircore.Package{Name: "x"}, Dist: scannertest.Alpine318}}})))
 	tests := []struct {
 		name, body, want string
 	}{

@@ -11,6 +11,8 @@ import (
 
 	cdx "github.com/CycloneDX/cyclonedx-go"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/scanner/scannertest"
 )
 
 func TestSBOM(t *testing.T) {
@@ -18,8 +20,8 @@ func TestSBOM(t *testing.T) {
 	e := open(t, "", nil)
 	e.run(t)
 	d := e.content.addImage(t,
-		layerOf(t, "gzip", debianFiles(vulnerableSSL...)),
-		layerOf(t, "gzip", alpineFiles(apk{"busybox", "1.36.1-r2", "busybox"})))
+		scannertest.Layer(t, scannertest.Gzip, scannertest.DebianFiles(vulnerableSSL...)),
+		scannertest.Layer(t, scannertest.Gzip, scannertest.AlpineFiles(scannertest.APK{Name: "busybox", Version: "1.36.1-r2", Origin: "busybox"})))
 	e.enqueue(t, d)
 	e.results.wait(t, d, time.Minute, isDone)
 

@@ -1,6 +1,7 @@
 package scanner
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -8,17 +9,18 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/quay/claircore"
 
+	"github.com/airlock-registry/airlock/scanner/scannertest"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
 // The Debian data every scan test matches against.
-var debianData = update{
-	updater:     "debian/updater",
-	fingerprint: "v1",
-	vulns: []*claircore.Vulnerability{
-		debVuln("CVE-2024-5535", "openssl", "3.0.14-1~deb12u1", "medium", claircore.High),
-		debVuln("CVE-2023-4039", "gcc-12", "", "low", claircore.Medium),
-		debVuln("CVE-2022-0001", "zlib", "0", "high", claircore.Critical), // "0": not affected
+var debianData = scannertest.Update{
+	Updater:     scannertest.DebianUpdater,
+	Fingerprint: "v1",
+	Vulns: []*claircore.Vulnerability{
+		scannertest.DebianVuln("CVE-2024-5535", "openssl", "3.0.14-1~deb12u1", "medium", claircore.High),
+		scannertest.DebianVuln("CVE-2023-4039", "gcc-12", "", "low", claircore.Medium),
+		scannertest.DebianVuln("CVE-2022-0001", "zlib", "0", "high", claircore.Critical), // "0": not affected
 	},
 }
 
@@ -30,14 +32,14 @@ func TestScanDebian(t *testing.T) {
 
 	tests := []struct {
 		name string
-		comp string
-		pkgs []deb
+		comp scannertest.Compression
+		pkgs []scannertest.Deb
 		want []metadata.Finding
 	}{
 		{
 			name: "vulnerable openssl",
-			comp: "gzip",
-			pkgs: []deb{{"libssl3", "3.0.11-1~deb12u2", "openssl"}, {"bash", "5.2.15-2+b2", ""}},
+			comp: scannertest.Gzip,
+			pkgs: []scannertest.Deb{{Name: "libssl3", Version: "3.0.11-1~deb12u2", Source: "openssl"}, {Name: "bash", Version: "5.2.15-2+b2"}},
 			want: []metadata.Finding{{
 				ID: "CVE-2024-5535", Package: "libssl3", Installed: "3.0.11-1~deb12u2", Fixed: "3.0.14-1~deb12u1",
 				Severity: metadata.SeverityHigh, SourceSeverity: "medium",
@@ -46,13 +48,13 @@ func TestScanDebian(t *testing.T) {
 		},
 		{
 			name: "fixed openssl",
-			comp: "zstd",
-			pkgs: []deb{{"libssl3", "3.0.14-1~deb12u1", "openssl"}, {"bash", "5.2.15-2+b2", ""}},
+			comp: scannertest.Zstd,
+			pkgs: []scannertest.Deb{{Name: "libssl3", Version: "3.0.14-1~deb12u1", Source: "openssl"}, {Name: "bash", Version: "5.2.15-2+b2"}},
 		},
 		{
 			name: "unfixed gcc, unaffected zlib, uncompressed layer",
-			comp: "none",
-			pkgs: []deb{{"libgcc-s1", "12.2.0-14", "gcc-12"}, {"zlib1g", "1:1.2.13.dfsg-1", "zlib"}},
+			comp: scannertest.Uncompressed,
+			pkgs: []scannertest.Deb{{Name: "libgcc-s1", Version: "12.2.0-14", Source: "gcc-12"}, {Name: "zlib1g", Version: "1:1.2.13.dfsg-1", Source: "zlib"}},
 			want: []metadata.Finding{{
 				ID: "CVE-2023-4039", Package: "libgcc-s1", Installed: "12.2.0-14",
 				Severity: metadata.SeverityMedium, SourceSeverity: "low",
@@ -62,7 +64,7 @@ func TestScanDebian(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			layer := layerOf(t, tt.comp, debianFiles(tt.pkgs...))
+			layer := scannertest.Layer(t, tt.comp, scannertest.DebianFiles(tt.pkgs...))
 			d := e.content.addImage(t, layer)
 			ld, _ := layer.Digest()
 			if sc := e.enqueue(t, d); sc.State != metadata.ScanQueued {
@@ -81,12 +83,27 @@ func TestScanDebian(t *testing.T) {
 			if !equalFindings(sc.Findings, tt.want) {
 				t.Errorf("findings:\n got %+v\nwant %+v", sc.Findings, tt.want)
 			}
+			// Enqueue reports "queued" once its row is committed, and a
+			// worker may claim the job and report "scanning" first: the
+			// reports' times, not their arrival, order them (the gate
+			// drops a report older than the one it holds).
 			states := []string{}
+			var queued, running time.Time
 			for _, r := range e.results.of(d) {
 				states = append(states, r.State)
+				switch r.State {
+				case metadata.ScanQueued:
+					queued = r.Queued
+				case metadata.ScanRunning:
+					running = r.Started
+				}
 			}
-			if got := strings.Join(states, " "); got != "queued scanning done" {
-				t.Errorf("reported states %q, want queued scanning done", got)
+			sorted := slices.Sorted(slices.Values(states[:len(states)-1]))
+			if len(states) != 3 || states[2] != metadata.ScanDone || !slices.Equal(sorted, []string{metadata.ScanQueued, metadata.ScanRunning}) {
+				t.Errorf("reported states %q, want queued and scanning (in either order), then done", strings.Join(states, " "))
+			}
+			if running.Before(queued) {
+				t.Errorf("the scanning report (started %s) is dated before the queued one (%s)", running, queued)
 			}
 			st, err := e.s.Status(t.Context(), d)
 			if err != nil || st.State != metadata.ScanDone || len(st.Findings) != len(tt.want) || st.Finished.IsZero() || st.Attempts != 1 {

@@ -16,6 +16,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/airlock-registry/airlock/config"
+	"github.com/airlock-registry/airlock/scanner/scannertest"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
@@ -109,12 +110,15 @@ debian:
 		files map[string]string
 		want  metadata.Finding
 	}{
-		{"alpine", alpineFiles(apk{"busybox", "1.36.1-r2", "busybox"}, apk{"musl", "1.2.4-r2", "musl"}), metadata.Finding{
+		{"alpine", scannertest.AlpineFiles(
+			scannertest.APK{Name: "busybox", Version: "1.36.1-r2", Origin: "busybox"},
+			scannertest.APK{Name: "musl", Version: "1.2.4-r2", Origin: "musl"},
+		), metadata.Finding{
 			ID: "CVE-2023-42363", Package: "busybox", Installed: "1.36.1-r2", Fixed: "1.36.1-r6",
 			Severity: metadata.SeverityUnknown, Link: "https://security.alpinelinux.org/vuln/CVE-2023-42363",
 			Updater: "alpine-main-v3.18-updater",
 		}},
-		{"debian", debianFiles(vulnerableSSL...), metadata.Finding{
+		{"debian", scannertest.DebianFiles(vulnerableSSL...), metadata.Finding{
 			ID: "CVE-2024-5535", Package: "libssl3", Installed: "3.0.11-1~deb12u2", Fixed: "3.0.14-1~deb12u1",
 			Severity: metadata.SeverityHigh, SourceSeverity: "medium",
 			Link: "https://security-tracker.debian.org/tracker/CVE-2024-5535", Updater: "debian/updater",
@@ -122,7 +126,7 @@ debian:
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			layer := layerOf(t, "gzip", tt.files)
+			layer := scannertest.Layer(t, scannertest.Gzip, tt.files)
 			d := e.content.addImage(t, layer)
 			e.enqueue(t, d)
 			sc := e.results.wait(t, d, time.Minute, func(s metadata.Scan) bool { return isDone(s) && len(s.Findings) > 0 })
@@ -143,7 +147,7 @@ debian:
 		!strings.Contains(logs, "500") {
 		t.Errorf("no warning naming the failure:\n%s", logs)
 	}
-	d := e.content.addImage(t, layerOf(t, "zstd", alpineFiles(apk{"busybox", "1.36.1-r5", "busybox"})))
+	d := e.content.addImage(t, scannertest.Layer(t, scannertest.Zstd, scannertest.AlpineFiles(scannertest.APK{Name: "busybox", Version: "1.36.1-r5", Origin: "busybox"})))
 	e.enqueue(t, d)
 	sc := e.results.wait(t, d, time.Minute, isDone)
 	if len(sc.Findings) != 1 || sc.Findings[0].ID != "CVE-2023-42363" {

@@ -205,7 +205,9 @@ func (s *Scanner) process(ctx context.Context, j *job) {
 	}
 	s.metrics.scans.WithLabelValues("retried").Inc()
 	log.Warn("scanner: scan attempt failed; retrying", "err", err, "in", delay)
-	s.report(ctx, j.Digest, metadata.Scan{State: metadata.ScanQueued, Queued: j.queued, Attempts: j.attempts, Error: msg})
+	// Started is the failed attempt's, as the record keeps it: a report
+	// that looked older than the attempt's would be taken for a stale one.
+	s.report(ctx, j.Digest, metadata.Scan{State: metadata.ScanQueued, Queued: j.queued, Started: started, Attempts: j.attempts, Error: msg})
 }
 
 // backoff is the delay before attempt n+1: doubling from tune.backoff.

@@ -64,6 +64,16 @@ func (s *scanService) Rescan(ctx context.Context, j scanner.Job) error {
 	return sc.Rescan(ctx, j)
 }
 
+// Scans reads the recorded scans of ds (the gate catches up on results
+// reported elsewhere with it).
+func (s *scanService) Scans(ctx context.Context, ds []digest.Digest) (map[digest.Digest]metadata.Scan, error) {
+	sc := s.s.Load()
+	if sc == nil {
+		return nil, unavailable()
+	}
+	return sc.Scans(ctx, ds)
+}
+
 func (s *scanService) SBOM(ctx context.Context, d digest.Digest, format string) ([]byte, error) {
 	sc := s.s.Load()
 	if sc == nil {

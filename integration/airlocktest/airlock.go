@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -59,9 +60,33 @@ func (b *Binary) Start(tb testing.TB, cfg Config) *Airlock {
 	}
 	regAddr, adminAddr := freeAddr(tb), freeAddr(tb)
 	a.URL, a.Host, a.AdminURL = "http://"+regAddr, regAddr, "http://"+adminAddr
+	doc := a.writeConfig(tb, cfg)
+	tb.Cleanup(func() {
+		if err := a.Stop(); err != nil {
+			tb.Errorf("stop airlock: %v", err)
+		}
+		if races := a.log.matching("WARNING: DATA RACE"); len(races) > 0 {
+			tb.Errorf("airlock reported %d data races; see its log", len(races))
+		}
+		if tb.Failed() {
+			if cur, err := os.ReadFile(a.ConfigPath); err == nil {
+				doc = cur // the last Reconfigure's
+			}
+			tb.Logf("airlock config:\n%s\nairlock log (last lines):\n%s", doc, a.log.tail(60))
+		}
+	})
+	if err := a.start(tb.Context()); err != nil {
+		tb.Fatal(err)
+	}
+	return a
+}
 
+// writeConfig writes cfg as airlock's configuration file, on a's
+// addresses and data directory, and returns the document.
+func (a *Airlock) writeConfig(tb testing.TB, cfg Config) []byte {
+	tb.Helper()
 	var f file
-	f.Listen, f.Admin.Listen, f.Storage.Path = regAddr, adminAddr, a.DataDir
+	f.Listen, f.Admin.Listen, f.Storage.Path = a.Host, strings.TrimPrefix(a.AdminURL, "http://"), a.DataDir
 	f.Cache.TagTTL = cfg.TagTTL
 	if f.Cache.TagTTL == "" {
 		f.Cache.TagTTL = "5m"
@@ -74,6 +99,7 @@ func (b *Binary) Start(tb testing.TB, cfg Config) *Airlock {
 	f.Shutdown.ReadyDelay = cfg.ReadyDelay
 	f.Cache.MaxSize, f.Cache.EvictInterval = cfg.MaxSize, cfg.EvictInterval
 	f.Cache.MaxBlobSize = cfg.MaxBlobSize
+	f.Scanner = cfg.Scanner
 	doc, err := yaml.Marshal(&f)
 	if err != nil {
 		tb.Fatalf("encode airlock config: %v", err)
@@ -81,21 +107,29 @@ func (b *Binary) Start(tb testing.TB, cfg Config) *Airlock {
 	if err := os.WriteFile(a.ConfigPath, doc, 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() {
-		if err := a.Stop(); err != nil {
-			tb.Errorf("stop airlock: %v", err)
-		}
-		if races := a.log.matching("WARNING: DATA RACE"); len(races) > 0 {
-			tb.Errorf("airlock reported %d data races; see its log", len(races))
-		}
-		if tb.Failed() {
-			tb.Logf("airlock config:\n%s\nairlock log (last lines):\n%s", doc, a.log.tail(60))
-		}
-	})
-	if err := a.start(tb.Context()); err != nil {
-		tb.Fatal(err)
+	return doc
+}
+
+// Reconfigure rewrites airlock's configuration file from cfg (on the same
+// addresses and data directory; cfg.Env is ignored), sends SIGHUP and
+// waits until airlock logs that it reloaded, failing the test if it
+// refused the file instead.
+func (a *Airlock) Reconfigure(tb testing.TB, cfg Config) {
+	tb.Helper()
+	seen := len(a.Logs())
+	a.writeConfig(tb, cfg)
+	if err := a.Signal(syscall.SIGHUP); err != nil {
+		tb.Fatalf("reload airlock: %v", err)
 	}
-	return a
+	line, err := a.WaitLogFrom(tb.Context(), seen, 30*time.Second, func(l LogLine) bool {
+		return l.Msg() == "configuration reloaded" || strings.HasPrefix(l.Msg(), "configuration reload refused")
+	})
+	if err != nil {
+		tb.Fatalf("airlock did not reload after SIGHUP: %v", err)
+	}
+	if line.Msg() != "configuration reloaded" {
+		tb.Fatalf("airlock refused the new configuration: %s", line.Raw)
+	}
 }
 
 func (a *Airlock) start(ctx context.Context) error {

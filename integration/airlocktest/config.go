@@ -25,6 +25,9 @@ type Config struct {
 	AdminTokenFile string
 	// Alerts is the alerts section; nil sends no webhooks.
 	Alerts *Alerts
+	// Scanner is the scanner section; nil leaves vulnerability scanning
+	// off.
+	Scanner *Scanner
 	// Env is added to the environment airlock runs in (e.g. HTTPS_PROXY
 	// pointing at a trap that records any request leaving loopback).
 	Env []string
@@ -38,6 +41,9 @@ type Policy struct {
 	Pins  string   `yaml:"pins,omitempty"`
 	// Signature is the policy's signature check; nil checks none.
 	Signature *Signature `yaml:"signature,omitempty"`
+	// Vulnerabilities is the policy's vulnerability check; nil checks
+	// none (and needs no Scanner).
+	Vulnerabilities *Vulnerabilities `yaml:"vulnerabilities,omitempty"`
 }
 
 // Alerts is airlock's alerts section.
@@ -122,6 +128,7 @@ type file struct {
 	Alerts    *Alerts    `yaml:"alerts,omitempty"`
 	Auth      *PullAuth  `yaml:"auth,omitempty"`
 	Tracing   *Tracing   `yaml:"tracing,omitempty"`
+	Scanner   *Scanner   `yaml:"scanner,omitempty"`
 	Shutdown  struct {
 		ReadyDelay string `yaml:"readyDelay,omitempty"`
 	} `yaml:"shutdown,omitempty"`

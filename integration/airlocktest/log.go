@@ -101,17 +101,24 @@ func (a *Airlock) LogsContaining(substr string) []LogLine {
 // WaitLog waits until a logged line satisfies match, or ctx ends or ten
 // seconds pass.
 func (a *Airlock) WaitLog(ctx context.Context, match func(LogLine) bool) (LogLine, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	return a.WaitLogFrom(ctx, 0, 10*time.Second, match)
+}
+
+// WaitLogFrom waits until a line logged after the first from lines (a
+// len(Logs()) taken before acting) satisfies match, or ctx ends or
+// timeout passes.
+func (a *Airlock) WaitLogFrom(ctx context.Context, from int, timeout time.Duration, match func(LogLine) bool) (LogLine, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	seen := 0
+	seen := from
 	for {
 		lines, grew := a.log.snapshot()
-		for _, l := range lines[seen:] {
+		for _, l := range lines[min(seen, len(lines)):] {
 			if match(l) {
 				return l, nil
 			}
 		}
-		seen = len(lines)
+		seen = max(seen, len(lines))
 		select {
 		case <-grew:
 		case <-ctx.Done():

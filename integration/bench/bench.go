@@ -17,6 +17,7 @@ const mib = 1 << 20
 type bench struct {
 	s      settings
 	dir    string
+	bin    string // the airlock binary: scenario 13 starts one of its own
 	origin *origin
 	seed   *seeder
 	client *client
@@ -39,7 +40,7 @@ type bench struct {
 }
 
 func newBench(ctx context.Context, s settings, dir, bin string) (_ *bench, err error) {
-	b := &bench{s: s, dir: dir, client: newClient(), readers: []*client{newReader(32 << 10), newReader(1 << 20)}}
+	b := &bench{s: s, dir: dir, bin: bin, client: newClient(), readers: []*client{newReader(32 << 10), newReader(1 << 20)}}
 	defer func() {
 		if err != nil {
 			b.close()
@@ -143,6 +144,7 @@ func (b *bench) runAll(ctx context.Context) ([]row, error) {
 		{"10: new repository sharing base layers", b.sharedBase},
 		{"11: warm manifest under a policy", b.warmUnderPolicy},
 		{"12: signature verification, cold and warm", b.signaturePolicy},
+		{"13: vulnerability scanning", b.vulnerabilityScanning},
 	}
 	for i, st := range steps {
 		if b.s.only != "" && !slices.Contains(strings.Split(b.s.only, ","), strconv.Itoa(i+1)) {

@@ -19,6 +19,12 @@
 //     signature policies (a key, a keyless identity with a trusted root, a
 //     Notation trust store, all written under the run's directory) govern
 //     its repositories bench/sig-*/ (scenario 12);
+//   - for scenario 13 only, a second airlock with its vulnerability
+//     scanner on, on a PostgreSQL started for the run as the tests start
+//     one (internal/pgtest: Debian's postgresql, in a temporary directory,
+//     on loopback), its data loaded with `airlock vulndb import`, its
+//     images built by scanner/scannertest; without PostgreSQL that
+//     scenario reports itself not run;
 //   - distribution/v3 in proxy mode, in-process, on its own listener, with
 //     filesystem storage, pointed at the same origin;
 //   - a bare http.ServeContent of an *os.File with the blob's bytes, as its

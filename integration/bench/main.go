@@ -25,7 +25,7 @@ type settings struct {
 	slowSecond time.Duration
 	out        string
 	only       string // comma-separated scenario numbers; empty runs all
-	baseline   string // an earlier airlock binary scenarios 1 and 5 also measure
+	baseline   string // an earlier airlock binary scenarios 1, 4 and 5 also measure
 }
 
 func main() {
@@ -42,7 +42,7 @@ func main() {
 	flag.DurationVar(&s.slowSecond, "slow-for", 3*time.Second, "how long the slow clients read (scenario 9)")
 	flag.StringVar(&s.out, "out", "docs/benchmarks.md", "Markdown file the report is written to (empty: stdout only)")
 	flag.StringVar(&s.only, "only", "", "run only these scenarios, e.g. \"4,5\"; the partial report is printed, not written, unless -out is given")
-	flag.StringVar(&s.baseline, "baseline", "", "an airlock binary built from an earlier commit, which scenarios 1 and 5 also measure, as contender \"before\"")
+	flag.StringVar(&s.baseline, "baseline", "", "an airlock binary built from an earlier commit, which scenarios 1, 4 and 5 also measure, as contender \"before\"")
 	flag.StringVar(&serve, ceilingFlag, "", "internal: serve this file as the ceiling and do nothing else")
 	flag.StringVar(&serveManifest, "manifest", "", "internal: manifest served from memory by -"+ceilingFlag)
 	flag.StringVar(&listen, "listen", "", "internal: address for -"+ceilingFlag)

@@ -398,7 +398,7 @@ func (b *bench) coldImageAt(ctx context.Context, rate int64) (row, error) {
 		if err != nil {
 			return row{}, err
 		}
-		for _, c := range b.withDirect() {
+		for _, c := range b.withBefore(b.withDirect()) {
 			d, err := b.client.pull(ctx, c.url, img)
 			if err != nil {
 				return row{}, err
@@ -412,9 +412,13 @@ func (b *bench) coldImageAt(ctx context.Context, rate int64) (row, error) {
 		origin, limit, goal = "origin unthrottled", 1.5, "≤ 1.5× direct"
 	}
 	a, d, x := median(wall["airlock"]), median(wall["distribution"]), median(wall["direct"])
+	cells := map[string]string{"airlock": ms(a), "distribution": ms(d), "direct": ms(x)}
+	if v := wall[beforeColumn]; v != nil {
+		cells[beforeColumn] = ms(median(v))
+	}
 	return row{
 		id: "4", scenario: fmt.Sprintf("cold pull of a whole image (%d × %d MiB layers, %s): wall time", b.s.layers, b.s.layerMiB, origin),
-		cells:   map[string]string{"airlock": ms(a), "distribution": ms(d), "direct": ms(x)},
+		cells:   cells,
 		ratio:   ratio(float64(a), float64(x)) + " direct",
 		goal:    goal,
 		verdict: verdict(float64(a) <= limit*float64(x)),

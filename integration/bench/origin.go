@@ -94,6 +94,13 @@ func (o *origin) addBlob(digest, file string) {
 	o.blobs[digest] = file
 }
 
+// removeBlob stops serving digest.
+func (o *origin) removeBlob(digest string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	delete(o.blobs, digest)
+}
+
 // addManifest serves m as repo:tag and by digest; with tag "" by digest
 // only, as a pushed signature artifact. A manifest with a subject is
 // listed among the subject's referrers in repo.

@@ -492,6 +492,9 @@ func (b *bench) coldLayerRounds(ctx context.Context, rd *client, rate int64) ([]
 			ttfb[c.name] = append(ttfb[c.name], r.ttfb)
 			total[c.name] = append(total[c.name], r.total)
 		}
+		if err := b.seed.drop(l); err != nil {
+			return nil, err
+		}
 	}
 	origin := "origin unthrottled"
 	limit, goal := 1.5, "≤ 1.5× direct"

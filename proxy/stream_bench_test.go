@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -236,4 +237,62 @@ func medianDuration(ds []time.Duration) time.Duration {
 		}
 	}
 	return s[(len(s)-1)/2]
+}
+
+// BenchmarkWarmServe compares ways of serving a cached blob to one client
+// reading 32 KiB or 1 MiB at a time: http.ServeContent of the *os.File
+// (sendfile, what serveCachedBlob does) and copies through user space
+// with buffers of 32 KiB and 1 MiB. Server and client share the process;
+// docs/benchmarks.md has the same comparison across processes.
+func BenchmarkWarmServe(b *testing.B) {
+	const size = 256 << 20
+	path := b.TempDir() + "/blob"
+	o := &blobOrigin{blobs: map[string][]byte{}}
+	d := o.add(size, 3)
+	if err := os.WriteFile(path, o.blobs[d.String()], 0o600); err != nil {
+		b.Fatal(err)
+	}
+	type onlyWriter struct{ io.Writer }
+	type onlyReader struct{ io.Reader }
+	serve := map[string]func(http.ResponseWriter, *os.File){
+		"copy32KiB": func(w http.ResponseWriter, f *os.File) {
+			_, _ = io.CopyBuffer(onlyWriter{w}, onlyReader{f}, make([]byte, 32<<10))
+		},
+		"copy1MiB": func(w http.ResponseWriter, f *os.File) {
+			_, _ = io.CopyBuffer(onlyWriter{w}, onlyReader{f}, make([]byte, 1<<20))
+		},
+	}
+	for _, readSize := range []int{32 << 10, 1 << 20} {
+		for _, how := range []string{"sendfile", "copy32KiB", "copy1MiB"} {
+			b.Run(fmt.Sprintf("read=%dKiB/%s", readSize>>10, how), func(b *testing.B) {
+				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					f, err := os.Open(path)
+					if err != nil {
+						http.Error(w, err.Error(), http.StatusInternalServerError)
+						return
+					}
+					defer f.Close()
+					w.Header().Set("Content-Length", fmt.Sprint(size))
+					if how == "sendfile" {
+						http.ServeContent(w, r, "", time.Time{}, f)
+						return
+					}
+					serve[how](w, f)
+				}))
+				b.Cleanup(srv.Close)
+				c := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+				b.Cleanup(c.CloseIdleConnections)
+				b.SetBytes(size)
+				var cpu time.Duration
+				for b.Loop() {
+					cpu0 := processCPU()
+					if _, _, err := readBody(b.Context(), c, srv.URL, readSize, size); err != nil {
+						b.Fatal(err)
+					}
+					cpu += processCPU() - cpu0
+				}
+				b.ReportMetric(float64(cpu)/float64(b.N)/float64(time.Millisecond), "cpu-ms/op")
+			})
+		}
+	}
 }

@@ -218,6 +218,7 @@ func render(s settings, rows []row, h hostInfo, took time.Duration) string {
 	}
 	b.WriteString("\n## Reproduce\n\n```\ngo run ./integration/bench            # this table, about 2 minutes on 2 cores\n" +
 		"go run ./integration/bench -only 4,5  # single scenarios, printed only\n" +
+		"go run ./integration/bench -only 1,5 -baseline /tmp/airlock-old  # beside airlock built at an earlier commit\n" +
 		"go test -run '^$' -bench . -count 10 ./proxy > new.txt && benchstat old.txt new.txt\n```\n")
 	return b.String()
 }

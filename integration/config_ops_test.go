@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -95,7 +96,12 @@ func TestVersionAndBuildInfo(t *testing.T) {
 
 	up := upstreamtest.New(t, upstreamtest.Options{})
 	a := e2eStart(t, airlocktest.Config{Upstreams: []airlocktest.Upstream{e2eDockerHub(up)}})
+	// Ready comes a moment before the start-up line is written.
 	start := a.LogsContaining(`"msg":"airlock serving"`)
+	for deadline := time.Now().Add(10 * time.Second); len(start) == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		start = a.LogsContaining(`"msg":"airlock serving"`)
+	}
 	if len(start) != 1 {
 		t.Fatalf("%d start-up lines", len(start))
 	}

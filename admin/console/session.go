@@ -266,7 +266,8 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		client, now := clientOf(r.RemoteAddr), c.now()
-		if wait, ok := c.throttle.blocked(client, now); ok {
+		counted, wait, admitted := c.throttle.attempt(client, now)
+		if !admitted {
 			c.log.LogAttrs(r.Context(), slog.LevelWarn, "console sign-in refused: too many failed attempts",
 				slog.String("remote", r.RemoteAddr))
 			w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
@@ -277,14 +278,15 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		cred, err := c.tokens.Check(r.PostFormValue("token"))
 		if err != nil {
 			status, msg := admin.Describe(err)
-			if status == http.StatusUnauthorized {
-				c.throttle.failed(client, now)
+			if status != http.StatusUnauthorized {
+				c.throttle.undo(counted, now) // not a guess
 			}
 			c.log.LogAttrs(r.Context(), slog.LevelWarn, "console sign-in refused",
 				slog.String("remote", r.RemoteAddr), slog.String("error", err.Error()))
 			c.loginForm(w, r, status, next, msg)
 			return
 		}
+		c.throttle.undo(counted, now)
 		// The session this browser held, if any, ends: a sign-in never
 		// leaves a replaced id alive (it may have leaked, or be the
 		// previous user's on a shared browser).

@@ -50,10 +50,46 @@ func clientOf(remoteAddr string) string {
 	return p.String()
 }
 
+// attempt admits one sign-in attempt from addr, or says how long addr must
+// wait. An admitted attempt counts as failed at once, and undo takes it back
+// when the token was right: checking and counting under one lock holds
+// concurrent guesses to the same limit as guesses sent one after another.
+// The key it returns is where the attempt was counted, for undo.
+func (t *throttle) attempt(addr string, now time.Time) (key string, wait time.Duration, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if wait, blocked := t.blockedLocked(addr, now); blocked {
+		return "", wait, false
+	}
+	return t.failedLocked(addr, now), 0, true
+}
+
+// undo takes back the attempt attempt counted under key at the time at.
+func (t *throttle) undo(key string, at time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	fs := t.fails[key]
+	for i := len(fs) - 1; i >= 0; i-- {
+		if fs[i].Equal(at) {
+			fs = append(fs[:i:i], fs[i+1:]...)
+			break
+		}
+	}
+	if len(fs) == 0 {
+		delete(t.fails, key)
+		return
+	}
+	t.fails[key] = fs
+}
+
 // blocked reports whether addr must wait, and for how long.
 func (t *throttle) blocked(addr string, now time.Time) (time.Duration, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.blockedLocked(addr, now)
+}
+
+func (t *throttle) blockedLocked(addr string, now time.Time) (time.Duration, bool) {
 	recent := t.recentLocked(addr, now)
 	if len(recent) == 0 {
 		// Not in the table: perhaps because it was full.
@@ -69,6 +105,12 @@ func (t *throttle) blocked(addr string, now time.Time) (time.Duration, bool) {
 func (t *throttle) failed(addr string, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.failedLocked(addr, now)
+}
+
+// failedLocked records a failure and returns the key it was counted under:
+// addr, or overflow when the table is full.
+func (t *throttle) failedLocked(addr string, now time.Time) string {
 	if t.fails == nil {
 		t.fails = map[string][]time.Time{}
 	}
@@ -85,6 +127,7 @@ func (t *throttle) failed(addr string, now time.Time) {
 	fs := append(t.recentLocked(addr, now), now)
 	// Only the latest maxFails decide whether addr must wait.
 	t.fails[addr] = fs[max(0, len(fs)-maxFails):]
+	return addr
 }
 
 // recentLocked is addr's failures within the window, oldest first.

@@ -2,6 +2,8 @@ package console
 
 import (
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -51,5 +53,51 @@ func TestThrottleIPv6Prefix(t *testing.T) {
 	}
 	if _, blocked := th.blocked(clientOf("127.0.0.1:5000"), now); blocked {
 		t.Fatal("an IPv4 address is throttled")
+	}
+}
+
+// TestThrottleAttemptIsAtomic: attempts racing each other are admitted no
+// more often than maxFails, and a right token's attempt is taken back.
+func TestThrottleAttemptIsAtomic(t *testing.T) {
+	var (
+		th       throttle
+		now      = time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+		wg       sync.WaitGroup
+		admitted atomic.Int32
+	)
+	for range 40 {
+		wg.Go(func() {
+			if _, _, ok := th.attempt("203.0.113.9", now); ok {
+				admitted.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := admitted.Load(); n != maxFails {
+		t.Fatalf("%d of 40 racing attempts were admitted, want %d", n, maxFails)
+	}
+
+	// Four wrong tokens and one right one: the right one is taken back, so
+	// one more attempt is still admitted.
+	var th2 throttle
+	for i := range maxFails - 1 {
+		if _, _, ok := th2.attempt("203.0.113.10", now.Add(time.Duration(i)*time.Second)); !ok {
+			t.Fatalf("attempt %d refused", i+1)
+		}
+	}
+	at := now.Add(10 * time.Second)
+	key, _, ok := th2.attempt("203.0.113.10", at)
+	if !ok {
+		t.Fatal("fifth attempt refused")
+	}
+	th2.undo(key, at)
+	if _, blocked := th2.blocked("203.0.113.10", at); blocked {
+		t.Fatal("a right token's attempt still counted as a failure")
+	}
+	if _, _, ok := th2.attempt("203.0.113.10", at); !ok {
+		t.Fatal("the attempt after a taken-back one was refused")
+	}
+	if _, blocked := th2.blocked("203.0.113.10", at); !blocked {
+		t.Fatal("five failures within the window did not block")
 	}
 }

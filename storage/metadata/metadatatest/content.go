@@ -585,7 +585,7 @@ func testTouch(t *testing.T, s ContentIndex) {
 	d, other := dig("shared layer"), dig("other layer")
 	before := time.Now()
 	s.Touch("dockerhub/library/nginx", d)
-	s.Touch("", d)                           // ignored, not a panic
+	s.Touch("", d)                            // ignored, not a panic
 	s.Touch("dockerhub/library/nginx", "bad") // ignored
 	first, err := s.Accessed(ctx, "dockerhub/library/nginx", d)
 	if err != nil || first.Before(before.Add(-time.Second)) || first.After(time.Now().Add(time.Second)) {

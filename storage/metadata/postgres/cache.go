@@ -283,6 +283,9 @@ type cache struct {
 	staleness time.Duration
 	now       func() time.Time
 	seed      maphash.Seed
+	// maxEntries and maxBytes bound the cache (cacheEntries, cacheBytes).
+	maxEntries int
+	maxBytes   int64
 
 	mu      sync.Mutex
 	entries map[string]*list.Element
@@ -304,7 +307,8 @@ type entry struct {
 }
 
 func newCache(staleness time.Duration, now func() time.Time) *cache {
-	return &cache{staleness: staleness, now: now, seed: maphash.MakeSeed(), entries: map[string]*list.Element{}}
+	return &cache{staleness: staleness, now: now, seed: maphash.MakeSeed(), entries: map[string]*list.Element{},
+		maxEntries: cacheEntries, maxBytes: cacheBytes}
 }
 
 // validLocked says whether cached answers may be served at now.
@@ -358,7 +362,7 @@ func (c *cache) ticket(key string) ticket {
 // dropped since t was taken or the cache may not be served.
 func (c *cache) put(t ticket, key string, val any, size int64) {
 	size += int64(len(key)) + entryOverhead
-	if size > cacheBytes/16 {
+	if size > c.maxBytes/16 {
 		return // one entry never takes a large share of the cache
 	}
 	c.mu.Lock()
@@ -371,7 +375,7 @@ func (c *cache) put(t ticket, key string, val any, size int64) {
 	}
 	c.entries[key] = c.lru.PushFront(&entry{key, val, size})
 	c.bytes += size
-	for len(c.entries) > cacheEntries || c.bytes > cacheBytes {
+	for len(c.entries) > c.maxEntries || c.bytes > c.maxBytes {
 		c.removeLocked(c.lru.Back())
 	}
 }

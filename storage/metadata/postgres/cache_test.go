@@ -599,3 +599,24 @@ func TestDatabaseUnreachable(t *testing.T) {
 func errOf[T any](_ T, err error) error { return err }
 
 func errOf3[T, U any](_ T, _ U, err error) error { return err }
+
+// TestListenerThroughHeartbeats: the listener's pings between
+// announcements keep the cache valid and the connection listening: an
+// announcement after many of them still arrives.
+func TestListenerThroughHeartbeats(t *testing.T) {
+	t.Parallel()
+	const staleness = 400 * time.Millisecond // a ping every 100ms
+	dsn := pgtest.DSN(t)
+	s := openTest(t, dsn, staleness)
+	conn := testConn(t, dsn)
+	time.Sleep(10 * heartbeat(staleness))
+	// Without the pings, the last contact would be the connection's, long
+	// past the bound. (Polled: a loaded machine may delay one ping.)
+	eventually(t, time.Second, "the cache valid long after the last announcement", func() error {
+		if !s.cache.valid(time.Now()) {
+			return errors.New("expired")
+		}
+		return nil
+	})
+	settled(t, s, conn)
+}

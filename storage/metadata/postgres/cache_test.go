@@ -259,7 +259,7 @@ type image struct {
 	layer digest.Digest
 }
 
-func putImage(t *testing.T, s *Store, repo, body string) image {
+func storeImage(t *testing.T, s *Store, repo, body string) image {
 	t.Helper()
 	img := image{repo, manifestOf(body), digest.FromString("layer of " + body)}
 	ctx := t.Context()
@@ -310,7 +310,7 @@ func TestWarmReadsAskNothing(t *testing.T) {
 	dsn := pgtest.DSN(t)
 	s := openTest(t, dsn, 0)
 	conn := testConn(t, dsn)
-	img := putImage(t, s, "hub/library/app", `{"warm":1}`)
+	img := storeImage(t, s, "hub/library/app", `{"warm":1}`)
 	settled(t, s, conn)
 	if err := pull(s, img); err != nil {
 		t.Fatal(err)
@@ -409,7 +409,7 @@ func TestReplicasSeeEachOthersChanges(t *testing.T) {
 		}, wantPullError("not found"), "upstream hub"},
 	}
 	for i, c := range cases {
-		img := putImage(t, a, fmt.Sprint("hub/app", i), fmt.Sprint("image", i))
+		img := storeImage(t, a, fmt.Sprint("hub/app", i), fmt.Sprint("image", i))
 		if err := pull(b, img); err != nil {
 			t.Fatalf("%s: warm pull through b before the change: %v", c.name, err)
 		}
@@ -483,7 +483,7 @@ func TestListenerLost(t *testing.T) {
 	})
 	conn := testConn(t, dsn)
 	server, db := serverConn(t, dsn)
-	img := putImage(t, a, "hub/library/app", "image")
+	img := storeImage(t, a, "hub/library/app", "image")
 	settled(t, b, conn)
 	if err := pull(b, img); err != nil {
 		t.Fatal(err)
@@ -536,8 +536,8 @@ func TestDatabaseUnreachable(t *testing.T) {
 	})
 	conn := testConn(t, dsn)
 	server, db := serverConn(t, dsn)
-	img := putImage(t, b, "hub/library/app", "image")
-	other := putImage(t, b, "hub/library/other", "other image")
+	img := storeImage(t, b, "hub/library/app", "image")
+	other := storeImage(t, b, "hub/library/other", "other image")
 	settled(t, b, conn)
 	if err := pull(b, img); err != nil {
 		t.Fatal(err)

@@ -35,8 +35,9 @@ import (
 // replica's cache within one notification's delivery, milliseconds.
 //
 // The bound: a cached answer is served only while the listener has been
-// heard from (a notification, or a ping sent every Staleness/4, at most
-// every 5 s) within the last [Options.Staleness]. When the listener is
+// heard from (a notification, or the answer to a ping sent after
+// Staleness/4 without one, and at least every 5 s) within the last
+// [Options.Staleness]. When the listener is
 // lost, silently (a partition) or not (PostgreSQL restarting), cached
 // answers keep being served for at most Staleness after the last contact,
 // so that approved content stays available through a short outage of
@@ -217,6 +218,8 @@ func (s *Store) receive(ctx context.Context, conn *pgx.Conn) error {
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
+		case err == nil && n == nil:
+			continue
 		case err == nil:
 			s.cache.confirm(time.Now())
 			kind, key, _ := strings.Cut(n.Payload, " ")

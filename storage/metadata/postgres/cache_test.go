@@ -620,3 +620,37 @@ func TestListenerThroughHeartbeats(t *testing.T) {
 	})
 	settled(t, s, conn)
 }
+
+// BenchmarkWarmPull measures what a warm pull asks of the store: a tag, a
+// manifest with its link, a blob link, and a touch, all from memory.
+func BenchmarkWarmPull(b *testing.B) {
+	dsn := pgtest.DSN(b)
+	s, err := Open(b.Context(), Options{DSN: dsn})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	img := image{"hub/library/app", manifestOf(strings.Repeat(`{"layer":"x"}`, 200)), digest.FromString("layer")}
+	ctx := b.Context()
+	for _, err := range []error{
+		s.PutManifest(ctx, img.repo, img.m, metadata.Link{Flags: metadata.Confirmed | metadata.Admitted}, metadata.BlobLink{Digest: img.layer, Size: 3}),
+		s.LinkBlobs(ctx, img.repo, metadata.BlobLink{Digest: img.layer, Size: 3, Flags: metadata.Confirmed}),
+		s.PutTag(ctx, img.repo, "latest", metadata.TagRecord{Digest: img.m.Digest}),
+	} {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	// Let the writes' own announcements go by before filling the cache.
+	time.Sleep(100 * time.Millisecond)
+	if err := pull(s, img); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := pull(s, img); err != nil {
+			b.Fatal(err)
+		}
+		s.Touch(img.repo, img.layer)
+	}
+}

@@ -191,8 +191,9 @@ func (s *Store) Tags(ctx context.Context, repo string) ([]string, error) {
 	return tags, nil
 }
 
-// cachedManifest is a manifest as the cache holds it: the body is shared
-// and never modified; callers get copies.
+// cloneManifest copies rec's body: the cache's is shared and never
+// modified, and callers own what they get (an empty body is not nil, as
+// with bbolt).
 func cloneManifest(rec metadata.ManifestRecord) metadata.ManifestRecord {
 	rec.Body = bytes.Clone(rec.Body)
 	if rec.Body == nil {

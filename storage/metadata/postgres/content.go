@@ -22,7 +22,9 @@ import (
 //
 // Writes lock rows in one order (blob links, manifest links, tags,
 // manifest bodies; each set sorted by digest), so that two replicas
-// writing the same content never deadlock.
+// pulling the same content do not deadlock each other. Should an admin's
+// bulk change (Reidentify, UnlinkImage) meet a pull the other way round,
+// PostgreSQL ends one of the two and its caller gets the error.
 
 // Announcement kinds of the content index; each names its cache entries.
 const (

@@ -90,16 +90,23 @@ func (r *replica) counter(t *testing.T, name string) float64 {
 // newCluster starts n replicas over one database and one blob root.
 func newCluster(t *testing.T, o *origin, n int, ttl time.Duration) ([]*replica, string) {
 	t.Helper()
+	return newClusterWith(t, o, n, ttl, nil)
+}
+
+// newClusterWith is newCluster with each replica's upstream client
+// wrapped by wrap, when set.
+func newClusterWith(t *testing.T, o *origin, n int, ttl time.Duration, wrap func(Registry) Registry) ([]*replica, string) {
+	t.Helper()
 	dsn := pgtest.DSN(t)
 	root := filepath.Join(t.TempDir(), "blobs")
 	var rs []*replica
 	for i := range n {
-		rs = append(rs, newReplica(t, o, dsn, root, i, ttl))
+		rs = append(rs, newReplica(t, o, dsn, root, i, ttl, wrap))
 	}
 	return rs, dsn
 }
 
-func newReplica(t *testing.T, o *origin, dsn, root string, i int, ttl time.Duration) *replica {
+func newReplica(t *testing.T, o *origin, dsn, root string, i int, ttl time.Duration, wrap func(Registry) Registry) *replica {
 	t.Helper()
 	r := &replica{reg: prometheus.NewRegistry()}
 	drv := filesystem.New(filesystem.DriverParameters{RootDirectory: root, MaxThreads: 100})
@@ -131,7 +138,11 @@ func newReplica(t *testing.T, o *origin, dsn, root string, i int, ttl time.Durat
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.proxy, err = New(Options{Router: rt, Registries: map[string]Registry{"hub": reg}, DefaultTagTTL: time.Minute,
+	var client Registry = reg
+	if wrap != nil {
+		client = wrap(reg)
+	}
+	r.proxy, err = New(Options{Router: rt, Registries: map[string]Registry{"hub": client}, DefaultTagTTL: time.Minute,
 		Blobs: r.blobs, Meta: meta, Logger: logger, Metrics: NewMetrics(r.reg), Cluster: r.cluster})
 	if err != nil {
 		t.Fatal(err)
@@ -293,6 +304,22 @@ func maxTime(a, b time.Time) time.Time {
 // blob, from whichever replica takes the lease over once it expires.
 func TestClusterLeaderKilledMidBlob(t *testing.T) {
 	t.Parallel()
+	tests := []struct {
+		name   string
+		ranges bool
+	}{
+		{"upstream client without ranges: the successor skips what it has", false},
+		{"upstream client with ranges: the successor asks for the rest", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			testLeaderKilled(t, tc.ranges)
+		})
+	}
+}
+
+func testLeaderKilled(t *testing.T, ranges bool) {
 	o := newOrigin(t, false)
 	img, err := random.Image(512<<10, 1)
 	if err != nil {
@@ -302,7 +329,16 @@ func TestClusterLeaderKilledMidBlob(t *testing.T) {
 	h, _ := layerOf(t, img, 0)
 	d := digest.Digest(h.String())
 	ttl := time.Second
-	rs, _ := newCluster(t, o, 3, ttl)
+	var rangers []*rangeRegistry
+	var wrap func(Registry) Registry
+	if ranges {
+		wrap = func(r Registry) Registry {
+			rr := &rangeRegistry{Registry: r, base: o.srv.URL}
+			rangers = append(rangers, rr)
+			return rr
+		}
+	}
+	rs, _ := newClusterWith(t, o, 3, ttl, wrap)
 	o.slowBlob.Store(int64(100 * time.Millisecond)) // 2 s a blob
 	o.reset()
 
@@ -339,6 +375,57 @@ func TestClusterLeaderKilledMidBlob(t *testing.T) {
 	if _, err := rs[1].blobs.Stat(t.Context(), d); err != nil {
 		t.Errorf("the blob is not in the shared store after the take-over: %v", err)
 	}
+	if ranges {
+		var calls []int64
+		for _, r := range rangers {
+			calls = append(calls, r.offsets()...)
+		}
+		if len(calls) != 1 || calls[0] <= 0 {
+			t.Errorf("ranged upstream requests at offsets %v, want one past 0 from the successor", calls)
+		}
+	}
+}
+
+// rangeRegistry adds GetBlobFrom to an upstream client, by a plain Range
+// request to the test's upstream (which needs no authentication).
+type rangeRegistry struct {
+	Registry
+	base string
+	mu   sync.Mutex
+	offs []int64
+}
+
+func (r *rangeRegistry) offsets() []int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.offs
+}
+
+func (r *rangeRegistry) GetBlobFrom(ctx context.Context, repo string, d digest.Digest, off int64) (io.ReadCloser, int64, error) {
+	r.mu.Lock()
+	r.offs = append(r.offs, off)
+	r.mu.Unlock()
+	// The test's registry wants the range's end, so the size comes first.
+	size, err := r.HeadBlob(ctx, repo, d)
+	if err != nil {
+		return nil, 0, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.base+"/v2/"+repo+"/blobs/"+d.String(), nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, size-1))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, 0, err
+	}
+	var first, last, total int64
+	if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-%d/%d", &first, &last, &total); err != nil ||
+		resp.StatusCode != http.StatusPartialContent || first != off {
+		resp.Body.Close()
+		return nil, 0, fmt.Errorf("range request answered HTTP %d, Content-Range %q", resp.StatusCode, resp.Header.Get("Content-Range"))
+	}
+	return resp.Body, total, nil
 }
 
 func waitUntil(t *testing.T, within time.Duration, ok func() bool) {

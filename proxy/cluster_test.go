@@ -476,7 +476,7 @@ func TestClusterHostilePeer(t *testing.T) {
 			w.Header().Set(cluster.HeaderBlobSize, strconv.Itoa(len(blob)))
 			w.Header().Set(cluster.HeaderFillRepository, "hub/library/app")
 			_, _ = w.Write(append(bytes.Clone(blob), "more"...))
-		}, "more than"},
+		}, "ran past its announced length"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

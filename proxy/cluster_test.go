@@ -175,7 +175,11 @@ type pull struct {
 }
 
 func pullBlob(ctx context.Context, r *replica, d digest.Digest) pull {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.srv.URL+"/v2/library/app/blobs/"+d.String(), nil)
+	return pullFrom(ctx, r, "library/app", d)
+}
+
+func pullFrom(ctx context.Context, r *replica, repo string, d digest.Digest) pull {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.srv.URL+"/v2/"+repo+"/blobs/"+d.String(), nil)
 	if err != nil {
 		return pull{err: err}
 	}
@@ -590,6 +594,60 @@ func TestClusterPeerListenerGuarded(t *testing.T) {
 			}
 			if tc.status == http.StatusUnauthorized && bytes.Contains(body, blob[:64]) {
 				t.Fatal("a refusal carried the blob")
+			}
+		})
+	}
+}
+
+// TestClusterPeerFillOfAnotherRepository: a replica reads another
+// repository's fill from a peer only once its own repository's upstream
+// vouched for the blob (one HEAD, no transfer), as it would a local fill
+// of another repository; a repository whose upstream lacks the blob gets
+// nothing of it.
+func TestClusterPeerFillOfAnotherRepository(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		hidden bool
+	}{
+		{"this repository's upstream has it", false},
+		{"this repository's upstream lacks it", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			o := newOrigin(t, false)
+			img, err := random.Image(256<<10, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o.push(t, "library/app:1", img)
+			h, _ := layerOf(t, img, 0)
+			d := digest.Digest(h.String())
+			other := "/v2/other/app/blobs/" + d.String()
+			if tc.hidden {
+				o.hidden.Store(other, true)
+			}
+			rs, _ := newCluster(t, o, 2, 2*time.Second)
+			o.slowBlob.Store(int64(50 * time.Millisecond))
+			o.reset()
+			lead := make(chan pull, 1)
+			go func() { lead <- pullBlob(t.Context(), rs[0], d) }()
+			waitUntil(t, 5*time.Second, func() bool { return rs[0].counter(t, "airlock_cluster_fills_led_total") == 1 })
+			p := pullFrom(t.Context(), rs[1], "other/app", d)
+			if err := (<-lead).check(d); err != nil {
+				t.Fatalf("the leader's client: %v", err)
+			}
+			switch {
+			case tc.hidden && (p.err == nil || !strings.Contains(p.err.Error(), "HTTP 404")):
+				t.Fatalf("pull through a repository without the blob: %v, want 404", p.err)
+			case !tc.hidden:
+				if err := p.check(d); err != nil {
+					t.Fatalf("pull through another repository: %v", err)
+				}
+			}
+			if g, h := o.count(http.MethodGet, other), o.count(http.MethodHead, other); g != 0 || h != 1 {
+				t.Fatalf("the other repository saw %d GETs and %d HEADs, want 0 and 1", g, h)
 			}
 		})
 	}

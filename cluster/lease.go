@@ -74,8 +74,12 @@ func (c *Cluster) ClaimFill(ctx context.Context, upstream string, d digest.Diges
 		}
 		var owner, advertise string
 		var expires time.Time
-		err := c.pool.QueryRow(ctx, claimFill, k.upstream, k.digest, c.owner, c.advertise, c.ttl.Milliseconds()).
+		// A database out of reach costs a cold fill at most a lease's
+		// lifetime before it fetches on its own.
+		qctx, cancel := context.WithTimeout(ctx, c.ttl)
+		err := c.pool.QueryRow(qctx, claimFill, k.upstream, k.digest, c.owner, c.advertise, c.ttl.Milliseconds()).
 			Scan(&owner, &advertise, &expires)
+		cancel()
 		switch {
 		case errors.Is(err, pgx.ErrNoRows) && attempt < 10:
 			// The holder's row came or went between the statement's two

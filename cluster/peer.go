@@ -231,8 +231,10 @@ func (c *Cluster) watchPeer(ctx context.Context, k fillKey, peer string, b *peer
 			return
 		}
 		var live bool
-		err := c.pool.QueryRow(ctx, `SELECT expires > now() FROM airlock_cluster_fills
+		qctx, cancel := context.WithTimeout(ctx, c.ttl/2)
+		err := c.pool.QueryRow(qctx, `SELECT expires > now() FROM airlock_cluster_fills
 			WHERE upstream = $1 AND digest = $2 AND advertise = $3`, k.upstream, k.digest, peer).Scan(&live)
+		cancel()
 		if errors.Is(err, pgx.ErrNoRows) {
 			err, live = nil, false
 		}

@@ -652,3 +652,30 @@ func TestClusterPeerFillOfAnotherRepository(t *testing.T) {
 		})
 	}
 }
+
+// TestClusterDatabaseDown: a replica that cannot ask the database for a
+// lease fetches the blob itself, as a single replica would, and says so.
+func TestClusterDatabaseDown(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, false)
+	img, err := random.Image(32<<10, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.push(t, "library/app:1", img)
+	h, _ := layerOf(t, img, 0)
+	d := digest.Digest(h.String())
+	rs, _ := newCluster(t, o, 1, time.Second)
+	rs[0].killed = true // its cluster cannot give up leases at Close
+	rs[0].pool.Close()
+	o.reset()
+	if err := pullBlob(t.Context(), rs[0], d).check(d); err != nil {
+		t.Fatalf("pull with the database down: %v", err)
+	}
+	if n := o.count(http.MethodGet, blobPath(d)); n != 1 {
+		t.Errorf("%d upstream GETs, want 1", n)
+	}
+	if logs := rs[0].logText(); !strings.Contains(logs, "cluster lease unavailable: fetching the blob without it") {
+		t.Errorf("the missing lease was not logged:\n%s", logs)
+	}
+}

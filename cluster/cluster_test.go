@@ -353,15 +353,15 @@ func TestPeerListener(t *testing.T) {
 func TestOpenPeerFillUnreachable(t *testing.T) {
 	t.Parallel()
 	pool := newPool(t)
-	// A listener that is closed at once: connections are refused.
-	dead := httptest.NewServer(http.NotFoundHandler())
-	dead.Close()
+	// Port 1 (tcpmux) is privileged and never bound here: connections are
+	// refused. A port taken and given back could go to another test.
+	const dead = "http://127.0.0.1:1"
 	wrongSecret := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "who are you", http.StatusUnauthorized)
 	}))
 	t.Cleanup(wrongSecret.Close)
 	f := open(t, pool, "http://f:1", time.Second)
-	for i, peer := range []string{dead.URL, wrongSecret.URL} {
+	for i, peer := range []string{dead, wrongSecret.URL} {
 		start := time.Now()
 		body, _, _, err := f.OpenPeerFill(t.Context(), peer, "hub", digest.FromString("x"), 0)
 		if body != nil || err == nil {

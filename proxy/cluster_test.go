@@ -521,9 +521,9 @@ func TestClusterPartition(t *testing.T) {
 	h, _ := layerOf(t, img, 0)
 	d := digest.Digest(h.String())
 	rs, dsn := newCluster(t, o, 1, time.Second)
-	gone := httptest.NewServer(http.NotFoundHandler())
-	gone.Close() // nothing listens there any more
-	holdLease(t, dsn, d, gone.URL)
+	// Port 1 (tcpmux) is privileged and never bound here; a port taken
+	// and given back could go to another test's server.
+	holdLease(t, dsn, d, "http://127.0.0.1:1")
 	o.reset()
 	start := time.Now()
 	if err := pullBlob(t.Context(), rs[0], d).check(d); err != nil {

@@ -169,7 +169,7 @@ func (b *Blobs) Probe(ctx context.Context) error {
 		err = b.driver.Delete(ctx, p)
 	}
 	if err != nil {
-		return fmt.Errorf("storage: writing a probe object to the %s driver: %w", b.driver.Name(),
+		return fmt.Errorf("storage: writing a probe object: %w",
 			&storeError{driver: b.driver.Name(), unreachable: unreachable(err), err: err})
 	}
 	return nil

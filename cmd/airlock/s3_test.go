@@ -98,7 +98,8 @@ func serveProcess(t *testing.T, config, regAddr string) {
 // TestServeBlobsFromS3: airlock with storage.driver s3 fetches a layer
 // once, commits it to the bucket, and serves it from there with the
 // upstream down: by a redirect to a presigned URL on the S3 server, which
-// a client follows without credentials.
+// a client follows without credentials. With the S3 server down it fails
+// the request rather than fetch the layer again.
 func TestServeBlobsFromS3(t *testing.T) {
 	t.Parallel()
 	srv := s3test.Start(t)
@@ -164,6 +165,21 @@ func TestServeBlobsFromS3(t *testing.T) {
 	}
 	if n := up.Count(upstreamtest.RegistryListener, http.MethodGet, "/blobs/"+layer.String()); n != 1 {
 		t.Errorf("the upstream served the layer %d times; want once", n)
+	}
+
+	// With the object store down and the upstream back, the blob is not
+	// taken for a miss: fetching it again is what a store that is down
+	// must not cause, on every replica at once.
+	// TODO: want 503 with Retry-After once the proxy maps
+	// storage.ErrUnavailable (proxy/errors.go toError); today it is 500.
+	up.Up()
+	srv.Stop(t)
+	resp, body = get(client, base+"/blobs/"+layer.String())
+	if resp.StatusCode < 500 || !strings.Contains(string(body), `"UNAVAILABLE"`) {
+		t.Errorf("warm blob with the object store down: %s: %s; want a 5xx UNAVAILABLE", resp.Status, body)
+	}
+	if n := up.Count(upstreamtest.RegistryListener, http.MethodGet, "/blobs/"+layer.String()); n != 1 {
+		t.Errorf("with the object store down the layer was fetched again: %d upstream GETs, want 1", n)
 	}
 }
 

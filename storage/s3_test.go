@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"maps"
 	"net/http"
@@ -596,5 +597,73 @@ func TestS3LocalCache(t *testing.T) {
 	read(again, d, blobD, true)
 	if files, _ := os.ReadDir(cacheDir); len(files) != 1 {
 		t.Errorf("the cache directory holds %d files, want the one copy", len(files))
+	}
+}
+
+// TestS3WalkPages: Walk sees every blob of a bucket that lists in more than
+// one page (the driver asks for 1000 keys at a time), and nothing that is
+// not at a blob's path.
+func TestS3WalkPages(t *testing.T) {
+	t.Parallel()
+	params := s3test.Params(t)
+	drv := s3Driver(t, params)
+	b := s3Blobs(t, params)
+	const n = 1010
+	want := make(map[digest.Digest]int64, n)
+	contents := make(chan []byte)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for content := range contents {
+				if err := drv.PutContent(t.Context(), blobPath(digest.FromBytes(content)), content); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	for i := range n {
+		content := fmt.Appendf(nil, "blob %d", i)
+		want[digest.FromBytes(content)] = int64(len(content))
+		contents <- content
+	}
+	close(contents)
+	wg.Wait()
+	// Strays a walk must skip: a file beside a blob, a bad digest.
+	for _, p := range []string{"/blobs/sha256/stray", "/blobs/sha256/ab/abc/data"} {
+		if err := drv.PutContent(t.Context(), p, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := walked(t, b)
+	if len(got) != n {
+		t.Fatalf("Walk saw %d blobs, want %d", len(got), n)
+	}
+	for d, size := range want {
+		if got[d] != size {
+			t.Fatalf("Walk gave blob %s size %d, want %d", d, got[d], size)
+		}
+	}
+}
+
+// TestS3RecoverUploads: Recover removes temporary uploads older than the
+// grace period, which a replica that died mid-commit left, and keeps young
+// ones, which may be a live peer's.
+func TestS3RecoverUploads(t *testing.T) {
+	t.Parallel()
+	params := s3test.Params(t)
+	drv := s3Driver(t, params)
+	b := s3Blobs(t, params)
+	if err := drv.PutContent(t.Context(), uploadsDir+"/abandoned", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.Recover(t.Context()); err != nil || n != 0 {
+		t.Fatalf("Recover within the grace period removed %d (%v); want none", n, err)
+	}
+	b.uploadGrace = 0
+	if n, err := b.Recover(t.Context()); err != nil || n != 1 {
+		t.Fatalf("Recover removed %d (%v); want the abandoned upload", n, err)
+	}
+	if left := listed(t, drv, uploadsDir); len(left) != 0 {
+		t.Errorf("uploads left after Recover: %v", left)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -665,5 +666,47 @@ func TestS3RecoverUploads(t *testing.T) {
 	}
 	if left := listed(t, drv, uploadsDir); len(left) != 0 {
 		t.Errorf("uploads left after Recover: %v", left)
+	}
+}
+
+// TestS3ProbeSilentEndpoint: an endpoint that accepts connections and
+// never answers fails the probe once its deadline passes, as unreachable.
+func TestS3ProbeSilentEndpoint(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan net.Conn, 16)
+	defer func() {
+		l.Close()
+		for {
+			select {
+			case c := <-held:
+				c.Close()
+			default:
+				return
+			}
+		}
+	}()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			select {
+			case held <- c: // kept open, unanswered, until the test ends
+			default:
+				c.Close()
+			}
+		}
+	}()
+	b := s3Blobs(t, with(s3test.Params(t), map[string]any{"regionendpoint": "http://" + l.Addr().String()}))
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	err = b.Probe(ctx)
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "object store is unreachable") {
+		t.Fatalf("Probe of a silent endpoint = %v; want it unreachable", err)
 	}
 }

@@ -29,7 +29,13 @@ import (
 // The tests in this file run Blobs over distribution's s3-aws driver
 // against a real S3 server (versitygw, internal/s3test) on loopback.
 
-func TestMain(m *testing.M) { os.Exit(s3test.Main(m)) }
+func TestMain(m *testing.M) {
+	// Every table test of the store runs on S3 too.
+	stores = append(stores, store{name: "s3 driver on versitygw", open: func(t testing.TB) *Blobs {
+		return s3Blobs(t, s3test.Params(t), WithRedirects(false))
+	}})
+	os.Exit(s3test.Main(m))
+}
 
 // s3Driver builds the s3-aws driver as airlock's storage.driver: s3 does.
 func s3Driver(t testing.TB, params map[string]any) storagedriver.StorageDriver {

@@ -152,7 +152,7 @@ func TestManifests(t *testing.T) {
 
 	t.Run("three replicas, one per node", func(t *testing.T) {
 		if d.Spec.Replicas == nil || *d.Spec.Replicas != 3 {
-			t.Errorf("replicas %v, want 3", d.Spec.Replicas)
+			t.Errorf("replicas unset or not 3 (%v), want 3", ptrValue(d.Spec.Replicas))
 		}
 		a := pod.Spec.Affinity
 		if a == nil || a.PodAntiAffinity == nil || len(a.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution) != 1 {
@@ -353,4 +353,11 @@ func mountedDir(c corev1.Container, dir string) bool {
 		}
 	}
 	return false
+}
+
+func ptrValue(p *int32) any {
+	if p == nil {
+		return nil
+	}
+	return *p
 }

@@ -107,6 +107,14 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 			continue
 		}
 		src := blobSource{body: body, size: size, peer: peer, name: "peer " + peer}
+		if repo == "" && off == 0 {
+			// The leader's fill committed: the blob is in the store the
+			// replicas share, and this fill has nothing to fetch.
+			if _, err := p.blobs.Stat(ctx, f.digest); err == nil {
+				src.close()
+				return blobSource{}, errStoredMeanwhile
+			}
+		}
 		if repo != rq.route.Key() {
 			// Another repository's fill on the peer, or the peer's store:
 			// this repository's own upstream must vouch for the blob, as it
@@ -120,6 +128,10 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 	}
 	return p.upstreamSource(ctx, rq, f.digest, off)
 }
+
+// errStoredMeanwhile ends a fill that found the blob committed by the
+// replica that led it: its readers go to the store.
+var errStoredMeanwhile = errors.New("blob was committed by the replica leading its fill")
 
 // confirmAt asks the request's upstream whether its repository holds d,
 // of the peer's size when it announced one.

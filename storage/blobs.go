@@ -169,7 +169,7 @@ func (b *Blobs) Probe(ctx context.Context) error {
 		err = b.driver.Delete(ctx, p)
 	}
 	if err != nil {
-		return fmt.Errorf("storage: writing a probe object to the %s driver: %w", b.driver.Name(),
+		return fmt.Errorf("storage: writing a probe object: %w",
 			&storeError{driver: b.driver.Name(), unreachable: unreachable(err), err: err})
 	}
 	return nil
@@ -256,11 +256,15 @@ func (b *Blobs) RedirectURL(r *http.Request, d digest.Digest) (string, error) {
 }
 
 // notFound maps "does not exist" from either the OS or a driver to
-// ErrNotFound and wraps anything else with the digest.
+// ErrNotFound, marks any other failure a driver reports as ErrUnavailable,
+// and wraps anything else with the digest.
 func notFound(d digest.Digest, err error) error {
 	var pnf storagedriver.PathNotFoundError
 	if errors.Is(err, os.ErrNotExist) || errors.As(err, &pnf) {
 		return fmt.Errorf("blob %s: %w", d, ErrNotFound)
+	}
+	if de, ok := errors.AsType[storagedriver.Error](err); ok {
+		return fmt.Errorf("blob %s: %w", d, &storeError{driver: de.DriverName, unreachable: unreachable(err), err: err})
 	}
 	return fmt.Errorf("blob %s: %w", d, err)
 }

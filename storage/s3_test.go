@@ -162,11 +162,21 @@ func TestS3CommitStatOpenDeleteWalk(t *testing.T) {
 	if got := walked(t, b); len(got) != 2 || got[d] != int64(len(content)) || got[od] != 1000 {
 		t.Fatalf("Walk saw %v, want both blobs with their sizes", got)
 	}
+	// A reader opened before an eviction, by this replica or another,
+	// reads nothing after it: the blob is gone, not the store.
+	evicted, _, err := b.Open(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer evicted.Close()
 	if err := b.Delete(ctx, d); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.Stat(ctx, d); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Stat after Delete = %v, want ErrNotFound", err)
+	}
+	if _, err := evicted.Read(make([]byte, 10)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a read after Delete of a blob opened before = %v, want ErrNotFound", err)
 	}
 	if got := walked(t, b); len(got) != 1 || got[od] != 1000 {
 		t.Fatalf("Walk after Delete saw %v, want only the other blob", got)
@@ -431,7 +441,7 @@ func TestS3CommitInterrupted(t *testing.T) {
 }
 
 // TestS3Down: with the S3 server stopped, Stat, Open, a read of a blob
-// opened before and Probe fail with ErrUnavailable and a message saying
+// opened before, Probe and Delete fail with ErrUnavailable and a message saying
 // the store is unreachable, never ErrNotFound, which would send every
 // request to the upstream for a blob the store holds. Once it is back, the
 // blob is served again.
@@ -470,6 +480,7 @@ func TestS3Down(t *testing.T) {
 	_, err = before.Read(make([]byte, 10))
 	check("a read of a blob opened before", err)
 	check("Probe", b.Probe(t.Context()))
+	check("Delete", b.Delete(t.Context(), d))
 
 	srv.Restart(t)
 	if err := b.Probe(t.Context()); err != nil {

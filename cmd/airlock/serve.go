@@ -295,7 +295,17 @@ func openBlobs(ctx context.Context, s config.Storage) (*storage.Blobs, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage.driver %s: %w (check storage.parameters)", s.Driver, err)
 	}
-	return storage.NewBlobs(d, "", spool)
+	blobs, err := storage.NewBlobs(d, "", spool)
+	if err != nil {
+		return nil, err
+	}
+	// Drivers connect lazily: without a probe, a missing bucket or an
+	// unreachable endpoint would show only as a cache that never fills.
+	if err := blobs.Probe(ctx); err != nil {
+		return nil, fmt.Errorf("storage.driver %s: %w (check storage.parameters: the bucket must exist and "+
+			"the endpoint must be reachable with these credentials)", s.Driver, err)
+	}
+	return blobs, nil
 }
 
 // selfAddrs are the addresses of the listeners serving cfg, which no

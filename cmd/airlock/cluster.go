@@ -104,9 +104,10 @@ func (g *gateway) runEvictor(ctx context.Context) {
 				g.reconcile(held)
 				reconciled = held.Err() == nil
 			}
+			// The next sweep trims. Not Nudge: that says the volume is
+			// full, and would trim below cache.maxSize.
 			g.evicting.Store(true)
 			g.evictor.SetMaxBytes(g.maxBytes.Load())
-			g.evictor.Nudge()
 			<-held.Done()
 			g.evictor.SetMaxBytes(0)
 			g.evicting.Store(false)

@@ -145,6 +145,18 @@ func TestFollower(t *testing.T) {
 	})
 }
 
+// TestClusterKeysNeedARestart: a reload logs metadata and cluster keys as
+// needing a restart rather than applying them under a running store.
+func TestClusterKeysNeedARestart(t *testing.T) {
+	t.Parallel()
+	for _, key := range []string{"metadata", "metadata.driver", "metadata.dsn", "metadata.dsnFile", "metadata.staleness",
+		"cluster", "cluster.listen", "cluster.advertise", "cluster.sharedFilesystem", "storage.disableRedirects"} {
+		if reloadable(key) {
+			t.Errorf("%s is applied by a reload; it is read at start only", key)
+		}
+	}
+}
+
 // TestFollowerBounded: notices pile up while the gate reads; past
 // maxPending images they become one reading of everything, and kinds the
 // gate has no use for are not kept.
@@ -276,6 +288,14 @@ func TestReplicasFollowEachOther(t *testing.T) {
 	}
 	if len(names) != 2 || !slices.ContainsFunc(names, func(n string) bool { return strings.HasPrefix(n, "127.0.0.1_") }) {
 		t.Errorf("spool directories %v, want one per replica named by its peer address", names)
+	}
+	// One evictor between them: the first to ask holds the lease.
+	start = time.Now()
+	for rs[0].g.evicting.Load() == rs[1].g.evicting.Load() {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("evicting: replica 0 %v, replica 1 %v; want exactly one", rs[0].g.evicting.Load(), rs[1].g.evicting.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	line := startupLine(t, rs[0].logs)
 	if line["metadata"] != "postgres" || !strings.HasPrefix(fmt.Sprint(line["cluster"]), "advertise http://127.0.0.1:") {

@@ -316,3 +316,33 @@ func startupLine(t *testing.T, logs *syncBuffer) map[string]any {
 	t.Fatalf("no start-up line; log:\n%s", logs.String())
 	return nil
 }
+
+// TestServeWithoutPostgreSQL: a replica whose database cannot be reached
+// does not start, and says where to look; it creates no bbolt file in its
+// place.
+func TestServeWithoutPostgreSQL(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "airlock.yaml")
+	body := fmt.Sprintf(`listen: "127.0.0.1:0"
+admin: {listen: "127.0.0.1:0"}
+storage: {path: %q}
+metadata: {driver: postgres, dsn: "postgres://airlock@127.0.0.1:1/airlock?connect_timeout=2"}
+upstreams: [{name: hub, url: "https://registry-1.docker.io"}]
+`, dir)
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = newGateway(t.Context(), cfg, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.HasPrefix(err.Error(), "metadata.driver postgres: ") ||
+		!strings.Contains(err.Error(), "(check metadata.dsn or metadata.dsnFile, and that PostgreSQL is up)") {
+		t.Fatalf("newGateway: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "metadata.db")); !os.IsNotExist(err) {
+		t.Errorf("metadata.db: %v, want none", err)
+	}
+}

@@ -540,3 +540,36 @@ func waitFor(t *testing.T, within time.Duration, ok func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestClaimFillLocalChurn: local fills of one blob claiming and releasing
+// its lease at random never leave one of them holding a release while the
+// row is gone: a release deleting the row and a claim taking it meet in
+// order.
+func TestClaimFillLocalChurn(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t)
+	a := open(t, pool, "http://a:1", time.Second)
+	d := digest.FromString("layer")
+	var wg sync.WaitGroup
+	var bad atomic.Int32
+	for range 6 {
+		wg.Go(func() {
+			for range 30 {
+				release, peer, err := a.ClaimFill(t.Context(), "hub", d, "")
+				if err != nil || release == nil {
+					t.Errorf("claim: peer %q, %v", peer, err)
+					return
+				}
+				var owner string
+				if err := pool.QueryRow(t.Context(), "SELECT owner FROM airlock_cluster_fills WHERE digest = $1", d.String()).Scan(&owner); err != nil || owner != a.owner {
+					bad.Add(1)
+				}
+				release()
+			}
+		})
+	}
+	wg.Wait()
+	if n := bad.Load(); n != 0 {
+		t.Fatalf("%d times a local fill held the lease while the row was not this replica's", n)
+	}
+}

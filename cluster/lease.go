@@ -88,8 +88,11 @@ func (c *Cluster) ClaimFill(ctx context.Context, upstream string, d digest.Diges
 		case err != nil:
 			return nil, "", fmt.Errorf("cluster: claiming the fill of %s from %s: %w", d, upstream, err)
 		case owner == c.owner:
-			c.metrics.led.Inc()
-			return c.hold(k), "", nil
+			if release := c.hold(k); release != nil {
+				c.metrics.led.Inc()
+				return release, "", nil
+			}
+			continue // a local release was deleting the row: claim it anew
 		case suspect == "" || advertise != suspect:
 			return nil, advertise, nil
 		case seen.IsZero():
@@ -137,14 +140,22 @@ func (c *Cluster) joinHeld(ctx context.Context, k fillKey) func() {
 }
 
 // hold records a lease the database just gave this replica and starts its
-// heartbeat. Two local fills that claimed it at once share it.
+// heartbeat. Two local fills that claimed it at once share it. It returns
+// nil, after waiting for it to end, when the last local fill was giving
+// the lease up meanwhile: that release deletes the row just claimed.
 func (c *Cluster) hold(k fillKey) func() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if l := c.held[k]; l != nil && !l.releasing {
+	if l := c.held[k]; l != nil {
+		if l.releasing {
+			c.mu.Unlock()
+			<-l.gone // bounded: the release's statement has a timeout
+			return nil
+		}
 		l.refs++
+		c.mu.Unlock()
 		return c.releaser(k, l)
 	}
+	defer c.mu.Unlock()
 	ctx, stop := context.WithCancel(c.ctx)
 	l := &lease{refs: 1, gone: make(chan struct{}), stop: stop, beat: make(chan struct{})}
 	c.held[k] = l
@@ -185,7 +196,9 @@ func (c *Cluster) releaser(k fillKey, l *lease) func() {
 				slog.String("digest", k.digest), slog.Duration("ttl", c.ttl), slog.String("error", err.Error()))
 		}
 		c.mu.Lock()
-		delete(c.held, k)
+		if c.held[k] == l {
+			delete(c.held, k)
+		}
 		c.mu.Unlock()
 		close(l.gone)
 	}

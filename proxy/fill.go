@@ -402,8 +402,8 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 		p.log.LogAttrs(ctx, slog.LevelError, "linking blob failed", slog.String("digest", f.digest.String()),
 			slog.String("error", err.Error()))
 	}
-	if src.peer != "" {
-		p.awaitPeerCommit(ctx, f.digest)
+	if src.peer != "" && f.lease == nil {
+		p.awaitPeerCommit(ctx, f, up)
 	}
 	_, commitSpan := p.span(ctx, "verify.commit")
 	err = p.blobs.Commit(ctx, f.digest, spool)

@@ -40,6 +40,8 @@ type Blobs struct {
 	uploadGrace time.Duration
 	// redirects lets RedirectURL hand out the driver's presigned URLs.
 	redirects bool
+	// cache is the local copy of a remote store's blobs, or nil.
+	cache *localCache
 
 	mu     sync.Mutex
 	spools map[string]*Spool // live spools by path, which Recover must keep
@@ -83,6 +85,15 @@ func NewBlobs(driver storagedriver.StorageDriver, localRoot, spoolDir string, op
 	}
 	for _, o := range opts {
 		o(b)
+	}
+	if b.cache != nil && localRoot != "" {
+		b.cache = nil // the blobs are local already
+	}
+	if b.cache != nil {
+		if err := b.cache.open(spoolDir); err != nil {
+			return nil, err
+		}
+		b.driver = cacheDriver{StorageDriver: driver, cache: b.cache}
 	}
 	if localRoot != "" {
 		if err := os.MkdirAll(localRoot, 0o750); err != nil {
@@ -200,6 +211,9 @@ func (b *Blobs) Stat(ctx context.Context, d digest.Digest) (int64, error) {
 		}
 		return fi.Size(), nil
 	}
+	if size, ok := b.cache.has(d); ok {
+		return size, nil
+	}
 	fi, err := b.driver.Stat(ctx, blobPath(d))
 	if err != nil {
 		return 0, b.remoteErr(ctx, d, err)
@@ -230,6 +244,9 @@ func (b *Blobs) Open(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, i
 		}
 		return f, fi.Size(), nil
 	}
+	if f, size, ok := b.cache.get(d); ok {
+		return f, size, nil
+	}
 	size, err := b.Stat(ctx, d)
 	if err != nil {
 		return nil, 0, err
@@ -246,6 +263,10 @@ func (b *Blobs) RedirectURL(r *http.Request, d digest.Digest) (string, error) {
 		return "", err
 	}
 	if b.localRoot != "" || !b.redirects {
+		return "", nil
+	}
+	// A local copy is closer than any redirect.
+	if _, ok := b.cache.has(d); ok {
 		return "", nil
 	}
 	u, err := b.driver.RedirectURL(r, blobPath(d))

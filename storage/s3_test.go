@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -510,5 +513,200 @@ func TestS3MissingBucket(t *testing.T) {
 	_, d := randomBlob(t, 10)
 	if _, err := b.Stat(t.Context(), d); errors.Is(err, ErrNotFound) || !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Stat in a missing bucket = %v; want ErrUnavailable, not ErrNotFound", err)
+	}
+}
+
+// TestS3LocalCache: with a local cache, the blobs a replica commits are
+// served from local files, also while the object store is down; blobs
+// other replicas committed come from the object store. The cache keeps to
+// its bound, least recently used first, forgets what Delete removes, and
+// is found again by the next store on the same directory.
+func TestS3LocalCache(t *testing.T) {
+	t.Parallel()
+	srv := s3test.Start(t)
+	params := srv.Params(t)
+	cacheDir := t.TempDir()
+	b := s3Blobs(t, params, WithLocalCache(cacheDir, 250_000))
+	other := s3Blobs(t, params)
+	ctx := t.Context()
+	blobA, a := randomBlob(t, 100_000)
+	blobB, bb := randomBlob(t, 100_000)
+	blobC, c := randomBlob(t, 100_000)
+	blobD, d := randomBlob(t, 100_000)
+	huge, h := randomBlob(t, 300_000)
+
+	// read opens d and checks its bytes, and whether they came from a
+	// local file.
+	read := func(b *Blobs, d digest.Digest, want []byte, local bool) {
+		t.Helper()
+		rc, size, err := b.Open(ctx, d)
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		defer rc.Close()
+		if _, isFile := rc.(*os.File); isFile != local {
+			t.Errorf("Open returned %T; local copy expected: %v", rc, local)
+		}
+		if got, err := io.ReadAll(rc); err != nil || size != int64(len(want)) || !bytes.Equal(got, want) {
+			t.Fatalf("read %d bytes of %d (%v); not the blob", len(got), size, err)
+		}
+	}
+	b.Discard(put(t, b, blobA, a))
+	other.Discard(put(t, other, blobC, c))
+	b.Discard(put(t, b, huge, h))
+	read(b, a, blobA, true)
+	read(b, c, blobC, false)
+	read(b, h, huge, false) // over the bound: not kept
+	if u, err := b.RedirectURL(httptest.NewRequest(http.MethodGet, "/", nil), a); u != "" || err != nil {
+		t.Errorf("RedirectURL of a blob with a local copy = %q, %v; want none", u, err)
+	}
+	if u, _ := b.RedirectURL(httptest.NewRequest(http.MethodGet, "/", nil), c); u == "" {
+		t.Error("no RedirectURL for a blob without a local copy")
+	}
+
+	srv.Stop(t)
+	read(b, a, blobA, true)
+	if size, err := b.Stat(ctx, a); err != nil || size != int64(len(blobA)) {
+		t.Errorf("Stat of a local copy with the object store down = %d, %v", size, err)
+	}
+	if _, _, err := b.Open(ctx, c); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Open of a blob without a local copy, the object store down = %v; want ErrUnavailable", err)
+	}
+	srv.Restart(t)
+
+	b.Discard(put(t, b, blobB, bb))
+	read(b, a, blobA, true) // a is now used more recently than bb
+	b.Discard(put(t, b, blobD, d))
+	read(b, a, blobA, true)
+	read(b, d, blobD, true)
+	read(b, bb, blobB, false) // evicted from the cache, still in the bucket
+	if _, err := os.Stat(filepath.Join(cacheDir, "sha256-"+bb.Encoded())); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the evicted copy's file is still there: %v", err)
+	}
+
+	if err := b.Delete(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Stat(ctx, a); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Stat after Delete = %v; want ErrNotFound", err)
+	}
+	if _, err := os.Stat(filepath.Join(cacheDir, "sha256-"+a.Encoded())); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the deleted blob's copy is still there: %v", err)
+	}
+
+	again := s3Blobs(t, params, WithLocalCache(cacheDir, 250_000))
+	read(again, d, blobD, true)
+	if files, _ := os.ReadDir(cacheDir); len(files) != 1 {
+		t.Errorf("the cache directory holds %d files, want the one copy", len(files))
+	}
+}
+
+// TestS3WalkPages: Walk sees every blob of a bucket that lists in more than
+// one page (the driver asks for 1000 keys at a time), and nothing that is
+// not at a blob's path.
+func TestS3WalkPages(t *testing.T) {
+	t.Parallel()
+	params := s3test.Params(t)
+	drv := s3Driver(t, params)
+	b := s3Blobs(t, params)
+	const n = 1010
+	want := make(map[digest.Digest]int64, n)
+	contents := make(chan []byte)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for content := range contents {
+				if err := drv.PutContent(t.Context(), blobPath(digest.FromBytes(content)), content); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	for i := range n {
+		content := fmt.Appendf(nil, "blob %d", i)
+		want[digest.FromBytes(content)] = int64(len(content))
+		contents <- content
+	}
+	close(contents)
+	wg.Wait()
+	// Strays a walk must skip: a file beside a blob, a bad digest.
+	for _, p := range []string{"/blobs/sha256/stray", "/blobs/sha256/ab/abc/data"} {
+		if err := drv.PutContent(t.Context(), p, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := walked(t, b)
+	if len(got) != n {
+		t.Fatalf("Walk saw %d blobs, want %d", len(got), n)
+	}
+	for d, size := range want {
+		if got[d] != size {
+			t.Fatalf("Walk gave blob %s size %d, want %d", d, got[d], size)
+		}
+	}
+}
+
+// TestS3RecoverUploads: Recover removes temporary uploads older than the
+// grace period, which a replica that died mid-commit left, and keeps young
+// ones, which may be a live peer's.
+func TestS3RecoverUploads(t *testing.T) {
+	t.Parallel()
+	params := s3test.Params(t)
+	drv := s3Driver(t, params)
+	b := s3Blobs(t, params)
+	if err := drv.PutContent(t.Context(), uploadsDir+"/abandoned", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.Recover(t.Context()); err != nil || n != 0 {
+		t.Fatalf("Recover within the grace period removed %d (%v); want none", n, err)
+	}
+	b.uploadGrace = 0
+	if n, err := b.Recover(t.Context()); err != nil || n != 1 {
+		t.Fatalf("Recover removed %d (%v); want the abandoned upload", n, err)
+	}
+	if left := listed(t, drv, uploadsDir); len(left) != 0 {
+		t.Errorf("uploads left after Recover: %v", left)
+	}
+}
+
+// TestS3ProbeSilentEndpoint: an endpoint that accepts connections and
+// never answers fails the probe once its deadline passes, as unreachable.
+func TestS3ProbeSilentEndpoint(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan net.Conn, 16)
+	defer func() {
+		l.Close()
+		for {
+			select {
+			case c := <-held:
+				c.Close()
+			default:
+				return
+			}
+		}
+	}()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			select {
+			case held <- c: // kept open, unanswered, until the test ends
+			default:
+				c.Close()
+			}
+		}
+	}()
+	b := s3Blobs(t, with(s3test.Params(t), map[string]any{"regionendpoint": "http://" + l.Addr().String()}))
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	err = b.Probe(ctx)
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "object store is unreachable") {
+		t.Fatalf("Probe of a silent endpoint = %v; want it unreachable", err)
 	}
 }

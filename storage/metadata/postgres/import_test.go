@@ -271,3 +271,174 @@ func TestImportRefusesAStoreInUse(t *testing.T) {
 		})
 	}
 }
+
+// contentOf names what seedContent writes, for the reads that compare.
+type contentOf struct {
+	repos     []string
+	tags      map[string][]string // repo -> tags
+	manifests []digest.Digest
+	blobs     []digest.Digest
+}
+
+// seedContent gives a bbolt store tags, manifests with confirmed and
+// admitted links, blob links in several repositories, access times and an
+// upstream identity, through its public methods.
+func seedContent(t *testing.T, db *metadata.DB) contentOf {
+	t.Helper()
+	ctx := t.Context()
+	c := contentOf{tags: map[string][]string{}}
+	if _, err := db.Reidentify(ctx, map[string]string{"dockerhub": "https://registry-1.docker.io", "ghcr": "https://ghcr.io"}); err != nil {
+		t.Fatal(err)
+	}
+	for i, repo := range []string{"dockerhub/library/nginx", "dockerhub/library/redis", "ghcr/acme/api"} {
+		c.repos = append(c.repos, repo)
+		body := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":%d}`, i)
+		m := metadata.ManifestRecord{Digest: digest.FromString(body), MediaType: "application/vnd.oci.image.manifest.v1+json", Body: []byte(body)}
+		layer, shared := digest.FromString(fmt.Sprint("layer", i)), digest.FromString("shared layer")
+		c.manifests = append(c.manifests, m.Digest)
+		c.blobs = append(c.blobs, layer)
+		flags := metadata.Confirmed
+		if i != 1 {
+			flags |= metadata.Admitted
+		}
+		err := db.PutManifest(ctx, repo, m, metadata.Link{Flags: flags, MediaType: m.MediaType},
+			metadata.BlobLink{Digest: layer, Size: int64(1000 + i)}, metadata.BlobLink{Digest: shared, Size: 77})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.LinkBlobs(ctx, repo, metadata.BlobLink{Digest: layer, Size: int64(1000 + i), Flags: metadata.Confirmed, UpstreamSize: true}); err != nil {
+			t.Fatal(err)
+		}
+		for j, tag := range []string{"latest", fmt.Sprint("1.", i)} {
+			rec := metadata.TagRecord{Digest: m.Digest, MediaType: m.MediaType, Size: int64(len(body)), Resolved: t0.Add(time.Duration(j) * time.Minute)}
+			if err := db.PutTag(ctx, repo, tag, rec); err != nil {
+				t.Fatal(err)
+			}
+			c.tags[repo] = append(c.tags[repo], tag)
+		}
+		db.Touch(repo, m.Digest)
+		db.Touch(repo, layer)
+		db.Touch(repo, shared)
+	}
+	c.blobs = append(c.blobs, digest.FromString("shared layer"))
+	return c
+}
+
+// TestImportContent imports a bbolt store holding content and images and
+// checks, through the Store's public methods, that PostgreSQL answers
+// every read as the bbolt store does, and that the upstream identities
+// came along (the same identities withdraw nothing, another one does).
+func TestImportContent(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	var c contentOf
+	src := stoppedBbolt(t, func(t *testing.T, db *metadata.DB) {
+		c = seedContent(t, db)
+		seedImages(t, db)
+	})
+	dsn := pgtest.DSN(t)
+	importer := openStore(t, dsn)
+	stats, err := importer.Import(ctx, src)
+	if err != nil {
+		t.Fatalf("Import: %v", err)
+	}
+	if stats.Upstreams != 2 || stats.Tags != 6 || stats.Manifests != 3 || stats.ManifestLinks != 3 ||
+		stats.BlobLinks != 5 || stats.AccessTimes != 9 || stats.LastUses != 7 || stats.Images != 11 {
+		t.Errorf("stats = %+v; want 2 upstreams, 6 tags, 3 manifests, 3 manifest links, 5 blob links (redis admitted nothing), 9 access times, 7 last uses, 11 images", stats)
+	}
+	// A replica started on the imported database, its cache empty.
+	s := openStore(t, dsn)
+	sameImageStore(t, s, src)
+
+	same := func(what string, got, want any, gotErr, wantErr error) {
+		t.Helper()
+		if gotErr != nil || wantErr != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("%s = %+v, %v; the bbolt store answers %+v, %v", what, got, gotErr, want, wantErr)
+		}
+	}
+	sameTime := func(what string, got, want time.Time, precision time.Duration, gotErr, wantErr error) {
+		t.Helper()
+		if gotErr != nil || wantErr != nil || !got.Equal(want.Truncate(precision)) {
+			t.Errorf("%s = %v, %v; the bbolt store answers %v, %v", what, got, gotErr, want, wantErr)
+		}
+	}
+	for _, repo := range c.repos {
+		got, err1 := s.Tags(ctx, repo)
+		want, err2 := src.Tags(ctx, repo)
+		same("Tags("+repo+")", got, want, err1, err2)
+		for _, tag := range c.tags[repo] {
+			got, err1 := s.Tag(ctx, repo, tag)
+			want, err2 := src.Tag(ctx, repo, tag)
+			// PostgreSQL keeps a tag's resolution time to the microsecond.
+			sameTime("Tag("+repo+":"+tag+").Resolved", got.Resolved, want.Resolved, time.Microsecond, err1, err2)
+			got.Resolved, want.Resolved = time.Time{}, time.Time{}
+			same("Tag("+repo+":"+tag+")", got, want, err1, err2)
+		}
+		gotLinks, err1 := s.ManifestLinks(ctx, repo)
+		wantLinks, err2 := src.ManifestLinks(ctx, repo)
+		same("ManifestLinks("+repo+")", gotLinks, wantLinks, err1, err2)
+		for _, d := range c.manifests {
+			gotRec, gotLink, err1 := s.RepoManifest(ctx, repo, d)
+			wantRec, wantLink, err2 := src.RepoManifest(ctx, repo, d)
+			if (err1 == nil) != (err2 == nil) || !reflect.DeepEqual(gotRec, wantRec) || gotLink != wantLink {
+				t.Errorf("RepoManifest(%s, %s) = %+v, %+v, %v; the bbolt store answers %+v, %+v, %v", repo, d, gotRec, gotLink, err1, wantRec, wantLink, err2)
+			}
+		}
+		for _, d := range append(c.blobs, c.manifests...) {
+			gotLink, err1 := s.BlobLink(ctx, repo, d)
+			wantLink, err2 := src.BlobLink(ctx, repo, d)
+			if (err1 == nil) != (err2 == nil) || gotLink != wantLink {
+				t.Errorf("BlobLink(%s, %s) = %+v, %v; the bbolt store answers %+v, %v", repo, d, gotLink, err1, wantLink, err2)
+			}
+			gotAt, err1 := s.Accessed(ctx, repo, d)
+			wantAt, err2 := src.Accessed(ctx, repo, d)
+			if (err1 == nil) != (err2 == nil) || !gotAt.Equal(wantAt) {
+				t.Errorf("Accessed(%s, %s) = %v, %v; the bbolt store answers %v, %v", repo, d, gotAt, err1, wantAt, err2)
+			}
+		}
+	}
+	for _, d := range append(c.blobs, c.manifests...) {
+		got, err1 := s.Manifest(ctx, d)
+		want, err2 := src.Manifest(ctx, d)
+		if (err1 == nil) != (err2 == nil) || !reflect.DeepEqual(got, want) {
+			t.Errorf("Manifest(%s) = %+v, %v; the bbolt store answers %+v, %v", d, got, err1, want, err2)
+		}
+		gotAt, err1 := s.LastUse(ctx, d)
+		wantAt, err2 := src.LastUse(ctx, d)
+		sameTime("LastUse("+d.String()+")", gotAt, wantAt, time.Nanosecond, err1, err2)
+	}
+	changed, err := s.Reidentify(ctx, map[string]string{"dockerhub": "https://registry-1.docker.io", "ghcr": "https://ghcr.example"})
+	if err != nil || len(changed) != 1 || changed[0] != "ghcr" {
+		t.Errorf("Reidentify after the import = %v, %v; want only ghcr, whose identity changed, withdrawn", changed, err)
+	}
+}
+
+// TestImportMoreThanABatch imports with batches smaller than each kind's
+// records, so that batches are cut within a kind, one ends exactly at a
+// kind's end, and the last, partial one is sent too.
+func TestImportMoreThanABatch(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name  string
+		batch int
+	}{
+		{"one row", 1},
+		{"seven rows", 7},
+		{"the images exactly", 11},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			src := stoppedBbolt(t, seedImages)
+			s := openStore(t, pgtest.DSN(t))
+			stats, err := s.importBatched(t.Context(), src, c.batch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stats.Images != 11 || stats.AuditRecords != 25 || stats.Deliveries != 21 {
+				t.Errorf("stats = %+v; want 11 images, 25 audit records, 21 deliveries", stats)
+			}
+			sameImageStore(t, s, src)
+		})
+	}
+}

@@ -346,7 +346,7 @@ func TestS3ReplicasCommitSameDigest(t *testing.T) {
 type stoppingDriver struct {
 	storagedriver.StorageDriver
 	after int64  // stop once the upload has been handed this many bytes
-	at    string // "write" or "commit"
+	at    string // "write", "commit" or "move"
 	stop  func()
 	once  sync.Once
 }
@@ -374,6 +374,13 @@ func (w *stoppingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+func (s *stoppingDriver) Move(ctx context.Context, from, to string) error {
+	if s.at == "move" {
+		s.once.Do(s.stop)
+	}
+	return s.StorageDriver.Move(ctx, from, to)
+}
+
 func (w *stoppingWriter) Commit(ctx context.Context) error {
 	if w.d.at == "commit" {
 		w.d.once.Do(w.d.stop)
@@ -383,7 +390,8 @@ func (w *stoppingWriter) Commit(ctx context.Context) error {
 
 // TestS3CommitInterrupted stops the S3 server in the middle of a commit.
 // The commit fails; once the server is back nothing is visible at the
-// blob's path, and committing the same spool again succeeds.
+// blob's path, committing the same spool again succeeds, and Recover
+// removes what the failed commit left in the uploads directory.
 func TestS3CommitInterrupted(t *testing.T) {
 	t.Parallel()
 	const mib = 1 << 20
@@ -394,6 +402,7 @@ func TestS3CommitInterrupted(t *testing.T) {
 	}{
 		{"after the first part", "write", 6 * mib},
 		{"before completing the upload", "commit", 0},
+		{"before moving the upload into place", "move", 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
@@ -438,6 +447,15 @@ func TestS3CommitInterrupted(t *testing.T) {
 			defer rc.Close()
 			if got, err := io.ReadAll(rc); err != nil || digest.FromBytes(got) != d {
 				t.Fatalf("the retried commit reads back %d bytes (%v), not the blob", len(got), err)
+			}
+			// What the failed commit could not clean up with the server
+			// down is an abandoned upload, which Recover removes.
+			b.uploadGrace = 0
+			if _, err := b.Recover(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if left := listed(t, drv, uploadsDir); len(left) != 0 {
+				t.Errorf("uploads left after Recover: %v", left)
 			}
 		})
 	}

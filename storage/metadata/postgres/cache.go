@@ -271,8 +271,20 @@ func heartbeat(staleness time.Duration) time.Duration {
 }
 
 // Cache keys are the announcements' payloads, "<kind> <key>", so that an
-// announcement names the entry it drops without parsing.
-func tagEntry(repo, tag string) string                      { return "tag " + tagName(repo, tag) }
+// announcement names the entry it drops without parsing; but for a tag
+// holding a colon. "<repo>:<tag>" is then ambiguous (repo "hub/x" tag
+// "a:b" and repo "hub/x:a" tag "b" read alike, and the store refuses only
+// NUL in names), so such a tag's entry joins repo and tag with a NUL
+// instead, which no name holds, and its announcement drops every entry
+// the payload may name (see cache.apply). Digests hold no '@', so
+// "<repo>@<digest>" is never ambiguous.
+func tagEntry(repo, tag string) string {
+	if strings.Contains(tag, ":") {
+		return "tag " + repo + sep + tag
+	}
+	return "tag " + tagName(repo, tag)
+}
+
 func manifestEntry(d digest.Digest) string                  { return "manifest " + string(d) }
 func manifestLinkEntry(repo string, d digest.Digest) string { return "mlink " + ref(repo, d) }
 func blobLinkEntry(repo string, d digest.Digest) string     { return "blob " + ref(repo, d) }
@@ -407,6 +419,16 @@ func (c *cache) apply(kind, key string) {
 	switch kind {
 	case kindUpstream:
 		c.dropUpstream(key)
+	case kindTag:
+		// The tag is what follows the last colon, or (when it holds
+		// colons itself) what follows any other: drop each reading.
+		keys := []string{kind + " " + key}
+		for i := range len(key) {
+			if key[i] == ':' && strings.Contains(key[i+1:], ":") {
+				keys = append(keys, tagEntry(key[:i], key[i+1:]))
+			}
+		}
+		c.drop(keys...)
 	default:
 		// Kinds the cache holds nothing of ("image") drop nothing.
 		c.drop(kind + " " + key)

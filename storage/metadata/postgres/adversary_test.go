@@ -67,4 +67,3 @@ func TestAdversaryTagKeysDoNotCollide(t *testing.T) {
 		}
 	}
 }
-

@@ -1,0 +1,185 @@
+package postgres
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/internal/pgtest"
+	"github.com/airlock-registry/airlock/storage"
+	"github.com/airlock-registry/airlock/storage/metadata"
+)
+
+// noDriverWords says err is the store's own refusal, not PostgreSQL's
+// message passed through.
+func noDriverWords(t *testing.T, what string, err error) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("%s: accepted; want a refusal", what)
+	}
+	for _, w := range []string{"SQLSTATE", "ERROR:", "invalid byte sequence", "index row", "payload string too long"} {
+		if strings.Contains(err.Error(), w) {
+			t.Fatalf("%s: %v: PostgreSQL's own message reached the caller; want the store to refuse it first", what, err)
+		}
+	}
+}
+
+// TestAdversaryNamesPostgreSQLCannotHold: names the bbolt index keeps but
+// PostgreSQL's text cannot (invalid UTF-8), or that overflow an index row
+// or a notification's payload (8000 bytes), are refused by the store with
+// a message naming the problem, before any statement runs, on every write
+// that takes a name.
+func TestAdversaryNamesPostgreSQLCannotHold(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, pgtest.DSN(t), 0)
+	ctx := t.Context()
+	d := digest.FromString("x")
+	long := "hub/" + strings.Repeat("a", 9000)
+	m := manifestOf("manifest")
+	for _, c := range []struct {
+		name, repo, tag, says string
+	}{
+		{"invalid UTF-8 repository", "hub/\xff\xfe", "latest", "not valid UTF-8"},
+		{"invalid UTF-8 tag", "hub/app", "v\xc3", "not valid UTF-8"},
+		{"long repository", long, "latest", "longer than"},
+		{"long tag", "hub/app", strings.Repeat("t", 9000), "longer than"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			writes := map[string]func() error{
+				"PutTag": func() error {
+					return s.PutTag(ctx, c.repo, c.tag, metadata.TagRecord{Digest: d, Resolved: t0})
+				},
+				"LinkBlobs":    func() error { return s.LinkBlobs(ctx, c.repo, metadata.BlobLink{Digest: d, Size: 1}) },
+				"PutManifest":  func() error { return s.PutManifest(ctx, c.repo, m, metadata.Link{Flags: metadata.Admitted}) },
+				"LinkManifest": func() error { return s.LinkManifest(ctx, c.repo, d, metadata.Link{}) },
+				"UpdateImage": func() error {
+					return errOf(s.UpdateImage(ctx, c.repo, d, t0, func(img *metadata.Image) (metadata.Change, error) {
+						img.State = metadata.StatePending
+						return metadata.Change{Action: "admit"}, nil
+					}))
+				},
+				"Reidentify": func() error {
+					return errOf(s.Reidentify(ctx, map[string]string{strings.TrimPrefix(c.repo, "hub/"): "https://x"}))
+				},
+			}
+			if c.tag != "latest" {
+				writes = map[string]func() error{"PutTag": writes["PutTag"]}
+			}
+			for what, write := range writes {
+				err := write()
+				noDriverWords(t, what, err)
+				if !strings.Contains(err.Error(), c.says) && what != "Reidentify" {
+					t.Errorf("%s: %v; want it to say %q", what, err, c.says)
+				}
+			}
+			// Reads of such a name find nothing rather than fail with the
+			// driver's words.
+			if _, err := s.Tag(ctx, c.repo, c.tag); err == nil {
+				t.Error("Tag: found something")
+			} else {
+				noDriverWords(t, "Tag", err)
+			}
+		})
+	}
+	check, err := s.VerifyAudit(ctx)
+	if err != nil || !check.OK || check.Records != 0 {
+		t.Fatalf("VerifyAudit = %+v, %v; want an empty, intact log: a refused write left a record", check, err)
+	}
+}
+
+// TestAdversaryHostileUpstreamText: what an upstream sends (a media type
+// from a manifest's JSON, which may decode to a NUL) and what callers
+// write into records (reasons, actors, delivery targets with NULs and
+// invalid UTF-8) is either stored faithfully or refused by the store with
+// its own message; nothing half-written either way.
+func TestAdversaryHostileUpstreamText(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, pgtest.DSN(t), 0)
+	ctx := t.Context()
+	const repo = "hub/app"
+	m := manifestOf("hostile")
+	for _, mt := range []string{"application/json\x00", "application/\xff"} {
+		bad := m
+		bad.MediaType = mt
+		err := s.PutManifest(ctx, repo, bad, metadata.Link{Flags: metadata.Admitted}, metadata.BlobLink{Digest: digest.FromString("l"), Size: 1})
+		noDriverWords(t, fmt.Sprintf("PutManifest with media type %q", mt), err)
+		if _, err := s.ManifestLink(ctx, repo, m.Digest); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("after a refused PutManifest, ManifestLink: %v; want not found", err)
+		}
+		if _, err := s.BlobLink(ctx, repo, digest.FromString("l")); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("after a refused PutManifest, BlobLink: %v; want not found: half of it was written", err)
+		}
+		err = s.PutTag(ctx, repo, "latest", metadata.TagRecord{Digest: m.Digest, MediaType: mt, Resolved: t0})
+		noDriverWords(t, fmt.Sprintf("PutTag with media type %q", mt), err)
+	}
+
+	// A delivery target is a column of its own.
+	d := digest.FromString("image")
+	if _, err := s.UpdateImage(ctx, repo, d, t0, func(img *metadata.Image) (metadata.Change, error) {
+		img.State = metadata.StateBlocked
+		return metadata.Change{Action: "block"}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{"hook\x00", "hook\xff"} {
+		_, err := s.UpdateImage(ctx, repo, d, t0, func(img *metadata.Image) (metadata.Change, error) {
+			img.State = metadata.StateReleased
+			return metadata.Change{Action: "release", Deliveries: []metadata.Delivery{{Target: target}}}, nil
+		})
+		noDriverWords(t, fmt.Sprintf("a delivery to %q", target), err)
+	}
+	if got, _ := s.Image(ctx, repo, d); got.State != metadata.StateBlocked {
+		t.Errorf("state %s after refused updates; want blocked still", got.State)
+	}
+	if check, _ := s.VerifyAudit(ctx); check.Records != 1 {
+		t.Errorf("%d audit records after refused updates; want 1", check.Records)
+	}
+}
+
+// TestAdversaryManifestAtTheLimit: a 4 MiB manifest is stored and read
+// back whole through a replica's cache; one byte more is refused.
+func TestAdversaryManifestAtTheLimit(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	a, b := openTest(t, dsn, 0), openTest(t, dsn, 0)
+	ctx := t.Context()
+	body := []byte(strings.Repeat("m", metadata.MaxManifestSize))
+	m := metadata.ManifestRecord{Digest: digest.FromBytes(body), MediaType: "application/json", Body: body}
+	if err := a.PutManifest(ctx, "hub/big", m, metadata.Link{Flags: metadata.Confirmed}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		got, l, err := b.RepoManifest(ctx, "hub/big", m.Digest)
+		if err != nil || len(got.Body) != len(body) || !l.Has(metadata.Confirmed) {
+			t.Fatalf("RepoManifest: %d bytes, %+v, %v", len(got.Body), l, err)
+		}
+		got.Body[0] = 'X' // callers own what they get
+	}
+	if got, _ := b.Manifest(ctx, m.Digest); got.Body[0] != 'm' {
+		t.Fatal("a caller's change to a returned body reached the cache")
+	}
+	over := append(body, 'm')
+	err := a.PutManifest(ctx, "hub/big", metadata.ManifestRecord{Digest: digest.FromBytes(over), Body: over}, metadata.Link{})
+	if err == nil || !strings.Contains(err.Error(), "over the") {
+		t.Fatalf("PutManifest of 4 MiB + 1: %v; want it refused as too large", err)
+	}
+}
+
+// TestAdversaryManyTags: a repository with tens of thousands of tags is
+// listed whole and in order.
+func TestAdversaryManyTags(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	s := openTest(t, dsn, 0)
+	ctx := t.Context()
+	const n = 20000
+	exec(t, testConn(t, dsn), `INSERT INTO airlock_meta_tags (repo, tag, digest, resolved)
+		SELECT 'hub/many', 't' || lpad(i::text, 6, '0'), $1, now() FROM generate_series(1, $2) i`, string(digest.FromString("d")), n)
+	tags, err := s.Tags(ctx, "hub/many")
+	if err != nil || len(tags) != n || tags[0] != "t000001" || tags[n-1] != fmt.Sprintf("t%06d", n) {
+		t.Fatalf("Tags: %d tags, %v", len(tags), err)
+	}
+}

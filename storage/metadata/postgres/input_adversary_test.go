@@ -183,3 +183,97 @@ func TestAdversaryManyTags(t *testing.T) {
 		t.Fatalf("Tags: %d tags, %v", len(tags), err)
 	}
 }
+
+// TestAdversaryTouchCannotPoisonTheBatch: access times are written in
+// batches; one touch of a name PostgreSQL refuses must not fail every
+// batch after it (they are kept and retried) and so stop recording the
+// uses of everything else.
+func TestAdversaryTouchCannotPoisonTheBatch(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	s, err := Open(t.Context(), Options{DSN: dsn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := digest.FromString("layer")
+	s.Touch("hub/\xff", d)
+	s.Touch("hub/"+strings.Repeat("r", 5000), d)
+	s.Touch("hub/app", d)
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close, writing the touches: %v", err)
+	}
+	s = openTest(t, dsn, 0)
+	if _, err := s.Accessed(t.Context(), "hub/app", d); err != nil {
+		t.Fatalf("Accessed after Close: %v; want the touch written", err)
+	}
+}
+
+// TestAdversaryForgedCursor: a listing's cursor comes back from the
+// client; one forged to name a repository PostgreSQL cannot hold is
+// refused as a cursor the store did not return.
+func TestAdversaryForgedCursor(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, pgtest.DSN(t), 0)
+	for _, repo := range []string{"hub/\xff", "hub/" + strings.Repeat("r", 3000)} {
+		cursor := metadata.ImageCursor(repo, digest.FromString("x"))
+		_, err := s.Images(t.Context(), metadata.ImageQuery{After: cursor})
+		noDriverWords(t, "Images after a forged cursor", err)
+		if !strings.Contains(err.Error(), "not a cursor this store returned") {
+			t.Errorf("Images after a forged cursor: %v; want it called not this store's", err)
+		}
+	}
+	for _, q := range []metadata.ImageQuery{{Upstream: "hub\xff"}, {Repository: "hub/\xff"}} {
+		_, err := s.Images(t.Context(), q)
+		noDriverWords(t, fmt.Sprintf("Images(%+v)", q), err)
+	}
+}
+
+// TestAdversaryImportNamesPostgreSQLCannotHold: the bbolt index keeps
+// names that are not UTF-8; importing one is refused with a message naming
+// the record, and nothing is imported.
+func TestAdversaryImportNamesPostgreSQLCannotHold(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name string
+		seed func(t *testing.T, db *metadata.DB)
+		says string
+	}{
+		{"tag", func(t *testing.T, db *metadata.DB) {
+			if err := db.PutTag(t.Context(), "hub/app", "v\xff", metadata.TagRecord{Digest: digest.FromString("m"), Resolved: t0}); err != nil {
+				t.Fatal(err)
+			}
+		}, `tag "v\xff"`},
+		{"blob link", func(t *testing.T, db *metadata.DB) {
+			if err := db.LinkBlobs(t.Context(), "hub/\xfe", metadata.BlobLink{Digest: digest.FromString("b"), Size: 1}); err != nil {
+				t.Fatal(err)
+			}
+		}, `"hub/\xfe"`},
+		{"delivery target", func(t *testing.T, db *metadata.DB) {
+			_, err := db.UpdateImage(t.Context(), "hub/app", digest.FromString("i"), t0, func(img *metadata.Image) (metadata.Change, error) {
+				img.State = metadata.StateApproved
+				return metadata.Change{Deliveries: []metadata.Delivery{{Target: "hook\x00"}}}, nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}, `delivery 25's target "hook\x00"`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			src := stoppedBbolt(t, func(t *testing.T, db *metadata.DB) {
+				seedImages(t, db)
+				c.seed(t, db)
+			})
+			s := openStore(t, pgtest.DSN(t))
+			_, err := s.Import(t.Context(), src)
+			noDriverWords(t, "Import", err)
+			if !strings.Contains(err.Error(), c.says) || !strings.Contains(err.Error(), "PostgreSQL cannot store") {
+				t.Fatalf("Import: %v; want it to name %s and say PostgreSQL cannot store it", err, c.says)
+			}
+			// Nothing went in: a clean index imports afterwards.
+			if _, err := s.Import(t.Context(), stoppedBbolt(t, seedImages)); err != nil {
+				t.Fatalf("Import of a clean index after a refused one: %v", err)
+			}
+		})
+	}
+}

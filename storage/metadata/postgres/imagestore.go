@@ -421,16 +421,22 @@ func (s *Store) RecordPulls(ctx context.Context, stats []metadata.PullStat) erro
 	}
 	byKey := map[key][]metadata.PullStat{}
 	for _, st := range stats {
-		if err := checkImageKey(st.Repository, st.Digest); err != nil {
+		if err := metadata.CheckImageKey(st.Repository, st.Digest); err != nil {
 			return err
 		}
 		if st.Pulls < 0 {
 			return fmt.Errorf("metadata: pulls of %s@%s: negative count %d", st.Repository, st.Digest, st.Pulls)
 		}
+		if checkRepo(st.Repository) != nil {
+			// No image is stored under a name PostgreSQL cannot hold:
+			// skipped, as images not in the store are, rather than
+			// failing the pulls of every other image in the batch.
+			continue
+		}
 		k := key{st.Repository, st.Digest}
 		byKey[k] = append(byKey[k], st)
 	}
-	if len(stats) == 0 {
+	if len(byKey) == 0 {
 		return nil
 	}
 	repos, digests := make([]string, 0, len(byKey)), make([]string, 0, len(byKey))

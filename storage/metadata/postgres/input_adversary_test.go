@@ -277,3 +277,30 @@ func TestAdversaryImportNamesPostgreSQLCannotHold(t *testing.T) {
 		})
 	}
 }
+
+// TestAdversaryPullsOfAnUnstorableName: a batch of pull counts with one
+// name PostgreSQL cannot hold still counts the others' pulls (no image can
+// be stored under that name, so it is skipped like any image not stored).
+func TestAdversaryPullsOfAnUnstorableName(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, pgtest.DSN(t), 0)
+	ctx := t.Context()
+	d := digest.FromString("app")
+	if _, err := s.UpdateImage(ctx, "hub/app", d, t0, func(img *metadata.Image) (metadata.Change, error) {
+		img.State = metadata.StateApproved
+		return metadata.Change{}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	err := s.RecordPulls(ctx, []metadata.PullStat{
+		{Repository: "hub/\xff", Digest: d, Pulls: 1, Last: t0},
+		{Repository: "hub/" + strings.Repeat("r", 2000), Digest: d, Pulls: 1, Last: t0},
+		{Repository: "hub/app", Digest: d, Pulls: 2, Last: t0},
+	})
+	if err != nil {
+		t.Fatalf("RecordPulls: %v", err)
+	}
+	if img, err := s.Image(ctx, "hub/app", d); err != nil || img.Pulls != 2 {
+		t.Fatalf("Image = %d pulls, %v; want 2", img.Pulls, err)
+	}
+}

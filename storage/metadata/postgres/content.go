@@ -23,9 +23,11 @@ import (
 //
 // Writes lock rows in one order (blob links, manifest links, tags,
 // manifest bodies; each set sorted by digest), so that two replicas
-// pulling the same content do not deadlock each other. Should an admin's
-// bulk change (Reidentify, UnlinkImage) meet a pull the other way round,
-// PostgreSQL ends one of the two and its caller gets the error.
+// pulling the same content do not deadlock each other. Should a bulk
+// change (Reidentify, an evictor's UnlinkImage) meet a pull or an
+// access-time write the other way round, PostgreSQL ends one of the two;
+// a write here ended so is run again (see write), so neither caller sees
+// the deadlock.
 
 // Announcement kinds of the content index; each names its cache entries.
 const (
@@ -111,13 +113,18 @@ func (c *changes) add(kind, key string) {
 // write runs fn in a transaction and announces, in it, what fn changed.
 // Once the transaction is over it drops those keys from this Store's cache
 // at once, committed or not (a commit whose answer was lost may have
-// landed); the announcement drops them on the other replicas.
+// landed); the announcement drops them on the other replicas. A
+// transaction PostgreSQL ended for a conflict (a deadlock) is run again,
+// fn included, as writeTx does: fn only writes to tx and sets what it
+// returns afresh.
+//
+// The keys are dropped after the transaction is over, not when fn
+// returns: a read in between would cache what the commit is replacing.
+// An attempt that was run again never committed, so the last attempt's
+// keys are the ones to drop.
 func (s *Store) write(ctx context.Context, fn func(tx pgx.Tx, ch *changes) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	var ch changes
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := s.writeTx(ctx, func(tx pgx.Tx) error {
 		ch = changes{}
 		if err := fn(tx, &ch); err != nil {
 			return err

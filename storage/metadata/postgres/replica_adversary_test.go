@@ -383,3 +383,73 @@ func TestAdversaryUpstreamNamesArePrefixes(t *testing.T) {
 		}
 	}
 }
+
+// TestAdversaryContentWriteDeadlock: an evictor's UnlinkImage and another
+// transaction lock two blob links the other way round. PostgreSQL ends
+// the store's transaction as the deadlock's victim; the store runs it
+// again rather than fail the removal (the change is only the database's,
+// so running it again is safe), and it completes once the other commits.
+func TestAdversaryContentWriteDeadlock(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	s := openTest(t, dsn, 0)
+	ctx := t.Context()
+	const repo = "hub/app"
+	m := manifestOf("deadlock")
+	lo, hi := digest.FromString("l0"), digest.FromString("l1")
+	if lo > hi {
+		lo, hi = hi, lo
+	}
+	if err := s.PutManifest(ctx, repo, m, metadata.Link{Flags: metadata.Confirmed | metadata.Admitted},
+		metadata.BlobLink{Digest: lo, Size: 1}, metadata.BlobLink{Digest: hi, Size: 1}); err != nil {
+		t.Fatal(err)
+	}
+	other := testConn(t, dsn)
+	// The other side waits longer before it looks for a deadlock, so the
+	// store's transaction is the one PostgreSQL ends.
+	exec(t, other, "SET deadlock_timeout = '10s'")
+	tx, err := other.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	lockLink := func(d digest.Digest) error {
+		_, err := tx.Exec(ctx, "SELECT 1 FROM airlock_meta_blob_links WHERE repo = $1 AND digest = $2 FOR UPDATE", repo, string(d))
+		return err
+	}
+	if err := lockLink(hi); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.UnlinkImage(ctx, repo, m.Digest, []digest.Digest{lo, hi})
+		done <- err
+	}()
+	// Wait until the store holds lo and waits for hi.
+	eventually(t, 5*time.Second, "the store waiting on the other's lock", func() error {
+		var waiting bool
+		err := testConn(t, dsn).QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%airlock_meta_blob_links%')`).Scan(&waiting)
+		if err != nil || !waiting {
+			return fmt.Errorf("not yet (%v)", err)
+		}
+		return nil
+	})
+	if err := lockLink(lo); err != nil {
+		t.Fatalf("the other side: %v", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("UnlinkImage after losing a deadlock: %v; want it run again", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("UnlinkImage did not return")
+	}
+	if _, err := s.BlobLink(ctx, repo, hi); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("BlobLink after the unlink: %v; want not found", err)
+	}
+}

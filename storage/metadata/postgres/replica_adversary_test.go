@@ -453,3 +453,69 @@ func TestAdversaryContentWriteDeadlock(t *testing.T) {
 		t.Fatalf("BlobLink after the unlink: %v; want not found", err)
 	}
 }
+
+// TestAdversaryStuckSubscriber: a subscriber that blocks holds up the
+// listener, so announcements stop being applied; the cache must then
+// stop being served at the staleness bound (nothing confirms it any
+// more), and reads go to the database, where the other replica's change
+// is.
+func TestAdversaryStuckSubscriber(t *testing.T) {
+	t.Parallel()
+	const staleness = time.Second
+	dsn := pgtest.DSN(t)
+	a, b := openTest(t, dsn, 0), openTest(t, dsn, staleness)
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // before b's Close, which waits for the listener
+	conn := testConn(t, dsn)
+	img := storeImage(t, a, "hub/library/app", "image")
+	settled(t, b, conn)
+	if err := pull(b, img); err != nil {
+		t.Fatal(err)
+	}
+	b.Subscribe(func(kind, key string) {
+		if kind == kindTag {
+			<-release
+		}
+	})
+	// The first change blocks b's listener in the subscriber; the second
+	// is never applied to b's cache.
+	ctx := t.Context()
+	if err := a.PutTag(ctx, "hub/other", "x", metadata.TagRecord{Digest: img.m.Digest}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	moved := digest.FromString("v2")
+	if err := a.PutTag(ctx, img.repo, "latest", metadata.TagRecord{Digest: moved}); err != nil {
+		t.Fatal(err)
+	}
+	stuck := time.Now()
+	took := eventually(t, staleness+3*time.Second, "b answering from the database", func() error {
+		tag, err := b.Tag(ctx, img.repo, "latest")
+		if err != nil || tag.Digest != moved {
+			return fmt.Errorf("tag %s, %v", tag.Digest, err)
+		}
+		return nil
+	})
+	if took > staleness+maxHeartbeat {
+		t.Errorf("stale answers served %v after the listener stuck; want within the staleness %v", time.Since(stuck), staleness)
+	}
+	unblock()
+}
+
+// TestAdversaryTouchWrittenWithinTheWindow: access times are written
+// within the stated flush period without a Close, so a crash loses at
+// most that much.
+func TestAdversaryTouchWrittenWithinTheWindow(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	a, b := openTest(t, dsn, 0), openTest(t, dsn, 0)
+	d := digest.FromString("layer")
+	a.Touch("hub/app", d)
+	took := eventually(t, defaultFlushEvery+2*time.Second, "the touch written", func() error {
+		_, err := b.Accessed(t.Context(), "hub/app", d)
+		return err
+	})
+	t.Logf("written after %v (flush period %v)", took, defaultFlushEvery)
+}

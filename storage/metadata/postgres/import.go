@@ -87,6 +87,9 @@ func (s *Store) importBatched(ctx context.Context, src *metadata.DB, batch int) 
 		if err := lockEmpty(ctx, tx); err != nil {
 			return err
 		}
+		if err := aloneOnTheDatabase(ctx, tx); err != nil {
+			return err
+		}
 		l := &loader{tx: tx, stats: &stats, batch: batch}
 		if err := src.Export(ctx, func(r metadata.Record) error { return l.add(ctx, r) }); err != nil {
 			return err
@@ -161,6 +164,25 @@ func lockEmpty(ctx context.Context, tx pgx.Tx) error {
 	}
 	if used {
 		return notEmpty("its outbox has handed out seqs")
+	}
+	return nil
+}
+
+// aloneOnTheDatabase refuses to import while another Store (a replica
+// started too early) listens on this database: it read the store's
+// identity at its Open and would go on sending events under it, not the
+// imported one, and serving from a cache the import does not announce to.
+// Its listener is the sign, named by application_name; this Store's own
+// is the one allowed. A replica opening during the import waits for its
+// commit to read the identity, so it needs no check.
+func aloneOnTheDatabase(ctx context.Context, tx pgx.Tx) error {
+	var n int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+		WHERE datname = current_database() AND application_name = $1`, listenerName).Scan(&n); err != nil {
+		return fmt.Errorf("looking for running replicas: %w", err)
+	}
+	if n > 1 {
+		return fmt.Errorf("%d other airlock processes are connected to this database: stop every replica, then import", n-1)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -303,4 +304,29 @@ func TestAdversaryPullsOfAnUnstorableName(t *testing.T) {
 	if img, err := s.Image(ctx, "hub/app", d); err != nil || img.Pulls != 2 {
 		t.Fatalf("Image = %d pulls, %v; want 2", img.Pulls, err)
 	}
+}
+
+// TestAdversaryImportWhileAReplicaRuns: an operator imports while a
+// replica already runs on the (empty) database; that replica would keep
+// the identity it read at its start and send events under it. The import
+// is refused until it stops.
+func TestAdversaryImportWhileAReplicaRuns(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	s := openStore(t, dsn)
+	running, err := Open(t.Context(), Options{DSN: dsn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Import(t.Context(), stoppedBbolt(t, seedImages))
+	if err == nil || !strings.Contains(err.Error(), "1 other airlock processes are connected") {
+		t.Fatalf("Import beside a running replica: %v; want it refused", err)
+	}
+	if err := running.Close(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the import once the replica stopped", func() error {
+		_, err := s.Import(t.Context(), stoppedBbolt(t, seedImages))
+		return err
+	})
 }

@@ -519,3 +519,46 @@ func TestAdversaryTouchWrittenWithinTheWindow(t *testing.T) {
 	})
 	t.Logf("written after %v (flush period %v)", took, defaultFlushEvery)
 }
+
+// TestAdversaryDeafListener: the listening connection stays up and
+// answers, but hears nothing, as it does behind a connection pooler in
+// transaction mode (the LISTEN ran on a server connection the pooler has
+// since given to someone else). Pings would keep succeeding and the cache
+// would be served forever while other replicas' releases and blocks never
+// reached it; the bound must hold all the same: within Staleness the
+// cached answer goes, and the change made through another replica shows.
+func TestAdversaryDeafListener(t *testing.T) {
+	t.Parallel()
+	const staleness = time.Second
+	dsn := pgtest.DSN(t)
+	a := openTest(t, dsn, 0)
+	// b listens on a channel nobody announces on: its connection is fine,
+	// its LISTEN hears nothing.
+	b, err := Open(t.Context(), Options{DSN: dsn, Staleness: staleness, listenOn: "airlock_deaf"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	ctx := t.Context()
+	img := storeImage(t, a, "hub/library/app", "image")
+	if err := pull(b, img); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.WithdrawManifest(ctx, img.repo, img.m.Digest, []digest.Digest{img.layer}); err != nil {
+		t.Fatal(err)
+	}
+	withdrawn := time.Now()
+	eventually(t, 2*staleness+2*time.Second, "b no longer serving the withdrawn blob", func() error {
+		l, err := b.BlobLink(ctx, img.repo, img.layer)
+		if err != nil {
+			return err
+		}
+		if l.Has(metadata.Admitted) {
+			return errors.New("still admitted")
+		}
+		return nil
+	})
+	if took := time.Since(withdrawn); took > staleness+heartbeat(staleness)+500*time.Millisecond {
+		t.Errorf("the withdrawn blob was served as admitted for %v; want at most the staleness %v", took, staleness)
+	}
+}

@@ -330,3 +330,48 @@ func TestAdversaryImportWhileAReplicaRuns(t *testing.T) {
 		return err
 	})
 }
+
+// TestAdversaryNamesAtTheLimit: names of exactly the longest length the
+// store keeps, of characters that do not compress, are stored, indexed,
+// announced and read back through another replica like any other.
+func TestAdversaryNamesAtTheLimit(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	a, b := openTest(t, dsn, 0), openTest(t, dsn, 0)
+	ctx := t.Context()
+	noise := func(n int) string {
+		var sb strings.Builder
+		for i := 0; sb.Len() < n; i++ {
+			sb.WriteString(digest.FromString(fmt.Sprint(i)).Encoded())
+		}
+		return sb.String()[:n]
+	}
+	repo := "hub/" + noise(maxName-4)
+	tag := noise(maxName)
+	img := storeImage(t, a, repo, "at the limit")
+	if err := a.PutTag(ctx, repo, tag, metadata.TagRecord{Digest: img.m.Digest, Resolved: t0}); err != nil {
+		t.Fatalf("PutTag at the limit: %v", err)
+	}
+	if _, err := a.UpdateImage(ctx, repo, img.m.Digest, t0, func(i *metadata.Image) (metadata.Change, error) {
+		i.State = metadata.StateApproved
+		return metadata.Change{Action: "approve"}, nil
+	}); err != nil {
+		t.Fatalf("UpdateImage at the limit: %v", err)
+	}
+	a.Touch(repo, img.layer)
+	if err := pull(b, img); err != nil {
+		t.Fatalf("pull through b: %v", err)
+	}
+	if rec, err := b.Tag(ctx, repo, tag); err != nil || rec.Digest != img.m.Digest {
+		t.Fatalf("Tag at the limit: %v, %v", rec.Digest, err)
+	}
+	if _, err := a.UnlinkImage(ctx, repo, img.m.Digest, []digest.Digest{img.layer}); err != nil {
+		t.Fatalf("UnlinkImage at the limit: %v", err)
+	}
+	eventually(t, time.Second, "the unlink seen through b", func() error {
+		if _, err := b.Tag(ctx, repo, tag); !errors.Is(err, storage.ErrNotFound) {
+			return fmt.Errorf("Tag: %v", err)
+		}
+		return nil
+	})
+}

@@ -562,3 +562,75 @@ func TestAdversaryDeafListener(t *testing.T) {
 		t.Errorf("the withdrawn blob was served as admitted for %v; want at most the staleness %v", took, staleness)
 	}
 }
+
+// TestAdversaryContentWriteKilled: an admission's connection is
+// terminated halfway (its blob links merged, the manifest link not yet):
+// the caller gets an error and nothing of it is left, in the database or
+// in either replica's cache.
+func TestAdversaryContentWriteKilled(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	a, b := openTest(t, dsn, 0), openTest(t, dsn, 0)
+	ctx := t.Context()
+	const repo = "hub/app"
+	m := manifestOf("killed")
+	layer := digest.FromString("layer of killed")
+	if err := a.PutManifest(ctx, repo, m, metadata.Link{Flags: metadata.Confirmed}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.LinkBlobs(ctx, repo, metadata.BlobLink{Digest: layer, Size: 1, Flags: metadata.Confirmed}); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*Store{a, b} {
+		if _, err := s.BlobLink(ctx, repo, layer); err != nil { // cached
+			t.Fatal(err)
+		}
+	}
+	// Hold the manifest link, so that the admission stops at it.
+	other := testConn(t, dsn)
+	tx, err := other.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "SELECT 1 FROM airlock_meta_manifest_links WHERE repo = $1 FOR UPDATE", repo); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.AdmitManifest(ctx, repo, m.Digest, []metadata.BlobLink{{Digest: layer, Size: 1}}) }()
+	killer := testConn(t, dsn)
+	eventually(t, 5*time.Second, "the admission waiting on the manifest link, then killed", func() error {
+		var n int
+		if err := killer.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%airlock_meta_manifest_links%'`).Scan(&n); err != nil || n == 0 {
+			return fmt.Errorf("not waiting yet (%v)", err)
+		}
+		return nil
+	})
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("an admission whose connection was terminated succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the admission did not return")
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	conn := testConn(t, dsn)
+	settled(t, b, conn)
+	for name, s := range map[string]*Store{"a": a, "b": b} {
+		l, err := s.BlobLink(ctx, repo, layer)
+		if err != nil || l.Has(metadata.Admitted) {
+			t.Errorf("%s: blob link %+v, %v after the killed admission; want it confirmed, not admitted", name, l, err)
+		}
+		if ml, err := s.ManifestLink(ctx, repo, m.Digest); err != nil || ml.Has(metadata.Admitted) {
+			t.Errorf("%s: manifest link %+v, %v; want it not admitted", name, ml, err)
+		}
+	}
+	// The store goes on: the admission made again succeeds.
+	if err := a.AdmitManifest(ctx, repo, m.Digest, []metadata.BlobLink{{Digest: layer, Size: 1}}); err != nil {
+		t.Fatalf("the admission made again: %v", err)
+	}
+}

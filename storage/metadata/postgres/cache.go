@@ -68,6 +68,9 @@ const (
 	// Reconnection waits grow from minBackoff to maxBackoff.
 	minBackoff = 100 * time.Millisecond
 	maxBackoff = 2 * time.Second
+	// minSilence is the shortest the listener hears nothing before it
+	// starts over on a new connection.
+	minSilence = time.Second
 	// dialTimeout bounds one attempt to open the listening connection.
 	dialTimeout = 10 * time.Second
 
@@ -252,7 +255,10 @@ func (s *Store) receive(ctx context.Context, conn *pgx.Conn) error {
 		case !pgconn.Timeout(err) || conn.IsClosed():
 			return err
 		}
-		if silent := time.Since(heard); silent >= s.opts.Staleness {
+		// Starting over is only an attempt to recover (the cache's bound
+		// runs from the last contact whatever happens here), so it waits
+		// for a few heartbeats to go unheard however small the bound.
+		if silent := time.Since(heard); silent >= max(s.opts.Staleness, minSilence) {
 			return fmt.Errorf("heard nothing on %s for %v, not even this listener's own heartbeats: if a connection pooler in transaction mode stands between airlock and PostgreSQL, give airlock a session-mode connection", Channel, silent.Round(time.Millisecond))
 		}
 		pctx, cancel := context.WithTimeout(ctx, beat)

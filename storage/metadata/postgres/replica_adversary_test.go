@@ -3,6 +3,7 @@ package postgres
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -632,5 +633,44 @@ func TestAdversaryContentWriteKilled(t *testing.T) {
 	// The store goes on: the admission made again succeeds.
 	if err := a.AdmitManifest(ctx, repo, m.Digest, []metadata.BlobLink{{Digest: layer, Size: 1}}); err != nil {
 		t.Fatalf("the admission made again: %v", err)
+	}
+}
+
+// syncBuffer is a log sink safe for the listener's goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (w *syncBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncBuffer) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+// TestAdversaryTinyStaleness: an operator who wants no stale answer sets
+// the staleness to a few milliseconds. The listener must keep its
+// connection (heartbeats every 10 ms answer in time), not start over
+// again and again, logging a lost connection each time.
+func TestAdversaryTinyStaleness(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	var logs syncBuffer
+	s, err := Open(t.Context(), Options{DSN: dsn, Staleness: 5 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(logs.String(), "lost the connection"); n > 0 {
+		t.Fatalf("the listener started over %d times in a second with a 5ms staleness:\n%s", n, logs.String())
 	}
 }

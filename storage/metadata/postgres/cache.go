@@ -261,7 +261,10 @@ func (s *Store) receive(ctx context.Context, conn *pgx.Conn) error {
 		if silent := time.Since(heard); silent >= max(s.opts.Staleness, minSilence) {
 			return fmt.Errorf("heard nothing on %s for %v, not even this listener's own heartbeats: if a connection pooler in transaction mode stands between airlock and PostgreSQL, give airlock a session-mode connection", Channel, silent.Round(time.Millisecond))
 		}
-		pctx, cancel := context.WithTimeout(ctx, beat)
+		// Given as long as the silence allowed, not a beat: a loaded
+		// server may take longer than 10 ms to answer, and that is no
+		// reason to start over.
+		pctx, cancel := context.WithTimeout(ctx, max(beat, minSilence))
 		_, err = conn.Exec(pctx, "SELECT pg_notify($1, $2)", Channel, kindHeartbeat)
 		cancel()
 		if err != nil {

@@ -375,3 +375,43 @@ func TestAdversaryNamesAtTheLimit(t *testing.T) {
 		return nil
 	})
 }
+
+// TestAdversarySQLSignificantNames: names carrying quotes, semicolons,
+// LIKE's wildcards, backslashes and characters outside ASCII are stored
+// faithfully, and an upstream listing selects exactly its own (a "%" or
+// "_" in a name matches nothing else).
+func TestAdversarySQLSignificantNames(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, pgtest.DSN(t), 0)
+	ctx := t.Context()
+	repos := []string{
+		"hub/o'brien", `hub/"quoted"`, "hub/a;DROP TABLE airlock_meta_tags;--", "hub/100%", "hub/a_b",
+		`hub/back\slash`, "hub/snow☃man", "h_b/app", "h%b/app", "hub/ spaced ",
+	}
+	d := digest.FromString("m")
+	for _, repo := range repos {
+		if err := s.PutTag(ctx, repo, "t'1", metadata.TagRecord{Digest: d, Resolved: t0}); err != nil {
+			t.Fatalf("PutTag(%q): %v", repo, err)
+		}
+		if _, err := s.UpdateImage(ctx, repo, d, t0, func(img *metadata.Image) (metadata.Change, error) {
+			img.State = metadata.StateApproved
+			return metadata.Change{}, nil
+		}); err != nil {
+			t.Fatalf("UpdateImage(%q): %v", repo, err)
+		}
+	}
+	for _, repo := range repos {
+		if tags, err := s.Tags(ctx, repo); err != nil || len(tags) != 1 || tags[0] != "t'1" {
+			t.Errorf("Tags(%q) = %q, %v", repo, tags, err)
+		}
+	}
+	for upstream, want := range map[string]int{"hub": 8, "h_b": 1, "h%b": 1, "h": 0} {
+		page, err := s.Images(ctx, metadata.ImageQuery{Upstream: upstream, Limit: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page.Images) != want {
+			t.Errorf("Images(upstream %q) = %d images; want %d", upstream, len(page.Images), want)
+		}
+	}
+}

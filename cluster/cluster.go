@@ -40,7 +40,10 @@ type Options struct {
 	// Required.
 	Pool *pgxpool.Pool
 	// Advertise is this replica's peer listener as the other replicas
-	// reach it: "http://10.0.0.12:5002". Required.
+	// reach it: "http://10.0.0.12:5002". Required, and each replica's
+	// own: a fill lease names its holder by it, and a replica takes over
+	// a lease held at its own address as its dead predecessor's. Never a
+	// Service address that all the replicas share.
 	Advertise string
 	// LeaseTTL is how long a fill's or a singleton's lease lasts without
 	// a renewal; leases are renewed every LeaseTTL/3. 0 means

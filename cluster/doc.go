@@ -9,7 +9,8 @@
 // lease: a row (u, d) in airlock_cluster_fills naming the replica and its
 // peer address, taken by one INSERT … ON CONFLICT … DO UPDATE that
 // succeeds only where there is no row, the row's lease expired, or the
-// row is the replica's own (ClaimFill). The holder renews it every TTL/3
+// row is the replica's own, or its address's (a predecessor killed and
+// restarted there: ClaimFill). The holder renews it every TTL/3
 // and gives it up when the fill ends, committed or failed, by expiring
 // the row; a replica that dies stops renewing, and its lease expires after
 // the TTL (10 s by default). Expiry is judged by the database's clock

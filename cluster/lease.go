@@ -32,9 +32,13 @@ type lease struct {
 }
 
 // claimFill is the one statement that decides a fill's leader: it takes
-// the row if there is none, if its lease expired (or was given up) or if
-// it is this process's already, and returns whoever holds it after the
-// statement. taken says the claim replaced an existing row rather than
+// the row if there is none, if its lease expired (or was given up), if it
+// is this process's already, or if it names this replica's own address
+// under another owner: a predecessor at this address killed mid-fill and
+// restarted (a StatefulSet's pod), whose row would otherwise send this
+// replica to read the blob from itself, its listener waiting on the very
+// fill that asks, until the dead lease lapsed. It returns whoever holds
+// the row after the statement. taken says the claim replaced an existing row rather than
 // inserting one (an updated row's xmax is the updating transaction, an
 // inserted row's is 0). The second SELECT reads the holder when the
 // insert found a live row of another replica and changed nothing.
@@ -43,7 +47,7 @@ const claimFill = `WITH claimed AS (
 	VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')
 	ON CONFLICT (upstream, digest) DO UPDATE
 		SET owner = excluded.owner, advertise = excluded.advertise, expires = excluded.expires
-		WHERE f.expires < now() OR f.owner = excluded.owner
+		WHERE f.expires < now() OR f.owner = excluded.owner OR f.advertise = excluded.advertise
 	RETURNING owner, advertise, expires, xmax::text <> '0' AS taken)
 SELECT owner, advertise, expires, taken FROM claimed
 UNION ALL

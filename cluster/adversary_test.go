@@ -1,0 +1,192 @@
+package cluster
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// TestAdversaryRestartedReplicaTakesOverItsPredecessorsLease: a replica
+// killed mid-fill and restarted at the same address (a StatefulSet's pod)
+// finds its predecessor's lease row live for up to a TTL. It must not take
+// the row for a peer's and read the blob from itself: its own listener
+// would wait on the very fill that asks, until the lease lapsed.
+func TestAdversaryRestartedReplicaTakesOverItsPredecessorsLease(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t)
+	ttl := 10 * time.Second // long: the takeover must not wait for expiry
+	d := digest.FromString("layer")
+	before, err := Open(t.Context(), Options{Pool: pool, Advertise: "http://r0:5002", LeaseTTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, _, _, err := before.ClaimFill(t.Context(), "hub", d, "")
+	if err != nil || release == nil {
+		t.Fatalf("first claim: %v", err)
+	}
+	(replica{Cluster: before}).die() // kill -9: the row stays live for a TTL
+
+	after := open(t, pool, "http://r0:5002", ttl)
+	other := open(t, pool, "http://r1:5002", ttl)
+	start := time.Now()
+	rel, recheck, peer, err := after.ClaimFill(t.Context(), "hub", d, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rel == nil {
+		t.Fatalf("the restarted replica was sent to peer %q, its own address, for a fill its predecessor held", peer)
+	}
+	defer rel()
+	if !recheck {
+		t.Fatal("a takeover of a row must ask for a look in the store: the predecessor may have committed")
+	}
+	if time.Since(start) > ttl/2 {
+		t.Fatalf("the takeover waited %s", time.Since(start))
+	}
+	// Other replicas now follow the restarted one, whose heartbeat holds it.
+	if r, _, peer, err := other.ClaimFill(t.Context(), "hub", d, ""); err != nil || r != nil || peer != "http://r0:5002" {
+		t.Fatalf("another replica's claim: release %v, peer %q, %v; want peer http://r0:5002", r != nil, peer, err)
+	}
+}
+
+// syncBuffer is a log sink safe for the cluster's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestAdversaryPeerAnswersThatLeakTheSecret: whatever answers at a peer's
+// address (a misconfigured advertise pointing at a debugging proxy, a
+// load balancer's error page) may echo the request's headers. The answer's
+// text goes into the fallback's error and the log; the cluster secret
+// must not. A redirect is not followed: the secret would go to wherever
+// it points.
+func TestAdversaryPeerAnswersThatLeakTheSecret(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t)
+	var redirected atomic.Int32
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		redirected.Add(1)
+	}))
+	t.Cleanup(target.Close)
+	tests := []struct {
+		name    string
+		handler http.HandlerFunc
+		want    string
+	}{
+		{"echoes the headers", func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusBadGateway)
+			_, _ = io.WriteString(w, "upstream said no; request headers: Authorization="+r.Header.Get("Authorization"))
+		}, "answered HTTP 502"},
+		{"echoes the headers in a long page", func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusForbidden)
+			// The secret straddles the 512 bytes the error keeps.
+			_, _ = io.WriteString(w, strings.Repeat(".", 480)+r.Header.Get("Authorization"))
+		}, "answered HTTP 403"},
+		{"redirects", func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, target.URL+"/steal", http.StatusTemporaryRedirect)
+		}, "answered HTTP 307"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			logs := &syncBuffer{}
+			c, err := Open(t.Context(), Options{Pool: pool, Advertise: "http://f:1", LeaseTTL: time.Second,
+				Logger: slog.New(slog.NewTextHandler(logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			peer := httptest.NewServer(tc.handler)
+			t.Cleanup(peer.Close)
+			body, _, _, err := c.OpenPeerFill(t.Context(), peer.URL, "hub", digest.FromString("x"), 0)
+			if body != nil || err == nil {
+				t.Fatal("a peer that answered no blob was read")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q does not say %q", err, tc.want)
+			}
+			for what, text := range map[string]string{"error": err.Error(), "log": logs.String()} {
+				for i := 0; i+16 <= len(c.secret); i++ {
+					if strings.Contains(text, c.secret[i:i+16]) {
+						t.Fatalf("the %s holds part of the cluster secret: %s", what, text)
+					}
+				}
+			}
+		})
+	}
+	if n := redirected.Load(); n != 0 {
+		t.Fatalf("a peer's redirect was followed %d times, with the secret", n)
+	}
+}
+
+// TestAdversaryPeerListenerInputs: requests a peer, or someone who learnt
+// the secret, might send: offsets that are no byte offset or lie past the
+// end, names that try to climb out of the path. None reaches a blob it
+// does not name, and none breaks the listener.
+func TestAdversaryPeerListenerInputs(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t)
+	blob := []byte(strings.Repeat("airlock", 100))
+	d := digest.FromBytes(blob)
+	src := &source{blob: blob, repo: "hub/library/app"}
+	srv := httptest.NewServer(nil)
+	t.Cleanup(srv.Close)
+	leader := open(t, pool, srv.URL, time.Second)
+	srv.Config.Handler = leader.Handler(src)
+	fill := "/v1/fills/hub/" + d.String()
+	tests := []struct {
+		name, path string
+		status     int
+		want       string
+	}{
+		{"no offset", fill, 400, "offset must be"},
+		{"offset in hex", fill + "?offset=0x10", 400, "offset must be"},
+		{"offset past int64", fill + "?offset=99999999999999999999", 400, "offset must be"},
+		{"negative zero", fill + "?offset=-0", 200, string(blob)},
+		{"upstream climbing out", "/v1/fills/..%2F..%2Fhub/" + d.String() + "?offset=0", 404, "no fill of blob"},
+		{"digest climbing out", "/v1/fills/hub/sha256:..%2F..%2Fetc%2Fpasswd?offset=0", 400, "malformed digest"},
+		{"another algorithm's digest", "/v1/fills/hub/md5:d41d8cd98f00b204e9800998ecf8427e?offset=0", 400, "malformed digest"},
+		{"POST", fill + "?offset=0", 405, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			method := http.MethodGet
+			if tc.name == "POST" {
+				method = http.MethodPost
+			}
+			req, _ := http.NewRequestWithContext(t.Context(), method, srv.URL+tc.path, nil)
+			req.Header.Set("Authorization", "Bearer "+leader.secret)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.status || !strings.Contains(string(b), tc.want) {
+				t.Fatalf("%s %s: %d %.100q, want %d with %q", method, tc.path, resp.StatusCode, b, tc.status, tc.want)
+			}
+		})
+	}
+}

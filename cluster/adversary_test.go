@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // TestAdversaryRestartedReplicaTakesOverItsPredecessorsLease: a replica
@@ -188,5 +189,38 @@ func TestAdversaryPeerListenerInputs(t *testing.T) {
 				t.Fatalf("%s %s: %d %.100q, want %d with %q", method, tc.path, resp.StatusCode, b, tc.status, tc.want)
 			}
 		})
+	}
+}
+
+// TestAdversarySuspectHoldsAFarLease: a peer whose stream broke while it
+// holds a lease that expires far ahead and is never renewed (a replica
+// configured with a much longer TTL, a row written by hand) must not hold
+// the reader up until that expiry: after two of the reader's own TTLs it
+// is told to fetch the blob itself.
+func TestAdversarySuspectHoldsAFarLease(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t)
+	ttl := 300 * time.Millisecond
+	r := open(t, pool, "http://r:1", ttl)
+	d := digest.FromString("layer")
+	if _, err := pool.Exec(t.Context(), `INSERT INTO airlock_cluster_fills (upstream, digest, owner, advertise, expires)
+		VALUES ('hub', $1, 'elsewhere', 'http://x:1', now() + interval '1 hour')`, d.String()); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	rel, _, peer, err := r.ClaimFill(t.Context(), "hub", d, "http://x:1")
+	took := time.Since(start)
+	if rel != nil || peer != "" || err == nil || !strings.Contains(err.Error(), "without renewing it") {
+		t.Fatalf("claim suspecting a far lease: release %v, peer %q, %v; want an error saying it is not renewed", rel != nil, peer, err)
+	}
+	if took < suspectWait*ttl || took > suspectWait*ttl+time.Second {
+		t.Fatalf("gave up after %s, want about %s", took, suspectWait*ttl)
+	}
+	if n := testutil.ToFloat64(r.metrics.fallbacks); n != 1 {
+		t.Fatalf("fallbacks = %v, want 1", n)
+	}
+	// Without a suspect the holder is followed as before.
+	if _, _, peer, err := r.ClaimFill(t.Context(), "hub", d, ""); err != nil || peer != "http://x:1" {
+		t.Fatalf("claim without a suspect: peer %q, %v", peer, err)
 	}
 }

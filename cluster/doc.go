@@ -35,7 +35,8 @@
 // waits until the lease either expires (the peer died: the reader, or
 // another replica, takes over and resumes from the upstream) or is
 // renewed twice (the peer lives: it is read again). Either happens within one
-// TTL. A stream that merely stops is cut once the peer's lease lapses
+// TTL; a lease that does neither for two (a replica with a far longer TTL)
+// sends the reader to the upstream instead. A stream that merely stops is cut once the peer's lease lapses
 // while nothing arrives, or after three TTLs without a byte whatever the
 // lease says (a connection lost in a partition), so no reader waits on a
 // dead connection. A peer

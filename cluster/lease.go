@@ -68,7 +68,8 @@ SELECT owner, advertise, expires, false FROM airlock_cluster_fills
 // the next claim tell that a fill ran (see sweep).
 func (c *Cluster) ClaimFill(ctx context.Context, upstream string, d digest.Digest, suspect string) (release func(), recheck bool, peer string, err error) {
 	k := fillKey{upstream, d.String()}
-	var seen time.Time // the suspect's expiry when last found holding
+	var seen time.Time  // the suspect's expiry when last found holding
+	var since time.Time // when the suspect was first found holding
 	renewals := 0
 	for attempt := 0; ; attempt++ {
 		if release := c.joinHeld(ctx, k); release != nil {
@@ -99,7 +100,15 @@ func (c *Cluster) ClaimFill(ctx context.Context, upstream string, d digest.Diges
 		case suspect == "" || advertise != suspect:
 			return nil, false, advertise, nil
 		case seen.IsZero():
-			seen = expires
+			seen, since = expires, time.Now()
+		case time.Since(since) >= suspectWait*c.ttl:
+			// Neither renewed twice nor expired: the row is not what this
+			// replica's own heartbeats would leave (a replica with a far
+			// longer TTL, or a row written by hand). Its expiry may be
+			// hours away; the fill fetches the blob itself rather than wait.
+			c.metrics.fallbacks.Inc()
+			return nil, false, "", fmt.Errorf("cluster: peer %s still holds the lease on %s from %s, until %s, %s after its stream broke, without renewing it: %w",
+				advertise, d, upstream, expires.UTC().Format(time.RFC3339), time.Since(since).Round(time.Millisecond), errSuspectHolds)
 		case expires.After(seen):
 			// Renewed since the break. Once may be a renewal the peer sent
 			// just before it died; twice, and it is alive.
@@ -115,6 +124,15 @@ func (c *Cluster) ClaimFill(ctx context.Context, upstream string, d digest.Diges
 		}
 	}
 }
+
+// suspectWait is how many lease lifetimes ClaimFill waits, at most, for a
+// peer whose stream broke to renew its lease twice or let it expire. A
+// replica's heartbeat does one or the other within one lifetime.
+const suspectWait = 2
+
+// errSuspectHolds is ClaimFill's failure when the peer whose stream broke
+// keeps a lease it does not renew.
+var errSuspectHolds = errors.New("the peer's lease neither lapses nor is renewed")
 
 // giveUpFill expires this process's fill leases (those the conditions
 // appended to it select); $1 is the owner.

@@ -1,0 +1,174 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/cluster"
+)
+
+// TestClusterAdversaryPeerMisbehaves: the replica holding a blob's lease
+// answers its peers badly: it cuts its stream short of what it announced,
+// stalls mid-blob, redirects, announces no size, fails. Its lease never
+// lapses (a live, or misconfigured, holder). The follower's client still
+// gets the right blob within seconds, from the upstream, and what is
+// stored is the blob.
+func TestClusterAdversaryPeerMisbehaves(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		// send answers the follower's request for blob, announced at its
+		// whole size; stop ends a handler that hangs.
+		send func(w http.ResponseWriter, r *http.Request, blob []byte, stop <-chan struct{})
+	}{
+		{"cuts its stream short of the length it announced", func(w http.ResponseWriter, r *http.Request, blob []byte, _ <-chan struct{}) {
+			off, _ := strconv.ParseInt(r.URL.Query().Get("offset"), 10, 64)
+			w.Header().Set(cluster.HeaderBlobSize, strconv.Itoa(len(blob)))
+			w.Header().Set(cluster.HeaderFillRepository, "hub/library/app")
+			// A Content-Length that contradicts the announced size: the
+			// stream ends cleanly, short of the blob.
+			w.Header().Set("Content-Length", strconv.Itoa(len(blob[off:])/2))
+			_, _ = w.Write(blob[off:][:len(blob[off:])/2])
+		}},
+		{"stalls mid-blob", func(w http.ResponseWriter, r *http.Request, blob []byte, stop <-chan struct{}) {
+			w.Header().Set(cluster.HeaderBlobSize, strconv.Itoa(len(blob)))
+			w.Header().Set(cluster.HeaderFillRepository, "hub/library/app")
+			_, _ = w.Write(blob[:len(blob)/3])
+			w.(http.Flusher).Flush()
+			select {
+			case <-stop:
+			case <-r.Context().Done():
+			}
+		}},
+		{"redirects", func(w http.ResponseWriter, r *http.Request, blob []byte, _ <-chan struct{}) {
+			http.Redirect(w, r, "http://127.0.0.1:1/elsewhere", http.StatusTemporaryRedirect)
+		}},
+		{"announces no size", func(w http.ResponseWriter, r *http.Request, blob []byte, _ <-chan struct{}) {
+			_, _ = w.Write(blob)
+		}},
+		{"fails", func(w http.ResponseWriter, r *http.Request, blob []byte, _ <-chan struct{}) {
+			http.Error(w, "no", http.StatusInternalServerError)
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			o := newOrigin(t, false)
+			img, err := random.Image(256<<10, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o.push(t, "library/app:1", img)
+			h, blob := layerOf(t, img, 0)
+			d := digest.Digest(h.String())
+			stop := make(chan struct{})
+			var asked atomic.Int32
+			hostile := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				asked.Add(1)
+				tc.send(w, r, blob, stop)
+			}))
+			t.Cleanup(hostile.Close)
+			t.Cleanup(func() { close(stop) })
+			ttl := 500 * time.Millisecond
+			rs, dsn := newCluster(t, o, 1, ttl)
+			holdLease(t, dsn, d, hostile.URL)
+			o.reset()
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+			defer cancel()
+			start := time.Now()
+			if err := pullBlob(ctx, rs[0], d).check(d); err != nil {
+				t.Fatalf("pull after %s: %v\n%s", time.Since(start), err, rs[0].logText())
+			}
+			if took := time.Since(start); took > 15*time.Second {
+				t.Errorf("the pull took %s", took)
+			}
+			if asked.Load() == 0 {
+				t.Fatal("the lease's holder was never asked")
+			}
+			waitUntil(t, 10*time.Second, func() bool {
+				_, err := rs[0].blobs.Stat(t.Context(), d)
+				return err == nil
+			})
+			content, _, err := rs[0].blobs.Open(t.Context(), d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stored, _ := io.ReadAll(content)
+			content.Close()
+			if !bytes.Equal(stored, blob) {
+				t.Fatalf("stored %d bytes that are not the blob", len(stored))
+			}
+		})
+	}
+}
+
+// peerSecret reads the cluster secret the way an attacker with the
+// database would, to ask a replica's peer listener directly.
+func peerSecret(t *testing.T, dsn string) string {
+	t.Helper()
+	pool, err := pgxpool.New(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	var secret string
+	if err := pool.QueryRow(t.Context(), "SELECT value FROM airlock_cluster_settings WHERE name = 'peer_secret'").Scan(&secret); err != nil {
+		t.Fatal(err)
+	}
+	return secret
+}
+
+// TestClusterAdversaryListenerHoldsBackUnverified: a peer reading a
+// running fill whose upstream sends a wrong blob never receives the whole
+// of it: the last byte waits for the digest, as for the replica's own
+// clients, and the stream breaks instead.
+func TestClusterAdversaryListenerHoldsBackUnverified(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, false)
+	img, err := random.Image(64<<10, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.push(t, "library/app:1", img)
+	h, blob := layerOf(t, img, 0)
+	d := digest.Digest(h.String())
+	o.tamper.Store(d.String(), true)
+	rs, dsn := newCluster(t, o, 1, time.Second)
+	secret := peerSecret(t, dsn)
+	o.slowBlob.Store(int64(20 * time.Millisecond))
+	client := make(chan pull, 1)
+	go func() { client <- pullBlob(t.Context(), rs[0], d) }()
+	waitUntil(t, 5*time.Second, func() bool { return rs[0].proxy.fills.running(d) })
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, rs[0].peer.URL+"/v1/fills/hub/"+d.String()+"?offset=0", nil)
+	req.Header.Set("Authorization", "Bearer "+secret)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, rerr := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK && rerr == nil && len(got) == len(blob) {
+		t.Fatalf("the peer listener completed a %d byte blob whose digest does not match", len(got))
+	}
+	if p := <-client; p.err == nil && len(p.body) == len(blob) {
+		t.Fatal("the client received the whole wrong blob")
+	}
+	if _, err := rs[0].blobs.Stat(t.Context(), d); err == nil {
+		t.Fatal("a wrong blob was stored")
+	}
+	if !strings.Contains(rs[0].logText(), "digest") {
+		t.Fatalf("the fill's failure does not name the digest:\n%s", rs[0].logText())
+	}
+}

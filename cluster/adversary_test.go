@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"log/slog"
 	"net/http"
@@ -12,8 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/airlock-registry/airlock/internal/pgtest"
 )
 
 // TestAdversaryRestartedReplicaTakesOverItsPredecessorsLease: a replica
@@ -223,4 +228,107 @@ func TestAdversarySuspectHoldsAFarLease(t *testing.T) {
 	if _, _, peer, err := r.ClaimFill(t.Context(), "hub", d, ""); err != nil || peer != "http://x:1" {
 		t.Fatalf("claim without a suspect: peer %q, %v", peer, err)
 	}
+}
+
+// slowAnswers delays the answers to statements on the singletons' table,
+// once set: the database ran the statement (and stamped its now()) at
+// once, the answer comes late.
+type slowAnswers struct{ delay atomic.Int64 }
+
+func (s *slowAnswers) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	if strings.Contains(data.SQL, "airlock_cluster_singletons") {
+		return context.WithValue(ctx, s, true)
+	}
+	return ctx
+}
+
+func (s *slowAnswers) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryEndData) {
+	if ctx.Value(s) != nil && data.Err == nil {
+		time.Sleep(time.Duration(s.delay.Load()))
+	}
+}
+
+// TestAdversarySingletonSlowRenewalThenOutage: a renewal whose answer came
+// late, followed by a database out of reach. The lease expires a TTL after
+// the database ran the renewal, not after its answer arrived: run must be
+// told to stop a third of a TTL before that expiry, as Singleton promises,
+// or another replica's run may start while this one still works.
+func TestAdversarySingletonSlowRenewalThenOutage(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow := &slowAnswers{}
+	cfg.ConnConfig.Tracer = slow
+	pool, err := pgxpool.NewWithConfig(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	admin := newPoolDSN(t, dsn)
+	ttl := 900 * time.Millisecond
+	r := open(t, pool, "http://r:1", ttl)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	started, stopped := make(chan struct{}), make(chan time.Time, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.Singleton(ctx, "evict", func(ctx context.Context) {
+			close(started)
+			<-ctx.Done()
+			stopped <- time.Now()
+			<-ctx.Done()
+		})
+	}()
+	<-started
+	// The next renewals answer a quarter of a TTL late; then the table
+	// goes away, so every later renewal fails.
+	slow.delay.Store(int64(ttl / 4))
+	var expires time.Time
+	waitFor(t, 2*ttl, func() bool {
+		var e time.Time
+		if err := admin.QueryRow(t.Context(), "SELECT expires FROM airlock_cluster_singletons WHERE name = 'evict'").Scan(&e); err != nil {
+			t.Fatal(err)
+		}
+		renewed := !expires.IsZero() && e.After(expires)
+		expires = e
+		return renewed
+	})
+	time.Sleep(ttl / 4) // the renewal's answer arrives
+	if _, err := admin.Exec(t.Context(), "ALTER TABLE airlock_cluster_singletons RENAME TO airlock_cluster_singletons_away"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = admin.Exec(context.Background(), "ALTER TABLE airlock_cluster_singletons_away RENAME TO airlock_cluster_singletons")
+	})
+	var at time.Time
+	select {
+	case at = <-stopped:
+	case <-time.After(3 * ttl):
+		t.Fatal("run was never told to stop while the database was out of reach")
+	}
+	var ms float64
+	if err := admin.QueryRow(t.Context(), "SELECT extract(epoch FROM expires - now()) * 1000 FROM airlock_cluster_singletons_away").Scan(&ms); err != nil {
+		t.Fatal(err)
+	}
+	// The lease's time left when run was told, as the database counts.
+	left := time.Duration(ms*float64(time.Millisecond)) + time.Since(at)
+	if left < ttl/6 {
+		t.Fatalf("run was told to stop %s before its lease expired; Singleton promises about a third of the TTL (%s)", left, ttl/3)
+	}
+	cancel()
+	<-done
+}
+
+func newPoolDSN(t *testing.T, dsn string) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }

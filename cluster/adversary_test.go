@@ -332,3 +332,46 @@ func newPoolDSN(t *testing.T, dsn string) *pgxpool.Pool {
 	t.Cleanup(pool.Close)
 	return pool
 }
+
+// TestAdversaryLostLeaseIsNotShared: a replica whose lease lapsed and was
+// taken by another while its own fill still runs (its heartbeat could not
+// renew it in time) must not hand that lease to a local fill starting
+// now, which would then fetch the blob a second time, nor give up the row
+// the new holder owns when its own fill ends.
+func TestAdversaryLostLeaseIsNotShared(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t)
+	ttl := 300 * time.Millisecond
+	a := open(t, pool, "http://a:1", ttl)
+	d := digest.FromString("layer")
+	release, _, _, err := a.ClaimFill(t.Context(), "hub", d, "")
+	if err != nil || release == nil {
+		t.Fatalf("claim: %v", err)
+	}
+	// Another replica took the row after it lapsed.
+	if _, err := pool.Exec(t.Context(), `UPDATE airlock_cluster_fills SET owner = 'b', advertise = 'http://b:1',
+		expires = now() + interval '1 hour' WHERE digest = $1`, d.String()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*ttl, func() bool { return testutil.ToFloat64(a.metrics.losses.WithLabelValues("fill")) == 1 })
+	r2, _, peer, err := a.ClaimFill(t.Context(), "hub", d, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2 != nil {
+		r2()
+		t.Fatal("a local fill starting after the lease was lost was told it leads: the blob would be fetched twice")
+	}
+	if peer != "http://b:1" {
+		t.Fatalf("a local fill after the loss follows %q, want the new holder http://b:1", peer)
+	}
+	release()
+	var owner string
+	var live bool
+	if err := pool.QueryRow(t.Context(), "SELECT owner, expires > now() FROM airlock_cluster_fills WHERE digest = $1", d.String()).Scan(&owner, &live); err != nil {
+		t.Fatal(err)
+	}
+	if owner != "b" || !live {
+		t.Fatalf("after the first fill ended the row is %s's, live %v; the new holder's lease must stand", owner, live)
+	}
+}

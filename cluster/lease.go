@@ -25,7 +25,11 @@ type lease struct {
 	// releasing is set once the last local fill let go; a new claim of
 	// the key waits for gone rather than race the row's deletion.
 	releasing bool
-	gone      chan struct{}
+	// lost is set once the heartbeat found the lease gone: the lease is
+	// out of held, so later local fills claim anew, and the local fills
+	// still sharing it do not give up a row that is no longer theirs.
+	lost bool
+	gone chan struct{}
 	// stop ends the heartbeat; beat is closed when it has.
 	stop context.CancelFunc
 	beat chan struct{}
@@ -243,9 +247,18 @@ func (c *Cluster) releaser(k fillKey, l *lease) func() {
 		}
 		l.stop()
 		<-l.beat
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err := c.pool.Exec(ctx, giveUpFill+" AND upstream = $2 AND digest = $3", c.owner, k.upstream, k.digest)
-		cancel()
+		c.mu.Lock()
+		lost := l.lost
+		c.mu.Unlock()
+		var err error
+		if !lost {
+			// A lost lease's row is another replica's now, or this
+			// replica's again under a later claim: neither is this
+			// lease's to give up.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err = c.pool.Exec(ctx, giveUpFill+" AND upstream = $2 AND digest = $3", c.owner, k.upstream, k.digest)
+			cancel()
+		}
 		if err != nil {
 			c.log.Warn("releasing a fill lease failed; it expires on its own", slog.String("upstream", k.upstream),
 				slog.String("digest", k.digest), slog.Duration("ttl", c.ttl), slog.String("error", err.Error()))
@@ -286,15 +299,29 @@ func (c *Cluster) heartbeat(ctx context.Context, k fillKey, l *lease) {
 			last = time.Now()
 			continue
 		case err == nil:
-			c.lost("fill", k.upstream+"/"+k.digest, "another replica took the lease after it lapsed")
+			c.loseFill(k, l, "another replica took the lease after it lapsed")
 			return
 		case time.Since(last) >= c.ttl:
-			c.lost("fill", k.upstream+"/"+k.digest, err.Error())
+			c.loseFill(k, l, err.Error())
 			return
 		}
 		c.log.Warn("renewing a fill lease failed; retrying", slog.String("upstream", k.upstream),
 			slog.String("digest", k.digest), slog.String("error", err.Error()))
 	}
+}
+
+// loseFill records that this replica no longer holds the fill lease l,
+// and takes it out of held: the local fills still running on it go on for
+// their clients, but a local fill starting now asks the database, and
+// follows whoever leads the blob now instead of fetching it a second time.
+func (c *Cluster) loseFill(k fillKey, l *lease, why string) {
+	c.mu.Lock()
+	l.lost = true
+	if c.held[k] == l {
+		delete(c.held, k)
+	}
+	c.mu.Unlock()
+	c.lost("fill", k.upstream+"/"+k.digest, why)
 }
 
 // lost records a lease this replica held and no longer does.

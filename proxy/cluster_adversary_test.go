@@ -32,6 +32,10 @@ func TestClusterAdversaryPeerMisbehaves(t *testing.T) {
 		// send answers the follower's request for blob, announced at its
 		// whole size; stop ends a handler that hangs.
 		send func(w http.ResponseWriter, r *http.Request, blob []byte, stop <-chan struct{})
+		// lies: the peer's bytes are wrong, which the follower finds only
+		// once its client has all but the last byte: that pull fails, and
+		// the retry must not follow the peer again.
+		lies bool
 	}{
 		{"cuts its stream short of the length it announced", func(w http.ResponseWriter, r *http.Request, blob []byte, _ <-chan struct{}) {
 			off, _ := strconv.ParseInt(r.URL.Query().Get("offset"), 10, 64)
@@ -41,7 +45,7 @@ func TestClusterAdversaryPeerMisbehaves(t *testing.T) {
 			// stream ends cleanly, short of the blob.
 			w.Header().Set("Content-Length", strconv.Itoa(len(blob[off:])/2))
 			_, _ = w.Write(blob[off:][:len(blob[off:])/2])
-		}},
+		}, false},
 		{"stalls mid-blob", func(w http.ResponseWriter, r *http.Request, blob []byte, stop <-chan struct{}) {
 			w.Header().Set(cluster.HeaderBlobSize, strconv.Itoa(len(blob)))
 			w.Header().Set(cluster.HeaderFillRepository, "hub/library/app")
@@ -51,16 +55,40 @@ func TestClusterAdversaryPeerMisbehaves(t *testing.T) {
 			case <-stop:
 			case <-r.Context().Done():
 			}
-		}},
+		}, false},
 		{"redirects", func(w http.ResponseWriter, r *http.Request, blob []byte, _ <-chan struct{}) {
 			http.Redirect(w, r, "http://127.0.0.1:1/elsewhere", http.StatusTemporaryRedirect)
-		}},
+		}, false},
 		{"announces no size", func(w http.ResponseWriter, r *http.Request, blob []byte, _ <-chan struct{}) {
 			_, _ = w.Write(blob)
-		}},
+		}, false},
 		{"fails", func(w http.ResponseWriter, r *http.Request, blob []byte, _ <-chan struct{}) {
 			http.Error(w, "no", http.StatusInternalServerError)
-		}},
+		}, false},
+		{"has neither the fill nor the blob, yet keeps the lease", func(w http.ResponseWriter, r *http.Request, blob []byte, _ <-chan struct{}) {
+			http.Error(w, "no fill of that blob runs here", http.StatusNotFound)
+		}, false},
+		{"sends a wrong blob of the right size, then breaks", func(w http.ResponseWriter, r *http.Request, blob []byte, _ <-chan struct{}) {
+			off, _ := strconv.ParseInt(r.URL.Query().Get("offset"), 10, 64)
+			w.Header().Set(cluster.HeaderBlobSize, strconv.Itoa(len(blob)))
+			w.Header().Set(cluster.HeaderFillRepository, "hub/library/app")
+			bad := bytes.Clone(blob[off:])
+			bad[0] ^= 0xff
+			_, _ = w.Write(bad[:len(bad)/2])
+			panic(http.ErrAbortHandler)
+		}, true},
+		{"sends a wrong blob", func(w http.ResponseWriter, r *http.Request, blob []byte, _ <-chan struct{}) {
+			w.Header().Set(cluster.HeaderBlobSize, strconv.Itoa(len(blob)))
+			w.Header().Set(cluster.HeaderFillRepository, "hub/library/app")
+			bad := bytes.Clone(blob)
+			bad[len(bad)-1] ^= 0xff
+			_, _ = w.Write(bad)
+		}, true},
+		{"announces a size over the limit", func(w http.ResponseWriter, r *http.Request, blob []byte, _ <-chan struct{}) {
+			w.Header().Set(cluster.HeaderBlobSize, strconv.FormatInt(1<<62, 10))
+			w.Header().Set(cluster.HeaderFillRepository, "hub/library/app")
+			_, _ = w.Write(blob)
+		}, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -88,8 +116,20 @@ func TestClusterAdversaryPeerMisbehaves(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 			defer cancel()
 			start := time.Now()
+			if tc.lies {
+				if p := pullBlob(ctx, rs[0], d); p.err == nil || bytes.Equal(p.body, blob) {
+					t.Fatalf("the client read along a wrong blob to its end: %d bytes, %v", len(p.body), p.err)
+				}
+				waitUntil(t, 5*time.Second, func() bool { return strings.Contains(rs[0].logText(), "failed its checks") })
+				o.reset()
+			}
 			if err := pullBlob(ctx, rs[0], d).check(d); err != nil {
 				t.Fatalf("pull after %s: %v\n%s", time.Since(start), err, rs[0].logText())
+			}
+			if n := o.count(http.MethodGet, blobPath(d)); tc.lies && n != 1 {
+				// The retry fetches the blob whole from the upstream. (A
+				// resume may cost two: this origin ignores ranges.)
+				t.Errorf("%d upstream GETs for the retry, want 1", n)
 			}
 			if took := time.Since(start); took > 15*time.Second {
 				t.Errorf("the pull took %s", took)

@@ -22,8 +22,19 @@ type Config struct {
 	// ingress.
 	TLS TLS `yaml:"tls"`
 
-	// Storage says where verified content and its metadata live.
+	// Storage says where verified content lives, and with the default
+	// metadata driver its metadata too.
 	Storage Storage `yaml:"storage"`
+
+	// Metadata says where tags, manifests, links, image states, the audit
+	// log and the alerts' outbox live: bbolt in storage.path (default) or
+	// PostgreSQL. Read at start only.
+	Metadata Metadata `yaml:"metadata"`
+
+	// Cluster runs this airlock as one replica of several sharing
+	// PostgreSQL metadata and a blob store. Default: off, one process.
+	// Read at start only.
+	Cluster Cluster `yaml:"cluster"`
 
 	// Cache bounds how long and how much airlock trusts cached state.
 	Cache Cache `yaml:"cache"`
@@ -89,9 +100,10 @@ const (
 
 // Storage is where content and metadata are kept.
 type Storage struct {
-	// Path is a local directory that always holds the bbolt metadata
-	// database and, with the filesystem driver, the blobs (under
-	// <path>/blobs). Default "./airlock-data".
+	// Path is a local directory that holds the downloads in progress,
+	// the bbolt metadata database (metadata.driver bbolt) and, with the
+	// filesystem driver, the blobs (under <path>/blobs). Default
+	// "./airlock-data".
 	Path string `yaml:"path"`
 
 	// Driver selects the blob storage driver: filesystem, s3, gcs or azure.
@@ -102,6 +114,21 @@ type Storage struct {
 	// region, accountname, ...). For the filesystem driver "rootdirectory"
 	// defaults to <path>/blobs. Default: empty.
 	Parameters map[string]any `yaml:"parameters"`
+
+	// DisableRedirects serves the bytes of every hit through airlock
+	// instead of redirecting clients to the object store's presigned URL
+	// (s3, gcs, azure). Set it when clients cannot reach the store's
+	// endpoint. The filesystem driver never redirects. Default false.
+	DisableRedirects bool `yaml:"disableRedirects"`
+
+	// LocalCacheSize keeps, with s3, gcs or azure, a copy of each blob
+	// this process commits in <path>/cache, up to this [Size], least
+	// recently used first out: hits on them are served from local files
+	// and keep being served while the object store is down. Blobs other
+	// replicas committed are read from the object store. It counts toward
+	// the volume of storage.path, not toward cache.maxSize. 0 or absent
+	// means no local copies.
+	LocalCacheSize Size `yaml:"localCacheSize"`
 }
 
 // MaxManifestBytes is the largest manifest airlock accepts, the same bound

@@ -53,6 +53,8 @@ func (c *Config) problems() []error {
 		p.add("tls", "certFile and keyFile must be set together; set both to serve HTTPS, or neither for plain HTTP")
 	}
 	c.Storage.check(&p)
+	c.Metadata.check(&p)
+	c.checkCluster(&p)
 	p.duration("cache.tagTTL", c.Cache.TagTTL)
 	if c.Cache.MaxManifestBytes <= 0 || c.Cache.MaxManifestBytes > MaxManifestBytes {
 		p.add("cache.maxManifestBytes", "%d is out of range; set a byte count from 1 to %d (4 MiB)", c.Cache.MaxManifestBytes, MaxManifestBytes)
@@ -100,7 +102,16 @@ func (s *Storage) check(p *problems) {
 	switch s.Driver {
 	case DriverFilesystem:
 		s.checkFilesystem(p)
+		if s.DisableRedirects {
+			p.add("storage.disableRedirects", "the filesystem driver never redirects; remove the key")
+		}
+		if s.LocalCacheSize != 0 {
+			p.add("storage.localCacheSize", "the filesystem driver's blobs are local files already; remove the key")
+		}
 	case DriverS3, DriverGCS, DriverAzure:
+		if s.LocalCacheSize < 0 {
+			p.add("storage.localCacheSize", "%d is negative; set a size such as \"50GiB\", or 0 for no local copies", s.LocalCacheSize)
+		}
 	default:
 		p.add("storage.driver", "unknown driver %q; use filesystem, s3, gcs or azure", s.Driver)
 	}

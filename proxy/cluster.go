@@ -82,7 +82,18 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 	if p.cluster == nil || f.lease != nil {
 		return p.upstreamSource(ctx, rq, f, off)
 	}
-	for range 4 {
+	for attempt := range peerEndedClaims {
+		if attempt > 0 {
+			// The peer answered that its fill ended, yet held the lease a
+			// moment ago: it gives the lease up just after its fill leaves
+			// its fill set, so claiming again at once would find it held
+			// still, and after a few tries fetch the blob without any lease.
+			select {
+			case <-time.After(peerEndedWait << (attempt - 1)):
+			case <-ctx.Done():
+				return blobSource{}, context.Cause(ctx)
+			}
+		}
 		release, recheck, peer, err := p.cluster.ClaimFill(ctx, up, f.digest, suspect)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -145,6 +156,14 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 	}
 	return p.upstreamSource(ctx, rq, f, off)
 }
+
+// peerEndedClaims is how many times a fill claims the lease while the
+// peers holding it answer that their fill ended; peerEndedWait is the
+// first pause between two claims, doubled at each.
+const (
+	peerEndedClaims = 5
+	peerEndedWait   = 20 * time.Millisecond
+)
 
 // distrustFor is how long a peer whose bytes failed a fill of a blob is
 // not followed for that blob. A peer's own fill verifies what it fetched,

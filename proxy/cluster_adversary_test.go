@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -210,5 +211,47 @@ func TestClusterAdversaryListenerHoldsBackUnverified(t *testing.T) {
 	}
 	if !strings.Contains(rs[0].logText(), "digest") {
 		t.Fatalf("the fill's failure does not name the digest:\n%s", rs[0].logText())
+	}
+}
+
+// TestClusterAdversaryLeaderEndsBetweenClaimAndRead: the peer holding the
+// lease answers that its fill ended (it left its fill set) and gives the
+// lease up a moment later, as a leader whose fill failed does. The
+// follower must take the lease and fetch under it, not run out of claims
+// while the release is on its way and fetch with no lease at all, which
+// lets every other replica fetch the blob too.
+func TestClusterAdversaryLeaderEndsBetweenClaimAndRead(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, false)
+	img, err := random.Image(64<<10, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.push(t, "library/app:1", img)
+	h, _ := layerOf(t, img, 0)
+	d := digest.Digest(h.String())
+	rs, dsn := newCluster(t, o, 1, time.Second)
+	admin, err := pgxpool.New(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	var once sync.Once
+	ended := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		once.Do(func() {
+			go func() {
+				time.Sleep(40 * time.Millisecond)
+				_, _ = admin.Exec(context.Background(), "UPDATE airlock_cluster_fills SET expires = now() - interval '1 millisecond' WHERE owner = 'elsewhere'")
+			}()
+		})
+		http.Error(w, "no fill of that blob runs here", http.StatusNotFound)
+	}))
+	t.Cleanup(ended.Close)
+	holdLease(t, dsn, d, ended.URL)
+	if err := pullBlob(t.Context(), rs[0], d).check(d); err != nil {
+		t.Fatal(err)
+	}
+	if n := rs[0].counter(t, "airlock_cluster_fills_led_total"); n != 1 {
+		t.Fatalf("the fill led %v times under the lease, want 1: it fetched without the lease\n%s", n, rs[0].logText())
 	}
 }

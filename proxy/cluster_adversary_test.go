@@ -255,3 +255,40 @@ func TestClusterAdversaryLeaderEndsBetweenClaimAndRead(t *testing.T) {
 		t.Fatalf("the fill led %v times under the lease, want 1: it fetched without the lease\n%s", n, rs[0].logText())
 	}
 }
+
+// TestClusterAdversaryPeerStoreAnswerNeedsOwnUpstream: the lease's holder
+// answers from its store (no fill repository) with the right bytes of a
+// blob this replica's shared store lacks (the holder's local copy of a
+// blob evicted since). This replica's repository may have it only if its
+// own upstream vouches for it: the right bytes are not enough, or a blob
+// of any repository would be readable through every other.
+func TestClusterAdversaryPeerStoreAnswerNeedsOwnUpstream(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, false)
+	img, err := random.Image(64<<10, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.push(t, "library/app:1", img)
+	h, blob := layerOf(t, img, 0)
+	d := digest.Digest(h.String())
+	o.hidden.Store(blobPath(d), true) // this repository's upstream lacks it
+	peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(cluster.HeaderBlobSize, strconv.Itoa(len(blob)))
+		w.Header().Set(cluster.HeaderFillRepository, "")
+		_, _ = w.Write(blob)
+	}))
+	t.Cleanup(peer.Close)
+	rs, dsn := newCluster(t, o, 1, time.Second)
+	holdLease(t, dsn, d, peer.URL)
+	p := pullBlob(t.Context(), rs[0], d)
+	if p.err == nil || !strings.Contains(p.err.Error(), "HTTP 404") {
+		t.Fatalf("pull through a repository whose upstream lacks the blob: %d bytes, %v; want 404", len(p.body), p.err)
+	}
+	if _, err := rs[0].blobs.Stat(t.Context(), d); err == nil {
+		t.Fatal("the blob was stored from a peer's answer no upstream vouched for")
+	}
+	if n := o.count(http.MethodHead, blobPath(d)); n == 0 {
+		t.Fatal("this repository's upstream was never asked")
+	}
+}

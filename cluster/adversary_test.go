@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -82,13 +83,13 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// TestAdversaryPeerAnswersThatLeakTheSecret: whatever answers at a peer's
+// TestAdversaryHostileAnswersAtAPeerAddress: whatever answers at a peer's
 // address (a misconfigured advertise pointing at a debugging proxy, a
 // load balancer's error page) may echo the request's headers. The answer's
 // text goes into the fallback's error and the log; the cluster secret
 // must not. A redirect is not followed: the secret would go to wherever
-// it points.
-func TestAdversaryPeerAnswersThatLeakTheSecret(t *testing.T) {
+// it points. Megabytes of headers are refused, not read.
+func TestAdversaryHostileAnswersAtAPeerAddress(t *testing.T) {
 	t.Parallel()
 	pool := newPool(t)
 	var redirected atomic.Int32
@@ -110,6 +111,12 @@ func TestAdversaryPeerAnswersThatLeakTheSecret(t *testing.T) {
 			// The secret straddles the 512 bytes the error keeps.
 			_, _ = io.WriteString(w, strings.Repeat(".", 480)+r.Header.Get("Authorization"))
 		}, "answered HTTP 403"},
+		{"sends megabytes of headers", func(w http.ResponseWriter, r *http.Request) {
+			for i := range 64 {
+				w.Header().Set(fmt.Sprintf("X-Pad-%d", i), strings.Repeat("p", 16<<10))
+			}
+			w.Header().Set(HeaderBlobSize, "10")
+		}, "exceeded"},
 		{"redirects", func(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, target.URL+"/steal", http.StatusTemporaryRedirect)
 		}, "answered HTTP 307"},

@@ -152,11 +152,17 @@ func peerClient(connect time.Duration) *http.Client {
 			// Blobs are compressed already; asking for gzip would only cost
 			// the peer CPU and lose sendfile.
 			DisableCompression: true,
+			// A peer answers with a few short headers; whatever answers at
+			// its address with megabytes of them is not one.
+			MaxResponseHeaderBytes: peerHeaderMax,
 		},
 		// A peer answers itself or not at all.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 }
+
+// peerHeaderMax bounds the headers of a peer's answer.
+const peerHeaderMax = 64 << 10
 
 // Advertise is this replica's peer address, as its peers see it.
 func (c *Cluster) Advertise() string { return c.advertise }

@@ -15,7 +15,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		led: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "airlock_cluster_fills_led_total",
-			Help: "Fills this replica took the cluster-wide lease for and fetched from the upstream.",
+			Help: "Fills this replica took the cluster-wide lease for: it fetched the blob from the upstream, or found it stored by the fill that held the lease just before.",
 		}),
 		followed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "airlock_cluster_fills_followed_total",

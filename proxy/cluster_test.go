@@ -295,8 +295,11 @@ func TestClusterOneTransferPerBlob(t *testing.T) {
 		led += r.counter(t, "airlock_cluster_fills_led_total")
 		followed += r.counter(t, "airlock_cluster_fills_followed_total")
 	}
-	if led != 3 || followed < 2 {
-		t.Errorf("fills led %v, followed %v; want 3 led and each blob followed by the other replicas", led, followed)
+	// A replica whose fill claims a lease its leader just gave up finds
+	// the blob stored and fetches nothing, but counts the lease: the
+	// upstream's count above is the one that must be exact.
+	if led < 3 || followed < 2 {
+		t.Errorf("fills led %v, followed %v; want at least 3 led and each blob followed by the other replicas", led, followed)
 	}
 }
 

@@ -1,0 +1,354 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// Scenario 14 runs three more airlocks as one cluster: one PostgreSQL
+// database (pgtest's server, as scenario 13 starts it) for their
+// metadata, one blob store, and each replica's peer listener, over which
+// a replica streams a blob another is filling. The origin is their
+// default upstream, named as for the first airlock, so the warm row
+// pulls the same repository from both.
+const (
+	clusterReplicas = 3
+	// clusterClients is the burst of the cold row: the issue's 48, over
+	// the replicas in turn.
+	clusterClients = 48
+)
+
+// clusterConfig is a replica's configuration: the first airlock's
+// without its policies, its metadata in PostgreSQL, its blobs in the
+// shared store, and its peer listener. Logs are JSON at info, so that the
+// run can tell which replica started each upstream transfer ("blob fill
+// started").
+const clusterConfig = `listen: %q
+storage:
+  path: %q
+%s
+admin:
+  listen: %q
+metadata:
+  driver: postgres
+  dsn: %q
+cluster:
+  listen: %q
+  advertise: %q
+%s
+cache:
+  tagTTL: 10m
+log:
+  level: info
+  format: json
+upstreams:
+  - name: origin
+    url: %q
+    default: true
+`
+
+// replica is one airlock of the cluster.
+type replica struct {
+	proc *child
+	url  string
+}
+
+// clusterBench is scenario 14's cluster and what it needs.
+type clusterBench struct {
+	*bench
+	replicas []replica
+	stopDB   func()
+	// store says which blob store the replicas share, for the rows.
+	store string
+}
+
+// clusterScenario is scenario 14: a cold burst across three replicas,
+// where every blob should leave the origin once for the whole cluster
+// and the clients of the replicas that did not fetch it should get their
+// first byte within 10 ms of the fetching replica's first client; and
+// the warm manifest pull of scenario 2 from a replica, whose metadata is
+// in PostgreSQL, beside the same pull from the first airlock, whose
+// metadata is in bbolt.
+func (b *bench) clusterScenario(ctx context.Context) ([]row, error) {
+	cb, err := b.startCluster(ctx)
+	if errors.Is(err, errNoPostgres) {
+		return []row{{id: "14", scenario: "three replicas", cells: map[string]string{"airlock": err.Error()},
+			goal: "1.00 GET per blob; remote first byte ≤ 10 ms after the leader's; warm p99 ≤ 1.1× bbolt", verdict: "**not run**"}}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer cb.close()
+	burst, err := cb.coldBurst(ctx)
+	if err != nil {
+		return nil, err
+	}
+	warm, err := cb.warmManifest(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return append(burst, warm), nil
+}
+
+// startCluster starts PostgreSQL and the three replicas on a fresh
+// database of it, all at once, as a rollout would.
+func (b *bench) startCluster(ctx context.Context) (_ *clusterBench, err error) {
+	cb := &clusterBench{bench: b}
+	dsn, stopDB, err := postgres(ctx, b.dir)
+	if err != nil {
+		return nil, err
+	}
+	cb.stopDB = stopDB
+	defer func() {
+		if err != nil {
+			cb.close()
+		}
+	}()
+	dir := filepath.Join(b.dir, "cluster")
+	shared := filepath.Join(dir, "blobs")
+	if err := os.MkdirAll(shared, 0o700); err != nil {
+		return nil, err
+	}
+	// One directory on this machine's disk stands for the blob store that
+	// replicas on several machines would share.
+	storage := fmt.Sprintf("  parameters:\n    rootdirectory: %q", shared)
+	sharedFS := "  sharedFilesystem: true"
+	cb.store = "a shared directory"
+	g, gctx := errgroup.WithContext(ctx)
+	cb.replicas = make([]replica, clusterReplicas)
+	for i := range cb.replicas {
+		addr, err1 := freeAddr()
+		admin, err2 := freeAddr()
+		peer, err3 := freeAddr()
+		if err := errors.Join(err1, err2, err3); err != nil {
+			return nil, err
+		}
+		rdir := filepath.Join(dir, fmt.Sprintf("replica-%d", i+1))
+		if err := os.MkdirAll(rdir, 0o700); err != nil {
+			return nil, err
+		}
+		cfgPath := filepath.Join(rdir, "airlock.yaml")
+		cfg := fmt.Sprintf(clusterConfig, addr, filepath.Join(rdir, "data"), storage, admin, dsn, peer, "http://"+peer, sharedFS, b.origin.URL)
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+			return nil, err
+		}
+		c, err := startChild(fmt.Sprintf("replica %d", i+1), filepath.Join(rdir, "airlock.log"), exec.Command(b.bin, "serve", "--config", cfgPath))
+		if err != nil {
+			return nil, err
+		}
+		cb.replicas[i] = replica{proc: c, url: "http://" + addr}
+		g.Go(func() error { return waitHTTP(gctx, c, "http://"+addr+"/readyz", 60*time.Second) })
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return cb, nil
+}
+
+func (cb *clusterBench) close() {
+	for _, r := range cb.replicas {
+		r.proc.stop()
+	}
+	if cb.stopDB != nil {
+		cb.stopDB()
+	}
+}
+
+// burstGet is one blob GET of the burst, timed.
+type burstGet struct {
+	replica int
+	digest  string
+	first   time.Time // when its first body byte arrived
+	ttfb    time.Duration
+}
+
+// coldBurst sends clusterClients concurrent pulls of an image nobody has
+// pulled, spread over the replicas in turn, with the origin at the cold
+// rate, in each round a fresh image of one layer. It counts the origin's
+// GETs per blob, finds in the replicas' logs which one fetched each
+// layer (the leader), and times the first byte of every client: the
+// leader's first client from its request, the clients of the other
+// replicas from that client's first byte.
+func (cb *clusterBench) coldBurst(ctx context.Context) ([]row, error) {
+	cb.origin.rate.Store(cb.s.rateMiB * mib)
+	defer cb.origin.rate.Store(0)
+	var gets, blobs int
+	var leaderTTFB, remoteLag, remoteTTFB []time.Duration
+	var walls []time.Duration
+	for round := range cb.s.rounds {
+		img, err := cb.seed.image(fmt.Sprintf("bench/cluster-%d", round), "v1", cb.s.layerMiB*mib, 1)
+		if err != nil {
+			return nil, err
+		}
+		start := time.Now()
+		got, err := cb.burst(ctx, img)
+		if err != nil {
+			return nil, err
+		}
+		walls = append(walls, time.Since(start))
+		cb.waitIdle(img.Blobs)
+		for _, bl := range img.Blobs {
+			n, _, _ := cb.origin.blobState(bl.Digest)
+			gets += n
+			blobs++
+		}
+		layer := img.Blobs[1].Digest
+		leaders, err := cb.fillsStarted(layer)
+		if err != nil {
+			return nil, err
+		}
+		if len(leaders) != 1 {
+			return nil, fmt.Errorf("round %d: replicas %v each logged the start of a fill of %s; want one", round, leaders, layer)
+		}
+		var lead *burstGet
+		for i, g := range got {
+			if g.digest == layer && g.replica == leaders[0] && (lead == nil || g.first.Before(lead.first)) {
+				lead = &got[i]
+			}
+		}
+		if lead == nil {
+			return nil, fmt.Errorf("round %d: no client of replica %d, the leader, fetched the layer", round, leaders[0]+1)
+		}
+		leaderTTFB = append(leaderTTFB, lead.ttfb)
+		for _, g := range got {
+			if g.digest == layer && g.replica != leaders[0] {
+				remoteLag = append(remoteLag, g.first.Sub(lead.first))
+				remoteTTFB = append(remoteTTFB, g.ttfb)
+			}
+		}
+		if err := cb.seed.drop(img.Blobs[1]); err != nil {
+			return nil, err
+		}
+	}
+	per := float64(gets) / float64(blobs)
+	lag95 := percentile(remoteLag, 95)
+	return []row{{
+		id: "14", scenario: fmt.Sprintf("%d concurrent cold pulls over %d replicas (PostgreSQL metadata, %s), one %d MiB layer at %d MiB/s: upstream GETs per blob",
+			clusterClients, clusterReplicas, cb.store, cb.s.layerMiB, cb.s.rateMiB),
+		cells:   map[string]string{"airlock": fmt.Sprintf("%.2f (%s per burst)", per, ms(median(walls))), "direct": fmt.Sprintf("%d.00", clusterClients)},
+		goal:    "exactly 1.00",
+		verdict: verdict(per == 1),
+	}, {
+		id: "14", scenario: "the same bursts: first byte of the clients of the other replicas (streamed from the leader's fill), after the leader's first client's",
+		cells: map[string]string{"airlock": fmt.Sprintf("p50 %s, p95 %s, max %s after it (their own TTFB p50 %s, p95 %s); the leader's first client's TTFB %s",
+			ms(percentile(remoteLag, 50)), ms(lag95), ms(slices.Max(remoteLag)), ms(percentile(remoteTTFB, 50)), ms(percentile(remoteTTFB, 95)), ms(median(leaderTTFB)))},
+		goal:    "p95 ≤ 10 ms",
+		verdict: verdict(lag95 <= 10*time.Millisecond),
+	}}, nil
+}
+
+// burst runs one round's pulls, all released at once, and returns every
+// blob GET with its timing.
+func (cb *clusterBench) burst(ctx context.Context, img image) ([]burstGet, error) {
+	var mu sync.Mutex
+	var got []burstGet
+	release := make(chan struct{})
+	g, gctx := errgroup.WithContext(ctx)
+	for i := range clusterClients {
+		r := i % clusterReplicas
+		base := cb.replicas[r].url
+		g.Go(func() error {
+			<-release
+			d, _, err := cb.client.manifest(gctx, base, img.Repo, img.Tag)
+			if err != nil {
+				return fmt.Errorf("replica %d: %w", r+1, err)
+			}
+			if d != img.Digest {
+				return fmt.Errorf("replica %d served manifest %s for %s:%s, want %s", r+1, d, img.Repo, img.Tag, img.Digest)
+			}
+			for _, bl := range img.Blobs {
+				start := time.Now()
+				res, err := cb.client.fetchBlobCRC(gctx, base, img.Repo, bl)
+				if err != nil {
+					return fmt.Errorf("replica %d: %w", r+1, err)
+				}
+				mu.Lock()
+				got = append(got, burstGet{replica: r, digest: bl.Digest, first: start.Add(res.ttfb), ttfb: res.ttfb})
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	close(release)
+	return got, g.Wait()
+}
+
+// fillsStarted reads the replicas' logs for the start of an upstream
+// transfer of digest and returns the replicas that logged one.
+func (cb *clusterBench) fillsStarted(digest string) ([]int, error) {
+	var out []int
+	for i, r := range cb.replicas {
+		f, err := os.Open(r.proc.log)
+		if err != nil {
+			return nil, fmt.Errorf("read the log of replica %d: %w", i+1, err)
+		}
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 64<<10), 4<<20)
+		for sc.Scan() {
+			var l struct {
+				Msg    string `json:"msg"`
+				Digest string `json:"digest"`
+			}
+			if json.Unmarshal(sc.Bytes(), &l) == nil && l.Msg == "blob fill started" && l.Digest == digest {
+				out = append(out, i)
+				break
+			}
+		}
+		f.Close()
+	}
+	return out, nil
+}
+
+// warmManifest times scenario 2's pull, the warm image's manifest by tag
+// from many clients at once, from replica 1 beside the first airlock,
+// request by request in turn as scenario 11 does, over all rounds: a
+// warm pull is answered from memory, with PostgreSQL as with bbolt.
+func (cb *clusterBench) warmManifest(ctx context.Context) (row, error) {
+	bbolt := manifestTarget{"bbolt", cb.airlockURL, cb.warm.Repo}
+	pg := manifestTarget{"postgres", cb.replicas[0].url, cb.warm.Repo}
+	for _, t := range []manifestTarget{bbolt, pg} {
+		if _, _, err := cb.client.manifest(ctx, t.url, t.repo, cb.warm.Tag); err != nil {
+			return row{}, fmt.Errorf("warm up %s: %w", t.name, err)
+		}
+	}
+	before := cb.origin.snapshot().requests
+	var pp, pb []time.Duration
+	all := map[string][]time.Duration{}
+	for round := range cb.s.rounds {
+		ts := []manifestTarget{bbolt, pg}
+		if round%2 == 1 {
+			ts[0], ts[1] = ts[1], ts[0]
+		}
+		lat, err := cb.timeManifests(ctx, cb.s.clients, cb.warm.Tag, ts)
+		if err != nil {
+			return row{}, err
+		}
+		pp = append(pp, percentile(lat[pg.name], 99))
+		pb = append(pb, percentile(lat[bbolt.name], 99))
+		for n, l := range lat {
+			all[n] = append(all[n], l...)
+		}
+	}
+	upstream := cb.origin.snapshot().requests - before
+	p, w := percentile(all[pg.name], 99), percentile(all[bbolt.name], 99)
+	return row{
+		id: "14", scenario: fmt.Sprintf("warm manifest by tag, %d concurrent, from a replica with PostgreSQL metadata: p99", cb.s.clients),
+		cells: map[string]string{"airlock": fmt.Sprintf("%s (%s with bbolt); %d upstream requests",
+			ms(p), ms(w), upstream)},
+		ratio:   ratio(float64(p), float64(w)) + " bbolt",
+		goal:    "≤ 1.1× bbolt's",
+		verdict: verdict(float64(p) <= 1.1*float64(w) && upstream == 0),
+		spread:  roundSpread(durations(pp), durations(pb)),
+	}, nil
+}

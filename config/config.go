@@ -22,8 +22,19 @@ type Config struct {
 	// ingress.
 	TLS TLS `yaml:"tls"`
 
-	// Storage says where verified content and its metadata live.
+	// Storage says where verified content lives, and with the default
+	// metadata driver its metadata too.
 	Storage Storage `yaml:"storage"`
+
+	// Metadata says where tags, manifests, links, image states, the audit
+	// log and the alerts' outbox live: bbolt in storage.path (default) or
+	// PostgreSQL. Read at start only.
+	Metadata Metadata `yaml:"metadata"`
+
+	// Cluster runs this airlock as one replica of several sharing
+	// PostgreSQL metadata and a blob store. Default: off, one process.
+	// Read at start only.
+	Cluster Cluster `yaml:"cluster"`
 
 	// Cache bounds how long and how much airlock trusts cached state.
 	Cache Cache `yaml:"cache"`
@@ -89,9 +100,10 @@ const (
 
 // Storage is where content and metadata are kept.
 type Storage struct {
-	// Path is a local directory that always holds the bbolt metadata
-	// database and, with the filesystem driver, the blobs (under
-	// <path>/blobs). Default "./airlock-data".
+	// Path is a local directory that holds the downloads in progress,
+	// the bbolt metadata database (metadata.driver bbolt) and, with the
+	// filesystem driver, the blobs (under <path>/blobs). Default
+	// "./airlock-data".
 	Path string `yaml:"path"`
 
 	// Driver selects the blob storage driver: filesystem, s3, gcs or azure.

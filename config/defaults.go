@@ -56,6 +56,7 @@ func (c *Config) ApplyDefaults() {
 			c.Storage.Parameters[filesystemRootParameter] = filepath.Join(c.Storage.Path, "blobs")
 		}
 	}
+	c.Metadata.applyDefaults()
 	setDefault(&c.Cache.TagTTL, defaultTagTTL)
 	setDefault(&c.Cache.MaxManifestBytes, MaxManifestBytes)
 	setDefault(&c.Cache.EvictInterval, defaultEvictInterval)

@@ -125,6 +125,8 @@ func (c *Config) hostProblems() []error {
 			}
 		}
 	}
+	c.Metadata.checkHost(&p)
+	c.Cluster.checkHost(&p)
 	c.Scanner.checkHost(&p)
 	for i, w := range c.Alerts.Webhooks {
 		if w.SecretFile != "" {

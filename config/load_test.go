@@ -19,7 +19,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"case typo", "cache:\n  tagTtl: 1m\n" + ok,
 			[]string{`airlock.yaml:2: unknown key "tagTtl" in cache (did you mean "tagTTL"?)`}},
 		{"unrelated key lists known keys", "colour: blue\n" + ok,
-			[]string{`airlock.yaml:1: unknown key "colour"; known keys are admin, alerts, auth, cache, listen, log, policies, scanner, shutdown, storage, tls, tracing, upstreams`}},
+			[]string{`airlock.yaml:1: unknown key "colour"; known keys are admin, alerts, auth, cache, cluster, listen, log, metadata, policies, scanner, shutdown, storage, tls, tracing, upstreams`}},
 		{"key in upstream item", ok + "    mirror: true\n",
 			[]string{`airlock.yaml:4: unknown key "mirror" in upstreams[0]; known keys are`}},
 		{"key in nested struct", ok + "    auth:\n      usernamefile: /u\n      token: x\n",

@@ -53,6 +53,8 @@ func (c *Config) problems() []error {
 		p.add("tls", "certFile and keyFile must be set together; set both to serve HTTPS, or neither for plain HTTP")
 	}
 	c.Storage.check(&p)
+	c.Metadata.check(&p)
+	c.checkCluster(&p)
 	p.duration("cache.tagTTL", c.Cache.TagTTL)
 	if c.Cache.MaxManifestBytes <= 0 || c.Cache.MaxManifestBytes > MaxManifestBytes {
 		p.add("cache.maxManifestBytes", "%d is out of range; set a byte count from 1 to %d (4 MiB)", c.Cache.MaxManifestBytes, MaxManifestBytes)

@@ -44,6 +44,16 @@ if ((${#missing[@]})); then
 	fi
 fi
 
+# The object-store tests start a private versitygw (internal/s3test), a Go
+# program that go install puts in GOBIN or the first GOPATH's bin, where
+# the tests look for it.
+gobin=$(go env GOBIN)
+[[ -n $gobin ]] || gobin=$(go env GOPATH | cut -d: -f1)/bin
+if ! command -v versitygw >/dev/null 2>&1 && [[ ! -x $gobin/versitygw ]]; then
+	echo "test.sh: installing versitygw"
+	go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+fi
+
 echo "== gofmt"
 unformatted=$(gofmt -l .)
 if [[ -n $unformatted ]]; then

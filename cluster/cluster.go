@@ -1,0 +1,281 @@
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+//go:embed migrations/*.sql
+var migrationFiles embed.FS
+
+// DefaultLeaseTTL is how long a lease outlives its owner's last renewal:
+// the longest a replica's death can hold up the blobs it was fetching.
+const DefaultLeaseTTL = 10 * time.Second
+
+// DefaultConnectTimeout bounds connecting to a peer: a replica that cannot
+// reach the peer in that time fetches the blob itself.
+const DefaultConnectTimeout = time.Second
+
+// Options configure a Cluster.
+type Options struct {
+	// Pool is the database the replicas share (the metadata store's pool).
+	// Required.
+	Pool *pgxpool.Pool
+	// Advertise is this replica's peer listener as the other replicas
+	// reach it: "http://10.0.0.12:5002". Required.
+	Advertise string
+	// LeaseTTL is how long a fill's or a singleton's lease lasts without
+	// a renewal; leases are renewed every LeaseTTL/3. 0 means
+	// DefaultLeaseTTL.
+	LeaseTTL time.Duration
+	// ConnectTimeout bounds connecting to a peer; 0 means
+	// DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+	// Logger receives lease losses and peer fallbacks; nil discards them.
+	Logger *slog.Logger
+	// Registerer receives the cluster's metrics; nil keeps them
+	// unregistered.
+	Registerer prometheus.Registerer
+}
+
+// Cluster is this replica's membership in a cluster of airlock replicas.
+// It is safe for concurrent use.
+type Cluster struct {
+	pool      *pgxpool.Pool
+	advertise string
+	ttl       time.Duration
+	log       *slog.Logger
+	metrics   *metrics
+	// owner names this process in lease rows: a new one at every Open, so
+	// that a restarted replica never mistakes its predecessor's leases,
+	// which no one renews, for its own.
+	owner string
+	// secret is what peers present to the peer listener.
+	secret string
+	client *http.Client
+
+	mu sync.Mutex
+	// held are the fill leases this replica holds, by key, shared by its
+	// local fills of the same blob.
+	held map[fillKey]*lease
+
+	// ctx ends at Close and stops every heartbeat.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Open joins the cluster: it applies the cluster's migrations, reads (or,
+// on the first replica ever, creates) the peer secret and names this
+// process.
+func Open(ctx context.Context, o Options) (*Cluster, error) {
+	if o.Pool == nil {
+		return nil, errors.New("cluster: a PostgreSQL pool is required (metadata.driver: postgres)")
+	}
+	u, err := url.Parse(o.Advertise)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("cluster: advertise %q must be this replica's peer listener as its peers reach it, such as http://10.0.0.12:5002", o.Advertise)
+	}
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = DefaultLeaseTTL
+	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = DefaultConnectTimeout
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := migrate(ctx, o.Pool); err != nil {
+		return nil, err
+	}
+	secret, err := setting(ctx, o.Pool, "peer_secret")
+	if err != nil {
+		return nil, err
+	}
+	owner, err := randomHex(16)
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{
+		pool:      o.Pool,
+		advertise: strings.TrimSuffix(o.Advertise, "/"),
+		ttl:       o.LeaseTTL,
+		log:       log,
+		metrics:   newMetrics(o.Registerer),
+		owner:     owner,
+		secret:    secret,
+		held:      map[fillKey]*lease{},
+		client:    peerClient(o.ConnectTimeout),
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	// Rows of fills whose owners died long ago are claimed again on
+	// demand; sweeping the oldest keeps the table to the fills of the day.
+	if _, err := o.Pool.Exec(ctx, "DELETE FROM airlock_cluster_fills WHERE expires < now() - interval '1 hour'"); err != nil {
+		return nil, fmt.Errorf("cluster: sweeping expired fill leases: %w", err)
+	}
+	return c, nil
+}
+
+// peerClient reaches peers: a short connect timeout, so that a partition
+// costs a replica a second before it fetches a blob itself, and no
+// overall timeout, since a peer streams a blob as fast as its upstream
+// sends it. A stream that stalls is cut by the watch on the peer's lease
+// (see watchPeer), not by a timer.
+func peerClient(connect time.Duration) *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: connect, KeepAlive: 15 * time.Second}).DialContext,
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     90 * time.Second,
+			// Blobs are compressed already; asking for gzip would only cost
+			// the peer CPU and lose sendfile.
+			DisableCompression: true,
+		},
+		// A peer answers itself or not at all.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// Advertise is this replica's peer address, as its peers see it.
+func (c *Cluster) Advertise() string { return c.advertise }
+
+// Close stops renewing this replica's leases and gives up those it still
+// holds, so that peers need not wait for them to expire. Close the proxy
+// first: its fills end by releasing their leases.
+func (c *Cluster) Close() error {
+	c.cancel()
+	c.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err1 := c.pool.Exec(ctx, "DELETE FROM airlock_cluster_fills WHERE owner = $1", c.owner)
+	_, err2 := c.pool.Exec(ctx, "DELETE FROM airlock_cluster_singletons WHERE owner LIKE $1 || '/%'", c.owner)
+	if err := errors.Join(err1, err2); err != nil {
+		return fmt.Errorf("cluster: giving up this replica's leases (they expire within %s): %w", c.ttl, err)
+	}
+	c.client.CloseIdleConnections()
+	return nil
+}
+
+func randomHex(n int) (string, error) {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("cluster: reading random bytes: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// setting reads a cluster setting, creating it with a random value if it
+// is missing: the first replica to ask decides it for all.
+func setting(ctx context.Context, pool *pgxpool.Pool, name string) (string, error) {
+	v, err := randomHex(32)
+	if err != nil {
+		return "", err
+	}
+	err = pool.QueryRow(ctx, `INSERT INTO airlock_cluster_settings (name, value) VALUES ($1, $2)
+		ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING value`, name, v).Scan(&v)
+	if err != nil {
+		return "", fmt.Errorf("cluster: reading the %s setting: %w", name, err)
+	}
+	if v == "" {
+		return "", fmt.Errorf("cluster: the %s setting is empty: delete its row in airlock_cluster_settings for a new one", name)
+	}
+	return v, nil
+}
+
+// migrationLock is the advisory lock key that serialises the cluster's
+// migrations ("airc"), apart from the metadata store's.
+const migrationLock = 0x61697263
+
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+func migrations() ([]migration, error) {
+	entries, err := fs.ReadDir(migrationFiles, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	var ms []migration
+	for _, e := range entries {
+		num, _, ok := strings.Cut(e.Name(), "_")
+		v, err := strconv.Atoi(num)
+		if !ok || err != nil || !strings.HasSuffix(e.Name(), ".sql") {
+			return nil, fmt.Errorf("cluster: migration file %s is not named NNNN_name.sql", e.Name())
+		}
+		b, err := migrationFiles.ReadFile("migrations/" + e.Name())
+		if err != nil {
+			return nil, err
+		}
+		ms = append(ms, migration{v, e.Name(), string(b)})
+	}
+	slices.SortFunc(ms, func(a, b migration) int { return a.version - b.version })
+	for i := 1; i < len(ms); i++ {
+		if ms[i].version == ms[i-1].version {
+			return nil, fmt.Errorf("cluster: migrations %s and %s share a version", ms[i-1].name, ms[i].name)
+		}
+	}
+	return ms, nil
+}
+
+// migrate applies the migrations the database lacks, in one transaction
+// under an advisory lock, so that replicas starting together apply each
+// once. Migrations are forward-only: a database newer than this airlock
+// is refused rather than used with a schema it does not know.
+func migrate(ctx context.Context, pool *pgxpool.Pool) error {
+	ms, err := migrations()
+	if err != nil {
+		return err
+	}
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLock); err != nil {
+			return fmt.Errorf("cluster: waiting for the migration lock: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS airlock_cluster_migrations (
+			version integer PRIMARY KEY,
+			name text NOT NULL,
+			applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+			return fmt.Errorf("cluster: creating the migrations table: %w", err)
+		}
+		var have int
+		if err := tx.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM airlock_cluster_migrations").Scan(&have); err != nil {
+			return fmt.Errorf("cluster: reading the schema version: %w", err)
+		}
+		if len(ms) > 0 && have > ms[len(ms)-1].version {
+			return fmt.Errorf("cluster: the database's cluster schema is version %d, newer than this airlock knows (%d): run a newer airlock",
+				have, ms[len(ms)-1].version)
+		}
+		for _, m := range ms {
+			if m.version <= have {
+				continue
+			}
+			if _, err := tx.Exec(ctx, m.sql); err != nil {
+				return fmt.Errorf("cluster: applying migration %s: %w", m.name, err)
+			}
+			if _, err := tx.Exec(ctx, "INSERT INTO airlock_cluster_migrations (version, name) VALUES ($1, $2)", m.version, m.name); err != nil {
+				return fmt.Errorf("cluster: recording migration %s: %w", m.name, err)
+			}
+		}
+		return nil
+	})
+}

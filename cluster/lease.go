@@ -1,0 +1,225 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/opencontainers/go-digest"
+)
+
+// fillKey names a fill across the cluster: replicas share their
+// configuration, so an upstream's name means the same registry on all.
+type fillKey struct {
+	upstream string
+	digest   string
+}
+
+// lease is a fill lease this replica holds, shared by its local fills of
+// the blob (a replica may run several: one per declared size).
+type lease struct {
+	refs int
+	// releasing is set once the last local fill let go; a new claim of
+	// the key waits for gone rather than race the row's deletion.
+	releasing bool
+	gone      chan struct{}
+	// stop ends the heartbeat; beat is closed when it has.
+	stop context.CancelFunc
+	beat chan struct{}
+}
+
+// claimFill is the one statement that decides a fill's leader: it takes
+// the row if there is none, if its lease expired or if it is this
+// process's already, and returns whoever holds it after the statement.
+// The second SELECT reads the holder when the insert found a live row of
+// another replica and changed nothing.
+const claimFill = `WITH claimed AS (
+	INSERT INTO airlock_cluster_fills AS f (upstream, digest, owner, advertise, expires)
+	VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')
+	ON CONFLICT (upstream, digest) DO UPDATE
+		SET owner = excluded.owner, advertise = excluded.advertise, expires = excluded.expires
+		WHERE f.expires < now() OR f.owner = excluded.owner
+	RETURNING owner, advertise, expires)
+SELECT owner, advertise, expires FROM claimed
+UNION ALL
+SELECT owner, advertise, expires FROM airlock_cluster_fills
+	WHERE upstream = $1 AND digest = $2 AND NOT EXISTS (SELECT 1 FROM claimed)`
+
+// ClaimFill takes the cluster-wide lease on the fill of blob d from
+// upstream, before any transfer. When this replica gets it, release is
+// set: the caller fetches the blob from the upstream and calls release
+// once the fill ended, committed or failed. Otherwise peer is the
+// advertised address of the live replica that holds it, to read the
+// blob from with OpenPeerFill.
+//
+// suspect names a peer whose stream just broke. While that peer still
+// holds the lease, ClaimFill waits for the lease to either expire (the
+// peer died: this replica or another takes over) or be renewed (the peer
+// lives: the break was the network's, and the peer is returned again).
+// Either happens within the lease's TTL, so the wait is bounded.
+//
+// An error means the database could not be asked: the caller fetches the
+// blob itself, as a single replica would.
+func (c *Cluster) ClaimFill(ctx context.Context, upstream string, d digest.Digest, suspect string) (release func(), peer string, err error) {
+	k := fillKey{upstream, d.String()}
+	var seen time.Time // the suspect's expiry when first found holding
+	for attempt := 0; ; attempt++ {
+		if release := c.joinHeld(ctx, k); release != nil {
+			return release, "", nil
+		}
+		var owner, advertise string
+		var expires time.Time
+		err := c.pool.QueryRow(ctx, claimFill, k.upstream, k.digest, c.owner, c.advertise, c.ttl.Milliseconds()).
+			Scan(&owner, &advertise, &expires)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows) && attempt < 10:
+			// The holder's row came or went between the statement's two
+			// halves; ask again.
+			continue
+		case err != nil:
+			return nil, "", fmt.Errorf("cluster: claiming the fill of %s from %s: %w", d, upstream, err)
+		case owner == c.owner:
+			c.metrics.led.Inc()
+			return c.hold(k), "", nil
+		case suspect == "" || advertise != suspect:
+			return nil, advertise, nil
+		case seen.IsZero():
+			seen = expires
+		case expires.After(seen):
+			return nil, advertise, nil // renewed since the break: alive
+		}
+		select {
+		case <-time.After(c.ttl / 5):
+		case <-ctx.Done():
+			return nil, "", fmt.Errorf("cluster: waiting for the lease on %s from %s: %w", d, upstream, context.Cause(ctx))
+		}
+	}
+}
+
+// joinHeld returns a release for a lease this replica already holds on k,
+// or nil. A lease being given up is waited for first, so that its row's
+// deletion cannot remove the claim that follows it.
+func (c *Cluster) joinHeld(ctx context.Context, k fillKey) func() {
+	for {
+		c.mu.Lock()
+		l := c.held[k]
+		if l == nil {
+			c.mu.Unlock()
+			return nil
+		}
+		if !l.releasing {
+			l.refs++
+			c.mu.Unlock()
+			return c.releaser(k, l)
+		}
+		gone := l.gone
+		c.mu.Unlock()
+		select {
+		case <-gone:
+		case <-ctx.Done():
+			return nil // the claim that follows fails on ctx
+		}
+	}
+}
+
+// hold records a lease the database just gave this replica and starts its
+// heartbeat. Two local fills that claimed it at once share it.
+func (c *Cluster) hold(k fillKey) func() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if l := c.held[k]; l != nil && !l.releasing {
+		l.refs++
+		return c.releaser(k, l)
+	}
+	ctx, stop := context.WithCancel(c.ctx)
+	l := &lease{refs: 1, gone: make(chan struct{}), stop: stop, beat: make(chan struct{})}
+	c.held[k] = l
+	c.wg.Add(1)
+	go c.heartbeat(ctx, k, l)
+	return c.releaser(k, l)
+}
+
+// releaser returns the function that drops one local fill's share of l;
+// the last one stops the heartbeat and deletes the row, so peers waiting
+// on the lease see the fill ended at once rather than at its expiry.
+func (c *Cluster) releaser(k fillKey, l *lease) func() {
+	done := false
+	return func() {
+		c.mu.Lock()
+		if done {
+			c.mu.Unlock()
+			return
+		}
+		done = true
+		l.refs--
+		last := l.refs == 0
+		if last {
+			l.releasing = true
+		}
+		c.mu.Unlock()
+		if !last {
+			return
+		}
+		l.stop()
+		<-l.beat
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := c.pool.Exec(ctx, "DELETE FROM airlock_cluster_fills WHERE upstream = $1 AND digest = $2 AND owner = $3",
+			k.upstream, k.digest, c.owner)
+		cancel()
+		if err != nil {
+			c.log.Warn("releasing a fill lease failed; it expires on its own", slog.String("upstream", k.upstream),
+				slog.String("digest", k.digest), slog.Duration("ttl", c.ttl), slog.String("error", err.Error()))
+		}
+		c.mu.Lock()
+		delete(c.held, k)
+		c.mu.Unlock()
+		close(l.gone)
+	}
+}
+
+// heartbeat renews a lease every TTL/3 until stopped. A renewal that finds
+// the row gone or taken means the lease lapsed (this replica could not
+// renew it in time) and a peer may be fetching the blob too: the local
+// fill carries on for its own clients, at the cost of a second transfer.
+func (c *Cluster) heartbeat(ctx context.Context, k fillKey, l *lease) {
+	defer c.wg.Done()
+	defer close(l.beat)
+	t := time.NewTicker(c.ttl / 3)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, c.ttl/3)
+		tag, err := c.pool.Exec(rctx, `UPDATE airlock_cluster_fills SET expires = now() + $4 * interval '1 millisecond'
+			WHERE upstream = $1 AND digest = $2 AND owner = $3`, k.upstream, k.digest, c.owner, c.ttl.Milliseconds())
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err == nil && tag.RowsAffected() == 1:
+			last = time.Now()
+			continue
+		case err == nil:
+			c.lost("fill", k.upstream+"/"+k.digest, "another replica took the lease after it lapsed")
+			return
+		case time.Since(last) >= c.ttl:
+			c.lost("fill", k.upstream+"/"+k.digest, err.Error())
+			return
+		}
+		c.log.Warn("renewing a fill lease failed; retrying", slog.String("upstream", k.upstream),
+			slog.String("digest", k.digest), slog.String("error", err.Error()))
+	}
+}
+
+// lost records a lease this replica held and no longer does.
+func (c *Cluster) lost(kind, name, why string) {
+	c.metrics.losses.WithLabelValues(kind).Inc()
+	c.log.Warn("cluster lease lost", slog.String("kind", kind), slog.String("name", name), slog.String("reason", why))
+}

@@ -1,0 +1,125 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Singleton runs run while this replica, and no other, holds the
+// cluster-wide lease called name: the work only one replica may do at a
+// time (eviction). It tries to take the lease every TTL/3 while ctx
+// lives; once it holds it, it runs run and renews the lease every TTL/3.
+//
+// run's context ends when ctx does or when the lease is lost: when a
+// renewal finds the lease taken, or when renewals have failed for two
+// thirds of the TTL (the database is out of reach), so that run is told
+// to stop a third of a TTL before another replica can take over. run must
+// return promptly once its context ends; Singleton takes the lease again
+// later if it can.
+//
+// Singleton returns when ctx ends, or when run returns while its context
+// is still live (the work is done), giving up the lease either way.
+// Calls for the same name from one process exclude each other like calls
+// from different replicas.
+func (c *Cluster) Singleton(ctx context.Context, name string, run func(ctx context.Context)) {
+	suffix, err := randomHex(8)
+	if err != nil {
+		suffix = "0"
+	}
+	owner := c.owner + "/" + suffix
+	failing := false
+	for ctx.Err() == nil {
+		held, err := c.claimSingleton(ctx, name, owner)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			if !failing {
+				c.log.Warn("cannot take the cluster lease for a singleton; retrying", slog.String("singleton", name),
+					slog.String("error", err.Error()))
+			}
+			failing = true
+		case held:
+			failing = false
+			if c.runHeld(ctx, name, owner, run) {
+				return
+			}
+			continue // lost: try again at once, it may be free
+		}
+		select {
+		case <-ctx.Done():
+		case <-c.ctx.Done():
+			return
+		case <-time.After(c.ttl / 3):
+		}
+	}
+}
+
+func (c *Cluster) claimSingleton(ctx context.Context, name, owner string) (bool, error) {
+	var got string
+	err := c.pool.QueryRow(ctx, `INSERT INTO airlock_cluster_singletons AS s (name, owner, expires)
+		VALUES ($1, $2, now() + $3 * interval '1 millisecond')
+		ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires = excluded.expires
+			WHERE s.expires < now() OR s.owner = excluded.owner
+		RETURNING owner`, name, owner, c.ttl.Milliseconds()).Scan(&got)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// runHeld runs run under a held lease and reports whether Singleton is
+// done (run returned, or ctx ended) rather than the lease lost.
+func (c *Cluster) runHeld(ctx context.Context, name, owner string, run func(context.Context)) bool {
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		run(rctx)
+	}()
+	t := time.NewTicker(c.ttl / 3)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-done:
+			c.releaseSingleton(name, owner)
+			return true
+		case <-c.ctx.Done():
+			cancel()
+			<-done
+			c.releaseSingleton(name, owner)
+			return true
+		case <-t.C:
+		}
+		held, err := c.claimSingleton(ctx, name, owner)
+		switch {
+		case err == nil && held:
+			last = time.Now()
+			continue
+		case err == nil:
+			c.lost("singleton", name, "another replica took the lease after it lapsed")
+		case ctx.Err() != nil:
+			continue // done is next
+		case time.Since(last) < 2*c.ttl/3:
+			continue
+		default:
+			c.lost("singleton", name, err.Error())
+		}
+		cancel()
+		<-done
+		return ctx.Err() != nil
+	}
+}
+
+func (c *Cluster) releaseSingleton(name, owner string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.pool.Exec(ctx, "DELETE FROM airlock_cluster_singletons WHERE name = $1 AND owner = $2", name, owner); err != nil {
+		c.log.Warn("giving up a singleton lease failed; it expires on its own", slog.String("singleton", name),
+			slog.Duration("ttl", c.ttl), slog.String("error", err.Error()))
+	}
+}

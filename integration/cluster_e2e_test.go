@@ -22,6 +22,7 @@ import (
 	"github.com/airlock-registry/airlock/integration/clients"
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
 	"github.com/airlock-registry/airlock/internal/pgtest"
+	"github.com/airlock-registry/airlock/internal/s3test"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
@@ -90,11 +91,11 @@ func (e *clusterEnv) start(o clusterOptions) {
 	t.Logf("%d replicas ready in %v", clusterReplicas, time.Since(began).Round(time.Millisecond))
 }
 
-// clusterShared is the blob store and database the replicas share: one
-// directory every replica keeps its blobs in.
+// clusterShared is the blob store and database the replicas share: a
+// fresh bucket on the test binary's S3 server and the database of dsn.
 func clusterShared(t *testing.T, dsn string) airlocktest.Shared {
 	t.Helper()
-	return airlocktest.Shared{SharedDir: filepath.Join(t.TempDir(), "blobs"), DSN: dsn}
+	return airlocktest.Shared{Storage: airlocktest.Storage{Driver: "s3", Parameters: s3test.Params(t)}, DSN: dsn}
 }
 
 // cli runs the airlock CLI as alice against replica i's admin API.

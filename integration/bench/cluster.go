@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/airlock-registry/airlock/internal/s3test"
 )
 
 // Scenario 14 runs three more airlocks as one cluster: one PostgreSQL
@@ -69,6 +71,7 @@ type clusterBench struct {
 	*bench
 	replicas []replica
 	stopDB   func()
+	stopS3   func()
 	// store says which blob store the replicas share, for the rows.
 	store string
 }
@@ -116,15 +119,10 @@ func (b *bench) startCluster(ctx context.Context) (_ *clusterBench, err error) {
 		}
 	}()
 	dir := filepath.Join(b.dir, "cluster")
-	shared := filepath.Join(dir, "blobs")
-	if err := os.MkdirAll(shared, 0o700); err != nil {
+	storage, sharedFS, err := cb.blobStore(ctx, dir)
+	if err != nil {
 		return nil, err
 	}
-	// One directory on this machine's disk stands for the blob store that
-	// replicas on several machines would share.
-	storage := fmt.Sprintf("  parameters:\n    rootdirectory: %q", shared)
-	sharedFS := "  sharedFilesystem: true"
-	cb.store = "a shared directory"
 	g, gctx := errgroup.WithContext(ctx)
 	cb.replicas = make([]replica, clusterReplicas)
 	for i := range cb.replicas {
@@ -160,9 +158,61 @@ func (cb *clusterBench) close() {
 	for _, r := range cb.replicas {
 		r.proc.stop()
 	}
+	if cb.stopS3 != nil {
+		cb.stopS3()
+	}
 	if cb.stopDB != nil {
 		cb.stopDB()
 	}
+}
+
+// blobStore starts the S3 server the tests start (internal/s3test:
+// versitygw on its posix backend, on loopback) and returns the storage
+// lines of the replicas' configuration for a fresh bucket of it. Without
+// versitygw, one directory on this machine's disk stands for the store
+// that replicas on several machines would share (cluster.sharedFilesystem),
+// and the rows say so.
+func (cb *clusterBench) blobStore(ctx context.Context, dir string) (storage, cluster string, err error) {
+	tb := &cleanupTB{fixtureTB: &fixtureTB{ctx: ctx, dir: dir}}
+	cb.stopS3 = func() {
+		tb.cleanup()
+		if err := s3test.Stop(); err != nil {
+			logf("stopping the S3 server: %v", err)
+		}
+	}
+	params, err := s3Params(tb)
+	if tb.skipped {
+		logf("scenario 14: %v; the replicas share a directory instead", err)
+		shared := filepath.Join(dir, "blobs")
+		if err := os.MkdirAll(shared, 0o700); err != nil {
+			return "", "", err
+		}
+		cb.store = "blobs in a shared directory"
+		return fmt.Sprintf("  parameters:\n    rootdirectory: %q", shared), "  sharedFilesystem: true", nil
+	}
+	if err != nil {
+		return "", "", err
+	}
+	b, err := json.Marshal(params) // JSON is YAML: one flow mapping
+	if err != nil {
+		return "", "", err
+	}
+	cb.store = "blobs in S3 (versitygw)"
+	return "  driver: s3\n  parameters: " + string(b), "", nil
+}
+
+// s3Params calls s3test.Params, turning its Fatal and Skip into an error.
+func s3Params(tb *cleanupTB) (params map[string]any, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			f, ok := v.(fixtureFailure)
+			if !ok {
+				panic(v)
+			}
+			err = f
+		}
+	}()
+	return s3test.Params(tb), nil
 }
 
 // burstGet is one blob GET of the burst, timed.
@@ -234,7 +284,7 @@ func (cb *clusterBench) coldBurst(ctx context.Context) ([]row, error) {
 	per := float64(gets) / float64(blobs)
 	lag95 := percentile(remoteLag, 95)
 	return []row{{
-		id: "14", scenario: fmt.Sprintf("%d concurrent cold pulls over %d replicas (PostgreSQL metadata, %s), one %d MiB layer at %d MiB/s: upstream GETs per blob",
+		id: "14", scenario: fmt.Sprintf("%d concurrent cold pulls over %d replicas (metadata in PostgreSQL, %s), one %d MiB layer at %d MiB/s: upstream GETs per blob",
 			clusterClients, clusterReplicas, cb.store, cb.s.layerMiB, cb.s.rateMiB),
 		cells:   map[string]string{"airlock": fmt.Sprintf("%.2f (%s per burst)", per, ms(median(walls))), "direct": fmt.Sprintf("%d.00", clusterClients)},
 		goal:    "exactly 1.00",

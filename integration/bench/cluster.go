@@ -233,7 +233,7 @@ type burstGet struct {
 func (cb *clusterBench) coldBurst(ctx context.Context) ([]row, error) {
 	cb.origin.rate.Store(cb.s.rateMiB * mib)
 	defer cb.origin.rate.Store(0)
-	var gets, blobs int
+	var gets, blobs, fetchers int
 	var leaderTTFB, remoteLag, remoteTTFB []time.Duration
 	var walls []time.Duration
 	for round := range cb.s.rounds {
@@ -258,9 +258,12 @@ func (cb *clusterBench) coldBurst(ctx context.Context) ([]row, error) {
 		if err != nil {
 			return nil, err
 		}
-		if len(leaders) != 1 {
-			return nil, fmt.Errorf("round %d: replicas %v each logged the start of a fill of %s; want one", round, leaders, layer)
+		if len(leaders) == 0 {
+			return nil, fmt.Errorf("round %d: no replica logged the start of a fill of %s", round, layer)
 		}
+		// More than one is a miss the GET count shows; the first is timed
+		// as the leader.
+		fetchers += len(leaders)
 		var lead *burstGet
 		for i, g := range got {
 			if g.digest == layer && g.replica == leaders[0] && (lead == nil || g.first.Before(lead.first)) {
@@ -286,7 +289,8 @@ func (cb *clusterBench) coldBurst(ctx context.Context) ([]row, error) {
 	return []row{{
 		id: "14", scenario: fmt.Sprintf("%d concurrent cold pulls over %d replicas (metadata in PostgreSQL, %s), one %d MiB layer at %d MiB/s: upstream GETs per blob",
 			clusterClients, clusterReplicas, cb.store, cb.s.layerMiB, cb.s.rateMiB),
-		cells:   map[string]string{"airlock": fmt.Sprintf("%.2f (%s per burst)", per, ms(median(walls))), "direct": fmt.Sprintf("%d.00", clusterClients)},
+		cells: map[string]string{"airlock": fmt.Sprintf("%.2f (%s per burst; the layer fetched by %.2f replicas per round)", per, ms(median(walls)), float64(fetchers)/float64(cb.s.rounds)),
+			"direct": fmt.Sprintf("%d.00", clusterClients)},
 		goal:    "exactly 1.00",
 		verdict: verdict(per == 1),
 	}, {

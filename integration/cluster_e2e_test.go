@@ -202,6 +202,24 @@ func (e *clusterEnv) waitFillsDone(ds []v1.Hash, timeout time.Duration) {
 	}
 }
 
+// clusterCounters sums the cluster's counters over the replicas that
+// run, by name.
+func (e *clusterEnv) clusterCounters() map[string]float64 {
+	e.t.Helper()
+	out := map[string]float64{}
+	for _, r := range e.rs {
+		if !r.Running() {
+			continue
+		}
+		for _, name := range []string{"airlock_cluster_fills_led_total", "airlock_cluster_fills_followed_total",
+			"airlock_cluster_peer_fallbacks_total", `airlock_cluster_lease_losses_total{kind="fill"}`} {
+			v, _ := metricSample(e.t, r.Airlock, name)
+			out[name] += v
+		}
+	}
+	return out
+}
+
 // durationsOf returns the nearest-rank percentiles p of ds, formatted.
 func durationsOf(ds []time.Duration, ps ...float64) string {
 	if len(ds) == 0 {
@@ -349,6 +367,11 @@ func TestClusterColdBurst(t *testing.T) {
 		}
 	}
 	t.Logf("upstream GETs per blob: %.2f (%d GETs of %d blobs)", float64(total)/float64(len(all)), total, len(all))
+	counts := e.clusterCounters()
+	t.Logf("cluster counters over the replicas: %v", counts)
+	if n := counts["airlock_cluster_peer_fallbacks_total"]; n != 0 {
+		t.Errorf("%v fills fell back to the upstream because their leader could not be read; nothing was partitioned", n)
+	}
 	leaders := airlocktest.FillsStarted(e.rs, layer.String(), nil)
 	if len(leaders) != 1 {
 		t.Fatalf("replicas %v logged the start of a fill of the large layer; want exactly one", leaders)
@@ -534,6 +557,7 @@ func TestClusterLeaderKilledMidFill(t *testing.T) {
 		}
 	}
 	took := airlocktest.FillsStarted(e.rs, layer.String(), seen)
+	t.Logf("the survivors' cluster counters: %v", e.clusterCounters())
 	switch {
 	case len(statuses) < 2:
 		t.Errorf("the upstream saw %v for the layer; want the dead leader's GET and the one that took it up", statuses)

@@ -556,15 +556,22 @@ func TestClusterLeaderKilledMidFill(t *testing.T) {
 			statuses = append(statuses, fmt.Sprintf("%d (%d bytes)", r.Status, r.Bytes))
 		}
 	}
-	took := airlocktest.FillsStarted(e.rs, layer.String(), seen)
+	var took []string
+	for i, r := range e.rs {
+		if i != leader {
+			for _, l := range r.LogLines(seen[i], "peer stream broke") {
+				took = append(took, fmt.Sprintf("replica %d resumed from offset %v", i+1, l.Fields["offset"]))
+			}
+		}
+	}
 	t.Logf("the survivors' cluster counters: %v", e.clusterCounters())
 	switch {
 	case len(statuses) < 2:
 		t.Errorf("the upstream saw %v for the layer; want the dead leader's GET and the one that took it up", statuses)
 	case strings.HasPrefix(statuses[len(statuses)-1], "206"):
-		t.Logf("the transfer was resumed with a Range request by replica(s) %v; upstream GETs: %v", took, statuses)
+		t.Logf("the transfer was resumed with a Range request (%s); upstream GETs: %v", strings.Join(took, "; "), statuses)
 	default:
-		t.Logf("the transfer was restarted with a new GET by replica(s) %v; upstream GETs: %v", took, statuses)
+		t.Logf("the transfer was restarted with a new GET (%s); upstream GETs: %v", strings.Join(took, "; "), statuses)
 	}
 	// The survivors serve it from the shared store now.
 	for i := range e.rs {

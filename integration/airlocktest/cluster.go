@@ -184,7 +184,9 @@ func (r *Replica) Reconfigure(tb testing.TB, cfg Config) {
 // FillsStarted returns the replicas (their indexes in rs) that logged
 // the start of an upstream transfer of blob digest since the first from[i]
 // lines of each (nil from: since they started). In a cluster that keeps
-// one transfer per blob there is exactly one: the fill's leader.
+// one transfer per blob there is exactly one: the fill's leader. A fill
+// that reads another replica's fill over the peer listener logs its
+// start too, from "peer <address>", and is not counted.
 func FillsStarted(rs []*Replica, digest string, from []int) []int {
 	var out []int
 	for i, r := range rs {
@@ -193,7 +195,8 @@ func FillsStarted(rs []*Replica, digest string, from []int) []int {
 			lines = lines[min(from[i], len(lines)):]
 		}
 		for _, l := range lines {
-			if l.Msg() == "blob fill started" && l.Fields["digest"] == digest {
+			src, _ := l.Fields["from"].(string)
+			if l.Msg() == "blob fill started" && l.Fields["digest"] == digest && !strings.HasPrefix(src, "peer") {
 				out = append(out, i)
 				break
 			}

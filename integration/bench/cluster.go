@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -339,7 +340,8 @@ func (cb *clusterBench) burst(ctx context.Context, img image) ([]burstGet, error
 }
 
 // fillsStarted reads the replicas' logs for the start of an upstream
-// transfer of digest and returns the replicas that logged one.
+// transfer of digest and returns the replicas that logged one; a fill
+// read from another replica's peer listener does not count.
 func (cb *clusterBench) fillsStarted(digest string) ([]int, error) {
 	var out []int
 	for i, r := range cb.replicas {
@@ -353,8 +355,9 @@ func (cb *clusterBench) fillsStarted(digest string) ([]int, error) {
 			var l struct {
 				Msg    string `json:"msg"`
 				Digest string `json:"digest"`
+				From   string `json:"from"` // "upstream <name>" or "peer <address>"
 			}
-			if json.Unmarshal(sc.Bytes(), &l) == nil && l.Msg == "blob fill started" && l.Digest == digest {
+			if json.Unmarshal(sc.Bytes(), &l) == nil && l.Msg == "blob fill started" && l.Digest == digest && !strings.HasPrefix(l.From, "peer") {
 				out = append(out, i)
 				break
 			}

@@ -137,10 +137,10 @@ func (c *Cluster) OpenPeerFill(ctx context.Context, peer, upstream string, d dig
 	body.watched = watched
 	resp, err := c.client.Do(req)
 	if err != nil {
-		body.Close()
 		if cause := context.Cause(wctx); cause != nil && ctx.Err() == nil {
-			err = cause
+			err = cause // the peer's lease lapsed while it did not answer
 		}
+		body.Close()
 		return nil, 0, "", c.fallback(ctx, peer, upstream, d, fmt.Errorf("cluster: asking peer %s for blob %s: %w", peer, d, err))
 	}
 	switch resp.StatusCode {

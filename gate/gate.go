@@ -44,6 +44,9 @@ var (
 
 // Store is what the gate keeps its states in (*metadata.DB implements it).
 type Store interface {
+	// Image reads one image, or returns an error wrapping
+	// storage.ErrNotFound (Refresh reads another replica's change).
+	Image(ctx context.Context, repo string, d digest.Digest) (metadata.Image, error)
 	EachImage(ctx context.Context, fn func(metadata.Image) error) error
 	UpdateImage(ctx context.Context, repo string, d digest.Digest, now time.Time, fn func(img *metadata.Image) (metadata.Change, error)) (metadata.Image, error)
 	DeleteImage(ctx context.Context, repo string, d digest.Digest, now time.Time, c metadata.Change) error

@@ -37,6 +37,9 @@ type fill struct {
 	setKey fillKey
 	// followers counts the requests that joined, for the fill's log line.
 	followers int
+	// lease releases the fill's cluster-wide lease; set, by the fill's
+	// own goroutine, once this replica leads the fill across the cluster.
+	lease func()
 
 	mu sync.Mutex
 	// wake is closed and replaced whenever the state below changes.
@@ -217,6 +220,11 @@ func (p *Proxy) runFill(from context.Context, f *fill, rq *request) {
 	p.fills.mu.Lock()
 	delete(p.fills.m, f.setKey)
 	p.fills.mu.Unlock()
+	// The cluster's lease goes last, after the commit: a peer that claims
+	// the blob next finds it in the store the replicas share.
+	if f.lease != nil {
+		f.lease()
+	}
 	f.update(func() { f.done, f.stored, f.err = true, stored, err })
 	f.mu.Lock()
 	if stored || (err != nil && !f.started) {
@@ -259,11 +267,12 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	// The upstream's round trip hides that wait instead of adding to it.
 	opened := make(chan openedSpool, 1)
 	go func() { opened <- p.openSpool(f.digest, f.declared) }()
-	body, size, err := rq.registry.GetBlob(ctx, rq.route.Repo, f.digest)
+	src, err := p.openSource(ctx, f, rq, 0, "")
 	o := <-opened
 	spool := o.spool
 	committed := false
 	defer func() {
+		src.close()
 		if spool != nil && !committed {
 			_ = p.blobs.Discard(spool)
 		}
@@ -271,10 +280,10 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	if err != nil {
 		return err
 	}
-	defer body.Close()
+	size := src.size
 	limit, err := p.fillLimit(f, size)
 	if err != nil {
-		if f.declared > 0 && size > 0 && size <= p.maxBlob {
+		if f.declared > 0 && size > 0 && size <= p.maxBlob && src.peer == "" {
 			// The repository's own upstream contradicts the size one of its
 			// manifests declared. Its word replaces the declaration, so a
 			// manifest that lied (or erred) fails this fill only, not every
@@ -288,7 +297,7 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	}
 	p.log.LogAttrs(ctx, slog.LevelInfo, "blob fill started", slog.String("upstream", up),
 		slog.String("repository", rq.route.Repo), slog.String("digest", f.digest.String()),
-		slog.Int64("size", size), slog.Int64("declared", f.declared))
+		slog.Int64("size", size), slog.Int64("declared", f.declared), slog.String("from", src.name))
 	if o.err != nil {
 		return p.noSpace(ctx, rq, fmt.Errorf("creating spool for %s: %w", f.digest, o.err))
 	}
@@ -316,36 +325,65 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	// reaches readers once it is in the spool file; the spool hashes it on
 	// another goroutine meanwhile, and only the last byte waits for the
 	// hash (see snapshot).
-	vr := &lengthReader{r: body, want: -1, max: limit}
-	if f.declared == 0 {
-		vr.want = size
-	}
 	next := time.Now().Add(fillProgressEvery)
-	fromUpstream := p.metrics.bytes.WithLabelValues(up, "upstream")
 	var sent int64
-	_, err = spool.Append(upstreamBody{vr, f.digest, up}, func(n int64) {
-		fromUpstream.Add(float64(n - sent))
-		sent = n
-		f.update(func() { f.written = n })
-		if now := time.Now(); now.After(next) {
-			next = now.Add(fillProgressEvery)
-			p.log.LogAttrs(ctx, slog.LevelInfo, "blob fill progress", slog.String("upstream", up),
-				slog.String("repository", rq.route.Repo), slog.String("digest", f.digest.String()),
-				slog.Int64("bytes", n), slog.Int64("size", size))
+	for switches := 0; ; switches++ {
+		off := spool.Size()
+		// A source after the first one is held to the same bounds, from
+		// where the last one stopped.
+		vr := &lengthReader{r: src.body, want: -1, max: limit - off}
+		if f.declared == 0 && size >= 0 {
+			vr.want = size - off
 		}
-	})
-	if err != nil {
-		// A full volume is the cache's failure, not the upstream's.
-		return p.noSpace(ctx, rq, err)
+		fromSource := p.metrics.bytes.WithLabelValues(up, "upstream")
+		if src.peer != "" {
+			fromSource = p.metrics.bytes.WithLabelValues(up, "peer")
+		}
+		sent = off
+		_, err = spool.Append(sourceBody{vr, f.digest, src.name}, func(n int64) {
+			fromSource.Add(float64(n - sent))
+			sent = n
+			f.update(func() { f.written = n })
+			if now := time.Now(); now.After(next) {
+				next = now.Add(fillProgressEvery)
+				p.log.LogAttrs(ctx, slog.LevelInfo, "blob fill progress", slog.String("upstream", up),
+					slog.String("repository", rq.route.Repo), slog.String("digest", f.digest.String()),
+					slog.Int64("bytes", n), slog.Int64("size", size), slog.String("from", src.name))
+			}
+		})
+		if err == nil {
+			break
+		}
+		if !resumable(ctx, src, err) || switches >= maxSourceSwitches {
+			// A full volume is the cache's failure, not the upstream's.
+			return p.noSpace(ctx, rq, err)
+		}
+		// The leader's stream broke (it died, or the network did): carry
+		// on from what this replica has, from whoever can send it now.
+		off = spool.Size()
+		p.log.LogAttrs(ctx, slog.LevelWarn, "peer stream broke: resuming the blob", slog.String("upstream", up),
+			slog.String("digest", f.digest.String()), slog.Int64("offset", off), slog.String("from", src.name),
+			slog.String("error", err.Error()))
+		src.close()
+		broken := src.peer
+		src, err = p.openSource(ctx, f, rq, off, broken)
+		if err != nil {
+			return err
+		}
+		if src.size >= 0 && size >= 0 && src.size != size {
+			return fmt.Errorf("blob %s: %s announced %d bytes, the fill's first source %d: %w",
+				f.digest, src.name, src.size, size, verify.ErrDigestMismatch)
+		}
 	}
-	if f.declared > 0 && vr.n != f.declared {
-		return fmt.Errorf("blob %s from upstream %s is %d bytes, its manifest declares %d: %w",
-			f.digest, up, vr.n, f.declared, verify.ErrDigestMismatch)
+	n := spool.Size()
+	if f.declared > 0 && n != f.declared {
+		return fmt.Errorf("blob %s from %s is %d bytes, its manifest declares %d: %w",
+			f.digest, src.name, n, f.declared, verify.ErrDigestMismatch)
 	}
 	// Release the last byte to readers as soon as the digest matches: the
 	// bytes are right, and making them durable need not delay any client.
 	if err := spool.Verify(); err != nil {
-		return fmt.Errorf("blob %s from upstream %s: %w", f.digest, up, err)
+		return fmt.Errorf("blob %s from %s: %w", f.digest, src.name, err)
 	}
 	f.update(func() { f.verified = true })
 	// The repository's upstream has served the blob: link it confirmed
@@ -355,9 +393,12 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	// it never asks the upstream again (or fails while it is down). The
 	// link's fsync waits behind the spool's dirty pages on the same disk,
 	// which is why it comes after the last byte is released, not before.
-	if err := p.meta.LinkBlobs(ctx, rq.route.Key(), metadata.BlobLink{Digest: f.digest, Size: vr.n, Flags: metadata.Confirmed, UpstreamSize: true}); err != nil {
+	if err := p.meta.LinkBlobs(ctx, rq.route.Key(), metadata.BlobLink{Digest: f.digest, Size: n, Flags: metadata.Confirmed, UpstreamSize: true}); err != nil {
 		p.log.LogAttrs(ctx, slog.LevelError, "linking blob failed", slog.String("digest", f.digest.String()),
 			slog.String("error", err.Error()))
+	}
+	if src.peer != "" {
+		p.awaitPeerCommit(ctx, f.digest)
 	}
 	_, commitSpan := p.span(ctx, "verify.commit")
 	err = p.blobs.Commit(ctx, f.digest, spool)
@@ -515,18 +556,19 @@ func (r *spoolReader) close() {
 	}
 }
 
-// upstreamBody names the upstream and the blob in its read errors, which
-// the spool passes on as they are.
-type upstreamBody struct {
-	r        io.Reader
-	digest   digest.Digest
-	upstream string
+// sourceBody names the source and the blob in its read errors, which the
+// spool passes on as they are, and marks them as the source's (see
+// resumable).
+type sourceBody struct {
+	r      io.Reader
+	digest digest.Digest
+	from   string // "upstream <name>" or "peer <address>"
 }
 
-func (u upstreamBody) Read(p []byte) (int, error) {
+func (u sourceBody) Read(p []byte) (int, error) {
 	n, err := u.r.Read(p)
 	if err != nil && err != io.EOF {
-		err = fmt.Errorf("blob %s from upstream %s: %w", u.digest, u.upstream, err)
+		err = &sourceError{fmt.Errorf("blob %s from %s: %w", u.digest, u.from, err)}
 	}
 	return n, err
 }

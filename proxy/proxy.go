@@ -156,6 +156,11 @@ type Options struct {
 	// Tracer records a span per request with children for cache lookups,
 	// upstream calls and fills; nil records nothing.
 	Tracer trace.Tracer
+	// Cluster, when set, shares fills with the other replicas of a
+	// cluster: a blob is fetched from its upstream by one replica at a
+	// time, and the others read that replica's fill from its peer
+	// listener (serve StreamFill there). Nil is a single replica.
+	Cluster Cluster
 }
 
 // Proxy is the registry API handler.
@@ -173,6 +178,7 @@ type Proxy struct {
 	tracer  trace.Tracer
 	user    func(context.Context) (string, bool)
 	permit  func(context.Context, string) error
+	cluster Cluster
 
 	onNoSpace func()
 	// full says when misses may try the cache again after the volume was
@@ -276,6 +282,7 @@ func New(o Options) (*Proxy, error) {
 		tracer:  o.Tracer,
 		user:    o.User,
 		permit:  o.Permit,
+		cluster: o.Cluster,
 
 		onNoSpace: o.OnNoSpace,
 	}

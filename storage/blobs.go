@@ -2,6 +2,8 @@ package storage
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -36,10 +38,22 @@ type Blobs struct {
 	spoolDir  string
 
 	uploadGrace time.Duration
+	// redirects lets RedirectURL hand out the driver's presigned URLs.
+	redirects bool
 
 	mu     sync.Mutex
 	spools map[string]*Spool // live spools by path, which Recover must keep
 }
+
+// Option changes how NewBlobs sets a store up.
+type Option func(*Blobs)
+
+// WithRedirects says whether RedirectURL hands out the driver's URLs
+// (presigned S3, GCS or Azure URLs), sending clients to the object store
+// for the bytes of a hit. Default: on. Turn it off when clients cannot
+// reach the object store's endpoint (a cluster-internal address), or to
+// keep every byte served by airlock.
+func WithRedirects(on bool) Option { return func(b *Blobs) { b.redirects = on } }
 
 // NewBlobs returns a store over driver.
 //
@@ -49,7 +63,7 @@ type Blobs struct {
 // localRoot when that is set. Both directories are created if missing, and
 // NewBlobs checks by a probe rename that they share a filesystem and that
 // localRoot is indeed what the driver sees.
-func NewBlobs(driver storagedriver.StorageDriver, localRoot, spoolDir string) (*Blobs, error) {
+func NewBlobs(driver storagedriver.StorageDriver, localRoot, spoolDir string, opts ...Option) (*Blobs, error) {
 	if driver == nil {
 		return nil, errors.New("storage: a storage driver is required")
 	}
@@ -64,7 +78,11 @@ func NewBlobs(driver storagedriver.StorageDriver, localRoot, spoolDir string) (*
 		localRoot:   localRoot,
 		spoolDir:    spoolDir,
 		uploadGrace: defaultUploadGrace,
+		redirects:   true,
 		spools:      make(map[string]*Spool),
+	}
+	for _, o := range opts {
+		o(b)
 	}
 	if localRoot != "" {
 		if err := os.MkdirAll(localRoot, 0o750); err != nil {
@@ -123,6 +141,40 @@ func (b *Blobs) probeLocal() error {
 	return nil
 }
 
+// probeTimeout bounds Probe: an endpoint that drops packets would otherwise
+// hold start-up for as long as TCP keeps trying.
+const probeTimeout = 30 * time.Second
+
+// Probe checks that a remote driver's store takes writes: it writes a
+// small object under the uploads directory and deletes it again. A missing
+// bucket, wrong credentials or an unreachable endpoint would otherwise show
+// only on the first commit, as a cache that never fills; they are
+// configuration mistakes best reported at start-up. The error wraps
+// ErrUnavailable. On the local fast path NewBlobs has probed already, and
+// Probe does nothing.
+//
+// A probe a crash leaves behind is removed by Recover, like any abandoned
+// upload.
+func (b *Blobs) Probe(ctx context.Context) error {
+	if b.localRoot != "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	var r [8]byte
+	rand.Read(r[:])
+	p := path.Join(uploadsDir, "probe-"+hex.EncodeToString(r[:]))
+	err := b.driver.PutContent(ctx, p, []byte("airlock start-up probe\n"))
+	if err == nil {
+		err = b.driver.Delete(ctx, p)
+	}
+	if err != nil {
+		return fmt.Errorf("storage: writing a probe object to the %s driver: %w", b.driver.Name(),
+			&storeError{driver: b.driver.Name(), unreachable: unreachable(err), err: err})
+	}
+	return nil
+}
+
 // blobPath is the driver path of d. d must have passed verify.Check.
 func blobPath(d digest.Digest) string {
 	hex := d.Encoded()
@@ -134,7 +186,9 @@ func (b *Blobs) localPath(d digest.Digest) string {
 	return filepath.Join(b.localRoot, filepath.FromSlash(blobPath(d)))
 }
 
-// Stat returns the size of blob d, or an error wrapping ErrNotFound.
+// Stat returns the size of blob d, or an error wrapping ErrNotFound when
+// the store does not hold it. For a remote driver that cannot answer, the
+// error wraps ErrUnavailable instead: a store that is down is not a miss.
 func (b *Blobs) Stat(ctx context.Context, d digest.Digest) (int64, error) {
 	if err := verify.Check(d); err != nil {
 		return 0, err
@@ -148,7 +202,7 @@ func (b *Blobs) Stat(ctx context.Context, d digest.Digest) (int64, error) {
 	}
 	fi, err := b.driver.Stat(ctx, blobPath(d))
 	if err != nil {
-		return 0, notFound(d, err)
+		return 0, b.remoteErr(ctx, d, err)
 	}
 	if fi.IsDir() {
 		return 0, fmt.Errorf("blob %s: %s is a directory in the %s driver", d, blobPath(d), b.driver.Name())
@@ -180,16 +234,18 @@ func (b *Blobs) Open(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, i
 	if err != nil {
 		return nil, 0, err
 	}
-	return &driverReader{ctx: ctx, driver: b.driver, path: blobPath(d), size: size}, size, nil
+	return &driverReader{ctx: ctx, driver: b.driver, path: blobPath(d), size: size,
+		fail: func(err error) error { return b.remoteErr(ctx, d, err) }}, size, nil
 }
 
 // RedirectURL returns a URL the client of r may fetch blob d from directly
-// (a presigned S3, GCS or Azure URL), or "" when the driver offers none.
+// (a presigned S3, GCS or Azure URL), or "" when the driver offers none or
+// redirects are off (WithRedirects).
 func (b *Blobs) RedirectURL(r *http.Request, d digest.Digest) (string, error) {
 	if err := verify.Check(d); err != nil {
 		return "", err
 	}
-	if b.localRoot != "" {
+	if b.localRoot != "" || !b.redirects {
 		return "", nil
 	}
 	u, err := b.driver.RedirectURL(r, blobPath(d))

@@ -21,6 +21,10 @@ type driverReader struct {
 	off    int64
 	rc     io.ReadCloser
 	closed bool
+	// fail classifies an error from opening the object: the blob gone
+	// since Open (evicted) is ErrNotFound, a store that stopped answering
+	// ErrUnavailable.
+	fail func(error) error
 }
 
 func (r *driverReader) Read(p []byte) (int, error) {
@@ -33,7 +37,7 @@ func (r *driverReader) Read(p []byte) (int, error) {
 	if r.rc == nil {
 		rc, err := r.driver.Reader(r.ctx, r.path, r.off)
 		if err != nil {
-			return 0, fmt.Errorf("opening %s at offset %d in the %s driver: %w", r.path, r.off, r.driver.Name(), err)
+			return 0, fmt.Errorf("reading at offset %d: %w", r.off, r.fail(err))
 		}
 		r.rc = rc
 	}

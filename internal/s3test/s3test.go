@@ -34,6 +34,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -88,7 +89,14 @@ func Params(tb testing.TB) map[string]any {
 // started:
 //
 //	func TestMain(m *testing.M) { os.Exit(s3test.Main(m)) }
+//
+// It unsets AWS_CA_BUNDLE first. With it set, the AWS SDK that the s3-aws
+// driver uses loads the bundle into http.DefaultClient each time a driver
+// is created, a write that races with every other driver being created and
+// every request sent through that client; tests create drivers in parallel.
+// The servers here speak plain HTTP, so the bundle has nothing to verify.
 func Main(m *testing.M) int {
+	os.Unsetenv("AWS_CA_BUNDLE")
 	code := m.Run()
 	if err := Stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "s3test:", err)
@@ -278,7 +286,7 @@ func (s *Server) ParamsFor(bucket string) map[string]any {
 func (s *Server) CreateBucket(tb testing.TB) string {
 	tb.Helper()
 	bucket := fmt.Sprintf("airlock-%d-%d", os.Getpid(), bucketSeq.Add(1))
-	sess, err := session.NewSession(aws.NewConfig().
+	sess, err := session.NewSession(aws.NewConfig().WithHTTPClient(&http.Client{}).
 		WithEndpoint(s.Endpoint()).WithRegion(Region).WithS3ForcePathStyle(true).
 		WithCredentials(credentials.NewStaticCredentials(s.accessKey, s.secretKey, "")))
 	if err != nil {

@@ -1,0 +1,458 @@
+package postgres
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/opencontainers/go-digest"
+)
+
+// The cache, and how stale it may be.
+//
+// A warm pull asks the index for a tag, a manifest with the repository's
+// link to it, and the link of every blob it then reads. The Store answers
+// those reads (Tag, RepoManifest, Manifest, ManifestLink, BlobLink) from
+// memory after the first time: a warm pull costs no query, only a map
+// lookup under a mutex and, for a manifest, a copy of its body (callers own
+// what they get). Touch costs no query either; access times are written in
+// batches (access.go).
+//
+// Every write, through any replica, announces the keys it changed on the
+// NOTIFY channel [Channel] in its own transaction, so the announcement is
+// sent when, and only when, the change commits. Each Store keeps one
+// dedicated connection LISTENing on it and drops the entries named; it also
+// drops its own entries as soon as its own writes commit. While that
+// connection is up, a change made through any replica is out of every
+// replica's cache within one notification's delivery, milliseconds.
+//
+// The bound: a cached answer is served only while the listener has been
+// heard from (a notification, or a ping sent every Staleness/4, at most
+// every 5 s) within the last [Options.Staleness]. When the listener is
+// lost, silently (a partition) or not (PostgreSQL restarting), cached
+// answers keep being served for at most Staleness after the last contact,
+// so that approved content stays available through a short outage of
+// PostgreSQL, and then not at all: every read goes to the database and
+// fails if it is down. When the listener connects again the whole cache is
+// dropped, since announcements sent meanwhile were missed.
+//
+// Answers that found nothing are not cached. Their keys are the client's
+// choice (any digest, any tag), so caching them would let a client fill the
+// cache with misses and push out what warm pulls need, and a miss is on the
+// cold path anyway, where the upstream round trip dwarfs the query. The
+// cache is bounded in entries and in bytes (manifests may be 4 MiB), least
+// recently used first out.
+
+const (
+	// cacheEntries and cacheBytes bound the cache. Typical manifests are a
+	// few KiB, so the entry bound is the one usually reached.
+	cacheEntries = 200_000
+	cacheBytes   = 256 << 20
+	// entryOverhead is what an entry costs beyond its key and value bytes:
+	// the map slot, the list element, the record's fixed fields.
+	entryOverhead = 160
+
+	// maxHeartbeat is the longest the listener goes without checking its
+	// connection, whatever the staleness.
+	maxHeartbeat = 5 * time.Second
+	// Reconnection waits grow from minBackoff to maxBackoff.
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 2 * time.Second
+	// dialTimeout bounds one attempt to open the listening connection.
+	dialTimeout = 10 * time.Second
+
+	// listenerName is the listening connection's application_name, so that
+	// an operator (or a test) can find it in pg_stat_activity.
+	listenerName = "airlock-listener"
+
+	// kindReset is announced to subscribers when the listener reconnected:
+	// announcements were missed, so everything must be reloaded.
+	kindReset = "reset"
+	// kindUpstream announces that every link and tag of an upstream name
+	// changed (Reidentify).
+	kindUpstream = "upstream"
+)
+
+// state is the Store's memory: the cache, the listener that keeps it
+// current, the subscribers to announcements and the access times not yet
+// written.
+type state struct {
+	cache *cache
+
+	subMu sync.Mutex
+	subs  []func(kind, key string)
+
+	access accessBatch
+
+	cancel    context.CancelFunc
+	listening chan struct{} // closed when the listener has returned
+	flushing  chan struct{} // closed when the access-time writer has returned
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// start opens the listening connection (so that the cache is valid from
+// the first read) and starts the listener and the access-time writer.
+func (s *Store) start(ctx context.Context) error {
+	s.cache = newCache(s.opts.Staleness, time.Now)
+	s.access.init()
+	conn, err := s.dialListener(ctx)
+	if err != nil {
+		return err
+	}
+	s.cache.confirm(time.Now())
+	// Both loops outlive Open's context; stop ends them.
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	s.listening = make(chan struct{})
+	s.flushing = make(chan struct{})
+	go s.listen(bg, conn)
+	go s.flushLoop(bg, defaultFlushEvery)
+	return nil
+}
+
+// stop ends the listener and the writer and writes the access times still
+// pending. Later calls return the first one's result.
+func (s *Store) stop() error {
+	s.closeOnce.Do(func() {
+		s.cancel()
+		<-s.listening
+		<-s.flushing
+		s.access.close()
+		ctx, cancel := context.WithTimeout(context.Background(), closeFlushTimeout)
+		defer cancel()
+		s.closeErr = s.flush(ctx)
+	})
+	return s.closeErr
+}
+
+// Subscribe calls fn with every announcement the listener receives, this
+// Store's own included: kind is a short word ("tag", "manifest", "mlink",
+// "blob", "upstream", and what other tables announce, such as "image"),
+// key what changed ("<repo>@<digest>" for an image). After the listener
+// reconnects fn gets kind "reset" and key "": announcements may have been
+// missed, so whatever fn's owner keeps must be reloaded. fn runs on the
+// listener's goroutine, after the cache has dropped the key; it must not
+// block, or every replica's changes wait behind it.
+func (s *Store) Subscribe(fn func(kind, key string)) {
+	s.subMu.Lock()
+	defer s.subMu.Unlock()
+	s.subs = append(s.subs, fn)
+}
+
+func (s *Store) publish(kind, key string) {
+	s.subMu.Lock()
+	subs := s.subs
+	s.subMu.Unlock()
+	for _, fn := range subs {
+		fn(kind, key)
+	}
+}
+
+// dialListener opens a connection of its own (not one of the pool's, which
+// would be lost to queries) and LISTENs on the channel.
+func (s *Store) dialListener(ctx context.Context) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(s.opts.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("metadata: parsing the PostgreSQL connection string: %w", err)
+	}
+	cfg.RuntimeParams["application_name"] = listenerName
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("metadata: connecting to PostgreSQL to listen for changes: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{Channel}.Sanitize()); err != nil {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("metadata: listening on %s: %w", Channel, err)
+	}
+	return conn, nil
+}
+
+// listen applies announcements to the cache until ctx ends, reconnecting
+// whenever the connection is lost.
+func (s *Store) listen(ctx context.Context, conn *pgx.Conn) {
+	defer close(s.listening)
+	for {
+		err := s.receive(ctx, conn)
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		conn.Close(closeCtx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("metadata: lost the connection that listens for changes; cached answers are served until the staleness bound, then every read goes to PostgreSQL",
+			"err", err, "staleness", s.opts.Staleness)
+		if conn = s.reconnect(ctx); conn == nil {
+			return
+		}
+		// Whatever was announced while the connection was down is lost:
+		// nothing cached before can be trusted.
+		s.cache.reset()
+		s.cache.confirm(time.Now())
+		s.log.Info("metadata: listening for changes again; the cache was emptied")
+		s.publish(kindReset, "")
+	}
+}
+
+// receive applies announcements from conn to the cache until the
+// connection fails or ctx ends. Between announcements it pings, so that a
+// connection lost without a word (a partition) is noticed within a
+// heartbeat and the cache's bound runs from the last contact.
+func (s *Store) receive(ctx context.Context, conn *pgx.Conn) error {
+	beat := heartbeat(s.opts.Staleness)
+	for {
+		wctx, cancel := context.WithTimeout(ctx, beat)
+		n, err := conn.WaitForNotification(wctx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case err == nil:
+			s.cache.confirm(time.Now())
+			kind, key, _ := strings.Cut(n.Payload, " ")
+			s.cache.apply(kind, key)
+			s.publish(kind, key)
+			continue
+		case !pgconn.Timeout(err) || conn.IsClosed():
+			return err
+		}
+		pctx, cancel := context.WithTimeout(ctx, beat)
+		err = conn.Ping(pctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("pinging: %w", err)
+		}
+		s.cache.confirm(time.Now())
+	}
+}
+
+// reconnect dials until it succeeds or ctx ends (nil), waiting longer
+// after each failure.
+func (s *Store) reconnect(ctx context.Context) *pgx.Conn {
+	wait := minBackoff
+	expired := false
+	for {
+		conn, err := s.dialListener(ctx)
+		if err == nil {
+			return conn
+		}
+		if !expired && !s.cache.valid(time.Now()) {
+			expired = true
+			s.log.Error("metadata: still no connection to listen for changes; cached answers expired and every read goes to PostgreSQL",
+				"err", err)
+		}
+		// Jitter, so that replicas that lost PostgreSQL together do not
+		// knock on it together.
+		d := wait/2 + rand.N(wait/2+1)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(d):
+		}
+		wait = min(2*wait, maxBackoff)
+	}
+}
+
+func heartbeat(staleness time.Duration) time.Duration {
+	return min(max(staleness/4, 10*time.Millisecond), maxHeartbeat)
+}
+
+// Cache keys are the announcements' payloads, "<kind> <key>", so that an
+// announcement names the entry it drops without parsing.
+func tagEntry(repo, tag string) string                      { return "tag " + tagName(repo, tag) }
+func manifestEntry(d digest.Digest) string                  { return "manifest " + string(d) }
+func manifestLinkEntry(repo string, d digest.Digest) string { return "mlink " + ref(repo, d) }
+func blobLinkEntry(repo string, d digest.Digest) string     { return "blob " + ref(repo, d) }
+
+func tagName(repo, tag string) string         { return repo + ":" + tag }
+func ref(repo string, d digest.Digest) string { return repo + "@" + string(d) }
+
+// cache is an LRU map from entry keys to records, valid while the listener
+// has been heard from within the staleness bound.
+type cache struct {
+	staleness time.Duration
+	now       func() time.Time
+	seed      maphash.Seed
+
+	mu      sync.Mutex
+	entries map[string]*list.Element
+	lru     list.List // of *entry, most recent first
+	bytes   int64
+	// lastContact is when the listener was last heard from.
+	lastContact time.Time
+	// epoch and gens order fills against drops: a fill whose query began
+	// before a drop of its key (or of everything) must not store what the
+	// query read. See ticket.
+	epoch uint64
+	gens  [256]uint64
+}
+
+type entry struct {
+	key  string
+	val  any
+	size int64
+}
+
+func newCache(staleness time.Duration, now func() time.Time) *cache {
+	return &cache{staleness: staleness, now: now, seed: maphash.MakeSeed(), entries: map[string]*list.Element{}}
+}
+
+// validLocked says whether cached answers may be served at now.
+func (c *cache) validLocked(now time.Time) bool {
+	return now.Sub(c.lastContact) < c.staleness
+}
+
+func (c *cache) valid(now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.validLocked(now)
+}
+
+// get returns the record cached under key, if it may be served.
+func (c *cache) get(key string) (any, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.validLocked(c.now()) {
+		c.clearLocked()
+		return nil, false
+	}
+	el, ok := c.entries[key]
+	if !ok {
+		return nil, false
+	}
+	c.lru.MoveToFront(el)
+	return el.Value.(*entry).val, true
+}
+
+// A ticket is taken before the query that fills key: put stores the result
+// only if key was not dropped in between. Otherwise a read that began
+// before another replica's change, and finished after its announcement
+// dropped the key, would cache the old value until the next change.
+type ticket struct {
+	epoch, gen uint64
+	shard      int
+}
+
+func (c *cache) shard(key string) int {
+	return int(maphash.String(c.seed, key) % uint64(len(c.gens)))
+}
+
+func (c *cache) ticket(key string) ticket {
+	sh := c.shard(key)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return ticket{c.epoch, c.gens[sh], sh}
+}
+
+// put stores val (of size bytes beyond the key) under key, unless key was
+// dropped since t was taken or the cache may not be served.
+func (c *cache) put(t ticket, key string, val any, size int64) {
+	size += int64(len(key)) + entryOverhead
+	if size > cacheBytes/16 {
+		return // one entry never takes a large share of the cache
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.epoch != c.epoch || t.gen != c.gens[t.shard] || !c.validLocked(c.now()) {
+		return
+	}
+	if el, ok := c.entries[key]; ok {
+		c.removeLocked(el)
+	}
+	c.entries[key] = c.lru.PushFront(&entry{key, val, size})
+	c.bytes += size
+	for len(c.entries) > cacheEntries || c.bytes > cacheBytes {
+		c.removeLocked(c.lru.Back())
+	}
+}
+
+func (c *cache) removeLocked(el *list.Element) {
+	e := c.lru.Remove(el).(*entry)
+	delete(c.entries, e.key)
+	c.bytes -= e.size
+}
+
+// drop removes the entries of keys and fails the fills of those keys in
+// flight.
+func (c *cache) drop(keys ...string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, key := range keys {
+		c.gens[c.shard(key)]++
+		if el, ok := c.entries[key]; ok {
+			c.removeLocked(el)
+		}
+	}
+}
+
+// apply drops what an announcement names.
+func (c *cache) apply(kind, key string) {
+	switch kind {
+	case kindUpstream:
+		c.dropUpstream(key)
+	default:
+		// Kinds the cache holds nothing of ("image") drop nothing.
+		c.drop(kind + " " + key)
+	}
+}
+
+// dropUpstream removes every tag and link of the upstream name's
+// repositories.
+func (c *cache) dropUpstream(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.epoch++
+	prefix := name + "/"
+	for key, el := range c.entries {
+		_, rest, _ := strings.Cut(key, " ")
+		if strings.HasPrefix(rest, prefix) && !strings.HasPrefix(key, "manifest ") {
+			c.removeLocked(el)
+		}
+	}
+}
+
+// reset empties the cache and fails every fill in flight.
+func (c *cache) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.clearLocked()
+}
+
+func (c *cache) clearLocked() {
+	c.epoch++
+	if len(c.entries) == 0 {
+		return
+	}
+	c.entries = map[string]*list.Element{}
+	c.lru.Init()
+	c.bytes = 0
+}
+
+// confirm records that the listener was heard from at now. When it is
+// lost, nothing confirms any more and the entries expire at the staleness
+// bound from the last contact.
+func (c *cache) confirm(now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lastContact = now
+}
+
+// len reports the number of entries and their bytes.
+func (c *cache) len() (int, int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries), c.bytes
+}
+
+// isNoRows reports whether err is the database saying a row is missing.
+func isNoRows(err error) bool { return errors.Is(err, pgx.ErrNoRows) }

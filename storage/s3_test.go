@@ -1,0 +1,503 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/airlock-registry/airlock/internal/s3test"
+)
+
+// The tests in this file run Blobs over distribution's s3-aws driver
+// against a real S3 server (versitygw, internal/s3test) on loopback.
+
+func TestMain(m *testing.M) { os.Exit(s3test.Main(m)) }
+
+// s3Driver builds the s3-aws driver as airlock's storage.driver: s3 does.
+func s3Driver(t testing.TB, params map[string]any) storagedriver.StorageDriver {
+	t.Helper()
+	d, err := factory.Create(t.Context(), "s3", params)
+	if err != nil {
+		t.Fatalf("creating the s3 driver: %v", err)
+	}
+	return d
+}
+
+// s3Blobs is one replica's store over the bucket params name, with a spool
+// directory of its own.
+func s3Blobs(t testing.TB, params map[string]any, opts ...Option) *Blobs {
+	t.Helper()
+	b, err := NewBlobs(s3Driver(t, params), "", t.TempDir(), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// with returns params with extra driver parameters added.
+func with(params map[string]any, extra map[string]any) map[string]any {
+	p := maps.Clone(params)
+	maps.Copy(p, extra)
+	return p
+}
+
+func walked(t *testing.T, b *Blobs) map[digest.Digest]int64 {
+	t.Helper()
+	seen := map[digest.Digest]int64{}
+	if err := b.Walk(t.Context(), func(d digest.Digest, size int64, _ time.Time) error {
+		seen[d] = size
+		return nil
+	}); err != nil {
+		t.Fatalf("Walk: %v", err)
+	}
+	return seen
+}
+
+// listed is every object in the bucket under dir, by driver path.
+func listed(t *testing.T, drv storagedriver.StorageDriver, dir string) []string {
+	t.Helper()
+	var paths []string
+	err := drv.Walk(t.Context(), dir, func(fi storagedriver.FileInfo) error {
+		if !fi.IsDir() {
+			paths = append(paths, fi.Path())
+		}
+		return nil
+	})
+	if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+		t.Fatalf("listing %s: %v", dir, err)
+	}
+	return paths
+}
+
+// TestS3CommitStatOpenDeleteWalk is a blob's life in a bucket: absent,
+// committed, read whole and by ranges, listed, deleted.
+func TestS3CommitStatOpenDeleteWalk(t *testing.T) {
+	t.Parallel()
+	params := s3test.Params(t)
+	b := s3Blobs(t, params)
+	ctx := t.Context()
+	content, d := randomBlob(t, 300_000)
+
+	if _, err := b.Stat(ctx, d); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Stat before commit = %v, want ErrNotFound", err)
+	}
+	if _, _, err := b.Open(ctx, d); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Open before commit = %v, want ErrNotFound", err)
+	}
+	if err := b.Delete(ctx, d); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Delete before commit = %v, want ErrNotFound", err)
+	}
+	s := put(t, b, content, d)
+	b.Discard(s)
+
+	if size, err := b.Stat(ctx, d); err != nil || size != int64(len(content)) {
+		t.Fatalf("Stat = %d, %v; want %d", size, err, len(content))
+	}
+	rc, size, err := b.Open(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if size != int64(len(content)) {
+		t.Fatalf("Open gave size %d, want %d", size, len(content))
+	}
+	// Reads at offsets in any order, as seeks between Range requests make
+	// them: each reopens the object at the new offset.
+	for _, c := range []struct{ off, n int64 }{
+		{0, 10}, {250_000, 50_000}, {5, 1}, {299_999, 1}, {100_000, 100_000}, {0, 300_000},
+	} {
+		if _, err := rc.Seek(c.off, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, c.n)
+		if _, err := io.ReadFull(rc, got); err != nil || !bytes.Equal(got, content[c.off:c.off+c.n]) {
+			t.Fatalf("%d bytes at offset %d: %v, or not the committed bytes", c.n, c.off, err)
+		}
+	}
+	if _, err := rc.Seek(-3, io.SeekEnd); err != nil {
+		t.Fatal(err)
+	}
+	if tail, err := io.ReadAll(rc); err != nil || !bytes.Equal(tail, content[len(content)-3:]) {
+		t.Fatalf("the last 3 bytes read as %x (%v)", tail, err)
+	}
+
+	// The same through net/http, as serveCachedBlob serves a hit.
+	for _, c := range []struct{ rng, want string }{
+		{"bytes=1000-1999", string(content[1000:2000])},
+		{"bytes=-10", string(content[len(content)-10:])},
+		{"bytes=0-0,5-5", ""}, // multipart: checked by status only
+	} {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.Header.Set("Range", c.rng)
+		w := httptest.NewRecorder()
+		if _, err := rc.Seek(0, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+		http.ServeContent(w, r, "", time.Time{}, rc)
+		if w.Code != http.StatusPartialContent {
+			t.Fatalf("Range %s: status %d, want 206", c.rng, w.Code)
+		}
+		if c.want != "" && w.Body.String() != c.want {
+			t.Fatalf("Range %s: %d bytes, not the blob's", c.rng, w.Body.Len())
+		}
+	}
+
+	other, od := randomBlob(t, 1000)
+	b.Discard(put(t, b, other, od))
+	if got := walked(t, b); len(got) != 2 || got[d] != int64(len(content)) || got[od] != 1000 {
+		t.Fatalf("Walk saw %v, want both blobs with their sizes", got)
+	}
+	if err := b.Delete(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Stat(ctx, d); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Stat after Delete = %v, want ErrNotFound", err)
+	}
+	if got := walked(t, b); len(got) != 1 || got[od] != 1000 {
+		t.Fatalf("Walk after Delete saw %v, want only the other blob", got)
+	}
+	if left := listed(t, s3Driver(t, params), uploadsDir); len(left) != 0 {
+		t.Errorf("temporary uploads left in the bucket: %v", left)
+	}
+}
+
+// TestS3Redirect: with redirects on, a hit's URL is presigned for the
+// bucket's endpoint and fetches the blob without credentials; with them
+// off there is none, and airlock serves the bytes itself.
+func TestS3Redirect(t *testing.T) {
+	t.Parallel()
+	params := s3test.Params(t)
+	content, d := randomBlob(t, 50_000)
+	b0 := s3Blobs(t, params)
+	b0.Discard(put(t, b0, content, d))
+	for _, c := range []struct {
+		name string
+		on   bool
+	}{{"off", false}, {"on", true}} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			b := s3Blobs(t, params, WithRedirects(c.on))
+			for _, method := range []string{http.MethodGet, http.MethodHead} {
+				u, err := b.RedirectURL(httptest.NewRequest(method, "/", nil), d)
+				if err != nil {
+					t.Fatalf("%s: RedirectURL: %v", method, err)
+				}
+				if !c.on {
+					if u != "" {
+						t.Fatalf("%s: RedirectURL = %q with redirects off", method, u)
+					}
+					continue
+				}
+				pu, err := url.Parse(u)
+				if err != nil || pu.Host != strings.TrimPrefix(params["regionendpoint"].(string), "http://") ||
+					pu.Query().Get("X-Amz-Signature") == "" {
+					t.Fatalf("%s: RedirectURL = %q, want a presigned URL on %s", method, u, params["regionendpoint"])
+				}
+				req, _ := http.NewRequestWithContext(t.Context(), method, u, nil)
+				resp, err := (&http.Client{}).Do(req)
+				if err != nil {
+					t.Fatalf("%s of the presigned URL: %v", method, err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					t.Fatalf("%s of the presigned URL: %s: %s", method, resp.Status, body)
+				}
+				if method == http.MethodGet && !bytes.Equal(body, content) {
+					t.Fatalf("the presigned URL served %d bytes, not the blob", len(body))
+				}
+				if method == http.MethodHead && resp.ContentLength != int64(len(content)) {
+					t.Fatalf("HEAD of the presigned URL says %d bytes, want %d", resp.ContentLength, len(content))
+				}
+			}
+		})
+	}
+}
+
+// TestS3LargeBlob commits a blob of several multipart parts (the driver's
+// smallest chunk, 5 MiB) and publishes it with a multipart copy, then
+// reads it back whole and across a part boundary.
+func TestS3LargeBlob(t *testing.T) {
+	t.Parallel()
+	const mib = 1 << 20
+	params := with(s3test.Params(t), map[string]any{
+		"chunksize":                  5 * mib,
+		"multipartcopychunksize":     5 * mib,
+		"multipartcopythresholdsize": 5 * mib,
+	})
+	b := s3Blobs(t, params)
+	content, d := randomBlob(t, 12*mib+123)
+	b.Discard(put(t, b, content, d))
+
+	rc, size, err := b.Open(t.Context(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if size != int64(len(content)) {
+		t.Fatalf("size %d, want %d", size, len(content))
+	}
+	if got, err := io.ReadAll(rc); err != nil || digest.FromBytes(got) != d {
+		t.Fatalf("read back %d bytes (%v), not the blob", len(got), err)
+	}
+	off := int64(5*mib - 100)
+	if _, err := rc.Seek(off, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 200)
+	if _, err := io.ReadFull(rc, got); err != nil || !bytes.Equal(got, content[off:off+200]) {
+		t.Fatalf("200 bytes across the first part boundary: %v, or wrong bytes", err)
+	}
+	if left := listed(t, s3Driver(t, params), uploadsDir); len(left) != 0 {
+		t.Errorf("temporary uploads left in the bucket: %v", left)
+	}
+}
+
+// TestS3ReplicasCommitSameDigest: replicas sharing a bucket, each with its
+// own spool directory, commit the same digest at the same moment. The
+// bucket ends with one object at the blob's path, holding the right bytes,
+// and no temporary upload.
+func TestS3ReplicasCommitSameDigest(t *testing.T) {
+	t.Parallel()
+	const mib = 1 << 20
+	params := with(s3test.Params(t), map[string]any{"chunksize": 5 * mib})
+	replicas := []*Blobs{s3Blobs(t, params), s3Blobs(t, params), s3Blobs(t, params)}
+	for _, size := range []int{100_000, 6 * mib} {
+		content, d := randomBlob(t, size)
+		spools := make([]*Spool, len(replicas))
+		for i, b := range replicas {
+			s, err := b.NewSpool(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Discard(s)
+			if _, err := s.Write(content); err != nil {
+				t.Fatal(err)
+			}
+			spools[i] = s
+		}
+		start := make(chan struct{})
+		errs := make([]error, len(replicas))
+		var wg sync.WaitGroup
+		for i, b := range replicas {
+			wg.Go(func() {
+				<-start
+				errs[i] = b.Commit(t.Context(), d, spools[i])
+			})
+		}
+		close(start)
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Errorf("%d bytes: replica %d's commit: %v", size, i, err)
+			}
+		}
+		drv := s3Driver(t, params)
+		if objs := listed(t, drv, blobPath(d)[:strings.LastIndex(blobPath(d), "/")]); len(objs) != 1 || objs[0] != blobPath(d) {
+			t.Fatalf("%d bytes: the blob's directory holds %v, want only %s", size, objs, blobPath(d))
+		}
+		for i, b := range replicas {
+			rc, _, err := b.Open(t.Context(), d)
+			if err != nil {
+				t.Fatalf("replica %d: %v", i, err)
+			}
+			got, err := io.ReadAll(rc)
+			rc.Close()
+			if err != nil || !bytes.Equal(got, content) {
+				t.Fatalf("%d bytes: replica %d reads %d bytes (%v), not the blob", size, i, len(got), err)
+			}
+		}
+		if left := listed(t, drv, uploadsDir); len(left) != 0 {
+			t.Errorf("%d bytes: temporary uploads left: %v", size, left)
+		}
+	}
+}
+
+// stoppingDriver stops the S3 server from inside a commit, at a chosen
+// step of the upload, as a crash or a partition would.
+type stoppingDriver struct {
+	storagedriver.StorageDriver
+	after int64  // stop once the upload has been handed this many bytes
+	at    string // "write" or "commit"
+	stop  func()
+	once  sync.Once
+}
+
+func (s *stoppingDriver) Writer(ctx context.Context, path string, append bool) (storagedriver.FileWriter, error) {
+	w, err := s.StorageDriver.Writer(ctx, path, append)
+	if err != nil {
+		return nil, err
+	}
+	return &stoppingWriter{FileWriter: w, d: s}, nil
+}
+
+type stoppingWriter struct {
+	storagedriver.FileWriter
+	d *stoppingDriver
+	n int64
+}
+
+func (w *stoppingWriter) Write(p []byte) (int, error) {
+	n, err := w.FileWriter.Write(p)
+	w.n += int64(n)
+	if w.d.at == "write" && w.n >= w.d.after {
+		w.d.once.Do(w.d.stop)
+	}
+	return n, err
+}
+
+func (w *stoppingWriter) Commit(ctx context.Context) error {
+	if w.d.at == "commit" {
+		w.d.once.Do(w.d.stop)
+	}
+	return w.FileWriter.Commit(ctx)
+}
+
+// TestS3CommitInterrupted stops the S3 server in the middle of a commit.
+// The commit fails; once the server is back nothing is visible at the
+// blob's path, and committing the same spool again succeeds.
+func TestS3CommitInterrupted(t *testing.T) {
+	t.Parallel()
+	const mib = 1 << 20
+	for _, c := range []struct {
+		name  string
+		at    string
+		after int64
+	}{
+		{"after the first part", "write", 6 * mib},
+		{"before completing the upload", "commit", 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			srv := s3test.Start(t)
+			params := with(srv.Params(t), map[string]any{"chunksize": 5 * mib})
+			drv := &stoppingDriver{StorageDriver: s3Driver(t, params), at: c.at, after: c.after,
+				stop: func() { srv.Stop(t) }}
+			b, err := NewBlobs(drv, "", t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			content, d := randomBlob(t, 12*mib)
+			s, err := b.NewSpool(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Discard(s)
+			if _, err := s.Write(content); err != nil {
+				t.Fatal(err)
+			}
+			err = b.Commit(t.Context(), d, s)
+			if err == nil {
+				t.Fatal("a commit succeeded with the S3 server stopped during its upload")
+			}
+			if !strings.Contains(err.Error(), "connection refused") {
+				t.Errorf("the commit failed with %v; want the refused connection named", err)
+			}
+			srv.Restart(t)
+			if _, err := b.Stat(t.Context(), d); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("after the failed commit, Stat = %v; want ErrNotFound", err)
+			}
+			if objs := listed(t, drv, "/blobs"); len(objs) != 0 {
+				t.Fatalf("after the failed commit the bucket holds %v under /blobs", objs)
+			}
+			if err := b.Commit(t.Context(), d, s); err != nil {
+				t.Fatalf("retrying the commit after a restart: %v", err)
+			}
+			rc, _, err := b.Open(t.Context(), d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			if got, err := io.ReadAll(rc); err != nil || digest.FromBytes(got) != d {
+				t.Fatalf("the retried commit reads back %d bytes (%v), not the blob", len(got), err)
+			}
+		})
+	}
+}
+
+// TestS3Down: with the S3 server stopped, Stat, Open, a read of a blob
+// opened before and Probe fail with ErrUnavailable and a message saying
+// the store is unreachable, never ErrNotFound, which would send every
+// request to the upstream for a blob the store holds. Once it is back, the
+// blob is served again.
+func TestS3Down(t *testing.T) {
+	t.Parallel()
+	srv := s3test.Start(t)
+	b := s3Blobs(t, srv.Params(t))
+	content, d := randomBlob(t, 10_000)
+	b.Discard(put(t, b, content, d))
+	before, _, err := b.Open(t.Context(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer before.Close()
+
+	srv.Stop(t)
+	check := func(what string, err error) {
+		t.Helper()
+		switch {
+		case err == nil:
+			t.Errorf("%s succeeded with the S3 server down", what)
+		case errors.Is(err, ErrNotFound):
+			t.Errorf("%s with the S3 server down = %v; a store that is down is not a miss", what, err)
+		case !errors.Is(err, ErrUnavailable):
+			t.Errorf("%s with the S3 server down = %v; want ErrUnavailable", what, err)
+		case !strings.Contains(err.Error(), "s3aws object store is unreachable") ||
+			!strings.Contains(err.Error(), srv.Addr()):
+			t.Errorf("%s with the S3 server down = %q; want it to say the object store at %s is unreachable",
+				what, err, srv.Addr())
+		}
+	}
+	_, err = b.Stat(t.Context(), d)
+	check("Stat", err)
+	_, _, err = b.Open(t.Context(), d)
+	check("Open", err)
+	_, err = before.Read(make([]byte, 10))
+	check("a read of a blob opened before", err)
+	check("Probe", b.Probe(t.Context()))
+
+	srv.Restart(t)
+	if err := b.Probe(t.Context()); err != nil {
+		t.Fatalf("Probe after a restart: %v", err)
+	}
+	rc, _, err := b.Open(t.Context(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if got, err := io.ReadAll(rc); err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("after a restart read %d bytes (%v), not the blob", len(got), err)
+	}
+}
+
+// TestS3MissingBucket: a bucket that does not exist is a store that cannot
+// answer, not an empty one. Probe names the missing bucket; Stat does not
+// report a miss.
+func TestS3MissingBucket(t *testing.T) {
+	t.Parallel()
+	b := s3Blobs(t, with(s3test.Params(t), map[string]any{"bucket": "no-such-bucket"}))
+	err := b.Probe(t.Context())
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "NoSuchBucket") ||
+		strings.Contains(err.Error(), "unreachable") {
+		t.Fatalf("Probe of a missing bucket = %v; want ErrUnavailable naming NoSuchBucket", err)
+	}
+	_, d := randomBlob(t, 10)
+	if _, err := b.Stat(t.Context(), d); errors.Is(err, ErrNotFound) || !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Stat in a missing bucket = %v; want ErrUnavailable, not ErrNotFound", err)
+	}
+}

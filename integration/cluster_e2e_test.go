@@ -52,6 +52,8 @@ type clusterOptions struct {
 	policies []airlocktest.Policy
 	// cuttable puts a dbLink between the replicas and PostgreSQL.
 	cuttable bool
+	// staleness is metadata.staleness; empty leaves the default.
+	staleness string
 }
 
 // newClusterEnv makes the upstream; start starts the replicas once the
@@ -87,7 +89,9 @@ func (e *clusterEnv) start(o clusterOptions) {
 		Env:            e.trap.env(),
 	}
 	began := time.Now()
-	e.rs = e2eBinary.StartCluster(t, clusterReplicas, cfg, clusterShared(t, dsn))
+	shared := clusterShared(t, dsn)
+	shared.Staleness = o.staleness
+	e.rs = e2eBinary.StartCluster(t, clusterReplicas, cfg, shared)
 	t.Logf("%d replicas ready in %v", clusterReplicas, time.Since(began).Round(time.Millisecond))
 }
 
@@ -599,21 +603,23 @@ func (e *clusterEnv) auditHashes(i int) []string {
 	return lines
 }
 
-// TestClusterPostgresDown cuts the replicas off PostgreSQL: a warm,
-// approved image is still served from memory, and a quarantined one
-// still refused, for a few seconds, well within the staleness the store
-// allows (30 s by default); an image nobody pulled is refused with 503
-// and a log line saying the database is unreachable. Once the database
-// is back the cold image is served, and the states, the quarantine list
-// and the audit log are what they were.
+// TestClusterPostgresDown cuts the replicas off PostgreSQL, with
+// metadata.staleness at 8s: for the first 5 s a warm, approved image is
+// still served from memory and a quarantined one still refused; an image
+// nobody pulled is refused with 503 and a log line from the metadata
+// store; once the staleness has passed the warm image is refused with
+// 503 too, since a block made meanwhile could not have reached the
+// replica. Once the database is back the cold image is served, and the
+// states, the quarantine list and the audit log are what they were.
 func TestClusterPostgresDown(t *testing.T) {
 	t.Parallel()
+	const staleness = 8 * time.Second
 	e := newClusterEnv(t)
 	const repo = "vendor/app"
 	warm := e.up.PushImage(t, repo, "1.0", 32<<10, 2)
 	held := e.up.PushImage(t, repo, "1.1", 32<<10, 1)
 	cold := e.up.PushImage(t, repo, "2.0", 32<<10, 1)
-	e.start(clusterOptions{policies: clusterPins(t, e.dir, repo, warm, cold), cuttable: true})
+	e.start(clusterOptions{policies: clusterPins(t, e.dir, repo, warm, cold), cuttable: true, staleness: staleness.String()})
 
 	for i := range e.rs {
 		e2ePullHTTP(t, e.up, e.base(i, repo), "1.0", warm)
@@ -641,16 +647,21 @@ func TestClusterPostgresDown(t *testing.T) {
 	t.Logf("the cold image without the database: %d %s", r.Status, r.Body)
 	line, err := e.rs[1].WaitLogFrom(t.Context(), seen[1], 10*time.Second, func(l airlocktest.LogLine) bool {
 		lvl := l.Level()
-		return (lvl == "WARN" || lvl == "ERROR") && strings.Contains(strings.ToLower(l.Raw), "postgres")
+		return (lvl == "WARN" || lvl == "ERROR") && l.Fields["component"] == "metadata"
 	})
 	if err != nil {
-		t.Errorf("replica 2 logged no warning or error naming PostgreSQL after the database went away: %v", err)
+		t.Errorf("replica 2 logged no warning or error of component metadata after the database went away: %v", err)
 	} else {
 		t.Logf("replica 2 logged: %s", line.Raw)
 	}
 	if e.link.refusedCount() == 0 {
 		t.Errorf("no replica tried to reach the database while it was cut")
 	}
+
+	// Past the staleness nothing is served from memory any more.
+	limit := max(staleness+3*time.Second-time.Since(cut), 500*time.Millisecond)
+	r, _ = e.waitStatus(e.base(0, repo)+"/manifests/1.0", http.StatusServiceUnavailable, limit, "Accept", manifestAccept)
+	t.Logf("replica 1 refused the warm image %v after the cut: %s", time.Since(cut).Round(time.Millisecond), r.Body)
 
 	e.link.mend()
 	_, took := e.waitStatus(e.base(1, repo)+"/manifests/2.0", http.StatusOK, 30*time.Second, "Accept", manifestAccept)

@@ -28,9 +28,11 @@
 // offset it has. Should the broken peer still hold the lease, the claim
 // waits until the lease either expires (the peer died: the reader, or
 // another replica, takes over and resumes from the upstream) or is
-// renewed (the peer lives: it is read again). Either happens within one
+// renewed twice (the peer lives: it is read again). Either happens within one
 // TTL. A stream that merely stops is cut once the peer's lease lapses
-// while nothing arrives, so no reader waits on a dead connection. A peer
+// while nothing arrives, or after three TTLs without a byte whatever the
+// lease says (a connection lost in a partition), so no reader waits on a
+// dead connection. A peer
 // that cannot be reached within the connect timeout (1 s) is a partition:
 // the reader fetches the blob itself, logs it and counts it in
 // airlock_cluster_peer_fallbacks_total. Correctness holds; only the

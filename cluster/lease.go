@@ -57,23 +57,29 @@ SELECT owner, advertise, expires FROM airlock_cluster_fills
 //
 // suspect names a peer whose stream just broke. While that peer still
 // holds the lease, ClaimFill waits for the lease to either expire (the
-// peer died: this replica or another takes over) or be renewed (the peer
-// lives: the break was the network's, and the peer is returned again).
-// Either happens within the lease's TTL, so the wait is bounded.
+// peer died: this replica or another takes over) or be renewed twice (the
+// peer lives: the break was the network's, and the peer is returned
+// again; twice, because a dead peer's last renewal may land after the
+// break). Either happens within the lease's TTL, so the wait is bounded.
 //
 // An error means the database could not be asked: the caller fetches the
 // blob itself, as a single replica would.
 func (c *Cluster) ClaimFill(ctx context.Context, upstream string, d digest.Digest, suspect string) (release func(), peer string, err error) {
 	k := fillKey{upstream, d.String()}
-	var seen time.Time // the suspect's expiry when first found holding
+	var seen time.Time // the suspect's expiry when last found holding
+	renewals := 0
 	for attempt := 0; ; attempt++ {
 		if release := c.joinHeld(ctx, k); release != nil {
 			return release, "", nil
 		}
 		var owner, advertise string
 		var expires time.Time
-		err := c.pool.QueryRow(ctx, claimFill, k.upstream, k.digest, c.owner, c.advertise, c.ttl.Milliseconds()).
+		// A database out of reach costs a cold fill at most a lease's
+		// lifetime before it fetches on its own.
+		qctx, cancel := context.WithTimeout(ctx, c.ttl)
+		err := c.pool.QueryRow(qctx, claimFill, k.upstream, k.digest, c.owner, c.advertise, c.ttl.Milliseconds()).
 			Scan(&owner, &advertise, &expires)
+		cancel()
 		switch {
 		case errors.Is(err, pgx.ErrNoRows) && attempt < 10:
 			// The holder's row came or went between the statement's two
@@ -89,7 +95,12 @@ func (c *Cluster) ClaimFill(ctx context.Context, upstream string, d digest.Diges
 		case seen.IsZero():
 			seen = expires
 		case expires.After(seen):
-			return nil, advertise, nil // renewed since the break: alive
+			// Renewed since the break. Once may be a renewal the peer sent
+			// just before it died; twice, and it is alive.
+			seen = expires
+			if renewals++; renewals == 2 {
+				return nil, advertise, nil
+			}
 		}
 		select {
 		case <-time.After(c.ttl / 5):

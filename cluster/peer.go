@@ -189,16 +189,30 @@ func drain(resp *http.Response) {
 // nothing.
 var errPeerLapsed = errors.New("the peer stopped renewing its fill lease and stopped sending: it is gone")
 
+// errPeerStalled cuts a peer's stream that sent nothing for stallLeases
+// lease lifetimes while the peer kept its lease: a connection lost in a
+// partition, which TCP would take minutes to notice. Reading the peer
+// again costs a reconnection if the peer was merely waiting on a slow
+// upstream.
+var errPeerStalled = errors.New("the peer holds its fill lease but sent nothing for too long")
+
+// stallLeases is how many lease lifetimes a peer's stream may go without
+// a byte.
+const stallLeases = 3
+
 // watchPeer checks, every half lease TTL until ctx ends, that peer still
 // holds the fill's lease or is still sending. A peer whose lease expired,
 // or whose lease is gone (its fill ended), and that sent nothing since the
 // last check, is dead or stuck: the stream is cut, so that the reader
 // claims the fill again instead of waiting on a connection no one will
-// close. A database that cannot be asked cuts nothing.
+// close. So is a stream that brought nothing for stallLeases lease
+// lifetimes, whatever the lease says. A database that cannot be asked
+// cuts nothing but a stalled stream.
 func (c *Cluster) watchPeer(ctx context.Context, k fillKey, peer string, b *peerBody) {
 	t := time.NewTicker(c.ttl / 2)
 	defer t.Stop()
 	seen := b.n.Load()
+	moved := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -210,9 +224,17 @@ func (c *Cluster) watchPeer(ctx context.Context, k fillKey, peer string, b *peer
 		n := b.n.Load()
 		progressed := n != seen
 		seen = n
+		if progressed {
+			moved = time.Now()
+		} else if time.Since(moved) >= stallLeases*c.ttl {
+			b.cancel(errPeerStalled)
+			return
+		}
 		var live bool
-		err := c.pool.QueryRow(ctx, `SELECT expires > now() FROM airlock_cluster_fills
+		qctx, cancel := context.WithTimeout(ctx, c.ttl/2)
+		err := c.pool.QueryRow(qctx, `SELECT expires > now() FROM airlock_cluster_fills
 			WHERE upstream = $1 AND digest = $2 AND advertise = $3`, k.upstream, k.digest, peer).Scan(&live)
+		cancel()
 		if errors.Is(err, pgx.ErrNoRows) {
 			err, live = nil, false
 		}
@@ -237,7 +259,7 @@ func (b *peerBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	b.n.Add(int64(n))
 	if err != nil && err != io.EOF {
-		if cause := context.Cause(b.ctx); errors.Is(cause, errPeerLapsed) {
+		if cause := context.Cause(b.ctx); errors.Is(cause, errPeerLapsed) || errors.Is(cause, errPeerStalled) {
 			err = fmt.Errorf("%w: %w", cause, err)
 		}
 	}

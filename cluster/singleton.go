@@ -59,6 +59,8 @@ func (c *Cluster) Singleton(ctx context.Context, name string, run func(ctx conte
 
 func (c *Cluster) claimSingleton(ctx context.Context, name, owner string) (bool, error) {
 	var got string
+	ctx, cancel := context.WithTimeout(ctx, c.ttl/3)
+	defer cancel()
 	err := c.pool.QueryRow(ctx, `INSERT INTO airlock_cluster_singletons AS s (name, owner, expires)
 		VALUES ($1, $2, now() + $3 * interval '1 millisecond')
 		ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires = excluded.expires

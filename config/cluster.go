@@ -32,10 +32,9 @@ type Cluster struct {
 	Advertise string `yaml:"advertise"`
 
 	// Listen is the host:port of the peer listener, which serves blobs
-	// being filled to the other replicas. It must be reachable from them
-	// and from nothing else: it carries content before any client's
-	// credentials are checked, like the blob store itself. Required to
-	// turn clustering on.
+	// being filled to the other replicas, to those presenting the
+	// cluster's secret (kept in the database). Make it reachable from
+	// them only. Required to turn clustering on.
 	Listen string `yaml:"listen"`
 
 	// SharedFilesystem says that storage.driver filesystem is on a

@@ -141,3 +141,19 @@ func TestClusterAdvertiseFromEnvironment(t *testing.T) {
 		})
 	}
 }
+
+func TestStorageDisableRedirects(t *testing.T) {
+	t.Parallel()
+	c, err := Parse("c.yaml", []byte(clusterBase+"cluster: {listen: \":5002\"}\n"))
+	if err != nil || c.Storage.DisableRedirects {
+		t.Fatalf("default: %v, %v; want redirects on", c, err)
+	}
+	s3 := strings.Replace(clusterBase, "region: us-east-1}", "region: us-east-1}, disableRedirects: true", 1)
+	if c, err := Parse("c.yaml", []byte(s3)); err != nil || !c.Storage.DisableRedirects {
+		t.Fatalf("s3 with disableRedirects: %v", err)
+	}
+	_, err = Parse("c.yaml", []byte("storage: {disableRedirects: true}\n"+metadataBase))
+	if want := "c.yaml:1: storage.disableRedirects: the filesystem driver never redirects; remove the key"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("filesystem with disableRedirects: %v, want %q", err, want)
+	}
+}

@@ -114,6 +114,12 @@ type Storage struct {
 	// region, accountname, ...). For the filesystem driver "rootdirectory"
 	// defaults to <path>/blobs. Default: empty.
 	Parameters map[string]any `yaml:"parameters"`
+
+	// DisableRedirects serves the bytes of every hit through airlock
+	// instead of redirecting clients to the object store's presigned URL
+	// (s3, gcs, azure). Set it when clients cannot reach the store's
+	// endpoint. The filesystem driver never redirects. Default false.
+	DisableRedirects bool `yaml:"disableRedirects"`
 }
 
 // MaxManifestBytes is the largest manifest airlock accepts, the same bound

@@ -102,6 +102,9 @@ func (s *Storage) check(p *problems) {
 	switch s.Driver {
 	case DriverFilesystem:
 		s.checkFilesystem(p)
+		if s.DisableRedirects {
+			p.add("storage.disableRedirects", "the filesystem driver never redirects; remove the key")
+		}
 	case DriverS3, DriverGCS, DriverAzure:
 	default:
 		p.add("storage.driver", "unknown driver %q; use filesystem, s3, gcs or azure", s.Driver)

@@ -107,6 +107,14 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 			continue
 		}
 		src := blobSource{body: body, size: size, peer: peer, name: "peer " + peer}
+		if repo == "" && off == 0 {
+			// The leader's fill committed: the blob is in the store the
+			// replicas share, and this fill has nothing to fetch.
+			if _, err := p.blobs.Stat(ctx, f.digest); err == nil {
+				src.close()
+				return blobSource{}, errStoredMeanwhile
+			}
+		}
 		if repo != rq.route.Key() {
 			// Another repository's fill on the peer, or the peer's store:
 			// this repository's own upstream must vouch for the blob, as it
@@ -120,6 +128,10 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 	}
 	return p.upstreamSource(ctx, rq, f.digest, off)
 }
+
+// errStoredMeanwhile ends a fill that found the blob committed by the
+// replica that led it: its readers go to the store.
+var errStoredMeanwhile = errors.New("blob was committed by the replica leading its fill")
 
 // confirmAt asks the request's upstream whether its repository holds d,
 // of the peer's size when it announced one.
@@ -195,16 +207,27 @@ func resumable(ctx context.Context, src blobSource, err error) bool {
 	return src.peer != "" && ctx.Err() == nil && errors.As(err, &se) && !errors.Is(err, verify.ErrTooLarge)
 }
 
-// awaitPeerCommit gives the leader of a fill this replica followed a
-// moment to commit the blob to the store the replicas share, so that this
+// awaitPeerCommit gives the leader of a fill this replica followed the
+// time to commit the blob to the store the replicas share, so that this
 // replica's commit finds it there and stores nothing twice (content
 // addressing makes a second put harmless, but on object storage it is a
-// whole upload). Clients have every byte already: this delays only the
-// fill's end, at most peerCommitWait.
-func (p *Proxy) awaitPeerCommit(ctx context.Context, d digest.Digest) {
+// whole upload). The leader gives up the lease only after its commit, so
+// the wait ends when the blob is stored, or when this replica can take the
+// lease (the leader's commit failed, or it died): this replica then
+// commits under the lease. Clients have every byte already: this delays
+// only the fill's end, at most peerCommitWait.
+func (p *Proxy) awaitPeerCommit(ctx context.Context, f *fill, up string) {
 	deadline := time.Now().Add(peerCommitWait)
-	for wait := 10 * time.Millisecond; time.Now().Before(deadline); wait = min(2*wait, 500*time.Millisecond) {
-		if _, err := p.blobs.Stat(ctx, d); err == nil || !errors.Is(err, storage.ErrNotFound) {
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		if _, err := p.blobs.Stat(ctx, f.digest); err == nil || !errors.Is(err, storage.ErrNotFound) {
+			return
+		}
+		release, _, err := p.cluster.ClaimFill(ctx, up, f.digest, "")
+		if err != nil || release != nil {
+			f.lease = release
+			return
+		}
+		if time.Now().After(deadline) {
 			return
 		}
 		select {
@@ -215,8 +238,9 @@ func (p *Proxy) awaitPeerCommit(ctx context.Context, d digest.Digest) {
 	}
 }
 
-// peerCommitWait bounds awaitPeerCommit.
-const peerCommitWait = 5 * time.Second
+// peerCommitWait bounds awaitPeerCommit: an object store's upload of a
+// large layer takes a while.
+const peerCommitWait = 2 * time.Minute
 
 // StreamFill serves the peer listener (see cluster.FillSource): blob d of
 // upstream from offset off, from a running fill of this replica as it

@@ -26,6 +26,11 @@ import (
 //
 // The last byte is held back from readers until the digest is verified:
 // a client can receive a truncated transfer, never a complete wrong blob.
+//
+// In a cluster (Options.Cluster) a fill first claims the blob's lease
+// across the replicas: the replica that gets it fetches from the
+// upstream, the others read its fill from its peer listener into spools of
+// their own, verified the same way (see cluster.go).
 type fill struct {
 	digest   digest.Digest
 	upstream string
@@ -210,8 +215,8 @@ func (p *Proxy) runFill(from context.Context, f *fill, rq *request) {
 		stored = true
 	} else if !errors.Is(serr, storage.ErrNotFound) {
 		err = fmt.Errorf("checking blob %s in the store: %w", f.digest, serr)
-	} else {
-		err = p.transfer(ctx, f, rq)
+	} else if err = p.transfer(ctx, f, rq); errors.Is(err, errStoredMeanwhile) {
+		stored, err = true, nil
 	}
 	span.SetAttributes(attribute.Int64("airlock.bytes", f.written))
 	endChild(span, err)
@@ -397,8 +402,8 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 		p.log.LogAttrs(ctx, slog.LevelError, "linking blob failed", slog.String("digest", f.digest.String()),
 			slog.String("error", err.Error()))
 	}
-	if src.peer != "" {
-		p.awaitPeerCommit(ctx, f.digest)
+	if src.peer != "" && f.lease == nil {
+		p.awaitPeerCommit(ctx, f, up)
 	}
 	_, commitSpan := p.span(ctx, "verify.commit")
 	err = p.blobs.Commit(ctx, f.digest, spool)
@@ -573,9 +578,9 @@ func (u sourceBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// lengthReader fails as soon as a body runs past the length the upstream
-// announced or past max, and at EOF if it fell short of the announced
-// length. want < 0 means unknown.
+// lengthReader fails as soon as a body runs past the length its source
+// (the upstream, or a peer) announced or past max, and at EOF if it fell
+// short of the announced length. want < 0 means unknown.
 type lengthReader struct {
 	r    io.Reader
 	want int64
@@ -594,13 +599,13 @@ func (l *lengthReader) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p)
 	l.n += int64(n)
 	if l.want >= 0 && l.n > l.want {
-		return n, fmt.Errorf("upstream sent more than its Content-Length of %d bytes: %w", l.want, verify.ErrTooLarge)
+		return n, fmt.Errorf("body ran past its announced length of %d bytes: %w", l.want, verify.ErrTooLarge)
 	}
 	if l.n > l.max {
-		return n, fmt.Errorf("upstream sent more than the %d bytes allowed for this blob: %w", l.max, verify.ErrTooLarge)
+		return n, fmt.Errorf("body ran past the %d bytes allowed for this blob: %w", l.max, verify.ErrTooLarge)
 	}
 	if err == io.EOF && l.want >= 0 && l.n != l.want {
-		return n, fmt.Errorf("upstream body ended at %d of %d bytes: %w", l.n, l.want, io.ErrUnexpectedEOF)
+		return n, fmt.Errorf("body ended at %d of %d bytes: %w", l.n, l.want, io.ErrUnexpectedEOF)
 	}
 	return n, err
 }

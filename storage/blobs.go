@@ -40,6 +40,8 @@ type Blobs struct {
 	uploadGrace time.Duration
 	// redirects lets RedirectURL hand out the driver's presigned URLs.
 	redirects bool
+	// cache is the local copy of a remote store's blobs, or nil.
+	cache *localCache
 
 	mu     sync.Mutex
 	spools map[string]*Spool // live spools by path, which Recover must keep
@@ -83,6 +85,15 @@ func NewBlobs(driver storagedriver.StorageDriver, localRoot, spoolDir string, op
 	}
 	for _, o := range opts {
 		o(b)
+	}
+	if b.cache != nil && localRoot != "" {
+		b.cache = nil // the blobs are local already
+	}
+	if b.cache != nil {
+		if err := b.cache.open(spoolDir); err != nil {
+			return nil, err
+		}
+		b.driver = cacheDriver{StorageDriver: driver, cache: b.cache}
 	}
 	if localRoot != "" {
 		if err := os.MkdirAll(localRoot, 0o750); err != nil {
@@ -169,7 +180,7 @@ func (b *Blobs) Probe(ctx context.Context) error {
 		err = b.driver.Delete(ctx, p)
 	}
 	if err != nil {
-		return fmt.Errorf("storage: writing a probe object to the %s driver: %w", b.driver.Name(),
+		return fmt.Errorf("storage: writing a probe object: %w",
 			&storeError{driver: b.driver.Name(), unreachable: unreachable(err), err: err})
 	}
 	return nil
@@ -199,6 +210,9 @@ func (b *Blobs) Stat(ctx context.Context, d digest.Digest) (int64, error) {
 			return 0, notFound(d, err)
 		}
 		return fi.Size(), nil
+	}
+	if size, ok := b.cache.has(d); ok {
+		return size, nil
 	}
 	fi, err := b.driver.Stat(ctx, blobPath(d))
 	if err != nil {
@@ -230,6 +244,9 @@ func (b *Blobs) Open(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, i
 		}
 		return f, fi.Size(), nil
 	}
+	if f, size, ok := b.cache.get(d); ok {
+		return f, size, nil
+	}
 	size, err := b.Stat(ctx, d)
 	if err != nil {
 		return nil, 0, err
@@ -248,6 +265,10 @@ func (b *Blobs) RedirectURL(r *http.Request, d digest.Digest) (string, error) {
 	if b.localRoot != "" || !b.redirects {
 		return "", nil
 	}
+	// A local copy is closer than any redirect.
+	if _, ok := b.cache.has(d); ok {
+		return "", nil
+	}
 	u, err := b.driver.RedirectURL(r, blobPath(d))
 	if err != nil {
 		return "", fmt.Errorf("blob %s: redirect URL from the %s driver: %w", d, b.driver.Name(), err)
@@ -256,11 +277,15 @@ func (b *Blobs) RedirectURL(r *http.Request, d digest.Digest) (string, error) {
 }
 
 // notFound maps "does not exist" from either the OS or a driver to
-// ErrNotFound and wraps anything else with the digest.
+// ErrNotFound, marks any other failure a driver reports as ErrUnavailable,
+// and wraps anything else with the digest.
 func notFound(d digest.Digest, err error) error {
 	var pnf storagedriver.PathNotFoundError
 	if errors.Is(err, os.ErrNotExist) || errors.As(err, &pnf) {
 		return fmt.Errorf("blob %s: %w", d, ErrNotFound)
+	}
+	if de, ok := errors.AsType[storagedriver.Error](err); ok {
+		return fmt.Errorf("blob %s: %w", d, &storeError{driver: de.DriverName, unreachable: unreachable(err), err: err})
 	}
 	return fmt.Errorf("blob %s: %w", d, err)
 }

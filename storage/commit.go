@@ -135,7 +135,7 @@ func (b *Blobs) commitRemote(ctx context.Context, d digest.Digest, s *Spool) err
 	// An object of another size at the path is not the blob (an earlier
 	// fault left it): the upload replaces it.
 	if fi, err := b.driver.Stat(ctx, final); err == nil && fi.Size() == s.Size() {
-		return b.dropCommittedSpool(d, s)
+		return b.keepCommittedSpool(d, s)
 	}
 	tmp, err := uploadPath(d)
 	if err != nil {
@@ -170,6 +170,16 @@ func (b *Blobs) commitRemote(ctx context.Context, d digest.Digest, s *Spool) err
 		// (a concurrent writer's fault), and must not be served.
 		b.driver.Delete(context.WithoutCancel(ctx), final)
 		return fmt.Errorf("commit of blob %s: the %s driver holds %d bytes of %d at its path; removed", d, b.driver.Name(), fi.Size(), s.Size())
+	}
+	return b.keepCommittedSpool(d, s)
+}
+
+// keepCommittedSpool makes a spool whose blob is now in the remote store
+// the local copy, when there is a local cache, and removes it otherwise.
+func (b *Blobs) keepCommittedSpool(d digest.Digest, s *Spool) error {
+	if b.cache != nil && b.cache.adopt(s) {
+		s.removed = true
+		return nil
 	}
 	return b.dropCommittedSpool(d, s)
 }

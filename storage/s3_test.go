@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -162,11 +163,21 @@ func TestS3CommitStatOpenDeleteWalk(t *testing.T) {
 	if got := walked(t, b); len(got) != 2 || got[d] != int64(len(content)) || got[od] != 1000 {
 		t.Fatalf("Walk saw %v, want both blobs with their sizes", got)
 	}
+	// A reader opened before an eviction, by this replica or another,
+	// reads nothing after it: the blob is gone, not the store.
+	evicted, _, err := b.Open(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer evicted.Close()
 	if err := b.Delete(ctx, d); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.Stat(ctx, d); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Stat after Delete = %v, want ErrNotFound", err)
+	}
+	if _, err := evicted.Read(make([]byte, 10)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a read after Delete of a blob opened before = %v, want ErrNotFound", err)
 	}
 	if got := walked(t, b); len(got) != 1 || got[od] != 1000 {
 		t.Fatalf("Walk after Delete saw %v, want only the other blob", got)
@@ -431,7 +442,7 @@ func TestS3CommitInterrupted(t *testing.T) {
 }
 
 // TestS3Down: with the S3 server stopped, Stat, Open, a read of a blob
-// opened before and Probe fail with ErrUnavailable and a message saying
+// opened before, Probe and Delete fail with ErrUnavailable and a message saying
 // the store is unreachable, never ErrNotFound, which would send every
 // request to the upstream for a blob the store holds. Once it is back, the
 // blob is served again.
@@ -470,6 +481,7 @@ func TestS3Down(t *testing.T) {
 	_, err = before.Read(make([]byte, 10))
 	check("a read of a blob opened before", err)
 	check("Probe", b.Probe(t.Context()))
+	check("Delete", b.Delete(t.Context(), d))
 
 	srv.Restart(t)
 	if err := b.Probe(t.Context()); err != nil {
@@ -499,5 +511,90 @@ func TestS3MissingBucket(t *testing.T) {
 	_, d := randomBlob(t, 10)
 	if _, err := b.Stat(t.Context(), d); errors.Is(err, ErrNotFound) || !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Stat in a missing bucket = %v; want ErrUnavailable, not ErrNotFound", err)
+	}
+}
+
+// TestS3LocalCache: with a local cache, the blobs a replica commits are
+// served from local files, also while the object store is down; blobs
+// other replicas committed come from the object store. The cache keeps to
+// its bound, least recently used first, forgets what Delete removes, and
+// is found again by the next store on the same directory.
+func TestS3LocalCache(t *testing.T) {
+	t.Parallel()
+	srv := s3test.Start(t)
+	params := srv.Params(t)
+	cacheDir := t.TempDir()
+	b := s3Blobs(t, params, WithLocalCache(cacheDir, 250_000))
+	other := s3Blobs(t, params)
+	ctx := t.Context()
+	blobA, a := randomBlob(t, 100_000)
+	blobB, bb := randomBlob(t, 100_000)
+	blobC, c := randomBlob(t, 100_000)
+	blobD, d := randomBlob(t, 100_000)
+	huge, h := randomBlob(t, 300_000)
+
+	// read opens d and checks its bytes, and whether they came from a
+	// local file.
+	read := func(b *Blobs, d digest.Digest, want []byte, local bool) {
+		t.Helper()
+		rc, size, err := b.Open(ctx, d)
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		defer rc.Close()
+		if _, isFile := rc.(*os.File); isFile != local {
+			t.Errorf("Open returned %T; local copy expected: %v", rc, local)
+		}
+		if got, err := io.ReadAll(rc); err != nil || size != int64(len(want)) || !bytes.Equal(got, want) {
+			t.Fatalf("read %d bytes of %d (%v); not the blob", len(got), size, err)
+		}
+	}
+	b.Discard(put(t, b, blobA, a))
+	other.Discard(put(t, other, blobC, c))
+	b.Discard(put(t, b, huge, h))
+	read(b, a, blobA, true)
+	read(b, c, blobC, false)
+	read(b, h, huge, false) // over the bound: not kept
+	if u, err := b.RedirectURL(httptest.NewRequest(http.MethodGet, "/", nil), a); u != "" || err != nil {
+		t.Errorf("RedirectURL of a blob with a local copy = %q, %v; want none", u, err)
+	}
+	if u, _ := b.RedirectURL(httptest.NewRequest(http.MethodGet, "/", nil), c); u == "" {
+		t.Error("no RedirectURL for a blob without a local copy")
+	}
+
+	srv.Stop(t)
+	read(b, a, blobA, true)
+	if size, err := b.Stat(ctx, a); err != nil || size != int64(len(blobA)) {
+		t.Errorf("Stat of a local copy with the object store down = %d, %v", size, err)
+	}
+	if _, _, err := b.Open(ctx, c); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Open of a blob without a local copy, the object store down = %v; want ErrUnavailable", err)
+	}
+	srv.Restart(t)
+
+	b.Discard(put(t, b, blobB, bb))
+	read(b, a, blobA, true) // a is now used more recently than bb
+	b.Discard(put(t, b, blobD, d))
+	read(b, a, blobA, true)
+	read(b, d, blobD, true)
+	read(b, bb, blobB, false) // evicted from the cache, still in the bucket
+	if _, err := os.Stat(filepath.Join(cacheDir, "sha256-"+bb.Encoded())); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the evicted copy's file is still there: %v", err)
+	}
+
+	if err := b.Delete(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Stat(ctx, a); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Stat after Delete = %v; want ErrNotFound", err)
+	}
+	if _, err := os.Stat(filepath.Join(cacheDir, "sha256-"+a.Encoded())); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the deleted blob's copy is still there: %v", err)
+	}
+
+	again := s3Blobs(t, params, WithLocalCache(cacheDir, 250_000))
+	read(again, d, blobD, true)
+	if files, _ := os.ReadDir(cacheDir); len(files) != 1 {
+		t.Errorf("the cache directory holds %d files, want the one copy", len(files))
 	}
 }

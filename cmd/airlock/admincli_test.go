@@ -22,6 +22,7 @@ import (
 
 	"github.com/airlock-registry/airlock/admin/admintest"
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
+	"github.com/airlock-registry/airlock/internal/pgtest"
 	"github.com/airlock-registry/airlock/scanner"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
@@ -37,10 +38,11 @@ var cliBinary struct {
 	out  []byte
 }
 
-// TestMain removes the binary airlockBinary built. Tests of this package
+// TestMain removes the binary airlockBinary built, and stops the
+// PostgreSQL server the tests that need one started. Tests of this package
 // that need the binary call airlockBinary rather than build their own.
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := pgtest.Main(m)
 	if cliBinary.path != "" {
 		os.RemoveAll(filepath.Dir(cliBinary.path))
 	}

@@ -32,6 +32,6 @@ func newRootCommand() *cobra.Command {
 	root.SetVersionTemplate("airlock {{.Version}}\n")
 	root.AddCommand(newServeCommand(), newConfigCommand(), newVersionCommand(info))
 	root.AddCommand(newQuarantineCommand(), newImagesCommand(), newReleaseCommand(), newBlockCommand(),
-		newUnblockCommand(), newRescanCommand(), newAuditCommand(), newVulndbCommand())
+		newUnblockCommand(), newRescanCommand(), newAuditCommand(), newVulndbCommand(), newMetadataCommand())
 	return root
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/airlock-registry/airlock/admin"
 	"github.com/airlock-registry/airlock/admin/console"
 	"github.com/airlock-registry/airlock/alerts"
+	"github.com/airlock-registry/airlock/cluster"
 	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/gate"
 	"github.com/airlock-registry/airlock/policy"
@@ -39,6 +40,7 @@ import (
 	"github.com/airlock-registry/airlock/storage"
 	"github.com/airlock-registry/airlock/storage/evict"
 	"github.com/airlock-registry/airlock/storage/metadata"
+	"github.com/airlock-registry/airlock/storage/metadata/postgres"
 	"github.com/airlock-registry/airlock/verify/notation"
 	"github.com/airlock-registry/airlock/verify/signature"
 )
@@ -87,12 +89,19 @@ func newLogger(format string, level slog.Leveler, w io.Writer) *slog.Logger {
 
 // gateway is one running airlock: its stores, its proxy and its listeners.
 type gateway struct {
-	cfg   *config.Config
-	log   *slog.Logger
-	meta  *metadata.DB
-	blobs *storage.Blobs
-	proxy *proxy.Proxy
-	gate  *gate.Gate
+	cfg  *config.Config
+	log  *slog.Logger
+	meta metaStore
+	// pg is meta when it is PostgreSQL, else nil.
+	pg *postgres.Store
+	// cluster is this replica's membership; nil when it runs alone.
+	cluster *cluster.Cluster
+	// follower applies other replicas' image changes to the gate; nil
+	// with bbolt.
+	follower *follower
+	blobs    *storage.Blobs
+	proxy    *proxy.Proxy
+	gate     *gate.Gate
 	// alerts routes the gate's events to webhooks (reload replaces its
 	// table); deliverer sends them from the outbox.
 	alerts    *alerts.Router
@@ -103,6 +112,10 @@ type gateway struct {
 	// stopTracing flushes spans at exit.
 	stopTracing func(context.Context) error
 	evictor     *evict.Evictor
+	// maxBytes is cache.maxSize; evicting is set while this replica
+	// holds the cluster's evictor lease (runEvictor).
+	maxBytes atomic.Int64
+	evicting atomic.Bool
 	// scans is the vulnerability scanner; nil when scanning is off.
 	scans *scanService
 
@@ -122,7 +135,7 @@ type gateway struct {
 	policy pullauth.Policy
 }
 
-func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gateway, error) {
+func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *gateway, err error) {
 	g := &gateway{cfg: cfg, loaded: cfg, log: log, promReg: prometheus.NewRegistry(), build: readBuildInfo()}
 	g.promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		g.build.collector())
@@ -131,47 +144,62 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 	if err := os.MkdirAll(cfg.Storage.Path, 0o750); err != nil {
 		return nil, fmt.Errorf("storage.path %s: %w", cfg.Storage.Path, err)
 	}
-	blobs, err := openBlobs(ctx, cfg.Storage)
+	blobs, err := openBlobs(ctx, cfg.Storage, spoolDir(cfg))
 	if err != nil {
 		return nil, err
 	}
 	g.blobs = blobs
-	// The metadata file's lock is what keeps a second airlock off this
-	// directory, so it is taken before Recover removes spools: they may be
-	// the live downloads of an airlock already running here.
-	g.meta, err = metadata.Open(filepath.Join(cfg.Storage.Path, "metadata.db"))
+	// With bbolt, the metadata file's lock is what keeps a second airlock
+	// off this directory, so it is taken before Recover removes spools:
+	// they may be the live downloads of an airlock already running here.
+	// With PostgreSQL each replica spools in a directory of its own
+	// (spoolDir), and Recover leaves the shared store's young uploads to
+	// the replicas writing them.
+	g.meta, g.pg, err = openMetadata(ctx, cfg, log)
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			g.closeStores()
+		}
+	}()
+	if g.pg != nil {
+		// Before the gate loads the states: a change made meanwhile is
+		// read again once the gate runs, not lost between the two.
+		g.follower = newFollower(log.With(slog.String("component", "gate")))
+		g.pg.Subscribe(g.follower.note)
+	}
+	if cfg.Cluster.Enabled() {
+		if err := g.openCluster(ctx); err != nil {
+			return nil, err
+		}
+	}
 	if n, err := blobs.Recover(ctx); err != nil {
-		g.meta.Close()
 		return nil, fmt.Errorf("recovering the blob store: %w", err)
 	} else if n > 0 {
 		log.Info("removed unfinished downloads left by an earlier run", slog.Int("count", n))
 	}
 	// The evictor runs even without cache.maxSize, to report the size.
+	g.maxBytes.Store(cfg.Cache.MaxSize.Bytes())
 	g.evictor = evict.New(evict.Options{
 		Blobs: blobs, Uses: g.meta, Index: g.meta, MaxBytes: cfg.Cache.MaxSize.Bytes(),
 		Logger: log.With(slog.String("component", "evict")), Registerer: g.promReg,
 	})
 	rt, regs, ttls, err := buildUpstreams(cfg, selfAddrs(cfg), g.metrics, log)
 	if err != nil {
-		g.meta.Close()
 		return nil, err
 	}
 	tracer, stopTracing, err := newTracer(ctx, cfg.Tracing)
 	if err != nil {
-		g.meta.Close()
 		return nil, err
 	}
 	g.stopTracing = stopTracing
 	policies, err := compilePolicies(cfg, log)
 	if err != nil {
-		g.meta.Close()
 		return nil, err
 	}
 	if g.alerts, err = alerts.NewRouter(cfg.Alerts); err != nil {
-		g.meta.Close()
 		return nil, err
 	}
 	g.deliverer = alerts.New(alerts.Options{Outbox: g.meta, Router: g.alerts, UserAgent: "airlock/" + g.build.Version,
@@ -188,10 +216,9 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 		Alerts: g.alerts, Delivered: g.deliverer.Nudge, Verify: verifySignatures(content), Scanner: gateScanner(g.scans),
 		KnownRepository: content.Known, Logger: log.With(slog.String("component", "gate")), Registerer: g.promReg})
 	if err != nil {
-		g.meta.Close()
 		return nil, err
 	}
-	g.proxy, err = proxy.New(proxy.Options{
+	po := proxy.Options{
 		Gate:   g.gate,
 		Tracer: tracer,
 		Router: rt, Registries: regs, TagTTL: ttls, DefaultTagTTL: cfg.Cache.TagTTL.Std(),
@@ -210,12 +237,17 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 			return &proxy.Error{Status: http.StatusForbidden, Code: proxy.CodeDenied,
 				Message: fmt.Sprintf("this client may not pull from upstream %q", upstream)}
 		},
-	})
-	if err != nil {
-		g.meta.Close()
+	}
+	if g.cluster != nil {
+		po.Cluster = g.cluster // a nil *Cluster would be a non-nil interface
+	}
+	if g.proxy, err = proxy.New(po); err != nil {
 		return nil, err
 	}
 	content.p = g.proxy
+	if g.follower != nil {
+		g.follower.forget = g.proxy.Forget
+	}
 	if g.scans != nil {
 		g.scans.result = g.gate.ScanResult
 	}
@@ -224,14 +256,29 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gat
 			Logger: log.With(slog.String("component", "pullauth")), Registerer: g.promReg})
 	}
 	if err != nil {
-		g.meta.Close()
 		return nil, err
 	}
 	if err := g.reidentify(ctx, cfg); err != nil {
-		g.meta.Close()
 		return nil, err
 	}
 	return g, nil
+}
+
+// closeStores closes the cluster membership and the metadata store, in
+// that order (the cluster uses the store's pool).
+func (g *gateway) closeStores() error {
+	var errs []error
+	if g.cluster != nil {
+		if err := g.cluster.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if g.meta != nil {
+		if err := g.meta.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("closing metadata: %w", err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // reidentify tells the metadata index what each upstream name stands for.
@@ -272,8 +319,7 @@ func (g *gateway) reconcile(ctx context.Context) {
 
 // openBlobs builds the configured storage driver. The filesystem driver gets
 // the local fast path: *os.File hits (sendfile) and commit by rename.
-func openBlobs(ctx context.Context, s config.Storage) (*storage.Blobs, error) {
-	spool := filepath.Join(s.Path, "spool")
+func openBlobs(ctx context.Context, s config.Storage, spool string) (*storage.Blobs, error) {
 	params := map[string]any{}
 	for k, v := range s.Parameters {
 		params[k] = v
@@ -295,7 +341,17 @@ func openBlobs(ctx context.Context, s config.Storage) (*storage.Blobs, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage.driver %s: %w (check storage.parameters)", s.Driver, err)
 	}
-	return storage.NewBlobs(d, "", spool)
+	blobs, err := storage.NewBlobs(d, "", spool, storage.WithRedirects(!s.DisableRedirects))
+	if err != nil {
+		return nil, err
+	}
+	// Drivers connect lazily: without a probe, a missing bucket or an
+	// unreachable endpoint would show only as a cache that never fills.
+	if err := blobs.Probe(ctx); err != nil {
+		return nil, fmt.Errorf("storage.driver %s: %w (check storage.parameters: the bucket must exist and "+
+			"the endpoint must be reachable with these credentials)", s.Driver, err)
+	}
+	return blobs, nil
 }
 
 // selfAddrs are the addresses of the listeners serving cfg, which no
@@ -417,7 +473,17 @@ func (g *gateway) run(ctx context.Context, configPath string) error {
 	adminSrv := &http.Server{Handler: adminMux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)}
 
-	errc := make(chan error, 2)
+	var peerSrv *http.Server
+	var peerLn net.Listener
+	if g.cluster != nil {
+		if peerSrv, peerLn, err = g.peerServer(); err != nil {
+			regLn.Close()
+			adminLn.Close()
+			return err
+		}
+	}
+
+	errc := make(chan error, 3)
 	go func() {
 		if g.cfg.TLS.Enabled() {
 			errc <- regSrv.ServeTLS(regLn, g.cfg.TLS.CertFile, g.cfg.TLS.KeyFile)
@@ -426,12 +492,21 @@ func (g *gateway) run(ctx context.Context, configPath string) error {
 		}
 	}()
 	go func() { errc <- adminSrv.Serve(adminLn) }()
+	if peerSrv != nil {
+		go func() { errc <- peerSrv.Serve(peerLn) }()
+	}
 	evictCtx, stopEvict := context.WithCancel(context.WithoutCancel(ctx))
 	evictDone := make(chan struct{})
 	go func() {
 		defer close(evictDone)
-		g.reconcile(evictCtx)
-		g.evictor.Run(evictCtx, g.cfg.Cache.EvictInterval.Std())
+		g.runEvictor(evictCtx)
+	}()
+	followDone := make(chan struct{})
+	go func() {
+		defer close(followDone)
+		if g.follower != nil {
+			g.follower.run(evictCtx, g.gate)
+		}
 	}()
 	gateDone := make(chan struct{})
 	go func() {
@@ -455,7 +530,8 @@ func (g *gateway) run(ctx context.Context, configPath string) error {
 	g.log.Info("airlock serving", slog.String("version", g.build.Version), slog.String("commit", g.build.CommitLabel()),
 		slog.String("registry", regLn.Addr().String()), slog.String("admin", adminLn.Addr().String()),
 		slog.String("config", displayPath(configPath)), slog.Any("upstreams", upstreamSummaries(g.cfg)),
-		slog.String("storage", g.cfg.Storage.Path), slog.String("pull_auth", access))
+		slog.String("storage", g.cfg.Storage.Path), slog.String("metadata", g.cfg.Metadata.Driver),
+		slog.String("cluster", clusterSummary(g.cluster, peerLn)), slog.String("pull_auth", access))
 	logPullAccess(g.log, access, open)
 
 	hup := make(chan os.Signal, 1)
@@ -493,17 +569,26 @@ loop:
 	if err := g.proxy.Close(drain); err != nil {
 		g.log.Warn("background downloads cancelled at shutdown; they will restart on the next pull", slog.String("error", err.Error()))
 	}
+	if peerSrv != nil {
+		// After the proxy: peers may be reading fills it just finished.
+		// Its fills are done, so what is left is a peer's read of a
+		// stored blob, which it resumes elsewhere.
+		if err := peerSrv.Shutdown(drain); err != nil {
+			peerSrv.Close()
+		}
+	}
 	adminSrv.Close()
 	stopEvict()
 	<-evictDone
+	<-followDone
 	<-gateDone
 	<-alertsDone
 	<-scansDone
 	if err := g.stopTracing(drain); err != nil {
 		g.log.Warn("flushing trace spans failed", slog.String("error", err.Error()))
 	}
-	if err := g.meta.Close(); err != nil {
-		return fmt.Errorf("closing metadata: %w", err)
+	if err := g.closeStores(); err != nil {
+		return err
 	}
 	g.log.Info("airlock stopped")
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
@@ -584,7 +669,7 @@ func (g *gateway) reload(path string) {
 	} else if n > 0 {
 		g.log.Info("images changed state under the reloaded policies", slog.Int("images", n))
 	}
-	g.evictor.SetMaxBytes(cfg.Cache.MaxSize.Bytes())
+	g.setMaxBytes(cfg.Cache.MaxSize.Bytes())
 	if g.logLevel != nil {
 		g.logLevel.Set(cfg.Log.SlogLevel())
 	}

@@ -33,6 +33,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -48,6 +50,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go/aws"
+	"github.com/aws/aws-sdk-go/aws/awserr"
 	"github.com/aws/aws-sdk-go/aws/credentials"
 	"github.com/aws/aws-sdk-go/aws/session"
 	"github.com/aws/aws-sdk-go/service/s3"
@@ -286,13 +289,7 @@ func (s *Server) ParamsFor(bucket string) map[string]any {
 func (s *Server) CreateBucket(tb testing.TB) string {
 	tb.Helper()
 	bucket := fmt.Sprintf("airlock-%d-%d", os.Getpid(), bucketSeq.Add(1))
-	sess, err := session.NewSession(aws.NewConfig().WithHTTPClient(&http.Client{}).
-		WithEndpoint(s.Endpoint()).WithRegion(Region).WithS3ForcePathStyle(true).
-		WithCredentials(credentials.NewStaticCredentials(s.accessKey, s.secretKey, "")))
-	if err != nil {
-		tb.Fatalf("s3test: %v", err)
-	}
-	if _, err := s3.New(sess).CreateBucketWithContext(tb.Context(), &s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil {
+	if _, err := s.client(tb).CreateBucketWithContext(tb.Context(), &s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil {
 		tb.Fatalf("s3test: creating bucket %s on %s: %v", bucket, s.Endpoint(), err)
 	}
 	// The posix backend keeps a bucket as a directory of the root: removing
@@ -300,6 +297,34 @@ func (s *Server) CreateBucket(tb testing.TB) string {
 	// listed and deleted first.
 	tb.Cleanup(func() { os.RemoveAll(filepath.Join(s.dir, "root", bucket)) })
 	return bucket
+}
+
+// Object returns the object at key in bucket, as the S3 API serves it, or
+// an error: one wrapping fs.ErrNotExist when there is no such object.
+func (s *Server) Object(tb testing.TB, bucket, key string) ([]byte, error) {
+	tb.Helper()
+	out, err := s.client(tb).GetObjectWithContext(tb.Context(), &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)})
+	if ae, ok := err.(awserr.Error); ok && ae.Code() == s3.ErrCodeNoSuchKey {
+		return nil, fmt.Errorf("%s/%s: %w", bucket, key, fs.ErrNotExist)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer out.Body.Close()
+	return io.ReadAll(out.Body)
+}
+
+// client is an S3 client of the root account. It has an http.Client of its
+// own: the SDK may change the one it is given (see Main).
+func (s *Server) client(tb testing.TB) *s3.S3 {
+	tb.Helper()
+	sess, err := session.NewSession(aws.NewConfig().WithHTTPClient(&http.Client{}).
+		WithEndpoint(s.Endpoint()).WithRegion(Region).WithS3ForcePathStyle(true).
+		WithCredentials(credentials.NewStaticCredentials(s.accessKey, s.secretKey, "")))
+	if err != nil {
+		tb.Fatalf("s3test: %v", err)
+	}
+	return s3.New(sess)
 }
 
 // Stop kills the server, as a crash or a network partition would end it,

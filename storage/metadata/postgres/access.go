@@ -177,14 +177,23 @@ func (s *Store) flushLoop(ctx context.Context, every time.Duration) {
 	defer close(s.flushing)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	failing := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := s.flush(ctx); err != nil && ctx.Err() == nil {
-				// The times are kept for the next round.
-				s.log.Warn("metadata: writing access times; retrying with the next batch", "err", err)
+			// The times of a failed write are kept for the next round. An
+			// outage is logged when it starts and when it ends, not every
+			// round.
+			err := s.flush(ctx)
+			switch {
+			case err != nil && ctx.Err() == nil && !failing:
+				failing = true
+				s.log.Warn("metadata: writing access times failed; they are kept in memory and written when PostgreSQL answers", "err", err)
+			case err == nil && failing:
+				failing = false
+				s.log.Info("metadata: access times written again")
 			}
 		}
 	}

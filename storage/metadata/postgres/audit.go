@@ -93,40 +93,47 @@ func (s *Store) VerifyAudit(ctx context.Context) (metadata.AuditCheck, error) {
 	var check metadata.AuditCheck
 	opts := pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}
 	err := pgx.BeginTxFunc(ctx, s.pool, opts, func(tx pgx.Tx) error {
-		var headSeq int64
-		var headHash string
-		if err := tx.QueryRow(ctx, "SELECT seq, hash FROM airlock_meta_audit_head").Scan(&headSeq, &headHash); err != nil {
-			return fmt.Errorf("reading the audit head: %w", err)
-		}
-		rows, err := tx.Query(ctx, "SELECT seq, record FROM airlock_meta_audit ORDER BY seq")
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		v := chainVerifier{want: 1}
-		for rows.Next() {
-			var (
-				seq int64
-				val string
-			)
-			if err := rows.Scan(&seq, &val); err != nil {
-				return err
-			}
-			if !v.next(seq, val) {
-				check = v.check
-				return nil
-			}
-		}
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		check = v.finish(uint64(headSeq), headHash)
-		return nil
+		var err error
+		check, err = verifyAudit(ctx, tx)
+		return err
 	})
 	if err != nil {
 		return metadata.AuditCheck{}, fmt.Errorf("metadata: verifying the audit log: %w", err)
 	}
 	return check, nil
+}
+
+// verifyAudit checks the chain as tx sees it.
+func verifyAudit(ctx context.Context, tx pgx.Tx) (metadata.AuditCheck, error) {
+	var (
+		headSeq  int64
+		headHash string
+	)
+	if err := tx.QueryRow(ctx, "SELECT seq, hash FROM airlock_meta_audit_head").Scan(&headSeq, &headHash); err != nil {
+		return metadata.AuditCheck{}, fmt.Errorf("reading the audit head: %w", err)
+	}
+	rows, err := tx.Query(ctx, "SELECT seq, record FROM airlock_meta_audit ORDER BY seq")
+	if err != nil {
+		return metadata.AuditCheck{}, err
+	}
+	defer rows.Close()
+	v := chainVerifier{want: 1}
+	for rows.Next() {
+		var (
+			seq int64
+			val string
+		)
+		if err := rows.Scan(&seq, &val); err != nil {
+			return metadata.AuditCheck{}, err
+		}
+		if !v.next(seq, val) {
+			return v.check, nil
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return metadata.AuditCheck{}, err
+	}
+	return v.finish(uint64(headSeq), headHash), nil
 }
 
 // chainVerifier checks records one at a time, in seq order.

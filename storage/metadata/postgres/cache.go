@@ -35,8 +35,9 @@ import (
 // replica's cache within one notification's delivery, milliseconds.
 //
 // The bound: a cached answer is served only while the listener has been
-// heard from (a notification, or a ping sent every Staleness/4, at most
-// every 5 s) within the last [Options.Staleness]. When the listener is
+// heard from (a notification, or the answer to a ping sent after
+// Staleness/4 without one, and at least every 5 s) within the last
+// [Options.Staleness]. When the listener is
 // lost, silently (a partition) or not (PostgreSQL restarting), cached
 // answers keep being served for at most Staleness after the last contact,
 // so that approved content stays available through a short outage of
@@ -217,6 +218,8 @@ func (s *Store) receive(ctx context.Context, conn *pgx.Conn) error {
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
+		case err == nil && n == nil:
+			continue
 		case err == nil:
 			s.cache.confirm(time.Now())
 			kind, key, _ := strings.Cut(n.Payload, " ")
@@ -283,6 +286,9 @@ type cache struct {
 	staleness time.Duration
 	now       func() time.Time
 	seed      maphash.Seed
+	// maxEntries and maxBytes bound the cache (cacheEntries, cacheBytes).
+	maxEntries int
+	maxBytes   int64
 
 	mu      sync.Mutex
 	entries map[string]*list.Element
@@ -304,7 +310,8 @@ type entry struct {
 }
 
 func newCache(staleness time.Duration, now func() time.Time) *cache {
-	return &cache{staleness: staleness, now: now, seed: maphash.MakeSeed(), entries: map[string]*list.Element{}}
+	return &cache{staleness: staleness, now: now, seed: maphash.MakeSeed(), entries: map[string]*list.Element{},
+		maxEntries: cacheEntries, maxBytes: cacheBytes}
 }
 
 // validLocked says whether cached answers may be served at now.
@@ -358,7 +365,7 @@ func (c *cache) ticket(key string) ticket {
 // dropped since t was taken or the cache may not be served.
 func (c *cache) put(t ticket, key string, val any, size int64) {
 	size += int64(len(key)) + entryOverhead
-	if size > cacheBytes/16 {
+	if size > c.maxBytes/16 {
 		return // one entry never takes a large share of the cache
 	}
 	c.mu.Lock()
@@ -371,7 +378,7 @@ func (c *cache) put(t ticket, key string, val any, size int64) {
 	}
 	c.entries[key] = c.lru.PushFront(&entry{key, val, size})
 	c.bytes += size
-	for len(c.entries) > cacheEntries || c.bytes > cacheBytes {
+	for len(c.entries) > c.maxEntries || c.bytes > c.maxBytes {
 		c.removeLocked(c.lru.Back())
 	}
 }

@@ -22,7 +22,9 @@ import (
 //
 // Writes lock rows in one order (blob links, manifest links, tags,
 // manifest bodies; each set sorted by digest), so that two replicas
-// writing the same content never deadlock.
+// pulling the same content do not deadlock each other. Should an admin's
+// bulk change (Reidentify, UnlinkImage) meet a pull the other way round,
+// PostgreSQL ends one of the two and its caller gets the error.
 
 // Announcement kinds of the content index; each names its cache entries.
 const (
@@ -191,8 +193,9 @@ func (s *Store) Tags(ctx context.Context, repo string) ([]string, error) {
 	return tags, nil
 }
 
-// cachedManifest is a manifest as the cache holds it: the body is shared
-// and never modified; callers get copies.
+// cloneManifest copies rec's body: the cache's is shared and never
+// modified, and callers own what they get (an empty body is not nil, as
+// with bbolt).
 func cloneManifest(rec metadata.ManifestRecord) metadata.ManifestRecord {
 	rec.Body = bytes.Clone(rec.Body)
 	if rec.Body == nil {

@@ -279,8 +279,9 @@ func (s *Store) Images(ctx context.Context, q metadata.ImageQuery) (metadata.Ima
 		where = append(where, "repository = "+arg(q.Repository))
 	case q.Upstream != "":
 		// An upstream name has no "/", so "<upstream>/" selects exactly
-		// its repositories.
-		where = append(where, "starts_with(repository, "+arg(q.Upstream+"/")+")")
+		// its repositories: bytewise, those from "<upstream>/" up to
+		// "<upstream>0" ('0' follows '/'), a range of the primary key.
+		where = append(where, "repository >= "+arg(q.Upstream+"/")+" AND repository < "+arg(q.Upstream+"0"))
 	}
 	if q.State != metadata.StateNone {
 		where = append(where, "state = "+arg(string(q.State)))

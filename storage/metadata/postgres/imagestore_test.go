@@ -2,12 +2,15 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/airlock-registry/airlock/internal/pgtest"
@@ -379,5 +382,186 @@ func TestCursorIsBboltsFormat(t *testing.T) {
 	_, err = s.Images(t.Context(), metadata.ImageQuery{After: "bm9wZQ"}) // "nope": no separator
 	if err == nil || !strings.Contains(err.Error(), "is not a cursor this store returned") {
 		t.Errorf("Images with a foreign cursor = %v; want it refused as not a cursor", err)
+	}
+}
+
+// TestImageChangesAnnounced checks that UpdateImage and DeleteImage
+// announce the image to every replica once they commit, and that a
+// refused update announces nothing.
+func TestImageChangesAnnounced(t *testing.T) {
+	t.Parallel()
+	stores := replicas(t, 2)
+	a, b := stores[0], stores[1]
+	var (
+		mu    sync.Mutex
+		heard []string
+	)
+	b.Subscribe(func(kind, key string) {
+		if kind == "image" {
+			mu.Lock()
+			heard = append(heard, key)
+			mu.Unlock()
+		}
+	})
+	ctx := t.Context()
+	const repo = "hcl/vault"
+	d := digest.FromString("vault")
+	key := repo + "@" + d.String()
+	refused := errors.New("refused")
+	if _, err := a.UpdateImage(ctx, repo, digest.FromString("refused"), t0, func(img *metadata.Image) (metadata.Change, error) {
+		return metadata.Change{}, refused
+	}); !errors.Is(err, refused) {
+		t.Fatalf("UpdateImage with a failing fn = %v", err)
+	}
+	steps := []struct {
+		name string
+		do   func() error
+	}{
+		{"update", func() error {
+			_, err := a.UpdateImage(ctx, repo, d, t0, func(img *metadata.Image) (metadata.Change, error) {
+				img.State = metadata.StateQuarantined
+				return metadata.Change{}, nil
+			})
+			return err
+		}},
+		{"delete", func() error { return a.DeleteImage(ctx, repo, d, t0, metadata.Change{Actor: "admin:alice"}) }},
+	}
+	for i, st := range steps {
+		if err := st.do(); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		eventually(t, time.Second, "b hearing the "+st.name, func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if len(heard) != i+1 {
+				return fmt.Errorf("heard %q", heard)
+			}
+			if heard[i] != key {
+				return fmt.Errorf("heard %q, want %q", heard[i], key)
+			}
+			return nil
+		})
+	}
+}
+
+// TestReplicasReadTheOutboxAtOnce has replicas read the outbox at the
+// same moment, as their senders do: each target's deliveries go to one of
+// them, none to two.
+func TestReplicasReadTheOutboxAtOnce(t *testing.T) {
+	t.Parallel()
+	stores := replicas(t, 3)
+	ctx := t.Context()
+	const targets, each = 6, 5
+	_, err := stores[0].UpdateImage(ctx, "hcl/consul", digest.FromString("consul"), t0, func(img *metadata.Image) (metadata.Change, error) {
+		img.State = metadata.StateBlocked
+		var ds []metadata.Delivery
+		for i := range targets * each {
+			ds = append(ds, metadata.Delivery{Target: fmt.Sprintf("hook%d", i%targets), Event: metadata.Event{Type: "image.blocked"}})
+		}
+		return metadata.Change{Actor: "admin:alice", Action: metadata.ActionBlock, Deliveries: ds}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := make(chan struct{})
+	got := make([][]metadata.Delivery, len(stores))
+	errs := make([]error, len(stores))
+	var wg sync.WaitGroup
+	for i, s := range stores {
+		wg.Go(func() {
+			<-start
+			// Half a target's deliveries per read: the first read of a
+			// target claims it whole all the same.
+			got[i], errs[i] = s.DueDeliveriesPerTarget(ctx, t0, each/2, 1000)
+		})
+	}
+	close(start)
+	wg.Wait()
+	owner := map[string]int{}
+	total := 0
+	for i, ds := range got {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		for _, d := range ds {
+			if o, ok := owner[d.Target]; ok && o != i {
+				t.Errorf("%s's deliveries went to replicas %d and %d", d.Target, o, i)
+			}
+			owner[d.Target] = i
+			total++
+		}
+	}
+	if len(owner) != targets || total != targets*(each/2) {
+		t.Errorf("the replicas got %d deliveries of %d targets; want %d of %d", total, len(owner), targets*(each/2), targets)
+	}
+	// Each replica's next reads keep to its own targets.
+	for i, s := range stores {
+		ds, err := s.DueDeliveries(ctx, t0, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
+			if owner[d.Target] != i {
+				t.Errorf("replica %d's second read holds %s's delivery, which replica %d holds", i, d.Target, owner[d.Target])
+			}
+		}
+	}
+}
+
+// TestEachImageAcrossChunks walks more images than one query reads and
+// lists the most one page holds: nothing is skipped or seen twice at the
+// chunk and page boundaries.
+func TestEachImageAcrossChunks(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, pgtest.DSN(t))
+	ctx := t.Context()
+	const n = 2*eachImageChunk + 7
+	rows := make([][]any, n)
+	for i := range rows {
+		repo := fmt.Sprintf("dockerhub/team/app%d", i%5)
+		img := metadata.Image{Repository: repo, Digest: digest.FromString(fmt.Sprint(i)), State: metadata.StateApproved, FirstSeen: t0, UpdatedAt: t0}
+		rec, _, err := encodeImage(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows[i] = []any{img.Repository, string(img.Digest), string(img.State), rec}
+	}
+	if _, err := s.Pool().CopyFrom(ctx, pgx.Identifier{"airlock_meta_images"}, imagesTable.cols, pgx.CopyFromRows(rows)); err != nil {
+		t.Fatal(err)
+	}
+	var walked []string
+	err := s.EachImage(ctx, func(img metadata.Image) error {
+		walked = append(walked, img.Repository+"\x00"+img.Digest.String())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(walked) != n || !slices.IsSorted(walked) || len(slices.Compact(slices.Clone(walked))) != n {
+		t.Errorf("EachImage walked %d images, sorted %v; want each of %d once in key order", len(walked), slices.IsSorted(walked), n)
+	}
+	var listed []string
+	q := metadata.ImageQuery{Limit: 5000}
+	for pages := 1; ; pages++ {
+		page, err := s.Images(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page.Images) > maxImagePage {
+			t.Fatalf("a page holds %d images, over the %d bound", len(page.Images), maxImagePage)
+		}
+		for _, img := range page.Images {
+			listed = append(listed, img.Repository+"\x00"+img.Digest.String())
+		}
+		if page.Next == "" {
+			if pages != 2 {
+				t.Errorf("the listing took %d pages, want 2", pages)
+			}
+			break
+		}
+		q.After = page.Next
+	}
+	if !slices.Equal(listed, walked) {
+		t.Errorf("Images listed %d images, EachImage walked %d; want the same in the same order", len(listed), len(walked))
 	}
 }

@@ -621,9 +621,15 @@ func TestClusterPostgresDown(t *testing.T) {
 	cold := e.up.PushImage(t, repo, "2.0", 32<<10, 1)
 	e.start(clusterOptions{policies: clusterPins(t, e.dir, repo, warm, cold), cuttable: true, staleness: staleness.String()})
 
-	for i := range e.rs {
-		e2ePullHTTP(t, e.up, e.base(i, repo), "1.0", warm)
-		e2eMustGet(t, http.StatusForbidden, e.base(i, repo)+"/manifests/1.1", "Accept", manifestAccept)
+	// Warm: pulled through every replica, and once more after the first
+	// pulls' writes reached the database and every replica heard of them.
+	for range 2 {
+		for i := range e.rs {
+			e2ePullHTTP(t, e.up, e.base(i, repo), "1.0", warm)
+			e2ePullHTTP(t, e.up, e.base(i, repo), warm.Digest.String(), warm)
+			e2eMustGet(t, http.StatusForbidden, e.base(i, repo)+"/manifests/1.1", "Accept", manifestAccept)
+		}
+		time.Sleep(time.Second)
 	}
 	before := e.auditHashes(2)
 
@@ -643,16 +649,27 @@ func TestClusterPostgresDown(t *testing.T) {
 	}
 	t.Logf("warm and quarantined images answered from memory for %v without the database", time.Since(cut).Round(time.Millisecond))
 
-	r := e2eMustGet(t, http.StatusServiceUnavailable, e.base(1, repo)+"/manifests/2.0", "Accept", manifestAccept)
-	t.Logf("the cold image without the database: %d %s", r.Status, r.Body)
-	line, err := e.rs[1].WaitLogFrom(t.Context(), seen[1], 10*time.Second, func(l airlocktest.LogLine) bool {
-		lvl := l.Level()
-		return (lvl == "WARN" || lvl == "ERROR") && l.Fields["component"] == "metadata"
+	// Checked without stopping the test, so that one run says what else
+	// holds.
+	asked := len(e.rs[1].Logs())
+	r, err := e2eGet(t.Context(), e.base(1, repo)+"/manifests/2.0", "Accept", manifestAccept)
+	if err != nil || r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
+		t.Errorf("the cold image without the database: %d (%v), Retry-After %q: %s; want 503 with a Retry-After", r.Status, err, r.Header.Get("Retry-After"), r.Body)
+	}
+	line, err := e.rs[1].WaitLogFrom(t.Context(), asked, 10*time.Second, func(l airlocktest.LogLine) bool {
+		lvl, raw := l.Level(), strings.ToLower(l.Raw)
+		return (lvl == "WARN" || lvl == "ERROR") && strings.Contains(raw, repo) &&
+			(l.Fields["component"] == "metadata" || strings.Contains(raw, "postgres"))
 	})
 	if err != nil {
-		t.Errorf("replica 2 logged no warning or error of component metadata after the database went away: %v", err)
+		t.Errorf("replica 2 logged no warning or error about %s naming the metadata store or PostgreSQL: %v", repo, err)
 	} else {
 		t.Logf("replica 2 logged: %s", line.Raw)
+	}
+	if _, err := e.rs[1].WaitLogFrom(t.Context(), seen[1], time.Second, func(l airlocktest.LogLine) bool {
+		return l.Fields["component"] == "metadata" && strings.Contains(l.Msg(), "lost the connection")
+	}); err != nil {
+		t.Errorf("replica 2 did not log that it lost the database's change announcements: %v", err)
 	}
 	if e.link.refusedCount() == 0 {
 		t.Errorf("no replica tried to reach the database while it was cut")
@@ -660,8 +677,19 @@ func TestClusterPostgresDown(t *testing.T) {
 
 	// Past the staleness nothing is served from memory any more.
 	limit := max(staleness+3*time.Second-time.Since(cut), 500*time.Millisecond)
-	r, _ = e.waitStatus(e.base(0, repo)+"/manifests/1.0", http.StatusServiceUnavailable, limit, "Accept", manifestAccept)
-	t.Logf("replica 1 refused the warm image %v after the cut: %s", time.Since(cut).Round(time.Millisecond), r.Body)
+	for start := time.Now(); ; time.Sleep(50 * time.Millisecond) {
+		r, err = e2eGet(t.Context(), e.base(0, repo)+"/manifests/1.0", "Accept", manifestAccept)
+		if err == nil && r.Status != http.StatusOK {
+			break
+		}
+		if time.Since(start) > limit {
+			t.Fatalf("replica 1 still served the warm image %v after the cut, with metadata.staleness %v", time.Since(cut), staleness)
+		}
+	}
+	t.Logf("replica 1 stopped serving the warm image %v after the cut: %d %s", time.Since(cut).Round(time.Millisecond), r.Status, r.Body)
+	if r.Status != http.StatusServiceUnavailable {
+		t.Errorf("the warm image past the staleness: %d, want 503", r.Status)
+	}
 
 	e.link.mend()
 	_, took := e.waitStatus(e.base(1, repo)+"/manifests/2.0", http.StatusOK, 30*time.Second, "Accept", manifestAccept)

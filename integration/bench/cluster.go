@@ -1,15 +1,17 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -34,9 +36,9 @@ const (
 
 // clusterConfig is a replica's configuration: the first airlock's
 // without its policies, its metadata in PostgreSQL, its blobs in the
-// shared store, and its peer listener. Logs are JSON at info, so that the
-// run can tell which replica started each upstream transfer ("blob fill
-// started").
+// shared store, and its peer listener. It logs at warn, as the first
+// airlock does: a line per request would cost the warm row what bbolt's
+// side does not pay.
 const clusterConfig = `listen: %q
 storage:
   path: %q
@@ -53,8 +55,7 @@ cluster:
 cache:
   tagTTL: 10m
 log:
-  level: info
-  format: json
+  level: warn
 upstreams:
   - name: origin
     url: %q
@@ -63,8 +64,8 @@ upstreams:
 
 // replica is one airlock of the cluster.
 type replica struct {
-	proc *child
-	url  string
+	proc          *child
+	url, adminURL string
 }
 
 // clusterBench is scenario 14's cluster and what it needs.
@@ -146,7 +147,7 @@ func (b *bench) startCluster(ctx context.Context) (_ *clusterBench, err error) {
 		if err != nil {
 			return nil, err
 		}
-		cb.replicas[i] = replica{proc: c, url: "http://" + addr}
+		cb.replicas[i] = replica{proc: c, url: "http://" + addr, adminURL: "http://" + admin}
 		g.Go(func() error { return waitHTTP(gctx, c, "http://"+addr+"/readyz", 60*time.Second) })
 	}
 	if err := g.Wait(); err != nil {
@@ -227,7 +228,7 @@ type burstGet struct {
 // coldBurst sends clusterClients concurrent pulls of an image nobody has
 // pulled, spread over the replicas in turn, with the origin at the cold
 // rate, in each round a fresh image of one layer. It counts the origin's
-// GETs per blob, finds in the replicas' logs which one fetched each
+// GETs per blob, finds from the replicas' metrics which one fetched the
 // layer (the leader), and times the first byte of every client: the
 // leader's first client from its request, the clients of the other
 // replicas from that client's first byte.
@@ -239,6 +240,10 @@ func (cb *clusterBench) coldBurst(ctx context.Context) ([]row, error) {
 	var walls []time.Duration
 	for round := range cb.s.rounds {
 		img, err := cb.seed.image(fmt.Sprintf("bench/cluster-%d", round), "v1", cb.s.layerMiB*mib, 1)
+		if err != nil {
+			return nil, err
+		}
+		before, err := cb.upstreamBytes(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -255,12 +260,20 @@ func (cb *clusterBench) coldBurst(ctx context.Context) ([]row, error) {
 			blobs++
 		}
 		layer := img.Blobs[1].Digest
-		leaders, err := cb.fillsStarted(layer)
+		after, err := cb.upstreamBytes(ctx)
 		if err != nil {
 			return nil, err
 		}
+		// The layer's leader is the replica that fetched it from the
+		// origin; the others read it from the leader's peer listener.
+		var leaders []int
+		for i := range after {
+			if after[i]-before[i] >= float64(img.Blobs[1].Size) {
+				leaders = append(leaders, i)
+			}
+		}
 		if len(leaders) == 0 {
-			return nil, fmt.Errorf("round %d: no replica logged the start of a fill of %s", round, layer)
+			return nil, fmt.Errorf("round %d: no replica fetched %s from the origin", round, layer)
 		}
 		// More than one is a miss the GET count shows; the first is timed
 		// as the leader.
@@ -295,7 +308,7 @@ func (cb *clusterBench) coldBurst(ctx context.Context) ([]row, error) {
 		goal:    "exactly 1.00",
 		verdict: verdict(per == 1),
 	}, {
-		id: "14", scenario: "the same bursts: first byte of the clients of the other replicas (streamed from the leader's fill), after the leader's first client's",
+		id: "14", scenario: "the same bursts, the blob GETs sent together once every client has the manifest: first byte of the clients of the other replicas (streamed from the leader's fill), after the leader's first client's",
 		cells: map[string]string{"airlock": fmt.Sprintf("p50 %s, p95 %s, max %s after it (their own TTFB p50 %s, p95 %s); the leader's first client's TTFB %s",
 			ms(percentile(remoteLag, 50)), ms(lag95), ms(slices.Max(remoteLag)), ms(percentile(remoteTTFB, 50)), ms(percentile(remoteTTFB, 95)), ms(median(leaderTTFB)))},
 		goal:    "p95 ≤ 10 ms",
@@ -303,66 +316,82 @@ func (cb *clusterBench) coldBurst(ctx context.Context) ([]row, error) {
 	}}, nil
 }
 
-// burst runs one round's pulls, all released at once, and returns every
-// blob GET with its timing.
+// burst runs one round's pulls in the two steps of a runtime's pull:
+// every client resolves the tag, all at once; once all have the
+// manifest, every client fetches every blob, all at once. The second step
+// starts together, so the first bytes of its GETs compare the blob path
+// alone, whatever the manifests cost each replica.
 func (cb *clusterBench) burst(ctx context.Context, img image) ([]burstGet, error) {
-	var mu sync.Mutex
-	var got []burstGet
-	release := make(chan struct{})
 	g, gctx := errgroup.WithContext(ctx)
 	for i := range clusterClients {
 		r := i % clusterReplicas
-		base := cb.replicas[r].url
 		g.Go(func() error {
-			<-release
-			d, _, err := cb.client.manifest(gctx, base, img.Repo, img.Tag)
+			d, _, err := cb.client.manifest(gctx, cb.replicas[r].url, img.Repo, img.Tag)
 			if err != nil {
 				return fmt.Errorf("replica %d: %w", r+1, err)
 			}
 			if d != img.Digest {
 				return fmt.Errorf("replica %d served manifest %s for %s:%s, want %s", r+1, d, img.Repo, img.Tag, img.Digest)
 			}
-			for _, bl := range img.Blobs {
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	var mu sync.Mutex
+	var got []burstGet
+	release := make(chan struct{})
+	g, gctx = errgroup.WithContext(ctx)
+	for i := range clusterClients {
+		r := i % clusterReplicas
+		for _, bl := range img.Blobs {
+			g.Go(func() error {
+				<-release
 				start := time.Now()
-				res, err := cb.client.fetchBlobCRC(gctx, base, img.Repo, bl)
+				res, err := cb.client.fetchBlobCRC(gctx, cb.replicas[r].url, img.Repo, bl)
 				if err != nil {
 					return fmt.Errorf("replica %d: %w", r+1, err)
 				}
 				mu.Lock()
 				got = append(got, burstGet{replica: r, digest: bl.Digest, first: start.Add(res.ttfb), ttfb: res.ttfb})
 				mu.Unlock()
-			}
-			return nil
-		})
+				return nil
+			})
+		}
 	}
 	close(release)
 	return got, g.Wait()
 }
 
-// fillsStarted reads the replicas' logs for the start of an upstream
-// transfer of digest and returns the replicas that logged one; a fill
-// read from another replica's peer listener does not count.
-func (cb *clusterBench) fillsStarted(digest string) ([]int, error) {
-	var out []int
+// upstreamBytes reads each replica's airlock_bytes_total of the origin
+// with source upstream: the blob bytes it fetched from the origin itself,
+// not from a peer or its store.
+func (cb *clusterBench) upstreamBytes(ctx context.Context) ([]float64, error) {
+	out := make([]float64, len(cb.replicas))
 	for i, r := range cb.replicas {
-		f, err := os.Open(r.proc.log)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.adminURL+"/metrics", nil)
 		if err != nil {
-			return nil, fmt.Errorf("read the log of replica %d: %w", i+1, err)
+			return nil, err
 		}
-		sc := bufio.NewScanner(f)
-		sc.Buffer(make([]byte, 64<<10), 4<<20)
-		for sc.Scan() {
-			var l struct {
-				Msg    string `json:"msg"`
-				Digest string `json:"digest"`
-				From   string `json:"from"` // "upstream <name>" or "peer <address>"
-			}
-			if json.Unmarshal(sc.Bytes(), &l) == nil && l.Msg == "blob fill started" && l.Digest == digest && !strings.HasPrefix(l.From, "peer") {
-				out = append(out, i)
-				break
+		resp, err := cb.client.http.Do(req)
+		if err != nil {
+			return nil, fmt.Errorf("metrics of replica %d: %w", i+1, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return nil, fmt.Errorf("metrics of replica %d: %w", i+1, err)
+		}
+		for _, line := range strings.Split(string(body), "\n") {
+			name, value, ok := strings.Cut(line, " ")
+			if ok && strings.HasPrefix(name, "airlock_bytes_total{") &&
+				strings.Contains(name, `source="upstream"`) && strings.Contains(name, `upstream="origin"`) {
+				if out[i], err = strconv.ParseFloat(value, 64); err != nil {
+					return nil, fmt.Errorf("metrics of replica %d: %s: %w", i+1, line, err)
+				}
 			}
 		}
-		f.Close()
 	}
 	return out, nil
 }

@@ -413,6 +413,14 @@ func TestClusterColdBurst(t *testing.T) {
 		leader+1, leaderTTFB[0].Round(100*time.Microsecond), durationsOf(localTTFB, 50, 95, 100))
 	t.Logf("large layer, clients of the other replicas: TTFB %s; first byte after the leader's first byte: %s",
 		durationsOf(remoteTTFB, 50, 95, 100), durationsOf(remoteLag, 50, 95, 100))
+	for i, r := range e.rs {
+		for _, l := range r.Logs() {
+			if l.Fields["digest"] == layer.String() && strings.HasPrefix(l.Msg(), "blob fill") && l.Msg() != "blob fill progress" {
+				t.Logf("replica %d: %s %s from %v, %v bytes", i+1, l.Fields["time"], l.Msg(), l.Fields["from"], l.Fields["bytes"])
+			}
+		}
+	}
+	t.Logf("burst released at %s", began.UTC().Format(time.RFC3339Nano))
 }
 
 // clusterPins writes a pin file pinning each image's tag in repo and

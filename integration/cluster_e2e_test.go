@@ -47,8 +47,7 @@ type clusterEnv struct {
 
 // clusterOptions is what a cluster test chooses.
 type clusterOptions struct {
-	// policies are the replicas' policies, given the test's directory for
-	// pin files.
+	// policies are the replicas' policies.
 	policies []airlocktest.Policy
 	// cuttable puts a dbLink between the replicas and PostgreSQL.
 	cuttable bool
@@ -112,6 +111,47 @@ func (e *clusterEnv) cli(i int, args ...string) cliResult {
 // base is the repository's registry API base through replica i.
 func (e *clusterEnv) base(i int, repo string) string {
 	return e.rs[i].URL + "/v2/dockerhub/" + repo
+}
+
+// clusterRequestLimit bounds every request of the cluster tests: a
+// replica that waits on a database it cannot reach must not hold the test
+// until its deadline.
+const clusterRequestLimit = 15 * time.Second
+
+// get is e2eGet bounded by clusterRequestLimit.
+func (e *clusterEnv) get(url string, header ...string) (e2eResponse, error) {
+	ctx, cancel := context.WithTimeout(e.t.Context(), clusterRequestLimit)
+	defer cancel()
+	return e2eGet(ctx, url, header...)
+}
+
+// mustGet is get that requires status want.
+func (e *clusterEnv) mustGet(want int, url string, header ...string) e2eResponse {
+	e.t.Helper()
+	r, err := e.get(url, header...)
+	if err != nil {
+		e.t.Fatalf("GET %s: %v", url, err)
+	}
+	if r.Status != want {
+		e.t.Fatalf("GET %s: status %d, want %d; body: %.300s", url, r.Status, want, r.Body)
+	}
+	return r
+}
+
+// pull fetches img's manifest by ref and every blob through replica i,
+// as e2ePullHTTP does, each request bounded, and checks every byte.
+func (e *clusterEnv) pull(i int, ref string, img upstreamtest.Image) {
+	e.t.Helper()
+	base := e.base(i, img.Repo)
+	m := e.mustGet(http.StatusOK, base+"/manifests/"+ref, "Accept", manifestAccept)
+	if sha256Of(m.Body) != img.Digest {
+		e.t.Fatalf("manifest %s through replica %d has digest %s, want %s", ref, i+1, sha256Of(m.Body), img.Digest)
+	}
+	for _, d := range img.Blobs() {
+		if got := sha256Of(e.mustGet(http.StatusOK, base+"/blobs/"+d.String()).Body); got != d {
+			e.t.Fatalf("blob %s through replica %d has digest %s", d, i+1, got)
+		}
+	}
 }
 
 // blobGet is one timed blob GET.
@@ -476,17 +516,17 @@ func TestClusterReleaseBlockPropagates(t *testing.T) {
 	}
 
 	// Replica 3 refuses the unpinned image and serves the pinned one.
-	r := e2eMustGet(t, http.StatusForbidden, e.base(2, repo)+"/manifests/1.1", "Accept", manifestAccept)
+	r := e.mustGet(http.StatusForbidden, e.base(2, repo)+"/manifests/1.1", "Accept", manifestAccept)
 	if codes := e2eErrorCodes(r.Body); !slices.Equal(codes, []string{"DENIED"}) || !strings.Contains(string(r.Body), "quarantined") {
 		t.Fatalf("replica 3's refusal of 1.1: %v %s; want DENIED saying it is quarantined", codes, r.Body)
 	}
-	e2ePullHTTP(t, e.up, e.base(2, repo), "1.0", approved)
+	e.pull(2, "1.0", approved)
 
 	// Release through replica 1; replica 3 serves it within a second.
 	e.cli(0, "release", ref(held), "--reason", "vendor confirmed the build by mail")
 	_, took := e.waitStatus(manifest(2, held), http.StatusOK, time.Second, "Accept", manifestAccept)
 	t.Logf("replica 3 served the image %v after replica 1 released it", took.Round(time.Millisecond))
-	e2ePullHTTP(t, e.up, e.base(2, repo), held.Digest.String(), held)
+	e.pull(2, held.Digest.String(), held)
 
 	// Block through replica 1; replica 3 refuses it within a second.
 	e.cli(0, "block", ref(approved), "--reason", "CVE-2026-1234 in the vendor's libc")
@@ -497,7 +537,7 @@ func TestClusterReleaseBlockPropagates(t *testing.T) {
 	}
 	for _, i := range []int{1, 2} {
 		for _, b := range approved.Blobs() {
-			if r, err := e2eGet(t.Context(), e.base(i, repo)+"/blobs/"+b.String()); err != nil || r.Status < 400 {
+			if r, err := e.get(e.base(i, repo) + "/blobs/" + b.String()); err != nil || r.Status < 400 {
 				t.Errorf("replica %d: blob %s of the blocked image: %d (%v), want a refusal", i+1, b, r.Status, err)
 			}
 		}
@@ -517,7 +557,7 @@ func TestClusterLeaderKilledMidFill(t *testing.T) {
 	layer := img.Layers[0]
 	e.start(clusterOptions{})
 	for i := range e.rs {
-		e2eMustGet(t, http.StatusOK, e.base(i, img.Repo)+"/manifests/"+img.Tag, "Accept", manifestAccept)
+		e.mustGet(http.StatusOK, e.base(i, img.Repo)+"/manifests/"+img.Tag, "Accept", manifestAccept)
 	}
 	e.up.Throttle(4 << 20) // 8 s for the layer
 
@@ -633,9 +673,9 @@ func TestClusterPostgresDown(t *testing.T) {
 	// pulls' writes reached the database and every replica heard of them.
 	for range 2 {
 		for i := range e.rs {
-			e2ePullHTTP(t, e.up, e.base(i, repo), "1.0", warm)
-			e2ePullHTTP(t, e.up, e.base(i, repo), warm.Digest.String(), warm)
-			e2eMustGet(t, http.StatusForbidden, e.base(i, repo)+"/manifests/1.1", "Accept", manifestAccept)
+			e.pull(i, "1.0", warm)
+			e.pull(i, warm.Digest.String(), warm)
+			e.mustGet(http.StatusForbidden, e.base(i, repo)+"/manifests/1.1", "Accept", manifestAccept)
 		}
 		time.Sleep(time.Second)
 	}
@@ -649,9 +689,9 @@ func TestClusterPostgresDown(t *testing.T) {
 	cut := time.Now()
 	for time.Since(cut) < 5*time.Second {
 		for i := range e.rs {
-			e2ePullHTTP(t, e.up, e.base(i, repo), "1.0", warm)
-			e2eMustGet(t, http.StatusOK, e.base(i, repo)+"/manifests/"+warm.Digest.String(), "Accept", manifestAccept)
-			e2eMustGet(t, http.StatusForbidden, e.base(i, repo)+"/manifests/1.1", "Accept", manifestAccept)
+			e.pull(i, "1.0", warm)
+			e.mustGet(http.StatusOK, e.base(i, repo)+"/manifests/"+warm.Digest.String(), "Accept", manifestAccept)
+			e.mustGet(http.StatusForbidden, e.base(i, repo)+"/manifests/1.1", "Accept", manifestAccept)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -660,7 +700,7 @@ func TestClusterPostgresDown(t *testing.T) {
 	// Checked without stopping the test, so that one run says what else
 	// holds.
 	asked := len(e.rs[1].Logs())
-	r, err := e2eGet(t.Context(), e.base(1, repo)+"/manifests/2.0", "Accept", manifestAccept)
+	r, err := e.get(e.base(1, repo)+"/manifests/2.0", "Accept", manifestAccept)
 	if err != nil || r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
 		t.Errorf("the cold image without the database: %d (%v), Retry-After %q: %s; want 503 with a Retry-After", r.Status, err, r.Header.Get("Retry-After"), r.Body)
 	}
@@ -686,7 +726,7 @@ func TestClusterPostgresDown(t *testing.T) {
 	// Past the staleness nothing is served from memory any more.
 	limit := max(staleness+3*time.Second-time.Since(cut), 500*time.Millisecond)
 	for start := time.Now(); ; time.Sleep(50 * time.Millisecond) {
-		r, err = e2eGet(t.Context(), e.base(0, repo)+"/manifests/1.0", "Accept", manifestAccept)
+		r, err = e.get(e.base(0, repo)+"/manifests/1.0", "Accept", manifestAccept)
 		if err == nil && r.Status != http.StatusOK {
 			break
 		}
@@ -703,9 +743,9 @@ func TestClusterPostgresDown(t *testing.T) {
 	_, took := e.waitStatus(e.base(1, repo)+"/manifests/2.0", http.StatusOK, 30*time.Second, "Accept", manifestAccept)
 	t.Logf("the cold image was served %v after the database came back", took.Round(time.Millisecond))
 	for i := range e.rs {
-		e2ePullHTTP(t, e.up, e.base(i, repo), "2.0", cold)
-		e2ePullHTTP(t, e.up, e.base(i, repo), "1.0", warm)
-		e2eMustGet(t, http.StatusForbidden, e.base(i, repo)+"/manifests/1.1", "Accept", manifestAccept)
+		e.pull(i, "2.0", cold)
+		e.pull(i, "1.0", warm)
+		e.mustGet(http.StatusForbidden, e.base(i, repo)+"/manifests/1.1", "Accept", manifestAccept)
 	}
 	list := e.cli(0, "quarantine", "list", "-o", "json").stdout
 	if !strings.Contains(list, held.Digest.String()) {

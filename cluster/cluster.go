@@ -126,12 +126,12 @@ func Open(ctx context.Context, o Options) (*Cluster, error) {
 		held:      map[fillKey]*lease{},
 		client:    peerClient(o.ConnectTimeout),
 	}
-	c.ctx, c.cancel = context.WithCancel(context.Background())
-	// Rows of fills whose owners died long ago are claimed again on
-	// demand; sweeping the oldest keeps the table to the fills of the day.
-	if _, err := o.Pool.Exec(ctx, "DELETE FROM airlock_cluster_fills WHERE expires < now() - interval '1 hour'"); err != nil {
-		return nil, fmt.Errorf("cluster: sweeping expired fill leases: %w", err)
+	if _, err := o.Pool.Exec(ctx, sweepFills, sweepAfter.Milliseconds()); err != nil {
+		return nil, fmt.Errorf("cluster: sweeping ended fill leases: %w", err)
 	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.wg.Add(1)
+	go c.sweep()
 	return c, nil
 }
 
@@ -166,7 +166,7 @@ func (c *Cluster) Close() error {
 	c.wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err1 := c.pool.Exec(ctx, "DELETE FROM airlock_cluster_fills WHERE owner = $1", c.owner)
+	_, err1 := c.pool.Exec(ctx, giveUpFill, c.owner)
 	_, err2 := c.pool.Exec(ctx, "DELETE FROM airlock_cluster_singletons WHERE owner LIKE $1 || '/%'", c.owner)
 	if err := errors.Join(err1, err2); err != nil {
 		return fmt.Errorf("cluster: giving up this replica's leases (they expire within %s): %w", c.ttl, err)

@@ -127,37 +127,39 @@ func TestClaimFill(t *testing.T) {
 	d := digest.FromString("layer")
 	ctx := t.Context()
 
-	releaseA, peer, err := a.ClaimFill(ctx, "hub", d, "")
-	if err != nil || releaseA == nil || peer != "" {
-		t.Fatalf("first claim: release %v, peer %q, %v; want the lease", releaseA != nil, peer, err)
+	releaseA, recheck, peer, err := a.ClaimFill(ctx, "hub", d, "")
+	if err != nil || releaseA == nil || peer != "" || recheck {
+		t.Fatalf("first claim: release %v, recheck %v, peer %q, %v; want the lease, nothing to recheck", releaseA != nil, recheck, peer, err)
 	}
 	// A second local fill shares the lease; another upstream's is apart.
-	releaseA2, _, err := a.ClaimFill(ctx, "hub", d, "")
+	releaseA2, _, _, err := a.ClaimFill(ctx, "hub", d, "")
 	if err != nil || releaseA2 == nil {
 		t.Fatalf("second local claim: %v", err)
 	}
-	if r, _, err := b.ClaimFill(ctx, "vendor", d, ""); err != nil || r == nil {
+	if r, _, _, err := b.ClaimFill(ctx, "vendor", d, ""); err != nil || r == nil {
 		t.Fatalf("claim for another upstream: %v", err)
 	} else {
 		r()
 	}
-	if r, peer, err := b.ClaimFill(ctx, "hub", d, ""); err != nil || r != nil || peer != "http://a:1" {
+	if r, _, peer, err := b.ClaimFill(ctx, "hub", d, ""); err != nil || r != nil || peer != "http://a:1" {
 		t.Fatalf("claim of a held lease: release %v, peer %q, %v; want peer http://a:1", r != nil, peer, err)
 	}
 	// The heartbeat keeps the lease past its TTL.
 	time.Sleep(2 * ttl)
-	if _, peer, _ := b.ClaimFill(ctx, "hub", d, ""); peer != "http://a:1" {
+	if _, _, peer, _ := b.ClaimFill(ctx, "hub", d, ""); peer != "http://a:1" {
 		t.Fatalf("after two TTLs with heartbeats the holder is %q, want http://a:1", peer)
 	}
 	releaseA()
-	if _, peer, _ := b.ClaimFill(ctx, "hub", d, ""); peer != "http://a:1" {
+	if _, _, peer, _ := b.ClaimFill(ctx, "hub", d, ""); peer != "http://a:1" {
 		t.Fatalf("the lease went with one of two local fills still running (holder %q)", peer)
 	}
 	releaseA2()
 	releaseA2() // a second call is harmless
-	releaseB, peer, err := b.ClaimFill(ctx, "hub", d, "")
-	if err != nil || releaseB == nil {
-		t.Fatalf("claim after release: peer %q, %v; want the lease", peer, err)
+	// The lease given up, the next claim takes it and is told to look in
+	// the store first: the fill that ended may have stored the blob.
+	releaseB, recheck, peer, err := b.ClaimFill(ctx, "hub", d, "")
+	if err != nil || releaseB == nil || !recheck {
+		t.Fatalf("claim after release: recheck %v, peer %q, %v; want the lease and a recheck", recheck, peer, err)
 	}
 	releaseB()
 	if got := testutil.ToFloat64(a.metrics.led); got != 1 {
@@ -178,14 +180,14 @@ func TestClaimFillAfterDeath(t *testing.T) {
 	c := open(t, pool, "http://c:1", ttl)
 	d := digest.FromString("layer")
 	ctx := t.Context()
-	release, _, err := a.ClaimFill(ctx, "hub", d, "")
+	release, _, _, err := a.ClaimFill(ctx, "hub", d, "")
 	if err != nil || release == nil {
 		t.Fatalf("claim: %v", err)
 	}
 	defer release()
 
 	start := time.Now()
-	if r, peer, err := b.ClaimFill(ctx, "hub", d, "http://a:1"); err != nil || r != nil || peer != "http://a:1" {
+	if r, _, peer, err := b.ClaimFill(ctx, "hub", d, "http://a:1"); err != nil || r != nil || peer != "http://a:1" {
 		t.Fatalf("suspecting a live holder: release %v, peer %q, %v; want it back", r != nil, peer, err)
 	}
 	if took := time.Since(start); took > ttl {
@@ -194,8 +196,8 @@ func TestClaimFillAfterDeath(t *testing.T) {
 
 	a.die()
 	start = time.Now()
-	rb, peer, err := b.ClaimFill(ctx, "hub", d, "http://a:1")
-	if err != nil || rb == nil {
+	rb, recheck, peer, err := b.ClaimFill(ctx, "hub", d, "http://a:1")
+	if err != nil || rb == nil || !recheck {
 		t.Fatalf("suspecting a dead holder: peer %q, %v; want the lease", peer, err)
 	}
 	defer rb()
@@ -204,7 +206,7 @@ func TestClaimFillAfterDeath(t *testing.T) {
 	}
 	// A third replica whose stream from the dead one broke follows the
 	// new holder at once.
-	if _, peer, err := c.ClaimFill(ctx, "hub", d, "http://a:1"); err != nil || peer != "http://b:1" {
+	if _, _, peer, err := c.ClaimFill(ctx, "hub", d, "http://a:1"); err != nil || peer != "http://b:1" {
 		t.Fatalf("third replica: peer %q, %v; want http://b:1", peer, err)
 	}
 }
@@ -215,7 +217,7 @@ func TestLeaseLoss(t *testing.T) {
 	ttl := 300 * time.Millisecond
 	a := open(t, pool, "http://a:1", ttl)
 	d := digest.FromString("layer")
-	release, _, err := a.ClaimFill(t.Context(), "hub", d, "")
+	release, _, _, err := a.ClaimFill(t.Context(), "hub", d, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +407,7 @@ func TestPeerStreamCut(t *testing.T) {
 			srv.Config.Handler = leader.Handler(hangingSource{hang})
 			follower := open(t, pool, "http://f:1", ttl)
 			d := digest.FromString("layer")
-			release, _, err := leader.ClaimFill(t.Context(), "hub", d, "")
+			release, _, _, err := leader.ClaimFill(t.Context(), "hub", d, "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -538,5 +540,40 @@ func waitFor(t *testing.T, within time.Duration, ok func() bool) {
 			t.Fatalf("condition not met within %v", within)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestClaimFillLocalChurn: local fills of one blob claiming and releasing
+// its lease at random never leave one of them holding a release while the
+// row is gone: a release deleting the row and a claim taking it meet in
+// order.
+func TestClaimFillLocalChurn(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t)
+	a := open(t, pool, "http://a:1", time.Second)
+	d := digest.FromString("layer")
+	var wg sync.WaitGroup
+	var bad atomic.Int32
+	for range 6 {
+		wg.Go(func() {
+			for range 30 {
+				release, _, peer, err := a.ClaimFill(t.Context(), "hub", d, "")
+				if err != nil || release == nil {
+					t.Errorf("claim: peer %q, %v", peer, err)
+					return
+				}
+				var owner string
+				var live bool
+				if err := pool.QueryRow(t.Context(), "SELECT owner, expires > now() FROM airlock_cluster_fills WHERE digest = $1",
+					d.String()).Scan(&owner, &live); err != nil || owner != a.owner || !live {
+					bad.Add(1)
+				}
+				release()
+			}
+		})
+	}
+	wg.Wait()
+	if n := bad.Load(); n != 0 {
+		t.Fatalf("%d times a local fill held the lease while the row was not this replica's live lease", n)
 	}
 }

@@ -10,10 +10,15 @@
 // peer address, taken by one INSERT … ON CONFLICT … DO UPDATE that
 // succeeds only where there is no row, the row's lease expired, or the
 // row is the replica's own (ClaimFill). The holder renews it every TTL/3
-// and deletes it when the fill ends, committed or failed; a replica that
-// dies stops renewing, and its lease expires after the TTL (10 s by
-// default). Expiry is judged by the database's clock only, so replicas'
-// clocks need not agree.
+// and gives it up when the fill ends, committed or failed, by expiring
+// the row; a replica that dies stops renewing, and its lease expires after
+// the TTL (10 s by default). Expiry is judged by the database's clock
+// only, so replicas' clocks need not agree. An ended fill's row is kept
+// for an hour: a claim that takes over a row, rather than inserting one,
+// tells its caller to look in the store once more before fetching, since
+// the fill that held it commits before giving it up. Without that, a fill
+// ending between another replica's look in the store and its claim would
+// be fetched twice.
 //
 // A replica that finds the lease held by another reads the blob from that
 // replica's peer listener instead of the upstream (OpenPeerFill): the

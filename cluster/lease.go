@@ -32,53 +32,52 @@ type lease struct {
 }
 
 // claimFill is the one statement that decides a fill's leader: it takes
-// the row if there is none, if its lease expired or if it is this
-// process's already, and returns whoever holds it after the statement.
-// The second SELECT reads the holder when the insert found a live row of
-// another replica and changed nothing.
+// the row if there is none, if its lease expired (or was given up) or if
+// it is this process's already, and returns whoever holds it after the
+// statement. taken says the claim replaced an existing row rather than
+// inserting one (an updated row's xmax is the updating transaction, an
+// inserted row's is 0). The second SELECT reads the holder when the
+// insert found a live row of another replica and changed nothing.
 const claimFill = `WITH claimed AS (
 	INSERT INTO airlock_cluster_fills AS f (upstream, digest, owner, advertise, expires)
 	VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')
 	ON CONFLICT (upstream, digest) DO UPDATE
 		SET owner = excluded.owner, advertise = excluded.advertise, expires = excluded.expires
 		WHERE f.expires < now() OR f.owner = excluded.owner
-	RETURNING owner, advertise, expires)
-SELECT owner, advertise, expires FROM claimed
+	RETURNING owner, advertise, expires, xmax::text <> '0' AS taken)
+SELECT owner, advertise, expires, taken FROM claimed
 UNION ALL
-SELECT owner, advertise, expires FROM airlock_cluster_fills
+SELECT owner, advertise, expires, false FROM airlock_cluster_fills
 	WHERE upstream = $1 AND digest = $2 AND NOT EXISTS (SELECT 1 FROM claimed)`
 
 // ClaimFill takes the cluster-wide lease on the fill of blob d from
 // upstream, before any transfer. When this replica gets it, release is
 // set: the caller fetches the blob from the upstream and calls release
-// once the fill ended, committed or failed. Otherwise peer is the
-// advertised address of the live replica that holds it, to read the
-// blob from with OpenPeerFill.
+// once the fill ended, committed or failed. recheck is set with it when
+// another fill of the blob held the lease before: a leader gives its lease
+// up only after its commit, so the caller looks in the store once more
+// before fetching, lest a fill that ended since the caller last looked be
+// fetched twice. Otherwise peer is the advertised address of the live
+// replica that holds it, to read the blob from with OpenPeerFill.
 //
-// suspect names a peer whose stream just broke. While that peer still
-// holds the lease, ClaimFill waits for the lease to either expire (the
-// peer died: this replica or another takes over) or be renewed twice (the
-// peer lives: the break was the network's, and the peer is returned
-// again; twice, because a dead peer's last renewal may land after the
-// break). Either happens within the lease's TTL, so the wait is bounded.
-//
-// An error means the database could not be asked: the caller fetches the
-// blob itself, as a single replica would.
-func (c *Cluster) ClaimFill(ctx context.Context, upstream string, d digest.Digest, suspect string) (release func(), peer string, err error) {
+// A released lease keeps its row, expired, for an hour, which is what lets
+// the next claim tell that a fill ran (see sweep).
+func (c *Cluster) ClaimFill(ctx context.Context, upstream string, d digest.Digest, suspect string) (release func(), recheck bool, peer string, err error) {
 	k := fillKey{upstream, d.String()}
 	var seen time.Time // the suspect's expiry when last found holding
 	renewals := 0
 	for attempt := 0; ; attempt++ {
 		if release := c.joinHeld(ctx, k); release != nil {
-			return release, "", nil
+			return release, false, "", nil
 		}
 		var owner, advertise string
 		var expires time.Time
+		var taken bool
 		// A database out of reach costs a cold fill at most a lease's
 		// lifetime before it fetches on its own.
 		qctx, cancel := context.WithTimeout(ctx, c.ttl)
 		err := c.pool.QueryRow(qctx, claimFill, k.upstream, k.digest, c.owner, c.advertise, c.ttl.Milliseconds()).
-			Scan(&owner, &advertise, &expires)
+			Scan(&owner, &advertise, &expires, &taken)
 		cancel()
 		switch {
 		case errors.Is(err, pgx.ErrNoRows) && attempt < 10:
@@ -86,12 +85,15 @@ func (c *Cluster) ClaimFill(ctx context.Context, upstream string, d digest.Diges
 			// halves; ask again.
 			continue
 		case err != nil:
-			return nil, "", fmt.Errorf("cluster: claiming the fill of %s from %s: %w", d, upstream, err)
+			return nil, false, "", fmt.Errorf("cluster: claiming the fill of %s from %s: %w", d, upstream, err)
 		case owner == c.owner:
-			c.metrics.led.Inc()
-			return c.hold(k), "", nil
+			if release := c.hold(k); release != nil {
+				c.metrics.led.Inc()
+				return release, taken, "", nil
+			}
+			continue // a local release was deleting the row: claim it anew
 		case suspect == "" || advertise != suspect:
-			return nil, advertise, nil
+			return nil, false, advertise, nil
 		case seen.IsZero():
 			seen = expires
 		case expires.After(seen):
@@ -99,16 +101,50 @@ func (c *Cluster) ClaimFill(ctx context.Context, upstream string, d digest.Diges
 			// just before it died; twice, and it is alive.
 			seen = expires
 			if renewals++; renewals == 2 {
-				return nil, advertise, nil
+				return nil, false, advertise, nil
 			}
 		}
 		select {
 		case <-time.After(c.ttl / 5):
 		case <-ctx.Done():
-			return nil, "", fmt.Errorf("cluster: waiting for the lease on %s from %s: %w", d, upstream, context.Cause(ctx))
+			return nil, false, "", fmt.Errorf("cluster: waiting for the lease on %s from %s: %w", d, upstream, context.Cause(ctx))
 		}
 	}
 }
+
+// giveUpFill expires this process's fill leases (those the conditions
+// appended to it select); $1 is the owner.
+const giveUpFill = "UPDATE airlock_cluster_fills SET expires = now() - interval '1 millisecond' WHERE owner = $1 AND expires >= now()"
+
+// sweepAfter is how long a given-up or expired fill lease's row is kept.
+// A claim that finds one rechecks the store (see ClaimFill); a row swept
+// belongs to a fill that ended long before any fill now starting looked in
+// the store.
+const sweepAfter = time.Hour
+
+// sweep removes the rows of fills that ended more than sweepAfter ago,
+// once at Open and then every sweepAfter/6, so that the table holds the
+// fills of the last hour rather than every blob ever fetched.
+func (c *Cluster) sweep() {
+	defer c.wg.Done()
+	t := time.NewTicker(sweepAfter / 6)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(c.ctx, time.Minute)
+		_, err := c.pool.Exec(ctx, sweepFills, sweepAfter.Milliseconds())
+		cancel()
+		if err != nil && c.ctx.Err() == nil {
+			c.log.Warn("sweeping ended fill leases failed; retrying later", slog.String("error", err.Error()))
+		}
+	}
+}
+
+const sweepFills = "DELETE FROM airlock_cluster_fills WHERE expires < now() - $1 * interval '1 millisecond'"
 
 // joinHeld returns a release for a lease this replica already holds on k,
 // or nil. A lease being given up is waited for first, so that its row's
@@ -137,14 +173,22 @@ func (c *Cluster) joinHeld(ctx context.Context, k fillKey) func() {
 }
 
 // hold records a lease the database just gave this replica and starts its
-// heartbeat. Two local fills that claimed it at once share it.
+// heartbeat. Two local fills that claimed it at once share it. It returns
+// nil, after waiting for it to end, when the last local fill was giving
+// the lease up meanwhile: that release deletes the row just claimed.
 func (c *Cluster) hold(k fillKey) func() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if l := c.held[k]; l != nil && !l.releasing {
+	if l := c.held[k]; l != nil {
+		if l.releasing {
+			c.mu.Unlock()
+			<-l.gone // bounded: the release's statement has a timeout
+			return nil
+		}
 		l.refs++
+		c.mu.Unlock()
 		return c.releaser(k, l)
 	}
+	defer c.mu.Unlock()
 	ctx, stop := context.WithCancel(c.ctx)
 	l := &lease{refs: 1, gone: make(chan struct{}), stop: stop, beat: make(chan struct{})}
 	c.held[k] = l
@@ -154,8 +198,9 @@ func (c *Cluster) hold(k fillKey) func() {
 }
 
 // releaser returns the function that drops one local fill's share of l;
-// the last one stops the heartbeat and deletes the row, so peers waiting
-// on the lease see the fill ended at once rather than at its expiry.
+// the last one stops the heartbeat and expires the row, so peers waiting
+// on the lease see the fill ended at once rather than at its expiry. The
+// row stays, for the next claim's recheck.
 func (c *Cluster) releaser(k fillKey, l *lease) func() {
 	done := false
 	return func() {
@@ -177,15 +222,16 @@ func (c *Cluster) releaser(k fillKey, l *lease) func() {
 		l.stop()
 		<-l.beat
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err := c.pool.Exec(ctx, "DELETE FROM airlock_cluster_fills WHERE upstream = $1 AND digest = $2 AND owner = $3",
-			k.upstream, k.digest, c.owner)
+		_, err := c.pool.Exec(ctx, giveUpFill+" AND upstream = $2 AND digest = $3", c.owner, k.upstream, k.digest)
 		cancel()
 		if err != nil {
 			c.log.Warn("releasing a fill lease failed; it expires on its own", slog.String("upstream", k.upstream),
 				slog.String("digest", k.digest), slog.Duration("ttl", c.ttl), slog.String("error", err.Error()))
 		}
 		c.mu.Lock()
-		delete(c.held, k)
+		if c.held[k] == l {
+			delete(c.held, k)
+		}
 		c.mu.Unlock()
 		close(l.gone)
 	}

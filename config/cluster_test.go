@@ -157,3 +157,20 @@ func TestStorageDisableRedirects(t *testing.T) {
 		t.Errorf("filesystem with disableRedirects: %v, want %q", err, want)
 	}
 }
+
+func TestStorageLocalCacheSize(t *testing.T) {
+	t.Parallel()
+	s3 := strings.Replace(clusterBase, "region: us-east-1}", "region: us-east-1}, localCacheSize: 50GiB", 1)
+	c, err := Parse("c.yaml", []byte(s3))
+	if err != nil || c.Storage.LocalCacheSize.Bytes() != 50<<30 {
+		t.Fatalf("s3 with localCacheSize: %v, %v", c, err)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"storage: {localCacheSize: 1GiB}\n" + metadataBase, "c.yaml:1: storage.localCacheSize: the filesystem driver's blobs are local files already; remove the key"},
+		{strings.Replace(clusterBase, "region: us-east-1}", "region: us-east-1}, localCacheSize: -1", 1), `c.yaml:3: storage.localCacheSize: `},
+	} {
+		if _, err := Parse("c.yaml", []byte(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.yaml, err, tc.want)
+		}
+	}
+}

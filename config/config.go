@@ -120,6 +120,15 @@ type Storage struct {
 	// (s3, gcs, azure). Set it when clients cannot reach the store's
 	// endpoint. The filesystem driver never redirects. Default false.
 	DisableRedirects bool `yaml:"disableRedirects"`
+
+	// LocalCacheSize keeps, with s3, gcs or azure, a copy of each blob
+	// this process commits in <path>/cache, up to this [Size], least
+	// recently used first out: hits on them are served from local files
+	// and keep being served while the object store is down. Blobs other
+	// replicas committed are read from the object store. It counts toward
+	// the volume of storage.path, not toward cache.maxSize. 0 or absent
+	// means no local copies.
+	LocalCacheSize Size `yaml:"localCacheSize"`
 }
 
 // MaxManifestBytes is the largest manifest airlock accepts, the same bound

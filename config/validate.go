@@ -105,7 +105,13 @@ func (s *Storage) check(p *problems) {
 		if s.DisableRedirects {
 			p.add("storage.disableRedirects", "the filesystem driver never redirects; remove the key")
 		}
+		if s.LocalCacheSize != 0 {
+			p.add("storage.localCacheSize", "the filesystem driver's blobs are local files already; remove the key")
+		}
 	case DriverS3, DriverGCS, DriverAzure:
+		if s.LocalCacheSize < 0 {
+			p.add("storage.localCacheSize", "%d is negative; set a size such as \"50GiB\", or 0 for no local copies", s.LocalCacheSize)
+		}
 	default:
 		p.add("storage.driver", "unknown driver %q; use filesystem, s3, gcs or azure", s.Driver)
 	}

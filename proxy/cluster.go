@@ -22,12 +22,14 @@ import (
 type Cluster interface {
 	// ClaimFill takes the cluster-wide lease on the fill of d from
 	// upstream. With release set this replica holds it and fetches the
-	// blob, calling release once the fill ended; otherwise peer is the
-	// replica to read it from. suspect is a peer whose stream just broke:
-	// while it still holds the lease, ClaimFill waits (at most a lease's
-	// lifetime) for the lease to expire or be renewed. An error means the
-	// lease could not be asked for: the fill fetches the blob itself.
-	ClaimFill(ctx context.Context, upstream string, d digest.Digest, suspect string) (release func(), peer string, err error)
+	// blob, calling release once the fill ended; recheck then says that
+	// another fill held the lease before and may have stored the blob
+	// since the store was last asked. Otherwise peer is the replica to
+	// read it from. suspect is a peer whose stream just broke: while it
+	// still holds the lease, ClaimFill waits (at most a lease's lifetime)
+	// for the lease to expire or be renewed. An error means the lease
+	// could not be asked for: the fill fetches the blob itself.
+	ClaimFill(ctx context.Context, upstream string, d digest.Digest, suspect string) (release func(), recheck bool, peer string, err error)
 	// OpenPeerFill reads d from peer from offset off. size is the whole
 	// blob's size as the peer announced it (-1 if unknown), repository the
 	// "<upstream>/<repo>" its fill fetches from ("" when it answered from
@@ -80,7 +82,7 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 		return p.upstreamSource(ctx, rq, f.digest, off)
 	}
 	for range 4 {
-		release, peer, err := p.cluster.ClaimFill(ctx, up, f.digest, suspect)
+		release, recheck, peer, err := p.cluster.ClaimFill(ctx, up, f.digest, suspect)
 		if err != nil {
 			if ctx.Err() != nil {
 				return blobSource{}, err
@@ -91,6 +93,13 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 		}
 		if release != nil {
 			f.lease = release
+			if recheck && off == 0 {
+				// The fill that held the lease before gave it up after its
+				// commit, perhaps since runFill looked in the store.
+				if _, err := p.blobs.Stat(ctx, f.digest); err == nil {
+					return blobSource{}, errStoredMeanwhile
+				}
+			}
 			return p.upstreamSource(ctx, rq, f.digest, off)
 		}
 		body, size, repo, err := p.cluster.OpenPeerFill(ctx, peer, up, f.digest, off)
@@ -222,7 +231,7 @@ func (p *Proxy) awaitPeerCommit(ctx context.Context, f *fill, up string) {
 		if _, err := p.blobs.Stat(ctx, f.digest); err == nil || !errors.Is(err, storage.ErrNotFound) {
 			return
 		}
-		release, _, err := p.cluster.ClaimFill(ctx, up, f.digest, "")
+		release, _, _, err := p.cluster.ClaimFill(ctx, up, f.digest, "")
 		if err != nil || release != nil {
 			f.lease = release
 			return

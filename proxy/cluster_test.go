@@ -90,12 +90,19 @@ func (r *replica) counter(t *testing.T, name string) float64 {
 // newCluster starts n replicas over one database and one blob root.
 func newCluster(t *testing.T, o *origin, n int, ttl time.Duration) ([]*replica, string) {
 	t.Helper()
-	return newClusterWith(t, o, n, ttl, nil)
+	return newClusterWith(t, o, n, ttl, replicaWraps{})
 }
 
-// newClusterWith is newCluster with each replica's upstream client
-// wrapped by wrap, when set.
-func newClusterWith(t *testing.T, o *origin, n int, ttl time.Duration, wrap func(Registry) Registry) ([]*replica, string) {
+// replicaWraps change what a test replica is built with.
+type replicaWraps struct {
+	// registry wraps the upstream client, blobs the blob store of replica
+	// i; nil leaves them be.
+	registry func(Registry) Registry
+	blobs    func(i int, b *storage.Blobs) BlobStore
+}
+
+// newClusterWith is newCluster with the replicas' parts wrapped.
+func newClusterWith(t *testing.T, o *origin, n int, ttl time.Duration, wrap replicaWraps) ([]*replica, string) {
 	t.Helper()
 	dsn := pgtest.DSN(t)
 	root := filepath.Join(t.TempDir(), "blobs")
@@ -106,7 +113,7 @@ func newClusterWith(t *testing.T, o *origin, n int, ttl time.Duration, wrap func
 	return rs, dsn
 }
 
-func newReplica(t *testing.T, o *origin, dsn, root string, i int, ttl time.Duration, wrap func(Registry) Registry) *replica {
+func newReplica(t *testing.T, o *origin, dsn, root string, i int, ttl time.Duration, wrap replicaWraps) *replica {
 	t.Helper()
 	r := &replica{reg: prometheus.NewRegistry()}
 	drv := filesystem.New(filesystem.DriverParameters{RootDirectory: root, MaxThreads: 100})
@@ -139,11 +146,15 @@ func newReplica(t *testing.T, o *origin, dsn, root string, i int, ttl time.Durat
 		t.Fatal(err)
 	}
 	var client Registry = reg
-	if wrap != nil {
-		client = wrap(reg)
+	if wrap.registry != nil {
+		client = wrap.registry(reg)
+	}
+	var blobs BlobStore = r.blobs
+	if wrap.blobs != nil {
+		blobs = wrap.blobs(i, r.blobs)
 	}
 	r.proxy, err = New(Options{Router: rt, Registries: map[string]Registry{"hub": client}, DefaultTagTTL: time.Minute,
-		Blobs: r.blobs, Meta: meta, Logger: logger, Metrics: NewMetrics(r.reg), Cluster: r.cluster})
+		Blobs: blobs, Meta: meta, Logger: logger, Metrics: NewMetrics(r.reg), Cluster: r.cluster})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,9 +345,9 @@ func testLeaderKilled(t *testing.T, ranges bool) {
 	d := digest.Digest(h.String())
 	ttl := time.Second
 	var rangers []*rangeRegistry
-	var wrap func(Registry) Registry
+	var wrap replicaWraps
 	if ranges {
-		wrap = func(r Registry) Registry {
+		wrap.registry = func(r Registry) Registry {
 			rr := &rangeRegistry{Registry: r, base: o.srv.URL}
 			rangers = append(rangers, rr)
 			return rr
@@ -678,4 +689,97 @@ func TestClusterDatabaseDown(t *testing.T) {
 	if logs := rs[0].logText(); !strings.Contains(logs, "cluster lease unavailable: fetching the blob without it") {
 		t.Errorf("the missing lease was not logged:\n%s", logs)
 	}
+}
+
+// TestClusterFillEndedBeforeClaim: a fill that commits and gives up its
+// lease between another replica's look in the store and that replica's
+// claim is not fetched again: the claim takes over an ended lease, and
+// the claimant looks in the store once more.
+func TestClusterFillEndedBeforeClaim(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, false)
+	img, err := random.Image(16<<10, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.push(t, "library/app:1", img)
+	h, _ := layerOf(t, img, 0)
+	d := digest.Digest(h.String())
+	// Replica 1's store misses once, for the request's look and the fill's:
+	// as if replica 0's commit landed just after both.
+	var late *lateStore
+	rs, dsn := newClusterWith(t, o, 2, time.Second, replicaWraps{blobs: func(i int, b *storage.Blobs) BlobStore {
+		if i == 0 {
+			return b
+		}
+		late = &lateStore{Blobs: b, d: d, opens: 1, stats: 1}
+		return late
+	}})
+	o.reset()
+	if err := pullBlob(t.Context(), rs[0], d).check(d); err != nil {
+		t.Fatal(err)
+	}
+	// The client has its bytes before the fill commits; the lease goes
+	// after the commit.
+	pool, err := pgxpool.New(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	waitUntil(t, 5*time.Second, func() bool {
+		var ended bool
+		err := pool.QueryRow(t.Context(), "SELECT expires < now() FROM airlock_cluster_fills WHERE digest = $1", d.String()).Scan(&ended)
+		return err == nil && ended
+	})
+	if err := pullBlob(t.Context(), rs[1], d).check(d); err != nil {
+		t.Fatalf("pull through the replica that came late: %v", err)
+	}
+	if logs := rs[1].logText(); strings.Contains(logs, "blob fill started") {
+		t.Fatalf("the late replica started a transfer:\n%s", logs)
+	}
+	if n := o.count(http.MethodGet, blobPath(d)); n != 1 {
+		t.Fatalf("%d upstream GETs, want 1", n)
+	}
+	if late.missed() != 0 {
+		t.Fatal("the late replica never looked in its store")
+	}
+}
+
+// lateStore is a blob store that does not see blob d for its first few
+// Open and Stat calls.
+type lateStore struct {
+	*storage.Blobs
+	d            digest.Digest
+	mu           sync.Mutex
+	opens, stats int
+}
+
+func (l *lateStore) missed() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.opens + l.stats
+}
+
+func (l *lateStore) miss(n *int, d digest.Digest) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if d != l.d || *n == 0 {
+		return false
+	}
+	*n--
+	return true
+}
+
+func (l *lateStore) Open(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, int64, error) {
+	if l.miss(&l.opens, d) {
+		return nil, 0, fmt.Errorf("blob %s: %w", d, storage.ErrNotFound)
+	}
+	return l.Blobs.Open(ctx, d)
+}
+
+func (l *lateStore) Stat(ctx context.Context, d digest.Digest) (int64, error) {
+	if l.miss(&l.stats, d) {
+		return 0, fmt.Errorf("blob %s: %w", d, storage.ErrNotFound)
+	}
+	return l.Blobs.Stat(ctx, d)
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/airlock-registry/airlock/proxy/upstream"
+	"github.com/airlock-registry/airlock/storage"
+	"github.com/airlock-registry/airlock/storage/metadata"
 	"github.com/airlock-registry/airlock/verify"
 )
 
@@ -98,6 +100,12 @@ func toError(err error, notFound Code) *Error {
 		return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: public("the upstream sent an invalid response")}
 	case errors.Is(err, upstream.ErrUnavailable):
 		return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: public("the upstream is unavailable")}
+	case errors.Is(err, storage.ErrUnavailable):
+		return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, RetryAfter: 5 * time.Second,
+			Message: "airlock's blob store is unavailable; retry shortly"}
+	case errors.Is(err, metadata.ErrUnavailable):
+		return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, RetryAfter: 5 * time.Second,
+			Message: "airlock's metadata store is unavailable; retry shortly"}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: "the upstream did not answer in time"}
 	}

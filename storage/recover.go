@@ -59,14 +59,24 @@ func (b *Blobs) recoverSpools() (int, error) {
 	return n, errors.Join(errs...)
 }
 
+// probeGrace is how old a probe file in the blob root must be before
+// Recover takes it for a crash's leftover: replicas sharing the root
+// (cluster.sharedFilesystem) probe it as they start, and one starting at
+// the same moment must not lose its probe to another's Recover.
+const probeGrace = time.Minute
+
 // recoverProbes removes start-up probe files a crash left in the blob root.
 func (b *Blobs) recoverProbes() (int, error) {
 	matches, err := filepath.Glob(filepath.Join(b.localRoot, "_probe-*"+spoolSuffix))
 	if err != nil {
 		return 0, err
 	}
+	cutoff := time.Now().Add(-probeGrace)
 	n := 0
 	for _, p := range matches {
+		if fi, err := os.Stat(p); err != nil || fi.ModTime().After(cutoff) {
+			continue // gone, or perhaps another replica's probe in progress
+		}
 		if os.Remove(p) == nil {
 			n++
 		}

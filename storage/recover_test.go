@@ -105,3 +105,34 @@ func TestRecoverRemoteUploads(t *testing.T) {
 		t.Fatalf("Stat = %v, want ErrNotFound", err)
 	}
 }
+
+// TestRecoverKeepsFreshProbes: replicas sharing a blob root probe it as they
+// start; Recover removes only probes old enough to be a crash's leftovers,
+// not one another replica is making at the same moment.
+func TestRecoverKeepsFreshProbes(t *testing.T) {
+	t.Parallel()
+	b, err := NewFilesystem(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := filepath.Join(b.localRoot, "_probe-fresh"+spoolSuffix)
+	old := filepath.Join(b.localRoot, "_probe-old"+spoolSuffix)
+	for _, p := range []string{fresh, old} {
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	past := time.Now().Add(-2 * probeGrace)
+	if err := os.Chtimes(old, past, past); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Recover(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Errorf("a probe made just now was removed: %v", err)
+	}
+	if _, err := os.Stat(old); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a probe left %v ago is still there (%v)", 2*probeGrace, err)
+	}
+}

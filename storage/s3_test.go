@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -27,7 +29,13 @@ import (
 // The tests in this file run Blobs over distribution's s3-aws driver
 // against a real S3 server (versitygw, internal/s3test) on loopback.
 
-func TestMain(m *testing.M) { os.Exit(s3test.Main(m)) }
+func TestMain(m *testing.M) {
+	// Every table test of the store runs on S3 too.
+	stores = append(stores, store{name: "s3 driver on versitygw", open: func(t testing.TB) *Blobs {
+		return s3Blobs(t, s3test.Params(t), WithRedirects(false))
+	}})
+	os.Exit(s3test.Main(m))
+}
 
 // s3Driver builds the s3-aws driver as airlock's storage.driver: s3 does.
 func s3Driver(t testing.TB, params map[string]any) storagedriver.StorageDriver {
@@ -344,7 +352,7 @@ func TestS3ReplicasCommitSameDigest(t *testing.T) {
 type stoppingDriver struct {
 	storagedriver.StorageDriver
 	after int64  // stop once the upload has been handed this many bytes
-	at    string // "write" or "commit"
+	at    string // "write", "commit" or "move"
 	stop  func()
 	once  sync.Once
 }
@@ -372,6 +380,13 @@ func (w *stoppingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+func (s *stoppingDriver) Move(ctx context.Context, from, to string) error {
+	if s.at == "move" {
+		s.once.Do(s.stop)
+	}
+	return s.StorageDriver.Move(ctx, from, to)
+}
+
 func (w *stoppingWriter) Commit(ctx context.Context) error {
 	if w.d.at == "commit" {
 		w.d.once.Do(w.d.stop)
@@ -381,7 +396,8 @@ func (w *stoppingWriter) Commit(ctx context.Context) error {
 
 // TestS3CommitInterrupted stops the S3 server in the middle of a commit.
 // The commit fails; once the server is back nothing is visible at the
-// blob's path, and committing the same spool again succeeds.
+// blob's path, committing the same spool again succeeds, and Recover
+// removes what the failed commit left in the uploads directory.
 func TestS3CommitInterrupted(t *testing.T) {
 	t.Parallel()
 	const mib = 1 << 20
@@ -392,6 +408,7 @@ func TestS3CommitInterrupted(t *testing.T) {
 	}{
 		{"after the first part", "write", 6 * mib},
 		{"before completing the upload", "commit", 0},
+		{"before moving the upload into place", "move", 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
@@ -436,6 +453,15 @@ func TestS3CommitInterrupted(t *testing.T) {
 			defer rc.Close()
 			if got, err := io.ReadAll(rc); err != nil || digest.FromBytes(got) != d {
 				t.Fatalf("the retried commit reads back %d bytes (%v), not the blob", len(got), err)
+			}
+			// What the failed commit could not clean up with the server
+			// down is an abandoned upload, which Recover removes.
+			b.uploadGrace = 0
+			if _, err := b.Recover(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if left := listed(t, drv, uploadsDir); len(left) != 0 {
+				t.Errorf("uploads left after Recover: %v", left)
 			}
 		})
 	}
@@ -596,5 +622,115 @@ func TestS3LocalCache(t *testing.T) {
 	read(again, d, blobD, true)
 	if files, _ := os.ReadDir(cacheDir); len(files) != 1 {
 		t.Errorf("the cache directory holds %d files, want the one copy", len(files))
+	}
+}
+
+// TestS3WalkPages: Walk sees every blob of a bucket that lists in more than
+// one page (the driver asks for 1000 keys at a time), and nothing that is
+// not at a blob's path.
+func TestS3WalkPages(t *testing.T) {
+	t.Parallel()
+	params := s3test.Params(t)
+	drv := s3Driver(t, params)
+	b := s3Blobs(t, params)
+	const n = 1010
+	want := make(map[digest.Digest]int64, n)
+	contents := make(chan []byte)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for content := range contents {
+				if err := drv.PutContent(t.Context(), blobPath(digest.FromBytes(content)), content); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	for i := range n {
+		content := fmt.Appendf(nil, "blob %d", i)
+		want[digest.FromBytes(content)] = int64(len(content))
+		contents <- content
+	}
+	close(contents)
+	wg.Wait()
+	// Strays a walk must skip: a file beside a blob, a bad digest.
+	for _, p := range []string{"/blobs/sha256/stray", "/blobs/sha256/ab/abc/data"} {
+		if err := drv.PutContent(t.Context(), p, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := walked(t, b)
+	if len(got) != n {
+		t.Fatalf("Walk saw %d blobs, want %d", len(got), n)
+	}
+	for d, size := range want {
+		if got[d] != size {
+			t.Fatalf("Walk gave blob %s size %d, want %d", d, got[d], size)
+		}
+	}
+}
+
+// TestS3RecoverUploads: Recover removes temporary uploads older than the
+// grace period, which a replica that died mid-commit left, and keeps young
+// ones, which may be a live peer's.
+func TestS3RecoverUploads(t *testing.T) {
+	t.Parallel()
+	params := s3test.Params(t)
+	drv := s3Driver(t, params)
+	b := s3Blobs(t, params)
+	if err := drv.PutContent(t.Context(), uploadsDir+"/abandoned", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.Recover(t.Context()); err != nil || n != 0 {
+		t.Fatalf("Recover within the grace period removed %d (%v); want none", n, err)
+	}
+	b.uploadGrace = 0
+	if n, err := b.Recover(t.Context()); err != nil || n != 1 {
+		t.Fatalf("Recover removed %d (%v); want the abandoned upload", n, err)
+	}
+	if left := listed(t, drv, uploadsDir); len(left) != 0 {
+		t.Errorf("uploads left after Recover: %v", left)
+	}
+}
+
+// TestS3ProbeSilentEndpoint: an endpoint that accepts connections and
+// never answers fails the probe once its deadline passes, as unreachable.
+func TestS3ProbeSilentEndpoint(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan net.Conn, 16)
+	defer func() {
+		l.Close()
+		for {
+			select {
+			case c := <-held:
+				c.Close()
+			default:
+				return
+			}
+		}
+	}()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			select {
+			case held <- c: // kept open, unanswered, until the test ends
+			default:
+				c.Close()
+			}
+		}
+	}()
+	b := s3Blobs(t, with(s3test.Params(t), map[string]any{"regionendpoint": "http://" + l.Addr().String()}))
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	err = b.Probe(ctx)
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "object store is unreachable") {
+		t.Fatalf("Probe of a silent endpoint = %v; want it unreachable", err)
 	}
 }

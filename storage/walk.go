@@ -96,8 +96,13 @@ func (b *Blobs) walkRemote(ctx context.Context, fn walkFunc) error {
 	if errors.As(err, &pnf) {
 		return nil // nothing committed yet
 	}
+	if err != nil && ctx.Err() != nil {
+		// The driver reports the cancellation in its own words (the S3
+		// driver's RequestCanceled), hiding the caller's error.
+		return fmt.Errorf("walking blobs in the %s driver: %w: %w", b.driver.Name(), ctx.Err(), err)
+	}
 	if err != nil {
-		return fmt.Errorf("walking blobs in the %s driver: %w", b.driver.Name(), err)
+		return fmt.Errorf("walking blobs in the %s driver: %w", b.driver.Name(), &storeError{driver: b.driver.Name(), unreachable: unreachable(err), err: err})
 	}
 	return nil
 }

@@ -7,8 +7,9 @@ CREATE TABLE airlock_cluster_settings (
 );
 
 -- One row per blob being fetched from an upstream somewhere in the
--- cluster. A row whose expires has passed belongs to no one: its owner
--- stopped renewing it (died, or lost the database).
+-- cluster, or fetched in the last hour. A row whose expires has passed
+-- belongs to no one: its owner gave it up at the fill's end, or stopped
+-- renewing it (died, or lost the database).
 CREATE TABLE airlock_cluster_fills (
 	upstream  text NOT NULL,
 	digest    text NOT NULL,

@@ -104,9 +104,10 @@ func (g *gateway) runEvictor(ctx context.Context) {
 				g.reconcile(held)
 				reconciled = held.Err() == nil
 			}
+			// The next sweep trims. Not Nudge: that says the volume is
+			// full, and would trim below cache.maxSize.
 			g.evicting.Store(true)
 			g.evictor.SetMaxBytes(g.maxBytes.Load())
-			g.evictor.Nudge()
 			<-held.Done()
 			g.evictor.SetMaxBytes(0)
 			g.evicting.Store(false)
@@ -143,6 +144,9 @@ type follower struct {
 	reset     bool            // read every image again
 	upstreams map[string]bool // upstream names that changed registry
 }
+
+// refreshTimeout bounds one round of reading changed images again.
+const refreshTimeout = 30 * time.Second
 
 // maxPending bounds the images waiting to be read again; past it one
 // RefreshAll is cheaper than their reads, and memory stays bounded.
@@ -195,7 +199,12 @@ func (f *follower) run(ctx context.Context, g *gate.Gate) {
 				f.forget(name)
 			}
 		}
-		err := f.apply(ctx, g, keys, reset)
+		// Bounded: Refresh holds the gate's write lock while it reads, and
+		// a database that stopped answering must not hold it for as long
+		// as TCP keeps trying.
+		applyCtx, cancel := context.WithTimeout(ctx, refreshTimeout)
+		err := f.apply(applyCtx, g, keys, reset)
+		cancel()
 		if err == nil {
 			if failing {
 				failing = false

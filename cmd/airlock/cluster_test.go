@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -21,6 +23,7 @@ import (
 	"github.com/airlock-registry/airlock/gate"
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
 	"github.com/airlock-registry/airlock/internal/pgtest"
+	"github.com/airlock-registry/airlock/internal/s3test"
 	"github.com/airlock-registry/airlock/proxy"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
@@ -143,6 +146,18 @@ func TestFollower(t *testing.T) {
 	eventually("a malformed notice", func() bool {
 		return strings.Contains(logs.String(), `"msg":"ignoring an image change notice that names no image","key":"not-an-image"`)
 	})
+}
+
+// TestClusterKeysNeedARestart: a reload logs metadata and cluster keys as
+// needing a restart rather than applying them under a running store.
+func TestClusterKeysNeedARestart(t *testing.T) {
+	t.Parallel()
+	for _, key := range []string{"metadata", "metadata.driver", "metadata.dsn", "metadata.dsnFile", "metadata.staleness",
+		"cluster", "cluster.listen", "cluster.advertise", "cluster.sharedFilesystem", "storage.disableRedirects"} {
+		if reloadable(key) {
+			t.Errorf("%s is applied by a reload; it is read at start only", key)
+		}
+	}
 }
 
 // TestFollowerBounded: notices pile up while the gate reads; past
@@ -277,6 +292,14 @@ func TestReplicasFollowEachOther(t *testing.T) {
 	if len(names) != 2 || !slices.ContainsFunc(names, func(n string) bool { return strings.HasPrefix(n, "127.0.0.1_") }) {
 		t.Errorf("spool directories %v, want one per replica named by its peer address", names)
 	}
+	// One evictor between them: the first to ask holds the lease.
+	start = time.Now()
+	for rs[0].g.evicting.Load() == rs[1].g.evicting.Load() {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("evicting: replica 0 %v, replica 1 %v; want exactly one", rs[0].g.evicting.Load(), rs[1].g.evicting.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	line := startupLine(t, rs[0].logs)
 	if line["metadata"] != "postgres" || !strings.HasPrefix(fmt.Sprint(line["cluster"]), "advertise http://127.0.0.1:") {
 		t.Errorf("start-up line: metadata %v, cluster %v", line["metadata"], line["cluster"])
@@ -295,4 +318,124 @@ func startupLine(t *testing.T, logs *syncBuffer) map[string]any {
 	}
 	t.Fatalf("no start-up line; log:\n%s", logs.String())
 	return nil
+}
+
+// TestServeWithoutPostgreSQL: a replica whose database cannot be reached
+// does not start, and says where to look; it creates no bbolt file in its
+// place.
+func TestServeWithoutPostgreSQL(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "airlock.yaml")
+	body := fmt.Sprintf(`listen: "127.0.0.1:0"
+admin: {listen: "127.0.0.1:0"}
+storage: {path: %q}
+metadata: {driver: postgres, dsn: "postgres://airlock@127.0.0.1:1/airlock?connect_timeout=2"}
+upstreams: [{name: hub, url: "https://registry-1.docker.io"}]
+`, dir)
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = newGateway(t.Context(), cfg, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.HasPrefix(err.Error(), "metadata.driver postgres: ") ||
+		!strings.Contains(err.Error(), "(check metadata.dsn or metadata.dsnFile, and that PostgreSQL is up)") {
+		t.Fatalf("newGateway: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "metadata.db")); !os.IsNotExist(err) {
+		t.Errorf("metadata.db: %v, want none", err)
+	}
+}
+
+// TestServeLocalCopiesOutliveTheObjectStore: with storage.localCacheSize
+// a layer this replica stored in the bucket is also kept on its own disk,
+// and served from there (no redirect, with storage.disableRedirects) when
+// the object store is down, without fetching it again upstream.
+func TestServeLocalCopiesOutliveTheObjectStore(t *testing.T) {
+	t.Parallel()
+	srv := s3test.Start(t)
+	params := srv.Params(t)
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	img := up.PushImage(t, "vendor/app", "1", 64<<10, 1)
+	layer := img.Layers[0]
+	want := up.Blob(t, layer)
+
+	regAddr := freeAddr(t)
+	dir := t.TempDir()
+	var p strings.Builder
+	for _, k := range []string{"bucket", "region", "regionendpoint", "forcepathstyle", "accesskey", "secretkey"} {
+		fmt.Fprintf(&p, "%s: %q, ", k, fmt.Sprint(params[k]))
+	}
+	path := filepath.Join(dir, "airlock.yaml")
+	doc := fmt.Sprintf(`listen: %q
+admin: {listen: %q}
+storage:
+  path: %q
+  driver: s3
+  parameters: {%s}
+  disableRedirects: true
+  localCacheSize: 1GiB
+shutdown: {drainTimeout: 5s}
+upstreams:
+  - {name: hub, url: %q, default: true}
+`, regAddr, freeAddr(t), filepath.Join(dir, "data"), strings.TrimSuffix(p.String(), ", "), up.URL)
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	serveProcess(t, path, regAddr)
+
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	get := func(url string) (int, []byte) {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
+		req.Header.Set("Accept", "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json")
+		resp, err := noFollow.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, body
+	}
+	base := "http://" + regAddr + "/v2/vendor/app"
+	if code, body := get(base + "/manifests/1"); code != http.StatusOK {
+		t.Fatalf("manifest: %d: %s", code, body)
+	}
+	if code, body := get(base + "/blobs/" + layer.String()); code != http.StatusOK || !bytes.Equal(body, want) {
+		t.Fatalf("cold blob: %d, %d bytes", code, len(body))
+	}
+	key := "blobs/sha256/" + layer.Hex[:2] + "/" + layer.Hex + "/data"
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := srv.Object(t, params["bucket"].(string), key); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the layer never reached the bucket")
+		}
+	}
+	if code, body := get(base + "/blobs/" + layer.String()); code != http.StatusOK || !bytes.Equal(body, want) {
+		t.Fatalf("warm blob with redirects off: %d, %d bytes; want 200 and the layer", code, len(body))
+	}
+	// The copy is the spool, kept once the object is in place: a moment
+	// after the bucket shows it.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		entries, err := os.ReadDir(filepath.Join(dir, "data", "cache"))
+		if err == nil && len(entries) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no local copy under storage.path/cache: %v, %v", entries, err)
+		}
+	}
+
+	srv.Stop(t)
+	if code, body := get(base + "/blobs/" + layer.String()); code != http.StatusOK || !bytes.Equal(body, want) {
+		t.Fatalf("warm blob with the object store down: %d: %.200s; want the local copy", code, body)
+	}
+	if n := up.Count(upstreamtest.RegistryListener, http.MethodGet, "/blobs/"+layer.String()); n != 1 {
+		t.Errorf("the upstream served the layer %d times; want once", n)
+	}
 }

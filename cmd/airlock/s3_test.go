@@ -170,13 +170,13 @@ func TestServeBlobsFromS3(t *testing.T) {
 	// With the object store down and the upstream back, the blob is not
 	// taken for a miss: fetching it again is what a store that is down
 	// must not cause, on every replica at once.
-	// TODO: want 503 with Retry-After once the proxy maps
-	// storage.ErrUnavailable (proxy/errors.go toError); today it is 500.
 	up.Up()
 	srv.Stop(t)
 	resp, body = get(client, base+"/blobs/"+layer.String())
-	if resp.StatusCode < 500 || !strings.Contains(string(body), `"UNAVAILABLE"`) {
-		t.Errorf("warm blob with the object store down: %s: %s; want a 5xx UNAVAILABLE", resp.Status, body)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+		!strings.Contains(string(body), `"UNAVAILABLE"`) || !strings.Contains(string(body), "blob store is unavailable") {
+		t.Errorf("warm blob with the object store down: %s (Retry-After %q): %s; want 503 UNAVAILABLE saying the blob store is unavailable",
+			resp.Status, resp.Header.Get("Retry-After"), body)
 	}
 	if n := up.Count(upstreamtest.RegistryListener, http.MethodGet, "/blobs/"+layer.String()); n != 1 {
 		t.Errorf("with the object store down the layer was fetched again: %d upstream GETs, want 1", n)

@@ -341,7 +341,13 @@ func openBlobs(ctx context.Context, s config.Storage, spool string) (*storage.Bl
 	if err != nil {
 		return nil, fmt.Errorf("storage.driver %s: %w (check storage.parameters)", s.Driver, err)
 	}
-	blobs, err := storage.NewBlobs(d, "", spool, storage.WithRedirects(!s.DisableRedirects))
+	opts := []storage.Option{storage.WithRedirects(!s.DisableRedirects)}
+	if n := s.LocalCacheSize.Bytes(); n > 0 {
+		// Beside the spool, on the same volume: a committed spool
+		// becomes the copy by a rename.
+		opts = append(opts, storage.WithLocalCache(filepath.Join(s.Path, "cache"), n))
+	}
+	blobs, err := storage.NewBlobs(d, "", spool, opts...)
 	if err != nil {
 		return nil, err
 	}

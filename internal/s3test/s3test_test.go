@@ -70,3 +70,50 @@ func TestRestartKeepsData(t *testing.T) {
 		t.Fatalf("after a restart read %d bytes (%v), want %d", len(got), err, len(content))
 	}
 }
+
+// TestBinaryLookup: VERSITYGW wins when set and must name a file; without
+// it the binary is looked for on PATH, then in GOBIN and GOPATH's bin;
+// found nowhere, the error says how to install it.
+func TestBinaryLookup(t *testing.T) {
+	empty := t.TempDir()
+	gobin := t.TempDir()
+	gopath := t.TempDir()
+	fake, inGopath := gobin+"/versitygw", gopath+"/bin/versitygw"
+	if err := os.Mkdir(gopath+"/bin", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{fake, inGopath} {
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name          string
+		env           map[string]string
+		want, wantErr string
+	}{
+		{"VERSITYGW names a file", map[string]string{"VERSITYGW": fake}, fake, ""},
+		{"VERSITYGW names nothing", map[string]string{"VERSITYGW": empty + "/nothing"}, "", "VERSITYGW=" + empty + "/nothing"},
+		{"in GOBIN", map[string]string{"GOBIN": gobin}, fake, ""},
+		{"in the bin of a GOPATH entry", map[string]string{"GOPATH": empty + ":" + gopath}, inGopath, ""},
+		{"nowhere", nil, "", "go install github.com/versity/versitygw/cmd/versitygw@v1.8.0"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for _, k := range []string{"VERSITYGW", "GOBIN", "GOPATH"} {
+				t.Setenv(k, c.env[k])
+			}
+			t.Setenv("PATH", empty)
+			t.Setenv("HOME", empty)
+			got, err := Binary()
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("Binary() = %q, %v; want an error naming %q", got, err, c.wantErr)
+				}
+				return
+			}
+			if err != nil || got != c.want {
+				t.Fatalf("Binary() = %q, %v; want %s", got, err, c.want)
+			}
+		})
+	}
+}

@@ -41,6 +41,63 @@ func (r *Registry) GetBlob(ctx context.Context, repo string, d digest.Digest) (i
 	return b, b.size, nil
 }
 
+// GetBlobFrom streams blob d of repo from byte off: how a transfer that
+// already holds the first off bytes (read from a peer replica that died
+// mid-blob) goes on without fetching them again. size is the whole blob's
+// size, -1 if unknown. Only a 206 whose Content-Range starts at off is
+// accepted: anything else would splice foreign bytes into the blob, and is
+// an error the caller answers by fetching the whole blob. The body resumes
+// after a dropped connection as GetBlob's does.
+//
+// Some registries (go-containerregistry's among them) refuse an open-ended
+// range with 416 and want both ends; the size for that comes from a HEAD.
+func (r *Registry) GetBlobFrom(ctx context.Context, repo string, d digest.Digest, off int64) (io.ReadCloser, int64, error) {
+	if off <= 0 {
+		return r.GetBlob(ctx, repo, d)
+	}
+	c := &call{upstream: r.o.Name, op: "blob", method: http.MethodGet, repo: repo, ref: d.String(), auth: true}
+	if !validRepo(repo) || d.Validate() != nil {
+		return nil, 0, c.errorf(ErrInvalid, nil, "malformed repository or digest")
+	}
+	c.url = r.endpoint(repo, "blobs", d.String())
+	release, err := r.blobSlot(ctx, c)
+	if err != nil {
+		return nil, 0, err
+	}
+	b := &blobReader{r: r, ctx: ctx, c: c, size: -1, off: off, release: release}
+	ranged := *c
+	ranged.header = http.Header{"Range": {fmt.Sprintf("bytes=%d-", off)}}
+	ranged.pass = []int{http.StatusRequestedRangeNotSatisfiable}
+	resp, err := r.do(ctx, &ranged)
+	if err == nil && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable {
+		discard(resp)
+		size, herr := r.HeadBlob(ctx, repo, d)
+		if herr != nil {
+			release()
+			return nil, 0, herr
+		}
+		if size <= off {
+			release()
+			return nil, 0, c.errorf(ErrUnavailable, nil, "cannot resume at byte %d: the upstream refused the range and gives the blob's size as %d", off, size)
+		}
+		b.size = size
+		ranged.header = http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", off, size-1)}}
+		ranged.pass = nil
+		resp, err = r.do(ctx, &ranged)
+	}
+	if err != nil {
+		release()
+		return nil, 0, err
+	}
+	if err := b.checkRange(resp); err != nil {
+		discard(resp)
+		release()
+		return nil, 0, err
+	}
+	b.body = resp.Body
+	return b, b.size, nil
+}
+
 // blobSlot waits for one of MaxBlobTransfers slots; the returned release
 // gives it back. The slot is held until the body is closed, resumes
 // included.
@@ -140,7 +197,7 @@ func (b *blobReader) resume() error {
 		"upstream", b.c.upstream, "repo", b.c.repo, "digest", b.c.ref, "offset", b.off, "resume", b.resumes)
 	_ = b.body.Close()
 	c := *b.c
-	c.header = http.Header{"Range": {fmt.Sprintf("bytes=%d-", b.off)}}
+	c.header = http.Header{"Range": {rangeFrom(b.off, b.size)}}
 	resp, err := b.r.do(b.ctx, &c)
 	if err != nil {
 		return err
@@ -157,6 +214,16 @@ func (b *blobReader) resume() error {
 	}
 	b.body = resp.Body
 	return nil
+}
+
+// rangeFrom is the Range header asking for the bytes from off to the end:
+// with both ends when the size is known, since some registries refuse an
+// open-ended range.
+func rangeFrom(off, size int64) string {
+	if size > off {
+		return fmt.Sprintf("bytes=%d-%d", off, size-1)
+	}
+	return fmt.Sprintf("bytes=%d-", off)
 }
 
 // checkRange accepts only a 206 whose Content-Range continues exactly where

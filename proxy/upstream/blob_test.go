@@ -40,7 +40,8 @@ func faultyBlobs(next http.Handler, blob []byte, f blobFault) (http.Handler, *at
 		start := int64(0)
 		if rg := r.Header.Get("Range"); rg != "" {
 			var err error
-			start, err = strconv.ParseInt(strings.TrimSuffix(strings.TrimPrefix(rg, "bytes="), "-"), 10, 64)
+			first, _, _ := strings.Cut(strings.TrimPrefix(rg, "bytes="), "-")
+			start, err = strconv.ParseInt(first, 10, 64)
 			if err != nil {
 				http.Error(w, "bad range", http.StatusRequestedRangeNotSatisfiable)
 				return
@@ -135,7 +136,8 @@ func trickle(n *atomic.Int64, blob []byte, pieces int, pause time.Duration, stal
 		n.Add(1)
 		start := 0
 		if rg := r.Header.Get("Range"); rg != "" {
-			start, _ = strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(rg, "bytes="), "-"))
+			first, _, _ := strings.Cut(strings.TrimPrefix(rg, "bytes="), "-")
+			start, _ = strconv.Atoi(first)
 			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, len(blob)-1, len(blob)))
 			w.Header().Set("Content-Length", strconv.Itoa(len(blob)-start))
 			w.WriteHeader(http.StatusPartialContent)
@@ -294,5 +296,59 @@ func TestMaxBlobTransfers(t *testing.T) {
 	readAll(t, second)
 	if most.Load() != 1 {
 		t.Fatalf("%d blob requests ran at once, want at most 1", most.Load())
+	}
+}
+
+// TestGetBlobFrom: a transfer holding a blob's first bytes fetches only the
+// rest, from a registry that takes an open-ended range and from one that
+// wants both ends (the real registry here answers "bytes=N-" with 416); an
+// upstream that ignores the range or starts elsewhere is refused, since its
+// bytes would be spliced in at the wrong place.
+func TestGetBlobFrom(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		fault *blobFault // nil: the real registry alone
+		want  error
+	}{
+		{name: "real registry, both ends after a 416"},
+		{name: "open-ended range", fault: &blobFault{drops: 0, ranged: "206"}},
+		{name: "range ignored", fault: &blobFault{drops: 0, ranged: "ignore"}, want: ErrUnavailable},
+		{name: "range shifted", fault: &blobFault{drops: 0, ranged: "shifted"}, want: ErrInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			inner := realRegistry(false)
+			s := seed(t, inner, "app", "v1")
+			blob, d := layerBytes(t, s.layers[1])
+			var h http.Handler = inner
+			if tt.fault != nil {
+				h, _ = faultyBlobs(inner, blob, *tt.fault)
+			}
+			r := newClient(t, serve(t, h).URL)
+			off := int64(len(blob) / 3)
+			body, size, err := r.GetBlobFrom(t.Context(), "app", digestOf(t, d), off)
+			if tt.want != nil {
+				if !errors.Is(err, tt.want) {
+					t.Fatalf("GetBlobFrom = %v, want %v", err, tt.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer body.Close()
+			got, err := io.ReadAll(body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, blob[off:]) {
+				t.Fatalf("got %d bytes, want the %d from byte %d", len(got), len(blob)-int(off), off)
+			}
+			if size != int64(len(blob)) {
+				t.Errorf("size %d, want the whole blob's %d", size, len(blob))
+			}
+		})
 	}
 }

@@ -115,7 +115,7 @@ func announce(ctx context.Context, tx pgx.Tx, ch changes) error {
 // unavailable wraps a failed query: the database, not the record, is
 // missing, and the caller should say so rather than report a miss.
 func unavailable(what string, err error) error {
-	return fmt.Errorf("metadata: reading %s from PostgreSQL: %w", what, err)
+	return fmt.Errorf("metadata: reading %s from PostgreSQL: %w (%w)", what, err, metadata.ErrUnavailable)
 }
 
 // Tag returns what tag in repo last resolved to, or an error wrapping

@@ -18,6 +18,32 @@ import (
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
+// Image states, the audit log and the outbox across replicas.
+//
+// The guarantees are the bbolt store's (package metadata, "Guarantees"),
+// kept by PostgreSQL's locks instead of bbolt's single writer:
+//
+//   - UpdateImage and DeleteImage write the image, its audit record and its
+//     deliveries in one transaction, and announce the image on [Channel] in
+//     it (kind "image", key "<repo>@<digest>"), so every replica's gate
+//     reloads it once, and only once, the change commits.
+//   - Updates of one image take turns on its row (SELECT ... FOR UPDATE):
+//     none is lost. Two replicas creating one image both find no row to
+//     lock; the second insert fails once the first commits, and the second
+//     update runs again, fn included, on what the first wrote.
+//   - Appends to the audit log take turns on the head's one row, held to
+//     commit: seqs follow commit order from 1 without gaps on every replica.
+//   - Outbox seqs come from a sequence, which never goes back; a
+//     rolled-back change may leave one unused. Event IDs are
+//     "<store id>-<seq>", the store id shared by the replicas.
+//   - A delivery is sent by one replica at a time: reading the outbox
+//     claims a target's deliveries for the reader (see DueDeliveries), and
+//     stays at least once.
+//   - Pull counts from every replica add up (RecordPulls locks and adds).
+//   - Records are kept as the bbolt store's JSON, so times keep their
+//     nanoseconds and audit hashes compute the same; listings and cursors
+//     follow bbolt's key order and format.
+
 var _ metadata.ImageStore = (*Store)(nil)
 
 // maxImagePage bounds one Images answer, as the bbolt store does.

@@ -72,6 +72,11 @@ var (
 // Open. A store that holds anything (a replica ran on it, or an import
 // did) is refused: merging two indexes would interleave two audit chains.
 func (s *Store) Import(ctx context.Context, src *metadata.DB) (ImportStats, error) {
+	return s.importBatched(ctx, src, copyBatch)
+}
+
+// importBatched is Import sending batch rows per COPY.
+func (s *Store) importBatched(ctx context.Context, src *metadata.DB, batch int) (ImportStats, error) {
 	want, err := src.VerifyAudit(ctx)
 	if err != nil {
 		return ImportStats{}, fmt.Errorf("metadata: import: checking the bbolt audit log: %w", err)
@@ -82,7 +87,7 @@ func (s *Store) Import(ctx context.Context, src *metadata.DB) (ImportStats, erro
 		if err := lockEmpty(ctx, tx); err != nil {
 			return err
 		}
-		l := &loader{tx: tx, stats: &stats}
+		l := &loader{tx: tx, stats: &stats, batch: batch}
 		if err := src.Export(ctx, func(r metadata.Record) error { return l.add(ctx, r) }); err != nil {
 			return err
 		}
@@ -165,6 +170,7 @@ func lockEmpty(ctx context.Context, tx pgx.Tx) error {
 type loader struct {
 	tx    pgx.Tx
 	stats *ImportStats
+	batch int
 	table table
 	rows  [][]any
 	// head and outboxSeq are written once the records are in.
@@ -251,7 +257,7 @@ func (l *loader) row(ctx context.Context, t table, vals ...any) error {
 		l.table = t
 	}
 	l.rows = append(l.rows, vals)
-	if len(l.rows) >= copyBatch {
+	if len(l.rows) >= l.batch {
 		return l.flush(ctx)
 	}
 	return nil

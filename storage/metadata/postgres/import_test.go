@@ -412,3 +412,33 @@ func TestImportContent(t *testing.T) {
 		t.Errorf("Reidentify after the import = %v, %v; want only ghcr, whose identity changed, withdrawn", changed, err)
 	}
 }
+
+// TestImportMoreThanABatch imports with batches smaller than each kind's
+// records, so that batches are cut within a kind, one ends exactly at a
+// kind's end, and the last, partial one is sent too.
+func TestImportMoreThanABatch(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name  string
+		batch int
+	}{
+		{"one row", 1},
+		{"seven rows", 7},
+		{"the images exactly", 11},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			src := stoppedBbolt(t, seedImages)
+			s := openStore(t, pgtest.DSN(t))
+			stats, err := s.importBatched(t.Context(), src, c.batch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stats.Images != 11 || stats.AuditRecords != 25 || stats.Deliveries != 21 {
+				t.Errorf("stats = %+v; want 11 images, 25 audit records, 21 deliveries", stats)
+			}
+			sameImageStore(t, s, src)
+		})
+	}
+}

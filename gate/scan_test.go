@@ -382,7 +382,12 @@ func TestScanResultLostInACrashIsFetched(t *testing.T) {
 	if img.Scan == nil || img.Scan.State != metadata.ScanDone || len(img.Reasons) != 1 || img.Reasons[0].ID != "CVE-2024-5535" {
 		t.Fatalf("image after the lost result was fetched: %+v", img)
 	}
-	h2.wantStatus(manifestPath(repo, "1.0"), http.StatusForbidden, "is quarantined", "CVE-2024-5535")
+	// The gate puts the decision in memory just after the store has it.
+	h2.eventually(func() (bool, string) {
+		got, body := h2.get(manifestPath(repo, "1.0"))
+		return got == http.StatusForbidden && strings.Contains(body, "is quarantined") && strings.Contains(body, "CVE-2024-5535"),
+			fmt.Sprintf("%d %s", got, trim(body))
+	})
 }
 
 // TestReloadMovesAWaiversEnd: a reload that shortens a waiver still in

@@ -41,11 +41,12 @@ type Cluster interface {
 
 // BlobRanger is implemented by a Registry that can fetch a blob from an
 // offset: how a fill whose peer died mid-blob resumes from the upstream
-// with the bytes it has. size is the whole blob's size (-1 if unknown); an
+// with the bytes it has. known is the whole blob's size if the caller
+// knows it, else -1; size is the whole blob's size (-1 if unknown); an
 // upstream that ignores the range is an error. Without it, a resuming fill
 // fetches the whole blob again and skips what it has.
 type BlobRanger interface {
-	GetBlobFrom(ctx context.Context, repo string, d digest.Digest, off int64) (body io.ReadCloser, size int64, err error)
+	GetBlobFrom(ctx context.Context, repo string, d digest.Digest, off, known int64) (body io.ReadCloser, size int64, err error)
 }
 
 // maxSourceSwitches bounds how often one fill moves to another source
@@ -79,7 +80,7 @@ func (s *blobSource) close() {
 func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64, suspect string) (blobSource, error) {
 	up := rq.route.Upstream.Name
 	if p.cluster == nil || f.lease != nil {
-		return p.upstreamSource(ctx, rq, f.digest, off)
+		return p.upstreamSource(ctx, rq, f, off)
 	}
 	for range 4 {
 		release, recheck, peer, err := p.cluster.ClaimFill(ctx, up, f.digest, suspect)
@@ -89,7 +90,7 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 			}
 			p.log.LogAttrs(ctx, slog.LevelWarn, "cluster lease unavailable: fetching the blob without it",
 				slog.String("upstream", up), slog.String("digest", f.digest.String()), slog.String("error", err.Error()))
-			return p.upstreamSource(ctx, rq, f.digest, off)
+			return p.upstreamSource(ctx, rq, f, off)
 		}
 		if release != nil {
 			f.lease = release
@@ -100,7 +101,7 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 					return blobSource{}, errStoredMeanwhile
 				}
 			}
-			return p.upstreamSource(ctx, rq, f.digest, off)
+			return p.upstreamSource(ctx, rq, f, off)
 		}
 		body, size, repo, err := p.cluster.OpenPeerFill(ctx, peer, up, f.digest, off)
 		if err != nil {
@@ -109,7 +110,7 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 			if ctx.Err() != nil {
 				return blobSource{}, err
 			}
-			return p.upstreamSource(ctx, rq, f.digest, off)
+			return p.upstreamSource(ctx, rq, f, off)
 		}
 		if body == nil {
 			suspect = "" // the peer's fill ended: the lease is free or someone else's
@@ -135,7 +136,7 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 		}
 		return src, nil
 	}
-	return p.upstreamSource(ctx, rq, f.digest, off)
+	return p.upstreamSource(ctx, rq, f, off)
 }
 
 // errStoredMeanwhile ends a fill that found the blob committed by the
@@ -164,7 +165,8 @@ func (p *Proxy) confirmAt(ctx context.Context, rq *request, d digest.Digest, siz
 // came from a peer and are never checked against the upstream's one by
 // one, but the digest covers every byte of the spool: a peer that lied
 // fails the fill at the end, before any client has the last byte.
-func (p *Proxy) upstreamSource(ctx context.Context, rq *request, d digest.Digest, off int64) (blobSource, error) {
+func (p *Proxy) upstreamSource(ctx context.Context, rq *request, f *fill, off int64) (blobSource, error) {
+	d := f.digest
 	src := blobSource{name: "upstream " + rq.route.Upstream.Name}
 	if off == 0 {
 		body, size, err := rq.registry.GetBlob(ctx, rq.route.Repo, d)
@@ -172,7 +174,12 @@ func (p *Proxy) upstreamSource(ctx context.Context, rq *request, d digest.Digest
 		return src, err
 	}
 	if br, ok := rq.registry.(BlobRanger); ok {
-		body, size, err := br.GetBlobFrom(ctx, rq.route.Repo, d, off)
+		// The size the fill started with lets the range name both ends.
+		known := f.snapshot().size
+		if known < 0 && f.declared > 0 {
+			known = f.declared
+		}
+		body, size, err := br.GetBlobFrom(ctx, rq.route.Repo, d, off, known)
 		if err == nil {
 			src.body, src.size = body, size
 			return src, nil

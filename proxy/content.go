@@ -169,6 +169,7 @@ func (p *Proxy) remove(ctx context.Context, ix contentIndex, repo string, d dige
 	}
 	if del, ok := p.blobs.(blobDeleter); ok {
 		for _, o := range orphans {
+			p.settleFills(ctx, o)
 			if err := del.Delete(ctx, o); err != nil && !errors.Is(err, storage.ErrNotFound) {
 				p.log.LogAttrs(ctx, slog.LevelWarn, "deleting a blob no repository uses failed; eviction will remove it",
 					slog.String("digest", o.String()), slog.String("error", err.Error()))
@@ -187,6 +188,28 @@ func (p *Proxy) remove(ctx context.Context, ix contentIndex, repo string, d dige
 		}
 	}
 	return nil
+}
+
+// settleWait bounds how long Remove waits for a running fill of a blob it
+// deletes.
+const settleWait = 5 * time.Second
+
+// settleFills waits, for at most settleWait, until no fill of d is running.
+// A fill stays in the fill set for a moment after its commit, and a
+// request arriving then reads along it: deleting the blob under it would
+// leave that request served what the admin just removed, and a fill still
+// fetching would put the blob back after the delete. A fill longer than
+// the wait is left to finish; its blob, linked nowhere, goes at the next
+// eviction.
+func (p *Proxy) settleFills(ctx context.Context, d digest.Digest) {
+	deadline := time.Now().Add(settleWait)
+	for p.fills.running(d) && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // CachedBytes is what repo@d occupies in the cache: its manifest, its

@@ -43,15 +43,17 @@ func (r *Registry) GetBlob(ctx context.Context, repo string, d digest.Digest) (i
 
 // GetBlobFrom streams blob d of repo from byte off: how a transfer that
 // already holds the first off bytes (read from a peer replica that died
-// mid-blob) goes on without fetching them again. size is the whole blob's
-// size, -1 if unknown. Only a 206 whose Content-Range starts at off is
+// mid-blob) goes on without fetching them again. known is the whole blob's
+// size if the caller knows it, else -1; size is the whole blob's size as
+// the upstream gave it, -1 if unknown. Only a 206 whose Content-Range starts at off is
 // accepted: anything else would splice foreign bytes into the blob, and is
 // an error the caller answers by fetching the whole blob. The body resumes
 // after a dropped connection as GetBlob's does.
 //
 // Some registries (go-containerregistry's among them) refuse an open-ended
-// range with 416 and want both ends; the size for that comes from a HEAD.
-func (r *Registry) GetBlobFrom(ctx context.Context, repo string, d digest.Digest, off int64) (io.ReadCloser, int64, error) {
+// range with 416 and want both ends; without a known size, the size for
+// that comes from a HEAD.
+func (r *Registry) GetBlobFrom(ctx context.Context, repo string, d digest.Digest, off, known int64) (io.ReadCloser, int64, error) {
 	if off <= 0 {
 		return r.GetBlob(ctx, repo, d)
 	}
@@ -65,11 +67,14 @@ func (r *Registry) GetBlobFrom(ctx context.Context, repo string, d digest.Digest
 		return nil, 0, err
 	}
 	b := &blobReader{r: r, ctx: ctx, c: c, size: -1, off: off, release: release}
+	if known > off {
+		b.size = known
+	}
 	ranged := *c
-	ranged.header = http.Header{"Range": {fmt.Sprintf("bytes=%d-", off)}}
+	ranged.header = http.Header{"Range": {rangeFrom(off, b.size)}}
 	ranged.pass = []int{http.StatusRequestedRangeNotSatisfiable}
 	resp, err := r.do(ctx, &ranged)
-	if err == nil && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable {
+	if err == nil && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable && b.size < 0 {
 		discard(resp)
 		size, herr := r.HeadBlob(ctx, repo, d)
 		if herr != nil {

@@ -310,13 +310,19 @@ func TestGetBlobFrom(t *testing.T) {
 		name  string
 		fault *blobFault // nil: the real registry alone
 		want  error
+		// known is the size the caller passes.
+		known func(size int64) int64
 	}{
-		{name: "real registry, both ends after a 416"},
+		{name: "real registry, size unknown: both ends after a 416"},
+		{name: "real registry, size known: both ends at once", known: func(size int64) int64 { return size }},
 		{name: "open-ended range", fault: &blobFault{drops: 0, ranged: "206"}},
 		{name: "range ignored", fault: &blobFault{drops: 0, ranged: "ignore"}, want: ErrUnavailable},
 		{name: "range shifted", fault: &blobFault{drops: 0, ranged: "shifted"}, want: ErrInvalid},
 	}
 	for _, tt := range tests {
+		if tt.known == nil {
+			tt.known = func(int64) int64 { return -1 }
+		}
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			inner := realRegistry(false)
@@ -328,7 +334,7 @@ func TestGetBlobFrom(t *testing.T) {
 			}
 			r := newClient(t, serve(t, h).URL)
 			off := int64(len(blob) / 3)
-			body, size, err := r.GetBlobFrom(t.Context(), "app", digestOf(t, d), off)
+			body, size, err := r.GetBlobFrom(t.Context(), "app", digestOf(t, d), off, tt.known(int64(len(blob))))
 			if tt.want != nil {
 				if !errors.Is(err, tt.want) {
 					t.Fatalf("GetBlobFrom = %v, want %v", err, tt.want)

@@ -78,6 +78,18 @@ func auditHead(meta *bolt.Bucket) (uint64, string) {
 func appendAudit(tx *bolt.Tx, r AuditRecord) (AuditRecord, error) {
 	meta := tx.Bucket(bucketMeta)
 	seq, prev := auditHead(meta)
+	// Hash the record as it will read back: JSON writes text that is not
+	// UTF-8 (a hostile upstream's tag, a reason quoting it) with U+FFFD,
+	// and a hash over the bytes as given would make VerifyAudit call an
+	// untouched record edited.
+	b, err := json.Marshal(r)
+	if err != nil {
+		return AuditRecord{}, fmt.Errorf("encoding audit record: %w", err)
+	}
+	r = AuditRecord{}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return AuditRecord{}, fmt.Errorf("decoding audit record: %w", err)
+	}
 	r.Seq, r.Prev = seq+1, prev
 	r = canonicalAudit(r)
 	r.Hash = AuditHash(r)

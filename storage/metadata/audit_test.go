@@ -190,3 +190,27 @@ func TestEachImageCrossesChunks(t *testing.T) {
 		t.Fatalf("EachImage saw %d images (%v), want %d", seen, err, n)
 	}
 }
+
+// TestAuditChainHoldsTextThatIsNotUTF8: a reason or tag quoting a hostile
+// upstream may carry bytes that are not UTF-8, which JSON writes as U+FFFD.
+// The record is hashed as it reads back, so the untouched log verifies.
+func TestAuditChainHoldsTextThatIsNotUTF8(t *testing.T) {
+	t.Parallel()
+	db := openTemp(t)
+	t.Cleanup(func() { db.Close() })
+	_, err := db.UpdateImage(t.Context(), "vendor/app", digest.FromString("app"), time.Now(), func(img *Image) (Change, error) {
+		img.State = StateQuarantined
+		img.Reasons = []Reason{{Type: ReasonPolicy, Message: "tag \xff\xfe is refused", Policy: "pins"}}
+		return Change{Actor: "admin:\xc3", Action: "decide", Reason: "bad \x80 byte"}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check, err := db.VerifyAudit(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !check.OK || check.Records != 1 {
+		t.Fatalf("VerifyAudit of an untouched log = %+v, want OK over 1 record", check)
+	}
+}

@@ -29,6 +29,15 @@ func appendAudit(ctx context.Context, tx pgx.Tx, r metadata.AuditRecord) (metada
 	if err := tx.QueryRow(ctx, "SELECT seq, hash FROM airlock_meta_audit_head FOR UPDATE").Scan(&seq, &prev); err != nil {
 		return metadata.AuditRecord{}, fmt.Errorf("metadata: reading the audit head: %w", err)
 	}
+	// Seal the record as it will read back. Text that is not UTF-8 (a
+	// reason quoting what an upstream sent) is encoded as the escape
+	// \ufffd, but reads back as the character itself, which encodes as
+	// itself: sealed as given, the record would hash one way when written
+	// and another when verified, and VerifyAudit would call it edited.
+	var err error
+	if r, err = readBack(r); err != nil {
+		return metadata.AuditRecord{}, err
+	}
 	r = metadata.SealAudit(r, uint64(seq)+1, prev)
 	val, err := json.Marshal(r)
 	if err != nil {
@@ -41,6 +50,19 @@ func appendAudit(ctx context.Context, tx pgx.Tx, r metadata.AuditRecord) (metada
 		return metadata.AuditRecord{}, fmt.Errorf("metadata: moving the audit head: %w", err)
 	}
 	return r, nil
+}
+
+// readBack is r as decoding its encoding returns it.
+func readBack(r metadata.AuditRecord) (metadata.AuditRecord, error) {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return metadata.AuditRecord{}, fmt.Errorf("encoding audit record: %w", err)
+	}
+	var out metadata.AuditRecord
+	if err := json.Unmarshal(b, &out); err != nil {
+		return metadata.AuditRecord{}, fmt.Errorf("decoding audit record: %w", err)
+	}
+	return out, nil
 }
 
 // Audit returns up to limit records with Seq > after, in order. limit 0

@@ -35,10 +35,11 @@ import (
 // replica's cache within one notification's delivery, milliseconds.
 //
 // The bound: a cached answer is served only while the listener has been
-// heard from (a notification, or the answer to a ping sent after
-// Staleness/4 without one, and at least every 5 s) within the last
-// [Options.Staleness]. When the listener is
-// lost, silently (a partition) or not (PostgreSQL restarting), cached
+// heard from (a notification, or its own heartbeat announced on the
+// channel after Staleness/4 without one, and at least every 5 s) within
+// the last [Options.Staleness]. When the listener is lost, or deaf (its
+// connection answers but its LISTEN hears nothing), silently (a
+// partition) or not (PostgreSQL restarting), cached
 // answers keep being served for at most Staleness after the last contact,
 // so that approved content stays available through a short outage of
 // PostgreSQL, and then not at all: every read goes to the database and
@@ -67,6 +68,9 @@ const (
 	// Reconnection waits grow from minBackoff to maxBackoff.
 	minBackoff = 100 * time.Millisecond
 	maxBackoff = 2 * time.Second
+	// minSilence is the shortest the listener hears nothing before it
+	// starts over on a new connection.
+	minSilence = time.Second
 	// dialTimeout bounds one attempt to open the listening connection.
 	dialTimeout = 10 * time.Second
 
@@ -80,6 +84,10 @@ const (
 	// kindUpstream announces that every link and tag of an upstream name
 	// changed (Reidentify).
 	kindUpstream = "upstream"
+	// kindHeartbeat is what a listener announces to itself between
+	// announcements (see receive). Every replica hears it; it changes
+	// nothing and is not passed to subscribers.
+	kindHeartbeat = "heartbeat"
 )
 
 // state is the Store's memory: the cache, the listener that keeps it
@@ -172,9 +180,13 @@ func (s *Store) dialListener(ctx context.Context) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metadata: connecting to PostgreSQL to listen for changes: %w", err)
 	}
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{Channel}.Sanitize()); err != nil {
+	channel := Channel
+	if s.opts.listenOn != "" {
+		channel = s.opts.listenOn
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
 		conn.Close(context.Background())
-		return nil, fmt.Errorf("metadata: listening on %s: %w", Channel, err)
+		return nil, fmt.Errorf("metadata: listening on %s: %w", channel, err)
 	}
 	return conn, nil
 }
@@ -206,11 +218,21 @@ func (s *Store) listen(ctx context.Context, conn *pgx.Conn) {
 }
 
 // receive applies announcements from conn to the cache until the
-// connection fails or ctx ends. Between announcements it pings, so that a
-// connection lost without a word (a partition) is noticed within a
-// heartbeat and the cache's bound runs from the last contact.
+// connection fails or ctx ends. Between announcements it sends a
+// heartbeat through the channel itself, so that a connection lost
+// without a word (a partition) is noticed within a heartbeat and the
+// cache's bound runs from the last contact.
+//
+// Contact is only ever an announcement heard, the heartbeat's included,
+// never a ping's answer: a connection can answer while its LISTEN hears
+// nothing (behind a connection pooler in transaction mode, the LISTEN ran
+// on a server connection since given to another client), and a cache
+// confirmed by pings would then be served forever while other replicas'
+// changes never reached it. Hearing nothing for Staleness, not even its
+// own heartbeats, the listener starts over on a new connection.
 func (s *Store) receive(ctx context.Context, conn *pgx.Conn) error {
 	beat := heartbeat(s.opts.Staleness)
+	heard := time.Now()
 	for {
 		wctx, cancel := context.WithTimeout(ctx, beat)
 		n, err := conn.WaitForNotification(wctx)
@@ -221,21 +243,33 @@ func (s *Store) receive(ctx context.Context, conn *pgx.Conn) error {
 		case err == nil && n == nil:
 			continue
 		case err == nil:
-			s.cache.confirm(time.Now())
+			heard = time.Now()
+			s.cache.confirm(heard)
 			kind, key, _ := strings.Cut(n.Payload, " ")
+			if kind == kindHeartbeat {
+				continue
+			}
 			s.cache.apply(kind, key)
 			s.publish(kind, key)
 			continue
 		case !pgconn.Timeout(err) || conn.IsClosed():
 			return err
 		}
-		pctx, cancel := context.WithTimeout(ctx, beat)
-		err = conn.Ping(pctx)
+		// Starting over is only an attempt to recover (the cache's bound
+		// runs from the last contact whatever happens here), so it waits
+		// for a few heartbeats to go unheard however small the bound.
+		if silent := time.Since(heard); silent >= max(s.opts.Staleness, minSilence) {
+			return fmt.Errorf("heard nothing on %s for %v, not even this listener's own heartbeats: if a connection pooler in transaction mode stands between airlock and PostgreSQL, give airlock a session-mode connection", Channel, silent.Round(time.Millisecond))
+		}
+		// Given as long as the silence allowed, not a beat: a loaded
+		// server may take longer than 10 ms to answer, and that is no
+		// reason to start over.
+		pctx, cancel := context.WithTimeout(ctx, max(beat, minSilence))
+		_, err = conn.Exec(pctx, "SELECT pg_notify($1, $2)", Channel, kindHeartbeat)
 		cancel()
 		if err != nil {
-			return fmt.Errorf("pinging: %w", err)
+			return fmt.Errorf("sending a heartbeat: %w", err)
 		}
-		s.cache.confirm(time.Now())
 	}
 }
 
@@ -271,8 +305,20 @@ func heartbeat(staleness time.Duration) time.Duration {
 }
 
 // Cache keys are the announcements' payloads, "<kind> <key>", so that an
-// announcement names the entry it drops without parsing.
-func tagEntry(repo, tag string) string                      { return "tag " + tagName(repo, tag) }
+// announcement names the entry it drops without parsing; but for a tag
+// holding a colon. "<repo>:<tag>" is then ambiguous (repo "hub/x" tag
+// "a:b" and repo "hub/x:a" tag "b" read alike, and the store refuses only
+// NUL in names), so such a tag's entry joins repo and tag with a NUL
+// instead, which no name holds, and its announcement drops every entry
+// the payload may name (see cache.apply). Digests hold no '@', so
+// "<repo>@<digest>" is never ambiguous.
+func tagEntry(repo, tag string) string {
+	if strings.Contains(tag, ":") {
+		return "tag " + repo + sep + tag
+	}
+	return "tag " + tagName(repo, tag)
+}
+
 func manifestEntry(d digest.Digest) string                  { return "manifest " + string(d) }
 func manifestLinkEntry(repo string, d digest.Digest) string { return "mlink " + ref(repo, d) }
 func blobLinkEntry(repo string, d digest.Digest) string     { return "blob " + ref(repo, d) }
@@ -407,6 +453,16 @@ func (c *cache) apply(kind, key string) {
 	switch kind {
 	case kindUpstream:
 		c.dropUpstream(key)
+	case kindTag:
+		// The tag is what follows the last colon, or (when it holds
+		// colons itself) what follows any other: drop each reading.
+		keys := []string{kind + " " + key}
+		for i := range len(key) {
+			if key[i] == ':' && strings.Contains(key[i+1:], ":") {
+				keys = append(keys, tagEntry(key[:i], key[i+1:]))
+			}
+		}
+		c.drop(keys...)
 	default:
 		// Kinds the cache holds nothing of ("image") drop nothing.
 		c.drop(kind + " " + key)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/opencontainers/go-digest"
@@ -22,9 +23,11 @@ import (
 //
 // Writes lock rows in one order (blob links, manifest links, tags,
 // manifest bodies; each set sorted by digest), so that two replicas
-// pulling the same content do not deadlock each other. Should an admin's
-// bulk change (Reidentify, UnlinkImage) meet a pull the other way round,
-// PostgreSQL ends one of the two and its caller gets the error.
+// pulling the same content do not deadlock each other. Should a bulk
+// change (Reidentify, an evictor's UnlinkImage) meet a pull or an
+// access-time write the other way round, PostgreSQL ends one of the two;
+// a write here ended so is run again (see write), so neither caller sees
+// the deadlock.
 
 // Announcement kinds of the content index; each names its cache entries.
 const (
@@ -38,11 +41,43 @@ const (
 // joins them with it, and PostgreSQL's text cannot hold it.
 const sep = "\x00"
 
+// maxName bounds a repository name and a tag, in bytes. The bbolt index
+// takes keys up to 32 KiB, but PostgreSQL cannot: a notification's payload
+// ("tag <repo>:<tag>") must stay under 8000 bytes and a key under a third
+// of an index page. Registries' own bounds are far lower (255 for a
+// repository, 128 for a tag), so a longer name is a client's attack or
+// mistake, refused here with a message rather than by the database with
+// its own.
+const maxName = 1024
+
+// checkText refuses what PostgreSQL's text cannot hold, a NUL or bytes that
+// are not UTF-8, with a message naming what, before any statement runs: the
+// database's own error would reach the caller as a failure of the store,
+// not of the request.
+func checkText(what, s string) error {
+	switch {
+	case strings.Contains(s, sep):
+		return fmt.Errorf("metadata: %s %.80q holds a NUL byte, which PostgreSQL cannot store", what, s)
+	case !utf8.ValidString(s):
+		return fmt.Errorf("metadata: %s %.80q is not valid UTF-8, which PostgreSQL cannot store", what, s)
+	}
+	return nil
+}
+
+// checkName refuses a repository name or tag the store cannot key
+// anything by.
+func checkName(what, s string) error {
+	if len(s) > maxName {
+		return fmt.Errorf("metadata: %s %.40q... is %d bytes, longer than the %d this store keeps", what, s, len(s), maxName)
+	}
+	return checkText(what, s)
+}
+
 func checkRepo(repo string) error {
 	if repo == "" || strings.Contains(repo, sep) {
 		return fmt.Errorf("metadata: invalid repository name %q: want <upstream>/<repository>", repo)
 	}
-	return nil
+	return checkName("repository name", repo)
 }
 
 func checkTag(repo, tag string) error {
@@ -52,7 +87,7 @@ func checkTag(repo, tag string) error {
 	if tag == "" || strings.Contains(tag, sep) {
 		return fmt.Errorf("metadata: invalid tag %q in %s", tag, repo)
 	}
-	return nil
+	return checkName("tag", tag)
 }
 
 func checkRef(repo string, d digest.Digest) error {
@@ -78,13 +113,18 @@ func (c *changes) add(kind, key string) {
 // write runs fn in a transaction and announces, in it, what fn changed.
 // Once the transaction is over it drops those keys from this Store's cache
 // at once, committed or not (a commit whose answer was lost may have
-// landed); the announcement drops them on the other replicas.
+// landed); the announcement drops them on the other replicas. A
+// transaction PostgreSQL ended for a conflict (a deadlock) is run again,
+// fn included, as writeTx does: fn only writes to tx and sets what it
+// returns afresh.
+//
+// The keys are dropped after the transaction is over, not when fn
+// returns: a read in between would cache what the commit is replacing.
+// An attempt that was run again never committed, so the last attempt's
+// keys are the ones to drop.
 func (s *Store) write(ctx context.Context, fn func(tx pgx.Tx, ch *changes) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	var ch changes
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := s.writeTx(ctx, func(tx pgx.Tx) error {
 		ch = changes{}
 		if err := fn(tx, &ch); err != nil {
 			return err
@@ -157,6 +197,9 @@ func (s *Store) PutTag(ctx context.Context, repo, tag string, rec metadata.TagRe
 	}
 	if err := verify.Check(rec.Digest); err != nil {
 		return fmt.Errorf("metadata: tag %s:%s: %w", repo, tag, err)
+	}
+	if err := checkText("media type of tag "+tagName(repo, tag), rec.MediaType); err != nil {
+		return err
 	}
 	return s.write(ctx, func(tx pgx.Tx, ch *changes) error {
 		_, err := tx.Exec(ctx, `INSERT INTO airlock_meta_tags (repo, tag, digest, media_type, size, resolved)
@@ -292,6 +335,9 @@ func (s *Store) PutManifest(ctx context.Context, repo string, rec metadata.Manif
 	if err := verify.Bytes(rec.Digest, rec.Body); err != nil {
 		return fmt.Errorf("metadata: manifest for %s: %w", repo, err)
 	}
+	if err := checkText("media type of manifest "+string(rec.Digest), rec.MediaType); err != nil {
+		return err
+	}
 	if err := checkLink(repo, rec.Digest, link); err != nil {
 		return err
 	}
@@ -333,7 +379,7 @@ func checkLink(repo string, d digest.Digest, l metadata.Link) error {
 	if l.Size < 0 {
 		return fmt.Errorf("metadata: link of %s in %s: negative size %d", d, repo, l.Size)
 	}
-	return nil
+	return checkText("media type of the link of "+ref(repo, d), l.MediaType)
 }
 
 // checkBlobs checks the digests and sizes of blobs to link in repo.

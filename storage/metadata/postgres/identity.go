@@ -30,6 +30,9 @@ func (s *Store) Reidentify(ctx context.Context, ids map[string]string) ([]string
 		if err := checkRepo(name); err != nil || strings.Contains(name, "/") {
 			return nil, fmt.Errorf("metadata: invalid upstream name %q", name)
 		}
+		if err := checkText("identity of upstream "+name, ids[name]); err != nil {
+			return nil, err
+		}
 	}
 	// Names in order, so that two replicas lock their rows in one order.
 	names := slices.Sorted(maps.Keys(ids))

@@ -60,7 +60,7 @@ const maxWriteAttempts = 20
 
 // Image returns one image, or an error wrapping storage.ErrNotFound.
 func (s *Store) Image(ctx context.Context, repo string, d digest.Digest) (metadata.Image, error) {
-	if err := metadata.CheckImageKey(repo, d); err != nil {
+	if err := checkImageKey(repo, d); err != nil {
 		return metadata.Image{}, err
 	}
 	img, found, err := getImage(ctx, s.pool, repo, d, false)
@@ -68,6 +68,15 @@ func (s *Store) Image(ctx context.Context, repo string, d digest.Digest) (metada
 		err = fmt.Errorf("image %s@%s: %w", repo, d, storage.ErrNotFound)
 	}
 	return img, err
+}
+
+// checkImageKey refuses what metadata.CheckImageKey does and the names
+// PostgreSQL cannot hold (see checkRepo).
+func checkImageKey(repo string, d digest.Digest) error {
+	if err := metadata.CheckImageKey(repo, d); err != nil {
+		return err
+	}
+	return checkRepo(repo)
 }
 
 // querier is a pool or a transaction.
@@ -181,7 +190,7 @@ func conflict(err error) bool {
 // has Repository and Digest set and a zero FirstSeen): an attempt that
 // loses a race with another replica's is run again, fn included.
 func (s *Store) UpdateImage(ctx context.Context, repo string, d digest.Digest, now time.Time, fn func(img *metadata.Image) (metadata.Change, error)) (metadata.Image, error) {
-	if err := metadata.CheckImageKey(repo, d); err != nil {
+	if err := checkImageKey(repo, d); err != nil {
 		return metadata.Image{}, err
 	}
 	var out metadata.Image
@@ -236,7 +245,7 @@ func (s *Store) UpdateImage(ctx context.Context, repo string, d digest.Digest, n
 // announces the change. The record's Action is c.Action, "delete" when
 // empty.
 func (s *Store) DeleteImage(ctx context.Context, repo string, d digest.Digest, now time.Time, c metadata.Change) error {
-	if err := metadata.CheckImageKey(repo, d); err != nil {
+	if err := checkImageKey(repo, d); err != nil {
 		return err
 	}
 	if c.Action == "" {
@@ -284,6 +293,12 @@ func (s *Store) Images(ctx context.Context, q metadata.ImageQuery) (metadata.Ima
 		if err := metadata.CheckRepository(q.Repository); err != nil {
 			return metadata.ImagePage{}, err
 		}
+		if err := checkRepo(q.Repository); err != nil {
+			return metadata.ImagePage{}, err
+		}
+	}
+	if err := checkName("upstream name", q.Upstream); err != nil {
+		return metadata.ImagePage{}, err
 	}
 	var where []string
 	var args []any
@@ -295,6 +310,11 @@ func (s *Store) Images(ctx context.Context, q metadata.ImageQuery) (metadata.Ima
 		repo, d, err := metadata.ParseImageCursor(q.After)
 		if err != nil {
 			return metadata.ImagePage{}, err
+		}
+		// A cursor is the client's to forge: one naming what no image can
+		// be named is refused as one this store did not return.
+		if checkImageKey(repo, d) != nil {
+			return metadata.ImagePage{}, fmt.Errorf("metadata: %.80q is not a cursor this store returned: start the listing again without it", q.After)
 		}
 		where = append(where, "(repository, digest) > ("+arg(repo)+", "+arg(string(d))+")")
 	}
@@ -407,10 +427,16 @@ func (s *Store) RecordPulls(ctx context.Context, stats []metadata.PullStat) erro
 		if st.Pulls < 0 {
 			return fmt.Errorf("metadata: pulls of %s@%s: negative count %d", st.Repository, st.Digest, st.Pulls)
 		}
+		if checkRepo(st.Repository) != nil {
+			// No image is stored under a name PostgreSQL cannot hold:
+			// skipped, as images not in the store are, rather than
+			// failing the pulls of every other image in the batch.
+			continue
+		}
 		k := key{st.Repository, st.Digest}
 		byKey[k] = append(byKey[k], st)
 	}
-	if len(stats) == 0 {
+	if len(byKey) == 0 {
 		return nil
 	}
 	repos, digests := make([]string, 0, len(byKey)), make([]string, 0, len(byKey))

@@ -87,6 +87,9 @@ func (s *Store) importBatched(ctx context.Context, src *metadata.DB, batch int) 
 		if err := lockEmpty(ctx, tx); err != nil {
 			return err
 		}
+		if err := aloneOnTheDatabase(ctx, tx); err != nil {
+			return err
+		}
 		l := &loader{tx: tx, stats: &stats, batch: batch}
 		if err := src.Export(ctx, func(r metadata.Record) error { return l.add(ctx, r) }); err != nil {
 			return err
@@ -165,6 +168,25 @@ func lockEmpty(ctx context.Context, tx pgx.Tx) error {
 	return nil
 }
 
+// aloneOnTheDatabase refuses to import while another Store (a replica
+// started too early) listens on this database: it read the store's
+// identity at its Open and would go on sending events under it, not the
+// imported one, and serving from a cache the import does not announce to.
+// Its listener is the sign, named by application_name; this Store's own
+// is the one allowed. A replica opening during the import waits for its
+// commit to read the identity, so it needs no check.
+func aloneOnTheDatabase(ctx context.Context, tx pgx.Tx) error {
+	var n int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+		WHERE datname = current_database() AND application_name = $1`, listenerName).Scan(&n); err != nil {
+		return fmt.Errorf("looking for running replicas: %w", err)
+	}
+	if n > 1 {
+		return fmt.Errorf("%d other airlock processes are connected to this database: stop every replica, then import", n-1)
+	}
+	return nil
+}
+
 // loader copies records into their tables, a batch at a time: the export
 // comes kind by kind, so a batch is one table's.
 type loader struct {
@@ -180,6 +202,9 @@ type loader struct {
 }
 
 func (l *loader) add(ctx context.Context, r metadata.Record) error {
+	if err := storable(r); err != nil {
+		return fmt.Errorf("%w; nothing was imported: remove the record through the single node (or let it age out) and import again", err)
+	}
 	st := l.stats
 	switch r := r.(type) {
 	case metadata.StoreIdentity:
@@ -302,6 +327,38 @@ func (l *loader) finish(ctx context.Context) error {
 		if _, err := l.tx.Exec(ctx, "SELECT setval('airlock_meta_outbox_seq', $1)", int64(st.OutboxSeq)); err != nil {
 			return fmt.Errorf("continuing the outbox sequence: %w", err)
 		}
+	}
+	return nil
+}
+
+// storable refuses a record whose names or text PostgreSQL cannot hold
+// (the bbolt index keeps any bytes but NUL in a name, and any bytes in a
+// media type or a delivery's target), naming the record, so that the
+// operator learns which one rather than reading the database's complaint
+// about a COPY. Text inside JSON records needs no check: the encoding
+// holds any string.
+func storable(r metadata.Record) error {
+	var errs []error
+	switch r := r.(type) {
+	case metadata.UpstreamIdentity:
+		errs = append(errs, checkName("upstream name", r.Name), checkText("identity of upstream "+r.Name, r.ID))
+	case metadata.TagEntry:
+		errs = append(errs, checkTag(r.Repository, r.Tag), checkText("media type of tag "+tagName(r.Repository, r.Tag), r.Record.MediaType))
+	case metadata.ManifestEntry:
+		errs = append(errs, checkText("media type of manifest "+string(r.Manifest.Digest), r.Manifest.MediaType))
+	case metadata.BlobLinkEntry:
+		errs = append(errs, checkRepo(r.Repository))
+	case metadata.ManifestLinkEntry:
+		errs = append(errs, checkRepo(r.Repository), checkText("media type of the link of "+ref(r.Repository, r.Digest), r.Link.MediaType))
+	case metadata.AccessEntry:
+		errs = append(errs, checkRepo(r.Repository))
+	case metadata.ImageEntry:
+		errs = append(errs, checkRepo(r.Image.Repository))
+	case metadata.DeliveryEntry:
+		errs = append(errs, checkText(fmt.Sprintf("delivery %d's target", r.Delivery.Seq), r.Delivery.Target))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("the bbolt index holds a %T that PostgreSQL cannot store: %w", r, err)
 	}
 	return nil
 }

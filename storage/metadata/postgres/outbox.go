@@ -42,6 +42,11 @@ func (s *Store) enqueue(ctx context.Context, tx pgx.Tx, now time.Time, auditHash
 	if len(ds) == 0 {
 		return nil
 	}
+	for _, d := range ds {
+		if err := checkText("delivery target", d.Target); err != nil {
+			return err
+		}
+	}
 	rows, err := tx.Query(ctx, "SELECT nextval('airlock_meta_outbox_seq') FROM generate_series(1, $1)", len(ds))
 	if err != nil {
 		return fmt.Errorf("metadata: numbering deliveries: %w", err)

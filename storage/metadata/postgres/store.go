@@ -40,6 +40,10 @@ type Options struct {
 	// Logger receives the store's warnings (a lost listening connection).
 	// Nil discards them.
 	Logger *slog.Logger
+
+	// listenOn replaces Channel as the channel listened on, for tests of
+	// a listener that hears nothing. Announcements still go to Channel.
+	listenOn string
 }
 
 // Store is the PostgreSQL metadata index. It is safe for concurrent use,

@@ -40,7 +40,10 @@ type Options struct {
 	// Required.
 	Pool *pgxpool.Pool
 	// Advertise is this replica's peer listener as the other replicas
-	// reach it: "http://10.0.0.12:5002". Required.
+	// reach it: "http://10.0.0.12:5002". Required, and each replica's
+	// own: a fill lease names its holder by it, and a replica takes over
+	// a lease held at its own address as its dead predecessor's. Never a
+	// Service address that all the replicas share.
 	Advertise string
 	// LeaseTTL is how long a fill's or a singleton's lease lasts without
 	// a renewal; leases are renewed every LeaseTTL/3. 0 means
@@ -149,11 +152,17 @@ func peerClient(connect time.Duration) *http.Client {
 			// Blobs are compressed already; asking for gzip would only cost
 			// the peer CPU and lose sendfile.
 			DisableCompression: true,
+			// A peer answers with a few short headers; whatever answers at
+			// its address with megabytes of them is not one.
+			MaxResponseHeaderBytes: peerHeaderMax,
 		},
 		// A peer answers itself or not at all.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 }
+
+// peerHeaderMax bounds the headers of a peer's answer.
+const peerHeaderMax = 64 << 10
 
 // Advertise is this replica's peer address, as its peers see it.
 func (c *Cluster) Advertise() string { return c.advertise }

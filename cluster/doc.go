@@ -9,7 +9,8 @@
 // lease: a row (u, d) in airlock_cluster_fills naming the replica and its
 // peer address, taken by one INSERT … ON CONFLICT … DO UPDATE that
 // succeeds only where there is no row, the row's lease expired, or the
-// row is the replica's own (ClaimFill). The holder renews it every TTL/3
+// row is the replica's own, or its address's (a predecessor killed and
+// restarted there: ClaimFill). The holder renews it every TTL/3
 // and gives it up when the fill ends, committed or failed, by expiring
 // the row; a replica that dies stops renewing, and its lease expires after
 // the TTL (10 s by default). Expiry is judged by the database's clock
@@ -34,7 +35,8 @@
 // waits until the lease either expires (the peer died: the reader, or
 // another replica, takes over and resumes from the upstream) or is
 // renewed twice (the peer lives: it is read again). Either happens within one
-// TTL. A stream that merely stops is cut once the peer's lease lapses
+// TTL; a lease that does neither for two (a replica with a far longer TTL)
+// sends the reader to the upstream instead. A stream that merely stops is cut once the peer's lease lapses
 // while nothing arrives, or after three TTLs without a byte whatever the
 // lease says (a connection lost in a partition), so no reader waits on a
 // dead connection. A peer

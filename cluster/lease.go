@@ -25,16 +25,24 @@ type lease struct {
 	// releasing is set once the last local fill let go; a new claim of
 	// the key waits for gone rather than race the row's deletion.
 	releasing bool
-	gone      chan struct{}
+	// lost is set once the heartbeat found the lease gone: the lease is
+	// out of held, so later local fills claim anew, and the local fills
+	// still sharing it do not give up a row that is no longer theirs.
+	lost bool
+	gone chan struct{}
 	// stop ends the heartbeat; beat is closed when it has.
 	stop context.CancelFunc
 	beat chan struct{}
 }
 
 // claimFill is the one statement that decides a fill's leader: it takes
-// the row if there is none, if its lease expired (or was given up) or if
-// it is this process's already, and returns whoever holds it after the
-// statement. taken says the claim replaced an existing row rather than
+// the row if there is none, if its lease expired (or was given up), if it
+// is this process's already, or if it names this replica's own address
+// under another owner: a predecessor at this address killed mid-fill and
+// restarted (a StatefulSet's pod), whose row would otherwise send this
+// replica to read the blob from itself, its listener waiting on the very
+// fill that asks, until the dead lease lapsed. It returns whoever holds
+// the row after the statement. taken says the claim replaced an existing row rather than
 // inserting one (an updated row's xmax is the updating transaction, an
 // inserted row's is 0). The second SELECT reads the holder when the
 // insert found a live row of another replica and changed nothing.
@@ -43,7 +51,7 @@ const claimFill = `WITH claimed AS (
 	VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')
 	ON CONFLICT (upstream, digest) DO UPDATE
 		SET owner = excluded.owner, advertise = excluded.advertise, expires = excluded.expires
-		WHERE f.expires < now() OR f.owner = excluded.owner
+		WHERE f.expires < now() OR f.owner = excluded.owner OR f.advertise = excluded.advertise
 	RETURNING owner, advertise, expires, xmax::text <> '0' AS taken)
 SELECT owner, advertise, expires, taken FROM claimed
 UNION ALL
@@ -64,7 +72,8 @@ SELECT owner, advertise, expires, false FROM airlock_cluster_fills
 // the next claim tell that a fill ran (see sweep).
 func (c *Cluster) ClaimFill(ctx context.Context, upstream string, d digest.Digest, suspect string) (release func(), recheck bool, peer string, err error) {
 	k := fillKey{upstream, d.String()}
-	var seen time.Time // the suspect's expiry when last found holding
+	var seen time.Time  // the suspect's expiry when last found holding
+	var since time.Time // when the suspect was first found holding
 	renewals := 0
 	for attempt := 0; ; attempt++ {
 		if release := c.joinHeld(ctx, k); release != nil {
@@ -95,7 +104,15 @@ func (c *Cluster) ClaimFill(ctx context.Context, upstream string, d digest.Diges
 		case suspect == "" || advertise != suspect:
 			return nil, false, advertise, nil
 		case seen.IsZero():
-			seen = expires
+			seen, since = expires, time.Now()
+		case time.Since(since) >= suspectWait*c.ttl:
+			// Neither renewed twice nor expired: the row is not what this
+			// replica's own heartbeats would leave (a replica with a far
+			// longer TTL, or a row written by hand). Its expiry may be
+			// hours away; the fill fetches the blob itself rather than wait.
+			c.metrics.fallbacks.Inc()
+			return nil, false, "", fmt.Errorf("cluster: peer %s still holds the lease on %s from %s, until %s, %s after its stream broke, without renewing it: %w",
+				advertise, d, upstream, expires.UTC().Format(time.RFC3339), time.Since(since).Round(time.Millisecond), errSuspectHolds)
 		case expires.After(seen):
 			// Renewed since the break. Once may be a renewal the peer sent
 			// just before it died; twice, and it is alive.
@@ -111,6 +128,15 @@ func (c *Cluster) ClaimFill(ctx context.Context, upstream string, d digest.Diges
 		}
 	}
 }
+
+// suspectWait is how many lease lifetimes ClaimFill waits, at most, for a
+// peer whose stream broke to renew its lease twice or let it expire. A
+// replica's heartbeat does one or the other within one lifetime.
+const suspectWait = 2
+
+// errSuspectHolds is ClaimFill's failure when the peer whose stream broke
+// keeps a lease it does not renew.
+var errSuspectHolds = errors.New("the peer's lease neither lapses nor is renewed")
 
 // giveUpFill expires this process's fill leases (those the conditions
 // appended to it select); $1 is the owner.
@@ -221,9 +247,18 @@ func (c *Cluster) releaser(k fillKey, l *lease) func() {
 		}
 		l.stop()
 		<-l.beat
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err := c.pool.Exec(ctx, giveUpFill+" AND upstream = $2 AND digest = $3", c.owner, k.upstream, k.digest)
-		cancel()
+		c.mu.Lock()
+		lost := l.lost
+		c.mu.Unlock()
+		var err error
+		if !lost {
+			// A lost lease's row is another replica's now, or this
+			// replica's again under a later claim: neither is this
+			// lease's to give up.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err = c.pool.Exec(ctx, giveUpFill+" AND upstream = $2 AND digest = $3", c.owner, k.upstream, k.digest)
+			cancel()
+		}
 		if err != nil {
 			c.log.Warn("releasing a fill lease failed; it expires on its own", slog.String("upstream", k.upstream),
 				slog.String("digest", k.digest), slog.Duration("ttl", c.ttl), slog.String("error", err.Error()))
@@ -264,15 +299,29 @@ func (c *Cluster) heartbeat(ctx context.Context, k fillKey, l *lease) {
 			last = time.Now()
 			continue
 		case err == nil:
-			c.lost("fill", k.upstream+"/"+k.digest, "another replica took the lease after it lapsed")
+			c.loseFill(k, l, "another replica took the lease after it lapsed")
 			return
 		case time.Since(last) >= c.ttl:
-			c.lost("fill", k.upstream+"/"+k.digest, err.Error())
+			c.loseFill(k, l, err.Error())
 			return
 		}
 		c.log.Warn("renewing a fill lease failed; retrying", slog.String("upstream", k.upstream),
 			slog.String("digest", k.digest), slog.String("error", err.Error()))
 	}
+}
+
+// loseFill records that this replica no longer holds the fill lease l,
+// and takes it out of held: the local fills still running on it go on for
+// their clients, but a local fill starting now asks the database, and
+// follows whoever leads the blob now instead of fetching it a second time.
+func (c *Cluster) loseFill(k fillKey, l *lease, why string) {
+	c.mu.Lock()
+	l.lost = true
+	if c.held[k] == l {
+		delete(c.held, k)
+	}
+	c.mu.Unlock()
+	c.lost("fill", k.upstream+"/"+k.digest, why)
 }
 
 // lost records a lease this replica held and no longer does.

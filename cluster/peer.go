@@ -150,11 +150,11 @@ func (c *Cluster) OpenPeerFill(ctx context.Context, peer, upstream string, d dig
 		body.Close()
 		return nil, 0, "", nil
 	default:
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		msg := c.peerMessage(resp)
 		drain(resp)
 		body.Close()
 		return nil, 0, "", c.fallback(ctx, peer, upstream, d,
-			fmt.Errorf("cluster: peer %s answered HTTP %d for blob %s: %s", peer, resp.StatusCode, d, strings.TrimSpace(string(msg))))
+			fmt.Errorf("cluster: peer %s answered HTTP %d for blob %s: %s", peer, resp.StatusCode, d, msg))
 	}
 	size, err := strconv.ParseInt(resp.Header.Get(HeaderBlobSize), 10, 64)
 	if err != nil || size < -1 {
@@ -178,6 +178,23 @@ func (c *Cluster) fallback(ctx context.Context, peer, upstream string, d digest.
 	c.log.Warn("peer unreachable: fetching the blob from the upstream instead", slog.String("peer", peer),
 		slog.String("upstream", upstream), slog.String("digest", d.String()), slog.String("error", err.Error()))
 	return err
+}
+
+// peerMessageMax is how much of a peer's refusal goes into the error.
+const peerMessageMax = 512
+
+// peerMessage is the start of what a peer answered instead of a blob, for
+// the error and the log, with the cluster secret taken out: whatever
+// answers at a peer's address (a proxy's error page, a debugging echo) may
+// repeat the request's Authorization header. Enough is read beyond the
+// bound that a secret straddling it is found whole.
+func (c *Cluster) peerMessage(resp *http.Response) string {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, int64(peerMessageMax+len(c.secret))))
+	msg := strings.ReplaceAll(string(b), c.secret, "[cluster secret]")
+	if len(msg) > peerMessageMax {
+		msg = msg[:peerMessageMax]
+	}
+	return strings.ToValidUTF8(strings.TrimSpace(msg), "?")
 }
 
 func drain(resp *http.Response) {

@@ -33,7 +33,8 @@ func (c *Cluster) Singleton(ctx context.Context, name string, run func(ctx conte
 	owner := c.owner + "/" + suffix
 	failing := false
 	for ctx.Err() == nil {
-		held, err := c.claimSingleton(ctx, name, owner)
+		sent := time.Now()
+		held, err := c.claimSingleton(ctx, name, owner, sent.Add(c.ttl/3))
 		switch {
 		case err != nil && ctx.Err() == nil:
 			if !failing {
@@ -43,7 +44,7 @@ func (c *Cluster) Singleton(ctx context.Context, name string, run func(ctx conte
 			failing = true
 		case held:
 			failing = false
-			if c.runHeld(ctx, name, owner, run) {
+			if c.runHeld(ctx, name, owner, sent, run) {
 				return
 			}
 			continue // lost: try again at once, it may be free
@@ -57,9 +58,11 @@ func (c *Cluster) Singleton(ctx context.Context, name string, run func(ctx conte
 	}
 }
 
-func (c *Cluster) claimSingleton(ctx context.Context, name, owner string) (bool, error) {
+// claimSingleton takes or renews the lease called name for owner, giving
+// up at deadline.
+func (c *Cluster) claimSingleton(ctx context.Context, name, owner string, deadline time.Time) (bool, error) {
 	var got string
-	ctx, cancel := context.WithTimeout(ctx, c.ttl/3)
+	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	err := c.pool.QueryRow(ctx, `INSERT INTO airlock_cluster_singletons AS s (name, owner, expires)
 		VALUES ($1, $2, now() + $3 * interval '1 millisecond')
@@ -72,9 +75,15 @@ func (c *Cluster) claimSingleton(ctx context.Context, name, owner string) (bool,
 	return err == nil, err
 }
 
-// runHeld runs run under a held lease and reports whether Singleton is
-// done (run returned, or ctx ended) rather than the lease lost.
-func (c *Cluster) runHeld(ctx context.Context, name, owner string, run func(context.Context)) bool {
+// runHeld runs run under a held lease, claimed by a statement sent at
+// last, and reports whether Singleton is done (run returned, or ctx ended)
+// rather than the lease lost.
+//
+// The lease expires a TTL after the database ran the last renewal, which
+// is after the statement was sent and may be well before its answer came
+// back: so the lease is counted from the sending, and a renewal gets only
+// the time left before run must be told to stop.
+func (c *Cluster) runHeld(ctx context.Context, name, owner string, last time.Time, run func(context.Context)) bool {
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan struct{})
@@ -84,7 +93,6 @@ func (c *Cluster) runHeld(ctx context.Context, name, owner string, run func(cont
 	}()
 	t := time.NewTicker(c.ttl / 3)
 	defer t.Stop()
-	last := time.Now()
 	for {
 		select {
 		case <-done:
@@ -97,16 +105,22 @@ func (c *Cluster) runHeld(ctx context.Context, name, owner string, run func(cont
 			return true
 		case <-t.C:
 		}
-		held, err := c.claimSingleton(ctx, name, owner)
+		sent := time.Now()
+		stopBy := last.Add(2 * c.ttl / 3) // a third of a TTL before the lease expires
+		deadline := sent.Add(c.ttl / 3)
+		if stopBy.Before(deadline) {
+			deadline = stopBy
+		}
+		held, err := c.claimSingleton(ctx, name, owner, deadline)
 		switch {
 		case err == nil && held:
-			last = time.Now()
+			last = sent
 			continue
 		case err == nil:
 			c.lost("singleton", name, "another replica took the lease after it lapsed")
 		case ctx.Err() != nil:
 			continue // done is next
-		case time.Since(last) < 2*c.ttl/3:
+		case time.Now().Before(stopBy):
 			continue
 		default:
 			c.lost("singleton", name, err.Error())

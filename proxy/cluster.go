@@ -82,7 +82,18 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 	if p.cluster == nil || f.lease != nil {
 		return p.upstreamSource(ctx, rq, f, off)
 	}
-	for range 4 {
+	for attempt := range peerEndedClaims {
+		if attempt > 0 {
+			// The peer answered that its fill ended, yet held the lease a
+			// moment ago: it gives the lease up just after its fill leaves
+			// its fill set, so claiming again at once would find it held
+			// still, and after a few tries fetch the blob without any lease.
+			select {
+			case <-time.After(peerEndedWait << (attempt - 1)):
+			case <-ctx.Done():
+				return blobSource{}, context.Cause(ctx)
+			}
+		}
 		release, recheck, peer, err := p.cluster.ClaimFill(ctx, up, f.digest, suspect)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -101,6 +112,13 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 					return blobSource{}, errStoredMeanwhile
 				}
 			}
+			return p.upstreamSource(ctx, rq, f, off)
+		}
+		if p.distrusted(peer, f.digest) {
+			// This peer's bytes failed a fill of the blob a moment ago:
+			// following it again would fail the same way.
+			p.log.LogAttrs(ctx, slog.LevelWarn, "not following a peer that sent a wrong blob: fetching it from the upstream",
+				slog.String("upstream", up), slog.String("digest", f.digest.String()), slog.String("peer", peer))
 			return p.upstreamSource(ctx, rq, f, off)
 		}
 		body, size, repo, err := p.cluster.OpenPeerFill(ctx, peer, up, f.digest, off)
@@ -137,6 +155,60 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 		return src, nil
 	}
 	return p.upstreamSource(ctx, rq, f, off)
+}
+
+// peerEndedClaims is how many times a fill claims the lease while the
+// peers holding it answer that their fill ended; peerEndedWait is the
+// first pause between two claims, doubled at each.
+const (
+	peerEndedClaims = 5
+	peerEndedWait   = 20 * time.Millisecond
+)
+
+// distrustFor is how long a peer whose bytes failed a fill of a blob is
+// not followed for that blob. A peer's own fill verifies what it fetched,
+// so a genuine replica sends a wrong blob only when something beneath it
+// is broken (its disk, its memory); its lease, and so the wrong answers,
+// may last as long as its fill.
+const distrustFor = 10 * time.Minute
+
+// peerBlob is a peer's address and a blob it led.
+type peerBlob struct {
+	peer   string
+	digest digest.Digest
+}
+
+// distrust records that a fill of d, which read bytes from peers, failed
+// its checks with err: the client that read along got a broken transfer,
+// and its retry fetches the blob from the upstream instead of failing the
+// same way for as long as the peer holds the blob's lease. The upstream
+// may have been at fault as well; it is asked again either way.
+func (p *Proxy) distrust(ctx context.Context, upstream string, d digest.Digest, peers []string, err error) {
+	now := time.Now()
+	p.fills.mu.Lock()
+	if p.fills.distrusted == nil {
+		p.fills.distrusted = map[peerBlob]time.Time{}
+	}
+	for k, until := range p.fills.distrusted {
+		if now.After(until) {
+			delete(p.fills.distrusted, k)
+		}
+	}
+	for _, peer := range peers {
+		p.fills.distrusted[peerBlob{peer, d}] = now.Add(distrustFor)
+	}
+	p.fills.mu.Unlock()
+	p.log.LogAttrs(ctx, slog.LevelError, "a fill read from peers failed its checks: not following them for this blob for a while",
+		slog.String("upstream", upstream), slog.String("digest", d.String()), slog.Any("peers", peers),
+		slog.Duration("for", distrustFor), slog.String("error", err.Error()))
+}
+
+// distrusted reports whether peer's bytes failed a fill of d lately.
+func (p *Proxy) distrusted(peer string, d digest.Digest) bool {
+	p.fills.mu.Lock()
+	defer p.fills.mu.Unlock()
+	until, ok := p.fills.distrusted[peerBlob{peer, d}]
+	return ok && time.Now().Before(until)
 }
 
 // errStoredMeanwhile ends a fill that found the blob committed by the

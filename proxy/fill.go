@@ -71,6 +71,9 @@ type fill struct {
 type fillSet struct {
 	mu sync.Mutex
 	m  map[fillKey]*fill
+	// distrusted holds, until when, the peers whose bytes made a fill of
+	// a blob fail its checks (see distrust); nil until one does.
+	distrusted map[peerBlob]time.Time
 }
 
 type fillKey struct {
@@ -285,6 +288,17 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	if err != nil {
 		return err
 	}
+	// peers are the peers this fill read from: should the blob fail its
+	// checks, they are not followed for it again for a while.
+	var peers []string
+	defer func() {
+		if err != nil && len(peers) > 0 && (errors.Is(err, verify.ErrDigestMismatch) || errors.Is(err, verify.ErrTooLarge)) {
+			p.distrust(ctx, up, f.digest, peers, err)
+		}
+	}()
+	if src.peer != "" {
+		peers = append(peers, src.peer)
+	}
 	size := src.size
 	limit, err := p.fillLimit(f, size)
 	if err != nil {
@@ -374,6 +388,9 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 		src, err = p.openSource(ctx, f, rq, off, broken)
 		if err != nil {
 			return err
+		}
+		if src.peer != "" {
+			peers = append(peers, src.peer)
 		}
 		if src.size >= 0 && size >= 0 && src.size != size {
 			return fmt.Errorf("blob %s: %s announced %d bytes, the fill's first source %d: %w",

@@ -183,6 +183,18 @@ func (b *Blobs) Probe(ctx context.Context) error {
 		return fmt.Errorf("storage: writing a probe object: %w",
 			&storeError{driver: b.driver.Name(), unreachable: unreachable(err), err: err})
 	}
+	// A miss must read as a miss: credentials that may write but not list
+	// make S3 answer 403 for a missing object, which the driver cannot tell
+	// from a refusal, and every cold pull would then be a 503.
+	_, err = b.driver.Stat(ctx, p)
+	var pnf storagedriver.PathNotFoundError
+	if !errors.As(err, &pnf) {
+		if err == nil {
+			err = errors.New("the deleted probe object is still there")
+		}
+		return fmt.Errorf("storage: looking up a deleted probe object must answer \"not found\" (do the credentials allow listing the bucket?): %w",
+			&storeError{driver: b.driver.Name(), unreachable: unreachable(err), err: err})
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,5 +96,31 @@ func TestRemoteCommitReplacesAShortObject(t *testing.T) {
 	}
 	if got, err := drv.GetContent(t.Context(), blobPath(d)); err != nil || string(got) != string(content) {
 		t.Fatalf("after the commit the blob's path holds %q (%v)", got, err)
+	}
+}
+
+// refusingStat answers every Stat with a refusal, as S3 does for a missing
+// object when the credentials may not list the bucket.
+type refusingStat struct{ storagedriver.StorageDriver }
+
+func (refusingStat) Stat(context.Context, string) (storagedriver.FileInfo, error) {
+	return nil, errors.New("s3aws: Forbidden: 403")
+}
+
+// TestProbeNeedsMissesToReadAsMisses: a store that takes writes but cannot
+// tell a missing object from a refusal would turn every cold pull into a
+// 503; the start-up probe refuses it and names the likely cause.
+func TestProbeNeedsMissesToReadAsMisses(t *testing.T) {
+	t.Parallel()
+	b, err := NewBlobs(refusingStat{inmemory.New()}, "", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = b.Probe(t.Context())
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "listing the bucket") {
+		t.Fatalf("Probe = %v, want ErrUnavailable naming the listing permission", err)
+	}
+	if err := func() error { b2, _ := NewBlobs(inmemory.New(), "", t.TempDir()); return b2.Probe(t.Context()) }(); err != nil {
+		t.Fatalf("Probe of a working store = %v", err)
 	}
 }

@@ -145,6 +145,7 @@ func (b *bench) runAll(ctx context.Context) ([]row, error) {
 		{"11: warm manifest under a policy", b.warmUnderPolicy},
 		{"12: signature verification, cold and warm", b.signaturePolicy},
 		{"13: vulnerability scanning", b.vulnerabilityScanning},
+		{"14: three replicas", b.clusterScenario},
 	}
 	for i, st := range steps {
 		if b.s.only != "" && !slices.Contains(strings.Split(b.s.only, ","), strconv.Itoa(i+1)) {

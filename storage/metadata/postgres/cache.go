@@ -169,10 +169,10 @@ func (s *Store) publish(kind, key string) {
 // dialListener opens a connection of its own (not one of the pool's, which
 // would be lost to queries) and LISTENs on the channel.
 func (s *Store) dialListener(ctx context.Context) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(s.opts.DSN)
-	if err != nil {
-		return nil, fmt.Errorf("metadata: parsing the PostgreSQL connection string: %w", err)
-	}
+	// The pool's parse of the DSN, not pgx.ParseConfig's: that one would
+	// pass the pool's own settings (pool_max_conns, …) to the server, which
+	// refuses them as unknown parameters.
+	cfg := s.pool.Config().ConnConfig.Copy()
 	cfg.RuntimeParams["application_name"] = listenerName
 	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()

@@ -654,3 +654,17 @@ func BenchmarkWarmPull(b *testing.B) {
 		s.Touch(img.repo, img.layer)
 	}
 }
+
+// TestListenerTakesPoolSettings: a DSN may carry the pool's own settings
+// (pool_max_conns, …); the listener's connection must not pass them to the
+// server, which refuses unknown parameters, or airlock cannot start.
+func TestListenerTakesPoolSettings(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	s := openStore(t, dsn+sep+"pool_max_conns=4&pool_min_conns=1")
+	settled(t, s, testConn(t, dsn))
+}

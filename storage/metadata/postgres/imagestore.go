@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -150,6 +152,9 @@ func (s *Store) writeTx(ctx context.Context, fn func(pgx.Tx) error) error {
 			return err
 		}
 		err := pgx.BeginFunc(ctx, s.pool, fn)
+		if err != nil && ctx.Err() == nil && lost(err) {
+			return fmt.Errorf("metadata: writing to PostgreSQL: %w (%w)", err, metadata.ErrUnavailable)
+		}
 		if err == nil || !conflict(err) || attempt == maxWriteAttempts {
 			return err
 		}
@@ -162,6 +167,23 @@ func (s *Store) writeTx(ctx context.Context, fn func(pgx.Tx) error) error {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// lost reports whether err means PostgreSQL could not be reached or
+// dropped the connection, rather than refused the statement: the caller
+// answers 503 and the client retries, instead of a 500.
+func lost(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		// connection_exception, admin/crash shutdown, cannot_connect_now,
+		// too_many_connections.
+		return strings.HasPrefix(pe.Code, "08") || pe.Code == "57P01" || pe.Code == "57P02" ||
+			pe.Code == "57P03" || pe.Code == "53300"
+	}
+	var ce *pgconn.ConnectError
+	var ne net.Error
+	return errors.As(err, &ce) || errors.As(err, &ne) || pgconn.SafeToRetry(err) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || strings.Contains(err.Error(), "conn closed")
 }
 
 // conflict reports whether err is PostgreSQL aborting a transaction that

@@ -15,6 +15,7 @@ import (
 	"github.com/airlock-registry/airlock/integration/airlocktest"
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
 	"github.com/airlock-registry/airlock/internal/pgtest"
+	"github.com/airlock-registry/airlock/internal/s3test"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -38,6 +39,11 @@ func TestMain(m *testing.M) {
 	// The PostgreSQL the scanning tests started, if any.
 	if err := pgtest.Stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgtest:", err)
+		code = 1
+	}
+	// The S3 server the cluster tests started, if any.
+	if err := s3test.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "s3test:", err)
 		code = 1
 	}
 	_ = os.RemoveAll(dir)

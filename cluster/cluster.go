@@ -12,15 +12,14 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/airlock-registry/airlock/internal/pgmigrate"
 )
 
 //go:embed migrations/*.sql
@@ -214,77 +213,12 @@ func setting(ctx context.Context, pool *pgxpool.Pool, name string) (string, erro
 // migrations ("airc"), apart from the metadata store's.
 const migrationLock = 0x61697263
 
-type migration struct {
-	version int
-	name    string
-	sql     string
-}
-
-func migrations() ([]migration, error) {
-	entries, err := fs.ReadDir(migrationFiles, "migrations")
-	if err != nil {
-		return nil, err
-	}
-	var ms []migration
-	for _, e := range entries {
-		num, _, ok := strings.Cut(e.Name(), "_")
-		v, err := strconv.Atoi(num)
-		if !ok || err != nil || !strings.HasSuffix(e.Name(), ".sql") {
-			return nil, fmt.Errorf("cluster: migration file %s is not named NNNN_name.sql", e.Name())
-		}
-		b, err := migrationFiles.ReadFile("migrations/" + e.Name())
-		if err != nil {
-			return nil, err
-		}
-		ms = append(ms, migration{v, e.Name(), string(b)})
-	}
-	slices.SortFunc(ms, func(a, b migration) int { return a.version - b.version })
-	for i := 1; i < len(ms); i++ {
-		if ms[i].version == ms[i-1].version {
-			return nil, fmt.Errorf("cluster: migrations %s and %s share a version", ms[i-1].name, ms[i].name)
-		}
-	}
-	return ms, nil
-}
-
-// migrate applies the migrations the database lacks, in one transaction
-// under an advisory lock, so that replicas starting together apply each
-// once. Migrations are forward-only: a database newer than this airlock
-// is refused rather than used with a schema it does not know.
+// migrate applies the migrations the database lacks (see package
+// pgmigrate: one transaction under an advisory lock, forward-only).
 func migrate(ctx context.Context, pool *pgxpool.Pool) error {
-	ms, err := migrations()
+	files, err := fs.Sub(migrationFiles, "migrations")
 	if err != nil {
 		return err
 	}
-	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLock); err != nil {
-			return fmt.Errorf("cluster: waiting for the migration lock: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS airlock_cluster_migrations (
-			version integer PRIMARY KEY,
-			name text NOT NULL,
-			applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-			return fmt.Errorf("cluster: creating the migrations table: %w", err)
-		}
-		var have int
-		if err := tx.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM airlock_cluster_migrations").Scan(&have); err != nil {
-			return fmt.Errorf("cluster: reading the schema version: %w", err)
-		}
-		if len(ms) > 0 && have > ms[len(ms)-1].version {
-			return fmt.Errorf("cluster: the database's cluster schema is version %d, newer than this airlock knows (%d): run a newer airlock",
-				have, ms[len(ms)-1].version)
-		}
-		for _, m := range ms {
-			if m.version <= have {
-				continue
-			}
-			if _, err := tx.Exec(ctx, m.sql); err != nil {
-				return fmt.Errorf("cluster: applying migration %s: %w", m.name, err)
-			}
-			if _, err := tx.Exec(ctx, "INSERT INTO airlock_cluster_migrations (version, name) VALUES ($1, $2)", m.version, m.name); err != nil {
-				return fmt.Errorf("cluster: recording migration %s: %w", m.name, err)
-			}
-		}
-		return nil
-	})
+	return pgmigrate.Set{Name: "cluster", Table: "airlock_cluster_migrations", Lock: migrationLock, Files: files}.Apply(ctx, pool)
 }

@@ -9,13 +9,12 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/airlock-registry/airlock/internal/pgmigrate"
 )
 
 //go:embed migrations/*.sql
@@ -123,77 +122,14 @@ func notify(ctx context.Context, tx pgx.Tx, kind, key string) error {
 // migrationLock is the advisory lock key that serialises migrations.
 const migrationLock = 0x61697231 // "air1"
 
-type migration struct {
-	version int
-	name    string
-	sql     string
-}
-
-func migrations() ([]migration, error) {
-	entries, err := fs.ReadDir(migrationFiles, "migrations")
-	if err != nil {
-		return nil, err
-	}
-	var ms []migration
-	for _, e := range entries {
-		num, _, ok := strings.Cut(e.Name(), "_")
-		v, err := strconv.Atoi(num)
-		if !ok || err != nil || !strings.HasSuffix(e.Name(), ".sql") {
-			return nil, fmt.Errorf("metadata: migration file %s is not named NNNN_name.sql", e.Name())
-		}
-		b, err := migrationFiles.ReadFile("migrations/" + e.Name())
-		if err != nil {
-			return nil, err
-		}
-		ms = append(ms, migration{v, e.Name(), string(b)})
-	}
-	slices.SortFunc(ms, func(a, b migration) int { return a.version - b.version })
-	for i := 1; i < len(ms); i++ {
-		if ms[i].version == ms[i-1].version {
-			return nil, fmt.Errorf("metadata: migrations %s and %s share a version", ms[i-1].name, ms[i].name)
-		}
-	}
-	return ms, nil
-}
-
-// migrate applies the migrations the database lacks, in one transaction
-// under an advisory lock.
+// migrate applies the migrations the database lacks (see package
+// pgmigrate: one transaction under an advisory lock, forward-only).
 func migrate(ctx context.Context, pool *pgxpool.Pool) error {
-	ms, err := migrations()
+	files, err := fs.Sub(migrationFiles, "migrations")
 	if err != nil {
 		return err
 	}
-	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLock); err != nil {
-			return fmt.Errorf("metadata: waiting for the migration lock: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS airlock_meta_migrations (
-			version integer PRIMARY KEY,
-			name text NOT NULL,
-			applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-			return fmt.Errorf("metadata: creating the migrations table: %w", err)
-		}
-		var have int
-		if err := tx.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM airlock_meta_migrations").Scan(&have); err != nil {
-			return fmt.Errorf("metadata: reading the schema version: %w", err)
-		}
-		if len(ms) > 0 && have > ms[len(ms)-1].version {
-			return fmt.Errorf("metadata: the database's schema is version %d, newer than this airlock knows (%d): run a newer airlock",
-				have, ms[len(ms)-1].version)
-		}
-		for _, m := range ms {
-			if m.version <= have {
-				continue
-			}
-			if _, err := tx.Exec(ctx, m.sql); err != nil {
-				return fmt.Errorf("metadata: applying migration %s: %w", m.name, err)
-			}
-			if _, err := tx.Exec(ctx, "INSERT INTO airlock_meta_migrations (version, name) VALUES ($1, $2)", m.version, m.name); err != nil {
-				return fmt.Errorf("metadata: recording migration %s: %w", m.name, err)
-			}
-		}
-		return nil
-	})
+	return pgmigrate.Set{Name: "metadata", Table: "airlock_meta_migrations", Lock: migrationLock, Files: files}.Apply(ctx, pool)
 }
 
 // storeID reads the store's identity, creating it on first use.

@@ -219,6 +219,7 @@ func TestAdversaryReplicasHammerImages(t *testing.T) {
 	)
 	for r, s := range stores {
 		senders.Go(func() {
+			done := false // the changes ended: one more empty read, then stop
 			for {
 				ds, err := s.DueDeliveries(ctx, t0.Add(time.Hour), 5)
 				if err != nil {
@@ -246,9 +247,15 @@ func TestAdversaryReplicasHammerImages(t *testing.T) {
 					}
 				}
 				if len(ds) == 0 {
+					if done {
+						return
+					}
+					// A delivery enqueued after this read, to a target this
+					// replica holds, is skipped by the others: read once
+					// more after the last change before stopping.
 					select {
 					case <-drained:
-						return
+						done = true
 					case <-time.After(5 * time.Millisecond):
 					}
 				}

@@ -476,26 +476,8 @@ func (s *Store) BlobLink(ctx context.Context, repo string, d digest.Digest) (met
 	if err := ctx.Err(); err != nil {
 		return metadata.Link{}, err
 	}
-	key := blobLinkEntry(repo, d)
-	if v, ok := s.cache.get(key); ok {
-		return v.(metadata.Link), nil
-	}
-	t := s.cache.ticket(key)
-	var (
-		flags int16
-		l     metadata.Link
-	)
-	err := s.pool.QueryRow(ctx, "SELECT flags, size FROM airlock_meta_blob_links WHERE repo = $1 AND digest = $2",
-		repo, string(d)).Scan(&flags, &l.Size)
-	if isNoRows(err) {
-		return metadata.Link{}, fmt.Errorf("blob link %s: %w", ref(repo, d), storage.ErrNotFound)
-	}
-	if err != nil {
-		return metadata.Link{}, unavailable("blob link "+ref(repo, d), err)
-	}
-	l.Flags = metadata.LinkFlags(flags)
-	s.cache.put(t, key, l, 0)
-	return l, nil
+	return s.readLink(ctx, blobLinkEntry(repo, d), "blob link", repo, d, false,
+		"SELECT flags, size FROM airlock_meta_blob_links WHERE repo = $1 AND digest = $2")
 }
 
 // ManifestLink returns what repo knows of manifest d, or an error wrapping
@@ -507,7 +489,14 @@ func (s *Store) ManifestLink(ctx context.Context, repo string, d digest.Digest) 
 	if err := ctx.Err(); err != nil {
 		return metadata.Link{}, err
 	}
-	key := manifestLinkEntry(repo, d)
+	return s.readLink(ctx, manifestLinkEntry(repo, d), "manifest link", repo, d, true,
+		"SELECT flags, size, media_type FROM airlock_meta_manifest_links WHERE repo = $1 AND digest = $2")
+}
+
+// readLink reads a link through the cache. query selects the flags and the
+// size of repo@d, and its media type when mediaType is set (a manifest's
+// link).
+func (s *Store) readLink(ctx context.Context, key, what, repo string, d digest.Digest, mediaType bool, query string) (metadata.Link, error) {
 	if v, ok := s.cache.get(key); ok {
 		return v.(metadata.Link), nil
 	}
@@ -516,13 +505,16 @@ func (s *Store) ManifestLink(ctx context.Context, repo string, d digest.Digest) 
 		flags int16
 		l     metadata.Link
 	)
-	err := s.pool.QueryRow(ctx, "SELECT flags, size, media_type FROM airlock_meta_manifest_links WHERE repo = $1 AND digest = $2",
-		repo, string(d)).Scan(&flags, &l.Size, &l.MediaType)
+	dest := []any{&flags, &l.Size}
+	if mediaType {
+		dest = append(dest, &l.MediaType)
+	}
+	err := s.pool.QueryRow(ctx, query, repo, string(d)).Scan(dest...)
 	if isNoRows(err) {
-		return metadata.Link{}, fmt.Errorf("manifest link %s: %w", ref(repo, d), storage.ErrNotFound)
+		return metadata.Link{}, fmt.Errorf("%s %s: %w", what, ref(repo, d), storage.ErrNotFound)
 	}
 	if err != nil {
-		return metadata.Link{}, unavailable("manifest link "+ref(repo, d), err)
+		return metadata.Link{}, unavailable(what+" "+ref(repo, d), err)
 	}
 	l.Flags = metadata.LinkFlags(flags)
 	s.cache.put(t, key, l, int64(len(l.MediaType)))

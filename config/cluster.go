@@ -112,8 +112,10 @@ func advertiseProblem(s string) error {
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
 		return errRelative
-	case u.Host == "":
+	case u.Hostname() == "":
 		return errors.New("has no host; write it as http://host:port")
+	case strings.HasSuffix(u.Host, ":"):
+		return errors.New("has an empty port; write it as http://host:port, or leave out the colon for the scheme's port")
 	case u.User != nil || u.RawQuery != "" || u.Fragment != "" || strings.Trim(u.Path, "/") != "":
 		return errors.New("give only the scheme, host and port: peers add their own paths")
 	}

@@ -169,6 +169,10 @@ type Gate struct {
 	// unrecorded holds the keys of images approved on sight whose record
 	// failed to land: their next pull records them (plain.go). Under mu.
 	unrecorded map[string]bool
+	// landing counts, by key, the records of images approved on sight
+	// being written: a refresh that finds no record must keep those
+	// images too. Under mu.
+	landing map[string]int
 
 	// recent remembers the last refusals for the console (recent.go).
 	recent recentDenials
@@ -192,7 +196,7 @@ func New(ctx context.Context, o Options) (*Gate, error) {
 		store: o.Store, content: o.Content, known: o.KnownRepository, delivered: o.Delivered, verify: o.Verify, scanner: o.Scanner,
 		scans: map[digest.Digest]*metadata.Scan{},
 		retry: o.PendingRetry, verifyFor: o.VerifyTimeout, now: o.Now, log: o.Logger,
-		images: map[string]*metadata.Image{}, tags: map[string]digest.Digest{}, unrecorded: map[string]bool{},
+		images: map[string]*metadata.Image{}, tags: map[string]digest.Digest{}, unrecorded: map[string]bool{}, landing: map[string]int{},
 		plainWrites: make(chan struct{}, maxPlainWrites),
 		parents:     map[string][]string{}, blocks: map[string]int{}, artifacts: map[string]int{}, stats: map[string]*pullCount{},
 	}

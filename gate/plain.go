@@ -75,6 +75,7 @@ func (g *Gate) observePlain(repo string, s proxy.Subject, now time.Time) *metada
 		was = g.tags[repo+":"+s.Tag]
 	}
 	g.remember(&img)
+	g.landing[key]++
 	g.mu.Unlock()
 
 	g.background.Add(1)
@@ -84,7 +85,13 @@ func (g *Gate) observePlain(repo string, s proxy.Subject, now time.Time) *metada
 		defer func() { <-g.plainWrites }()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if _, err := g.observe(ctx, repo, s, now, was, ""); err != nil {
+		_, err := g.observe(ctx, repo, s, now, was, "")
+		g.mu.Lock()
+		if g.landing[key]--; g.landing[key] <= 0 {
+			delete(g.landing, key)
+		}
+		g.mu.Unlock()
+		if err != nil {
 			// Kept in memory (a block must still see what it served), but
 			// not known: answered from memory it would never be recorded
 			// (nor listed, nor its pulls counted) until a restart.

@@ -46,7 +46,9 @@ func (g *Gate) Refresh(ctx context.Context, repo string, d digest.Digest) error 
 	old := g.images[key]
 	wasServable := old != nil && servable(old, now)
 	switch {
-	case gone && old != nil && !g.unrecorded[key]:
+	case gone && old != nil && !g.unrecorded[key] && g.landing[key] == 0:
+		// (An image approved on sight whose record has not landed, or
+		// is being written, stays: the store cannot know it yet.)
 		g.forgetLocked(old)
 	case !gone:
 		g.remember(&img)
@@ -72,7 +74,7 @@ func (g *Gate) Refresh(ctx context.Context, repo string, d digest.Digest) error 
 // RefreshAll reads every image from the store again and replaces the
 // gate's memory with them. Call it when notices of other replicas'
 // changes may have been lost. Images approved on sight here whose records
-// have not landed yet are kept.
+// have not landed yet, or are being written, are kept.
 func (g *Gate) RefreshAll(ctx context.Context) error {
 	g.write.Lock()
 	defer g.write.Unlock()
@@ -96,9 +98,12 @@ func (g *Gate) RefreshAll(ctx context.Context) error {
 	for i := range all {
 		g.remember(&all[i])
 	}
-	for key := range unrecorded {
-		if g.images[key] == nil && old[key] != nil {
-			g.remember(old[key])
+	for key, was := range old {
+		if g.images[key] != nil || !unrecorded[key] && g.landing[key] == 0 {
+			continue
+		}
+		g.remember(was)
+		if unrecorded[key] {
 			g.unrecorded[key] = true
 		}
 	}

@@ -91,8 +91,12 @@ func (c *Cluster) runHeld(ctx context.Context, name, owner string, last time.Tim
 		defer close(done)
 		run(rctx)
 	}()
-	t := time.NewTicker(c.ttl / 3)
+	// A timer rather than a ticker: after a failed renewal the next wake
+	// must come no later than stopBy, or run could be told to stop only
+	// as the lease expires.
+	t := time.NewTimer(c.ttl / 3)
 	defer t.Stop()
+	var lastErr error
 	for {
 		select {
 		case <-done:
@@ -107,6 +111,16 @@ func (c *Cluster) runHeld(ctx context.Context, name, owner string, last time.Tim
 		}
 		sent := time.Now()
 		stopBy := last.Add(2 * c.ttl / 3) // a third of a TTL before the lease expires
+		if !sent.Before(stopBy) {
+			reason := "renewals failed for two thirds of the TTL"
+			if lastErr != nil {
+				reason += ": " + lastErr.Error()
+			}
+			c.lost("singleton", name, reason)
+			cancel()
+			<-done
+			return ctx.Err() != nil
+		}
 		deadline := sent.Add(c.ttl / 3)
 		if stopBy.Before(deadline) {
 			deadline = stopBy
@@ -114,16 +128,20 @@ func (c *Cluster) runHeld(ctx context.Context, name, owner string, last time.Tim
 		held, err := c.claimSingleton(ctx, name, owner, deadline)
 		switch {
 		case err == nil && held:
-			last = sent
+			last, lastErr = sent, nil
+			t.Reset(c.ttl / 3)
 			continue
 		case err == nil:
 			c.lost("singleton", name, "another replica took the lease after it lapsed")
 		case ctx.Err() != nil:
+			t.Reset(c.ttl / 3)
 			continue // done is next
-		case time.Now().Before(stopBy):
-			continue
 		default:
-			c.lost("singleton", name, err.Error())
+			// Try again at the usual pace, but wake by stopBy at the
+			// latest to tell run to stop in time.
+			lastErr = err
+			t.Reset(min(c.ttl/3, time.Until(stopBy)))
+			continue
 		}
 		cancel()
 		<-done

@@ -46,18 +46,20 @@ import (
 // fails if it is down. When the listener connects again the whole cache is
 // dropped, since announcements sent meanwhile were missed.
 //
-// Answers that found nothing are not cached. Their keys are the client's
-// choice (any digest, any tag), so caching them would let a client fill the
-// cache with misses and push out what warm pulls need, and a miss is on the
-// cold path anyway, where the upstream round trip dwarfs the query. The
-// cache is bounded in entries and in bytes (manifests may be 4 MiB), least
-// recently used first out.
+// The cache is bounded in entries and in bytes (manifests may be 4 MiB),
+// least recently used first out. Answers that found nothing are cached
+// only for tags (see [Store.Tag]: a warm pull can ask for a tag that is
+// never written), and apart: their keys are the client's choice, so a
+// client asking for any tag it likes pushes out only other misses, never
+// what warm pulls of stored content need.
 
 const (
 	// cacheEntries and cacheBytes bound the cache. Typical manifests are a
 	// few KiB, so the entry bound is the one usually reached.
 	cacheEntries = 200_000
-	cacheBytes   = 256 << 20
+	// cacheMisses bounds the answers that found nothing.
+	cacheMisses = 20_000
+	cacheBytes  = 256 << 20
 	// entryOverhead is what an entry costs beyond its key and value bytes:
 	// the map slot, the list element, the record's fixed fields.
 	entryOverhead = 160
@@ -335,10 +337,12 @@ type cache struct {
 	// maxEntries and maxBytes bound the cache (cacheEntries, cacheBytes).
 	maxEntries int
 	maxBytes   int64
+	maxMisses  int
 
 	mu      sync.Mutex
 	entries map[string]*list.Element
 	lru     list.List // of *entry, most recent first
+	misses  list.List // of *entry with miss set, most recent first
 	bytes   int64
 	// lastContact is when the listener was last heard from.
 	lastContact time.Time
@@ -353,11 +357,12 @@ type entry struct {
 	key  string
 	val  any
 	size int64
+	miss bool // on misses, not lru, and not counted in bytes
 }
 
 func newCache(staleness time.Duration, now func() time.Time) *cache {
 	return &cache{staleness: staleness, now: now, seed: maphash.MakeSeed(), entries: map[string]*list.Element{},
-		maxEntries: cacheEntries, maxBytes: cacheBytes}
+		maxEntries: cacheEntries, maxBytes: cacheBytes, maxMisses: cacheMisses}
 }
 
 // validLocked says whether cached answers may be served at now.
@@ -383,8 +388,13 @@ func (c *cache) get(key string) (any, bool) {
 	if !ok {
 		return nil, false
 	}
-	c.lru.MoveToFront(el)
-	return el.Value.(*entry).val, true
+	e := el.Value.(*entry)
+	if e.miss {
+		c.misses.MoveToFront(el)
+	} else {
+		c.lru.MoveToFront(el)
+	}
+	return e.val, true
 }
 
 // A ticket is taken before the query that fills key: put stores the result
@@ -422,17 +432,39 @@ func (c *cache) put(t ticket, key string, val any, size int64) {
 	if el, ok := c.entries[key]; ok {
 		c.removeLocked(el)
 	}
-	c.entries[key] = c.lru.PushFront(&entry{key, val, size})
+	c.entries[key] = c.lru.PushFront(&entry{key: key, val: val, size: size})
 	c.bytes += size
-	for len(c.entries) > c.maxEntries || c.bytes > c.maxBytes {
+	for c.lru.Len() > c.maxEntries || c.bytes > c.maxBytes {
 		c.removeLocked(c.lru.Back())
 	}
 }
 
+// putMiss records under key, as put would, that the database has nothing
+// for it: get then returns val.
+func (c *cache) putMiss(t ticket, key string, val any) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.epoch != c.epoch || t.gen != c.gens[t.shard] || !c.validLocked(c.now()) {
+		return
+	}
+	if el, ok := c.entries[key]; ok {
+		c.removeLocked(el)
+	}
+	c.entries[key] = c.misses.PushFront(&entry{key: key, val: val, miss: true})
+	for c.misses.Len() > c.maxMisses {
+		c.removeLocked(c.misses.Back())
+	}
+}
+
 func (c *cache) removeLocked(el *list.Element) {
-	e := c.lru.Remove(el).(*entry)
+	e := el.Value.(*entry)
+	if e.miss {
+		c.misses.Remove(el)
+	} else {
+		c.lru.Remove(el)
+		c.bytes -= e.size
+	}
 	delete(c.entries, e.key)
-	c.bytes -= e.size
 }
 
 // drop removes the entries of keys and fails the fills of those keys in
@@ -498,6 +530,7 @@ func (c *cache) clearLocked() {
 	}
 	c.entries = map[string]*list.Element{}
 	c.lru.Init()
+	c.misses.Init()
 	c.bytes = 0
 }
 

@@ -76,6 +76,51 @@ func TestCacheBounds(t *testing.T) {
 	}
 }
 
+// TestCacheMissesApart: answers that found nothing have a bound of their
+// own, so a client asking for any name it likes pushes out other misses
+// only, never a record warm pulls need; an announcement drops a miss as
+// it drops a record.
+func TestCacheMissesApart(t *testing.T) {
+	t.Parallel()
+	c, _ := newTestCache(time.Minute)
+	c.maxEntries, c.maxMisses = 3, 2
+	for i := range 3 {
+		fill(c, fmt.Sprint("tag r:", i), i, 0)
+	}
+	for i := range 50 {
+		c.putMiss(c.ticket(fmt.Sprint("tag r:miss", i)), fmt.Sprint("tag r:miss", i), noTag{})
+	}
+	for i := range 3 {
+		if _, ok := c.get(fmt.Sprint("tag r:", i)); !ok {
+			t.Errorf("record %d was pushed out by misses", i)
+		}
+	}
+	for i, want := range map[int]bool{0: false, 47: false, 48: true, 49: true} {
+		if _, ok := c.get(fmt.Sprint("tag r:miss", i)); ok != want {
+			t.Errorf("miss %d cached = %v; want %v (the last %d misses)", i, ok, want, c.maxMisses)
+		}
+	}
+	if n, _ := c.len(); n != 5 {
+		t.Errorf("%d entries; want 3 records and 2 misses", n)
+	}
+	// A record put where a miss was takes its place; a drop removes a miss.
+	fill(c, "tag r:miss49", "found", 0)
+	if v, _ := c.get("tag r:miss49"); v != "found" {
+		t.Errorf("after a record was put over a miss: %v", v)
+	}
+	c.apply(kindTag, "r:miss48")
+	if _, ok := c.get("tag r:miss48"); ok {
+		t.Error("an announced tag's miss stayed")
+	}
+	// A miss read before a drop is not kept, as a record would not be.
+	tk := c.ticket("tag r:late")
+	c.apply(kindTag, "r:late")
+	c.putMiss(tk, "tag r:late", noTag{})
+	if _, ok := c.get("tag r:late"); ok {
+		t.Error("a miss whose read began before its key was dropped was cached")
+	}
+}
+
 // TestCacheFillAfterDrop: a fill whose query began before its key was
 // dropped (by an announcement, a reconnection, an upstream's withdrawal)
 // must not store what it read; fills of other keys are not held back.
@@ -365,6 +410,53 @@ func TestWarmReadsAskNothing(t *testing.T) {
 		exec(t, conn, "SELECT pg_notify($1, $2)", Channel, a.kind+" "+a.key)
 		eventually(t, time.Second, "dropping "+a.kind+" "+a.key, a.check)
 	}
+}
+
+// TestMissingTagAsksOnce: a tag with no row is asked of the database
+// once; later reads answer from memory until the tag is written, through
+// this store (at once), or announced by another replica.
+func TestMissingTagAsksOnce(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	s, other := openTest(t, dsn, 0), openTest(t, dsn, 0)
+	conn := testConn(t, dsn)
+	settled(t, s, conn)
+	ctx := t.Context()
+	repo := "hub/library/app"
+	for _, name := range []string{"narrow", "local", "remote"} {
+		if _, err := s.Tag(ctx, repo, name); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("tag %s before any write: %v; want not found", name, err)
+		}
+	}
+	rec := metadata.TagRecord{Digest: digest.FromString("m"), MediaType: "application/vnd.oci.image.manifest.v1+json",
+		Size: 2, Resolved: time.Now().UTC().Truncate(time.Microsecond)}
+	// Written behind the store's back, unannounced: the miss is served.
+	exec(t, conn, "INSERT INTO airlock_meta_tags (repo, tag, digest, media_type, size, resolved) VALUES ($1, 'narrow', $2, $3, $4, $5)",
+		repo, string(rec.Digest), rec.MediaType, rec.Size, rec.Resolved)
+	if _, err := s.Tag(ctx, repo, "narrow"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("an unannounced row was read: %v; want the cached miss", err)
+	}
+	exec(t, conn, "SELECT pg_notify($1, $2)", Channel, kindTag+" "+tagName(repo, "narrow"))
+	eventually(t, time.Second, "the announced tag read", func() error {
+		_, err := s.Tag(ctx, repo, "narrow")
+		return err
+	})
+	// Written through the store: read back at once.
+	if err := s.PutTag(ctx, repo, "local", rec); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Tag(ctx, repo, "local"); err != nil || got.Digest != rec.Digest {
+		t.Fatalf("a tag this store wrote reads %+v, %v", got, err)
+	}
+	// Written through another replica: seen within a second.
+	if err := other.PutTag(ctx, repo, "remote", rec); err != nil {
+		t.Fatal(err)
+	}
+	took := eventually(t, time.Second, "another replica's tag read", func() error {
+		_, err := s.Tag(ctx, repo, "remote")
+		return err
+	})
+	t.Logf("another replica's tag seen after %v", took)
 }
 
 // TestReplicasSeeEachOthersChanges: two Stores on one database, as two

@@ -169,6 +169,9 @@ func (s *Store) Tag(ctx context.Context, repo, tag string) (metadata.TagRecord, 
 	}
 	key := tagEntry(repo, tag)
 	if v, ok := s.cache.get(key); ok {
+		if _, missing := v.(noTag); missing {
+			return metadata.TagRecord{}, fmt.Errorf("tag %s:%s: %w", repo, tag, storage.ErrNotFound)
+		}
 		return v.(metadata.TagRecord), nil
 	}
 	t := s.cache.ticket(key)
@@ -179,6 +182,13 @@ func (s *Store) Tag(ctx context.Context, repo, tag string) (metadata.TagRecord, 
 	err := s.pool.QueryRow(ctx, "SELECT digest, media_type, size, resolved FROM airlock_meta_tags WHERE repo = $1 AND tag = $2",
 		repo, tag).Scan(&d, &rec.MediaType, &rec.Size, &rec.Resolved)
 	if isNoRows(err) {
+		// A warm pull asks for tags that are never written: those a
+		// client whose Accept list narrows the answer resolves, which
+		// the gateway keeps in memory only. Remembering that the row is
+		// missing keeps the database out of those pulls; every write of
+		// the tag announces it, so the absence is dropped as a record
+		// would be.
+		s.cache.putMiss(t, key, noTag{})
 		return metadata.TagRecord{}, fmt.Errorf("tag %s:%s: %w", repo, tag, storage.ErrNotFound)
 	}
 	if err != nil {
@@ -188,6 +198,9 @@ func (s *Store) Tag(ctx context.Context, repo, tag string) (metadata.TagRecord, 
 	s.cache.put(t, key, rec, int64(len(d)+len(rec.MediaType)))
 	return rec, nil
 }
+
+// noTag is cached for a tag the database has no row for.
+type noTag struct{}
 
 // PutTag records what tag in repo resolved to. Resolved is kept to the
 // microsecond, PostgreSQL's precision.

@@ -29,17 +29,41 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 	// another repository that failed before sending a byte sends it to a
 	// fill of its own.
 	private := false
-	for range 3 {
-		served, err := p.serveCachedBlob(w, r, rq, d, &link)
-		if served || err != nil {
-			return err
+	for pass := range 3 {
+		var (
+			f      *fill
+			leader bool
+		)
+		if pass == 0 {
+			// A burst of pulls of one cold layer: every request after the
+			// first finds the fill running and reads along it without asking
+			// the store, which an object store answers with a round trip
+			// each. The fill looked in the store itself; one that finds the
+			// blob stored sends its readers there.
+			if f, _ = p.joinFill(r.Context(), rq, d, link.Size, false, false); f != nil {
+				if s := f.snapshot(); s.verified || s.done {
+					// Its bytes are all there and being committed, or
+					// committed: the store is the place to read them.
+					f.release()
+					f = nil
+				} else {
+					rq.cache = "miss"
+				}
+			}
 		}
-		if r.Method != http.MethodHead && p.diskFull(d, link.Size) {
-			return p.passThrough(w, r, rq, d, link)
+		if f == nil {
+			served, err := p.serveCachedBlob(w, r, rq, d, &link)
+			if served || err != nil {
+				return err
+			}
+			if r.Method != http.MethodHead && p.diskFull(d, link.Size) {
+				return p.passThrough(w, r, rq, d, link)
+			}
+			// A HEAD asks whether the blob exists, not for its bytes: it
+			// reads along a running fill, or asks the upstream, but starts
+			// no transfer.
+			f, leader = p.joinFill(r.Context(), rq, d, link.Size, r.Method != http.MethodHead, private)
 		}
-		// A HEAD asks whether the blob exists, not for its bytes: it reads
-		// along a running fill, or asks the upstream, but starts no transfer.
-		f, leader := p.joinFill(r.Context(), rq, d, link.Size, r.Method != http.MethodHead, private)
 		if f == nil {
 			if r.Method != http.MethodHead {
 				return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, RetryAfter: time.Second,

@@ -76,11 +76,22 @@ func (s *blobSource) close() {
 
 // openSource opens the fill's bytes from offset off: from the upstream on
 // a single replica or when this replica leads the fill, else from the
-// leader. suspect is the peer whose stream just broke, if any.
-func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64, suspect string) (blobSource, error) {
+// leader. suspect is the peer whose stream just broke, if any. check, at
+// the fill's start, is its look in the store: the upstream is asked only
+// once the store said it lacks the blob; a leader's stream need not wait
+// for that answer.
+func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64, suspect string, check *storeCheck) (blobSource, error) {
 	up := rq.route.Upstream.Name
-	if p.cluster == nil || f.lease != nil {
+	fromUpstream := func() (blobSource, error) {
+		if check != nil {
+			if err := check.wait(ctx); err != nil {
+				return blobSource{}, err
+			}
+		}
 		return p.upstreamSource(ctx, rq, f, off)
+	}
+	if p.cluster == nil || f.lease != nil {
+		return fromUpstream()
 	}
 	for attempt := range peerEndedClaims {
 		if attempt > 0 {
@@ -101,7 +112,7 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 			}
 			p.log.LogAttrs(ctx, slog.LevelWarn, "cluster lease unavailable: fetching the blob without it",
 				slog.String("upstream", up), slog.String("digest", f.digest.String()), slog.String("error", err.Error()))
-			return p.upstreamSource(ctx, rq, f, off)
+			return fromUpstream()
 		}
 		if release != nil {
 			f.lease = release
@@ -112,14 +123,14 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 					return blobSource{}, errStoredMeanwhile
 				}
 			}
-			return p.upstreamSource(ctx, rq, f, off)
+			return fromUpstream()
 		}
 		if p.distrusted(peer, f.digest) {
 			// This peer's bytes failed a fill of the blob a moment ago:
 			// following it again would fail the same way.
 			p.log.LogAttrs(ctx, slog.LevelWarn, "not following a peer that sent a wrong blob: fetching it from the upstream",
 				slog.String("upstream", up), slog.String("digest", f.digest.String()), slog.String("peer", peer))
-			return p.upstreamSource(ctx, rq, f, off)
+			return fromUpstream()
 		}
 		body, size, repo, err := p.cluster.OpenPeerFill(ctx, peer, up, f.digest, off)
 		if err != nil {
@@ -128,7 +139,7 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 			if ctx.Err() != nil {
 				return blobSource{}, err
 			}
-			return p.upstreamSource(ctx, rq, f, off)
+			return fromUpstream()
 		}
 		if body == nil {
 			suspect = "" // the peer's fill ended: the lease is free or someone else's
@@ -154,7 +165,7 @@ func (p *Proxy) openSource(ctx context.Context, f *fill, rq *request, off int64,
 		}
 		return src, nil
 	}
-	return p.upstreamSource(ctx, rq, f, off)
+	return fromUpstream()
 }
 
 // peerEndedClaims is how many times a fill claims the lease while the

@@ -791,3 +791,133 @@ func (l *lateStore) Stat(ctx context.Context, d digest.Digest) (int64, error) {
 	}
 	return l.Blobs.Stat(ctx, d)
 }
+
+// TestClusterFollowerSkipsSlowStore: an object store's answers are slow;
+// a replica following another's fill streams from the leader without
+// waiting for its look in the store, and its clients that come while the
+// fill runs read along it without asking the store at all.
+func TestClusterFollowerSkipsSlowStore(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, false)
+	img, err := random.Image(256<<10, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.push(t, "library/app:1", img)
+	h, _ := layerOf(t, img, 0)
+	d := digest.Digest(h.String())
+	var slow *slowStore
+	rs, _ := newClusterWith(t, o, 2, 2*time.Second, replicaWraps{blobs: func(i int, b *storage.Blobs) BlobStore {
+		if i == 0 {
+			return b
+		}
+		slow = &slowStore{Blobs: b, d: d, delay: 3 * time.Second}
+		return slow
+	}})
+	o.slowBlob.Store(int64(50 * time.Millisecond)) // 20 pieces: a second a blob
+	// The origin holds the body after its first piece until the
+	// follower's clients are reading: the fills cannot end before.
+	gate := make(chan struct{})
+	o.gate = gate
+	o.reset()
+
+	leader := make(chan pull, 1)
+	go func() { leader <- pullBlob(t.Context(), rs[0], d) }()
+	waitUntil(t, 5*time.Second, func() bool { return rs[0].proxy.fills.running(d) })
+	first := make(chan pull, 1)
+	go func() { first <- pullBlob(t.Context(), rs[1], d) }()
+	waitUntil(t, 5*time.Second, func() bool { return rs[1].proxy.fills.running(d) })
+	var wg sync.WaitGroup
+	joiners := make([]pull, 5)
+	for i := range joiners {
+		wg.Go(func() { joiners[i] = pullBlob(t.Context(), rs[1], d) })
+	}
+	waitUntil(t, 5*time.Second, func() bool {
+		f := rs[1].proxy.peerFill("hub", d)
+		if f == nil {
+			return false
+		}
+		defer f.release()
+		return f.snapshot().avail > 0
+	})
+	time.Sleep(200 * time.Millisecond) // the clients' first bytes
+	close(gate)
+	wg.Wait()
+	all := append(joiners, <-first, <-leader)
+	for i, p := range all {
+		if err := p.check(d); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+	}
+	if n := o.count(http.MethodGet, blobPath(d)); n != 1 {
+		t.Errorf("%d upstream GETs, want 1", n)
+	}
+	// The fill's look in the store ends with the fill, if not before.
+	waitUntil(t, 10*time.Second, func() bool { return !rs[1].proxy.fills.running(d) })
+	answered := slow.firstStatAnswered()
+	for i, p := range all[:len(all)-1] {
+		if answered.IsZero() || !p.first.Before(answered) {
+			t.Errorf("client %d of the follower had its first byte at %v, not before the store's first answer at %v",
+				i, p.first.Format(time.StampMicro), answered.Format(time.StampMicro))
+		}
+	}
+	if n := slow.opens(); n != 1 {
+		t.Errorf("the follower's store was opened %d times for the blob; want once, by the request that started the fill", n)
+	}
+}
+
+// slowStore is a blob store whose first Stat of blob d takes delay, as an
+// object store under load may; it counts the Opens of d.
+type slowStore struct {
+	*storage.Blobs
+	d        digest.Digest
+	delay    time.Duration
+	mu       sync.Mutex
+	opened   int
+	stats    int
+	answered time.Time
+}
+
+func (s *slowStore) opens() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.opened
+}
+
+func (s *slowStore) firstStatAnswered() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.answered
+}
+
+func (s *slowStore) Open(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, int64, error) {
+	if d == s.d {
+		s.mu.Lock()
+		s.opened++
+		s.mu.Unlock()
+	}
+	return s.Blobs.Open(ctx, d)
+}
+
+func (s *slowStore) Stat(ctx context.Context, d digest.Digest) (int64, error) {
+	if d != s.d {
+		return s.Blobs.Stat(ctx, d)
+	}
+	s.mu.Lock()
+	s.stats++
+	first := s.stats == 1
+	s.mu.Unlock()
+	if first {
+		select {
+		case <-time.After(s.delay):
+		case <-ctx.Done():
+		}
+	}
+	size, err := s.Blobs.Stat(ctx, d)
+	if first {
+		s.mu.Lock()
+		s.answered = time.Now()
+		s.mu.Unlock()
+	}
+	return size, err
+}

@@ -210,15 +210,18 @@ func (p *Proxy) runFill(from context.Context, f *fill, rq *request) {
 	// A fill that finished between the caller's cache miss and now has
 	// already committed; fetching again would transfer the blob twice. The
 	// store is asked here, outside the fill set's lock, so a slow store
-	// holds up only the requests for this digest.
+	// holds up only the requests for this digest; and beside the cluster's
+	// lease, so that a replica that follows another's fill does not wait
+	// for an object store's answer before its first byte.
 	start := time.Now()
-	var err error
 	stored := false
-	if _, serr := p.blobs.Stat(ctx, f.digest); serr == nil {
-		stored = true
-	} else if !errors.Is(serr, storage.ErrNotFound) {
-		err = fmt.Errorf("checking blob %s in the store: %w", f.digest, serr)
-	} else if err = p.transfer(ctx, f, rq); errors.Is(err, errStoredMeanwhile) {
+	check := p.checkStore(ctx, f.digest)
+	defer func() {
+		cancel()
+		<-check.done
+	}()
+	err := p.transfer(ctx, f, rq, check)
+	if errors.Is(err, errStoredMeanwhile) {
 		stored, err = true, nil
 	}
 	span.SetAttributes(attribute.Int64("airlock.bytes", f.written))
@@ -261,9 +264,50 @@ func (p *Proxy) runFill(from context.Context, f *fill, rq *request) {
 // operator can see a slow pull before it ends.
 const fillProgressEvery = 30 * time.Second
 
-func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) {
+// storeCheck is a fill's look in the store for its blob, asked while the
+// fill claims its source.
+type storeCheck struct {
+	digest digest.Digest
+	done   chan struct{}
+	err    error // nil: the blob is stored
+}
+
+func (p *Proxy) checkStore(ctx context.Context, d digest.Digest) *storeCheck {
+	c := &storeCheck{digest: d, done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		_, c.err = p.blobs.Stat(ctx, d)
+	}()
+	return c
+}
+
+// wait returns errStoredMeanwhile when the blob is stored, nil when it is
+// not, and why the store could not say otherwise.
+func (c *storeCheck) wait(ctx context.Context) error {
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	switch {
+	case c.err == nil:
+		return errStoredMeanwhile
+	case errors.Is(c.err, storage.ErrNotFound):
+		return nil
+	}
+	return fmt.Errorf("checking blob %s in the store: %w", c.digest, c.err)
+}
+
+// transfer fetches the fill's blob into a spool and commits it. The
+// source is the upstream, or the replica leading the fill; an upstream
+// transfer waits for check, which says whether the blob was committed
+// since the cache miss.
+func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request, check *storeCheck) (err error) {
 	up := rq.route.Upstream.Name
 	if f.declared > p.maxBlob {
+		if err := check.wait(ctx); err != nil {
+			return err // stored: the digest vouches for what is served
+		}
 		// Refused before any transfer: the declaration proves nothing, a
 		// hostile upstream writes the manifest as well as the blob.
 		return fmt.Errorf("blob %s of %s is declared %d bytes, over the %d byte limit: %w",
@@ -275,7 +319,7 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	// The upstream's round trip hides that wait instead of adding to it.
 	opened := make(chan openedSpool, 1)
 	go func() { opened <- p.openSpool(f.digest, f.declared) }()
-	src, err := p.openSource(ctx, f, rq, 0, "")
+	src, err := p.openSource(ctx, f, rq, 0, "", check)
 	o := <-opened
 	spool := o.spool
 	committed := false
@@ -385,7 +429,7 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 			slog.String("error", err.Error()))
 		src.close()
 		broken := src.peer
-		src, err = p.openSource(ctx, f, rq, off, broken)
+		src, err = p.openSource(ctx, f, rq, off, broken, nil)
 		if err != nil {
 			return err
 		}

@@ -45,7 +45,21 @@ type Blobs struct {
 
 	mu     sync.Mutex
 	spools map[string]*Spool // live spools by path, which Recover must keep
+
+	lookMu sync.Mutex
+	looks  map[digest.Digest]*look // Open's driver Stats in flight
 }
+
+// look is one driver Stat that concurrent Opens of a blob share.
+type look struct {
+	done chan struct{}
+	size int64
+	err  error
+}
+
+// lookTimeout bounds a shared look: it runs on behalf of every Open
+// waiting for it, not on any one's context.
+const lookTimeout = time.Minute
 
 // Option changes how NewBlobs sets a store up.
 type Option func(*Blobs)
@@ -82,6 +96,7 @@ func NewBlobs(driver storagedriver.StorageDriver, localRoot, spoolDir string, op
 		uploadGrace: defaultUploadGrace,
 		redirects:   true,
 		spools:      make(map[string]*Spool),
+		looks:       make(map[digest.Digest]*look),
 	}
 	for _, o := range opts {
 		o(b)
@@ -259,12 +274,44 @@ func (b *Blobs) Open(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, i
 	if f, size, ok := b.cache.get(d); ok {
 		return f, size, nil
 	}
-	size, err := b.Stat(ctx, d)
+	size, err := b.sharedStat(ctx, d)
 	if err != nil {
 		return nil, 0, err
 	}
 	return &driverReader{ctx: ctx, driver: b.driver, path: blobPath(d), size: size,
 		fail: func(err error) error { return b.remoteErr(ctx, d, err) }}, size, nil
+}
+
+// sharedStat is Stat for Open: concurrent Opens of one blob share one
+// request to the object store. A cold burst sends every client of a layer
+// to the store at once, each with a round trip the store answers alike;
+// one asks, the others wait for its answer or for their own context. An
+// Open that joins a look begun just before a commit may miss the blob, as
+// it would have a moment earlier: a miss only sends the request to the
+// blob's fill, whose own look (Stat, never shared) finds the commit.
+func (b *Blobs) sharedStat(ctx context.Context, d digest.Digest) (int64, error) {
+	b.lookMu.Lock()
+	l := b.looks[d]
+	if l == nil {
+		l = &look{done: make(chan struct{})}
+		b.looks[d] = l
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lookTimeout)
+		go func() {
+			defer cancel()
+			l.size, l.err = b.Stat(lctx, d)
+			b.lookMu.Lock()
+			delete(b.looks, d)
+			b.lookMu.Unlock()
+			close(l.done)
+		}()
+	}
+	b.lookMu.Unlock()
+	select {
+	case <-l.done:
+		return l.size, l.err
+	case <-ctx.Done():
+		return 0, context.Cause(ctx)
+	}
 }
 
 // RedirectURL returns a URL the client of r may fetch blob d from directly

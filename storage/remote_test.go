@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -122,5 +123,95 @@ func TestProbeNeedsMissesToReadAsMisses(t *testing.T) {
 	}
 	if err := func() error { b2, _ := NewBlobs(inmemory.New(), "", t.TempDir()); return b2.Probe(t.Context()) }(); err != nil {
 		t.Fatalf("Probe of a working store = %v", err)
+	}
+}
+
+// countingStat counts the Stats of path and holds each until release is
+// closed.
+type countingStat struct {
+	storagedriver.StorageDriver
+	path    string
+	calls   atomic.Int32
+	release chan struct{}
+}
+
+func (c *countingStat) Stat(ctx context.Context, path string) (storagedriver.FileInfo, error) {
+	if path == c.path {
+		c.calls.Add(1)
+		<-c.release
+	}
+	return c.StorageDriver.Stat(ctx, path)
+}
+
+// TestOpensShareOneLook: a burst of Opens of one blob asks the object
+// store once; an Open whose client left returns at once while the others
+// still get the answer; an Open after the look ended asks again and sees
+// a commit made since; Stat (a fill's look) is never shared.
+func TestOpensShareOneLook(t *testing.T) {
+	t.Parallel()
+	content := []byte("a layer everyone pulls at once")
+	d := digest.FromBytes(content)
+	drv := &countingStat{StorageDriver: inmemory.New(), path: blobPath(d), release: make(chan struct{})}
+	b, err := NewBlobs(drv, "", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	const clients = 20
+	errs := make(chan error, clients)
+	for range clients {
+		go func() {
+			_, _, err := b.Open(ctx, d)
+			errs <- err
+		}()
+	}
+	gone, cancel := context.WithCancel(ctx)
+	left := make(chan error, 1)
+	go func() {
+		_, _, err := b.Open(gone, d)
+		left <- err
+	}()
+	waitCalls := func(want int32) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for drv.calls.Load() < want && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		if got := drv.calls.Load(); got != want {
+			t.Fatalf("%d Stats of the blob reached the driver; want %d", got, want)
+		}
+	}
+	waitCalls(1)
+	time.Sleep(20 * time.Millisecond) // every Open is waiting by now, or joins later: either way one look
+	cancel()
+	if err := <-left; !errors.Is(err, context.Canceled) {
+		t.Fatalf("an Open whose context ended while the look ran: %v; want context.Canceled", err)
+	}
+	close(drv.release)
+	for range clients {
+		if err := <-errs; !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Open of a missing blob: %v; want ErrNotFound", err)
+		}
+	}
+	if got := drv.calls.Load(); got != 1 {
+		t.Fatalf("%d Stats of the blob reached the driver for %d Opens; want 1", got, clients+1)
+	}
+	if _, err := commitBytes(ctx, b, content); err != nil {
+		t.Fatal(err)
+	}
+	r, size, err := b.Open(ctx, d)
+	if err != nil || size != int64(len(content)) {
+		t.Fatalf("Open after the commit: %d bytes, %v", size, err)
+	}
+	r.Close()
+	// Stats are each their own request.
+	before := drv.calls.Load()
+	for range 3 {
+		if _, err := b.Stat(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := drv.calls.Load() - before; got != 3 {
+		t.Fatalf("3 Stats made %d requests; want 3", got)
 	}
 }

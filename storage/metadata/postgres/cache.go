@@ -96,7 +96,8 @@ const (
 // current, the subscribers to announcements and the access times not yet
 // written.
 type state struct {
-	cache *cache
+	cache   *cache
+	flights flights
 
 	subMu sync.Mutex
 	subs  []func(kind, key string)

@@ -175,12 +175,16 @@ func (s *Store) Tag(ctx context.Context, repo, tag string) (metadata.TagRecord, 
 		return v.(metadata.TagRecord), nil
 	}
 	t := s.cache.ticket(key)
-	var (
-		rec metadata.TagRecord
-		d   string
-	)
-	err := s.pool.QueryRow(ctx, "SELECT digest, media_type, size, resolved FROM airlock_meta_tags WHERE repo = $1 AND tag = $2",
-		repo, tag).Scan(&d, &rec.MediaType, &rec.Size, &rec.Resolved)
+	v, err := s.flights.share(ctx, key, t, func(ctx context.Context) (any, error) {
+		var (
+			rec metadata.TagRecord
+			d   string
+		)
+		err := s.pool.QueryRow(ctx, "SELECT digest, media_type, size, resolved FROM airlock_meta_tags WHERE repo = $1 AND tag = $2",
+			repo, tag).Scan(&d, &rec.MediaType, &rec.Size, &rec.Resolved)
+		rec.Digest = digest.Digest(d)
+		return rec, err
+	})
 	if isNoRows(err) {
 		// A warm pull asks for tags that are never written: those a
 		// client whose Accept list narrows the answer resolves, which
@@ -194,8 +198,8 @@ func (s *Store) Tag(ctx context.Context, repo, tag string) (metadata.TagRecord, 
 	if err != nil {
 		return metadata.TagRecord{}, unavailable("tag "+tagName(repo, tag), err)
 	}
-	rec.Digest = digest.Digest(d)
-	s.cache.put(t, key, rec, int64(len(d)+len(rec.MediaType)))
+	rec := v.(metadata.TagRecord)
+	s.cache.put(t, key, rec, int64(len(rec.Digest)+len(rec.MediaType)))
 	return rec, nil
 }
 
@@ -514,22 +518,26 @@ func (s *Store) readLink(ctx context.Context, key, what, repo string, d digest.D
 		return v.(metadata.Link), nil
 	}
 	t := s.cache.ticket(key)
-	var (
-		flags int16
-		l     metadata.Link
-	)
-	dest := []any{&flags, &l.Size}
-	if mediaType {
-		dest = append(dest, &l.MediaType)
-	}
-	err := s.pool.QueryRow(ctx, query, repo, string(d)).Scan(dest...)
+	v, err := s.flights.share(ctx, key, t, func(ctx context.Context) (any, error) {
+		var (
+			flags int16
+			l     metadata.Link
+		)
+		dest := []any{&flags, &l.Size}
+		if mediaType {
+			dest = append(dest, &l.MediaType)
+		}
+		err := s.pool.QueryRow(ctx, query, repo, string(d)).Scan(dest...)
+		l.Flags = metadata.LinkFlags(flags)
+		return l, err
+	})
 	if isNoRows(err) {
 		return metadata.Link{}, fmt.Errorf("%s %s: %w", what, ref(repo, d), storage.ErrNotFound)
 	}
 	if err != nil {
 		return metadata.Link{}, unavailable(what+" "+ref(repo, d), err)
 	}
-	l.Flags = metadata.LinkFlags(flags)
+	l := v.(metadata.Link)
 	s.cache.put(t, key, l, int64(len(l.MediaType)))
 	return l, nil
 }

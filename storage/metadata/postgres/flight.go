@@ -1,0 +1,65 @@
+package postgres
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// flights lets concurrent reads of one key that miss the cache share one
+// query. A cold burst sends every client of a layer to the same links at
+// once; one query each queued them behind the pool's few connections, and
+// the cluster's lease claim behind them.
+//
+// A read joins a query only if both took the same ticket: one that began
+// before the key was dropped (by this store's own write, or another
+// replica's announcement) may have read the row as it was, so a reader
+// that came after the drop asks anew, as it would without sharing.
+type flights struct {
+	mu sync.Mutex
+	m  map[string]*flight
+}
+
+type flight struct {
+	t    ticket
+	done chan struct{}
+	val  any
+	err  error
+}
+
+// sharedReadTimeout bounds a shared query: it runs on behalf of every
+// reader waiting for it, on no one reader's context.
+const sharedReadTimeout = 30 * time.Second
+
+// share returns what read returns for key under ticket t, running it
+// unless a read of key under the same ticket is in flight. Each caller
+// waits on its own context.
+func (fs *flights) share(ctx context.Context, key string, t ticket, read func(ctx context.Context) (any, error)) (any, error) {
+	fs.mu.Lock()
+	if fs.m == nil {
+		fs.m = map[string]*flight{}
+	}
+	f := fs.m[key]
+	if f == nil || f.t != t {
+		f = &flight{t: t, done: make(chan struct{})}
+		fs.m[key] = f
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sharedReadTimeout)
+		go func() {
+			defer cancel()
+			f.val, f.err = read(rctx)
+			fs.mu.Lock()
+			if fs.m[key] == f {
+				delete(fs.m, key)
+			}
+			fs.mu.Unlock()
+			close(f.done)
+		}()
+	}
+	fs.mu.Unlock()
+	select {
+	case <-f.done:
+		return f.val, f.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}

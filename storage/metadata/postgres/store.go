@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -74,6 +75,13 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metadata: parsing the PostgreSQL connection string: %w", err)
 	}
+	if !strings.Contains(o.DSN, "pool_max_conns") {
+		// pgx's default is the number of CPUs, at least 4. Writes hold
+		// their connection through the commit's fsync, and reads that
+		// queued behind them held up cold pulls and the cluster's lease
+		// claims: a few more connections let reads pass.
+		cfg.MaxConns = max(cfg.MaxConns, defaultMaxConns)
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("metadata: connecting to PostgreSQL: %w", err)
@@ -93,6 +101,11 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	}
 	return s, nil
 }
+
+// defaultMaxConns is the connection pool's size unless the connection
+// string sets pool_max_conns: per replica, so a three-replica cluster
+// with a scanner stays well within PostgreSQL's default of 100.
+const defaultMaxConns = 12
 
 // ID is the store's identity, the same on every replica.
 func (s *Store) ID() string { return s.id }

@@ -160,7 +160,10 @@ const (
 //
 // Append returns once every appended byte is hashed, so Verify and Commit
 // see them all. An error reading r is returned as it is; an error writing
-// the file is wrapped as Write's are. Only the writer may call it.
+// the file is wrapped as Write's are. A reader that breaks io.Reader's
+// contract fails Append with an error wrapping errInvalidRead (a count
+// outside its buffer) or io.ErrNoProgress (empty reads, again and again),
+// after what it read before is appended. Only the writer may call it.
 func (s *Spool) Append(r io.Reader, written func(size int64)) (int64, error) {
 	if err := s.writable(); err != nil {
 		return 0, err
@@ -182,7 +185,7 @@ func (s *Spool) Append(r io.Reader, written func(size int64)) (int64, error) {
 	var err error
 	b, used := <-free, 0
 	for err == nil {
-		m, rerr := r.Read(b[used:])
+		m, rerr := s.read(r, b[used:])
 		if m > 0 {
 			w, werr := s.f.Write(b[used : used+m])
 			s.size.Add(int64(w))
@@ -213,6 +216,30 @@ func (s *Spool) Append(r io.Reader, written func(size int64)) (int64, error) {
 		err = nil
 	}
 	return n, err
+}
+
+// errInvalidRead is a read that claims fewer than no bytes, or more than
+// the buffer it was given holds.
+var errInvalidRead = errors.New("source returned a byte count outside its buffer")
+
+// maxEmptyReads is how many reads in a row may bring nothing, and no error,
+// before Append gives up on its source, as bufio.Reader does.
+const maxEmptyReads = 100
+
+// read reads r once into p, holding it to io.Reader's contract: a source
+// is whatever the network hands over, and a count past p would crash the
+// process with it, an endless run of empty reads spin a core for ever.
+func (s *Spool) read(r io.Reader, p []byte) (int, error) {
+	for range maxEmptyReads {
+		n, err := r.Read(p)
+		if n < 0 || n > len(p) {
+			return 0, fmt.Errorf("spool %s for %s: %d bytes read into %d: %w", s.path, s.digest, n, len(p), errInvalidRead)
+		}
+		if n > 0 || err != nil {
+			return n, err
+		}
+	}
+	return 0, fmt.Errorf("spool %s for %s: %d reads brought nothing: %w", s.path, s.digest, maxEmptyReads, io.ErrNoProgress)
 }
 
 // ReadAt reads written bytes at off. It uses pread and is safe concurrently

@@ -512,8 +512,8 @@ func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error
 			// byte too: no response completes before the digest matched.
 			limit = end - 1
 		}
-		if limit > off {
-			n, err := src.copy(w, off, limit-off)
+		if want := limit - off; want > 0 {
+			n, err := src.copy(w, off, want)
 			off += n
 			if err != nil {
 				return err
@@ -521,9 +521,16 @@ func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error
 			if flusher != nil {
 				flusher.Flush()
 			}
-			continue
-		}
-		if s.done {
+			if n == want {
+				continue
+			}
+			// The spool ended short of what the fill published: a failed
+			// fill emptied it (see storage's Discard) and is about to say
+			// so. Copying again would copy nothing, on a core, until then.
+			if s.done {
+				return fmt.Errorf("blob %s: its spool ended at %d bytes of the %d published", f.digest, off, limit)
+			}
+		} else if s.done {
 			if end < 0 {
 				return nil // unknown length: everything is out
 			}

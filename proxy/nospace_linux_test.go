@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -335,5 +336,88 @@ func TestOneBlobTooLargeForTheVolumeLeavesTheCacheOn(t *testing.T) {
 	}
 	if _, err := e.blobs.Stat(t.Context(), digest.Digest(bd.String())); err == nil {
 		t.Fatal("a blob larger than the volume was committed")
+	}
+}
+
+// breakingWriter aborts the response once after bytes of body.
+type breakingWriter struct {
+	http.ResponseWriter
+	after, n int
+}
+
+func (b *breakingWriter) Write(p []byte) (int, error) {
+	if b.n+len(p) > b.after {
+		b.ResponseWriter.Write(p[:b.after-b.n])
+		b.ResponseWriter.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler)
+	}
+	b.n += len(p)
+	return b.ResponseWriter.Write(p)
+}
+
+// TestFailedFillGivesItsRoomBack: a fill that fails gives the cache volume
+// back the room it took, its reservation included, at once, even while a
+// client that stopped reading still holds the response, its sendfile
+// waiting on a handle of its own on the spool. Otherwise any client could
+// keep a failed fill's room taken, unseen by the cache's accounting, for
+// as long as it kept the connection open.
+func TestFailedFillGivesItsRoomBack(t *testing.T) {
+	t.Parallel()
+	const layer, breakAt, volume = 40 << 20, 20 << 20, 64 << 20
+	o := newOriginWrapped(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+				w = &breakingWriter{ResponseWriter: w, after: breakAt}
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	img, _ := random.Image(layer, 1)
+	o.push(t, "library/app:1", img)
+	ld, _ := layerOf(t, img, 0)
+	vol := tinyVolume(t, volume)
+	blobs, err := storage.NewFilesystem(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newPairEnv(t, o, newOrigin(t, true), pairOptions{blobs: blobs})
+	free := func() int64 {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(vol, &st); err != nil {
+			t.Fatal(err)
+		}
+		return int64(st.Bavail) * st.Bsize
+	}
+
+	small := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	slowClient := &http.Client{Transport: &http.Transport{DialContext: small.DialContext, DisableCompression: true}}
+	t.Cleanup(slowClient.CloseIdleConnections)
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, e.srv.URL+"/v2/library/app/blobs/"+ld.String(), nil)
+	slow, err := slowClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Body.Close()
+	if slow.StatusCode != http.StatusOK {
+		t.Fatalf("pull: %s", slow.Status)
+	}
+	waitFilled(t, e.proxy, digest.Digest(ld.String()))
+	deadline := time.Now().Add(10 * time.Second)
+	for free() < volume-volume/8 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d bytes free on the cache volume after the fill failed; its room is still taken", free(), volume)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if body, err := io.ReadAll(slow.Body); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("the client of the failed fill read %d bytes, %v; want the response aborted", len(body), err)
 	}
 }

@@ -3,10 +3,13 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -118,5 +121,79 @@ func TestSpoolReaderPaths(t *testing.T) {
 		if !bytes.Equal(out.Bytes(), content[from:off]) {
 			t.Fatalf("%s: copied bytes differ from the spool's", name)
 		}
+	}
+}
+
+// gatedWriter holds its first ReadFrom until gate closes, the way a
+// sendfile to a client that stopped reading waits, and counts the calls.
+type gatedWriter struct {
+	gate  chan struct{}
+	calls atomic.Int64
+	mu    sync.Mutex
+	buf   bytes.Buffer
+}
+
+func (g *gatedWriter) Write(p []byte) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.buf.Write(p)
+}
+
+func (g *gatedWriter) ReadFrom(r io.Reader) (int64, error) {
+	if g.calls.Add(1) == 1 {
+		<-g.gate
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.buf.ReadFrom(r)
+}
+
+// TestReaderOfADiscardedSpoolWaits: a failed fill discards its spool, which
+// empties it, a moment before it announces the failure. A reader that was
+// behind, its client slow, finds the spool ended short of what the fill
+// had published; it must wait for the announcement, not copy nothing
+// again and again on a core until it comes, and then end with the fill's
+// error.
+func TestReaderOfADiscardedSpoolWaits(t *testing.T) {
+	t.Parallel()
+	blobs, err := storage.NewFilesystem(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := bytes.Repeat([]byte("0123456789abcdef"), 20_000)
+	d := digest.FromBytes(content)
+	s, err := blobs.NewSpool(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blobs.Discard(s)
+	half := int64(len(content) / 2)
+	if _, err := s.Write(content[:half]); err != nil {
+		t.Fatal(err)
+	}
+	f := &fill{digest: d, wake: make(chan struct{}), started: true, size: int64(len(content)), spool: s, written: half}
+	w := &gatedWriter{gate: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() { done <- f.copyRange(t.Context(), w, 0, int64(len(content))) }()
+	for w.calls.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if err := blobs.Discard(s); err != nil {
+		t.Fatal(err)
+	}
+	close(w.gate)
+	time.Sleep(200 * time.Millisecond)
+	if n := w.calls.Load(); n > 3 {
+		t.Errorf("the reader of a discarded spool copied %d times while waiting for the fill's end", n)
+	}
+	boom := errors.New("upstream connection reset")
+	f.update(func() { f.done, f.err = true, boom })
+	select {
+	case err := <-done:
+		if !errors.Is(err, boom) {
+			t.Fatalf("copyRange = %v; want the fill's error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reader did not end with the fill")
 	}
 }

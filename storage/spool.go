@@ -251,8 +251,8 @@ func (s *Spool) ReadAt(p []byte, off int64) (int, error) {
 // OpenReader returns a read-only handle of the reader's own on the
 // spool's file, positioned at its start: a handle that net/http can pass to
 // sendfile, which reads from the handle's position, so each reader needs
-// its own. It stays valid through Commit and Discard, like the spool's own
-// handle. The caller closes it. Where the file cannot be reopened (no
+// its own. It reads on through Commit, the blob's bytes; after Discard it
+// finds the spool empty, the file's room given back. The caller closes it. Where the file cannot be reopened (no
 // /proc, a system other than Linux) it returns an error and readers use
 // ReadAt instead.
 func (s *Spool) OpenReader() (*os.File, error) {
@@ -328,13 +328,21 @@ func (s *Spool) forget() {
 }
 
 // Discard removes an unfinished or failed spool and closes its handle.
-// Readers still streaming it get errors. Discarding a committed spool only
-// closes the handle: the blob stays. Discard may be called more than once.
+// Readers still streaming it get errors, or, through handles of their own
+// (OpenReader), find it ended: it is emptied before it is removed, because
+// an open handle keeps an unlinked file's blocks, its reservation too, for
+// as long as it stays open, and a reader whose client stopped reading
+// keeps it open as long as the client likes. Discarding a committed spool
+// only closes the handle: the blob stays. Discard may be called more than
+// once.
 func (b *Blobs) Discard(s *Spool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var errs []error
 	if !s.committed && !s.removed {
+		if err := os.Truncate(s.path, 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("emptying spool %s: %w", s.path, err))
+		}
 		if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("removing spool %s: %w", s.path, err))
 		}

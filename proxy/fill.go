@@ -495,6 +495,11 @@ func (f *fill) waitStarted(ctx context.Context) (fillState, error) {
 // copyRange writes bytes [off, end) of the fill to w as they arrive. An
 // error after the first byte means the response must be aborted.
 func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error {
+	if end >= 0 && off >= end {
+		// Nothing to send, so no last byte to hold back: the response
+		// still completes only once the digest matched.
+		return f.waitVerified(ctx)
+	}
 	flusher, _ := w.(interface{ Flush() })
 	src := f.spoolReader(off)
 	defer src.close()
@@ -543,6 +548,25 @@ func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error
 		}
 	}
 	return nil
+}
+
+// waitVerified blocks until the fill's bytes matched the digest, or
+// returns why they never will.
+func (f *fill) waitVerified(ctx context.Context) error {
+	for {
+		s := f.snapshot()
+		switch {
+		case s.err != nil:
+			return s.err
+		case s.verified || s.done:
+			return nil
+		}
+		select {
+		case <-s.wake:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // spoolReader is one reader's way through a fill's spool. With a handle of

@@ -535,9 +535,11 @@ func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error
 			if s.done {
 				return fmt.Errorf("blob %s: its spool ended at %d bytes of the %d published", f.digest, off, limit)
 			}
-		} else if s.done {
+		} else if s.done || (end < 0 && s.verified) {
 			if end < 0 {
-				return nil // unknown length: everything is out
+				// Unknown length: everything is out once the digest
+				// matched, and the commit is no reason to keep the client.
+				return nil
 			}
 			return fmt.Errorf("blob %s ended at %d bytes, expected %d", f.digest, s.avail, end)
 		}

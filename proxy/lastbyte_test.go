@@ -118,3 +118,44 @@ func TestUpstreamAnnouncingAnEmptyBlobIsNotServed(t *testing.T) {
 		t.Fatalf("pull of the empty blob: %d, %d bytes; want 200 and none", resp.StatusCode, len(body))
 	}
 }
+
+// TestUnknownLengthEndsWhenVerified: a response of unknown length (the
+// upstream sent no Content-Length and no manifest declared a size) ends
+// once every byte is out and the digest matched, as one of known length
+// does: the fill's commit, an fsync or a whole upload to object storage,
+// is the cache's business, not the client's wait.
+func TestUnknownLengthEndsWhenVerified(t *testing.T) {
+	t.Parallel()
+	blobs, err := storage.NewFilesystem(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := bytes.Repeat([]byte("layer"), 50_000)
+	d := digest.FromBytes(content)
+	s, err := blobs.NewSpool(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blobs.Discard(s)
+	if _, err := s.Write(content); err != nil {
+		t.Fatal(err)
+	}
+	f := &fill{digest: d, wake: make(chan struct{}), started: true, size: -1, spool: s, written: int64(len(content))}
+	var out bytes.Buffer
+	done := make(chan error, 1)
+	go func() { done <- f.copyRange(t.Context(), &out, 0, -1) }()
+	select {
+	case err := <-done:
+		t.Fatalf("copyRange = %v before the digest was checked", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	f.update(func() { f.verified = true }) // the commit is still to come
+	select {
+	case err := <-done:
+		if err != nil || !bytes.Equal(out.Bytes(), content) {
+			t.Fatalf("copyRange = %v after %d of %d bytes", err, out.Len(), len(content))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a response of unknown length waits for the fill's commit")
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -196,4 +197,70 @@ func TestReaderOfADiscardedSpoolWaits(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the reader did not end with the fill")
 	}
+}
+
+// TestSpoolReaderOutOfFileDescriptors: a reader that cannot have a handle
+// of its own, the process being out of file descriptors (many clients
+// following fills), still reads the spool, through ReadAt. Not parallel:
+// it lowers the process's limit on open files for a moment.
+func TestSpoolReaderOutOfFileDescriptors(t *testing.T) {
+	blobs, err := storage.NewFilesystem(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := bytes.Repeat([]byte("descriptor"), 30_000)
+	s, err := blobs.NewSpool(digest.FromBytes(content))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blobs.Discard(s)
+	if _, err := s.Write(content); err != nil {
+		t.Fatal(err)
+	}
+	f := &fill{digest: digest.FromBytes(content), wake: make(chan struct{}), started: true,
+		size: int64(len(content)), spool: s, written: int64(len(content)), verified: true}
+
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	low := old
+	low.Cur = uint64(len(ents) + 16)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Skipf("cannot lower the limit on open files: %v", err)
+	}
+	var fillers []*os.File
+	func() {
+		defer func() {
+			for _, f := range fillers {
+				f.Close()
+			}
+			if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+				t.Fatalf("restoring the limit on open files: %v", err)
+			}
+		}()
+		for {
+			null, err := os.Open(os.DevNull)
+			if err != nil {
+				if !errors.Is(err, syscall.EMFILE) {
+					t.Fatalf("opening fillers: %v", err)
+				}
+				break
+			}
+			fillers = append(fillers, null)
+		}
+		r := f.spoolReader(1000)
+		defer r.close()
+		if r.own != nil {
+			t.Fatal("a handle of its own with no file descriptor left")
+		}
+		var out bytes.Buffer
+		if err := f.copyRange(t.Context(), &out, 1000, int64(len(content))); err != nil || !bytes.Equal(out.Bytes(), content[1000:]) {
+			t.Fatalf("copyRange out of file descriptors: %d bytes, %v", out.Len(), err)
+		}
+	}()
 }

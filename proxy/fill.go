@@ -58,6 +58,11 @@ type fill struct {
 	stored   bool // the blob was already in the store: nothing was fetched
 	err      error
 	refs     int // readers plus the fill itself; the spool closes at zero
+	// discardLast is set when a verified spool could not be committed: its
+	// readers still read it, and the last of them discards it (release).
+	discardLast bool
+	// discard removes a spool that was not committed.
+	discard func(*storage.Spool) error
 }
 
 // fillSet holds the running fills by upstream, digest and declared size. A
@@ -130,16 +135,36 @@ func (f *fill) update(change func()) {
 	f.mu.Unlock()
 }
 
-// release drops one reference; the last one closes the spool file. The
-// spool's bytes stay readable after Commit until then.
+// release drops one reference; the last one closes the spool file, or
+// discards it if it was verified but not committed. The spool's bytes stay
+// readable after Commit until then.
 func (f *fill) release() {
 	f.mu.Lock()
 	f.refs--
 	last := f.refs == 0
-	s := f.spool
+	s, discard := f.spool, f.discardLast
 	f.mu.Unlock()
-	if last && s != nil {
+	switch {
+	case !last || s == nil:
+	case discard:
+		_ = f.discard(s)
+	default:
 		_ = s.Close()
+	}
+}
+
+// dropSpool disposes of the spool of a fill that did not commit it. Bytes
+// that matched the digest are still right for the readers streaming them,
+// only not cached: that spool goes with its last reader (see release), and
+// counts in the spool volume's use until then. Any other is discarded now,
+// and its readers find it ended.
+func (f *fill) dropSpool(s *storage.Spool) {
+	f.mu.Lock()
+	keep := f.verified && f.spool == s
+	f.discardLast = keep
+	f.mu.Unlock()
+	if !keep {
+		_ = f.discard(s)
 	}
 }
 
@@ -188,7 +213,7 @@ func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, decl
 		return nil, false
 	}
 	f = &fill{digest: d, upstream: rq.route.Upstream.Name, key: rq.route.Key(), declared: declared,
-		setKey: k, wake: make(chan struct{}), size: -1, refs: 2}
+		setKey: k, wake: make(chan struct{}), size: -1, refs: 2, discard: p.blobs.Discard}
 	p.fills.m[k] = f
 	go p.runFill(ctx, f, rq) // counted by track
 	return f, true
@@ -282,7 +307,7 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	defer func() {
 		src.close()
 		if spool != nil && !committed {
-			_ = p.blobs.Discard(spool)
+			f.dropSpool(spool)
 		}
 	}()
 	if err != nil {
@@ -426,7 +451,8 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request) (err error) 
 	err = p.blobs.Commit(ctx, f.digest, spool)
 	endChild(commitSpan, err)
 	if err != nil {
-		// Every reader already has its bytes; only the cache lost them.
+		// The readers still get every byte (see dropSpool); only the
+		// cache lost them.
 		return p.noSpace(ctx, rq, fmt.Errorf("committing blob %s: %w", f.digest, err))
 	}
 	committed = true
@@ -505,7 +531,9 @@ func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error
 	defer src.close()
 	for end < 0 || off < end {
 		s := f.snapshot()
-		if s.err != nil {
+		if s.err != nil && !s.verified {
+			// A fill that failed after its bytes matched the digest failed
+			// to cache them: they are still the blob, so its readers go on.
 			return s.err
 		}
 		limit := s.avail
@@ -558,9 +586,11 @@ func (f *fill) waitVerified(ctx context.Context) error {
 	for {
 		s := f.snapshot()
 		switch {
+		case s.verified:
+			return nil
 		case s.err != nil:
 			return s.err
-		case s.verified || s.done:
+		case s.done:
 			return nil
 		}
 		select {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -419,5 +420,127 @@ func TestFailedFillGivesItsRoomBack(t *testing.T) {
 	}
 	if body, err := io.ReadAll(slow.Body); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("the client of the failed fill read %d bytes, %v; want the response aborted", len(body), err)
+	}
+}
+
+// gatedBody holds a response body at half its length until gate closes,
+// and closes half when it gets there.
+type gatedBody struct {
+	http.ResponseWriter
+	at         int
+	n          int
+	half, gate chan struct{}
+}
+
+func (g *gatedBody) Write(p []byte) (int, error) {
+	written := 0
+	if g.n < g.at && g.n+len(p) >= g.at {
+		m, err := g.ResponseWriter.Write(p[:g.at-g.n])
+		g.n += m
+		written += m
+		if err != nil {
+			return written, err
+		}
+		g.ResponseWriter.(http.Flusher).Flush()
+		close(g.half)
+		<-g.gate
+		p = p[m:]
+	}
+	m, err := g.ResponseWriter.Write(p)
+	g.n += m
+	return written + m, err
+}
+
+// TestVerifiedBlobReachesItsClientsWhenTheCommitFails: once a fill's bytes
+// matched the digest, its clients get all of them, however slowly they
+// read, even when the commit that follows fails (here the cache volume
+// has no inode left for the blob's directories): only the cache lost the
+// blob. A client that stopped reading while the commit failed reads on
+// to the end.
+func TestVerifiedBlobReachesItsClientsWhenTheCommitFails(t *testing.T) {
+	t.Parallel()
+	const layer = 24 << 20 // well past what the slow client's socket buffers take
+	half, gate := make(chan struct{}), make(chan struct{})
+	var gateOnce sync.Once
+	t.Cleanup(func() { gateOnce.Do(func() { close(gate) }) })
+	o := newOriginWrapped(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+				w = &gatedBody{ResponseWriter: w, at: layer / 2, half: half, gate: gate}
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	img, _ := random.Image(layer, 1)
+	o.push(t, "library/app:1", img)
+	ld, want := layerOf(t, img, 0)
+	vol := t.TempDir()
+	if err := syscall.Mount("tmpfs", vol, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "size=64m,nr_inodes=64,mode=0700"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("mounting a tmpfs: %v (run the tests as root)", err)
+		}
+		t.Skipf("cannot mount a tmpfs (needs root): %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(vol, syscall.MNT_DETACH) })
+	blobs, err := storage.NewFilesystem(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newPairEnv(t, o, newOrigin(t, true), pairOptions{blobs: blobs})
+
+	small := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	slowClient := &http.Client{Transport: &http.Transport{DialContext: small.DialContext, DisableCompression: true}}
+	t.Cleanup(slowClient.CloseIdleConnections)
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, e.srv.URL+"/v2/library/app/blobs/"+ld.String(), nil)
+	slow, err := slowClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Body.Close()
+	if slow.StatusCode != http.StatusOK {
+		t.Fatalf("pull: %s", slow.Status)
+	}
+	<-half
+	// No inode left: the commit cannot create the blob's directories.
+	for i := 0; ; i++ {
+		f, err := os.Create(filepath.Join(vol, fmt.Sprintf("filler-%d", i)))
+		if errors.Is(err, syscall.ENOSPC) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	gateOnce.Do(func() { close(gate) })
+	waitFilled(t, e.proxy, digest.Digest(ld.String()))
+	if !strings.Contains(e.logText(), "committing blob") {
+		t.Fatalf("the commit did not fail; log:\n%s", e.logText())
+	}
+	body, err := io.ReadAll(slow.Body)
+	if err != nil || !bytes.Equal(body, want) {
+		t.Fatalf("the slow client of a verified blob whose commit failed: %d of %d bytes, %v", len(body), len(want), err)
+	}
+	if _, err := e.blobs.Stat(t.Context(), digest.Digest(ld.String())); err == nil {
+		t.Fatal("the blob was stored")
+	}
+	// The spool goes once its last reader is done.
+	deadline := time.Now().Add(5 * time.Second)
+	for blobs.SpoolBytes() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("SpoolBytes = %d after the last reader of a failed commit", blobs.SpoolBytes())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if left, _ := os.ReadDir(filepath.Join(vol, "spool")); len(left) != 0 {
+		t.Fatalf("spool files left: %v", left)
 	}
 }

@@ -252,9 +252,9 @@ func (s *Spool) ReadAt(p []byte, off int64) (int, error) {
 // spool's file, positioned at its start: a handle that net/http can pass to
 // sendfile, which reads from the handle's position, so each reader needs
 // its own. It reads on through Commit, the blob's bytes; after Discard it
-// finds the spool empty, the file's room given back. The caller closes it. Where the file cannot be reopened (no
-// /proc, a system other than Linux) it returns an error and readers use
-// ReadAt instead.
+// finds the spool empty, the file's room given back. The caller closes
+// it. Where the file cannot be reopened (no /proc, a system other than
+// Linux) it returns an error and readers use ReadAt instead.
 func (s *Spool) OpenReader() (*os.File, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

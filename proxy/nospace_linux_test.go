@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -340,6 +342,56 @@ func TestOneBlobTooLargeForTheVolumeLeavesTheCacheOn(t *testing.T) {
 	}
 }
 
+// rawBlobOrigin is an upstream holding one blob of size random bytes,
+// served with its length from memory (cheaper than a registry of
+// go-containerregistry's, pushed a random image, when the blob is large);
+// wrap, when set, wraps the response writer of the blob's GETs.
+func rawBlobOrigin(t *testing.T, size int, wrap func(http.ResponseWriter) http.ResponseWriter) (*origin, digest.Digest, []byte) {
+	t.Helper()
+	blob := make([]byte, size)
+	_, _ = mrand.NewChaCha8([32]byte{byte(size), byte(size >> 8), byte(size >> 16)}).Read(blob)
+	d := digest.FromBytes(blob)
+	o := &origin{counts: map[string]int{}}
+	o.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, "/blobs/"+d.String()) {
+			if r.URL.Path == "/v2/" {
+				w.WriteHeader(http.StatusOK)
+				return
+			}
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Docker-Content-Digest", d.String())
+		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+		if r.Method == http.MethodHead {
+			return
+		}
+		if wrap != nil {
+			w = wrap(w)
+		}
+		w.Write(blob)
+	}))
+	t.Cleanup(o.srv.Close)
+	return o, d, blob
+}
+
+// slowClient is an HTTP client whose sockets take in little: a client that
+// stops reading soon holds the server's sendfile waiting.
+func slowClient(t *testing.T) *http.Client {
+	small := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	c := &http.Client{Transport: &http.Transport{DialContext: small.DialContext, DisableCompression: true}}
+	t.Cleanup(c.CloseIdleConnections)
+	return c
+}
+
 // breakingWriter aborts the response once after bytes of body.
 type breakingWriter struct {
 	http.ResponseWriter
@@ -364,18 +416,10 @@ func (b *breakingWriter) Write(p []byte) (int, error) {
 // as long as it kept the connection open.
 func TestFailedFillGivesItsRoomBack(t *testing.T) {
 	t.Parallel()
-	const layer, breakAt, volume = 40 << 20, 20 << 20, 64 << 20
-	o := newOriginWrapped(t, func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
-				w = &breakingWriter{ResponseWriter: w, after: breakAt}
-			}
-			next.ServeHTTP(w, r)
-		})
+	const layer, breakAt, volume = 12 << 20, 8 << 20, 32 << 20
+	o, d, _ := rawBlobOrigin(t, layer, func(w http.ResponseWriter) http.ResponseWriter {
+		return &breakingWriter{ResponseWriter: w, after: breakAt}
 	})
-	img, _ := random.Image(layer, 1)
-	o.push(t, "library/app:1", img)
-	ld, _ := layerOf(t, img, 0)
 	vol := tinyVolume(t, volume)
 	blobs, err := storage.NewFilesystem(vol)
 	if err != nil {
@@ -390,19 +434,8 @@ func TestFailedFillGivesItsRoomBack(t *testing.T) {
 		return int64(st.Bavail) * st.Bsize
 	}
 
-	small := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
-		}); err != nil {
-			return err
-		}
-		return serr
-	}}
-	slowClient := &http.Client{Transport: &http.Transport{DialContext: small.DialContext, DisableCompression: true}}
-	t.Cleanup(slowClient.CloseIdleConnections)
-	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, e.srv.URL+"/v2/library/app/blobs/"+ld.String(), nil)
-	slow, err := slowClient.Do(req)
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, e.srv.URL+"/v2/library/app/blobs/"+d.String(), nil)
+	slow, err := slowClient(t).Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -410,7 +443,7 @@ func TestFailedFillGivesItsRoomBack(t *testing.T) {
 	if slow.StatusCode != http.StatusOK {
 		t.Fatalf("pull: %s", slow.Status)
 	}
-	waitFilled(t, e.proxy, digest.Digest(ld.String()))
+	waitFilled(t, e.proxy, d)
 	deadline := time.Now().Add(10 * time.Second)
 	for free() < volume-volume/8 {
 		if time.Now().After(deadline) {
@@ -459,23 +492,15 @@ func (g *gatedBody) Write(p []byte) (int, error) {
 // to the end.
 func TestVerifiedBlobReachesItsClientsWhenTheCommitFails(t *testing.T) {
 	t.Parallel()
-	const layer = 24 << 20 // well past what the slow client's socket buffers take
+	const layer = 12 << 20 // well past what the slow client's socket buffers take
 	half, gate := make(chan struct{}), make(chan struct{})
 	var gateOnce sync.Once
 	t.Cleanup(func() { gateOnce.Do(func() { close(gate) }) })
-	o := newOriginWrapped(t, func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
-				w = &gatedBody{ResponseWriter: w, at: layer / 2, half: half, gate: gate}
-			}
-			next.ServeHTTP(w, r)
-		})
+	o, d, want := rawBlobOrigin(t, layer, func(w http.ResponseWriter) http.ResponseWriter {
+		return &gatedBody{ResponseWriter: w, at: layer / 2, half: half, gate: gate}
 	})
-	img, _ := random.Image(layer, 1)
-	o.push(t, "library/app:1", img)
-	ld, want := layerOf(t, img, 0)
 	vol := t.TempDir()
-	if err := syscall.Mount("tmpfs", vol, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "size=64m,nr_inodes=64,mode=0700"); err != nil {
+	if err := syscall.Mount("tmpfs", vol, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "size=32m,nr_inodes=64,mode=0700"); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("mounting a tmpfs: %v (run the tests as root)", err)
 		}
@@ -488,19 +513,8 @@ func TestVerifiedBlobReachesItsClientsWhenTheCommitFails(t *testing.T) {
 	}
 	e := newPairEnv(t, o, newOrigin(t, true), pairOptions{blobs: blobs})
 
-	small := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
-		}); err != nil {
-			return err
-		}
-		return serr
-	}}
-	slowClient := &http.Client{Transport: &http.Transport{DialContext: small.DialContext, DisableCompression: true}}
-	t.Cleanup(slowClient.CloseIdleConnections)
-	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, e.srv.URL+"/v2/library/app/blobs/"+ld.String(), nil)
-	slow, err := slowClient.Do(req)
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, e.srv.URL+"/v2/library/app/blobs/"+d.String(), nil)
+	slow, err := slowClient(t).Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -521,7 +535,7 @@ func TestVerifiedBlobReachesItsClientsWhenTheCommitFails(t *testing.T) {
 		f.Close()
 	}
 	gateOnce.Do(func() { close(gate) })
-	waitFilled(t, e.proxy, digest.Digest(ld.String()))
+	waitFilled(t, e.proxy, d)
 	if !strings.Contains(e.logText(), "committing blob") {
 		t.Fatalf("the commit did not fail; log:\n%s", e.logText())
 	}
@@ -529,7 +543,7 @@ func TestVerifiedBlobReachesItsClientsWhenTheCommitFails(t *testing.T) {
 	if err != nil || !bytes.Equal(body, want) {
 		t.Fatalf("the slow client of a verified blob whose commit failed: %d of %d bytes, %v", len(body), len(want), err)
 	}
-	if _, err := e.blobs.Stat(t.Context(), digest.Digest(ld.String())); err == nil {
+	if _, err := e.blobs.Stat(t.Context(), d); err == nil {
 		t.Fatal("the blob was stored")
 	}
 	// The spool goes once its last reader is done.

@@ -17,7 +17,10 @@
 //     fill). The fill writes a spool file; every client, the first one
 //     included, reads the spool as it grows, so the first byte leaves as soon
 //     as it arrives. Fills run on a context detached from the client that
-//     started them: a client hanging up never wastes the download.
+//     started them: a client hanging up never wastes the download. No
+//     response completes before the fill's digest matched, an empty one
+//     included; once it matched, every client of the fill gets the whole
+//     blob, even if caching it then fails.
 //   - Manifests are resolved, checked against a Gate and only then served,
 //     byte for byte as the upstream sent them. Indexes are never rewritten
 //     and only the children a client asks for are fetched.

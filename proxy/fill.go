@@ -58,6 +58,11 @@ type fill struct {
 	stored   bool // the blob was already in the store: nothing was fetched
 	err      error
 	refs     int // readers plus the fill itself; the spool closes at zero
+	// discardLast is set when a verified spool could not be committed: its
+	// readers still read it, and the last of them discards it (release).
+	discardLast bool
+	// discard removes a spool that was not committed.
+	discard func(*storage.Spool) error
 }
 
 // fillSet holds the running fills by upstream, digest and declared size. A
@@ -130,16 +135,36 @@ func (f *fill) update(change func()) {
 	f.mu.Unlock()
 }
 
-// release drops one reference; the last one closes the spool file. The
-// spool's bytes stay readable after Commit until then.
+// release drops one reference; the last one closes the spool file, or
+// discards it if it was verified but not committed. The spool's bytes stay
+// readable after Commit until then.
 func (f *fill) release() {
 	f.mu.Lock()
 	f.refs--
 	last := f.refs == 0
-	s := f.spool
+	s, discard := f.spool, f.discardLast
 	f.mu.Unlock()
-	if last && s != nil {
+	switch {
+	case !last || s == nil:
+	case discard:
+		_ = f.discard(s)
+	default:
 		_ = s.Close()
+	}
+}
+
+// dropSpool disposes of the spool of a fill that did not commit it. Bytes
+// that matched the digest are still right for the readers streaming them,
+// only not cached: that spool goes with its last reader (see release), and
+// counts in the spool volume's use until then. Any other is discarded now,
+// and its readers find it ended.
+func (f *fill) dropSpool(s *storage.Spool) {
+	f.mu.Lock()
+	keep := f.verified && f.spool == s
+	f.discardLast = keep
+	f.mu.Unlock()
+	if !keep {
+		_ = f.discard(s)
 	}
 }
 
@@ -188,7 +213,7 @@ func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, decl
 		return nil, false
 	}
 	f = &fill{digest: d, upstream: rq.route.Upstream.Name, key: rq.route.Key(), declared: declared,
-		setKey: k, wake: make(chan struct{}), size: -1, refs: 2}
+		setKey: k, wake: make(chan struct{}), size: -1, refs: 2, discard: p.blobs.Discard}
 	p.fills.m[k] = f
 	go p.runFill(ctx, f, rq) // counted by track
 	return f, true
@@ -326,7 +351,7 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request, check *store
 	defer func() {
 		src.close()
 		if spool != nil && !committed {
-			_ = p.blobs.Discard(spool)
+			f.dropSpool(spool)
 		}
 	}()
 	if err != nil {
@@ -470,7 +495,8 @@ func (p *Proxy) transfer(ctx context.Context, f *fill, rq *request, check *store
 	err = p.blobs.Commit(ctx, f.digest, spool)
 	endChild(commitSpan, err)
 	if err != nil {
-		// Every reader already has its bytes; only the cache lost them.
+		// The readers still get every byte (see dropSpool); only the
+		// cache lost them.
 		return p.noSpace(ctx, rq, fmt.Errorf("committing blob %s: %w", f.digest, err))
 	}
 	committed = true
@@ -539,12 +565,19 @@ func (f *fill) waitStarted(ctx context.Context) (fillState, error) {
 // copyRange writes bytes [off, end) of the fill to w as they arrive. An
 // error after the first byte means the response must be aborted.
 func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error {
+	if end >= 0 && off >= end {
+		// Nothing to send, so no last byte to hold back: the response
+		// still completes only once the digest matched.
+		return f.waitVerified(ctx)
+	}
 	flusher, _ := w.(interface{ Flush() })
 	src := f.spoolReader(off)
 	defer src.close()
 	for end < 0 || off < end {
 		s := f.snapshot()
-		if s.err != nil {
+		if s.err != nil && !s.verified {
+			// A fill that failed after its bytes matched the digest failed
+			// to cache them: they are still the blob, so its readers go on.
 			return s.err
 		}
 		limit := s.avail
@@ -556,8 +589,8 @@ func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error
 			// byte too: no response completes before the digest matched.
 			limit = end - 1
 		}
-		if limit > off {
-			n, err := src.copy(w, off, limit-off)
+		if want := limit - off; want > 0 {
+			n, err := src.copy(w, off, want)
 			off += n
 			if err != nil {
 				return err
@@ -565,11 +598,20 @@ func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error
 			if flusher != nil {
 				flusher.Flush()
 			}
-			continue
-		}
-		if s.done {
+			if n == want {
+				continue
+			}
+			// The spool ended short of what the fill published: a failed
+			// fill emptied it (see storage's Discard) and is about to say
+			// so. Copying again would copy nothing, on a core, until then.
+			if s.done {
+				return fmt.Errorf("blob %s: its spool ended at %d bytes of the %d published", f.digest, off, limit)
+			}
+		} else if s.done || (end < 0 && s.verified) {
 			if end < 0 {
-				return nil // unknown length: everything is out
+				// Unknown length: everything is out once the digest
+				// matched, and the commit is no reason to keep the client.
+				return nil
 			}
 			return fmt.Errorf("blob %s ended at %d bytes, expected %d", f.digest, s.avail, end)
 		}
@@ -580,6 +622,27 @@ func (f *fill) copyRange(ctx context.Context, w io.Writer, off, end int64) error
 		}
 	}
 	return nil
+}
+
+// waitVerified blocks until the fill's bytes matched the digest, or
+// returns why they never will.
+func (f *fill) waitVerified(ctx context.Context) error {
+	for {
+		s := f.snapshot()
+		switch {
+		case s.verified:
+			return nil
+		case s.err != nil:
+			return s.err
+		case s.done:
+			return nil
+		}
+		select {
+		case <-s.wake:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // spoolReader is one reader's way through a fill's spool. With a handle of

@@ -5,11 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -335,5 +339,222 @@ func TestOneBlobTooLargeForTheVolumeLeavesTheCacheOn(t *testing.T) {
 	}
 	if _, err := e.blobs.Stat(t.Context(), digest.Digest(bd.String())); err == nil {
 		t.Fatal("a blob larger than the volume was committed")
+	}
+}
+
+// rawBlobOrigin is an upstream holding one blob of size random bytes,
+// served with its length from memory (cheaper than a registry of
+// go-containerregistry's, pushed a random image, when the blob is large);
+// wrap, when set, wraps the response writer of the blob's GETs.
+func rawBlobOrigin(t *testing.T, size int, wrap func(http.ResponseWriter) http.ResponseWriter) (*origin, digest.Digest, []byte) {
+	t.Helper()
+	blob := make([]byte, size)
+	_, _ = mrand.NewChaCha8([32]byte{byte(size), byte(size >> 8), byte(size >> 16)}).Read(blob)
+	d := digest.FromBytes(blob)
+	o := &origin{counts: map[string]int{}}
+	o.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, "/blobs/"+d.String()) {
+			if r.URL.Path == "/v2/" {
+				w.WriteHeader(http.StatusOK)
+				return
+			}
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Docker-Content-Digest", d.String())
+		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+		if r.Method == http.MethodHead {
+			return
+		}
+		if wrap != nil {
+			w = wrap(w)
+		}
+		w.Write(blob)
+	}))
+	t.Cleanup(o.srv.Close)
+	return o, d, blob
+}
+
+// slowClient is an HTTP client whose sockets take in little: a client that
+// stops reading soon holds the server's sendfile waiting.
+func slowClient(t *testing.T) *http.Client {
+	small := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	c := &http.Client{Transport: &http.Transport{DialContext: small.DialContext, DisableCompression: true}}
+	t.Cleanup(c.CloseIdleConnections)
+	return c
+}
+
+// breakingWriter aborts the response once after bytes of body.
+type breakingWriter struct {
+	http.ResponseWriter
+	after, n int
+}
+
+func (b *breakingWriter) Write(p []byte) (int, error) {
+	if b.n+len(p) > b.after {
+		b.ResponseWriter.Write(p[:b.after-b.n])
+		b.ResponseWriter.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler)
+	}
+	b.n += len(p)
+	return b.ResponseWriter.Write(p)
+}
+
+// TestFailedFillGivesItsRoomBack: a fill that fails gives the cache volume
+// back the room it took, its reservation included, at once, even while a
+// client that stopped reading still holds the response, its sendfile
+// waiting on a handle of its own on the spool. Otherwise any client could
+// keep a failed fill's room taken, unseen by the cache's accounting, for
+// as long as it kept the connection open.
+func TestFailedFillGivesItsRoomBack(t *testing.T) {
+	t.Parallel()
+	const layer, breakAt, volume = 12 << 20, 8 << 20, 32 << 20
+	o, d, _ := rawBlobOrigin(t, layer, func(w http.ResponseWriter) http.ResponseWriter {
+		return &breakingWriter{ResponseWriter: w, after: breakAt}
+	})
+	vol := tinyVolume(t, volume)
+	blobs, err := storage.NewFilesystem(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newPairEnv(t, o, newOrigin(t, true), pairOptions{blobs: blobs})
+	free := func() int64 {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(vol, &st); err != nil {
+			t.Fatal(err)
+		}
+		return int64(st.Bavail) * st.Bsize
+	}
+
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, e.srv.URL+"/v2/library/app/blobs/"+d.String(), nil)
+	slow, err := slowClient(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Body.Close()
+	if slow.StatusCode != http.StatusOK {
+		t.Fatalf("pull: %s", slow.Status)
+	}
+	waitFilled(t, e.proxy, d)
+	deadline := time.Now().Add(10 * time.Second)
+	for free() < volume-volume/8 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d bytes free on the cache volume after the fill failed; its room is still taken", free(), volume)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if body, err := io.ReadAll(slow.Body); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("the client of the failed fill read %d bytes, %v; want the response aborted", len(body), err)
+	}
+}
+
+// gatedBody holds a response body at half its length until gate closes,
+// and closes half when it gets there.
+type gatedBody struct {
+	http.ResponseWriter
+	at         int
+	n          int
+	half, gate chan struct{}
+}
+
+func (g *gatedBody) Write(p []byte) (int, error) {
+	written := 0
+	if g.n < g.at && g.n+len(p) >= g.at {
+		m, err := g.ResponseWriter.Write(p[:g.at-g.n])
+		g.n += m
+		written += m
+		if err != nil {
+			return written, err
+		}
+		g.ResponseWriter.(http.Flusher).Flush()
+		close(g.half)
+		<-g.gate
+		p = p[m:]
+	}
+	m, err := g.ResponseWriter.Write(p)
+	g.n += m
+	return written + m, err
+}
+
+// TestVerifiedBlobReachesItsClientsWhenTheCommitFails: once a fill's bytes
+// matched the digest, its clients get all of them, however slowly they
+// read, even when the commit that follows fails (here the cache volume
+// has no inode left for the blob's directories): only the cache lost the
+// blob. A client that stopped reading while the commit failed reads on
+// to the end.
+func TestVerifiedBlobReachesItsClientsWhenTheCommitFails(t *testing.T) {
+	t.Parallel()
+	const layer = 12 << 20 // well past what the slow client's socket buffers take
+	half, gate := make(chan struct{}), make(chan struct{})
+	var gateOnce sync.Once
+	t.Cleanup(func() { gateOnce.Do(func() { close(gate) }) })
+	o, d, want := rawBlobOrigin(t, layer, func(w http.ResponseWriter) http.ResponseWriter {
+		return &gatedBody{ResponseWriter: w, at: layer / 2, half: half, gate: gate}
+	})
+	vol := t.TempDir()
+	if err := syscall.Mount("tmpfs", vol, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "size=32m,nr_inodes=64,mode=0700"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("mounting a tmpfs: %v (run the tests as root)", err)
+		}
+		t.Skipf("cannot mount a tmpfs (needs root): %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(vol, syscall.MNT_DETACH) })
+	blobs, err := storage.NewFilesystem(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newPairEnv(t, o, newOrigin(t, true), pairOptions{blobs: blobs})
+
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, e.srv.URL+"/v2/library/app/blobs/"+d.String(), nil)
+	slow, err := slowClient(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Body.Close()
+	if slow.StatusCode != http.StatusOK {
+		t.Fatalf("pull: %s", slow.Status)
+	}
+	<-half
+	// No inode left: the commit cannot create the blob's directories.
+	for i := 0; ; i++ {
+		f, err := os.Create(filepath.Join(vol, fmt.Sprintf("filler-%d", i)))
+		if errors.Is(err, syscall.ENOSPC) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	gateOnce.Do(func() { close(gate) })
+	waitFilled(t, e.proxy, d)
+	if !strings.Contains(e.logText(), "committing blob") {
+		t.Fatalf("the commit did not fail; log:\n%s", e.logText())
+	}
+	body, err := io.ReadAll(slow.Body)
+	if err != nil || !bytes.Equal(body, want) {
+		t.Fatalf("the slow client of a verified blob whose commit failed: %d of %d bytes, %v", len(body), len(want), err)
+	}
+	if _, err := e.blobs.Stat(t.Context(), d); err == nil {
+		t.Fatal("the blob was stored")
+	}
+	// The spool goes once its last reader is done.
+	deadline := time.Now().Add(5 * time.Second)
+	for blobs.SpoolBytes() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("SpoolBytes = %d after the last reader of a failed commit", blobs.SpoolBytes())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if left, _ := os.ReadDir(filepath.Join(vol, "spool")); len(left) != 0 {
+		t.Fatalf("spool files left: %v", left)
 	}
 }

@@ -3,10 +3,14 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -119,4 +123,144 @@ func TestSpoolReaderPaths(t *testing.T) {
 			t.Fatalf("%s: copied bytes differ from the spool's", name)
 		}
 	}
+}
+
+// gatedWriter holds its first ReadFrom until gate closes, the way a
+// sendfile to a client that stopped reading waits, and counts the calls.
+type gatedWriter struct {
+	gate  chan struct{}
+	calls atomic.Int64
+	mu    sync.Mutex
+	buf   bytes.Buffer
+}
+
+func (g *gatedWriter) Write(p []byte) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.buf.Write(p)
+}
+
+func (g *gatedWriter) ReadFrom(r io.Reader) (int64, error) {
+	if g.calls.Add(1) == 1 {
+		<-g.gate
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.buf.ReadFrom(r)
+}
+
+// TestReaderOfADiscardedSpoolWaits: a failed fill discards its spool, which
+// empties it, a moment before it announces the failure. A reader that was
+// behind, its client slow, finds the spool ended short of what the fill
+// had published; it must wait for the announcement, not copy nothing
+// again and again on a core until it comes, and then end with the fill's
+// error.
+func TestReaderOfADiscardedSpoolWaits(t *testing.T) {
+	t.Parallel()
+	blobs, err := storage.NewFilesystem(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := bytes.Repeat([]byte("0123456789abcdef"), 20_000)
+	d := digest.FromBytes(content)
+	s, err := blobs.NewSpool(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blobs.Discard(s)
+	half := int64(len(content) / 2)
+	if _, err := s.Write(content[:half]); err != nil {
+		t.Fatal(err)
+	}
+	f := &fill{digest: d, wake: make(chan struct{}), started: true, size: int64(len(content)), spool: s, written: half}
+	w := &gatedWriter{gate: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() { done <- f.copyRange(t.Context(), w, 0, int64(len(content))) }()
+	for w.calls.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if err := blobs.Discard(s); err != nil {
+		t.Fatal(err)
+	}
+	close(w.gate)
+	time.Sleep(200 * time.Millisecond)
+	if n := w.calls.Load(); n > 3 {
+		t.Errorf("the reader of a discarded spool copied %d times while waiting for the fill's end", n)
+	}
+	boom := errors.New("upstream connection reset")
+	f.update(func() { f.done, f.err = true, boom })
+	select {
+	case err := <-done:
+		if !errors.Is(err, boom) {
+			t.Fatalf("copyRange = %v; want the fill's error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reader did not end with the fill")
+	}
+}
+
+// TestSpoolReaderOutOfFileDescriptors: a reader that cannot have a handle
+// of its own, the process being out of file descriptors (many clients
+// following fills), still reads the spool, through ReadAt. Not parallel:
+// it lowers the process's limit on open files for a moment.
+func TestSpoolReaderOutOfFileDescriptors(t *testing.T) {
+	blobs, err := storage.NewFilesystem(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := bytes.Repeat([]byte("descriptor"), 30_000)
+	s, err := blobs.NewSpool(digest.FromBytes(content))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blobs.Discard(s)
+	if _, err := s.Write(content); err != nil {
+		t.Fatal(err)
+	}
+	f := &fill{digest: digest.FromBytes(content), wake: make(chan struct{}), started: true,
+		size: int64(len(content)), spool: s, written: int64(len(content)), verified: true}
+
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	low := old
+	low.Cur = uint64(len(ents) + 16)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Skipf("cannot lower the limit on open files: %v", err)
+	}
+	var fillers []*os.File
+	func() {
+		defer func() {
+			for _, f := range fillers {
+				f.Close()
+			}
+			if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+				t.Fatalf("restoring the limit on open files: %v", err)
+			}
+		}()
+		for {
+			null, err := os.Open(os.DevNull)
+			if err != nil {
+				if !errors.Is(err, syscall.EMFILE) {
+					t.Fatalf("opening fillers: %v", err)
+				}
+				break
+			}
+			fillers = append(fillers, null)
+		}
+		r := f.spoolReader(1000)
+		defer r.close()
+		if r.own != nil {
+			t.Fatal("a handle of its own with no file descriptor left")
+		}
+		var out bytes.Buffer
+		if err := f.copyRange(t.Context(), &out, 1000, int64(len(content))); err != nil || !bytes.Equal(out.Bytes(), content[1000:]) {
+			t.Fatalf("copyRange out of file descriptors: %d bytes, %v", out.Len(), err)
+		}
+	}()
 }

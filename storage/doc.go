@@ -32,6 +32,8 @@
 //     it, because a rename does not disturb open files. [Spool.OpenReader]
 //     gives each reader of a growing spool a handle of its own (on Linux),
 //     so that it too can be sent with sendfile, from its own position.
+//     [Blobs.Discard] empties a spool before removing it, so such handles
+//     find it ended and give its room back, however long they stay open.
 //   - Committing the same digest twice, concurrently or not, is safe: the
 //     content is identical by construction, so whichever lands first wins and
 //     the other spool is dropped.

@@ -302,3 +302,63 @@ func TestStartOnFullVolume(t *testing.T) {
 	content, d := randomBlob(t, 1000)
 	after.Discard(put(t, after, content, d))
 }
+
+// TestDiscardFreesRoomReadersHold: a discarded spool gives its room back
+// at once, its reservation included, even while readers hold handles of
+// their own on it (OpenReader). Those handles are a follower's, and a
+// follower whose client stopped reading keeps one open for as long as the
+// client likes: the unlinked file it pins would fill the volume unseen by
+// SpoolBytes and by eviction. Its readers find the spool ended instead.
+func TestDiscardFreesRoomReadersHold(t *testing.T) {
+	t.Parallel()
+	const volume = 4 << 20
+	b, err := NewFilesystem(smallVolume(t, volume, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	content, d := randomBlob(t, 3<<20)
+	s, err := b.NewSpool(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reserve(int64(len(content))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write(content[:1<<20]); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.OpenReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	head := make([]byte, 1000)
+	if _, err := io.ReadFull(r, head); err != nil || !bytes.Equal(head, content[:1000]) {
+		t.Fatalf("reader before Discard: %v", err)
+	}
+	if err := b.Discard(s); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.SpoolBytes(); n != 0 {
+		t.Fatalf("SpoolBytes after Discard = %d, want 0", n)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(r.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks != 0 || st.Size != 0 {
+		t.Fatalf("a reader's handle pins %d blocks (%d bytes) of the discarded spool", st.Blocks, st.Size)
+	}
+	if rest, err := io.ReadAll(r); err != nil || len(rest) != 0 {
+		t.Fatalf("reader after Discard: %d more bytes, %v; want the spool ended", len(rest), err)
+	}
+	// The next download of that size finds its room.
+	s2, err := b.NewSpool(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Discard(s2)
+	if err := s2.Reserve(int64(len(content))); err != nil {
+		t.Fatalf("reserving after the last spool of the size was discarded: %v", err)
+	}
+}

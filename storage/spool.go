@@ -160,7 +160,10 @@ const (
 //
 // Append returns once every appended byte is hashed, so Verify and Commit
 // see them all. An error reading r is returned as it is; an error writing
-// the file is wrapped as Write's are. Only the writer may call it.
+// the file is wrapped as Write's are. A reader that breaks io.Reader's
+// contract fails Append with an error wrapping errInvalidRead (a count
+// outside its buffer) or io.ErrNoProgress (empty reads, again and again),
+// after what it read before is appended. Only the writer may call it.
 func (s *Spool) Append(r io.Reader, written func(size int64)) (int64, error) {
 	if err := s.writable(); err != nil {
 		return 0, err
@@ -182,7 +185,7 @@ func (s *Spool) Append(r io.Reader, written func(size int64)) (int64, error) {
 	var err error
 	b, used := <-free, 0
 	for err == nil {
-		m, rerr := r.Read(b[used:])
+		m, rerr := s.read(r, b[used:])
 		if m > 0 {
 			w, werr := s.f.Write(b[used : used+m])
 			s.size.Add(int64(w))
@@ -215,6 +218,30 @@ func (s *Spool) Append(r io.Reader, written func(size int64)) (int64, error) {
 	return n, err
 }
 
+// errInvalidRead is a read that claims fewer than no bytes, or more than
+// the buffer it was given holds.
+var errInvalidRead = errors.New("source returned a byte count outside its buffer")
+
+// maxEmptyReads is how many reads in a row may bring nothing, and no error,
+// before Append gives up on its source, as bufio.Reader does.
+const maxEmptyReads = 100
+
+// read reads r once into p, holding it to io.Reader's contract: a source
+// is whatever the network hands over, and a count past p would crash the
+// process with it, an endless run of empty reads spin a core for ever.
+func (s *Spool) read(r io.Reader, p []byte) (int, error) {
+	for range maxEmptyReads {
+		n, err := r.Read(p)
+		if n < 0 || n > len(p) {
+			return 0, fmt.Errorf("spool %s for %s: %d bytes read into %d: %w", s.path, s.digest, n, len(p), errInvalidRead)
+		}
+		if n > 0 || err != nil {
+			return n, err
+		}
+	}
+	return 0, fmt.Errorf("spool %s for %s: %d reads brought nothing: %w", s.path, s.digest, maxEmptyReads, io.ErrNoProgress)
+}
+
 // ReadAt reads written bytes at off. It uses pread and is safe concurrently
 // with Write and with other readers. Reading past Size returns io.EOF.
 func (s *Spool) ReadAt(p []byte, off int64) (int, error) {
@@ -224,10 +251,10 @@ func (s *Spool) ReadAt(p []byte, off int64) (int, error) {
 // OpenReader returns a read-only handle of the reader's own on the
 // spool's file, positioned at its start: a handle that net/http can pass to
 // sendfile, which reads from the handle's position, so each reader needs
-// its own. It stays valid through Commit and Discard, like the spool's own
-// handle. The caller closes it. Where the file cannot be reopened (no
-// /proc, a system other than Linux) it returns an error and readers use
-// ReadAt instead.
+// its own. It reads on through Commit, the blob's bytes; after Discard it
+// finds the spool empty, the file's room given back. The caller closes
+// it. Where the file cannot be reopened (no /proc, a system other than
+// Linux) it returns an error and readers use ReadAt instead.
 func (s *Spool) OpenReader() (*os.File, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -301,13 +328,21 @@ func (s *Spool) forget() {
 }
 
 // Discard removes an unfinished or failed spool and closes its handle.
-// Readers still streaming it get errors. Discarding a committed spool only
-// closes the handle: the blob stays. Discard may be called more than once.
+// Readers still streaming it get errors, or, through handles of their own
+// (OpenReader), find it ended: it is emptied before it is removed, because
+// an open handle keeps an unlinked file's blocks, its reservation too, for
+// as long as it stays open, and a reader whose client stopped reading
+// keeps it open as long as the client likes. Discarding a committed spool
+// only closes the handle: the blob stays. Discard may be called more than
+// once.
 func (b *Blobs) Discard(s *Spool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var errs []error
 	if !s.committed && !s.removed {
+		if err := os.Truncate(s.path, 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("emptying spool %s: %w", s.path, err))
+		}
 		if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("removing spool %s: %w", s.path, err))
 		}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"runtime"
+	"strings"
 	"testing"
 	"testing/iotest"
 
@@ -112,20 +113,54 @@ func TestSpoolAppendReadError(t *testing.T) {
 	}
 }
 
-func TestSpoolAppendAfterCommit(t *testing.T) {
+// TestSpoolAppendAfterTheEnd: a spool that was committed, closed or
+// discarded takes no more bytes, and Append says why without reading its
+// source or leaving a file behind.
+func TestSpoolAppendAfterTheEnd(t *testing.T) {
 	t.Parallel()
-	b := stores[0].open(t)
 	content, d := randomBlob(t, 1000)
-	s := put(t, b, content, d)
-	defer b.Discard(s)
-	if n, err := s.Append(bytes.NewReader(content), nil); err == nil || n != 0 {
-		t.Fatalf("Append after Commit = %d, %v; want an error", n, err)
+	for _, tc := range []struct {
+		name string
+		end  func(b *Blobs, s *Spool) error
+	}{
+		{"commit", func(b *Blobs, s *Spool) error { return b.Commit(t.Context(), d, s) }},
+		{"close", func(_ *Blobs, s *Spool) error { return s.Close() }},
+		{"discard", func(b *Blobs, s *Spool) error { return b.Discard(s) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := stores[0].open(t)
+			s, err := b.NewSpool(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Discard(s)
+			if _, err := s.Write(content); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.end(b, s); err != nil {
+				t.Fatal(err)
+			}
+			src := bytes.NewReader(content)
+			n, err := s.Append(src, func(int64) { t.Error("bytes announced after the end") })
+			if err == nil || !strings.Contains(err.Error(), "write after commit, discard or close") || n != 0 {
+				t.Fatalf("Append after %s = %d, %v; want the spool's end as the reason", tc.name, n, err)
+			}
+			if src.Len() != len(content) || s.Size() != int64(len(content)) {
+				t.Fatalf("Append after %s read %d bytes of its source; Size %d", tc.name, len(content)-src.Len(), s.Size())
+			}
+			if tc.name == "discard" {
+				if files := spoolFiles(t, b); len(files) != 0 {
+					t.Fatalf("spool files after Append to a discarded spool: %v", files)
+				}
+			}
+		})
 	}
 }
 
 // TestSpoolOpenReader: each reader gets a handle with a position of its
 // own, and handles keep reading the download after its spool was
-// committed (renamed) or discarded (removed).
+// committed (renamed), but not after it was discarded.
 func TestSpoolOpenReader(t *testing.T) {
 	t.Parallel()
 	if runtime.GOOS != "linux" {
@@ -186,7 +221,8 @@ func TestSpoolOpenReader(t *testing.T) {
 		t.Fatal("OpenReader after Close succeeded")
 	}
 
-	// A discarded spool: a handle opened before keeps its bytes.
+	// A discarded spool: a handle opened before finds it ended, not its
+	// bytes, whose room Discard gave back.
 	other, od := randomBlob(t, 10_000)
 	s2, err := b.NewSpool(od)
 	if err != nil {
@@ -203,7 +239,7 @@ func TestSpoolOpenReader(t *testing.T) {
 	if err := b.Discard(s2); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := io.ReadAll(r4); err != nil || !bytes.Equal(got, other) {
-		t.Fatalf("reader of a discarded spool: %d bytes, %v", len(got), err)
+	if got, err := io.ReadAll(r4); err != nil || len(got) != 0 {
+		t.Fatalf("reader of a discarded spool: %d bytes, %v; want none", len(got), err)
 	}
 }

@@ -326,11 +326,18 @@ var causes = map[string]string{
 		"indexing and PostgreSQL's writes share the cores with the pulls). In nine runs on this 2-core VM, with load " +
 		"averages of 4–18 from other work, the pooled p99 ratio ranged 0.90–1.05× and the one-client p50 ratio " +
 		"0.97–1.03×. A miss of the cold row is new and not yet investigated: in those runs its median was 152–327 ms.",
-	"14": "A replica whose client asks for a blob another replica is fetching first claims the fill's lease in " +
-		"PostgreSQL, then opens the leader's peer stream, then reads the leader's spool as it grows; each step is a " +
-		"round trip that a local follower does not make. One remote client joining a running transfer gets its first " +
-		"byte within the goal. In the 48-client burst on 2 cores the claims, the peer connections and the spools of " +
-		"three replicas, the origin and 48 clients share the CPU, and the remote clients' first bytes come tens to " +
-		"hundreds of milliseconds after the leader's (the end-to-end test, with fewer clients per blob, saw a median " +
-		"of 0 and a p95 of about 20 ms). Not yet investigated further: where in those three steps the wait is.",
+	"14": "Traced step by step (each replica's request, link read, store look, lease claim, peer stream and first " +
+		"byte), the remote clients' wait was not the peer stream but their own replica's queue: in the burst every " +
+		"client of a layer asked the object store for it and PostgreSQL for its link, 16 at once per replica, each " +
+		"answer taking 20–100 ms on the loaded cores, with the pool's 4 connections full and the lease claim queued " +
+		"behind them; and each fill looked in the store again before it claimed the lease. Now requests that find the " +
+		"layer's fill running read along it without asking the store, concurrent store looks and link reads are " +
+		"shared, the fill's look runs beside its claim, and the pool has 12 connections; before those changes the " +
+		"remote clients' first bytes came p50 65–78 ms after the leader's first client's. What is left in the tail is " +
+		"a replica whose own requests are processed late on the 2 cores (its fill starting 15–60 ms after the " +
+		"leader's), and the peer stream's connection and first piece, 2–15 ms. A single remote client joining a " +
+		"running transfer pays a store look (S3 HEAD), the claim and the peer connection, 5–10 ms together here. The " +
+		"warm row missed until the bench client's Accept list (one manifest type) was traced: the tag it resolves is " +
+		"kept in memory only, and every warm pull asked PostgreSQL for the missing row; the store now remembers the " +
+		"absence until the tag is written.",
 }

@@ -285,10 +285,12 @@ func (b *Blobs) Open(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, i
 // sharedStat is Stat for Open: concurrent Opens of one blob share one
 // request to the object store. A cold burst sends every client of a layer
 // to the store at once, each with a round trip the store answers alike;
-// one asks, the others wait for its answer or for their own context. An
-// Open that joins a look begun just before a commit may miss the blob, as
-// it would have a moment earlier: a miss only sends the request to the
-// blob's fill, whose own look (Stat, never shared) finds the commit.
+// one asks, the others wait for its answer or for their own context. A
+// commit through this store forgets the look in flight (forgetLook), so
+// an Open after it finds the blob. An Open that joins a look begun just
+// before another replica's commit may miss the blob, as it would have a
+// moment earlier: in a pull a miss only sends the request to the blob's
+// fill, whose own look (Stat, never shared) finds the commit.
 func (b *Blobs) sharedStat(ctx context.Context, d digest.Digest) (int64, error) {
 	b.lookMu.Lock()
 	l := b.looks[d]
@@ -300,7 +302,9 @@ func (b *Blobs) sharedStat(ctx context.Context, d digest.Digest) (int64, error) 
 			defer cancel()
 			l.size, l.err = b.Stat(lctx, d)
 			b.lookMu.Lock()
-			delete(b.looks, d)
+			if b.looks[d] == l {
+				delete(b.looks, d)
+			}
 			b.lookMu.Unlock()
 			close(l.done)
 		}()
@@ -312,6 +316,17 @@ func (b *Blobs) sharedStat(ctx context.Context, d digest.Digest) (int64, error) 
 	case <-ctx.Done():
 		return 0, context.Cause(ctx)
 	}
+}
+
+// forgetLook makes Opens of d begun from now on ask the store anew: a
+// look in flight may have begun before d was committed, and an Open that
+// starts after the commit returned must find the blob (a scan reopens
+// one right after its fill, and takes a miss as the fill's failure).
+// Those already waiting keep the look's answer, as of when they asked.
+func (b *Blobs) forgetLook(d digest.Digest) {
+	b.lookMu.Lock()
+	delete(b.looks, d)
+	b.lookMu.Unlock()
 }
 
 // RedirectURL returns a URL the client of r may fetch blob d from directly

@@ -46,8 +46,9 @@ type Blobs struct {
 	mu     sync.Mutex
 	spools map[string]*Spool // live spools by path, which Recover must keep
 
-	lookMu sync.Mutex
-	looks  map[digest.Digest]*look // Open's driver Stats in flight
+	lookMu      sync.Mutex
+	looks       map[digest.Digest]*look // Open's driver Stats in flight
+	lookTimeout time.Duration           // lookTimeout; tests shorten it
 }
 
 // look is one driver Stat that concurrent Opens of a blob share.
@@ -94,6 +95,7 @@ func NewBlobs(driver storagedriver.StorageDriver, localRoot, spoolDir string, op
 		localRoot:   localRoot,
 		spoolDir:    spoolDir,
 		uploadGrace: defaultUploadGrace,
+		lookTimeout: lookTimeout,
 		redirects:   true,
 		spools:      make(map[string]*Spool),
 		looks:       make(map[digest.Digest]*look),
@@ -297,10 +299,17 @@ func (b *Blobs) sharedStat(ctx context.Context, d digest.Digest) (int64, error) 
 	if l == nil {
 		l = &look{done: make(chan struct{})}
 		b.looks[d] = l
-		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lookTimeout)
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.lookTimeout)
 		go func() {
 			defer cancel()
 			l.size, l.err = b.Stat(lctx, d)
+			if l.err != nil && !errors.Is(l.err, ErrNotFound) && lctx.Err() != nil {
+				// The deadline is the look's own, which no Open set: the
+				// store did not answer, and every Open waiting says so
+				// rather than that its own time ran out.
+				l.err = fmt.Errorf("blob %s: %w", d, &storeError{driver: b.driver.Name(), unreachable: true,
+					err: fmt.Errorf("no answer within %v", b.lookTimeout)})
+			}
 			b.lookMu.Lock()
 			if b.looks[d] == l {
 				delete(b.looks, d)

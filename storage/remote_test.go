@@ -284,3 +284,27 @@ func TestOpenAfterCommitSeesIt(t *testing.T) {
 		t.Fatalf("the Open begun before the commit: %v; want ErrNotFound, as its look saw", err)
 	}
 }
+
+// hungStat never answers a Stat: it returns when the caller gives up.
+type hungStat struct{ storagedriver.StorageDriver }
+
+func (hungStat) Stat(ctx context.Context, path string) (storagedriver.FileInfo, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestHungLookIsTheStores: a shared look that the object store never
+// answers ends at its own time limit, which no client set: its Opens
+// fail as the store being unavailable, not as their own deadline.
+func TestHungLookIsTheStores(t *testing.T) {
+	t.Parallel()
+	b, err := NewBlobs(hungStat{inmemory.New()}, "", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.lookTimeout = 50 * time.Millisecond
+	_, _, err = b.Open(t.Context(), digest.FromString("a layer"))
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Open while the store hangs: %v; want ErrUnavailable", err)
+	}
+}

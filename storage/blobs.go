@@ -328,10 +328,11 @@ func (b *Blobs) sharedStat(ctx context.Context, d digest.Digest) (int64, error) 
 }
 
 // forgetLook makes Opens of d begun from now on ask the store anew: a
-// look in flight may have begun before d was committed, and an Open that
-// starts after the commit returned must find the blob (a scan reopens
-// one right after its fill, and takes a miss as the fill's failure).
-// Those already waiting keep the look's answer, as of when they asked.
+// look in flight may have begun before d was committed or deleted, and
+// an Open that starts after the commit returned must find the blob (a
+// scan reopens one right after its fill, and takes a miss as the fill's
+// failure), one after a delete must miss it. Those already waiting keep
+// the look's answer, as of when they asked.
 func (b *Blobs) forgetLook(d digest.Digest) {
 	b.lookMu.Lock()
 	delete(b.looks, d)

@@ -308,3 +308,60 @@ func TestHungLookIsTheStores(t *testing.T) {
 		t.Fatalf("Open while the store hangs: %v; want ErrUnavailable", err)
 	}
 }
+
+// TestOpenAfterDeleteMissesIt: an Open that begins after a delete
+// returned misses the blob, even while a look begun before the delete,
+// which found it, has not answered yet; a pull then fetches the blob
+// again instead of serving a reader of nothing.
+func TestOpenAfterDeleteMissesIt(t *testing.T) {
+	t.Parallel()
+	content := []byte("a layer evicted while a look was out")
+	d := digest.FromBytes(content)
+	drv := &staleStat{StorageDriver: inmemory.New(), path: blobPath(d), release: make(chan struct{})}
+	drv.first.Store(true) // the commit's own looks pass
+	b, err := NewBlobs(drv, "", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if _, err := commitBytes(ctx, b, content); err != nil {
+		t.Fatal(err)
+	}
+	drv.first.Store(false)
+	calls := drv.calls.Load()
+	early := make(chan error, 1)
+	go func() {
+		r, _, err := b.Open(ctx, d)
+		if err == nil {
+			r.Close()
+		}
+		early <- err
+	}()
+	for drv.calls.Load() == calls {
+		time.Sleep(time.Millisecond)
+	}
+	if err := b.Delete(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	late := make(chan error, 1)
+	go func() {
+		r, _, err := b.Open(ctx, d)
+		if err == nil {
+			r.Close()
+		}
+		late <- err
+	}()
+	select {
+	case err := <-late:
+		if !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Open after the delete: %v; want ErrNotFound", err)
+		}
+	case <-time.After(200 * time.Millisecond):
+		close(drv.release)
+		t.Fatalf("Open after the delete waited for a look begun before it (it answers %v)", <-late)
+	}
+	close(drv.release)
+	if err := <-early; err != nil {
+		t.Fatalf("the Open begun before the delete: %v; want the blob, as its look saw", err)
+	}
+}

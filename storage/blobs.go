@@ -46,8 +46,9 @@ type Blobs struct {
 	mu     sync.Mutex
 	spools map[string]*Spool // live spools by path, which Recover must keep
 
-	lookMu sync.Mutex
-	looks  map[digest.Digest]*look // Open's driver Stats in flight
+	lookMu      sync.Mutex
+	looks       map[digest.Digest]*look // Open's driver Stats in flight
+	lookTimeout time.Duration           // lookTimeout; tests shorten it
 }
 
 // look is one driver Stat that concurrent Opens of a blob share.
@@ -94,6 +95,7 @@ func NewBlobs(driver storagedriver.StorageDriver, localRoot, spoolDir string, op
 		localRoot:   localRoot,
 		spoolDir:    spoolDir,
 		uploadGrace: defaultUploadGrace,
+		lookTimeout: lookTimeout,
 		redirects:   true,
 		spools:      make(map[string]*Spool),
 		looks:       make(map[digest.Digest]*look),
@@ -285,22 +287,33 @@ func (b *Blobs) Open(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, i
 // sharedStat is Stat for Open: concurrent Opens of one blob share one
 // request to the object store. A cold burst sends every client of a layer
 // to the store at once, each with a round trip the store answers alike;
-// one asks, the others wait for its answer or for their own context. An
-// Open that joins a look begun just before a commit may miss the blob, as
-// it would have a moment earlier: a miss only sends the request to the
-// blob's fill, whose own look (Stat, never shared) finds the commit.
+// one asks, the others wait for its answer or for their own context. A
+// commit through this store forgets the look in flight (forgetLook), so
+// an Open after it finds the blob. An Open that joins a look begun just
+// before another replica's commit may miss the blob, as it would have a
+// moment earlier: in a pull a miss only sends the request to the blob's
+// fill, whose own look (Stat, never shared) finds the commit.
 func (b *Blobs) sharedStat(ctx context.Context, d digest.Digest) (int64, error) {
 	b.lookMu.Lock()
 	l := b.looks[d]
 	if l == nil {
 		l = &look{done: make(chan struct{})}
 		b.looks[d] = l
-		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lookTimeout)
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.lookTimeout)
 		go func() {
 			defer cancel()
 			l.size, l.err = b.Stat(lctx, d)
+			if l.err != nil && !errors.Is(l.err, ErrNotFound) && lctx.Err() != nil {
+				// The deadline is the look's own, which no Open set: the
+				// store did not answer, and every Open waiting says so
+				// rather than that its own time ran out.
+				l.err = fmt.Errorf("blob %s: %w", d, &storeError{driver: b.driver.Name(), unreachable: true,
+					err: fmt.Errorf("no answer within %v", b.lookTimeout)})
+			}
 			b.lookMu.Lock()
-			delete(b.looks, d)
+			if b.looks[d] == l {
+				delete(b.looks, d)
+			}
 			b.lookMu.Unlock()
 			close(l.done)
 		}()
@@ -312,6 +325,18 @@ func (b *Blobs) sharedStat(ctx context.Context, d digest.Digest) (int64, error) 
 	case <-ctx.Done():
 		return 0, context.Cause(ctx)
 	}
+}
+
+// forgetLook makes Opens of d begun from now on ask the store anew: a
+// look in flight may have begun before d was committed or deleted, and
+// an Open that starts after the commit returned must find the blob (a
+// scan reopens one right after its fill, and takes a miss as the fill's
+// failure), one after a delete must miss it. Those already waiting keep
+// the look's answer, as of when they asked.
+func (b *Blobs) forgetLook(d digest.Digest) {
+	b.lookMu.Lock()
+	delete(b.looks, d)
+	b.lookMu.Unlock()
 }
 
 // RedirectURL returns a URL the client of r may fetch blob d from directly

@@ -63,6 +63,7 @@ func (b *Blobs) Commit(ctx context.Context, d digest.Digest, s *Spool) error {
 	}
 	s.committed = true
 	s.forget()
+	b.forgetLook(d)
 	return nil
 }
 

@@ -215,3 +215,153 @@ func TestOpensShareOneLook(t *testing.T) {
 		t.Fatalf("3 Stats made %d requests; want 3", got)
 	}
 }
+
+// staleStat answers the first Stat of path as the driver saw it then, but
+// only once release is closed: a look in flight across a commit.
+type staleStat struct {
+	storagedriver.StorageDriver
+	path    string
+	first   atomic.Bool
+	release chan struct{}
+	calls   atomic.Int32
+}
+
+func (s *staleStat) Stat(ctx context.Context, path string) (storagedriver.FileInfo, error) {
+	fi, err := s.StorageDriver.Stat(ctx, path)
+	if path == s.path {
+		s.calls.Add(1)
+		if s.first.CompareAndSwap(false, true) {
+			<-s.release
+		}
+	}
+	return fi, err
+}
+
+// TestOpenAfterCommitSeesIt: an Open that begins after a commit returned
+// finds the blob, even while a look begun before the commit, which
+// missed it, has not answered yet. A scan reopens a blob right after its
+// fill committed it and gives up on a miss.
+func TestOpenAfterCommitSeesIt(t *testing.T) {
+	t.Parallel()
+	content := []byte("a layer committed while a look was out")
+	d := digest.FromBytes(content)
+	drv := &staleStat{StorageDriver: inmemory.New(), path: blobPath(d), release: make(chan struct{})}
+	b, err := NewBlobs(drv, "", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	early := make(chan error, 1)
+	go func() {
+		_, _, err := b.Open(ctx, d)
+		early <- err
+	}()
+	for drv.calls.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := commitBytes(ctx, b, content); err != nil {
+		t.Fatal(err)
+	}
+	late := make(chan error, 1)
+	go func() {
+		r, _, err := b.Open(ctx, d)
+		if err == nil {
+			r.Close()
+		}
+		late <- err
+	}()
+	select {
+	case err := <-late:
+		if err != nil {
+			t.Fatalf("Open after the commit: %v; want the blob", err)
+		}
+	case <-time.After(200 * time.Millisecond):
+		close(drv.release)
+		t.Fatalf("Open after the commit waited for a look begun before it (it answers %v)", <-late)
+	}
+	close(drv.release)
+	if err := <-early; !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the Open begun before the commit: %v; want ErrNotFound, as its look saw", err)
+	}
+}
+
+// hungStat never answers a Stat: it returns when the caller gives up.
+type hungStat struct{ storagedriver.StorageDriver }
+
+func (hungStat) Stat(ctx context.Context, path string) (storagedriver.FileInfo, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestHungLookIsTheStores: a shared look that the object store never
+// answers ends at its own time limit, which no client set: its Opens
+// fail as the store being unavailable, not as their own deadline.
+func TestHungLookIsTheStores(t *testing.T) {
+	t.Parallel()
+	b, err := NewBlobs(hungStat{inmemory.New()}, "", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.lookTimeout = 50 * time.Millisecond
+	_, _, err = b.Open(t.Context(), digest.FromString("a layer"))
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Open while the store hangs: %v; want ErrUnavailable", err)
+	}
+}
+
+// TestOpenAfterDeleteMissesIt: an Open that begins after a delete
+// returned misses the blob, even while a look begun before the delete,
+// which found it, has not answered yet; a pull then fetches the blob
+// again instead of serving a reader of nothing.
+func TestOpenAfterDeleteMissesIt(t *testing.T) {
+	t.Parallel()
+	content := []byte("a layer evicted while a look was out")
+	d := digest.FromBytes(content)
+	drv := &staleStat{StorageDriver: inmemory.New(), path: blobPath(d), release: make(chan struct{})}
+	drv.first.Store(true) // the commit's own looks pass
+	b, err := NewBlobs(drv, "", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if _, err := commitBytes(ctx, b, content); err != nil {
+		t.Fatal(err)
+	}
+	drv.first.Store(false)
+	calls := drv.calls.Load()
+	early := make(chan error, 1)
+	go func() {
+		r, _, err := b.Open(ctx, d)
+		if err == nil {
+			r.Close()
+		}
+		early <- err
+	}()
+	for drv.calls.Load() == calls {
+		time.Sleep(time.Millisecond)
+	}
+	if err := b.Delete(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	late := make(chan error, 1)
+	go func() {
+		r, _, err := b.Open(ctx, d)
+		if err == nil {
+			r.Close()
+		}
+		late <- err
+	}()
+	select {
+	case err := <-late:
+		if !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Open after the delete: %v; want ErrNotFound", err)
+		}
+	case <-time.After(200 * time.Millisecond):
+		close(drv.release)
+		t.Fatalf("Open after the delete waited for a look begun before it (it answers %v)", <-late)
+	}
+	close(drv.release)
+	if err := <-early; err != nil {
+		t.Fatalf("the Open begun before the delete: %v; want the blob, as its look saw", err)
+	}
+}

@@ -144,6 +144,9 @@ func (b *Blobs) Delete(ctx context.Context, d digest.Digest) error {
 	if b.localRoot != "" {
 		return b.deleteLocal(d)
 	}
+	// Opens begun after the delete must not take the answer of a look
+	// begun before it: they would serve a blob that is gone.
+	defer b.forgetLook(d)
 	if err := b.driver.Delete(ctx, blobPath(d)); err != nil {
 		return notFound(d, err)
 	}

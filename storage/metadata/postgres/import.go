@@ -108,6 +108,10 @@ func (s *Store) importBatched(ctx context.Context, src *metadata.DB, batch int) 
 		}
 		return nil
 	})
+	// The import announces nothing, and this store may have read the
+	// empty tables before it: a tag it remembers as missing would stay
+	// missing. Whatever it read is dropped, committed or not.
+	s.cache.reset()
 	if err != nil {
 		return ImportStats{}, fmt.Errorf("metadata: importing the bbolt index into PostgreSQL: %w", err)
 	}

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"reflect"
@@ -13,6 +14,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/airlock-registry/airlock/internal/pgtest"
+	"github.com/airlock-registry/airlock/storage"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
 
@@ -440,5 +442,33 @@ func TestImportMoreThanABatch(t *testing.T) {
 			}
 			sameImageStore(t, s, src)
 		})
+	}
+}
+
+// TestImportDropsRememberedMisses: a store asked for a tag before the
+// import remembers that it had none; the import writes the tag without
+// announcing it, so the store must forget what it read before, or the
+// imported tag stays missing for as long as the process runs.
+func TestImportDropsRememberedMisses(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	var c contentOf
+	src := stoppedBbolt(t, func(t *testing.T, db *metadata.DB) { c = seedContent(t, db) })
+	dsn := pgtest.DSN(t)
+	importer := openStore(t, dsn)
+	settled(t, importer, testConn(t, dsn))
+	repo, tag := c.repos[0], c.tags[c.repos[0]][0]
+	if _, err := importer.Tag(ctx, repo, tag); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("tag %s:%s before the import: %v; want not found", repo, tag, err)
+	}
+	if _, err := importer.Import(ctx, src); err != nil {
+		t.Fatalf("Import: %v", err)
+	}
+	want, err := src.Tag(ctx, repo, tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := importer.Tag(ctx, repo, tag); err != nil || got.Digest != want.Digest {
+		t.Errorf("tag %s:%s after the import = %+v, %v; want %s", repo, tag, got, err, want.Digest)
 	}
 }

@@ -75,13 +75,7 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metadata: parsing the PostgreSQL connection string: %w", err)
 	}
-	if !strings.Contains(o.DSN, "pool_max_conns") {
-		// pgx's default is the number of CPUs, at least 4. Writes hold
-		// their connection through the commit's fsync, and reads that
-		// queued behind them held up cold pulls and the cluster's lease
-		// claims: a few more connections let reads pass.
-		cfg.MaxConns = max(cfg.MaxConns, defaultMaxConns)
-	}
+	sizePool(cfg, o.DSN)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("metadata: connecting to PostgreSQL: %w", err)
@@ -106,6 +100,19 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 // string sets pool_max_conns: per replica, so a three-replica cluster
 // with a scanner stays well within PostgreSQL's default of 100.
 const defaultMaxConns = 12
+
+// sizePool gives the pool defaultMaxConns connections unless dsn sets
+// pool_max_conns. pgx's default is the number of CPUs, at least 4. Writes
+// hold their connection through the commit's fsync, and reads that queued
+// behind them held up cold pulls and the cluster's lease claims: a few
+// more connections let reads pass on a small host. On a large one the
+// CPU count is no bound at all: three replicas of 64 CPUs would ask
+// PostgreSQL for more than its default 100 connections.
+func sizePool(cfg *pgxpool.Config, dsn string) {
+	if !strings.Contains(dsn, "pool_max_conns") {
+		cfg.MaxConns = defaultMaxConns
+	}
+}
 
 // ID is the store's identity, the same on every replica.
 func (s *Store) ID() string { return s.id }

@@ -327,17 +327,19 @@ var causes = map[string]string{
 		"averages of 4–18 from other work, the pooled p99 ratio ranged 0.90–1.05× and the one-client p50 ratio " +
 		"0.97–1.03×. A miss of the cold row is new and not yet investigated: in those runs its median was 152–327 ms.",
 	"14": "Traced step by step (each replica's request, link read, store look, lease claim, peer stream and first " +
-		"byte), the remote clients' wait was not the peer stream but their own replica's queue: in the burst every " +
-		"client of a layer asked the object store for it and PostgreSQL for its link, 16 at once per replica, each " +
-		"answer taking 20–100 ms on the loaded cores, with the pool's 4 connections full and the lease claim queued " +
-		"behind them; and each fill looked in the store again before it claimed the lease. Now requests that find the " +
-		"layer's fill running read along it without asking the store, concurrent store looks and link reads are " +
-		"shared, the fill's look runs beside its claim, and the pool has 12 connections; before those changes the " +
-		"remote clients' first bytes came p50 65–78 ms after the leader's first client's. What is left in the tail is " +
-		"a replica whose own requests are processed late on the 2 cores (its fill starting 15–60 ms after the " +
-		"leader's), and the peer stream's connection and first piece, 2–15 ms. A single remote client joining a " +
-		"running transfer pays a store look (S3 HEAD), the claim and the peer connection, 5–10 ms together here. The " +
-		"warm row missed until the bench client's Accept list (one manifest type) was traced: the tag it resolves is " +
-		"kept in memory only, and every warm pull asked PostgreSQL for the missing row; the store now remembers the " +
-		"absence until the tag is written.",
+		"byte), the remote clients waited less on the peer stream than on their own replica's queue: in the burst " +
+		"every client of a layer asked the object store for it and PostgreSQL for its link, 16 at once per " +
+		"replica, each answer taking 20–100 ms on the loaded cores, with the pool's 4 connections full and the " +
+		"lease claim queued behind them; and each fill looked in the store again before it claimed the lease. Now " +
+		"requests that find the layer's fill running read along it without asking the store, concurrent store " +
+		"looks and link reads are shared, the fill's look runs beside its claim, and the pool has 12 connections. " +
+		"That shortened every client's wait (in runs of this scenario alone, the remote clients' own TTFB fell " +
+		"from a median of 160–190 ms to 60–110 ms, the leader's first client's from 90–130 ms to 30–70 ms) but not " +
+		"the gap this row measures, which swings from run to run (a median of 5–78 ms before the changes, 2–64 ms " +
+		"after, in nine runs): what is left is a replica whose own requests are processed late on the 2 cores (its " +
+		"fill starting 15–60 ms after the leader's), and the peer stream's connection and first piece, 2–15 ms. A " +
+		"single remote client joining a running transfer pays a store look (S3 HEAD), the claim and the peer " +
+		"connection, 5–10 ms together here. The warm row missed until the bench client's Accept list (one manifest " +
+		"type) was traced: the tag it resolves is kept in memory only, and every warm pull asked PostgreSQL for " +
+		"the missing row; the store now remembers the absence until the tag is written.",
 }

@@ -427,11 +427,8 @@ func (c *cache) put(t ticket, key string, val any, size int64) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if t.epoch != c.epoch || t.gen != c.gens[t.shard] || !c.validLocked(c.now()) {
+	if !c.claimLocked(t, key) {
 		return
-	}
-	if el, ok := c.entries[key]; ok {
-		c.removeLocked(el)
 	}
 	c.entries[key] = c.lru.PushFront(&entry{key: key, val: val, size: size})
 	c.bytes += size
@@ -445,16 +442,26 @@ func (c *cache) put(t ticket, key string, val any, size int64) {
 func (c *cache) putMiss(t ticket, key string, val any) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if t.epoch != c.epoch || t.gen != c.gens[t.shard] || !c.validLocked(c.now()) {
+	if !c.claimLocked(t, key) {
 		return
-	}
-	if el, ok := c.entries[key]; ok {
-		c.removeLocked(el)
 	}
 	c.entries[key] = c.misses.PushFront(&entry{key: key, val: val, miss: true})
 	for c.misses.Len() > c.maxMisses {
 		c.removeLocked(c.misses.Back())
 	}
+}
+
+// claimLocked reports whether what was read under ticket t may be stored
+// under key, and makes room for it: not if key was dropped since t was
+// taken, or if the cache may not be served.
+func (c *cache) claimLocked(t ticket, key string) bool {
+	if t.epoch != c.epoch || t.gen != c.gens[t.shard] || !c.validLocked(c.now()) {
+		return false
+	}
+	if el, ok := c.entries[key]; ok {
+		c.removeLocked(el)
+	}
+	return true
 }
 
 func (c *cache) removeLocked(el *list.Element) {

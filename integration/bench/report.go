@@ -334,9 +334,10 @@ var causes = map[string]string{
 		"requests that find the layer's fill running read along it without asking the store, concurrent store " +
 		"looks and link reads are shared, the fill's look runs beside its claim, and the pool has 12 connections. " +
 		"That shortened every client's wait (in runs of this scenario alone, the remote clients' own TTFB fell " +
-		"from a median of 160–190 ms to 60–110 ms, the leader's first client's from 90–130 ms to 30–70 ms) but not " +
-		"the gap this row measures, which swings from run to run (a median of 5–78 ms before the changes, 2–64 ms " +
-		"after, in nine runs): what is left is a replica whose own requests are processed late on the 2 cores (its " +
+		"from a median of 130–190 ms to 60–110 ms, the leader's first client's from 90–130 ms to 30–70 ms) but not " +
+		"the gap this row measures, which swings from run to run (a median of 5–78 ms in four runs before the " +
+		"changes, 2–64 ms in six after): what is left is a replica whose own requests are processed late on the " +
+		"2 cores (its " +
 		"fill starting 15–60 ms after the leader's), and the peer stream's connection and first piece, 2–15 ms. A " +
 		"single remote client joining a running transfer pays a store look (S3 HEAD), the claim and the peer " +
 		"connection, 5–10 ms together here. The warm row missed until the bench client's Accept list (one manifest " +

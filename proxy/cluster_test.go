@@ -836,7 +836,16 @@ func TestClusterFollowerSkipsSlowStore(t *testing.T) {
 
 	leader := make(chan pull, 1)
 	go func() { leader <- pullBlob(ctx, rs[0], d) }()
-	waitUntil(t, 5*time.Second, func() bool { return rs[0].proxy.fills.running(d) })
+	// Replica 0 leads: its fill holds the lease and has bytes (a fill
+	// enters the fill set before it claims the lease).
+	waitUntil(t, 10*time.Second, func() bool {
+		f := rs[0].proxy.peerFill("hub", d)
+		if f == nil {
+			return false
+		}
+		defer f.release()
+		return f.snapshot().avail > 0
+	})
 	first := make(chan pull, 1)
 	go func() { first <- pullBlob(ctx, rs[1], d) }()
 	waitUntil(t, 5*time.Second, func() bool { return rs[1].proxy.fills.running(d) })

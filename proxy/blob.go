@@ -34,7 +34,7 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rq *request) e
 			f      *fill
 			leader bool
 		)
-		if pass == 0 {
+		if pass == 0 && p.fills.n.Load() > 0 {
 			// A burst of pulls of one cold layer: every request after the
 			// first finds the fill running and reads along it without asking
 			// the store, which an object store answers with a round trip

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -76,6 +77,9 @@ type fill struct {
 type fillSet struct {
 	mu sync.Mutex
 	m  map[fillKey]*fill
+	// n is len(m), read without the lock: a warm hit asks whether any
+	// fill runs at all before it takes the lock to look for one.
+	n atomic.Int64
 	// distrusted holds, until when, the peers whose bytes made a fill of
 	// a blob fail its checks (see distrust); nil until one does.
 	distrusted map[peerBlob]time.Time
@@ -215,6 +219,7 @@ func (p *Proxy) joinFill(ctx context.Context, rq *request, d digest.Digest, decl
 	f = &fill{digest: d, upstream: rq.route.Upstream.Name, key: rq.route.Key(), declared: declared,
 		setKey: k, wake: make(chan struct{}), size: -1, refs: 2, discard: p.blobs.Discard}
 	p.fills.m[k] = f
+	p.fills.n.Store(int64(len(p.fills.m)))
 	go p.runFill(ctx, f, rq) // counted by track
 	return f, true
 }
@@ -255,6 +260,7 @@ func (p *Proxy) runFill(from context.Context, f *fill, rq *request) {
 	// new request either joins this fill or finds the committed blob.
 	p.fills.mu.Lock()
 	delete(p.fills.m, f.setKey)
+	p.fills.n.Store(int64(len(p.fills.m)))
 	p.fills.mu.Unlock()
 	// The cluster's lease goes last, after the commit: a peer that claims
 	// the blob next finds it in the store the replicas share.

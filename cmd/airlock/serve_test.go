@@ -11,7 +11,6 @@ import (
 	"io"
 	"log"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -29,6 +28,7 @@ import (
 
 	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
+	"github.com/airlock-registry/airlock/internal/freeport"
 )
 
 // TestServeTLSBothWays runs the gateway with an HTTPS registry listener and
@@ -116,14 +116,15 @@ func writePEM(t *testing.T, path, typ string, der []byte) {
 	}
 }
 
+// freeAddr picks a free loopback port that no other pick in this test
+// process has returned (see package freeport).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // TestReloadNamesKeysThatNeedARestart reloads a file that changes keys the

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +15,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/airlock-registry/airlock/internal/freeport"
 )
 
 // Airlock is one airlock process and the data directory it keeps across
@@ -255,17 +256,15 @@ func (a *Airlock) current() *process {
 	return a.proc
 }
 
-// freeAddr finds a free loopback port. Another process could take it
-// before airlock binds it; on a test machine that is rare enough, and the
-// failure is loud (airlock does not become ready).
+// freeAddr finds a free loopback port that no other pick in this test
+// process has returned (see package freeport).
 func freeAddr(tb testing.TB) string {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
-		tb.Fatalf("find a free port: %v", err)
+		tb.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // Signal sends sig to the running airlock (SIGHUP to reload, for example).

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/airlock-registry/airlock/internal/freeport"
 )
 
 // child is a server process the benchmark started and measures through
@@ -147,16 +149,9 @@ func waitHTTP(ctx context.Context, c *child, url string, timeout time.Duration) 
 	return fmt.Errorf("%s not ready at %s after %v; log:\n%s", c.name, url, timeout, c.tail())
 }
 
-// freeAddr picks a free loopback port. Another process could take it
-// before the child binds it; the child then fails to become ready, loudly.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("find a free loopback port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+// freeAddr picks a free loopback port that no other pick in this run has
+// returned (see package freeport).
+func freeAddr() (string, error) { return freeport.Addr() }
 
 // buildAirlock compiles ./cmd/airlock of the enclosing module into dir.
 func buildAirlock(ctx context.Context, dir string) (string, error) {

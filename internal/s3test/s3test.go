@@ -54,6 +54,8 @@ import (
 	"github.com/aws/aws-sdk-go/aws/credentials"
 	"github.com/aws/aws-sdk-go/aws/session"
 	"github.com/aws/aws-sdk-go/service/s3"
+
+	"github.com/airlock-registry/airlock/internal/freeport"
 )
 
 // Region is the region every server answers for and every Params names.
@@ -245,14 +247,9 @@ func randomKey() string {
 	return hex.EncodeToString(b)
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+// freePort picks a free loopback port that no other pick in this process
+// has returned (see package freeport).
+func freePort() (int, error) { return freeport.Port() }
 
 // Endpoint is the server's URL, the driver's regionendpoint.
 func (s *Server) Endpoint() string { return "http://127.0.0.1:" + strconv.Itoa(s.port) }

@@ -101,10 +101,15 @@ func start(t *testing.T, o alerts.Options) (d *alerts.Deliverer, stop func()) {
 	return d, stop
 }
 
-// eventually fails the test unless cond holds within 10s.
+// eventually fails the test unless cond holds within 60 s. Deliveries
+// record their outcome with one fsync each, and a loaded machine's disk
+// takes tens of milliseconds per fsync at times: a backlog of a few hundred
+// then takes seconds (6 s for TestBacklogBeyondOneShareDrainsWithoutPolling
+// beside a large write, 0.6 s alone). A long deadline delays only a
+// failure.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting until %s", what)

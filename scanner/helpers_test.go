@@ -48,11 +48,7 @@ func TestMain(m *testing.M) {
 		code = 1
 	}
 	if code == 0 {
-		if err := goleak.Find(
-			// claircore's locker wakes its pinger every 5s; the goroutine
-			// ends at its next tick after Close.
-			goleak.IgnoreAnyFunction("github.com/quay/claircore/pkg/ctxlock/v2.(*Locker).ping"),
-		); err != nil {
+		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "goroutines leaked:", err)
 			code = 1
 		}

@@ -23,7 +23,6 @@ import (
 	"github.com/quay/claircore/libindex"
 	"github.com/quay/claircore/libvuln"
 	"github.com/quay/claircore/libvuln/updates"
-	"github.com/quay/claircore/pkg/ctxlock/v2"
 
 	"github.com/airlock-registry/airlock/config"
 )
@@ -49,7 +48,7 @@ type Scanner struct {
 	log     *slog.Logger
 	now     func() time.Time
 	pool    *pgxpool.Pool
-	locker  *ctxlock.Locker
+	locker  *locks
 	index   *libindex.Libindex
 	vuln    *libvuln.Libvuln
 	updates *updates.Manager // nil without updater sets
@@ -147,9 +146,9 @@ func Open(ctx context.Context, opts Options) (*Scanner, error) {
 	if err := migrate(ctx, s.pool); err != nil {
 		return nil, err
 	}
-	// The locker outlives Open's context: it holds a connection for as
+	// The locks hold a connection of their own, outside the pool, for as
 	// long as the scanner runs.
-	s.locker, err = ctxlock.New(context.WithoutCancel(ctx), s.pool)
+	s.locker, err = newLocks(ctx, s.pool.Config().ConnConfig.Copy(), s.log)
 	if err != nil {
 		return nil, fmt.Errorf("scanner: starting the database locker: %w", unavailable(err))
 	}
@@ -229,8 +228,8 @@ func connect(ctx context.Context, dsn string, concurrency int) (*pgxpool.Pool, e
 		return nil, errors.New("scanner: the database connection string does not parse: write a postgres:// URL or a key=value DSN")
 	}
 	if !strings.Contains(dsn, "pool_max_conns") {
-		// The locker and the listener each hold one connection for good;
-		// a worker uses a few while indexing (layers in parallel).
+		// The listener holds one connection for good; a worker uses a few
+		// while indexing (layers in parallel).
 		pc.MaxConns = int32(max(10, 4*concurrency+4))
 	}
 	if pc.ConnConfig.ConnectTimeout == 0 {
@@ -357,9 +356,8 @@ func (s *Scanner) Close(ctx context.Context) error {
 	return s.closeParts(ctx)
 }
 
-// closeParts releases what Open built, in an order that does not hang:
-// the locker holds a pool connection and must let go of it before the
-// pool closes, and libindex closes the locker and the arena.
+// closeParts releases what Open built. libindex and libvuln close the
+// locks too (a second Close does nothing), and libindex the arena.
 func (s *Scanner) closeParts(ctx context.Context) error {
 	var errs []error
 	if s.locker != nil {

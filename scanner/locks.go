@@ -1,0 +1,321 @@
+package scanner
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"hash/fnv"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// locks hands claircore (libindex, libvuln's update manager) and the
+// re-check their cluster-wide locks: PostgreSQL session advisory locks,
+// all held on one connection of their own, as claircore's ctxlock does.
+// A lock's context ends when its connection is lost, since the database
+// released the lock then.
+//
+// It replaces ctxlock because ctxlock's reconnect loop has no pause and no
+// end: with the database down it retries without waiting, a warning per
+// attempt (thousands a second), and once the pool it draws from is closed
+// it spins for good, even after Close. Here a lost connection is logged
+// once, reconnects back off up to maxReconnectWait, and Close ends the
+// loop whatever the database's state.
+//
+// Keys hash as ctxlock's do (64-bit FNV-1a of the key, as a bigint), so a
+// replica still running ctxlock and one running this exclude each other.
+type locks struct {
+	cfg *pgx.ConnConfig
+	log *slog.Logger
+
+	// mu guards the fields below and every use of conn, which pgx does
+	// not allow from two goroutines at once.
+	mu   sync.Mutex
+	conn *pgx.Conn // nil while disconnected
+	// gen counts connections: a lock taken on an earlier one is gone.
+	gen    uint64
+	held   map[string]*heldLock
+	closed bool
+
+	wake chan struct{} // asks the keeper to check the connection now
+	stop chan struct{}
+	done chan struct{}
+}
+
+type heldLock struct {
+	gen    uint64
+	cancel context.CancelFunc
+}
+
+const (
+	// livenessEvery is how often the keeper pings the connection while
+	// locks may be held: a lock lost with its connection ends its context
+	// within about this long.
+	livenessEvery = 2 * time.Second
+	// minReconnectWait and maxReconnectWait bound the pause between two
+	// attempts to reach the database.
+	minReconnectWait = 100 * time.Millisecond
+	maxReconnectWait = 5 * time.Second
+	// lockCallTimeout bounds one lock or unlock statement.
+	lockCallTimeout = 5 * time.Second
+	// minLockWait and maxLockWait bound Lock's pause between attempts on
+	// a lock someone else holds (ctxlock's numbers).
+	minLockWait = 500 * time.Millisecond
+	maxLockWait = 10 * time.Second
+)
+
+// errLockUnavailable is try's answer when it cannot take a lock now: held
+// elsewhere, held by this process already, no connection, or closed.
+var errLockUnavailable = errors.New("lock not available")
+
+// newLocks connects to the database of cfg and starts the keeper. The
+// first connection must succeed: a scanner that cannot reach its
+// database does not open.
+func newLocks(ctx context.Context, cfg *pgx.ConnConfig, log *slog.Logger) (*locks, error) {
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	l := &locks{
+		cfg:  cfg,
+		log:  log,
+		conn: conn,
+		gen:  1,
+		held: map[string]*heldLock{},
+		wake: make(chan struct{}, 1),
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
+	}
+	go l.keep()
+	return l, nil
+}
+
+// keep pings the connection and, when it is lost, reconnects with a
+// growing pause until Close.
+func (l *locks) keep() {
+	defer close(l.done)
+	wait := minReconnectWait
+	down := false
+	tick := time.NewTicker(livenessEvery)
+	defer tick.Stop()
+	for {
+		l.mu.Lock()
+		connected := l.conn != nil
+		l.mu.Unlock()
+		if !connected {
+			if err := l.reconnect(); err != nil {
+				if !down {
+					l.log.Warn("scanner: lost the database connection that holds scan and update locks; scans wait until it is back",
+						slog.String("error", err.Error()))
+					down = true
+				}
+				select {
+				case <-time.After(wait):
+				case <-l.stop:
+					return
+				}
+				wait = min(2*wait, maxReconnectWait)
+				continue
+			}
+			if down {
+				l.log.Info("scanner: the database connection for scan and update locks is back")
+				down = false
+			}
+			wait = minReconnectWait
+		}
+		select {
+		case <-tick.C:
+		case <-l.wake:
+		case <-l.stop:
+			return
+		}
+		l.mu.Lock()
+		if l.conn != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), lockCallTimeout)
+			if err := l.conn.Ping(ctx); err != nil {
+				if !down {
+					l.log.Warn("scanner: lost the database connection that holds scan and update locks; scans wait until it is back",
+						slog.String("error", err.Error()))
+					down = true
+				}
+				l.dropLocked()
+			}
+			cancel()
+		}
+		l.mu.Unlock()
+	}
+}
+
+// reconnect dials the database once, bounded by the connection's own
+// timeout and by Close.
+func (l *locks) reconnect() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-l.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	conn, err := pgx.ConnectConfig(ctx, l.cfg)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		conn.Close(context.Background())
+		return errors.New("closed")
+	}
+	l.conn = conn
+	l.gen++
+	return nil
+}
+
+// dropLocked forgets the connection and ends every lock taken on it: the
+// database released them when the session ended. l.mu is held.
+func (l *locks) dropLocked() {
+	if l.conn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		l.conn.Close(ctx)
+		cancel()
+		l.conn = nil
+	}
+	for key, h := range l.held {
+		h.cancel()
+		delete(l.held, key)
+	}
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// TryLock takes the lock named key if it is free now. The returned
+// context ends when the lock is lost or released; it has ended already
+// if the lock was not taken. The CancelFunc releases the lock.
+func (l *locks) TryLock(parent context.Context, key string) (context.Context, context.CancelFunc) {
+	child, release, err := l.try(parent, key)
+	if err != nil {
+		ctx, cancel := context.WithCancel(parent)
+		cancel()
+		return ctx, cancel
+	}
+	return child, release
+}
+
+// Lock waits until it takes the lock named key or parent ends; then it
+// returns parent, whose Err tells the caller it has no lock.
+func (l *locks) Lock(parent context.Context, key string) (context.Context, context.CancelFunc) {
+	for wait := minLockWait; ; wait = min(2*wait, maxLockWait) {
+		child, release, err := l.try(parent, key)
+		if err == nil {
+			return child, release
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-parent.Done():
+			t.Stop()
+			return parent, func() {}
+		case <-l.stop:
+			t.Stop()
+			ctx, cancel := context.WithCancel(parent)
+			cancel()
+			return ctx, cancel
+		case <-t.C:
+		}
+	}
+}
+
+func (l *locks) try(parent context.Context, key string) (context.Context, context.CancelFunc, error) {
+	if err := parent.Err(); err != nil {
+		return nil, nil, err
+	}
+	id := lockID(key)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || l.conn == nil {
+		return nil, nil, errLockUnavailable
+	}
+	if _, ok := l.held[key]; ok {
+		return nil, nil, errLockUnavailable
+	}
+	// The statement runs under a context of its own: a caller giving up
+	// mid-statement would make pgx close the connection, and with it
+	// every other lock this process holds.
+	ctx, cancel := context.WithTimeout(context.Background(), lockCallTimeout)
+	var got bool
+	err := l.conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, id).Scan(&got)
+	cancel()
+	if err != nil {
+		// The statement's outcome is unknown: the lock may be held on
+		// the session. Ending the session is the one way to be sure it
+		// is not.
+		l.dropLocked()
+		return nil, nil, err
+	}
+	if !got {
+		return nil, nil, errLockUnavailable
+	}
+	child, end := context.WithCancel(parent)
+	h := &heldLock{gen: l.gen, cancel: end}
+	l.held[key] = h
+	var once sync.Once
+	release := func() {
+		once.Do(func() {
+			end()
+			l.unlock(key, id, h)
+		})
+	}
+	return child, release, nil
+}
+
+// unlock releases key's lock if h still holds it on the current
+// connection.
+func (l *locks) unlock(key string, id int64, h *heldLock) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.held[key] != h {
+		return // lost with its connection, or Close released it
+	}
+	delete(l.held, key)
+	if l.conn == nil || h.gen != l.gen {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), lockCallTimeout)
+	defer cancel()
+	if _, err := l.conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, id); err != nil {
+		// Not knowing whether the lock is free, end the session: that
+		// frees it for certain.
+		l.dropLocked()
+	}
+}
+
+// Close ends every lock, the keeper and the connection. It may be called
+// more than once (libindex and libvuln close their Locker too).
+func (l *locks) Close(context.Context) error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	close(l.stop)
+	l.mu.Unlock()
+	<-l.done
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.dropLocked()
+	return nil
+}
+
+// lockID is ctxlock's key: 64-bit FNV-1a of key, as PostgreSQL's bigint.
+func lockID(key string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte(key))
+	return int64(binary.BigEndian.Uint64(h.Sum(nil)))
+}

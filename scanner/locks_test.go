@@ -1,0 +1,225 @@
+package scanner
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/quay/claircore/pkg/ctxlock/v2"
+
+	"github.com/airlock-registry/airlock/internal/pgtest"
+)
+
+// newTestLocks opens locks on dsn, logging into the returned buffer, and
+// closes them at the test's end.
+func newTestLocks(t *testing.T, dsn string) (*locks, *syncBuffer) {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnectTimeout = 2 * time.Second
+	logs := &syncBuffer{}
+	l, err := newLocks(t.Context(), cfg, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close(context.Background()) })
+	return l, logs
+}
+
+// TestLocksExclude takes locks from two processes' worth of locks and
+// from claircore's own locker on the same database: each key has one
+// holder at a time, within a process too, and a released key is free.
+func TestLocksExclude(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	a, _ := newTestLocks(t, dsn)
+	b, _ := newTestLocks(t, dsn)
+
+	ctx, release := a.TryLock(t.Context(), "manifest-1")
+	if ctx.Err() != nil {
+		t.Fatalf("first TryLock: %v", ctx.Err())
+	}
+	if c, _ := b.TryLock(t.Context(), "manifest-1"); c.Err() == nil {
+		t.Fatal("a second process took a lock the first holds")
+	}
+	if c, _ := a.TryLock(t.Context(), "manifest-1"); c.Err() == nil {
+		t.Fatal("the holding process took its own lock twice")
+	}
+	if c, rel := b.TryLock(t.Context(), "manifest-2"); c.Err() != nil {
+		t.Fatalf("another key: %v", c.Err())
+	} else {
+		rel()
+	}
+
+	// A replica still on claircore's locker hashes keys the same way.
+	pool, err := pgxpool.New(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	cl, err := ctxlock.New(t.Context(), pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close(context.Background())
+	if c, rel := cl.TryLock(t.Context(), "manifest-1"); c.Err() == nil {
+		rel()
+		t.Fatal("claircore's locker took a lock this process holds")
+	}
+
+	release()
+	if ctx.Err() == nil {
+		t.Error("the released lock's context did not end")
+	}
+	release() // a second release does nothing
+	waitCtx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	c, rel := b.Lock(waitCtx, "manifest-1")
+	if c.Err() != nil {
+		t.Fatalf("Lock after the release: %v", c.Err())
+	}
+	// claircore's locker sees it held now by b, and free after.
+	if cc, crel := cl.TryLock(t.Context(), "manifest-1"); cc.Err() == nil {
+		crel()
+		t.Fatal("claircore's locker took a lock the second process holds")
+	}
+	rel()
+	cc, crel := cl.TryLock(t.Context(), "manifest-1")
+	if cc.Err() != nil {
+		t.Fatalf("claircore's locker could not take the released lock: %v", cc.Err())
+	}
+	if c, _ := a.TryLock(t.Context(), "manifest-1"); c.Err() == nil {
+		t.Fatal("took a lock claircore's locker holds")
+	}
+	crel()
+}
+
+// TestLockWaitsForHolder makes Lock wait for a holder in another process
+// and give up when its context ends.
+func TestLockWaitsForHolder(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	a, _ := newTestLocks(t, dsn)
+	b, _ := newTestLocks(t, dsn)
+	_, release := a.TryLock(t.Context(), "k")
+
+	short, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	t0 := time.Now()
+	if c, rel := b.Lock(short, "k"); c.Err() == nil {
+		rel()
+		t.Fatal("Lock took a held lock")
+	}
+	if took := time.Since(t0); took > 3*time.Second {
+		t.Errorf("Lock gave up %v after its context ended", took)
+	}
+
+	time.AfterFunc(200*time.Millisecond, release)
+	long, cancel2 := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel2()
+	c, rel := b.Lock(long, "k")
+	if c.Err() != nil {
+		t.Fatalf("Lock after the holder let go: %v", c.Err())
+	}
+	rel()
+}
+
+// TestLocksOutage cuts the locks' connection: a held lock's context ends,
+// the outage is logged once however long it lasts, no lock is handed out
+// meanwhile, and locks work again once the database is back. Closing
+// while the database is away returns at once.
+func TestLocksOutage(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px := newTCPProxy(t, fmt.Sprintf("%s:%d", cfg.Host, cfg.Port))
+	proxied := strings.Replace(dsn, fmt.Sprintf("127.0.0.1:%d", cfg.Port), px.addr, 1)
+	l, logs := newTestLocks(t, proxied)
+	other, _ := newTestLocks(t, dsn)
+
+	held, release := l.TryLock(t.Context(), "held")
+	if held.Err() != nil {
+		t.Fatal(held.Err())
+	}
+	defer release()
+	px.setDown(true)
+	select {
+	case <-held.Done():
+	case <-time.After(3 * livenessEvery):
+		t.Fatal("a lock whose connection was cut still looks held")
+	}
+	// The database freed it with the session: another process takes it.
+	if c, rel := other.TryLock(t.Context(), "held"); c.Err() != nil {
+		t.Fatalf("the lost lock is still held in the database: %v", c.Err())
+	} else {
+		rel()
+	}
+	for range 20 {
+		if c, _ := l.TryLock(t.Context(), "new"); c.Err() == nil {
+			t.Fatal("handed out a lock without a connection")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := strings.Count(logs.String(), "level=WARN"); n != 1 {
+		t.Errorf("%d warnings over a 2 s outage, want 1:\n%s", n, logs)
+	}
+
+	px.setDown(false)
+	waitCtx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	c, rel := l.Lock(waitCtx, "new")
+	if c.Err() != nil {
+		t.Fatalf("no lock after the database came back: %v\n%s", c.Err(), logs)
+	}
+	rel()
+	if !strings.Contains(logs.String(), "is back") {
+		t.Errorf("the reconnection is not logged:\n%s", logs)
+	}
+
+	px.setDown(true)
+	time.Sleep(3 * livenessEvery / 2)
+	t0 := time.Now()
+	l.Close(context.Background())
+	select {
+	case <-l.done:
+	default:
+		t.Fatal("the keeper still runs after Close")
+	}
+	if took := time.Since(t0); took > 2*time.Second {
+		t.Errorf("Close took %v with the database away", took)
+	}
+	if c, _ := l.TryLock(t.Context(), "after"); c.Err() == nil {
+		t.Error("handed out a lock after Close")
+	}
+}
+
+// TestLockCallerGivingUpKeepsOtherLocks cancels a caller's context while
+// it takes a lock: the other locks of the process stay held.
+func TestLockCallerGivingUpKeepsOtherLocks(t *testing.T) {
+	t.Parallel()
+	l, _ := newTestLocks(t, pgtest.DSN(t))
+	held, release := l.TryLock(t.Context(), "a")
+	if held.Err() != nil {
+		t.Fatal(held.Err())
+	}
+	defer release()
+	for range 50 {
+		ctx, cancel := context.WithCancel(t.Context())
+		go cancel()
+		_, rel := l.TryLock(ctx, "b")
+		rel()
+	}
+	if held.Err() != nil {
+		t.Fatal("a caller giving up ended another caller's lock")
+	}
+}

@@ -395,6 +395,24 @@ func testLeaderKilled(t *testing.T, ranges bool) {
 	if !strings.Contains(logs, "peer stream broke: resuming the blob") {
 		t.Errorf("no replica logged the resume:\n%s", logs)
 	}
+	// Clients get the last byte once the digest matched, before the fills
+	// make the blob durable: each then links it in its metadata and syncs
+	// the spool and its directories, the follower only once the
+	// successor's commit landed (awaitPeerCommit). On a disk busy writing
+	// back, those syncs take seconds, so the store is looked at once both
+	// fills logged their end, which each does after its commit.
+	waited := time.Now()
+	ended := func(r *replica) bool {
+		logs := r.logText()
+		return strings.Contains(logs, `"msg":"blob fill done"`) || strings.Contains(logs, `"msg":"blob fill failed`)
+	}
+	waitUntil(t, time.Minute, func() bool { return ended(rs[1]) && ended(rs[2]) })
+	t.Logf("the fills of replicas 1 and 2 ended %v after their clients", time.Since(waited))
+	for i, r := range rs[1:] {
+		if logs := r.logText(); !strings.Contains(logs, `"msg":"blob fill done"`) {
+			t.Errorf("replica %d's fill did not commit the blob:\n%s", 1+i, logs)
+		}
+	}
 	if _, err := rs[1].blobs.Stat(t.Context(), d); err != nil {
 		t.Errorf("the blob is not in the shared store after the take-over: %v", err)
 	}

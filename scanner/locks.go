@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // locks hands claircore (libindex, libvuln's update manager) and the
@@ -65,6 +67,14 @@ const (
 	// a lock someone else holds (ctxlock's numbers).
 	minLockWait = 500 * time.Millisecond
 	maxLockWait = 10 * time.Second
+	// sessionIdleTimeout is the lock session's idle_session_timeout: the
+	// database ends the session, and frees its locks, once the keeper's
+	// pings stop coming for this long. Without it a session whose client
+	// vanished without the database seeing its connection close (a
+	// network dropping packets, a host lost) keeps its locks until TCP
+	// keepalives end it, hours by default, and every replica, this one
+	// too once reconnected, waits for them.
+	sessionIdleTimeout = 15 * livenessEvery
 )
 
 // errLockUnavailable is try's answer when it cannot take a lock now: held
@@ -75,7 +85,7 @@ var errLockUnavailable = errors.New("lock not available")
 // first connection must succeed: a scanner that cannot reach its
 // database does not open.
 func newLocks(ctx context.Context, cfg *pgx.ConnConfig, log *slog.Logger) (*locks, error) {
-	conn, err := pgx.ConnectConfig(ctx, cfg)
+	conn, err := dialLocks(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -161,7 +171,7 @@ func (l *locks) reconnect() error {
 		case <-ctx.Done():
 		}
 	}()
-	conn, err := pgx.ConnectConfig(ctx, l.cfg)
+	conn, err := dialLocks(ctx, l.cfg)
 	if err != nil {
 		return err
 	}
@@ -174,6 +184,29 @@ func (l *locks) reconnect() error {
 	l.conn = conn
 	l.gen++
 	return nil
+}
+
+// dialLocks opens a lock session: a connection whose session the
+// database ends after sessionIdleTimeout without a statement, unless cfg
+// sets idle_session_timeout itself. A server without the setting (before
+// PostgreSQL 14) is used as it is.
+func dialLocks(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if _, set := cfg.RuntimeParams["idle_session_timeout"]; set {
+		return conn, nil
+	}
+	_, err = conn.Exec(ctx, fmt.Sprintf("SET idle_session_timeout = %d", sessionIdleTimeout.Milliseconds()))
+	var pgErr *pgconn.PgError
+	if err != nil && !(errors.As(err, &pgErr) && pgErr.Code == "42704") {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		conn.Close(cctx)
+		cancel()
+		return nil, err
+	}
+	return conn, nil
 }
 
 // dropLocked forgets the connection and ends every lock taken on it: the

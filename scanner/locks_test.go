@@ -360,3 +360,43 @@ func TestLocksStalledNetwork(t *testing.T) {
 	}
 	rel()
 }
+
+// TestLocksCloseStalledNetwork closes the locks while the keeper's ping
+// waits on a stalled connection: Close returns at once rather than after
+// the ping's timeout, and the keeper is gone.
+func TestLocksCloseStalledNetwork(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px := newStallProxy(t, fmt.Sprintf("%s:%d", cfg.Host, cfg.Port))
+	proxied := strings.Replace(dsn, fmt.Sprintf("127.0.0.1:%d", cfg.Port), px.addr, 1)
+	l, logs := newTestLocks(t, proxied)
+	held, release := l.TryLock(t.Context(), "held")
+	if held.Err() != nil {
+		t.Fatal(held.Err())
+	}
+	defer release()
+	px.stall()
+	// The keeper's next ping starts within livenessEvery and then waits
+	// for its timeout.
+	time.Sleep(livenessEvery + 500*time.Millisecond)
+	t0 := time.Now()
+	l.Close(context.Background())
+	if took := time.Since(t0); took > 2*time.Second {
+		t.Errorf("Close took %v on a stalled connection", took)
+	}
+	select {
+	case <-l.done:
+	default:
+		t.Error("the keeper still runs after Close")
+	}
+	if held.Err() == nil {
+		t.Error("a lock still looks held after Close")
+	}
+	if strings.Contains(logs.String(), "level=WARN") {
+		t.Errorf("Close cutting the ping short is logged as a lost connection:\n%s", logs)
+	}
+}

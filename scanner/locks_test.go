@@ -70,7 +70,12 @@ func TestLocksExclude(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cl.Close(context.Background())
+	defer func() {
+		cl.Close(context.Background())
+		// ctxlock's pinger notices Close only on its next 5 s tick: wait
+		// for it, or TestMain's leak check may find it still running.
+		time.Sleep(5*time.Second + 500*time.Millisecond)
+	}()
 	if c, rel := cl.TryLock(t.Context(), "manifest-1"); c.Err() == nil {
 		rel()
 		t.Fatal("claircore's locker took a lock this process holds")

@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // locks hands claircore (libindex, libvuln's update manager) and the
@@ -41,7 +43,10 @@ type locks struct {
 	closed bool
 
 	wake chan struct{} // asks the keeper to check the connection now
-	stop chan struct{}
+	// ctx ends when Close begins; every statement and dial runs under it,
+	// so Close need not wait out one stuck on a stalled connection.
+	ctx  context.Context
+	stop context.CancelFunc
 	done chan struct{}
 }
 
@@ -65,6 +70,14 @@ const (
 	// a lock someone else holds (ctxlock's numbers).
 	minLockWait = 500 * time.Millisecond
 	maxLockWait = 10 * time.Second
+	// sessionIdleTimeout is the lock session's idle_session_timeout: the
+	// database ends the session, and frees its locks, once the keeper's
+	// pings stop coming for this long. Without it a session whose client
+	// vanished without the database seeing its connection close (a
+	// network dropping packets, a host lost) keeps its locks until TCP
+	// keepalives end it, hours by default, and every replica, this one
+	// too once reconnected, waits for them.
+	sessionIdleTimeout = 15 * livenessEvery
 )
 
 // errLockUnavailable is try's answer when it cannot take a lock now: held
@@ -75,7 +88,7 @@ var errLockUnavailable = errors.New("lock not available")
 // first connection must succeed: a scanner that cannot reach its
 // database does not open.
 func newLocks(ctx context.Context, cfg *pgx.ConnConfig, log *slog.Logger) (*locks, error) {
-	conn, err := pgx.ConnectConfig(ctx, cfg)
+	conn, err := dialLocks(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -86,9 +99,9 @@ func newLocks(ctx context.Context, cfg *pgx.ConnConfig, log *slog.Logger) (*lock
 		gen:  1,
 		held: map[string]*heldLock{},
 		wake: make(chan struct{}, 1),
-		stop: make(chan struct{}),
 		done: make(chan struct{}),
 	}
+	l.ctx, l.stop = context.WithCancel(context.Background())
 	go l.keep()
 	return l, nil
 }
@@ -107,6 +120,9 @@ func (l *locks) keep() {
 		l.mu.Unlock()
 		if !connected {
 			if err := l.reconnect(); err != nil {
+				if l.ctx.Err() != nil {
+					return // Close cut the dial short
+				}
 				if !down {
 					l.log.Warn("scanner: lost the database connection that holds scan and update locks; scans wait until it is back",
 						slog.String("error", err.Error()))
@@ -114,7 +130,7 @@ func (l *locks) keep() {
 				}
 				select {
 				case <-time.After(wait):
-				case <-l.stop:
+				case <-l.ctx.Done():
 					return
 				}
 				wait = min(2*wait, maxReconnectWait)
@@ -129,14 +145,14 @@ func (l *locks) keep() {
 		select {
 		case <-tick.C:
 		case <-l.wake:
-		case <-l.stop:
+		case <-l.ctx.Done():
 			return
 		}
 		l.mu.Lock()
-		if l.conn != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), lockCallTimeout)
+		if l.conn != nil && l.ctx.Err() == nil {
+			ctx, cancel := context.WithTimeout(l.ctx, lockCallTimeout)
 			if err := l.conn.Ping(ctx); err != nil {
-				if !down {
+				if !down && l.ctx.Err() == nil {
 					l.log.Warn("scanner: lost the database connection that holds scan and update locks; scans wait until it is back",
 						slog.String("error", err.Error()))
 					down = true
@@ -152,16 +168,7 @@ func (l *locks) keep() {
 // reconnect dials the database once, bounded by the connection's own
 // timeout and by Close.
 func (l *locks) reconnect() error {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-l.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	conn, err := pgx.ConnectConfig(ctx, l.cfg)
+	conn, err := dialLocks(l.ctx, l.cfg)
 	if err != nil {
 		return err
 	}
@@ -174,6 +181,29 @@ func (l *locks) reconnect() error {
 	l.conn = conn
 	l.gen++
 	return nil
+}
+
+// dialLocks opens a lock session: a connection whose session the
+// database ends after sessionIdleTimeout without a statement, unless cfg
+// sets idle_session_timeout itself. A server without the setting (before
+// PostgreSQL 14) is used as it is.
+func dialLocks(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if _, set := cfg.RuntimeParams["idle_session_timeout"]; set {
+		return conn, nil
+	}
+	_, err = conn.Exec(ctx, fmt.Sprintf("SET idle_session_timeout = %d", sessionIdleTimeout.Milliseconds()))
+	var pgErr *pgconn.PgError
+	if err != nil && !(errors.As(err, &pgErr) && pgErr.Code == "42704") {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		conn.Close(cctx)
+		cancel()
+		return nil, err
+	}
+	return conn, nil
 }
 
 // dropLocked forgets the connection and ends every lock taken on it: the
@@ -221,7 +251,7 @@ func (l *locks) Lock(parent context.Context, key string) (context.Context, conte
 		case <-parent.Done():
 			t.Stop()
 			return parent, func() {}
-		case <-l.stop:
+		case <-l.ctx.Done():
 			t.Stop()
 			ctx, cancel := context.WithCancel(parent)
 			cancel()
@@ -246,8 +276,8 @@ func (l *locks) try(parent context.Context, key string) (context.Context, contex
 	}
 	// The statement runs under a context of its own: a caller giving up
 	// mid-statement would make pgx close the connection, and with it
-	// every other lock this process holds.
-	ctx, cancel := context.WithTimeout(context.Background(), lockCallTimeout)
+	// every other lock this process holds. Close ends it.
+	ctx, cancel := context.WithTimeout(l.ctx, lockCallTimeout)
 	var got bool
 	err := l.conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, id).Scan(&got)
 	cancel()
@@ -286,7 +316,7 @@ func (l *locks) unlock(key string, id int64, h *heldLock) {
 	if l.conn == nil || h.gen != l.gen {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), lockCallTimeout)
+	ctx, cancel := context.WithTimeout(l.ctx, lockCallTimeout)
 	defer cancel()
 	if _, err := l.conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, id); err != nil {
 		// Not knowing whether the lock is free, end the session: that
@@ -298,13 +328,15 @@ func (l *locks) unlock(key string, id int64, h *heldLock) {
 // Close ends every lock, the keeper and the connection. It may be called
 // more than once (libindex and libvuln close their Locker too).
 func (l *locks) Close(context.Context) error {
+	// Ended before taking l.mu: a statement holding it on a stalled
+	// connection gives up now, not at its timeout.
+	l.stop()
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
 		return nil
 	}
 	l.closed = true
-	close(l.stop)
 	l.mu.Unlock()
 	<-l.done
 	l.mu.Lock()

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -68,7 +70,12 @@ func TestLocksExclude(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cl.Close(context.Background())
+	defer func() {
+		cl.Close(context.Background())
+		// ctxlock's pinger notices Close only on its next 5 s tick: wait
+		// for it, or TestMain's leak check may find it still running.
+		time.Sleep(5*time.Second + 500*time.Millisecond)
+	}()
 	if c, rel := cl.TryLock(t.Context(), "manifest-1"); c.Err() == nil {
 		rel()
 		t.Fatal("claircore's locker took a lock this process holds")
@@ -221,5 +228,180 @@ func TestLockCallerGivingUpKeepsOtherLocks(t *testing.T) {
 	}
 	if held.Err() != nil {
 		t.Fatal("a caller giving up ended another caller's lock")
+	}
+}
+
+// stallProxy forwards loopback connections to the database and can stall
+// the open ones as a network dropping every packet would: nothing more
+// passes either way and neither end learns the other has gone, the
+// database's end included. New connections pass.
+type stallProxy struct {
+	addr   string
+	target string
+	mu     sync.Mutex
+	conns  map[*stallPair]bool
+	l      net.Listener
+}
+
+type stallPair struct {
+	c, up   net.Conn
+	stalled bool
+}
+
+func newStallProxy(t *testing.T, target string) *stallProxy {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &stallProxy{addr: l.Addr().String(), target: target, conns: map[*stallPair]bool{}, l: l}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			pair := &stallPair{c: c, up: up}
+			p.mu.Lock()
+			p.conns[pair] = true
+			p.mu.Unlock()
+			wg.Go(func() { p.pump(pair, c, up) })
+			wg.Go(func() { p.pump(pair, up, c) })
+		}
+	})
+	t.Cleanup(func() {
+		l.Close()
+		p.mu.Lock()
+		for pair := range p.conns {
+			pair.c.Close()
+			pair.up.Close()
+		}
+		p.mu.Unlock()
+		wg.Wait()
+	})
+	return p
+}
+
+// pump copies from src to dst until src ends, dropping what it reads once
+// the pair is stalled; a stalled pair's end is not passed on.
+func (p *stallProxy) pump(pair *stallPair, src, dst net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		p.mu.Lock()
+		stalled := pair.stalled
+		p.mu.Unlock()
+		if n > 0 && !stalled {
+			dst.Write(buf[:n])
+		}
+		if err != nil {
+			if !stalled {
+				dst.Close()
+			}
+			return
+		}
+	}
+}
+
+// stall stops the connections open now.
+func (p *stallProxy) stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for pair := range p.conns {
+		pair.stalled = true
+	}
+}
+
+// TestLocksStalledNetwork stalls the locks' connection without either end
+// seeing it close: the process gives the held lock up, and the database
+// lets it go soon after too, rather than keeping it for the dead session
+// until TCP keepalives (hours by default) end it.
+func TestLocksStalledNetwork(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px := newStallProxy(t, fmt.Sprintf("%s:%d", cfg.Host, cfg.Port))
+	proxied := strings.Replace(dsn, fmt.Sprintf("127.0.0.1:%d", cfg.Port), px.addr, 1)
+	// A short idle timeout for the test's sake; the default is checked
+	// below.
+	l, _ := newTestLocks(t, proxied+"&idle_session_timeout=3s")
+	other, _ := newTestLocks(t, dsn)
+
+	other.mu.Lock()
+	var def string
+	err = other.conn.QueryRow(t.Context(), `SHOW idle_session_timeout`).Scan(&def)
+	other.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if def == "0" {
+		t.Error("the lock session has no idle timeout: a session whose client vanished keeps its locks")
+	}
+
+	held, release := l.TryLock(t.Context(), "held")
+	if held.Err() != nil {
+		t.Fatal(held.Err())
+	}
+	defer release()
+	px.stall()
+	select {
+	case <-held.Done():
+	case <-time.After(3*livenessEvery + lockCallTimeout):
+		t.Fatal("a lock whose connection stalled still looks held")
+	}
+	waitCtx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	c, rel := other.Lock(waitCtx, "held")
+	if c.Err() != nil {
+		t.Fatalf("the database still holds the lock of a session whose client gave it up: %v", c.Err())
+	}
+	rel()
+}
+
+// TestLocksCloseStalledNetwork closes the locks while the keeper's ping
+// waits on a stalled connection: Close returns at once rather than after
+// the ping's timeout, and the keeper is gone.
+func TestLocksCloseStalledNetwork(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px := newStallProxy(t, fmt.Sprintf("%s:%d", cfg.Host, cfg.Port))
+	proxied := strings.Replace(dsn, fmt.Sprintf("127.0.0.1:%d", cfg.Port), px.addr, 1)
+	l, logs := newTestLocks(t, proxied)
+	held, release := l.TryLock(t.Context(), "held")
+	if held.Err() != nil {
+		t.Fatal(held.Err())
+	}
+	defer release()
+	px.stall()
+	// The keeper's next ping starts within livenessEvery and then waits
+	// for its timeout.
+	time.Sleep(livenessEvery + 500*time.Millisecond)
+	t0 := time.Now()
+	l.Close(context.Background())
+	if took := time.Since(t0); took > 2*time.Second {
+		t.Errorf("Close took %v on a stalled connection", took)
+	}
+	select {
+	case <-l.done:
+	default:
+		t.Error("the keeper still runs after Close")
+	}
+	if held.Err() == nil {
+		t.Error("a lock still looks held after Close")
+	}
+	if strings.Contains(logs.String(), "level=WARN") {
+		t.Errorf("Close cutting the ping short is logged as a lost connection:\n%s", logs)
 	}
 }

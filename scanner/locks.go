@@ -34,21 +34,43 @@ type locks struct {
 	log *slog.Logger
 
 	// mu guards the fields below and every use of conn, which pgx does
-	// not allow from two goroutines at once.
-	mu   sync.Mutex
+	// not allow from two goroutines at once. A caller taking a lock waits
+	// for it only as long as its context lets it: the keeper may hold it
+	// for a ping on a stalled connection, up to lockCallTimeout.
+	mu   ctxMutex
 	conn *pgx.Conn // nil while disconnected
 	// gen counts connections: a lock taken on an earlier one is gone.
-	gen    uint64
-	held   map[string]*heldLock
+	gen uint64
+	// held is keyed by the lock's id, not its name: two names with the
+	// same id are one lock to the database, which hands a session's own
+	// lock to it again.
+	held   map[int64]*heldLock
 	closed bool
 
 	wake chan struct{} // asks the keeper to check the connection now
 	// ctx ends when Close begins; every statement and dial runs under it,
 	// so Close need not wait out one stuck on a stalled connection.
-	ctx  context.Context
-	stop context.CancelFunc
-	done chan struct{}
+	ctx       context.Context
+	stop      context.CancelFunc
+	done      chan struct{}
+	closeOnce sync.Once
 }
+
+// ctxMutex is a mutex whose Lock can give up when a context ends.
+type ctxMutex chan struct{}
+
+func (m ctxMutex) Lock() { m <- struct{}{} }
+
+func (m ctxMutex) LockContext(ctx context.Context) error {
+	select {
+	case m <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (m ctxMutex) Unlock() { <-m }
 
 type heldLock struct {
 	gen    uint64
@@ -95,9 +117,10 @@ func newLocks(ctx context.Context, cfg *pgx.ConnConfig, log *slog.Logger) (*lock
 	l := &locks{
 		cfg:  cfg,
 		log:  log,
+		mu:   make(ctxMutex, 1),
 		conn: conn,
 		gen:  1,
-		held: map[string]*heldLock{},
+		held: map[int64]*heldLock{},
 		wake: make(chan struct{}, 1),
 		done: make(chan struct{}),
 	}
@@ -215,9 +238,9 @@ func (l *locks) dropLocked() {
 		cancel()
 		l.conn = nil
 	}
-	for key, h := range l.held {
+	for id, h := range l.held {
 		h.cancel()
-		delete(l.held, key)
+		delete(l.held, id)
 	}
 	select {
 	case l.wake <- struct{}{}:
@@ -266,12 +289,14 @@ func (l *locks) try(parent context.Context, key string) (context.Context, contex
 		return nil, nil, err
 	}
 	id := lockID(key)
-	l.mu.Lock()
+	if err := l.mu.LockContext(parent); err != nil {
+		return nil, nil, err
+	}
 	defer l.mu.Unlock()
 	if l.closed || l.conn == nil {
 		return nil, nil, errLockUnavailable
 	}
-	if _, ok := l.held[key]; ok {
+	if _, ok := l.held[id]; ok {
 		return nil, nil, errLockUnavailable
 	}
 	// The statement runs under a context of its own: a caller giving up
@@ -293,7 +318,7 @@ func (l *locks) try(parent context.Context, key string) (context.Context, contex
 	}
 	child, end := context.WithCancel(parent)
 	h := &heldLock{gen: l.gen, cancel: end}
-	l.held[key] = h
+	l.held[id] = h
 	var once sync.Once
 	release := func() {
 		once.Do(func() {
@@ -309,39 +334,49 @@ func (l *locks) try(parent context.Context, key string) (context.Context, contex
 func (l *locks) unlock(key string, id int64, h *heldLock) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.held[key] != h {
+	if l.held[id] != h {
 		return // lost with its connection, or Close released it
 	}
-	delete(l.held, key)
+	delete(l.held, id)
 	if l.conn == nil || h.gen != l.gen {
 		return
 	}
 	ctx, cancel := context.WithTimeout(l.ctx, lockCallTimeout)
 	defer cancel()
-	if _, err := l.conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, id); err != nil {
+	var freed bool
+	if err := l.conn.QueryRow(ctx, `SELECT pg_advisory_unlock($1)`, id).Scan(&freed); err != nil {
 		// Not knowing whether the lock is free, end the session: that
 		// frees it for certain.
 		l.dropLocked()
+		return
+	}
+	if !freed {
+		// The session did not hold a lock this process counted as held
+		// on it: something else released it (a statement run on this
+		// connection by hand, or a bug). It is free now either way;
+		// say so, since the lock did not protect what it was taken for.
+		l.log.Warn("scanner: released a lock the database no longer held; work done under it may have overlapped another replica's",
+			slog.String("lock", key))
 	}
 }
 
 // Close ends every lock, the keeper and the connection. It may be called
 // more than once (libindex and libvuln close their Locker too).
+// A call made while another is under way returns when that one has
+// finished.
 func (l *locks) Close(context.Context) error {
 	// Ended before taking l.mu: a statement holding it on a stalled
 	// connection gives up now, not at its timeout.
 	l.stop()
-	l.mu.Lock()
-	if l.closed {
+	l.closeOnce.Do(func() {
+		l.mu.Lock()
+		l.closed = true
 		l.mu.Unlock()
-		return nil
-	}
-	l.closed = true
-	l.mu.Unlock()
-	<-l.done
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.dropLocked()
+		<-l.done
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.dropLocked()
+	})
 	return nil
 }
 

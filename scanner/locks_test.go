@@ -35,6 +35,21 @@ func newTestLocks(t *testing.T, dsn string) (*locks, *syncBuffer) {
 	return l, logs
 }
 
+// dbAddr is the host:port of dsn's database, as written in dsn, for a
+// test to put a proxy in front of it.
+func dbAddr(t *testing.T, dsn string) string {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port))
+	if !strings.Contains(dsn, addr) {
+		t.Fatalf("the DSN does not name its database as %s: %s", addr, dsn)
+	}
+	return addr
+}
+
 // TestLocksExclude takes locks from two processes' worth of locks and
 // from claircore's own locker on the same database: each key has one
 // holder at a time, within a process too, and a released key is free.
@@ -145,12 +160,9 @@ func TestLockWaitsForHolder(t *testing.T) {
 func TestLocksOutage(t *testing.T) {
 	t.Parallel()
 	dsn := pgtest.DSN(t)
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	px := newTCPProxy(t, fmt.Sprintf("%s:%d", cfg.Host, cfg.Port))
-	proxied := strings.Replace(dsn, fmt.Sprintf("127.0.0.1:%d", cfg.Port), px.addr, 1)
+	target := dbAddr(t, dsn)
+	px := newTCPProxy(t, target)
+	proxied := strings.Replace(dsn, target, px.addr, 1)
 	l, logs := newTestLocks(t, proxied)
 	other, _ := newTestLocks(t, dsn)
 
@@ -229,6 +241,114 @@ func TestLockCallerGivingUpKeepsOtherLocks(t *testing.T) {
 	if held.Err() != nil {
 		t.Fatal("a caller giving up ended another caller's lock")
 	}
+}
+
+// TestLockHonoursCallerDeadline holds the connection's mutex as a
+// statement stuck on a stalled connection does (up to lockCallTimeout):
+// TryLock and Lock give up when their caller's context ends instead of
+// waiting for it.
+func TestLockHonoursCallerDeadline(t *testing.T) {
+	t.Parallel()
+	l, _ := newTestLocks(t, pgtest.DSN(t))
+	l.mu.Lock()
+	returned := make(chan error, 2)
+	go func() {
+		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+		defer cancel()
+		c, rel := l.TryLock(ctx, "k")
+		defer rel()
+		returned <- c.Err()
+	}()
+	go func() {
+		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+		defer cancel()
+		c, rel := l.Lock(ctx, "k")
+		defer rel()
+		returned <- c.Err()
+	}()
+	for range 2 {
+		select {
+		case err := <-returned:
+			if err == nil {
+				t.Error("took a lock while the connection was busy")
+			}
+		case <-time.After(30 * time.Second):
+			l.mu.Unlock()
+			t.Fatal("a lock call waits on a busy connection past its caller's deadline")
+		}
+	}
+	l.mu.Unlock()
+	c, rel := l.TryLock(t.Context(), "k")
+	if c.Err() != nil {
+		t.Fatalf("TryLock once the connection is free: %v", c.Err())
+	}
+	rel()
+}
+
+// TestUnlockOfALockTheDatabaseDropped releases a lock the session no
+// longer holds (freed on the connection behind the locker's back): the
+// release says so in the log rather than passing silently.
+func TestUnlockOfALockTheDatabaseDropped(t *testing.T) {
+	t.Parallel()
+	l, logs := newTestLocks(t, pgtest.DSN(t))
+	held, release := l.TryLock(t.Context(), "k")
+	if held.Err() != nil {
+		t.Fatal(held.Err())
+	}
+	l.mu.Lock()
+	_, err := l.conn.Exec(t.Context(), `SELECT pg_advisory_unlock_all()`)
+	l.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if !strings.Contains(logs.String(), "released a lock the database no longer held") {
+		t.Errorf("no warning for a lock the database did not hold at release; log:\n%s", logs)
+	}
+	c, rel := l.TryLock(t.Context(), "k")
+	if c.Err() != nil {
+		t.Fatalf("TryLock after the release: %v", c.Err())
+	}
+	rel()
+}
+
+// TestConcurrentClose makes a second Close wait for the first: when it
+// returns, the keeper is gone and no lock looks held.
+func TestConcurrentClose(t *testing.T) {
+	t.Parallel()
+	l, _ := newTestLocks(t, pgtest.DSN(t))
+	held, release := l.TryLock(t.Context(), "k")
+	if held.Err() != nil {
+		t.Fatal(held.Err())
+	}
+	defer release()
+	l.mu.Lock() // the first Close waits for it
+	first := make(chan struct{})
+	go func() {
+		l.Close(context.Background())
+		close(first)
+	}()
+	second := make(chan struct{})
+	time.AfterFunc(100*time.Millisecond, func() {
+		l.Close(context.Background())
+		close(second)
+	})
+	select {
+	case <-second:
+		t.Error("a second Close returned while the first was under way")
+	case <-time.After(500 * time.Millisecond):
+	}
+	l.mu.Unlock()
+	<-second
+	select {
+	case <-l.done:
+	default:
+		t.Error("the keeper still runs when the second Close returns")
+	}
+	if held.Err() == nil {
+		t.Error("a lock still looks held when the second Close returns")
+	}
+	<-first
 }
 
 // stallProxy forwards loopback connections to the database and can stall
@@ -324,12 +444,9 @@ func (p *stallProxy) stall() {
 func TestLocksStalledNetwork(t *testing.T) {
 	t.Parallel()
 	dsn := pgtest.DSN(t)
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	px := newStallProxy(t, fmt.Sprintf("%s:%d", cfg.Host, cfg.Port))
-	proxied := strings.Replace(dsn, fmt.Sprintf("127.0.0.1:%d", cfg.Port), px.addr, 1)
+	target := dbAddr(t, dsn)
+	px := newStallProxy(t, target)
+	proxied := strings.Replace(dsn, target, px.addr, 1)
 	// A short idle timeout for the test's sake; the default is checked
 	// below.
 	l, _ := newTestLocks(t, proxied+"&idle_session_timeout=3s")
@@ -337,7 +454,7 @@ func TestLocksStalledNetwork(t *testing.T) {
 
 	other.mu.Lock()
 	var def string
-	err = other.conn.QueryRow(t.Context(), `SHOW idle_session_timeout`).Scan(&def)
+	err := other.conn.QueryRow(t.Context(), `SHOW idle_session_timeout`).Scan(&def)
 	other.mu.Unlock()
 	if err != nil {
 		t.Fatal(err)
@@ -372,12 +489,9 @@ func TestLocksStalledNetwork(t *testing.T) {
 func TestLocksCloseStalledNetwork(t *testing.T) {
 	t.Parallel()
 	dsn := pgtest.DSN(t)
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	px := newStallProxy(t, fmt.Sprintf("%s:%d", cfg.Host, cfg.Port))
-	proxied := strings.Replace(dsn, fmt.Sprintf("127.0.0.1:%d", cfg.Port), px.addr, 1)
+	target := dbAddr(t, dsn)
+	px := newStallProxy(t, target)
+	proxied := strings.Replace(dsn, target, px.addr, 1)
 	l, logs := newTestLocks(t, proxied)
 	held, release := l.TryLock(t.Context(), "held")
 	if held.Err() != nil {

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -326,12 +325,9 @@ func TestStoppedWorkerGivesJobBack(t *testing.T) {
 func TestDatabaseDown(t *testing.T) {
 	t.Parallel()
 	dsn := pgtest.DSN(t)
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	px := newTCPProxy(t, fmt.Sprintf("%s:%d", cfg.Host, cfg.Port))
-	proxied := strings.Replace(dsn, fmt.Sprintf("127.0.0.1:%d", cfg.Port), px.addr, 1)
+	target := dbAddr(t, dsn)
+	px := newTCPProxy(t, target)
+	proxied := strings.Replace(dsn, target, px.addr, 1)
 	e := open(t, proxied, nil)
 	e.importData(t, debianData)
 	e.run(t)
@@ -364,6 +360,7 @@ func TestDatabaseDown(t *testing.T) {
 	}
 
 	px.setDown(false)
+	var err error
 	for time.Now().Before(deadline.Add(20 * time.Second)) {
 		_, err = e.s.Enqueue(t.Context(), Job{Repository: "r/x", Digest: d})
 		if err == nil {

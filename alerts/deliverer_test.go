@@ -316,13 +316,18 @@ func TestFailuresRecordedAndGivenUp(t *testing.T) {
 			o := tt.o
 			o.Outbox, o.Router, o.Registerer, o.MaxAttempts = store, router, reg, 3
 			o.MinBackoff, o.MaxBackoff = 300*time.Millisecond, 300*time.Millisecond
+			// The failure comes after this, and its retry at least half
+			// of MinBackoff after the failure (the jitter takes up to
+			// half). Compared with the time the outbox is read instead,
+			// a slow read (fsync under load) would find the retry due.
+			started := time.Now()
 			start(t, o)
 			eventually(t, "a failed attempt is recorded", func() bool { return counter(t, reg, "retried") >= 1 })
 			ds, err := store.DueDeliveries(t.Context(), time.Now().Add(time.Hour), 10)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(ds) != 1 || ds[0].Attempts != 1 || !strings.Contains(ds[0].LastError, tt.want) || !ds[0].NextAttempt.After(time.Now()) {
+			if len(ds) != 1 || ds[0].Attempts != 1 || !strings.Contains(ds[0].LastError, tt.want) || !ds[0].NextAttempt.After(started.Add(o.MinBackoff/2)) {
 				t.Errorf("outbox after one failure: %+v, want one delivery, 1 attempt, scheduled later, error with %q", ds, tt.want)
 			} else if strings.Contains(ds[0].LastError, "hidden") || strings.Contains(ds[0].LastError, rc.URL) {
 				t.Errorf("the stored error %q repeats the webhook URL, which may hold a token", ds[0].LastError)

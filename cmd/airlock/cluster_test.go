@@ -439,3 +439,74 @@ upstreams:
 		t.Errorf("the upstream served the layer %d times; want once", n)
 	}
 }
+
+// TestSecondAirlockOnOneSpoolRefused starts a second airlock on the spool
+// directory of a running one, with PostgreSQL metadata (no bbolt file lock
+// to stop it): it refuses to start, saying why, and removes none of the
+// first one's downloads in progress. Once the first has stopped, it starts.
+func TestSecondAirlockOnOneSpoolRefused(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	dsn := pgtest.DSN(t)
+	for _, tc := range []struct {
+		name string
+		// config returns the configuration of an airlock on storage path
+		// dir, the same for both airlocks.
+		config func(dir string) string
+	}{
+		{"one node on PostgreSQL", func(dir string) string {
+			return fmt.Sprintf("listen: \"127.0.0.1:0\"\nadmin: {listen: \"127.0.0.1:0\"}\nstorage: {path: %q}\n"+
+				"metadata: {driver: postgres, dsn: %q}\nupstreams:\n  - {name: hub, url: %q, default: true}\n", dir, dsn, up.URL)
+		}},
+		{"replicas on a shared filesystem with one advertise address", func(dir string) string {
+			peer := freeAddr(t)
+			return fmt.Sprintf("listen: \"127.0.0.1:0\"\nadmin: {listen: \"127.0.0.1:0\"}\nstorage: {path: %q}\n"+
+				"metadata: {driver: postgres, dsn: %q}\ncluster: {listen: %q, advertise: \"http://%s\", sharedFilesystem: true}\n"+
+				"upstreams:\n  - {name: hub, url: %q, default: true}\n", dir, dsn, peer, peer, up.URL)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(t.TempDir(), "airlock.yaml")
+			if err := os.WriteFile(path, []byte(tc.config(dir)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := loadConfig(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := func() (*gateway, error) {
+				return newGateway(t.Context(), cfg, newLogger(config.FormatJSON, slog.LevelInfo, &syncBuffer{}))
+			}
+			first, err := start()
+			if err != nil {
+				t.Fatal(err)
+			}
+			live := filepath.Join(spoolDir(cfg), "download-in-progress.spool")
+			if err := os.WriteFile(live, []byte("partial"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			second, err := start()
+			if err == nil {
+				second.closeStores()
+				t.Fatal("a second airlock started on the spool directory of a running one")
+			}
+			for _, want := range []string{"another airlock is using the spool directory", "storage.path", "process " + fmt.Sprint(os.Getpid())} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not say %q", err, want)
+				}
+			}
+			if _, err := os.Stat(live); err != nil {
+				t.Errorf("the refused airlock touched the running one's download in progress: %v", err)
+			}
+			if err := first.closeStores(); err != nil {
+				t.Fatal(err)
+			}
+			third, err := start()
+			if err != nil {
+				t.Fatalf("starting once the first has stopped: %v", err)
+			}
+			third.closeStores()
+		})
+	}
+}

@@ -33,6 +33,7 @@ import (
 	"github.com/airlock-registry/airlock/cluster"
 	"github.com/airlock-registry/airlock/config"
 	"github.com/airlock-registry/airlock/gate"
+	"github.com/airlock-registry/airlock/internal/dirlock"
 	"github.com/airlock-registry/airlock/policy"
 	"github.com/airlock-registry/airlock/proxy"
 	"github.com/airlock-registry/airlock/proxy/pullauth"
@@ -128,6 +129,8 @@ type gateway struct {
 	logLevel *slog.LevelVar
 	// build is what airlock version prints.
 	build buildInfo
+	// dirLock keeps other processes off the spool directory.
+	dirLock *dirlock.Lock
 
 	// auth authenticates pulls in front of proxy; policy is the one it
 	// started with (SIGHUP replaces it in auth).
@@ -144,17 +147,28 @@ func newGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *g
 	if err := os.MkdirAll(cfg.Storage.Path, 0o750); err != nil {
 		return nil, fmt.Errorf("storage.path %s: %w", cfg.Storage.Path, err)
 	}
-	blobs, err := openBlobs(ctx, cfg.Storage, spoolDir(cfg))
+	// The spool directory's lock keeps a second airlock off it, and is
+	// taken before Recover removes spools: they may be the live downloads
+	// of an airlock already running here. bbolt's file lock did this for
+	// the embedded default only; with PostgreSQL metadata two processes
+	// given one storage.path (two pods on one hostPath, a copied
+	// configuration) would each remove the other's downloads in progress.
+	// Recover leaves a shared object store's young uploads to the replicas
+	// writing them.
+	spool := spoolDir(cfg)
+	if g.dirLock, err = lockSpool(spool); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			g.dirLock.Release()
+		}
+	}()
+	blobs, err := openBlobs(ctx, cfg.Storage, spool)
 	if err != nil {
 		return nil, err
 	}
 	g.blobs = blobs
-	// With bbolt, the metadata file's lock is what keeps a second airlock
-	// off this directory, so it is taken before Recover removes spools:
-	// they may be the live downloads of an airlock already running here.
-	// With PostgreSQL each replica spools in a directory of its own
-	// (spoolDir), and Recover leaves the shared store's young uploads to
-	// the replicas writing them.
 	g.meta, g.pg, err = openMetadata(ctx, cfg, log)
 	if err != nil {
 		return nil, err
@@ -278,7 +292,26 @@ func (g *gateway) closeStores() error {
 			errs = append(errs, fmt.Errorf("closing metadata: %w", err))
 		}
 	}
+	if err := g.dirLock.Release(); err != nil {
+		errs = append(errs, fmt.Errorf("releasing the spool directory's lock: %w", err))
+	}
 	return errors.Join(errs...)
+}
+
+// lockSpool creates the spool directory and takes its lock, which this
+// process holds until it ends.
+func lockSpool(dir string) (*dirlock.Lock, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("storage: creating spool directory: %w", err)
+	}
+	l, err := dirlock.Acquire(dir)
+	if errors.Is(err, dirlock.ErrHeld) {
+		return nil, fmt.Errorf("storage.path: another airlock is using the spool directory %s (%w); two processes on one directory remove each other's downloads in progress: give each its own storage.path, or, on a filesystem every replica mounts, set cluster.sharedFilesystem and a distinct cluster.advertise per replica", dir, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("storage.path: %w", err)
+	}
+	return l, nil
 }
 
 // reidentify tells the metadata index what each upstream name stands for.

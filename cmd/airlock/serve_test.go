@@ -460,7 +460,7 @@ func gatewayFromFile(t *testing.T, path string, body []byte) (*gateway, *syncBuf
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { g.meta.Close() })
+	t.Cleanup(func() { g.closeStores() })
 	return g, logs
 }
 

@@ -5,12 +5,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -174,6 +176,10 @@ func TestAdminAPIUnauthorized(t *testing.T) {
 			}
 			data, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
+			// Past the throttle's window: this test is about the answer
+			// to each kind of credential, TestAdminAPIThrottle about
+			// their number.
+			f.Clock.Advance(admin.ThrottleWindow)
 			what := r.method + " " + r.path + " with " + c.name
 			wantError(t, what, resp.StatusCode, data, http.StatusUnauthorized, "UNAUTHORIZED", "")
 			if got := resp.Header.Get("WWW-Authenticate"); got != `Bearer realm="airlock-admin"` {
@@ -189,6 +195,61 @@ func TestAdminAPIUnauthorized(t *testing.T) {
 	if !strings.Contains(logs, "admin API request refused") || strings.Contains(logs, admintest.AliceToken[:10]) ||
 		strings.Contains(logs, "not-a-token") {
 		t.Fatalf("the log should record refusals and never a token:\n%s", logs)
+	}
+}
+
+// TestAdminAPIThrottle guesses tokens against the API: five wrong ones
+// are answered 401, then the address is refused with 429 and Retry-After
+// whatever it sends, the right token included, until the window has
+// passed, and logged once rather than per guess. Requests without a token
+// are no guesses, and right tokens sent at once are never refused.
+func TestAdminAPIThrottle(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	for range 10 {
+		status, _, data := f.call("GET", "/api/v1/images", "", "")
+		wantError(t, "no token", status, data, http.StatusUnauthorized, "UNAUTHORIZED", "authentication required")
+	}
+	for i := range admin.MaxWrongTokens - 1 {
+		status, _, data := f.call("GET", "/api/v1/images", fmt.Sprintf("guess-%d", i), "")
+		wantError(t, "wrong token", status, data, http.StatusUnauthorized, "UNAUTHORIZED", "not one of")
+	}
+	var wg sync.WaitGroup
+	statuses := make(chan int, 30)
+	for range 30 {
+		wg.Go(func() {
+			status, _, _ := f.call("GET", "/api/v1/images", admintest.AliceToken, "")
+			statuses <- status
+		})
+	}
+	wg.Wait()
+	close(statuses)
+	for s := range statuses {
+		if s != http.StatusOK {
+			t.Fatalf("a right token sent with 29 others, one wrong token short of the limit, got %d", s)
+		}
+	}
+	status, _, data := f.call("GET", "/api/v1/images", "guess-last", "")
+	wantError(t, "fifth wrong token", status, data, http.StatusUnauthorized, "UNAUTHORIZED", "not one of")
+	before := f.snapshot()
+	for range 20 {
+		status, hdr, data := f.call("POST", "/api/v1/images/"+f.unpRef+"/release", admintest.AliceToken, `{"reason":"in"}`)
+		wantError(t, "the right token after five wrong ones", status, data, http.StatusTooManyRequests, "TOO_MANY_REQUESTS", "too many wrong tokens")
+		if ra, err := strconv.Atoi(hdr.Get("Retry-After")); err != nil || ra < 1 || ra > 61 {
+			t.Fatalf("Retry-After %q, want the seconds left of the window", hdr.Get("Retry-After"))
+		}
+	}
+	f.unchanged(before, "requests from a throttled address")
+	logs := f.Logs()
+	if n := strings.Count(logs, "refusing tokens from a client"); n != 1 {
+		t.Errorf("the throttle's refusal is logged %d times, want once:\n%s", n, logs)
+	}
+	if n := strings.Count(logs, "level=WARN msg=\"admin API request refused\""); n != admin.MaxWrongTokens+10 {
+		t.Errorf("%d refusals logged as warnings, want one per checked guess and tokenless request (%d):\n%s", n, admin.MaxWrongTokens+10, logs)
+	}
+	f.Clock.Advance(admin.ThrottleWindow)
+	if status, _, data := f.call("GET", "/api/v1/images", admintest.AliceToken, ""); status != http.StatusOK {
+		t.Fatalf("the right token once the window has passed = %d %s", status, data)
 	}
 }
 

@@ -20,6 +20,7 @@ const (
 	CodeMethodNotAllowed Code = "METHOD_NOT_ALLOWED"
 	CodeConflict         Code = "CONFLICT"
 	CodeTooLarge         Code = "TOO_LARGE"
+	CodeTooManyRequests  Code = "TOO_MANY_REQUESTS"
 	CodeInternal         Code = "INTERNAL"
 	CodeUnavailable      Code = "UNAVAILABLE"
 )
@@ -39,6 +40,8 @@ func (c Code) Status() int {
 		return http.StatusConflict
 	case CodeTooLarge:
 		return http.StatusRequestEntityTooLarge
+	case CodeTooManyRequests:
+		return http.StatusTooManyRequests
 	case CodeUnavailable:
 		return http.StatusServiceUnavailable
 	}
@@ -51,7 +54,8 @@ type apiError struct {
 	Message string
 	// Allow lists the methods a 405 names.
 	Allow string
-	// RetryAfter, in seconds, tells a client of a 503 when to try again.
+	// RetryAfter, in seconds, tells a client of a 503 or 429 when to try
+	// again.
 	RetryAfter int
 	// Err is the cause, for the log only: clients read Message.
 	Err error

@@ -66,19 +66,24 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock for expiries; nil means time.Now.
 	Now func() time.Time
+	// Throttle limits wrong tokens per client. Give the console the same
+	// one, so that neither is a way around the other's limit. nil: a
+	// throttle of the API's own.
+	Throttle *Throttle
 }
 
 // Server serves the admin API under /api/v1/. Mount it with
 // mux.Handle("/api/v1/", srv).
 type Server struct {
-	store   Store
-	decider Decider
-	tags    Tags
-	cache   Cache
-	sboms   SBOMs
-	tokens  *Tokens
-	log     *slog.Logger
-	now     func() time.Time
+	store    Store
+	decider  Decider
+	tags     Tags
+	cache    Cache
+	sboms    SBOMs
+	tokens   *Tokens
+	throttle *Throttle
+	log      *slog.Logger
+	now      func() time.Time
 }
 
 // New returns a Server. It does not read the token file: that happens on
@@ -89,12 +94,15 @@ func New(o Options) (*Server, error) {
 		return nil, errors.New("admin: Options.Store and Options.Decider are required")
 	}
 	s := &Server{store: o.Store, decider: o.Decider, tags: o.Tags, cache: o.Cache, sboms: o.SBOMs, log: o.Logger, now: o.Now,
-		tokens: NewTokens(o.TokenFile)}
+		tokens: NewTokens(o.TokenFile), throttle: o.Throttle}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	if s.throttle == nil {
+		s.throttle = NewThrottle(s.now, s.log)
 	}
 	return s, nil
 }
@@ -106,10 +114,17 @@ const Prefix = "/api/v1/"
 // first so that an unauthenticated client learns nothing, not even which
 // paths exist.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	actor, err := s.authenticate(r.Header.Get("Authorization"))
+	actor, err := s.authenticate(r)
 	if err != nil {
-		e, _ := asAPIError(err)
-		s.log.LogAttrs(r.Context(), slog.LevelWarn, "admin API request refused",
+		e := classify(err)
+		level := slog.LevelWarn
+		if e.Code == CodeTooManyRequests {
+			// The throttle logged the client once as it began refusing
+			// it; a line per refused guess would let a guesser fill the
+			// log.
+			level = slog.LevelDebug
+		}
+		s.log.LogAttrs(r.Context(), level, "admin API request refused",
 			slog.String("method", r.Method), slog.String("path", r.URL.Path),
 			slog.String("remote", r.RemoteAddr), slog.String("error", e.Error()))
 		writeError(w, e)

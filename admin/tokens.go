@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/http"
 	"os"
 	"regexp"
 	"strings"
@@ -280,17 +281,37 @@ func (t *Tokens) entries() ([]tokenEntry, error) {
 }
 
 // authenticate returns the actor a request's Authorization header names.
-func (s *Server) authenticate(header string) (string, error) {
+// A wrong token counts against the client's limit (see [Throttle]); a
+// missing one does not, being no guess.
+func (s *Server) authenticate(r *http.Request) (string, error) {
 	if _, err := s.tokens.entries(); err != nil {
 		return "", err
 	}
-	token, ok := bearer(header)
+	token, ok := bearer(r.Header.Get("Authorization"))
 	if !ok {
 		return "", errorf(CodeUnauthorized, "authentication required: send \"Authorization: Bearer <token>\" with a token from admin.tokenFile")
 	}
-	c, err := s.tokens.Check(token)
-	if err != nil {
-		return "", errorf(CodeUnauthorized, "the bearer token is not one of admin.tokenFile's tokens")
+	var (
+		c        Credential
+		checkErr error
+	)
+	wait, err := s.throttle.Check(r.Context(), r.RemoteAddr, func() bool {
+		c, checkErr = s.tokens.Check(token)
+		e, ok := asAPIError(checkErr)
+		return ok && e.Code == CodeUnauthorized
+	})
+	switch {
+	case errors.Is(err, ErrThrottled):
+		secs := int(wait.Seconds()) + 1
+		return "", &apiError{Code: CodeTooManyRequests, RetryAfter: secs, Err: err,
+			Message: fmt.Sprintf("too many wrong tokens from your address; try again in %d s", secs)}
+	case err != nil:
+		return "", &apiError{Code: CodeUnavailable, Err: err, Message: "the request ended before its token was checked"}
+	case checkErr != nil:
+		if e, ok := asAPIError(checkErr); ok && e.Code == CodeUnauthorized {
+			return "", errorf(CodeUnauthorized, "the bearer token is not one of admin.tokenFile's tokens")
+		}
+		return "", checkErr
 	}
 	return c.Actor, nil
 }

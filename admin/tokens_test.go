@@ -3,6 +3,8 @@ package admin
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -106,9 +108,11 @@ func TestAdminTokenFileReload(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s := &Server{tokens: NewTokens(path)}
+	s := &Server{tokens: NewTokens(path), throttle: NewThrottle(nil, nil)}
 	auth := func(token string) (string, Code) {
-		actor, err := s.authenticate("Bearer " + token)
+		r := httptest.NewRequest(http.MethodGet, Prefix+"images", nil)
+		r.Header.Set("Authorization", "Bearer "+token)
+		actor, err := s.authenticate(r)
 		if err != nil {
 			e, _ := asAPIError(err)
 			if strings.Contains(e.Message, token) {

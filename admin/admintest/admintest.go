@@ -60,6 +60,9 @@ type Harness struct {
 	TokenFile string
 	// Clock is the time of the gate and the admin API.
 	Clock *Clock
+	// Throttle limits the admin API's wrong tokens; a console a test
+	// builds on the harness shares it as serve's does.
+	Throttle *admin.Throttle
 	// Metrics holds the proxy's series (upstream round trips, cache
 	// lookups), as serve registers them; they survive a Restart.
 	Metrics *prometheus.Registry
@@ -133,6 +136,7 @@ func New(tb testing.TB, up *upstreamtest.Upstream, pins string) *Harness {
 	h := &Harness{Upstream: up, Dir: dir, t: tb, TokenFile: filepath.Join(dir, "admin-tokens"),
 		Clock: &Clock{now: time.Now().UTC().Truncate(time.Second)}, Metrics: prometheus.NewRegistry()}
 	h.proxyMetrics = proxy.NewMetrics(h.Metrics)
+	h.Throttle = admin.NewThrottle(h.Clock.Now, slog.New(slog.NewTextHandler(&h.logs, nil)))
 	write(tb, h.TokenFile, "# admins\nalice:"+AliceToken+"\n"+UnnamedToken+"\n")
 	write(tb, filepath.Join(dir, "pins.txt"), pins)
 	h.start()
@@ -200,7 +204,7 @@ func (h *Harness) start() {
 // startAdmin builds the admin API on the running pieces.
 func (h *Harness) startAdmin() {
 	srv, err := admin.New(admin.Options{Store: h.Meta, Decider: h.Gate, Tags: h.Meta, Cache: h.Proxy, SBOMs: h.sboms,
-		TokenFile: h.TokenFile, Now: h.Clock.Now, Logger: slog.New(slog.NewTextHandler(&h.logs, nil))})
+		TokenFile: h.TokenFile, Now: h.Clock.Now, Throttle: h.Throttle, Logger: slog.New(slog.NewTextHandler(&h.logs, nil))})
 	if err != nil {
 		h.t.Fatal(err)
 	}

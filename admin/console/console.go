@@ -69,6 +69,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Throttle limits wrong tokens per client: give it the API's, so that
+	// neither is a way around the other's limit. nil: one of its own.
+	Throttle *admin.Throttle
 }
 
 // Console serves the pages under [Prefix]. Mount it with
@@ -86,7 +89,7 @@ type Console struct {
 	now       func() time.Time
 
 	sessions    *sessions
-	throttle    throttle
+	throttle    *admin.Throttle
 	formTimeout time.Duration
 	// scans bounds the pages that read a whole table at once (images,
 	// overview, audit): each holds up to maxScan decoded images or hashes
@@ -107,12 +110,16 @@ func New(o Options) (*Console, error) {
 		return nil, errors.New("console: Options.Store and Options.Decider are required")
 	}
 	c := &Console{store: o.Store, decider: o.Decider, tokens: admin.NewTokens(o.TokenFile), cache: o.Cache,
-		manifests: o.Manifests, sboms: o.SBOMs, denials: o.Denials, stats: o.Stats, log: o.Logger, now: o.Now}
+		manifests: o.Manifests, sboms: o.SBOMs, denials: o.Denials, stats: o.Stats, log: o.Logger, now: o.Now,
+		throttle: o.Throttle}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	if c.now == nil {
 		c.now = time.Now
+	}
+	if c.throttle == nil {
+		c.throttle = admin.NewThrottle(c.now, c.log)
 	}
 	c.sessions = newSessions(o.SessionLifetime, o.IdleTimeout)
 	c.scans = make(chan struct{}, maxScans)

@@ -78,7 +78,8 @@ func newFixture(t *testing.T, tlsServer bool) *fixture {
 		}
 	}
 	c, err := console.New(console.Options{Store: h.Meta, Decider: h.Gate, TokenFile: h.TokenFile, Cache: h.Proxy,
-		Manifests: h.Meta, Denials: h.Gate.RecentDenials, Stats: console.StatsFrom(h.Metrics), Now: h.Clock.Now})
+		Manifests: h.Meta, Denials: h.Gate.RecentDenials, Stats: console.StatsFrom(h.Metrics), Now: h.Clock.Now,
+		Throttle: h.Throttle})
 	if err != nil {
 		t.Fatal(err)
 	}

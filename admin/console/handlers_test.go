@@ -122,6 +122,21 @@ func TestSignInThrottled(t *testing.T) {
 	if a.header.Get("Retry-After") == "" {
 		t.Fatal("no Retry-After")
 	}
+	// The API shares the limit (as serve wires them): it is no way around
+	// the console's.
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, f.h.Admin.URL+"/api/v1/images", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+admintest.AliceToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("the API after five failed console sign-ins from the address = %d, want 429", resp.StatusCode)
+	}
 	f.h.Clock.Advance(61 * time.Second)
 	if a := b.post("/ui/login", url.Values{"csrf": {csrfOf(t, a.body)}, "token": {admintest.AliceToken}}); a.status != http.StatusSeeOther {
 		t.Fatalf("sign-in a minute later = %d", a.status)

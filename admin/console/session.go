@@ -265,28 +265,32 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 			c.loginForm(w, r, http.StatusForbidden, next, "The sign-in form expired or did not come from this page. Try again.")
 			return
 		}
-		client, now := clientOf(r.RemoteAddr), c.now()
-		counted, wait, admitted := c.throttle.attempt(client, now)
-		if !admitted {
-			c.log.LogAttrs(r.Context(), slog.LevelWarn, "console sign-in refused: too many failed attempts",
+		var cred admin.Credential
+		wait, terr := c.throttle.Check(r.Context(), r.RemoteAddr, func() bool {
+			cred, err = c.tokens.Check(r.PostFormValue("token"))
+			status, _ := admin.Describe(err)
+			return err != nil && status == http.StatusUnauthorized // a wrong token, not a file problem
+		})
+		if errors.Is(terr, admin.ErrThrottled) {
+			// Logged once by the throttle as it began refusing: a line
+			// per refused guess would let a guesser fill the log.
+			c.log.LogAttrs(r.Context(), slog.LevelDebug, "console sign-in refused: too many failed attempts",
 				slog.String("remote", r.RemoteAddr))
 			w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
 			c.loginForm(w, r, http.StatusTooManyRequests, next,
 				"Too many failed sign-ins from your address; wait a minute and try again.")
 			return
 		}
-		cred, err := c.tokens.Check(r.PostFormValue("token"))
+		if terr != nil {
+			return // the browser went away while its attempt waited
+		}
 		if err != nil {
 			status, msg := admin.Describe(err)
-			if status != http.StatusUnauthorized {
-				c.throttle.undo(counted, now) // not a guess
-			}
 			c.log.LogAttrs(r.Context(), slog.LevelWarn, "console sign-in refused",
 				slog.String("remote", r.RemoteAddr), slog.String("error", err.Error()))
 			c.loginForm(w, r, status, next, msg)
 			return
 		}
-		c.throttle.undo(counted, now)
 		// The session this browser held, if any, ends: a sign-in never
 		// leaves a replaced id alive (it may have leaked, or be the
 		// previous user's on a shared browser).

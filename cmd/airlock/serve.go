@@ -781,15 +781,18 @@ func (g *gateway) adminHandler() (http.Handler, error) {
 	if g.scans != nil {
 		sboms = g.scans // left a nil interface when scanning is off
 	}
+	// One limit on wrong tokens for the API and the console together:
+	// neither is a way around the other's.
+	throttle := admin.NewThrottle(nil, g.log.With(slog.String("component", "admin")))
 	api, err := admin.New(admin.Options{Store: g.meta, Decider: g.gate, Tags: g.meta, Cache: g.proxy, SBOMs: sboms,
-		TokenFile: g.cfg.Admin.TokenFile, Logger: g.log.With(slog.String("component", "admin"))})
+		TokenFile: g.cfg.Admin.TokenFile, Throttle: throttle, Logger: g.log.With(slog.String("component", "admin"))})
 	if err != nil {
 		return nil, err
 	}
 	mux.Handle(admin.Prefix, api)
 	ui, err := console.New(console.Options{Store: g.meta, Decider: g.gate, TokenFile: g.cfg.Admin.TokenFile, SBOMs: sboms,
 		Cache: g.proxy, Manifests: g.meta, Denials: g.gate.RecentDenials, Stats: console.StatsFrom(g.promReg),
-		Logger: g.log.With(slog.String("component", "console"))})
+		Throttle: throttle, Logger: g.log.With(slog.String("component", "console"))})
 	if err != nil {
 		return nil, err
 	}

@@ -25,7 +25,9 @@ func newTestLocks(t *testing.T, dsn string) (*locks, *syncBuffer) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.ConnectTimeout = 2 * time.Second
+	// Generous: a new PostgreSQL session under disk load (fsync taking
+	// seconds) has taken more than 2 s to set up.
+	cfg.ConnectTimeout = 15 * time.Second
 	logs := &syncBuffer{}
 	l, err := newLocks(t.Context(), cfg, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {

@@ -209,7 +209,8 @@ func (l *locks) reconnect() error {
 // dialLocks opens a lock session: a connection whose session the
 // database ends after sessionIdleTimeout without a statement, unless cfg
 // sets idle_session_timeout itself. A server without the setting (before
-// PostgreSQL 14) is used as it is.
+// PostgreSQL 14) is used as it is. Setting it takes at most
+// lockCallTimeout.
 func dialLocks(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
@@ -218,7 +219,12 @@ func dialLocks(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
 	if _, set := cfg.RuntimeParams["idle_session_timeout"]; set {
 		return conn, nil
 	}
-	_, err = conn.Exec(ctx, fmt.Sprintf("SET idle_session_timeout = %d", sessionIdleTimeout.Milliseconds()))
+	// Bounded like any other statement: the connect timeout has ended
+	// with the connection made, and a connection stalling now would
+	// otherwise hold the keeper, and every lock, until Close.
+	sctx, cancel := context.WithTimeout(ctx, lockCallTimeout)
+	_, err = conn.Exec(sctx, fmt.Sprintf("SET idle_session_timeout = %d", sessionIdleTimeout.Milliseconds()))
+	cancel()
 	var pgErr *pgconn.PgError
 	if err != nil && !(errors.As(err, &pgErr) && pgErr.Code == "42704") {
 		cctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -363,6 +363,9 @@ type stallProxy struct {
 	mu     sync.Mutex
 	conns  map[*stallPair]bool
 	l      net.Listener
+	// stallOn, when set, stalls a connection as soon as its client sends
+	// a packet containing it.
+	stallOn string
 }
 
 type stallPair struct {
@@ -416,6 +419,9 @@ func (p *stallProxy) pump(pair *stallPair, src, dst net.Conn) {
 	for {
 		n, err := src.Read(buf)
 		p.mu.Lock()
+		if p.stallOn != "" && src == pair.c && strings.Contains(string(buf[:n]), p.stallOn) {
+			pair.stalled = true
+		}
 		stalled := pair.stalled
 		p.mu.Unlock()
 		if n > 0 && !stalled {
@@ -437,6 +443,52 @@ func (p *stallProxy) stall() {
 	for pair := range p.conns {
 		pair.stalled = true
 	}
+}
+
+// stallWhen stalls, from now on, every connection once its client sends
+// text containing s; "" turns it off.
+func (p *stallProxy) stallWhen(s string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stallOn = s
+}
+
+// cut closes the connections open now, as a database restart would.
+func (p *stallProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for pair := range p.conns {
+		pair.c.Close()
+		pair.up.Close()
+		delete(p.conns, pair)
+	}
+}
+
+// TestLocksReconnectStallsAfterConnecting loses the locks' connection and
+// stalls the next one right after it is established, while the lock
+// session is being set up: the attempt gives up and a later one gets the
+// locks working again, rather than the keeper waiting on it for good.
+func TestLocksReconnectStallsAfterConnecting(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	target := dbAddr(t, dsn)
+	px := newStallProxy(t, target)
+	proxied := strings.Replace(dsn, target, px.addr, 1)
+	l, logs := newTestLocks(t, proxied)
+
+	px.stallWhen("idle_session_timeout")
+	px.cut()
+	// The keeper notices the loss within livenessEvery and dials again;
+	// that connection stalls setting up the session.
+	time.Sleep(livenessEvery + time.Second)
+	px.stallWhen("")
+	waitCtx, cancel := context.WithTimeout(t.Context(), 3*lockCallTimeout)
+	defer cancel()
+	c, rel := l.Lock(waitCtx, "k")
+	if c.Err() != nil {
+		t.Fatalf("no lock after the database came back: %v\n%s", c.Err(), logs)
+	}
+	rel()
 }
 
 // TestLocksStalledNetwork stalls the locks' connection without either end

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"log/slog"
@@ -40,11 +41,18 @@ type Throttle struct {
 
 	mu      sync.Mutex
 	clients map[string]*client
+	// failed holds the entries with failures, by their latest, oldest
+	// first: a full table is pruned from its front, never by reading all
+	// of it, so a request from a fresh address costs the same however
+	// full the table is.
+	failed list.List
 }
 
 type client struct {
-	fails   []time.Time // within the window, oldest first
-	pending int         // checks running now
+	key     string        // its key in Throttle.clients
+	elem    *list.Element // in Throttle.failed, or nil
+	fails   []time.Time   // within the window, oldest first
+	pending int           // checks running now
 	// freed is closed when a running check ends: checks that could be
 	// the one to reach the limit wait for it.
 	freed chan struct{}
@@ -125,9 +133,15 @@ func (t *Throttle) Check(ctx context.Context, remoteAddr string, check func() (w
 		defer t.mu.Unlock()
 		now := t.now()
 		c.pending--
+		c.recent(now)
 		if wrong {
-			fs := append(c.recent(now), now)
+			fs := append(c.fails, now)
 			c.fails = fs[max(0, len(fs)-MaxWrongTokens):]
+			if c.elem != nil {
+				t.failed.MoveToBack(c.elem)
+			} else {
+				c.elem = t.failed.PushBack(c)
+			}
 			if len(c.fails) == MaxWrongTokens {
 				t.log.LogAttrs(context.Background(), slog.LevelWarn, "admin: refusing tokens from a client after too many wrong ones",
 					slog.String("client", key), slog.Int("wrong", MaxWrongTokens), slog.Duration("within", ThrottleWindow))
@@ -137,8 +151,8 @@ func (t *Throttle) Check(ctx context.Context, remoteAddr string, check func() (w
 			close(c.freed)
 			c.freed = nil
 		}
-		if c.pending == 0 && len(c.fails) == 0 && t.clients[key] == c {
-			delete(t.clients, key)
+		if c.pending == 0 && len(c.fails) == 0 {
+			t.forgetLocked(c)
 		}
 	}()
 	wrong = check()
@@ -173,9 +187,17 @@ func (t *Throttle) clientLocked(key string, now time.Time) (string, *client) {
 		return key, c
 	}
 	if len(t.clients) >= maxClients {
-		for k, c := range t.clients {
-			if c.pending == 0 && len(c.recent(now)) == 0 {
-				delete(t.clients, k)
+		// Entries whose latest failure has left the window go; one with
+		// a check running goes when that check ends.
+		for e := t.failed.Front(); e != nil; e = t.failed.Front() {
+			c := e.Value.(*client)
+			if len(c.recent(now)) > 0 {
+				break
+			}
+			t.failed.Remove(e)
+			c.elem = nil
+			if c.pending == 0 {
+				t.forgetLocked(c)
 			}
 		}
 	}
@@ -185,9 +207,20 @@ func (t *Throttle) clientLocked(key string, now time.Time) (string, *client) {
 			return key, c
 		}
 	}
-	c := &client{}
+	c := &client{key: key}
 	t.clients[key] = c
 	return key, c
+}
+
+// forgetLocked removes c from the table.
+func (t *Throttle) forgetLocked(c *client) {
+	if c.elem != nil {
+		t.failed.Remove(c.elem)
+		c.elem = nil
+	}
+	if t.clients[c.key] == c {
+		delete(t.clients, c.key)
+	}
 }
 
 // recent drops the failures that left the window and returns the rest.

@@ -199,3 +199,42 @@ func TestThrottleIPv6Prefix(t *testing.T) {
 		t.Fatal("an IPv4 address is throttled")
 	}
 }
+
+// TestThrottleFullTableCost: with the table full of clients that failed
+// within the window, a token from a fresh address costs about what it
+// costs with the table empty, not a pass over the whole table: otherwise
+// whoever fills the table makes each later request hold the throttle's
+// lock for as long as that pass takes.
+func TestThrottleFullTableCost(t *testing.T) {
+	t.Parallel()
+	const n = 200
+	fresh := func(th *Throttle, net int) time.Duration {
+		start := time.Now()
+		for i := range n {
+			guess(th, fmt.Sprintf("%d.0.%d.%d:1", net, i>>8&255, i&255), true)
+		}
+		return time.Since(start)
+	}
+	empty, _ := newTestThrottle()
+	base := fresh(empty, 11)
+
+	th, clk := newTestThrottle()
+	for i := range maxClients {
+		guess(th, fmt.Sprintf("10.%d.%d.%d:1", i>>16&255, i>>8&255, i&255), true)
+	}
+	if full := fresh(th, 12); full > 20*base+50*time.Millisecond {
+		t.Fatalf("%d tokens from fresh addresses took %v with the table full, %v with it empty", n, full, base)
+	}
+	if len(th.clients) != maxClients+1 {
+		t.Fatalf("the table holds %d entries, want %d and the overflow", len(th.clients), maxClients)
+	}
+	// Once the failures have left the window, the table makes room again,
+	// and forgets what it pruned.
+	clk.advance(ThrottleWindow)
+	if !guess(th, "198.51.100.7:1", true) {
+		t.Fatal("a fresh address was refused a window after the table filled")
+	}
+	if n := len(th.clients); n != 1 || th.failed.Len() != 1 {
+		t.Fatalf("a window later the table holds %d entries (%d with failures), want the one fresh client", n, th.failed.Len())
+	}
+}

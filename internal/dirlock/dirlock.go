@@ -1,9 +1,7 @@
-//go:build unix
-
-// Package dirlock keeps a directory to one process: an exclusive flock on
-// a file inside it, held for the process's life and released by the
-// kernel when the process ends, however it ends, so a crash leaves no
-// stale lock behind.
+// Package dirlock keeps a directory to one process: an exclusive lock on a
+// file inside it (flock on Unix, LockFileEx on Windows), held for the
+// process's life and released by the kernel when the process ends, however
+// it ends, so a crash leaves no stale lock behind.
 package dirlock
 
 import (
@@ -13,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 )
 
 // FileName is the lock file's name inside the locked directory.
@@ -37,15 +34,10 @@ func Acquire(dir string) (*Lock, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening lock file %s: %w", p, err)
 	}
-	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if !errors.Is(err, syscall.EINTR) {
-			break
-		}
-	}
-	if err != nil {
+	held, err := tryLock(f)
+	if err != nil || held {
 		defer f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
+		if held {
 			holder := "another process"
 			if b, rerr := os.ReadFile(p); rerr == nil {
 				if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); perr == nil && pid > 0 {
@@ -71,7 +63,7 @@ func (l *Lock) Release() error {
 	if l == nil || l.f == nil {
 		return nil
 	}
-	err := l.f.Close() // closing the description releases the flock
+	err := l.f.Close() // closing the file releases the lock
 	l.f = nil
 	return err
 }

@@ -37,6 +37,16 @@ func newTestLocks(t *testing.T, dsn string) (*locks, *syncBuffer) {
 	return l, logs
 }
 
+// mustTryLock takes key on l or ends the test.
+func mustTryLock(t *testing.T, l *locks, key string) (context.Context, context.CancelFunc) {
+	t.Helper()
+	ctx, release := l.TryLock(t.Context(), key)
+	if ctx.Err() != nil {
+		t.Fatalf("TryLock %q: %v", key, ctx.Err())
+	}
+	return ctx, release
+}
+
 // dbAddr is the host:port of dsn's database, as written in dsn, for a
 // test to put a proxy in front of it.
 func dbAddr(t *testing.T, dsn string) string {
@@ -168,10 +178,7 @@ func TestLocksOutage(t *testing.T) {
 	l, logs := newTestLocks(t, proxied)
 	other, _ := newTestLocks(t, dsn)
 
-	held, release := l.TryLock(t.Context(), "held")
-	if held.Err() != nil {
-		t.Fatal(held.Err())
-	}
+	held, release := mustTryLock(t, l, "held")
 	defer release()
 	px.setDown(true)
 	select {
@@ -229,10 +236,7 @@ func TestLocksOutage(t *testing.T) {
 func TestLockCallerGivingUpKeepsOtherLocks(t *testing.T) {
 	t.Parallel()
 	l, _ := newTestLocks(t, pgtest.DSN(t))
-	held, release := l.TryLock(t.Context(), "a")
-	if held.Err() != nil {
-		t.Fatal(held.Err())
-	}
+	held, release := mustTryLock(t, l, "a")
 	defer release()
 	for range 50 {
 		ctx, cancel := context.WithCancel(t.Context())
@@ -293,10 +297,7 @@ func TestLockHonoursCallerDeadline(t *testing.T) {
 func TestUnlockOfALockTheDatabaseDropped(t *testing.T) {
 	t.Parallel()
 	l, logs := newTestLocks(t, pgtest.DSN(t))
-	held, release := l.TryLock(t.Context(), "k")
-	if held.Err() != nil {
-		t.Fatal(held.Err())
-	}
+	_, release := mustTryLock(t, l, "k")
 	l.mu.Lock()
 	_, err := l.conn.Exec(t.Context(), `SELECT pg_advisory_unlock_all()`)
 	l.mu.Unlock()
@@ -319,10 +320,7 @@ func TestUnlockOfALockTheDatabaseDropped(t *testing.T) {
 func TestConcurrentClose(t *testing.T) {
 	t.Parallel()
 	l, _ := newTestLocks(t, pgtest.DSN(t))
-	held, release := l.TryLock(t.Context(), "k")
-	if held.Err() != nil {
-		t.Fatal(held.Err())
-	}
+	held, release := mustTryLock(t, l, "k")
 	defer release()
 	l.mu.Lock() // the first Close waits for it
 	first := make(chan struct{})
@@ -517,10 +515,7 @@ func TestLocksStalledNetwork(t *testing.T) {
 		t.Error("the lock session has no idle timeout: a session whose client vanished keeps its locks")
 	}
 
-	held, release := l.TryLock(t.Context(), "held")
-	if held.Err() != nil {
-		t.Fatal(held.Err())
-	}
+	held, release := mustTryLock(t, l, "held")
 	defer release()
 	px.stall()
 	select {
@@ -547,10 +542,7 @@ func TestLocksCloseStalledNetwork(t *testing.T) {
 	px := newStallProxy(t, target)
 	proxied := strings.Replace(dsn, target, px.addr, 1)
 	l, logs := newTestLocks(t, proxied)
-	held, release := l.TryLock(t.Context(), "held")
-	if held.Err() != nil {
-		t.Fatal(held.Err())
-	}
+	held, release := mustTryLock(t, l, "held")
 	defer release()
 	px.stall()
 	// The keeper's next ping starts within livenessEvery and then waits

@@ -118,10 +118,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		e := classify(err)
 		level := slog.LevelWarn
-		if e.Code == CodeTooManyRequests {
-			// The throttle logged the client once as it began refusing
-			// it; a line per refused guess would let a guesser fill the
-			// log.
+		if e.Code == CodeTooManyRequests || errors.Is(err, errNoToken) {
+			// Neither is a checked guess: the throttle logged the client
+			// once as it began refusing it, and a request without a
+			// token is a client not configured yet (or anyone at all). A
+			// line each would let whoever sends them fill the log;
+			// wrong tokens, five a minute per client at most, are logged.
 			level = slog.LevelDebug
 		}
 		s.log.LogAttrs(r.Context(), level, "admin API request refused",

@@ -280,6 +280,10 @@ func (t *Tokens) entries() ([]tokenEntry, error) {
 	return entries, nil
 }
 
+// errNoToken marks a request that sent no bearer token: no guess, and
+// logged at debug level only, since anyone can send them by the million.
+var errNoToken = errors.New("no bearer token")
+
 // authenticate returns the actor a request's Authorization header names.
 // A wrong token counts against the client's limit (see [Throttle]); a
 // missing one does not, being no guess.
@@ -289,7 +293,8 @@ func (s *Server) authenticate(r *http.Request) (string, error) {
 	}
 	token, ok := bearer(r.Header.Get("Authorization"))
 	if !ok {
-		return "", errorf(CodeUnauthorized, "authentication required: send \"Authorization: Bearer <token>\" with a token from admin.tokenFile")
+		return "", &apiError{Code: CodeUnauthorized, Err: errNoToken,
+			Message: "authentication required: send \"Authorization: Bearer <token>\" with a token from admin.tokenFile"}
 	}
 	var (
 		c        Credential

@@ -683,6 +683,49 @@ func (e *clusterEnv) auditHashes(i int) []string {
 	return lines
 }
 
+// TestClusterPostgresStalled silences the replicas' database without
+// closing a connection, as a network dropping packets or a frozen host
+// does: a warm image is still served from memory, and an image nobody
+// pulled is answered 503 with a Retry-After, not left waiting for a
+// database that never answers, however long the client would wait. Once
+// the database answers again the cold image is served.
+func TestClusterPostgresStalled(t *testing.T) {
+	t.Parallel()
+	e := newClusterEnv(t)
+	const repo = "vendor/app"
+	warm := e.up.PushImage(t, repo, "1.0", 32<<10, 2)
+	cold := e.up.PushImage(t, repo, "2.0", 32<<10, 1)
+	e.start(clusterOptions{policies: clusterPins(t, e.dir, repo, warm, cold), cuttable: true, staleness: "30s"})
+	for range 2 {
+		for i := range e.rs {
+			e.pull(i, "1.0", warm)
+		}
+		time.Sleep(time.Second)
+	}
+	e.link.stall()
+	for i := range e.rs {
+		e.pull(i, "1.0", warm)
+	}
+	// Far longer than the store's limits (a connection in 5 s, an
+	// operation in 10 s, a few in a row on the cold path): a hang, not a
+	// slow answer, is what this fails on.
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	t0 := time.Now()
+	r, err := e2eGet(ctx, e.base(1, repo)+"/manifests/2.0", "Accept", manifestAccept)
+	if err != nil {
+		t.Fatalf("the cold image with the database silent: no answer after %v: %v", time.Since(t0).Round(time.Second), err)
+	}
+	t.Logf("the cold image with the database silent: %d after %v: %.200s", r.Status, time.Since(t0).Round(time.Millisecond), r.Body)
+	if r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
+		t.Errorf("the cold image with the database silent: %d, Retry-After %q: %s; want 503 with a Retry-After", r.Status, r.Header.Get("Retry-After"), r.Body)
+	}
+	e.link.mend()
+	_, took := e.waitStatus(e.base(1, repo)+"/manifests/2.0", http.StatusOK, time.Minute, "Accept", manifestAccept)
+	t.Logf("the cold image was served %v after the database answered again", took.Round(time.Millisecond))
+	e.pull(1, "2.0", cold)
+}
+
 // TestClusterPostgresDown cuts the replicas off PostgreSQL, with
 // metadata.staleness at 8s: for the first 5 s a warm, approved image is
 // still served from memory and a quarantined one still refused; an image

@@ -136,7 +136,9 @@ func (s *Store) Accessed(ctx context.Context, repo string, d digest.Digest) (tim
 	pending, ok := s.access.pending[accessKey{repo, d}]
 	s.access.mu.Unlock()
 	var stored int64
-	err := s.pool.QueryRow(ctx, "SELECT at FROM airlock_meta_access WHERE repo = $1 AND digest = $2", repo, d).Scan(&stored)
+	qctx, cancel := s.bounded(ctx)
+	defer cancel()
+	err := s.pool.QueryRow(qctx, "SELECT at FROM airlock_meta_access WHERE repo = $1 AND digest = $2", repo, d).Scan(&stored)
 	switch {
 	case isNoRows(err) && !ok:
 		return time.Time{}, fmt.Errorf("access time of %s@%s: %w", repo, d, storage.ErrNotFound)
@@ -161,7 +163,9 @@ func (s *Store) LastUse(ctx context.Context, d digest.Digest) (time.Time, error)
 	pending, ok := s.access.uses[d]
 	s.access.mu.Unlock()
 	var stored int64
-	err := s.pool.QueryRow(ctx, "SELECT at FROM airlock_meta_last_use WHERE digest = $1", d).Scan(&stored)
+	qctx, cancel := s.bounded(ctx)
+	defer cancel()
+	err := s.pool.QueryRow(qctx, "SELECT at FROM airlock_meta_last_use WHERE digest = $1", d).Scan(&stored)
 	switch {
 	case isNoRows(err) && !ok:
 		return time.Time{}, fmt.Errorf("last use of %s: %w", d, storage.ErrNotFound)
@@ -220,9 +224,11 @@ func (s *Store) flush(ctx context.Context) error {
 		for i, k := range chunk {
 			repos[i], ds[i], ats[i] = k.repo, string(k.d), pending[k]
 		}
-		_, err := s.pool.Exec(ctx, `INSERT INTO airlock_meta_access AS a (repo, digest, at)
+		qctx, cancel := s.bounded(ctx)
+		_, err := s.pool.Exec(qctx, `INSERT INTO airlock_meta_access AS a (repo, digest, at)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
 			ON CONFLICT (repo, digest) DO UPDATE SET at = excluded.at WHERE a.at < excluded.at`, repos, ds, ats)
+		cancel()
 		if err != nil {
 			failed = fmt.Errorf("metadata: writing %d access times: %w", len(pending), err)
 			break
@@ -239,9 +245,11 @@ func (s *Store) flush(ctx context.Context) error {
 		for i, d := range chunk {
 			ds[i], ats[i] = string(d), uses[d]
 		}
-		_, err := s.pool.Exec(ctx, `INSERT INTO airlock_meta_last_use AS u (digest, at)
+		qctx, cancel := s.bounded(ctx)
+		_, err := s.pool.Exec(qctx, `INSERT INTO airlock_meta_last_use AS u (digest, at)
 			SELECT * FROM unnest($1::text[], $2::bigint[])
 			ON CONFLICT (digest) DO UPDATE SET at = excluded.at WHERE u.at < excluded.at`, ds, ats)
+		cancel()
 		if err != nil {
 			failed = fmt.Errorf("metadata: writing %d last uses: %w", len(uses), err)
 			break

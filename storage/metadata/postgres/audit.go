@@ -76,6 +76,8 @@ func (s *Store) Audit(ctx context.Context, after uint64, limit int) ([]metadata.
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	ctx, cancel := s.bounded(ctx)
+	defer cancel()
 	rows, err := s.pool.Query(ctx, "SELECT seq, record FROM airlock_meta_audit WHERE seq > $1 ORDER BY seq LIMIT $2", int64(after), limit)
 	if err != nil {
 		return nil, fmt.Errorf("metadata: reading the audit log: %w", err)

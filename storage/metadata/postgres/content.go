@@ -122,11 +122,11 @@ func (c *changes) add(kind, key string) {
 // returns: a read in between would cache what the commit is replacing.
 // An attempt that was run again never committed, so the last attempt's
 // keys are the ones to drop.
-func (s *Store) write(ctx context.Context, fn func(tx pgx.Tx, ch *changes) error) error {
+func (s *Store) write(ctx context.Context, fn func(ctx context.Context, tx pgx.Tx, ch *changes) error) error {
 	var ch changes
-	err := s.writeTx(ctx, func(tx pgx.Tx) error {
+	err := s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		ch = changes{}
-		if err := fn(tx, &ch); err != nil {
+		if err := fn(ctx, tx, &ch); err != nil {
 			return err
 		}
 		return announce(ctx, tx, ch)
@@ -218,7 +218,7 @@ func (s *Store) PutTag(ctx context.Context, repo, tag string, rec metadata.TagRe
 	if err := checkText("media type of tag "+tagName(repo, tag), rec.MediaType); err != nil {
 		return err
 	}
-	return s.write(ctx, func(tx pgx.Tx, ch *changes) error {
+	return s.write(ctx, func(ctx context.Context, tx pgx.Tx, ch *changes) error {
 		_, err := tx.Exec(ctx, `INSERT INTO airlock_meta_tags (repo, tag, digest, media_type, size, resolved)
 			VALUES ($1, $2, $3, $4, $5, $6)
 			ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest, media_type = excluded.media_type,
@@ -242,6 +242,8 @@ func (s *Store) Tags(ctx context.Context, repo string) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	ctx, cancel := s.bounded(ctx)
+	defer cancel()
 	rows, _ := s.pool.Query(ctx, "SELECT tag FROM airlock_meta_tags WHERE repo = $1 ORDER BY tag", repo)
 	tags, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
@@ -283,7 +285,9 @@ func (s *Store) Manifest(ctx context.Context, d digest.Digest) (metadata.Manifes
 	}
 	t := s.cache.ticket(key)
 	rec := metadata.ManifestRecord{Digest: d}
-	err := s.pool.QueryRow(ctx, "SELECT media_type, body FROM airlock_meta_manifests WHERE digest = $1", string(d)).
+	qctx, cancel := s.bounded(ctx)
+	defer cancel()
+	err := s.pool.QueryRow(qctx, "SELECT media_type, body FROM airlock_meta_manifests WHERE digest = $1", string(d)).
 		Scan(&rec.MediaType, &rec.Body)
 	if isNoRows(err) {
 		return metadata.ManifestRecord{}, fmt.Errorf("manifest %s: %w", d, storage.ErrNotFound)
@@ -318,7 +322,9 @@ func (s *Store) RepoManifest(ctx context.Context, repo string, d digest.Digest) 
 		size      *int64
 		mediaType *string
 	)
-	err := s.pool.QueryRow(ctx, `SELECT m.media_type, m.body, l.flags, l.size, l.media_type
+	qctx, cancel := s.bounded(ctx)
+	defer cancel()
+	err := s.pool.QueryRow(qctx, `SELECT m.media_type, m.body, l.flags, l.size, l.media_type
 		FROM airlock_meta_manifests m
 		LEFT JOIN airlock_meta_manifest_links l ON l.repo = $1 AND l.digest = m.digest
 		WHERE m.digest = $2`, repo, string(d)).Scan(&rec.MediaType, &rec.Body, &flags, &size, &mediaType)
@@ -371,7 +377,7 @@ func (s *Store) PutManifest(ctx context.Context, repo string, rec metadata.Manif
 	if body == nil {
 		body = []byte{}
 	}
-	return s.write(ctx, func(tx pgx.Tx, ch *changes) error {
+	return s.write(ctx, func(ctx context.Context, tx pgx.Tx, ch *changes) error {
 		if err := mergeBlobLinks(ctx, tx, repo, admissions(admit), ch); err != nil {
 			return err
 		}
@@ -552,7 +558,7 @@ func (s *Store) LinkBlobs(ctx context.Context, repo string, blobs ...metadata.Bl
 	if len(blobs) == 0 {
 		return nil
 	}
-	return s.write(ctx, func(tx pgx.Tx, ch *changes) error {
+	return s.write(ctx, func(ctx context.Context, tx pgx.Tx, ch *changes) error {
 		return mergeBlobLinks(ctx, tx, repo, blobs, ch)
 	})
 }
@@ -566,7 +572,7 @@ func (s *Store) LinkManifest(ctx context.Context, repo string, d digest.Digest, 
 	if err := checkLink(repo, d, l); err != nil {
 		return err
 	}
-	return s.write(ctx, func(tx pgx.Tx, ch *changes) error {
+	return s.write(ctx, func(ctx context.Context, tx pgx.Tx, ch *changes) error {
 		return mergeManifestLink(ctx, tx, repo, d, l, ch)
 	})
 }
@@ -581,7 +587,7 @@ func (s *Store) AdmitManifest(ctx context.Context, repo string, d digest.Digest,
 	if err := checkBlobs(repo, blobs); err != nil {
 		return err
 	}
-	return s.write(ctx, func(tx pgx.Tx, ch *changes) error {
+	return s.write(ctx, func(ctx context.Context, tx pgx.Tx, ch *changes) error {
 		if err := mergeBlobLinks(ctx, tx, repo, admissions(blobs), ch); err != nil {
 			return err
 		}
@@ -599,6 +605,8 @@ func (s *Store) ManifestLinks(ctx context.Context, repo string) (map[digest.Dige
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	ctx, cancel := s.bounded(ctx)
+	defer cancel()
 	rows, _ := s.pool.Query(ctx, "SELECT digest, flags, size, media_type FROM airlock_meta_manifest_links WHERE repo = $1", repo)
 	links := map[digest.Digest]metadata.Link{}
 	var (
@@ -643,7 +651,7 @@ func (s *Store) WithdrawManifest(ctx context.Context, repo string, d digest.Dige
 	}
 	slices.Sort(ds)
 	admitted := int16(metadata.Admitted)
-	err = s.write(ctx, func(tx pgx.Tx, ch *changes) error {
+	err = s.write(ctx, func(ctx context.Context, tx pgx.Tx, ch *changes) error {
 		rows, _ := tx.Query(ctx, `UPDATE airlock_meta_blob_links SET flags = flags & ~$3::smallint
 			WHERE repo = $1 AND digest = ANY($2::text[]) AND flags & $3::smallint <> 0 RETURNING digest`, repo, ds, admitted)
 		withdrawn, err := pgx.CollectRows(rows, pgx.RowTo[string])
@@ -687,7 +695,7 @@ func (s *Store) UnlinkImage(ctx context.Context, repo string, d digest.Digest, b
 		return nil, err
 	}
 	var orphans, gone []digest.Digest
-	err = s.write(ctx, func(tx pgx.Tx, ch *changes) error {
+	err = s.write(ctx, func(ctx context.Context, tx pgx.Tx, ch *changes) error {
 		var err error
 		orphans, gone, err = unlink(ctx, tx, repo, d, ds, ch)
 		return err

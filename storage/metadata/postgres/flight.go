@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"sync"
 	"time"
@@ -16,6 +17,9 @@ import (
 // replica's announcement) may have read the row as it was, so a reader
 // that came after the drop asks anew, as it would without sharing.
 type flights struct {
+	// timeout bounds a shared query; 0 means sharedReadTimeout.
+	timeout time.Duration
+
 	mu sync.Mutex
 	m  map[string]*flight
 }
@@ -29,7 +33,7 @@ type flight struct {
 
 // sharedReadTimeout bounds a shared query: it runs on behalf of every
 // reader waiting for it, on no one reader's context.
-const sharedReadTimeout = 30 * time.Second
+const sharedReadTimeout = DefaultOpTimeout
 
 // share returns what read returns for key under ticket t, running it
 // unless a read of key under the same ticket is in flight. Each caller
@@ -43,7 +47,7 @@ func (fs *flights) share(ctx context.Context, key string, t ticket, read func(ct
 	if f == nil || f.t != t {
 		f = &flight{t: t, done: make(chan struct{})}
 		fs.m[key] = f
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sharedReadTimeout)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cmp.Or(fs.timeout, sharedReadTimeout))
 		go func() {
 			defer cancel()
 			f.val, f.err = read(rctx)

@@ -37,7 +37,7 @@ func (s *Store) Reidentify(ctx context.Context, ids map[string]string) ([]string
 	// Names in order, so that two replicas lock their rows in one order.
 	names := slices.Sorted(maps.Keys(ids))
 	var changed []string
-	err := s.write(ctx, func(tx pgx.Tx, ch *changes) error {
+	err := s.write(ctx, func(ctx context.Context, tx pgx.Tx, ch *changes) error {
 		changed = changed[:0]
 		for _, name := range names {
 			moved, err := reidentify(ctx, tx, name, ids[name])

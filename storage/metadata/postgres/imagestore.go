@@ -146,12 +146,18 @@ func putImage(ctx context.Context, tx pgx.Tx, img metadata.Image, exists bool) (
 // included) when PostgreSQL aborted it for a conflict with a concurrent
 // transaction: a deadlock, a serialization failure, or the insert of an
 // image another replica inserted first.
-func (s *Store) writeTx(ctx context.Context, fn func(pgx.Tx) error) error {
+func (s *Store) writeTx(ctx context.Context, fn func(ctx context.Context, tx pgx.Tx) error) error {
 	for attempt := 1; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		err := pgx.BeginFunc(ctx, s.pool, fn)
+		actx, cancel := s.bounded(ctx)
+		err := pgx.BeginFunc(actx, s.pool, func(tx pgx.Tx) error { return fn(actx, tx) })
+		timedOut := actx.Err() != nil
+		cancel()
+		if err != nil && ctx.Err() == nil && timedOut {
+			return fmt.Errorf("metadata: writing to PostgreSQL: no answer within %v: %w (%w)", s.opts.OpTimeout, err, metadata.ErrUnavailable)
+		}
 		if err != nil && ctx.Err() == nil && lost(err) {
 			return fmt.Errorf("metadata: writing to PostgreSQL: %w (%w)", err, metadata.ErrUnavailable)
 		}
@@ -216,7 +222,7 @@ func (s *Store) UpdateImage(ctx context.Context, repo string, d digest.Digest, n
 		return metadata.Image{}, err
 	}
 	var out metadata.Image
-	err := s.writeTx(ctx, func(tx pgx.Tx) error {
+	err := s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		img, found, err := getImage(ctx, tx, repo, d, true)
 		if err != nil {
 			return err
@@ -273,7 +279,7 @@ func (s *Store) DeleteImage(ctx context.Context, repo string, d digest.Digest, n
 	if c.Action == "" {
 		c.Action = "delete"
 	}
-	err := s.writeTx(ctx, func(tx pgx.Tx) error {
+	err := s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		img, found, err := getImage(ctx, tx, repo, d, true)
 		if err != nil {
 			return err
@@ -375,6 +381,8 @@ func (s *Store) Images(ctx context.Context, q metadata.ImageQuery) (metadata.Ima
 }
 
 func queryImages(ctx context.Context, s *Store, sql string, args ...any) ([]metadata.Image, error) {
+	ctx, cancel := s.bounded(ctx)
+	defer cancel()
 	rows, err := s.pool.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, err
@@ -465,7 +473,7 @@ func (s *Store) RecordPulls(ctx context.Context, stats []metadata.PullStat) erro
 	for k := range byKey {
 		repos, digests = append(repos, k.repo), append(digests, string(k.d))
 	}
-	err := s.writeTx(ctx, func(tx pgx.Tx) error {
+	err := s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT record FROM airlock_meta_images
 			WHERE (repository, digest) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 			ORDER BY repository, digest FOR UPDATE`, repos, digests)

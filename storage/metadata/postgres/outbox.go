@@ -165,6 +165,8 @@ func (s *Store) dueDeliveries(ctx context.Context, now time.Time, perTarget, lim
 		return nil, err
 	}
 	due := []metadata.Delivery{}
+	ctx, cancel := s.bounded(ctx)
+	defer cancel()
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		due = due[:0]
 		// Claims taken one at a time: two replicas reading at once
@@ -215,7 +217,9 @@ func (s *Store) Delivered(ctx context.Context, seq uint64) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	tag, err := s.pool.Exec(ctx, "DELETE FROM airlock_meta_outbox WHERE seq = $1", seqArg(seq))
+	qctx, cancel := s.bounded(ctx)
+	defer cancel()
+	tag, err := s.pool.Exec(qctx, "DELETE FROM airlock_meta_outbox WHERE seq = $1", seqArg(seq))
 	if err == nil && tag.RowsAffected() == 0 {
 		err = fmt.Errorf("delivery %d: %w", seq, storage.ErrNotFound)
 	}
@@ -230,7 +234,7 @@ func (s *Store) Delivered(ctx context.Context, seq uint64) error {
 // storage.ErrNotFound. The claim stays: the replica that tried keeps the
 // target, so its events keep their order.
 func (s *Store) RetryDelivery(ctx context.Context, seq uint64, next time.Time, lastErr string) error {
-	err := s.writeTx(ctx, func(tx pgx.Tx) error {
+	err := s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		var val string
 		err := tx.QueryRow(ctx, "SELECT record FROM airlock_meta_outbox WHERE seq = $1 FOR UPDATE", seqArg(seq)).Scan(&val)
 		if errors.Is(err, pgx.ErrNoRows) {

@@ -70,7 +70,9 @@ func (s *Store) reconcile(ctx context.Context, batch map[digest.Digest]int64) (i
 	for i, d := range ds {
 		keys[i], ats[i] = string(d), batch[d]
 	}
-	tag, err := s.pool.Exec(ctx, `INSERT INTO airlock_meta_last_use AS u (digest, at)
+	qctx, cancel := s.bounded(ctx)
+	defer cancel()
+	tag, err := s.pool.Exec(qctx, `INSERT INTO airlock_meta_last_use AS u (digest, at)
 		SELECT * FROM unnest($1::text[], $2::bigint[])
 		ON CONFLICT (digest) DO UPDATE SET at = excluded.at WHERE u.at < excluded.at`, keys, ats)
 	if err != nil {

@@ -40,6 +40,9 @@ type Options struct {
 	// Logger receives the store's warnings (a lost listening connection).
 	// Nil discards them.
 	Logger *slog.Logger
+	// OpTimeout bounds each read and each write transaction; 0 means
+	// DefaultOpTimeout.
+	OpTimeout time.Duration
 
 	// listenOn replaces Channel as the channel listened on, for tests of
 	// a listener that hears nothing. Announcements still go to Channel.
@@ -67,6 +70,9 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	if o.Staleness <= 0 {
 		o.Staleness = DefaultStaleness
 	}
+	if o.OpTimeout <= 0 {
+		o.OpTimeout = DefaultOpTimeout
+	}
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -76,11 +82,18 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		return nil, fmt.Errorf("metadata: parsing the PostgreSQL connection string: %w", err)
 	}
 	sizePool(cfg, o.DSN)
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		// A server that accepts the connection and never answers (a
+		// frozen host, a network dropping packets) would hold the dial
+		// until TCP gave up, minutes later.
+		cfg.ConnConfig.ConnectTimeout = defaultConnectTimeout
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("metadata: connecting to PostgreSQL: %w", err)
 	}
 	s := &Store{pool: pool, opts: o, log: log}
+	s.flights.timeout = o.OpTimeout
 	if err := migrate(ctx, pool); err != nil {
 		pool.Close()
 		return nil, err
@@ -94,6 +107,25 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// DefaultOpTimeout bounds one read or one write transaction (its retries
+// each). A database that stops answering without closing its connections
+// (a network dropping packets, a frozen host, a stopped server) would
+// otherwise hold a pull until its client gave up, and a background write
+// for good; past it the store reports metadata.ErrUnavailable, and a
+// pull is answered 503, as when the database refuses connections. It is
+// generous because a write waits for PostgreSQL's fsync, which a loaded
+// disk can stretch to seconds.
+const DefaultOpTimeout = 10 * time.Second
+
+// defaultConnectTimeout bounds opening a connection unless the connection
+// string sets connect_timeout.
+const defaultConnectTimeout = 5 * time.Second
+
+// bounded is ctx limited to one operation's time.
+func (s *Store) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.opts.OpTimeout)
 }
 
 // defaultMaxConns is the connection pool's size unless the connection

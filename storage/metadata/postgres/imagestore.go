@@ -65,6 +65,8 @@ func (s *Store) Image(ctx context.Context, repo string, d digest.Digest) (metada
 	if err := checkImageKey(repo, d); err != nil {
 		return metadata.Image{}, err
 	}
+	ctx, cancel := s.bounded(ctx)
+	defer cancel()
 	img, found, err := getImage(ctx, s.pool, repo, d, false)
 	if err == nil && !found {
 		err = fmt.Errorf("image %s@%s: %w", repo, d, storage.ErrNotFound)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
@@ -123,8 +124,14 @@ func (c *changes) add(kind, key string) {
 // An attempt that was run again never committed, so the last attempt's
 // keys are the ones to drop.
 func (s *Store) write(ctx context.Context, fn func(ctx context.Context, tx pgx.Tx, ch *changes) error) error {
+	return s.writeWithin(ctx, s.opts.OpTimeout, fn)
+}
+
+// writeWithin is write with each attempt bounded by limit rather than the
+// store's OpTimeout.
+func (s *Store) writeWithin(ctx context.Context, limit time.Duration, fn func(ctx context.Context, tx pgx.Tx, ch *changes) error) error {
 	var ch changes
-	err := s.writeTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
+	err := s.writeTxWithin(ctx, limit, func(ctx context.Context, tx pgx.Tx) error {
 		ch = changes{}
 		if err := fn(ctx, tx, &ch); err != nil {
 			return err

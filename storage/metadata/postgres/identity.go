@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -37,7 +38,7 @@ func (s *Store) Reidentify(ctx context.Context, ids map[string]string) ([]string
 	// Names in order, so that two replicas lock their rows in one order.
 	names := slices.Sorted(maps.Keys(ids))
 	var changed []string
-	err := s.write(ctx, func(ctx context.Context, tx pgx.Tx, ch *changes) error {
+	err := s.writeWithin(ctx, max(s.opts.OpTimeout, withdrawTimeout), func(ctx context.Context, tx pgx.Tx, ch *changes) error {
 		changed = changed[:0]
 		for _, name := range names {
 			moved, err := reidentify(ctx, tx, name, ids[name])
@@ -56,6 +57,12 @@ func (s *Store) Reidentify(ctx context.Context, ids map[string]string) ([]string
 	}
 	return changed, nil
 }
+
+// withdrawTimeout bounds Reidentify's transaction instead of OpTimeout: a
+// withdrawal rewrites every link of the name's repositories, which on a
+// large cache (a million links) takes PostgreSQL longer than one
+// operation's bound, and would fail the same way at every start.
+const withdrawTimeout = 10 * time.Minute
 
 // reidentify records id for name and withdraws the name's confirmations
 // and tags if another identity was recorded.

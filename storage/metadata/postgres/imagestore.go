@@ -149,16 +149,22 @@ func putImage(ctx context.Context, tx pgx.Tx, img metadata.Image, exists bool) (
 // transaction: a deadlock, a serialization failure, or the insert of an
 // image another replica inserted first.
 func (s *Store) writeTx(ctx context.Context, fn func(ctx context.Context, tx pgx.Tx) error) error {
+	return s.writeTxWithin(ctx, s.opts.OpTimeout, fn)
+}
+
+// writeTxWithin is writeTx with each attempt bounded by limit rather than
+// the store's OpTimeout.
+func (s *Store) writeTxWithin(ctx context.Context, limit time.Duration, fn func(ctx context.Context, tx pgx.Tx) error) error {
 	for attempt := 1; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		actx, cancel := s.bounded(ctx)
+		actx, cancel := context.WithTimeout(ctx, limit)
 		err := pgx.BeginFunc(actx, s.pool, func(tx pgx.Tx) error { return fn(actx, tx) })
 		timedOut := actx.Err() != nil
 		cancel()
 		if err != nil && ctx.Err() == nil && timedOut {
-			return fmt.Errorf("metadata: writing to PostgreSQL: no answer within %v: %w (%w)", s.opts.OpTimeout, err, metadata.ErrUnavailable)
+			return fmt.Errorf("metadata: writing to PostgreSQL: no answer within %v: %w (%w)", limit, err, metadata.ErrUnavailable)
 		}
 		if err != nil && ctx.Err() == nil && lost(err) {
 			return fmt.Errorf("metadata: writing to PostgreSQL: %w (%w)", err, metadata.ErrUnavailable)

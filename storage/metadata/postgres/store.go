@@ -40,8 +40,8 @@ type Options struct {
 	// Logger receives the store's warnings (a lost listening connection).
 	// Nil discards them.
 	Logger *slog.Logger
-	// OpTimeout bounds each read and each write transaction; 0 means
-	// DefaultOpTimeout.
+	// OpTimeout bounds each read and each write transaction (but
+	// Reidentify's, see withdrawTimeout); 0 means DefaultOpTimeout.
 	OpTimeout time.Duration
 
 	// listenOn replaces Channel as the channel listened on, for tests of

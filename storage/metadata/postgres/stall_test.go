@@ -3,6 +3,7 @@ package postgres
 import (
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -138,4 +139,29 @@ func openStalling(t *testing.T, opTimeout time.Duration) (*Store, *stallLink) {
 		s.Close()
 	})
 	return s, l
+}
+
+// TestConnectTimeout: a connection gives up after defaultConnectTimeout
+// unless the connection string sets connect_timeout, 0 (no limit)
+// included.
+func TestConnectTimeout(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.DSN(t)
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	for _, tc := range []struct {
+		dsn  string
+		want time.Duration
+	}{
+		{dsn, defaultConnectTimeout},
+		{dsn + sep + "connect_timeout=0", 0},
+		{dsn + sep + "connect_timeout=7", 7 * time.Second},
+	} {
+		s := openTest(t, tc.dsn, 0)
+		if got := s.pool.Config().ConnConfig.ConnectTimeout; got != tc.want {
+			t.Errorf("%s: connect timeout %v, want %v", tc.dsn, got, tc.want)
+		}
+	}
 }

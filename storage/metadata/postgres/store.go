@@ -82,10 +82,11 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		return nil, fmt.Errorf("metadata: parsing the PostgreSQL connection string: %w", err)
 	}
 	sizePool(cfg, o.DSN)
-	if cfg.ConnConfig.ConnectTimeout == 0 {
+	if cfg.ConnConfig.ConnectTimeout == 0 && !strings.Contains(o.DSN, "connect_timeout") {
 		// A server that accepts the connection and never answers (a
 		// frozen host, a network dropping packets) would hold the dial
-		// until TCP gave up, minutes later.
+		// until TCP gave up, minutes later. A connect_timeout in the
+		// connection string wins, 0 (no limit) included.
 		cfg.ConnConfig.ConnectTimeout = defaultConnectTimeout
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)

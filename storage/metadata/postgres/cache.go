@@ -248,6 +248,7 @@ func (s *Store) receive(ctx context.Context, conn *pgx.Conn) error {
 		case err == nil:
 			heard = time.Now()
 			s.cache.confirm(heard)
+			s.quiet.answered()
 			kind, key, _ := strings.Cut(n.Payload, " ")
 			if kind == kindHeartbeat {
 				continue

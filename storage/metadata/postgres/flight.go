@@ -19,6 +19,9 @@ import (
 type flights struct {
 	// timeout bounds a shared query; 0 means sharedReadTimeout.
 	timeout time.Duration
+	// quiet, when set, fails a read at once while the database is
+	// silent, and hears how each query went.
+	quiet *silence
 
 	mu sync.Mutex
 	m  map[string]*flight
@@ -45,12 +48,30 @@ func (fs *flights) share(ctx context.Context, key string, t ticket, read func(ct
 	}
 	f := fs.m[key]
 	if f == nil || f.t != t {
+		var probe bool
+		if fs.quiet != nil {
+			var err error
+			if probe, err = fs.quiet.check(time.Now()); err != nil {
+				fs.mu.Unlock()
+				return nil, err
+			}
+		}
 		f = &flight{t: t, done: make(chan struct{})}
 		fs.m[key] = f
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cmp.Or(fs.timeout, sharedReadTimeout))
 		go func() {
 			defer cancel()
 			f.val, f.err = read(rctx)
+			if q := fs.quiet; q != nil {
+				switch {
+				case f.err != nil && rctx.Err() != nil: // the bound ran out, on no caller's account
+					q.timedOut(time.Now())
+				case f.err == nil || isNoRows(f.err) || !lost(f.err):
+					q.answered()
+				case probe:
+					q.ended()
+				}
+			}
 			fs.mu.Lock()
 			if fs.m[key] == f {
 				delete(fs.m, key)

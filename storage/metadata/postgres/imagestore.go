@@ -159,12 +159,22 @@ func (s *Store) writeTxWithin(ctx context.Context, limit time.Duration, fn func(
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		probe, err := s.quiet.check(time.Now())
+		if err != nil {
+			return err
+		}
 		actx, cancel := context.WithTimeout(ctx, limit)
-		err := pgx.BeginFunc(actx, s.pool, func(tx pgx.Tx) error { return fn(actx, tx) })
+		err = pgx.BeginFunc(actx, s.pool, func(tx pgx.Tx) error { return fn(actx, tx) })
 		timedOut := actx.Err() != nil
 		cancel()
-		if err != nil && ctx.Err() == nil && timedOut {
+		switch {
+		case err != nil && ctx.Err() == nil && timedOut:
+			s.quiet.timedOut(time.Now())
 			return fmt.Errorf("metadata: writing to PostgreSQL: no answer within %v: %w (%w)", limit, err, metadata.ErrUnavailable)
+		case err == nil || (ctx.Err() == nil && !lost(err)):
+			s.quiet.answered()
+		case probe:
+			s.quiet.ended()
 		}
 		if err != nil && ctx.Err() == nil && lost(err) {
 			return fmt.Errorf("metadata: writing to PostgreSQL: %w (%w)", err, metadata.ErrUnavailable)

@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,12 +20,14 @@ import (
 // change).
 func TestImageReadGivesUp(t *testing.T) {
 	t.Parallel()
-	const bound = 300 * time.Millisecond
-	s, link := openStalling(t, bound)
+	const bound = time.Second
+	s, link, direct := openStalling(t, bound)
 	ctx := t.Context()
 	const repo = "hub/app"
 	d := digest.FromString("stalled image")
-	if _, err := s.UpdateImage(ctx, repo, d, time.Now(), func(img *metadata.Image) (metadata.Change, error) {
+	// Set up through a store of the default bound: under a loaded disk a
+	// commit can take longer than this test's.
+	if _, err := openTest(t, direct, 0).UpdateImage(ctx, repo, d, time.Now(), func(img *metadata.Image) (metadata.Change, error) {
 		img.State = metadata.StatePending
 		return metadata.Change{Action: "scan"}, nil
 	}); err != nil {
@@ -41,5 +44,56 @@ func TestImageReadGivesUp(t *testing.T) {
 	}
 	if took > 5*bound {
 		t.Errorf("Image with the database silent answered after %v; want within about %v", took.Round(time.Millisecond), bound)
+	}
+}
+
+// TestSilenceFailsFast: once a write has run out of the bound against a
+// database that stopped answering, the writes and uncached reads that
+// follow fail at once, unavailable, instead of each waiting the bound
+// out; after the bound one is let through to try again, and once the
+// database answers, writes work again.
+func TestSilenceFailsFast(t *testing.T) {
+	t.Parallel()
+	const bound = 2 * time.Second
+	s, link, _ := openStalling(t, bound)
+	ctx := t.Context()
+	rec := metadata.TagRecord{Digest: digest.FromString("m"), MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 1, Resolved: time.Now()}
+	if err := s.PutTag(ctx, "hub/app", "1", rec); err != nil {
+		t.Fatal(err)
+	}
+	link.stall()
+	err := s.PutTag(ctx, "hub/app", "2", rec)
+	if !errors.Is(err, metadata.ErrUnavailable) {
+		t.Fatalf("a write to a silent database: %v; want ErrUnavailable", err)
+	}
+	for _, op := range []struct {
+		name string
+		run  func() error
+	}{
+		{"a write", func() error { return s.PutTag(ctx, "hub/app", "3", rec) }},
+		{"an uncached read", func() error { _, err := s.Tag(ctx, "hub/app", "never-read"); return err }},
+	} {
+		err := op.run()
+		if !errors.Is(err, metadata.ErrUnavailable) || errors.Is(err, storage.ErrNotFound) || !strings.Contains(err.Error(), "has not answered since") {
+			t.Errorf("%s while the database is known silent: %v; want an unavailable error at once", op.name, err)
+		}
+	}
+	link.unstall()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := s.PutTag(ctx, "hub/app", "4", rec)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, metadata.ErrUnavailable) || time.Now().After(deadline) {
+			t.Fatalf("a write once the database answers again: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := s.PutTag(ctx, "hub/app", "5", rec); err != nil {
+		t.Fatalf("a write after the database answered: %v", err)
+	}
+	if got, err := s.Tag(ctx, "hub/app", "4"); err != nil || got.Digest != rec.Digest {
+		t.Fatalf("the tag written once the database answered: %+v, %v", got, err)
 	}
 }

@@ -122,11 +122,21 @@ func (l *stallLink) close() {
 	l.wg.Wait()
 }
 
+// unstall lets what either side sends through again. Connections whose
+// bytes were dropped meanwhile stay broken; new ones work.
+func (l *stallLink) unstall() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.stalled = false
+}
+
 // openStalling opens a store through a link the test can stall, with
-// opTimeout as its bound.
-func openStalling(t *testing.T, opTimeout time.Duration) (*Store, *stallLink) {
+// opTimeout as its bound, and returns the database's own connection
+// string too, for a store that sets things up at no risk of the bound.
+func openStalling(t *testing.T, opTimeout time.Duration) (*Store, *stallLink, string) {
 	t.Helper()
-	l, dsn := newStallLink(t, pgtest.DSN(t))
+	direct := pgtest.DSN(t)
+	l, dsn := newStallLink(t, direct)
 	s, err := Open(t.Context(), Options{DSN: dsn, OpTimeout: opTimeout})
 	if err != nil {
 		l.close()
@@ -138,7 +148,7 @@ func openStalling(t *testing.T, opTimeout time.Duration) (*Store, *stallLink) {
 		l.close()
 		s.Close()
 	})
-	return s, l
+	return s, l, direct
 }
 
 // TestConnectTimeout: a connection gives up after defaultConnectTimeout

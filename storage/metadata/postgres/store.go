@@ -58,6 +58,9 @@ type Store struct {
 	// id is the store's identity, shared by every replica (event IDs are
 	// "<id>-<seq>").
 	id string
+	// quiet fails writes and shared reads at once while PostgreSQL is
+	// known not to answer.
+	quiet *silence
 
 	// The rest of the Store's fields (cache, listener, access batching)
 	// live with the code that uses them; see cache.go and access.go.
@@ -93,8 +96,8 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metadata: connecting to PostgreSQL: %w", err)
 	}
-	s := &Store{pool: pool, opts: o, log: log}
-	s.flights.timeout = o.OpTimeout
+	s := &Store{pool: pool, opts: o, log: log, quiet: &silence{window: o.OpTimeout, log: log}}
+	s.flights.timeout, s.flights.quiet = o.OpTimeout, s.quiet
 	if err := migrate(ctx, pool); err != nil {
 		pool.Close()
 		return nil, err

@@ -49,9 +49,10 @@ func (fs *flights) share(ctx context.Context, key string, t ticket, read func(ct
 	f := fs.m[key]
 	if f == nil || f.t != t {
 		var probe bool
+		start := time.Now()
 		if fs.quiet != nil {
 			var err error
-			if probe, err = fs.quiet.check(time.Now()); err != nil {
+			if probe, err = fs.quiet.check(start); err != nil {
 				fs.mu.Unlock()
 				return nil, err
 			}
@@ -65,7 +66,7 @@ func (fs *flights) share(ctx context.Context, key string, t ticket, read func(ct
 			if q := fs.quiet; q != nil {
 				switch {
 				case f.err != nil && rctx.Err() != nil: // the bound ran out, on no caller's account
-					q.timedOut(time.Now())
+					q.timedOut(start, time.Now())
 				case f.err == nil || isNoRows(f.err) || !lost(f.err):
 					q.answered()
 				case probe:

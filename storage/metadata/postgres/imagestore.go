@@ -159,7 +159,8 @@ func (s *Store) writeTxWithin(ctx context.Context, limit time.Duration, fn func(
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		probe, err := s.quiet.check(time.Now())
+		start := time.Now()
+		probe, err := s.quiet.check(start)
 		if err != nil {
 			return err
 		}
@@ -169,7 +170,7 @@ func (s *Store) writeTxWithin(ctx context.Context, limit time.Duration, fn func(
 		cancel()
 		switch {
 		case err != nil && ctx.Err() == nil && timedOut:
-			s.quiet.timedOut(time.Now())
+			s.quiet.timedOut(start, time.Now())
 			return fmt.Errorf("metadata: writing to PostgreSQL: no answer within %v: %w (%w)", limit, err, metadata.ErrUnavailable)
 		case err == nil || (ctx.Err() == nil && !lost(err)):
 			s.quiet.answered()

@@ -17,9 +17,11 @@ import (
 // the last waiting the bound once per pull before it. After the bound one
 // operation at a time is let through to try again. Anything heard from
 // the database (an operation that answers, the listener's heartbeat,
-// every few seconds) ends the silence at once, so one slow commit on a
-// loaded disk costs at most the operations that start before the next
-// heartbeat.
+// every few seconds) ends the silence at once. An operation that runs out
+// while the database answered something else meanwhile (a write waiting
+// on a row lock, one slow commit on a loaded disk, the listener's
+// heartbeat heard all along) is slow, not a sign of silence, and starts
+// none.
 type silence struct {
 	window time.Duration
 	log    *slog.Logger
@@ -31,6 +33,8 @@ type silence struct {
 	// probing is set while the one operation let through after the
 	// window runs.
 	probing bool
+	// heard is when the database last answered.
+	heard time.Time
 }
 
 // check returns an error wrapping metadata.ErrUnavailable while the
@@ -51,10 +55,15 @@ func (q *silence) check(now time.Time) (probe bool, err error) {
 		q.since.UTC().Format(time.RFC3339), q.window, metadata.ErrUnavailable)
 }
 
-// timedOut records an operation that ran out of its bound unanswered.
-func (q *silence) timedOut(now time.Time) {
+// timedOut records an operation, started at start, that ran out of its
+// bound unanswered. If the database answered anything since start, it is
+// not silent, only slow for that operation, and nothing changes.
+func (q *silence) timedOut(start, now time.Time) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.heard.After(start) {
+		return
+	}
 	if q.since.IsZero() {
 		q.log.Warn("metadata: PostgreSQL did not answer within the operation bound; writes and uncached reads fail at once until it answers",
 			slog.Duration("bound", q.window))
@@ -72,6 +81,7 @@ func (q *silence) answered() {
 	}
 	q.since = time.Time{}
 	q.probing = false
+	q.heard = time.Now()
 }
 
 // ended records that an operation let through by check as a probe ended

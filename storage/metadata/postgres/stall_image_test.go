@@ -7,8 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/airlock-registry/airlock/internal/pgtest"
 	"github.com/airlock-registry/airlock/storage"
 	"github.com/airlock-registry/airlock/storage/metadata"
 )
@@ -62,6 +64,9 @@ func TestSilenceFailsFast(t *testing.T) {
 		t.Fatal(err)
 	}
 	link.stall()
+	// What was already on its way (the first write's announcement to the
+	// listener) arrives; the write that follows hears nothing.
+	time.Sleep(100 * time.Millisecond)
 	err := s.PutTag(ctx, "hub/app", "2", rec)
 	if !errors.Is(err, metadata.ErrUnavailable) {
 		t.Fatalf("a write to a silent database: %v; want ErrUnavailable", err)
@@ -95,5 +100,48 @@ func TestSilenceFailsFast(t *testing.T) {
 	}
 	if got, err := s.Tag(ctx, "hub/app", "4"); err != nil || got.Digest != rec.Digest {
 		t.Fatalf("the tag written once the database answered: %+v, %v", got, err)
+	}
+}
+
+// TestSlowIsNotSilent: a write that runs out of the bound waiting on a row
+// lock, while the database keeps answering everything else (the
+// listener's heartbeats), is a slow write, not a silent database: the
+// writes that follow are not failed at once.
+func TestSlowIsNotSilent(t *testing.T) {
+	t.Parallel()
+	const bound = 1500 * time.Millisecond
+	dsn := pgtest.DSN(t)
+	// Heartbeats every 500 ms: several are heard while the write waits.
+	s, err := Open(t.Context(), Options{DSN: dsn, OpTimeout: bound, Staleness: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ctx := t.Context()
+	rec := metadata.TagRecord{Digest: digest.FromString("m"), MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 1, Resolved: time.Now()}
+	if err := s.PutTag(ctx, "hub/app", "1", rec); err != nil {
+		t.Fatal(err)
+	}
+	locker, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locker.Close(context.Background())
+	tx, err := locker.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "SELECT 1 FROM airlock_meta_tags WHERE repo = 'hub/app' AND tag = '1' FOR UPDATE"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutTag(ctx, "hub/app", "1", rec); !errors.Is(err, metadata.ErrUnavailable) {
+		t.Fatalf("a write waiting out the bound on a lock: %v; want ErrUnavailable", err)
+	}
+	if err := s.PutTag(ctx, "hub/app", "2", rec); err != nil {
+		t.Errorf("a write after another ran out on a lock, the database answering meanwhile: %v", err)
+	}
+	if _, err := s.Tag(ctx, "hub/app", "never-written"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("an uncached read after a write ran out on a lock: %v; want a miss", err)
 	}
 }

@@ -166,11 +166,15 @@ func (c *localCache) adopt(s *Spool) bool {
 	if s.f.Sync() != nil {
 		return false
 	}
+	// The rename is made under the lock: a shrink or drop of the same
+	// digest, which removes its file under the lock, could otherwise
+	// remove the copy just renamed in, and the index would then count a
+	// file that is not there (two fills of one digest commit twice).
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if os.Rename(s.path, c.path(s.digest)) != nil {
 		return false
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	if old, ok := c.index[s.digest]; ok {
 		c.total -= old.size
 	}

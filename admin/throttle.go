@@ -159,27 +159,6 @@ func (t *Throttle) Check(ctx context.Context, remoteAddr string, check func() (w
 	return 0, nil
 }
 
-// Blocked reports whether the client at remoteAddr must wait, and how
-// long.
-func (t *Throttle) Blocked(remoteAddr string) (time.Duration, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	now := t.now()
-	key := ClientOf(remoteAddr)
-	c := t.clients[key]
-	if c == nil {
-		c = t.clients[overflowClient]
-	}
-	if c == nil {
-		return 0, false
-	}
-	recent := c.recent(now)
-	if len(recent) < MaxWrongTokens {
-		return 0, false
-	}
-	return recent[0].Add(ThrottleWindow).Sub(now), true
-}
-
 // clientLocked returns the entry key is counted under: its own, or the
 // overflow's when the table is full of live entries.
 func (t *Throttle) clientLocked(key string, now time.Time) (string, *client) {

@@ -21,6 +21,7 @@ import (
 	"github.com/airlock-registry/airlock/integration/airlocktest"
 	"github.com/airlock-registry/airlock/integration/clients"
 	"github.com/airlock-registry/airlock/integration/upstreamtest"
+	"github.com/airlock-registry/airlock/internal/netfault"
 	"github.com/airlock-registry/airlock/internal/pgtest"
 	"github.com/airlock-registry/airlock/internal/s3test"
 	"github.com/airlock-registry/airlock/storage/metadata"
@@ -38,7 +39,7 @@ type clusterEnv struct {
 	rs []*airlocktest.Replica
 	// link stands between the replicas and PostgreSQL when the test cuts
 	// the database away; nil otherwise.
-	link       *dbLink
+	link       *netfault.Link
 	trap       *egressTrap
 	serverToks string
 	cliToken   string
@@ -49,7 +50,7 @@ type clusterEnv struct {
 type clusterOptions struct {
 	// policies are the replicas' policies.
 	policies []airlocktest.Policy
-	// cuttable puts a dbLink between the replicas and PostgreSQL.
+	// cuttable puts a netfault.Link between the replicas and PostgreSQL.
 	cuttable bool
 	// staleness is metadata.staleness; empty leaves the default.
 	staleness string
@@ -72,14 +73,14 @@ func newClusterEnv(t *testing.T) *clusterEnv {
 	return e
 }
 
-// start starts the cluster: a fresh database (behind a dbLink when
+// start starts the cluster: a fresh database (behind a netfault.Link when
 // o.cuttable), the shared blob store, and the replicas.
 func (e *clusterEnv) start(o clusterOptions) {
 	t := e.t
 	t.Helper()
 	dsn := pgtest.DSN(t)
 	if o.cuttable {
-		e.link, dsn = newDBLink(t, dsn)
+		e.link, dsn = netfault.Rewrite(t, dsn)
 	}
 	cfg := airlocktest.Config{
 		Upstreams:      []airlocktest.Upstream{e2eDockerHub(e.up)},
@@ -702,7 +703,7 @@ func TestClusterPostgresStalled(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	e.link.stall()
+	e.link.Stall()
 	for i := range e.rs {
 		e.pull(i, "1.0", warm)
 	}
@@ -720,7 +721,7 @@ func TestClusterPostgresStalled(t *testing.T) {
 	if r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
 		t.Errorf("the cold image with the database silent: %d, Retry-After %q: %s; want 503 with a Retry-After", r.Status, r.Header.Get("Retry-After"), r.Body)
 	}
-	e.link.mend()
+	e.link.Mend()
 	_, took := e.waitStatus(e.base(1, repo)+"/manifests/2.0", http.StatusOK, time.Minute, "Accept", manifestAccept)
 	t.Logf("the cold image was served %v after the database answered again", took.Round(time.Millisecond))
 	e.pull(1, "2.0", cold)
@@ -760,7 +761,7 @@ func TestClusterPostgresDown(t *testing.T) {
 	for i, r := range e.rs {
 		seen[i] = len(r.Logs())
 	}
-	e.link.cut()
+	e.link.Cut()
 	cut := time.Now()
 	for time.Since(cut) < 5*time.Second {
 		for i := range e.rs {
@@ -795,7 +796,7 @@ func TestClusterPostgresDown(t *testing.T) {
 	}); err != nil {
 		t.Errorf("replica 2 did not log that it lost the database's change announcements: %v", err)
 	}
-	if e.link.refusedCount() == 0 {
+	if e.link.Refused() == 0 {
 		t.Errorf("no replica tried to reach the database while it was cut")
 	}
 
@@ -815,7 +816,7 @@ func TestClusterPostgresDown(t *testing.T) {
 		t.Errorf("the warm image past the staleness: %d, want 503", r.Status)
 	}
 
-	e.link.mend()
+	e.link.Mend()
 	_, took := e.waitStatus(e.base(1, repo)+"/manifests/2.0", http.StatusOK, 30*time.Second, "Accept", manifestAccept)
 	t.Logf("the cold image was served %v after the database came back", took.Round(time.Millisecond))
 	for i := range e.rs {

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/quay/claircore/pkg/ctxlock/v2"
 
+	"github.com/airlock-registry/airlock/internal/netfault"
 	"github.com/airlock-registry/airlock/internal/pgtest"
 )
 
@@ -173,14 +174,14 @@ func TestLocksOutage(t *testing.T) {
 	t.Parallel()
 	dsn := pgtest.DSN(t)
 	target := dbAddr(t, dsn)
-	px := newTCPProxy(t, target)
-	proxied := strings.Replace(dsn, target, px.addr, 1)
+	px := netfault.New(t, target)
+	proxied := strings.Replace(dsn, target, px.Addr(), 1)
 	l, logs := newTestLocks(t, proxied)
 	other, _ := newTestLocks(t, dsn)
 
 	held, release := mustTryLock(t, l, "held")
 	defer release()
-	px.setDown(true)
+	px.Cut()
 	select {
 	case <-held.Done():
 	case <-time.After(3 * livenessEvery):
@@ -202,7 +203,7 @@ func TestLocksOutage(t *testing.T) {
 		t.Errorf("%d warnings over a 2 s outage, want 1:\n%s", n, logs)
 	}
 
-	px.setDown(false)
+	px.Mend()
 	waitCtx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	c, rel := l.Lock(waitCtx, "new")
@@ -214,7 +215,7 @@ func TestLocksOutage(t *testing.T) {
 		t.Errorf("the reconnection is not logged:\n%s", logs)
 	}
 
-	px.setDown(true)
+	px.Cut()
 	time.Sleep(3 * livenessEvery / 2)
 	t0 := time.Now()
 	l.Close(context.Background())

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"sync"
@@ -15,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/airlock-registry/airlock/config"
+	"github.com/airlock-registry/airlock/internal/netfault"
 	"github.com/airlock-registry/airlock/internal/pgtest"
 	"github.com/airlock-registry/airlock/scanner/scannertest"
 	"github.com/airlock-registry/airlock/storage/metadata"
@@ -326,13 +326,13 @@ func TestDatabaseDown(t *testing.T) {
 	t.Parallel()
 	dsn := pgtest.DSN(t)
 	target := dbAddr(t, dsn)
-	px := newTCPProxy(t, target)
-	proxied := strings.Replace(dsn, target, px.addr, 1)
+	px := netfault.New(t, target)
+	proxied := strings.Replace(dsn, target, px.Addr(), 1)
 	e := open(t, proxied, nil)
 	e.importData(t, debianData)
 	e.run(t)
 
-	px.setDown(true)
+	px.Cut()
 	d := e.content.addImage(t, scannertest.Layer(t, scannertest.Gzip, scannertest.DebianFiles(vulnerableSSL...)))
 	for _, call := range []struct {
 		name string
@@ -359,7 +359,7 @@ func TestDatabaseDown(t *testing.T) {
 		t.Errorf("no clear log of the outage:\n%s", e.logs)
 	}
 
-	px.setDown(false)
+	px.Mend()
 	var err error
 	for time.Now().Before(deadline.Add(20 * time.Second)) {
 		_, err = e.s.Enqueue(t.Context(), Job{Repository: "r/x", Digest: d})
@@ -377,86 +377,6 @@ func TestDatabaseDown(t *testing.T) {
 	}
 	if e.s.Ready(t.Context()) != nil {
 		t.Error("not ready after the database came back")
-	}
-}
-
-// tcpProxy forwards loopback connections to the database and can cut
-// them all, as a database going away would.
-type tcpProxy struct {
-	addr   string
-	target string
-	mu     sync.Mutex
-	down   bool
-	conns  map[net.Conn]bool
-	l      net.Listener
-}
-
-func newTCPProxy(t *testing.T, target string) *tcpProxy {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &tcpProxy{addr: l.Addr().String(), target: target, conns: map[net.Conn]bool{}, l: l}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				p.serve(c)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		p.setDown(true)
-		wg.Wait()
-	})
-	return p
-}
-
-func (p *tcpProxy) serve(c net.Conn) {
-	p.mu.Lock()
-	if p.down {
-		p.mu.Unlock()
-		c.Close()
-		return
-	}
-	up, err := net.Dial("tcp", p.target)
-	if err != nil {
-		p.mu.Unlock()
-		c.Close()
-		return
-	}
-	p.conns[c], p.conns[up] = true, true
-	p.mu.Unlock()
-	done := make(chan struct{}, 2)
-	go func() { io.Copy(up, c); up.Close(); done <- struct{}{} }()
-	go func() { io.Copy(c, up); c.Close(); done <- struct{}{} }()
-	<-done
-	<-done
-	p.mu.Lock()
-	delete(p.conns, c)
-	delete(p.conns, up)
-	p.mu.Unlock()
-}
-
-// setDown refuses new connections and cuts the open ones, or lets them
-// through again.
-func (p *tcpProxy) setDown(down bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = down
-	if down {
-		for c := range p.conns {
-			c.Close()
-		}
 	}
 }
 

@@ -35,7 +35,7 @@ func TestImageReadGivesUp(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	link.stall()
+	link.Stall()
 	cctx, cancel := context.WithTimeout(ctx, 20*bound)
 	defer cancel()
 	start := time.Now()
@@ -63,7 +63,7 @@ func TestSilenceFailsFast(t *testing.T) {
 	if err := s.PutTag(ctx, "hub/app", "1", rec); err != nil {
 		t.Fatal(err)
 	}
-	link.stall()
+	link.Stall()
 	// What was already on its way (the first write's announcement to the
 	// listener) arrives; the write that follows hears nothing.
 	time.Sleep(100 * time.Millisecond)
@@ -83,7 +83,7 @@ func TestSilenceFailsFast(t *testing.T) {
 			t.Errorf("%s while the database is known silent: %v; want an unavailable error at once", op.name, err)
 		}
 	}
-	link.unstall()
+	link.Mend()
 	deadline := time.Now().Add(time.Minute)
 	for {
 		err := s.PutTag(ctx, "hub/app", "4", rec)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"slices"
@@ -256,7 +257,9 @@ func TestAdminAPIThrottle(t *testing.T) {
 
 // TestAdminAPITokenFileProblems covers an API without admin.tokenFile and
 // one whose file cannot be read: refused with a message that says so, and
-// nothing changes.
+// nothing changes. No throttle counts these refusals, so the log holds one
+// warning a minute of each, however many requests come, and the next says
+// how many were held back.
 func TestAdminAPITokenFileProblems(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
@@ -276,19 +279,44 @@ func TestAdminAPITokenFileProblems(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			srv, err := admin.New(admin.Options{Store: f.Meta, Decider: f.Gate, TokenFile: tc.tokenFile})
+			var logs bytes.Buffer // ServeHTTP is called from this goroutine only
+			clock := &admintest.Clock{}
+			srv, err := admin.New(admin.Options{Store: f.Meta, Decider: f.Gate, TokenFile: tc.tokenFile,
+				Logger: slog.New(slog.NewTextHandler(&logs, nil)), Now: clock.Now})
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, r := range []struct{ method, path, body string }{
-				{"GET", "/api/v1/images", ""},
-				{"POST", "/api/v1/images/" + f.unpRef + "/release", `{"reason":"x"}`},
-			} {
-				req, _ := http.NewRequestWithContext(t.Context(), r.method, r.path, strings.NewReader(r.body))
-				req.Header.Set("Authorization", "Bearer "+admintest.AliceToken)
-				rec := newRecorder()
-				srv.ServeHTTP(rec, req)
-				wantError(t, r.method+" "+r.path, rec.status, rec.body.Bytes(), tc.wantStatus, tc.wantCode, tc.wantMsg)
+			for i := range 50 {
+				for _, r := range []struct{ method, path, body string }{
+					{"GET", "/api/v1/images", ""},
+					{"POST", "/api/v1/images/" + f.unpRef + "/release", `{"reason":"x"}`},
+				} {
+					req, _ := http.NewRequestWithContext(t.Context(), r.method, r.path, strings.NewReader(r.body))
+					req.Header.Set("Authorization", fmt.Sprintf("Bearer %s-%d", admintest.AliceToken, i%2))
+					if i == 0 {
+						req.Header.Set("Authorization", "Bearer "+admintest.AliceToken)
+					}
+					rec := newRecorder()
+					srv.ServeHTTP(rec, req)
+					wantError(t, r.method+" "+r.path, rec.status, rec.body.Bytes(), tc.wantStatus, tc.wantCode, tc.wantMsg)
+				}
+				if i == 0 {
+					clock.Advance(time.Second) // held back within the minute
+				}
+			}
+			const warn = `level=WARN msg="admin API request refused"`
+			if n := strings.Count(logs.String(), warn); n != 1 {
+				t.Fatalf("100 refusals logged %d warnings, want 1:\n%s", n, logs.String())
+			}
+			if !strings.Contains(logs.String(), tc.wantMsg) {
+				t.Errorf("the warning does not say what is wrong (%q):\n%s", tc.wantMsg, logs.String())
+			}
+			clock.Advance(admin.ThrottleWindow)
+			req, _ := http.NewRequestWithContext(t.Context(), "GET", "/api/v1/images", nil)
+			req.Header.Set("Authorization", "Bearer "+admintest.AliceToken)
+			srv.ServeHTTP(newRecorder(), req)
+			if n := strings.Count(logs.String(), warn); n != 2 || !strings.Contains(logs.String(), "held_back=99") {
+				t.Errorf("a minute later: %d warnings, want 2, the second saying 99 were held back:\n%s", n, logs.String())
 			}
 		})
 	}

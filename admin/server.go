@@ -82,8 +82,11 @@ type Server struct {
 	sboms    SBOMs
 	tokens   *Tokens
 	throttle *Throttle
-	log      *slog.Logger
-	now      func() time.Time
+	// logs holds back the refusals nobody's token caused (see
+	// TokensUnusable) to a line a minute.
+	logs *LogEvery
+	log  *slog.Logger
+	now  func() time.Time
 }
 
 // New returns a Server. It does not read the token file: that happens on
@@ -104,6 +107,7 @@ func New(o Options) (*Server, error) {
 	if s.throttle == nil {
 		s.throttle = NewThrottle(s.now, s.log)
 	}
+	s.logs = NewLogEvery(ThrottleWindow, s.now)
 	return s, nil
 }
 
@@ -118,17 +122,27 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		e := classify(err)
 		level := slog.LevelWarn
-		if e.Code == CodeTooManyRequests || errors.Is(err, errNoToken) {
+		attrs := []slog.Attr{slog.String("method", r.Method), slog.String("path", r.URL.Path),
+			slog.String("remote", r.RemoteAddr), slog.String("error", e.Error())}
+		switch {
+		case e.Code == CodeTooManyRequests || errors.Is(err, errNoToken):
 			// Neither is a checked guess: the throttle logged the client
 			// once as it began refusing it, and a request without a
 			// token is a client not configured yet (or anyone at all). A
 			// line each would let whoever sends them fill the log;
 			// wrong tokens, five a minute per client at most, are logged.
 			level = slog.LevelDebug
+		case TokensUnusable(err):
+			// airlock's own configuration refuses every token, and no
+			// throttle counts these: the operator needs a line, not one
+			// per request.
+			if ok, held := s.logs.Allow("tokens " + string(e.Code)); !ok {
+				level = slog.LevelDebug
+			} else if held > 0 {
+				attrs = append(attrs, slog.Int("held_back", held))
+			}
 		}
-		s.log.LogAttrs(r.Context(), level, "admin API request refused",
-			slog.String("method", r.Method), slog.String("path", r.URL.Path),
-			slog.String("remote", r.RemoteAddr), slog.String("error", e.Error()))
+		s.log.LogAttrs(r.Context(), level, "admin API request refused", attrs...)
 		writeError(w, e)
 		return
 	}

@@ -262,8 +262,10 @@ func (t *Tokens) Recheck(c Credential) error {
 // none can be accepted.
 func (t *Tokens) entries() ([]tokenEntry, error) {
 	if t.file == nil {
-		return nil, errorf(CodeUnauthorized, "the admin API is disabled: admin.tokenFile is not set in airlock's configuration; "+
+		e := errorf(CodeUnauthorized, "the admin API is disabled: admin.tokenFile is not set in airlock's configuration; "+
 			"set it to a file of tokens (\"name:token\" per line) and restart")
+		e.Err = errTokensUnusable
+		return nil, e
 	}
 	entries, err := t.file.current()
 	if err != nil {
@@ -271,14 +273,28 @@ func (t *Tokens) entries() ([]tokenEntry, error) {
 		if te, ok := errors.AsType[*tokenFileError](err); ok {
 			public = te.public
 		}
-		return nil, &apiError{Code: CodeUnavailable, Err: err,
+		return nil, &apiError{Code: CodeUnavailable, Err: fmt.Errorf("%w: %w", errTokensUnusable, err),
 			Message: "admin.tokenFile cannot be used: " + public + "; the airlock log has the details. Nothing was changed."}
 	}
 	if len(entries) == 0 {
-		return nil, errorf(CodeUnauthorized, "admin.tokenFile holds no tokens; add a line \"name:token\" to it")
+		e := errorf(CodeUnauthorized, "admin.tokenFile holds no tokens; add a line \"name:token\" to it")
+		e.Err = errTokensUnusable
+		return nil, e
 	}
 	return entries, nil
 }
+
+// errTokensUnusable marks the refusals that come from airlock's own
+// configuration, not from the token a client sent: no token file, an
+// empty one, one that cannot be read. No throttle counts them, since they
+// are no guesses.
+var errTokensUnusable = errors.New("no token can be accepted")
+
+// TokensUnusable reports whether err refused a request because no token
+// can be accepted now (admin.tokenFile unset, empty or unusable), whatever
+// the request sent. Anyone can cause such refusals, as often as they like:
+// log them through a [LogEvery].
+func TokensUnusable(err error) bool { return errors.Is(err, errTokensUnusable) }
 
 // errNoToken marks a request that sent no bearer token: no guess, and
 // logged at debug level only, since anyone can send them by the million.

@@ -88,8 +88,11 @@ type Console struct {
 	log       *slog.Logger
 	now       func() time.Time
 
-	sessions    *sessions
-	throttle    *admin.Throttle
+	sessions *sessions
+	throttle *admin.Throttle
+	// logs holds back the sign-in refusals that anyone can cause and no
+	// throttle counts to a line a minute.
+	logs        *admin.LogEvery
 	formTimeout time.Duration
 	// scans bounds the pages that read a whole table at once (images,
 	// overview, audit): each holds up to maxScan decoded images or hashes
@@ -121,6 +124,7 @@ func New(o Options) (*Console, error) {
 	if c.throttle == nil {
 		c.throttle = admin.NewThrottle(c.now, c.log)
 	}
+	c.logs = admin.NewLogEvery(admin.ThrottleWindow, c.now)
 	c.sessions = newSessions(o.SessionLifetime, o.IdleTimeout)
 	c.scans = make(chan struct{}, maxScans)
 	c.formTimeout = formTimeout

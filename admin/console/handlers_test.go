@@ -1,11 +1,17 @@
 package console_test
 
 import (
+	"bytes"
+	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -461,4 +467,64 @@ func (f *fixture) lastAudit() metadata.AuditRecord {
 	f.t.Helper()
 	recs := f.h.Audit()
 	return recs[len(recs)-1]
+}
+
+// TestSignInRefusalsNoThrottleCounts: sign-ins refused before any token
+// was tried (the form posted without its CSRF cookie) or because no token
+// can be accepted (admin.tokenFile missing) are refused every time, but
+// logged as a warning once a minute, the next one saying how many were held
+// back: anyone can send them, and no throttle counts them.
+func TestSignInRefusalsNoThrottleCounts(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	var logs lockedLog
+	c, err := console.New(console.Options{Store: f.h.Meta, Decider: f.h.Gate, TokenFile: filepath.Join(t.TempDir(), "no-such-file"),
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)), Now: f.h.Clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(console.Prefix, c)
+	g := &fixture{t: t, h: f.h, srv: httptest.NewServer(mux)}
+	t.Cleanup(g.srv.Close)
+
+	const rounds = 20
+	for range rounds {
+		// No cookie, so no CSRF value can match.
+		a := g.browser().post("/ui/login", url.Values{"csrf": {"forged"}, "token": {admintest.AliceToken}})
+		wantStatus(t, "sign-in without the form's cookie", a, http.StatusForbidden, "did not come from this page")
+		b := g.browser()
+		a = b.post("/ui/login", url.Values{"csrf": {csrfOf(t, b.get("/ui/login").body)}, "token": {admintest.AliceToken}})
+		if a.status != http.StatusServiceUnavailable {
+			t.Fatalf("sign-in with admin.tokenFile missing = %d, want 503:\n%s", a.status, a.body)
+		}
+	}
+	csrfWarn := `level=WARN msg="console sign-in refused: CSRF token missing or wrong"`
+	fileWarn := `level=WARN msg="console sign-in refused" remote=`
+	if n, m := strings.Count(logs.String(), csrfWarn), strings.Count(logs.String(), fileWarn); n != 1 || m != 1 {
+		t.Fatalf("%d refusals of each kind logged %d and %d warnings, want 1 each:\n%s", rounds, n, m, logs.String())
+	}
+	f.h.Clock.Advance(time.Minute)
+	g.browser().post("/ui/login", url.Values{"csrf": {"forged"}, "token": {admintest.AliceToken}})
+	if n := strings.Count(logs.String(), csrfWarn); n != 2 || !strings.Contains(logs.String(), fmt.Sprintf("held_back=%d", rounds-1)) {
+		t.Fatalf("a minute later: %d warnings, want 2, the second saying %d were held back:\n%s", n, rounds-1, logs.String())
+	}
+}
+
+// lockedLog is a log destination the server's goroutines share.
+type lockedLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }

@@ -260,7 +260,9 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		next := safeNext(r.PostFormValue("next"))
 		ck, err := r.Cookie(loginCookie)
 		if err != nil || !checkCSRFValue(r.PostFormValue("csrf"), ck.Value) {
-			c.log.LogAttrs(r.Context(), slog.LevelWarn, "console sign-in refused: CSRF token missing or wrong",
+			// Anyone can post the form without its cookie, as often as
+			// they like, and no token was tried: no throttle counts it.
+			c.logHeldBack(r, "sign-in csrf", "console sign-in refused: CSRF token missing or wrong",
 				slog.String("remote", r.RemoteAddr))
 			c.loginForm(w, r, http.StatusForbidden, next, "The sign-in form expired or did not come from this page. Try again.")
 			return
@@ -286,8 +288,12 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		}
 		if err != nil {
 			status, msg := admin.Describe(err)
-			c.log.LogAttrs(r.Context(), slog.LevelWarn, "console sign-in refused",
-				slog.String("remote", r.RemoteAddr), slog.String("error", err.Error()))
+			attrs := []slog.Attr{slog.String("remote", r.RemoteAddr), slog.String("error", err.Error())}
+			if admin.TokensUnusable(err) {
+				c.logHeldBack(r, "sign-in tokens "+strconv.Itoa(status), "console sign-in refused", attrs...)
+			} else {
+				c.log.LogAttrs(r.Context(), slog.LevelWarn, "console sign-in refused", attrs...)
+			}
 			c.loginForm(w, r, status, next, msg)
 			return
 		}
@@ -350,3 +356,18 @@ func (c *Console) logout(w http.ResponseWriter, r *http.Request, v *view) {
 
 var errCSRF = errorPage(http.StatusForbidden,
 	"This form did not carry this session's CSRF token, so nothing was changed. Reload the page and try again.")
+
+// logHeldBack logs msg at warning level if no line of kind was logged in
+// the last minute (saying how many were held back since), else at debug
+// level.
+func (c *Console) logHeldBack(r *http.Request, kind, msg string, attrs ...slog.Attr) {
+	ok, held := c.logs.Allow(kind)
+	if !ok {
+		c.log.LogAttrs(r.Context(), slog.LevelDebug, msg, attrs...)
+		return
+	}
+	if held > 0 {
+		attrs = append(attrs, slog.Int("held_back", held))
+	}
+	c.log.LogAttrs(r.Context(), slog.LevelWarn, msg, attrs...)
+}

@@ -125,18 +125,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		attrs := []slog.Attr{slog.String("method", r.Method), slog.String("path", r.URL.Path),
 			slog.String("remote", r.RemoteAddr), slog.String("error", e.Error())}
 		switch {
-		case e.Code == CodeTooManyRequests || errors.Is(err, errNoToken):
+		case e.Code == CodeTooManyRequests || errors.Is(err, errNoToken) || errors.Is(err, errGone):
 			// Neither is a checked guess: the throttle logged the client
 			// once as it began refusing it, and a request without a
 			// token is a client not configured yet (or anyone at all). A
 			// line each would let whoever sends them fill the log;
 			// wrong tokens, five a minute per client at most, are logged.
+			// Nor is a request that went away while its check waited.
 			level = slog.LevelDebug
 		case TokensUnusable(err):
 			// airlock's own configuration refuses every token, and no
 			// throttle counts these: the operator needs a line, not one
 			// per request.
-			if ok, held := s.logs.Allow("tokens " + string(e.Code)); !ok {
+			if ok, held := s.logs.Allow("tokens", e.Error()); !ok {
 				level = slog.LevelDebug
 			} else if held > 0 {
 				attrs = append(attrs, slog.Int("held_back", held))

@@ -296,6 +296,10 @@ var errTokensUnusable = errors.New("no token can be accepted")
 // log them through a [LogEvery].
 func TokensUnusable(err error) bool { return errors.Is(err, errTokensUnusable) }
 
+// errGone marks a request that ended while its check waited for others
+// from its address: nobody is left to answer, and anyone can send them.
+var errGone = errors.New("request ended before its token was checked")
+
 // errNoToken marks a request that sent no bearer token: no guess, and
 // logged at debug level only, since anyone can send them by the million.
 var errNoToken = errors.New("no bearer token")
@@ -319,7 +323,9 @@ func (s *Server) authenticate(r *http.Request) (string, error) {
 	wait, err := s.throttle.Check(r.Context(), r.RemoteAddr, func() bool {
 		c, checkErr = s.tokens.Check(token)
 		e, ok := asAPIError(checkErr)
-		return ok && e.Code == CodeUnauthorized
+		// A token file emptied since the look above refuses every token:
+		// no guess.
+		return ok && e.Code == CodeUnauthorized && !TokensUnusable(checkErr)
 	})
 	switch {
 	case errors.Is(err, ErrThrottled):
@@ -327,7 +333,7 @@ func (s *Server) authenticate(r *http.Request) (string, error) {
 		return "", &apiError{Code: CodeTooManyRequests, RetryAfter: secs, Err: err,
 			Message: fmt.Sprintf("too many wrong tokens from your address; try again in %d s", secs)}
 	case err != nil:
-		return "", &apiError{Code: CodeUnavailable, Err: err, Message: "the request ended before its token was checked"}
+		return "", &apiError{Code: CodeUnavailable, Err: fmt.Errorf("%w: %w", errGone, err), Message: "the request ended before its token was checked"}
 	case checkErr != nil:
 		if e, ok := asAPIError(checkErr); ok && e.Code == CodeUnauthorized {
 			return "", errorf(CodeUnauthorized, "the bearer token is not one of admin.tokenFile's tokens")

@@ -295,13 +295,19 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, v *view, err erro
 	} else {
 		status, msg = admin.Describe(err)
 	}
+	signedIn := v != nil && v.sess != nil
 	level := slog.LevelInfo
-	if status >= 500 {
+	switch {
+	case status >= 500:
 		level = slog.LevelError
+	case !signedIn:
+		// A client's mistake before any sign-in (a sign-in form that
+		// cannot be read): anyone can send them by the million.
+		level = slog.LevelDebug
 	}
 	attrs := []slog.Attr{slog.String("method", r.Method), slog.String("path", r.URL.Path),
 		slog.Int("status", status), slog.String("error", err.Error())}
-	if v != nil && v.sess != nil {
+	if signedIn {
 		attrs = append(attrs, slog.String("actor", v.sess.cred.Actor))
 	}
 	c.log.LogAttrs(r.Context(), level, "console request failed", attrs...)

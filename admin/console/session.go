@@ -262,7 +262,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		if err != nil || !checkCSRFValue(r.PostFormValue("csrf"), ck.Value) {
 			// Anyone can post the form without its cookie, as often as
 			// they like, and no token was tried: no throttle counts it.
-			c.logHeldBack(r, "sign-in csrf", "console sign-in refused: CSRF token missing or wrong",
+			c.logHeldBack(r, "sign-in csrf", "", "console sign-in refused: CSRF token missing or wrong",
 				slog.String("remote", r.RemoteAddr))
 			c.loginForm(w, r, http.StatusForbidden, next, "The sign-in form expired or did not come from this page. Try again.")
 			return
@@ -271,7 +271,9 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		wait, terr := c.throttle.Check(r.Context(), r.RemoteAddr, func() bool {
 			cred, err = c.tokens.Check(r.PostFormValue("token"))
 			status, _ := admin.Describe(err)
-			return err != nil && status == http.StatusUnauthorized // a wrong token, not a file problem
+			// A wrong token; not a token file unset, empty or unreadable,
+			// which refuses every token and is no guess.
+			return err != nil && status == http.StatusUnauthorized && !admin.TokensUnusable(err)
 		})
 		if errors.Is(terr, admin.ErrThrottled) {
 			// Logged once by the throttle as it began refusing: a line
@@ -290,7 +292,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 			status, msg := admin.Describe(err)
 			attrs := []slog.Attr{slog.String("remote", r.RemoteAddr), slog.String("error", err.Error())}
 			if admin.TokensUnusable(err) {
-				c.logHeldBack(r, "sign-in tokens "+strconv.Itoa(status), "console sign-in refused", attrs...)
+				c.logHeldBack(r, "sign-in tokens", err.Error(), "console sign-in refused", attrs...)
 			} else {
 				c.log.LogAttrs(r.Context(), slog.LevelWarn, "console sign-in refused", attrs...)
 			}
@@ -357,11 +359,11 @@ func (c *Console) logout(w http.ResponseWriter, r *http.Request, v *view) {
 var errCSRF = errorPage(http.StatusForbidden,
 	"This form did not carry this session's CSRF token, so nothing was changed. Reload the page and try again.")
 
-// logHeldBack logs msg at warning level if no line of kind was logged in
-// the last minute (saying how many were held back since), else at debug
-// level.
-func (c *Console) logHeldBack(r *http.Request, kind, msg string, attrs ...slog.Attr) {
-	ok, held := c.logs.Allow(kind)
+// logHeldBack logs msg at warning level if no line of kind saying what
+// was logged in the last minute (saying how many were held back since),
+// else at debug level.
+func (c *Console) logHeldBack(r *http.Request, kind, what, msg string, attrs ...slog.Attr) {
+	ok, held := c.logs.Allow(kind, what)
 	if !ok {
 		c.log.LogAttrs(r.Context(), slog.LevelDebug, msg, attrs...)
 		return

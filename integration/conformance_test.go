@@ -149,7 +149,10 @@ func confGoBuild(t *testing.T, bin, pkg string) {
 	t.Helper()
 	// `go test` puts its own GOROOT/bin first on PATH, so this is the same
 	// toolchain that built the test.
-	cmd := exec.CommandContext(t.Context(), "go", "build", "-o", bin, pkg)
+	// The flags of the image's build (scripts/image.sh), which
+	// scripts/test.sh vets with: the dependencies are compiled once.
+	cmd := exec.CommandContext(t.Context(), "go", "build", "-trimpath", "-o", bin, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Dir = ".."
 	out, err := cmd.CombinedOutput()
 	if err != nil {

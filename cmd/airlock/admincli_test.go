@@ -63,7 +63,10 @@ func airlockBinary(t *testing.T) string {
 			name += ".exe"
 		}
 		cliBinary.path = filepath.Join(dir, name)
-		cmd := exec.Command("go", "build", "-o", cliBinary.path, ".")
+		// The flags of the image's build (scripts/image.sh), which
+		// scripts/test.sh vets with: the dependencies are compiled once.
+		cmd := exec.Command("go", "build", "-trimpath", "-o", cliBinary.path, ".")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		cliBinary.out, cliBinary.err = cmd.CombinedOutput()
 	})
 	if cliBinary.err != nil {

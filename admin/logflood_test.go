@@ -1,7 +1,6 @@
 package admin_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -22,27 +21,9 @@ import (
 type unusedStore struct{ admin.Store }
 type unusedDecider struct{ admin.Decider }
 
-// sharedLog is a log destination the server's goroutines share.
-type sharedLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *sharedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *sharedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // bareServer is an API with only what authentication uses, logging at
 // info level to logs.
-func bareServer(t *testing.T, tokenFile string, logs *sharedLog, now func() time.Time) *admin.Server {
+func bareServer(t *testing.T, tokenFile string, logs *admintest.LogBuffer, now func() time.Time) *admin.Server {
 	t.Helper()
 	srv, err := admin.New(admin.Options{Store: unusedStore{}, Decider: unusedDecider{}, TokenFile: tokenFile,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})), Now: now})
@@ -65,7 +46,7 @@ func TestAPINewProblemLoggedAtOnce(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	file := filepath.Join(dir, "tokens")
-	var logs sharedLog
+	var logs admintest.LogBuffer
 	clock := &admintest.Clock{}
 	srv := bareServer(t, file, &logs, clock.Now)
 	do := func() {
@@ -103,7 +84,7 @@ func TestAPIGoneWhileWaiting(t *testing.T) {
 	if err := os.WriteFile(file, []byte("alice:"+admintest.AliceToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs sharedLog
+	var logs admintest.LogBuffer
 	throttle := admin.NewThrottle(nil, nil)
 	srv, err := admin.New(admin.Options{Store: unusedStore{}, Decider: unusedDecider{}, TokenFile: file, Throttle: throttle,
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))})
@@ -193,7 +174,7 @@ func TestLogEveryHeldResets(t *testing.T) {
 // warning (run with -race).
 func TestAPIUnusableConcurrent(t *testing.T) {
 	t.Parallel()
-	var logs sharedLog
+	var logs admintest.LogBuffer
 	srv := bareServer(t, "", &logs, nil)
 	var wg sync.WaitGroup
 	for i := range 400 {

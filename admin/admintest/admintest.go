@@ -74,28 +74,32 @@ type Harness struct {
 	proxyMetrics *proxy.Metrics
 	registry     swap
 	admin        swap
-	logs         lockedBuffer
+	logs         LogBuffer
 }
 
-// lockedBuffer collects the admin API's log lines.
-type lockedBuffer struct {
+// LogBuffer collects log lines from the goroutines of a server under
+// test.
+type LogBuffer struct {
 	mu  sync.Mutex
 	buf []byte
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
+func (b *LogBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.buf = append(b.buf, p...)
 	return len(p), nil
 }
 
-// Logs returns what the admin API logged so far (slog text lines).
-func (h *Harness) Logs() string {
-	h.logs.mu.Lock()
-	defer h.logs.mu.Unlock()
-	return string(h.logs.buf)
+// String returns what was written so far.
+func (b *LogBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.buf)
 }
+
+// Logs returns what the admin API logged so far (slog text lines).
+func (h *Harness) Logs() string { return h.logs.String() }
 
 // Clock is a settable clock.
 type Clock struct {

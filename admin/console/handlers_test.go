@@ -1,7 +1,6 @@
 package console_test
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -477,7 +475,7 @@ func (f *fixture) lastAudit() metadata.AuditRecord {
 func TestSignInRefusalsNoThrottleCounts(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, false)
-	var logs lockedLog
+	var logs admintest.LogBuffer
 	c, err := console.New(console.Options{Store: f.h.Meta, Decider: f.h.Gate, TokenFile: filepath.Join(t.TempDir(), "no-such-file"),
 		Logger: slog.New(slog.NewTextHandler(&logs, nil)), Now: f.h.Clock.Now})
 	if err != nil {
@@ -509,22 +507,4 @@ func TestSignInRefusalsNoThrottleCounts(t *testing.T) {
 	if n := strings.Count(logs.String(), csrfWarn); n != 2 || !strings.Contains(logs.String(), fmt.Sprintf("held_back=%d", rounds-1)) {
 		t.Fatalf("a minute later: %d warnings, want 2, the second saying %d were held back:\n%s", n, rounds-1, logs.String())
 	}
-}
-
-// lockedLog is a log destination the server's goroutines share.
-type lockedLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }

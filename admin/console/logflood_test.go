@@ -23,7 +23,7 @@ type unusedDecider struct{ admin.Decider }
 
 // bareConsole is a console with only what sign-in uses, logging at debug
 // level to logs.
-func bareConsole(t *testing.T, tokenFile string, logs *lockedLog) *console.Console {
+func bareConsole(t *testing.T, tokenFile string, logs *admintest.LogBuffer) *console.Console {
 	t.Helper()
 	c, err := console.New(console.Options{Store: unusedStore{}, Decider: unusedDecider{}, TokenFile: tokenFile,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
@@ -65,7 +65,7 @@ func TestSignInWithNoUsableTokenFile(t *testing.T) {
 		{"missing", filepath.Join(t.TempDir(), "no-such-file"), http.StatusServiceUnavailable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var logs lockedLog
+			var logs admintest.LogBuffer
 			c := bareConsole(t, tc.file, &logs)
 			const addrs = 50
 			statuses := map[int]int{}
@@ -92,7 +92,7 @@ func TestSignInWithNoUsableTokenFile(t *testing.T) {
 // info, the default.
 func TestBadSignInFormLogsAtDebug(t *testing.T) {
 	t.Parallel()
-	var logs lockedLog
+	var logs admintest.LogBuffer
 	c := bareConsole(t, "", &logs)
 	const n = 200
 	for i := range n {
@@ -126,7 +126,7 @@ func TestWrongTokensStillWarned(t *testing.T) {
 	if err := os.WriteFile(file, []byte("alice:"+admintest.AliceToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs lockedLog
+	var logs admintest.LogBuffer
 	c := bareConsole(t, file, &logs)
 	body := url.Values{"csrf": {"x"}, "token": {"wrong"}}.Encode()
 	for range admin.MaxWrongTokens {
